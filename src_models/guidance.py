@@ -1,0 +1,126 @@
+"""Classifier-free guidance as a wrapper around a denoiser.
+
+A *denoiser* is any callable ``denoiser(x, t, mask) -> eps`` with
+``x`` (B, C, h, w) float, ``t`` (B,) long and ``mask`` (B, 1, H, W) long class labels (H, W a
+multiple of h, w).  Class 0 means "unknown": an all-zero mask is the null condition.
+
+Two schemes, picked by the denoiser's ``conditioning`` attribute:
+
+``"per_class"`` (the published models, which saw one class per training tile)
+    one conditional pass per label present in a window, fed the binary mask of that label times
+    the label, plus one shared null pass; ε = null + Σ_l [mask = l]·(ω_l + 1)·(cond_l − null).
+``"label_map"`` (the project's own models, trained on whole label maps)
+    one conditional pass with the whole label map plus one null pass;
+    ε = null + (ω_{mask} + 1)·(cond − null), per pixel.
+
+All passes of all windows handed in are run through the network together, in chunks of at most
+``max_batch``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PER_CLASS = "per_class"
+LABEL_MAP = "label_map"
+
+
+@dataclass(frozen=True)
+class Pass:
+    window: int  # index of the window in the batch
+    label: int  # -1 for the null pass, 0 for a whole-label-map pass, else the class
+
+
+def window_labels(mask: torch.Tensor) -> list[list[int]]:
+    """Non-zero labels present in each window of a (N, 1, H, W) mask, computed on the CPU."""
+    m = mask.detach().cpu().reshape(mask.shape[0], -1)
+    return [sorted(int(v) for v in torch.unique(row) if v != 0) for row in m]
+
+
+def plan_passes(labels: list[list[int]], conditioning: str) -> list[Pass]:
+    """The network passes a batch of windows needs (null pass first for each window)."""
+    passes: list[Pass] = []
+    for i, present in enumerate(labels):
+        passes.append(Pass(i, -1))
+        if not present:
+            continue
+        if conditioning == PER_CLASS:
+            passes.extend(Pass(i, lab) for lab in present)
+        elif conditioning == LABEL_MAP:
+            passes.append(Pass(i, 0))
+        else:
+            raise ValueError(f"unknown conditioning scheme {conditioning!r}")
+    return passes
+
+
+def count_forwards(labels: list[list[int]], conditioning: str) -> int:
+    return len(plan_passes(labels, conditioning))
+
+
+def _to_latent_grid(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    fy, fx = mask.shape[-2] // h, mask.shape[-1] // w
+    return mask[..., ::fy, ::fx] if (fy > 1 or fx > 1) else mask
+
+
+def guided_eps(
+    denoiser,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    mask: torch.Tensor,
+    omega: torch.Tensor,
+    conditioning: str | None = None,
+    max_batch: int = 32,
+    labels: list[list[int]] | None = None,
+) -> torch.Tensor:
+    """Guided ε for a batch of windows ``x`` (N, C, h, w) with class masks ``mask`` (N, 1, H, W).
+
+    ``omega`` holds ω per class (index = label); the guidance scale of class l is ω_l + 1.
+    ``labels`` may pass the labels per window when the caller planned them ahead (no device sync).
+    """
+    conditioning = conditioning or getattr(denoiser, "conditioning", PER_CLASS)
+    if labels is None:
+        labels = window_labels(mask)
+    passes = plan_passes(labels, conditioning)
+    n = x.shape[0]
+    t = torch.as_tensor(t, dtype=torch.long, device=x.device).expand(n) if torch.as_tensor(t).dim() == 0 else t
+    idx = torch.tensor([p.window for p in passes], device=x.device)
+    lab = torch.tensor([p.label for p in passes], device=x.device).view(-1, 1, 1, 1)
+    src = mask[idx]
+    # null pass: zeros; label pass: binary mask times label; whole-map pass (label 0): the map
+    pmask = torch.where(lab < 0, torch.zeros_like(src), torch.where(lab == 0, src, (src == lab).long() * lab))
+    xs, ts = x[idx], t[idx]
+    outs = []
+    for s in range(0, len(passes), max_batch):
+        outs.append(denoiser(xs[s : s + max_batch], ts[s : s + max_batch], pmask[s : s + max_batch]).float())
+    out = torch.cat(outs)
+
+    h, w = x.shape[-2:]
+    lat_mask = _to_latent_grid(mask, h, w)
+    omega = torch.as_tensor(omega, dtype=torch.float32, device=x.device)
+    null_rows = [k for k, p in enumerate(passes) if p.label < 0]
+    eps = out[null_rows].clone()  # one null row per window, in window order
+    null_of = {p.window: out[k] for k, p in enumerate(passes) if p.label < 0}
+    for k, p in enumerate(passes):
+        if p.label < 0:
+            continue
+        null = null_of[p.window]
+        lm = lat_mask[p.window]
+        if p.label == 0:
+            scale = omega[lm.clamp(max=omega.numel() - 1)] + 1.0
+            eps[p.window] = eps[p.window] + scale * (out[k] - null)
+        else:
+            sel = (lm == p.label).float()
+            eps[p.window] = eps[p.window] + sel * (omega[p.label] + 1.0) * (out[k] - null)
+    return eps
+
+
+def omega_vector(num_classes: int, omega: float = 3.0, per_class: dict[int, float] | None = None) -> torch.Tensor:
+    """ω for every class: ``omega`` everywhere, overridden per class; class 0 is never guided."""
+    w = torch.full((num_classes,), float(omega))
+    for k, v in (per_class or {}).items():
+        if not 0 <= int(k) < num_classes:
+            raise ValueError(f"ω given for class {k}, but the model has classes 0..{num_classes - 1}")
+        w[int(k)] = float(v)
+    w[0] = 0.0
+    return w

@@ -1,0 +1,174 @@
+"""Model loading: a model directory (``card.json`` + safetensors weights) becomes a
+:class:`Model` holding the card, the denoiser network and the latent codec.
+
+Model directory layout::
+
+    card.json            the ModelCard
+    unet.safetensors     the denoiser's state dict
+    codec.safetensors    the codec's state dict (native codec only)
+    mask_unet.safetensors  optional mask diffusion model
+
+Architectures are looked up by name in ``ARCHS`` and imported lazily, so a card names what it
+needs and nothing else is imported.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .card import ModelCard, ModelError
+
+# registry name -> "module:Class" (relative to this package)
+ARCHS = {
+    "native": "unet:NativeUNet",
+    "tiny": "tiny:TinyDenoiser",
+    "release_image": "release_unet:ImageUNet",
+    "release_mask": "release_unet:MaskUNet",
+}
+CODECS = {
+    "identity": "codec:IdentityCodec",
+    "native": "autoencoder:NativeAutoencoder",
+    "sd2": "sd_vae:SD2Codec",
+}
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+BUILTIN_DIRS = {"default": PACKAGE_DIR / "weights" / "default"}
+
+
+def _resolve(table: dict, name: str, what: str):
+    if name not in table:
+        raise ModelError(f"unknown {what} {name!r}; known: {', '.join(sorted(table))}")
+    mod, cls = table[name].split(":")
+    return getattr(importlib.import_module(f"{__package__}.{mod}"), cls)
+
+
+def build_network(spec: dict) -> nn.Module:
+    """Instantiate ``{"arch": name, "config": {...}}`` with its initial weights."""
+    cls = _resolve(ARCHS, spec.get("arch", ""), "architecture")
+    try:
+        return cls(**spec.get("config", {}))
+    except TypeError as e:
+        raise ModelError(f"architecture {spec.get('arch')!r} rejects its config: {e}") from None
+
+
+def load_safetensors_into(module: nn.Module, path: Path) -> None:
+    """Load ``path`` into ``module`` strictly; name missing, unexpected and mis-shaped keys."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except FileNotFoundError:
+        raise ModelError(f"weights file {path} does not exist") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelError(f"weights file {path} is corrupt or truncated ({e})") from None
+    check_state_dict(module, state, str(path))
+    module.load_state_dict(state, strict=True)
+
+
+def check_state_dict(module: nn.Module, state: dict, source: str) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shapes:
+        def few(keys):
+            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {few(unexpected)}")
+        if shapes:
+            parts.append(
+                "mis-shaped keys: "
+                + few([f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in shapes])
+            )
+        raise ModelError(f"{source} does not match the model: " + "; ".join(parts))
+
+
+def build_codec(card: ModelCard, directory: Path | None) -> nn.Module:
+    spec = dict(card.codec)
+    kind = spec.get("type", "identity")
+    cls = _resolve(CODECS, kind, "codec")
+    if kind == "identity":
+        return cls()
+    if kind == "sd2":
+        return cls.from_card(card, directory)
+    codec = cls(**spec.get("config", {}))
+    if directory is not None:
+        load_safetensors_into(codec, directory / "codec.safetensors")
+    return codec
+
+
+@dataclass
+class Model:
+    card: ModelCard
+    unet: nn.Module
+    codec: nn.Module
+    path: Path | None = None
+    mask_unet: nn.Module | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def to(self, device) -> "Model":
+        self.unet.to(device)
+        self.codec.to(device)
+        if self.mask_unet is not None:
+            self.mask_unet.to(device)
+        return self
+
+
+def load_model(spec: str | Path = "default", device: str | torch.device = "cpu") -> Model:
+    """Load a model by built-in name (``default``, ``tiny-test``) or from a model directory."""
+    if str(spec) == "tiny-test":
+        from .tiny import tiny_test_model
+
+        return tiny_test_model().to(device)
+    directory = BUILTIN_DIRS.get(str(spec), Path(spec))
+    if not directory.exists():
+        raise ModelError(f"model {spec!r} not found (expected a model directory with {'card.json'})")
+    if directory.is_file():
+        if directory.suffix == ".pt":
+            from .release_ckpt import load_release_checkpoint
+
+            return load_release_checkpoint(directory).to(device)
+        raise ModelError(f"{directory} is a file; a model is a directory with card.json and safetensors weights")
+    card = ModelCard.load(directory)
+    unet = build_network(card.unet)
+    load_safetensors_into(unet, directory / "unet.safetensors")
+    unet.eval()
+    codec = build_codec(card, directory)
+    codec.eval()
+    mask_unet = None
+    if card.mask_model:
+        mask_unet = build_network(card.mask_model)
+        load_safetensors_into(mask_unet, directory / "mask_unet.safetensors")
+        mask_unet.eval()
+    return Model(card, unet, codec, directory, mask_unet).to(device)
+
+
+def save_model(model: Model, directory: str | Path) -> Path:
+    """Write card + safetensors weights; returns the directory."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.card.save(directory)
+
+    def cpu_state(m):
+        return {k: v.detach().cpu().contiguous() for k, v in m.state_dict().items()}
+
+    save_file(cpu_state(model.unet), str(directory / "unet.safetensors"))
+    if model.card.codec.get("type") == "native":
+        save_file(cpu_state(model.codec), str(directory / "codec.safetensors"))
+    if model.mask_unet is not None:
+        save_file(cpu_state(model.mask_unet), str(directory / "mask_unet.safetensors"))
+    return directory
