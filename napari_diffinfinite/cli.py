@@ -1,0 +1,272 @@
+"""``diffinfinite``: the command line.
+
+    diffinfinite generate --mask MASK --out OUT.zarr [options]
+    diffinfinite demo [--out DIR]
+    diffinfinite train ...              (see ``diffinfinite train --help``)
+    diffinfinite check-reference FILE   (conformance with the published release)
+    diffinfinite convert CKPT OUT_DIR   (published checkpoint -> project model directory)
+
+Bad input ends with one line on stderr and exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class UserError(Exception):
+    pass
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 2048x1024 (width x height), got {text!r}") from None
+    return w, h
+
+
+def _parse_omega_class(text: str) -> tuple[int, float]:
+    try:
+        k, v = text.split("=")
+        return int(k), float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--omega-class takes LABEL=OMEGA, e.g. 2=6, got {text!r}") from None
+
+
+def _parse_centre(text: str) -> tuple[float, float]:
+    try:
+        y, x = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--centre takes Y,X in pixels, got {text!r}") from None
+    return y, x
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default", help="built-in name (default, tiny-test) or a model directory")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model card's)")
+    p.add_argument("--omega", type=float, default=None, help="guidance ω for every class (scale = ω + 1; default: the card's)")
+    p.add_argument("--omega-class", type=_parse_omega_class, action="append", default=[], metavar="LABEL=OMEGA",
+                   help="ω for one class, repeatable")
+    p.add_argument("--eta", type=float, default=1.0, help="DDIM η (1 = stochastic, as the release)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--schedule", choices=("parallel", "sequential"), default="parallel",
+                   help="parallel: level-batched random patches; sequential: the release's one-window order")
+    p.add_argument("--region-size", type=int, default=None, metavar="PX", help="region side in px (default: 8 windows)")
+    p.add_argument("--max-batch", type=int, default=32, help="network batch rows per call")
+    p.add_argument("--centre", type=_parse_centre, default=None, metavar="Y,X", help="regions nearest this point go first")
+    p.add_argument("--preview", type=Path, default=None, help="PNG preview path (default: OUT with .png)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffinfinite", description="DiffInfinite: mask-guided synthesis of large H&E images")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="synthesise an OME-Zarr canvas under a label mask")
+    g.add_argument("--mask", required=True, type=Path, help="label image: PNG, TIFF or NPY (one class per pixel)")
+    g.add_argument("--out", required=True, type=Path, help="output canvas (.zarr directory)")
+    size = g.add_mutually_exclusive_group()
+    size.add_argument("--size", type=_parse_size, default=None, metavar="WxH", help="canvas size in px")
+    size.add_argument("--scale", type=float, default=None, help="canvas px per mask px (default 1)")
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    mode.add_argument("--resume", action="store_true", help="finish the regions of OUT not done yet")
+    _add_run_options(g)
+
+    d = sub.add_parser("demo", help="run the shipped default model on a built-in mask")
+    d.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for demo.zarr and demo.png")
+    d.add_argument("--size", type=_parse_size, default=(512, 512), metavar="WxH")
+    d.add_argument("--steps", type=int, default=None)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", default="auto")
+    d.add_argument("--model", default="default")
+
+    t = sub.add_parser("train", help="train a codec and image model from tiles (see its --help)", add_help=False)
+    t.add_argument("args", nargs=argparse.REMAINDER)
+    c = sub.add_parser("check-reference", help="compare with the release's reference vectors")
+    c.add_argument("file", type=Path)
+    v = sub.add_parser("convert", help="convert a published model-N.pt checkpoint to a model directory")
+    v.add_argument("checkpoint", type=Path)
+    v.add_argument("out", type=Path)
+    v.add_argument("--vae", type=Path, default=None, help="folder of the SD-2 VAE (diffusers layout)")
+    return parser
+
+
+def _progress_bar(total_levels: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total_levels, desc=desc, unit="level", file=sys.stderr, dynamic_ncols=True, disable=None)
+
+
+def _run(model, canvas, request, preview_path: Path) -> int:
+    from src_models.synthesis import pending_regions, synthesise
+
+    todo = pending_regions(canvas, request)
+    bar = _progress_bar(len(todo) * request.steps, f"{len(todo)} regions")
+    last = {"level": 0}
+
+    def progress(p):
+        bar.update(p.level - last["level"])
+        last["level"] = p.level if p.level < p.levels else 0
+
+    try:
+        for ev in synthesise(model, canvas, request, progress=progress):
+            bar.set_postfix_str(f"region {ev.done}/{ev.total}", refresh=False)
+    finally:
+        bar.close()
+    from src_models.api import save_preview
+
+    save_preview(canvas, preview_path)
+    return len(todo)
+
+
+def cmd_generate(args) -> int:
+    import numpy as np
+
+    from src_models.api import new_canvas, put_mask
+    from src_models.canvas import Canvas
+    from src_models.maskio import load_mask
+    from src_models.models import load_model
+    from src_models.synthesis import SynthesisRequest, resolve_device
+
+    device = resolve_device(args.device)
+    if args.out.exists() and not (args.overwrite or args.resume):
+        raise UserError(f"{args.out} exists; pass --overwrite to replace it or --resume to finish it")
+    if args.resume and not args.out.exists():
+        raise UserError(f"--resume: {args.out} does not exist")
+    model = load_model(args.model, device)
+    card = model.card
+    mask = load_mask(args.mask, card.colours)
+    if args.size is not None:
+        width, height = args.size
+    else:
+        scale = args.scale if args.scale is not None else 1.0
+        if scale <= 0:
+            raise UserError(f"--scale must be positive, got {scale}")
+        height, width = int(round(mask.shape[0] * scale)), int(round(mask.shape[1] * scale))
+    request = SynthesisRequest(
+        model=str(args.model), steps=args.steps or card.default_steps,
+        omega=card.default_omega if args.omega is None else args.omega,
+        omega_per_class=dict(args.omega_class), eta=args.eta, seed=args.seed, schedule=args.schedule,
+        device=str(device), max_batch=args.max_batch, centre=args.centre,
+    )
+    if request.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {request.steps}")
+    if args.resume:
+        canvas = Canvas.open(args.out, "r+")
+        if (canvas.height, canvas.width) != (height, width):
+            raise UserError(f"--resume: {args.out} is {canvas.width}x{canvas.height} px, not {width}x{height}")
+        if args.region_size and args.region_size != canvas.region_size:
+            raise UserError(f"--resume: {args.out} uses regions of {canvas.region_size} px, not {args.region_size}")
+        stored = canvas.settings
+        diffs = {k: (stored.get(k), v) for k, v in request.settings().items() if stored.get(k) != v}
+        if diffs:
+            text = ", ".join(f"{k}: canvas {a!r} vs now {b!r}" for k, (a, b) in diffs.items())
+            raise UserError(f"--resume: settings differ from the run that made {args.out} ({text})")
+        from src_models.maskio import resize_labels
+
+        if not np.array_equal(np.asarray(canvas.mask[:]), resize_labels(mask, canvas.latent_shape)):
+            raise UserError(f"--resume: the mask differs from the one stored in {args.out}")
+    else:
+        canvas = new_canvas(card, args.out, height, width, args.region_size, overwrite=args.overwrite,
+                            settings=request.settings())
+        put_mask(canvas, mask)
+    with canvas:
+        preview = args.preview or args.out.with_suffix(".png")
+        n = _run(model, canvas, request, preview)
+    print(f"canvas: {args.out}  ({width}x{height} px, {n} regions sampled, model {card.name}, device {device})")
+    print(f"preview: {preview}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from src_models.api import mask_rgb, new_canvas, put_mask
+    from src_models.maskio import procedural_mask
+    from src_models.models import load_model
+    from src_models.synthesis import SynthesisRequest, resolve_device
+
+    device = resolve_device(args.device)
+    model = load_model(args.model, device)
+    card = model.card
+    width, height = args.size
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / "demo.zarr"
+    request = SynthesisRequest(model=str(args.model), steps=args.steps or card.default_steps, omega=card.default_omega,
+                               seed=args.seed, device=str(device))
+    canvas = new_canvas(card, out, height, width, overwrite=True, settings=request.settings())
+    lh, lw = canvas.latent_shape
+    mask = put_mask(canvas, procedural_mask(lh, lw, list(range(1, card.num_classes)), seed=args.seed))
+    from skimage import io
+
+    mask_png = args.out / "demo_mask.png"
+    io.imsave(mask_png, mask_rgb(mask, card.colours), check_contrast=False)
+    with canvas:
+        n = _run(model, canvas, request, args.out / "demo.png")
+    print(f"canvas: {out}  ({width}x{height} px, {n} regions, model {card.name}, device {device})")
+    print(f"preview: {args.out / 'demo.png'}")
+    print(f"mask: {mask_png}  (procedural layout of classes {', '.join(card.classes[1:])})")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from src_models.train import main as train_main
+
+    return int(train_main(args.args) or 0)
+
+
+def cmd_check_reference(args) -> int:
+    from src_models.reference_check import main as check_main
+
+    return int(check_main([str(args.file)]))
+
+
+def cmd_convert(args) -> int:
+    from src_models.release_ckpt import convert_release_checkpoint
+
+    out = convert_release_checkpoint(args.checkpoint, args.out, vae_dir=args.vae)
+    print(json.dumps({"model_dir": str(out)}))
+    return 0
+
+
+COMMANDS = {
+    "generate": cmd_generate,
+    "demo": cmd_demo,
+    "train": cmd_train,
+    "check-reference": cmd_check_reference,
+    "convert": cmd_convert,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv[:1] == ["train"]:  # everything after "train" belongs to the training module's parser
+        ns = argparse.Namespace(command="train", args=argv[1:])
+    else:
+        ns = parser.parse_args(argv)
+    from src_models.canvas import CanvasError
+    from src_models.card import ModelError
+    from src_models.maskio import MaskError
+    from src_models.synthesis import SynthesisError
+
+    warnings.simplefilter("default", RuntimeWarning)
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"diffinfinite: warning: {msg}\n"
+    try:
+        return COMMANDS[ns.command](ns)
+    except (UserError, CanvasError, ModelError, MaskError, SynthesisError) as e:
+        print(f"diffinfinite: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("diffinfinite: interrupted; finished regions are kept (run again with --resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

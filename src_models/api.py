@@ -1,0 +1,86 @@
+"""The headless Python API: the same steps the CLI and the napari widgets take.
+
+    model = load_model("default")
+    canvas = new_canvas(model.card, "out.zarr", 1024, 1024)
+    put_mask(canvas, load_mask("mask.png"))
+    for event in synthesise(model, canvas, SynthesisRequest(seed=1)):
+        print(event)
+    save_preview(canvas, "out.png")
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .canvas import Canvas, CanvasError
+from .card import ModelCard
+from .maskio import MaskError, check_labels, resize_labels
+
+LATENT_MULTIPLE = 8  # canvas latent sides are kept a multiple of this
+
+
+def default_region_size(card: ModelCard) -> int:
+    """Regions eight windows wide by default."""
+    return card.patch_px * 8
+
+
+def check_size(card: ModelCard, height: int, width: int) -> None:
+    """Refuse canvas sizes that do not fit the model's latent grid, naming valid neighbours."""
+    step = card.factor * LATENT_MULTIPLE
+    for name, v in (("width", width), ("height", height)):
+        if v <= 0:
+            raise CanvasError(f"canvas {name} must be positive, got {v}")
+        if v % step:
+            lo, hi = (v // step) * step, (v // step + 1) * step
+            raise CanvasError(
+                f"canvas {name} {v} px does not fit the model's grid of {step} px "
+                f"(latent factor {card.factor} x {LATENT_MULTIPLE}); use {lo or hi} or {hi}"
+            )
+
+
+def new_canvas(card: ModelCard, path, height: int, width: int, region_size: int | None = None,
+               overwrite: bool = False, settings: dict | None = None) -> Canvas:
+    check_size(card, height, width)
+    region_size = region_size or default_region_size(card)
+    return Canvas.create(
+        path, height, width, factor=card.factor, latent_channels=int(card.codec.get("channels", 4)),
+        region_size=region_size, classes=card.classes, colours=card.colours, overwrite=overwrite,
+        settings=settings,
+    )
+
+
+def put_mask(canvas: Canvas, mask: np.ndarray) -> np.ndarray:
+    """Fit a label image to the canvas's mask grid (nearest) and store it; returns what was stored."""
+    check_labels(mask, canvas.classes)
+    lh, lw = canvas.latent_shape
+    fitted = resize_labels(mask, (lh, lw)) if mask.shape != (lh, lw) else mask
+    canvas.write_mask(fitted)
+    return fitted
+
+
+def preview_level(canvas: Canvas, max_side: int = 2048) -> int:
+    for level in range(canvas.levels):
+        shape = canvas.image(level).shape
+        if max(shape[1:]) <= max_side:
+            return level
+    return canvas.levels - 1
+
+
+def save_preview(canvas: Canvas, path, max_side: int = 2048) -> Path:
+    """Write the finest pyramid level no larger than ``max_side`` as a PNG."""
+    from skimage import io
+
+    level = preview_level(canvas, max_side)
+    arr = np.moveaxis(np.asarray(canvas.image(level)[:]), 0, -1)
+    path = Path(path)
+    io.imsave(path, arr, check_contrast=False)
+    return path
+
+
+def mask_rgb(mask: np.ndarray, colours: list[str]) -> np.ndarray:
+    lut = np.array([[int(c.lstrip("#")[i : i + 2], 16) for i in (0, 2, 4)] for c in colours], dtype=np.uint8)
+    return lut[mask]
+
+
+__all__ = ["new_canvas", "put_mask", "save_preview", "check_size", "default_region_size", "mask_rgb", "MaskError"]

@@ -1,0 +1,114 @@
+"""Reading label masks (PNG, TIFF, NPY) and fitting them to a canvas.  numpy only."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class MaskError(ValueError):
+    """A mask file that cannot be used (message says why)."""
+
+
+def _hex(c: str) -> tuple[int, int, int]:
+    c = c.lstrip("#")
+    return tuple(int(c[i : i + 2], 16) for i in (0, 2, 4))
+
+
+def load_mask(path: str | Path, colours: list[str] | None = None) -> np.ndarray:
+    """A 2-D uint8 label image from PNG/TIFF/NPY.
+
+    Grey images are taken as labels.  An RGB(A) image is accepted when all its channels are
+    equal, or when every colour in it is one of ``colours`` (a model card's class colours).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MaskError(f"mask file {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        elif suffix in (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"):
+            if suffix in (".tif", ".tiff"):
+                import tifffile
+
+                arr = tifffile.imread(path)
+            else:
+                from skimage import io
+
+                arr = io.imread(path)
+        else:
+            raise MaskError(f"mask {path}: unsupported format {suffix!r} (use PNG, TIFF or NPY)")
+    except MaskError:
+        raise
+    except Exception as e:  # decoders raise many types for a damaged file
+        raise MaskError(f"cannot read mask {path}: {e}") from None
+    return as_labels(arr, colours, str(path))
+
+
+def as_labels(arr: np.ndarray, colours: list[str] | None = None, name: str = "mask") -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        rgb = arr[..., :3]
+        if (rgb == rgb[..., :1]).all():
+            arr = rgb[..., 0]
+        elif colours:
+            lut = {_hex(c): i for i, c in enumerate(colours)}
+            flat = rgb.reshape(-1, 3)
+            uniq, inv = np.unique(flat, axis=0, return_inverse=True)
+            missing = [tuple(int(v) for v in u) for u in uniq if tuple(int(v) for v in u) not in lut]
+            if missing:
+                raise MaskError(f"{name}: colours {missing[:3]} are not class colours of the model")
+            arr = np.array([lut[tuple(int(v) for v in u)] for u in uniq], dtype=np.uint8)[inv.ravel()].reshape(rgb.shape[:2])
+        else:
+            raise MaskError(f"{name} is a colour image; give a label image (one integer class per pixel)")
+    if arr.ndim != 2:
+        raise MaskError(f"{name} must be a 2-D label image, got shape {arr.shape}")
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.uint8)
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise MaskError(f"{name} has dtype {arr.dtype}; labels must be integers")
+    if arr.size == 0:
+        raise MaskError(f"{name} is empty")
+    if arr.min() < 0 or arr.max() > 255:
+        raise MaskError(f"{name} has labels outside 0..255 (min {arr.min()}, max {arr.max()})")
+    return arr.astype(np.uint8)
+
+
+def check_labels(mask: np.ndarray, classes: list[str], name: str = "mask") -> None:
+    top = int(mask.max())
+    if top >= len(classes):
+        present = sorted(int(v) for v in np.unique(mask))
+        raise MaskError(
+            f"{name} has labels {present}, but the model knows classes 0..{len(classes) - 1} "
+            f"({', '.join(f'{i}={n}' for i, n in enumerate(classes))})"
+        )
+
+
+def resize_labels(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label image (sampling at pixel centres)."""
+    h, w = mask.shape
+    H, W = shape
+    ys = np.minimum(((np.arange(H) + 0.5) * h / H).astype(np.int64), h - 1)
+    xs = np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.int64), w - 1)
+    return mask[ys[:, None], xs[None, :]]
+
+
+def procedural_mask(height: int, width: int, labels: list[int], seed: int = 0, smooth: float = 0.08) -> np.ndarray:
+    """A procedural label layout (not a learned model): smoothed random fields, arg-max per pixel.
+
+    Each label in ``labels`` gets a random field blurred with a Gaussian of ``smooth`` times the
+    shorter side; every pixel takes the label of the largest field.  Used for demos and as the
+    "generate mask" action when no mask model is available.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    if not labels:
+        raise ValueError("procedural_mask needs at least one label")
+    rng = np.random.default_rng(seed)
+    sigma = max(1.0, smooth * min(height, width))
+    fields = np.stack([gaussian_filter(rng.standard_normal((height, width)), sigma, mode="wrap") for _ in labels])
+    return np.asarray(labels, dtype=np.uint8)[np.argmax(fields, axis=0)]

@@ -1,0 +1,272 @@
+"""Region-by-region synthesis of a canvas: the generator that ties sampler, model and store.
+
+``synthesise`` walks the canvas's regions (nearest the given centre first), samples each one
+with random patch diffusion, using the finished latents of neighbouring regions as context so
+no seam appears at region borders, decodes it, writes pixels + latents + pyramid, marks it done
+and yields a :class:`RegionDone`.  Only the region in flight and its halo are in memory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .canvas import Canvas, CanvasError, Region
+from .guidance import omega_vector
+from .sampler import Cancelled, LevelInfo, SampleStats, effective_window, sample_area
+from .schedule import cosine_alphas_cumprod, ddim_time_pairs
+
+
+class SynthesisError(RuntimeError):
+    """A request that cannot run as asked (message says why)."""
+
+
+@dataclass
+class SynthesisRequest:
+    """Everything a run needs, as plain values (built on the GUI thread or from the CLI)."""
+
+    model: str = "default"
+    steps: int = 50
+    omega: float = 3.0
+    omega_per_class: dict[int, float] = field(default_factory=dict)
+    eta: float = 1.0
+    seed: int = 0
+    schedule: str = "parallel"
+    device: str = "auto"
+    area: tuple[int, int, int, int] | None = None  # (y0, y1, x0, x1) px: only regions touching it
+    centre: tuple[float, float] | None = None  # (y, x) px: nearest regions go first
+    max_batch: int = 32  # network batch rows per call (halved on out-of-memory)
+    halo: int | None = None  # latent px of context around each region (default: half a window)
+
+    def settings(self) -> dict:
+        """The values that decide the pixels (device and batch size do not)."""
+        return {
+            "model": str(self.model),
+            "steps": int(self.steps),
+            "omega": float(self.omega),
+            "omega_per_class": {str(k): float(v) for k, v in sorted(self.omega_per_class.items())},
+            "eta": float(self.eta),
+            "seed": int(self.seed),
+            "schedule": self.schedule,
+            "halo": self.halo,
+        }
+
+
+@dataclass
+class RegionDone:
+    index: int
+    bbox: tuple[int, int, int, int]  # (y0, y1, x0, x1) px
+    done: int  # regions finished in this run so far
+    total: int  # regions this run has to do
+    forwards: int  # network passes for this region
+    seconds: float
+
+
+@dataclass
+class RegionProgress:
+    """Progress inside the region in flight (after each denoising level)."""
+
+    index: int
+    bbox: tuple[int, int, int, int]
+    level: int
+    levels: int
+    forwards: int
+    x0: torch.Tensor | None  # predicted clean latent of the sampled area, for previews
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then the CPU; an unavailable GPU falls back with a warning."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            warnings.warn(f"{name} requested but CUDA is not available; running on the CPU", RuntimeWarning, stacklevel=2)
+            return torch.device("cpu")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise SynthesisError(f"{name} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+        return torch.device(name)
+    if name == "mps":
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            warnings.warn("mps requested but not available; running on the CPU", RuntimeWarning, stacklevel=2)
+            return torch.device("cpu")
+        return torch.device("mps")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise SynthesisError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
+
+
+def region_seed(seed: int, index: int) -> int:
+    """A per-region seed derived from the run seed and the region index (order independent)."""
+    digest = hashlib.sha256(f"diffinfinite:{int(seed)}:{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def order_regions(regions: list[Region], factor: int, centre: tuple[float, float] | None) -> list[Region]:
+    if centre is None:
+        return list(regions)
+    cy, cx = centre
+
+    def dist(r: Region):
+        y0, y1, x0, x1 = r.px(factor)
+        return ((y0 + y1) / 2 - cy) ** 2 + ((x0 + x1) / 2 - cx) ** 2, r.index
+
+    return sorted(regions, key=dist)
+
+
+def _expand(a: int, b: int, n: int, halo: int, minimum: int) -> tuple[int, int]:
+    a, b = max(0, a - halo), min(n, b + halo)
+    short = minimum - (b - a)
+    if short > 0:  # grow to the window size, inside the canvas
+        a = max(0, a - (short + 1) // 2)
+        b = min(n, a + minimum)
+        a = max(0, b - minimum)
+    return a, b
+
+
+def decode_latent(codec, z: torch.Tensor) -> np.ndarray:
+    """Decode (C, h, w) latents to (h·f, w·f, 3) uint8."""
+    with torch.inference_mode():
+        img = codec.decode(z[None])
+    img = img[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    return np.rint(img * 255).astype(np.uint8)
+
+
+def pending_regions(canvas: Canvas, request: SynthesisRequest) -> list[Region]:
+    """The unfinished regions a request will sample, in the order it samples them."""
+    regions = canvas.regions()
+    if request.area is not None:
+        regions = [r for r in regions if _touches(r.px(canvas.factor), tuple(request.area))]
+    done = canvas.done_indices()
+    return order_regions([r for r in regions if r.index not in done], canvas.factor, request.centre)
+
+
+def synthesise(
+    model,
+    canvas: Canvas,
+    request: SynthesisRequest,
+    cancel=None,
+    progress=None,
+) -> Iterator[RegionDone]:
+    """Sample every unfinished region of ``canvas`` that ``request.area`` touches.
+
+    ``model`` is a loaded :class:`~src_models.models.Model` on the device to use.  ``cancel`` is
+    a ``threading.Event``-like token (or a callable); when it is set, the region in flight is
+    dropped within one level and the generator returns: every finished region stays on disk.
+    ``progress`` receives a :class:`RegionProgress` after each level.
+    """
+    card = model.card
+    if canvas.factor != card.factor:
+        raise SynthesisError(f"the canvas was made for a model with factor {canvas.factor}, this model has {card.factor}")
+    if canvas.latent.shape[0] != _latent_channels(model):
+        raise SynthesisError(f"the canvas holds {canvas.latent.shape[0]}-channel latents, this model makes {_latent_channels(model)}")
+    if request.schedule not in ("parallel", "sequential"):
+        raise SynthesisError(f"schedule must be parallel or sequential, got {request.schedule!r}")
+    try:
+        pairs = ddim_time_pairs(request.steps)
+        omega = omega_vector(card.num_classes, request.omega, request.omega_per_class)
+    except ValueError as e:
+        raise SynthesisError(str(e)) from None
+    alphas = cosine_alphas_cumprod()
+    device = model.device
+    lh, lw = canvas.latent_shape
+    window = effective_window(card.patch_size, lh, lw, multiple=_multiple(model))
+    halo = request.halo if request.halo is not None else window // 2
+
+    todo = pending_regions(canvas, request)
+    settings = request.settings()
+    max_batch = max(1, int(request.max_batch))
+    oom_reported = False
+
+    for n, region in enumerate(todo, 1):
+        started = time.perf_counter()
+        y0, y1 = _expand(region.y0, region.y1, lh, halo, window)
+        x0, x1 = _expand(region.x0, region.x1, lw, halo, window)
+        mask_np = np.asarray(canvas.mask[y0:y1, x0:x1])
+        top = int(mask_np.max()) if mask_np.size else 0
+        if top >= card.num_classes:
+            raise SynthesisError(
+                f"the mask has label {top} in region {region.index}, but model {card.name!r} knows classes "
+                f"0..{card.num_classes - 1} ({', '.join(card.classes)})"
+            )
+        known_np = _done_map(canvas, y0, y1, x0, x1, region)
+        known = torch.from_numpy(known_np) if known_np.any() else None
+        context = torch.from_numpy(np.asarray(canvas.latent[:, y0:y1, x0:x1])) if known is not None else None
+        mask = torch.from_numpy(mask_np.astype(np.int64))[None]
+        seed = region_seed(request.seed, region.index)
+        bbox = region.px(canvas.factor)
+
+        def on_level(info: LevelInfo, _r=region, _b=bbox):
+            if progress is not None:
+                progress(RegionProgress(_r.index, _b, info.level, info.levels, info.forwards, info.x0))
+
+        while True:
+            gen = torch.Generator().manual_seed(seed)
+            rng = np.random.default_rng(seed)
+            noise = torch.randn((_latent_channels(model), y1 - y0, x1 - x0), generator=gen).to(device)
+            stats = SampleStats()
+            try:
+                z = sample_area(
+                    model.unet, noise, mask.to(device), alphas, pairs, omega.to(device),
+                    window=window, schedule=request.schedule, eta=request.eta, generator=gen, rng=rng,
+                    context=context, known=known, max_batch=max_batch, callback=on_level, cancel=cancel,
+                    stats=stats,
+                )
+                break
+            except Cancelled:
+                return
+            except torch.cuda.OutOfMemoryError:
+                if max_batch == 1:
+                    raise SynthesisError("out of GPU memory even with batch size 1; use a smaller model or the CPU") from None
+                max_batch //= 2
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if not oom_reported:
+                    warnings.warn(f"out of GPU memory: batch size halved to {max_batch}", RuntimeWarning, stacklevel=2)
+                    oom_reported = True
+        if _cancelled(cancel):
+            return
+        rgb = decode_latent(model.codec, z)
+        f = canvas.factor
+        ry0, ry1, rx0, rx1 = (region.y0 - y0) * f, (region.y1 - y0) * f, (region.x0 - x0) * f, (region.x1 - x0) * f
+        latent_np = z[:, region.y0 - y0 : region.y1 - y0, region.x0 - x0 : region.x1 - x0].float().cpu().numpy()
+        canvas.write_region(region, rgb[ry0:ry1, rx0:rx1], latent_np)
+        canvas.mark_done(region.index, {"seed": seed, "forwards": stats.forwards, **settings})
+        yield RegionDone(region.index, bbox, n, len(todo), stats.forwards, time.perf_counter() - started)
+
+
+def _cancelled(cancel) -> bool:
+    return cancel is not None and (cancel() if callable(cancel) else cancel.is_set())
+
+
+def _touches(a, b) -> bool:
+    return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
+
+
+def _done_map(canvas: Canvas, y0, y1, x0, x1, region: Region) -> np.ndarray:
+    out = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+    done = canvas.done_indices()
+    for r in canvas.regions():
+        if r.index in done and r.index != region.index and r.y0 < y1 and y0 < r.y1 and r.x0 < x1 and x0 < r.x1:
+            out[max(r.y0, y0) - y0 : min(r.y1, y1) - y0, max(r.x0, x0) - x0 : min(r.x1, x1) - x0] = True
+    return out
+
+
+def _latent_channels(model) -> int:
+    return int(model.card.codec.get("channels", getattr(model.codec, "channels", 4)))
+
+
+def _multiple(model) -> int:
+    return int(getattr(model.unet, "size_multiple", 8))
