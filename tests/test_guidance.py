@@ -1,0 +1,65 @@
+import torch
+
+from src_models.guidance import LABEL_MAP, PER_CLASS, count_forwards, guided_eps, omega_vector, window_labels
+
+
+class MaskEcho(torch.nn.Module):
+    """ε = 0.5·x + (the conditioning mask, as floats): makes every pass visible in the output."""
+
+    def __init__(self, conditioning):
+        super().__init__()
+        self.conditioning = conditioning
+        self.calls = []
+
+    def forward(self, x, t, mask):
+        self.calls.append(x.shape[0])
+        return 0.5 * x + mask.float()
+
+
+def _batch():
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 4, 4)
+    mask = torch.zeros(3, 1, 4, 4, dtype=torch.long)
+    mask[0, :, :2] = 1
+    mask[0, :, 2:] = 3
+    mask[1] = 2
+    # window 2 is all unknown (label 0)
+    return x, mask
+
+
+def test_per_class_guidance_by_hand():
+    x, mask = _batch()
+    omega = omega_vector(4, 3.0, {3: 6.0})
+    net = MaskEcho(PER_CLASS)
+    eps = guided_eps(net, x, torch.full((3,), 500), mask, omega)
+    # null = 0.5x; label l pass = 0.5x + l on its pixels -> guided = 0.5x + (ω_l + 1)·l there
+    want = 0.5 * x.clone()
+    want[0, :, :2] += (3 + 1) * 1
+    want[0, :, 2:] += (6 + 1) * 3
+    want[1] += (3 + 1) * 2
+    assert torch.allclose(eps, want)
+    assert sum(net.calls) == count_forwards(window_labels(mask), PER_CLASS) == 3 + 2 + 1
+
+
+def test_label_map_guidance_by_hand_and_batching():
+    x, mask = _batch()
+    omega = omega_vector(4, 2.0)
+    net = MaskEcho(LABEL_MAP)
+    eps = guided_eps(net, x, torch.full((3,), 10), mask, omega)
+    want = 0.5 * x + (2 + 1) * mask.float()  # one whole-map pass per window with labels
+    assert torch.allclose(eps, want)
+    assert count_forwards(window_labels(mask), LABEL_MAP) == 2 + 2 + 1
+    small = MaskEcho(LABEL_MAP)
+    eps1 = guided_eps(small, x, torch.full((3,), 10), mask, omega, max_batch=1)
+    assert torch.allclose(eps, eps1) and small.calls == [1] * 5
+
+
+def test_omega_vector_rules():
+    w = omega_vector(5, 3.0, {2: 0.0})
+    assert w.tolist() == [0.0, 3.0, 0.0, 3.0, 3.0]
+    try:
+        omega_vector(3, 1.0, {7: 1.0})
+    except ValueError as e:
+        assert "class 7" in str(e)
+    else:
+        raise AssertionError("ω for a class the model does not have must be refused")
