@@ -132,9 +132,11 @@ class Canvas:
             path.mkdir(parents=True)
         except OSError as e:
             raise CanvasError(f"cannot create {path}: {e.strerror}") from None
-        lock_fd = _acquire_lock(path)
+        # mkdir above is exclusive; lock after zarr's mode "w", which clears the directory
+        lock_fd = None
         try:
             group = zarr.open_group(str(path), mode="w", zarr_format=3)
+            lock_fd = _acquire_lock(path)
             shapes = pyramid_shapes(height, width)
             for level, (h, w) in enumerate(shapes):
                 group.create_array(
