@@ -1,0 +1,19 @@
+# The two set-up commands of the README, and a few helpers.  Each target sets up .venv first.
+.PHONY: setup demo test napari bench
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/diffinfinite demo --out demo_out
+
+test:
+	bash scripts/setup.sh --gui
+	xvfb-run -a env QT_QPA_PLATFORM=xcb .venv/bin/python -m pytest -p no:cacheprovider tests
+
+napari:
+	bash scripts/setup.sh --gui
+	.venv/bin/python -m napari_diffinfinite.launch
+
+bench: setup
+	.venv/bin/python benchmarks/bench_sampler.py
