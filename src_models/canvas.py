@@ -266,17 +266,32 @@ class Canvas:
         self.group.attrs["diffinfinite"] = self.info
 
     # ---------------------------------------------------------------- regions
-    def regions(self, region_size: int | None = None) -> list[Region]:
-        """The region grid over the latent, row-major; edge regions may be smaller."""
-        size = (region_size or self.region_size) // self.factor
+    @property
+    def region_grid(self) -> tuple[int, int, int]:
+        """(region side in latent px, regions down, regions across)."""
+        size = self.region_size // self.factor
         lh, lw = self.latent_shape
-        out = []
-        ny, nx = math.ceil(lh / size), math.ceil(lw / size)
-        for iy in range(ny):
-            for ix in range(nx):
-                out.append(Region(iy * nx + ix, iy, ix, iy * size, min(lh, (iy + 1) * size),
-                                  ix * size, min(lw, (ix + 1) * size)))
-        return out
+        return size, math.ceil(lh / size), math.ceil(lw / size)
+
+    def region(self, index: int) -> Region:
+        size, ny, nx = self.region_grid
+        if not 0 <= index < ny * nx:
+            raise CanvasError(f"region {index} does not exist (the canvas has {ny * nx})")
+        lh, lw = self.latent_shape
+        iy, ix = divmod(index, nx)
+        return Region(index, iy, ix, iy * size, min(lh, (iy + 1) * size), ix * size, min(lw, (ix + 1) * size))
+
+    def regions(self) -> list[Region]:
+        """The region grid over the latent, row-major; edge regions may be smaller."""
+        size, ny, nx = self.region_grid
+        return [self.region(i) for i in range(ny * nx)]
+
+    def regions_in(self, y0: int, y1: int, x0: int, x1: int) -> list[Region]:
+        """Regions that overlap the latent rectangle [y0, y1) x [x0, x1)."""
+        size, ny, nx = self.region_grid
+        iys = range(max(0, y0 // size), min(ny, -(-y1 // size)))
+        ixs = range(max(0, x0 // size), min(nx, -(-x1 // size)))
+        return [self.region(iy * nx + ix) for iy in iys for ix in ixs]
 
     def _marker(self, index: int) -> Path:
         return self.path / "diffinfinite" / "regions" / f"{index}.done"
@@ -290,11 +305,10 @@ class Canvas:
 
     def done_map(self) -> np.ndarray:
         """A (latent h, latent w) bool map: true where the latent belongs to a finished region."""
-        done = self.done_indices()
         out = np.zeros(self.latent_shape, dtype=bool)
-        for r in self.regions():
-            if r.index in done:
-                out[r.y0 : r.y1, r.x0 : r.x1] = True
+        for i in self.done_indices():
+            r = self.region(i)
+            out[r.y0 : r.y1, r.x0 : r.x1] = True
         return out
 
     def mark_done(self, index: int, info: dict | None = None) -> None:
@@ -311,22 +325,121 @@ class Canvas:
             raise _io_error(self.path, e) from None
 
     def clear_done(self, indices=None) -> None:
-        """Forget finished regions (all, or ``indices``) so they are sampled again."""
+        """Forget finished regions (all, or ``indices``) so they are sampled again whole."""
         self._check_writable()
-        for i in (self.done_indices() if indices is None else indices):
+        indices = self.done_indices() if indices is None else indices
+        jobs = self.jobs()
+        for i in indices:
             self._marker(i).unlink(missing_ok=True)
+            jobs.pop(int(i), None)
+        self._save_jobs(jobs)
+
+    # ---------------------------------------------------------------- partial regeneration
+    # A region that is not done is sampled whole, unless it has a *job*: a list of latent
+    # rectangles to regenerate; its other pixels keep their content and serve as context.
+    def _jobs_file(self) -> Path:
+        return self.path / "diffinfinite" / "jobs.json"
+
+    def jobs(self) -> dict[int, list[list[int]]]:
+        try:
+            return {int(k): v for k, v in json.loads(self._jobs_file().read_text()).items()}
+        except FileNotFoundError:
+            return {}
+
+    def _save_jobs(self, jobs: dict) -> None:
+        path = self._jobs_file()
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps({str(k): v for k, v in sorted(jobs.items())}))
+            os.replace(tmp, path)
+        except OSError as e:
+            raise _io_error(self.path, e) from None
+
+    def regenerate(self, y0: int, y1: int, x0: int, x1: int) -> list[int]:
+        """Schedule the latent rectangle [y0, y1) x [x0, x1) to be sampled again, with the
+        pixels around it as context.  Returns the indices of the regions it touches."""
+        self._check_writable()
+        lh, lw = self.latent_shape
+        y0, y1, x0, x1 = max(0, y0), min(lh, y1), max(0, x0), min(lw, x1)
+        if y1 <= y0 or x1 <= x0:
+            raise CanvasError("the rectangle to regenerate is empty or outside the canvas")
+        jobs = self.jobs()
+        done = self.done_indices()
+        touched = []
+        for r in self.regions_in(y0, y1, x0, x1):
+            rect = [max(y0, r.y0), min(y1, r.y1), max(x0, r.x0), min(x1, r.x1)]
+            if r.index in done:
+                jobs[r.index] = [rect]
+            elif r.index in jobs:
+                jobs[r.index].append(rect)
+            else:
+                continue  # not generated yet: it is sampled whole anyway
+            touched.append(r.index)
+        self._save_jobs(jobs)  # the job first, then the markers: a crash in between loses nothing
+        for i in touched:
+            self._marker(i).unlink(missing_ok=True)
+        return touched
+
+    def finish_job(self, index: int) -> None:
+        jobs = self.jobs()
+        if jobs.pop(index, None) is not None:
+            self._save_jobs(jobs)
+
+    def target_map(self, region: Region) -> np.ndarray:
+        """The pixels of a not-done region that sampling writes (region-local bool map)."""
+        jobs = self.jobs()
+        h, w = region.y1 - region.y0, region.x1 - region.x0
+        if region.index not in jobs:
+            return np.ones((h, w), dtype=bool)
+        out = np.zeros((h, w), dtype=bool)
+        for y0, y1, x0, x1 in jobs[region.index]:
+            out[y0 - region.y0 : y1 - region.y0, x0 - region.x0 : x1 - region.x0] = True
+        return out
+
+    def known_map(self, y0: int, y1: int, x0: int, x1: int, exclude: int | None = None) -> np.ndarray:
+        """Where the latent rectangle holds finished content usable as context.
+
+        A pixel is known when its region is done, or when its region has a job and the pixel
+        lies outside the job's rectangles.  Region ``exclude``'s target pixels are unknown.
+        """
+        out = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+        done = self.done_indices()
+        jobs = self.jobs()
+        for r in self.regions_in(y0, y1, x0, x1):
+            sl = (slice(max(r.y0, y0) - y0, min(r.y1, y1) - y0), slice(max(r.x0, x0) - x0, min(r.x1, x1) - x0))
+            if r.index in done and r.index != exclude:
+                out[sl] = True
+            elif r.index in jobs:
+                keep = ~self.target_map(r)
+                out[sl] = keep[max(r.y0, y0) - r.y0 : min(r.y1, y1) - r.y0, max(r.x0, x0) - r.x0 : min(r.x1, x1) - r.x0]
+        return out
 
     # ---------------------------------------------------------------- writing
-    def write_region(self, region: Region, rgb: np.ndarray, latent: np.ndarray | None = None) -> None:
-        """Write a region's pixels (h, w, 3) uint8 and latents, then refresh the pyramid above it."""
+    def write_region(self, region: Region, rgb: np.ndarray, latent: np.ndarray | None = None,
+                     where: np.ndarray | None = None) -> None:
+        """Write a region's pixels (h, w, 3) uint8 and latents, then refresh the pyramid above it.
+
+        ``where`` (region-local latent bool map) limits the write to those latent pixels (and
+        the image pixels under them); the rest keeps its content.
+        """
         self._check_writable()
         y0, y1, x0, x1 = region.px(self.factor)
         if rgb.shape != (y1 - y0, x1 - x0, 3) or rgb.dtype != np.uint8:
             raise CanvasError(f"region {region.index}: expected ({y1 - y0}, {x1 - x0}, 3) uint8, got {rgb.shape} {rgb.dtype}")
         try:
-            self.image(0)[:, y0:y1, x0:x1] = np.moveaxis(rgb, -1, 0)
+            pixels = np.moveaxis(rgb, -1, 0)
             if latent is not None:
-                self.latent[:, region.y0 : region.y1, region.x0 : region.x1] = latent.astype(np.float32)
+                latent = latent.astype(np.float32)
+            if where is not None and not where.all():
+                f = self.factor
+                big = np.repeat(np.repeat(where, f, axis=0), f, axis=1)
+                pixels = np.where(big[None], pixels, self.image(0)[:, y0:y1, x0:x1])
+                if latent is not None:
+                    old = self.latent[:, region.y0 : region.y1, region.x0 : region.x1]
+                    latent = np.where(where[None], latent, old)
+            self.image(0)[:, y0:y1, x0:x1] = pixels
+            if latent is not None:
+                self.latent[:, region.y0 : region.y1, region.x0 : region.x1] = latent
             self.update_pyramid(y0, y1, x0, x1)
         except OSError as e:
             raise _io_error(self.path, e) from None

@@ -146,9 +146,12 @@ def decode_latent(codec, z: torch.Tensor) -> np.ndarray:
 
 def pending_regions(canvas: Canvas, request: SynthesisRequest) -> list[Region]:
     """The unfinished regions a request will sample, in the order it samples them."""
-    regions = canvas.regions()
     if request.area is not None:
-        regions = [r for r in regions if _touches(r.px(canvas.factor), tuple(request.area))]
+        f = canvas.factor
+        ay0, ay1, ax0, ax1 = request.area
+        regions = canvas.regions_in(ay0 // f, -(-ay1 // f), ax0 // f, -(-ax1 // f))
+    else:
+        regions = canvas.regions()
     done = canvas.done_indices()
     return order_regions([r for r in regions if r.index not in done], canvas.factor, request.centre)
 
@@ -201,7 +204,12 @@ def synthesise(
                 f"the mask has label {top} in region {region.index}, but model {card.name!r} knows classes "
                 f"0..{card.num_classes - 1} ({', '.join(card.classes)})"
             )
-        known_np = _done_map(canvas, y0, y1, x0, x1, region)
+        target = canvas.target_map(region)
+        if not target.any():  # a job whose rectangles missed this region: nothing to sample
+            canvas.mark_done(region.index, {"seed": None, **settings})
+            canvas.finish_job(region.index)
+            continue
+        known_np = canvas.known_map(y0, y1, x0, x1)
         known = torch.from_numpy(known_np) if known_np.any() else None
         context = torch.from_numpy(np.asarray(canvas.latent[:, y0:y1, x0:x1])) if known is not None else None
         mask = torch.from_numpy(mask_np.astype(np.int64))[None]
@@ -242,26 +250,14 @@ def synthesise(
         f = canvas.factor
         ry0, ry1, rx0, rx1 = (region.y0 - y0) * f, (region.y1 - y0) * f, (region.x0 - x0) * f, (region.x1 - x0) * f
         latent_np = z[:, region.y0 - y0 : region.y1 - y0, region.x0 - x0 : region.x1 - x0].float().cpu().numpy()
-        canvas.write_region(region, rgb[ry0:ry1, rx0:rx1], latent_np)
+        canvas.write_region(region, rgb[ry0:ry1, rx0:rx1], latent_np, where=target)
         canvas.mark_done(region.index, {"seed": seed, "forwards": stats.forwards, **settings})
+        canvas.finish_job(region.index)
         yield RegionDone(region.index, bbox, n, len(todo), stats.forwards, time.perf_counter() - started)
 
 
 def _cancelled(cancel) -> bool:
     return cancel is not None and (cancel() if callable(cancel) else cancel.is_set())
-
-
-def _touches(a, b) -> bool:
-    return a[0] < b[1] and b[0] < a[1] and a[2] < b[3] and b[2] < a[3]
-
-
-def _done_map(canvas: Canvas, y0, y1, x0, x1, region: Region) -> np.ndarray:
-    out = np.zeros((y1 - y0, x1 - x0), dtype=bool)
-    done = canvas.done_indices()
-    for r in canvas.regions():
-        if r.index in done and r.index != region.index and r.y0 < y1 and y0 < r.y1 and r.x0 < x1 and x0 < r.x1:
-            out[max(r.y0, y0) - y0 : min(r.y1, y1) - y0, max(r.x0, x0) - x0 : min(r.x1, x1) - x0] = True
-    return out
 
 
 def _latent_channels(model) -> int:
