@@ -5,6 +5,9 @@
     diffinfinite train ...              (see ``diffinfinite train --help``)
     diffinfinite check-reference FILE   (conformance with the published release)
     diffinfinite convert CKPT OUT_DIR   (published checkpoint -> project model directory)
+    diffinfinite import-slide SLIDE --out OUT.zarr
+    diffinfinite inpaint CANVAS --rect X,Y,W,H [--mask M | --label L]
+    diffinfinite outpaint CANVAS --out NEW.zarr --pad T,R,B,L
 
 Bad input ends with one line on stderr and exit status 2, never a traceback.
 """
@@ -48,6 +51,26 @@ def _parse_centre(text: str) -> tuple[float, float]:
     return y, x
 
 
+def _parse_rect(text: str) -> tuple[int, int, int, int]:
+    try:
+        x, y, w, h = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--rect takes X,Y,W,H in px, got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"--rect needs a positive width and height, got {text!r}")
+    return y, y + h, x, x + w
+
+
+def _parse_pads(text: str) -> tuple[int, int, int, int]:
+    try:
+        vals = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 4:
+        raise argparse.ArgumentTypeError(f"--pad takes TOP,RIGHT,BOTTOM,LEFT in px, got {text!r}")
+    return vals
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="built-in name (default, tiny-test) or a model directory")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model card's)")
@@ -88,6 +111,31 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto")
     d.add_argument("--model", default="default")
 
+    s = sub.add_parser("import-slide", help="copy a real slide (SVS, OME-TIFF, OME-Zarr) into a canvas for inpainting")
+    s.add_argument("slide", type=Path)
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--model", default="default")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--region-size", type=int, default=None, metavar="PX")
+    s.add_argument("--overwrite", action="store_true")
+
+    i = sub.add_parser("inpaint", help="regenerate a rectangle of a canvas with its surroundings as context")
+    i.add_argument("canvas", type=Path)
+    i.add_argument("--rect", type=_parse_rect, required=True, metavar="X,Y,W,H", help="rectangle in px")
+    src = i.add_mutually_exclusive_group()
+    src.add_argument("--mask", type=Path, default=None, help="new labels for the rectangle (resized to it)")
+    src.add_argument("--label", type=int, default=None, help="fill the rectangle with one label")
+    i.add_argument("--resume", action="store_true", help="finish an interrupted inpaint (no new rectangle)")
+    _add_run_options(i)
+
+    o = sub.add_parser("outpaint", help="extend a canvas beyond its border into a new canvas")
+    o.add_argument("canvas", type=Path)
+    o.add_argument("--out", required=True, type=Path)
+    o.add_argument("--pad", type=_parse_pads, required=True, metavar="TOP,RIGHT,BOTTOM,LEFT", help="px to add per side")
+    o.add_argument("--label", type=int, default=0, help="mask label of the new border (default 0, unknown)")
+    o.add_argument("--overwrite", action="store_true")
+    _add_run_options(o)
+
     t = sub.add_parser("train", help="train a codec and image model from tiles (see its --help)", add_help=False)
     t.add_argument("args", nargs=argparse.REMAINDER)
     c = sub.add_parser("check-reference", help="compare with the release's reference vectors")
@@ -127,14 +175,28 @@ def _run(model, canvas, request, preview_path: Path) -> int:
     return len(todo)
 
 
+def _request(args, card, device, area=None):
+    from src_models.synthesis import SynthesisRequest
+
+    request = SynthesisRequest(
+        model=str(args.model), steps=args.steps or card.default_steps,
+        omega=card.default_omega if args.omega is None else args.omega,
+        omega_per_class=dict(args.omega_class), eta=args.eta, seed=args.seed, schedule=args.schedule,
+        device=str(device), max_batch=args.max_batch, centre=args.centre, area=area,
+    )
+    if request.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {request.steps}")
+    return request
+
+
 def cmd_generate(args) -> int:
     import numpy as np
 
     from src_models.api import new_canvas, put_mask
     from src_models.canvas import Canvas
-    from src_models.maskio import load_mask
+    from src_models.maskio import check_labels, load_mask
     from src_models.models import load_model
-    from src_models.synthesis import SynthesisRequest, resolve_device
+    from src_models.synthesis import resolve_device
 
     device = resolve_device(args.device)
     if args.out.exists() and not (args.overwrite or args.resume):
@@ -144,6 +206,7 @@ def cmd_generate(args) -> int:
     model = load_model(args.model, device)
     card = model.card
     mask = load_mask(args.mask, card.colours)
+    check_labels(mask, card.classes, str(args.mask))
     if args.size is not None:
         width, height = args.size
     else:
@@ -151,14 +214,7 @@ def cmd_generate(args) -> int:
         if scale <= 0:
             raise UserError(f"--scale must be positive, got {scale}")
         height, width = int(round(mask.shape[0] * scale)), int(round(mask.shape[1] * scale))
-    request = SynthesisRequest(
-        model=str(args.model), steps=args.steps or card.default_steps,
-        omega=card.default_omega if args.omega is None else args.omega,
-        omega_per_class=dict(args.omega_class), eta=args.eta, seed=args.seed, schedule=args.schedule,
-        device=str(device), max_batch=args.max_batch, centre=args.centre,
-    )
-    if request.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {request.steps}")
+    request = _request(args, card, device)
     if args.resume:
         canvas = Canvas.open(args.out, "r+")
         if (canvas.height, canvas.width) != (height, width):
@@ -215,6 +271,79 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_import_slide(args) -> int:
+    from src_models.editing import import_slide
+    from src_models.models import load_model
+    from src_models.synthesis import resolve_device
+    from tqdm import tqdm
+
+    model = load_model(args.model, resolve_device(args.device))
+    bar = tqdm(desc="importing", unit="region", file=sys.stderr, disable=None)
+
+    def progress(n, total):
+        bar.total = total
+        bar.update(n - bar.n)
+
+    try:
+        canvas, report = import_slide(args.slide, model, args.out, args.region_size, args.overwrite, progress)
+    finally:
+        bar.close()
+    canvas.close()
+    print(json.dumps({"canvas": str(args.out), **report}))
+    return 0
+
+
+def _check_canvas_model(canvas, card):
+    if canvas.factor != card.factor or canvas.latent.shape[0] != int(card.codec.get("channels", 4)):
+        raise UserError(f"{canvas.path} was made for a model with factor {canvas.factor} and "
+                        f"{canvas.latent.shape[0]} latent channels; model {card.name!r} does not fit it")
+
+
+def cmd_inpaint(args) -> int:
+    from src_models.canvas import Canvas
+    from src_models.editing import prepare_inpaint
+    from src_models.maskio import load_mask
+    from src_models.models import load_model
+    from src_models.synthesis import resolve_device
+
+    device = resolve_device(args.device)
+    model = load_model(args.model, device)
+    with Canvas.open(args.canvas, "r+") as canvas:
+        _check_canvas_model(canvas, model.card)
+        if args.resume:
+            if not canvas.jobs():
+                raise UserError(f"--resume: {args.canvas} has no unfinished inpaint")
+            rect = tuple(args.rect)
+        else:
+            mask = load_mask(args.mask, model.card.colours) if args.mask else None
+            rect = prepare_inpaint(canvas, args.rect, mask=mask, label=args.label)
+        request = _request(args, model.card, device, area=rect)
+        preview = args.preview or args.canvas.with_suffix(".png")
+        n = _run(model, canvas, request, preview)
+    print(f"canvas: {args.canvas}  (rectangle y {rect[0]}:{rect[1]}, x {rect[2]}:{rect[3]} px; {n} regions sampled)")
+    print(f"preview: {preview}")
+    return 0
+
+
+def cmd_outpaint(args) -> int:
+    from src_models.editing import outpaint
+    from src_models.models import load_model
+    from src_models.synthesis import resolve_device
+
+    device = resolve_device(args.device)
+    model = load_model(args.model, device)
+    if args.out.exists() and not args.overwrite:
+        raise UserError(f"{args.out} exists; pass --overwrite to replace it")
+    canvas = outpaint(args.canvas, model, args.out, args.pad, label=args.label, overwrite=args.overwrite)
+    with canvas:
+        request = _request(args, model.card, device)
+        preview = args.preview or args.out.with_suffix(".png")
+        n = _run(model, canvas, request, preview)
+    print(f"canvas: {args.out}  ({canvas.width}x{canvas.height} px; {n} regions sampled)")
+    print(f"preview: {preview}")
+    return 0
+
+
 def cmd_train(args) -> int:
     from src_models.train import main as train_main
 
@@ -238,6 +367,9 @@ def cmd_convert(args) -> int:
 COMMANDS = {
     "generate": cmd_generate,
     "demo": cmd_demo,
+    "import-slide": cmd_import_slide,
+    "inpaint": cmd_inpaint,
+    "outpaint": cmd_outpaint,
     "train": cmd_train,
     "check-reference": cmd_check_reference,
     "convert": cmd_convert,
@@ -254,13 +386,14 @@ def main(argv: list[str] | None = None) -> int:
     from src_models.canvas import CanvasError
     from src_models.card import ModelError
     from src_models.maskio import MaskError
+    from src_models.slide import SlideError
     from src_models.synthesis import SynthesisError
 
     warnings.simplefilter("default", RuntimeWarning)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"diffinfinite: warning: {msg}\n"
     try:
         return COMMANDS[ns.command](ns)
-    except (UserError, CanvasError, ModelError, MaskError, SynthesisError) as e:
+    except (UserError, CanvasError, ModelError, MaskError, SlideError, SynthesisError) as e:
         print(f"diffinfinite: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

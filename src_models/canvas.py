@@ -380,6 +380,13 @@ class Canvas:
             self._marker(i).unlink(missing_ok=True)
         return touched
 
+    def set_jobs(self, jobs: dict[int, list[list[int]]]) -> None:
+        """Give not-done regions their rectangles to sample (the rest of each is context)."""
+        self._check_writable()
+        merged = self.jobs()
+        merged.update({int(k): [list(map(int, r)) for r in v] for k, v in jobs.items()})
+        self._save_jobs(merged)
+
     def finish_job(self, index: int) -> None:
         jobs = self.jobs()
         if jobs.pop(index, None) is not None:

@@ -1,0 +1,148 @@
+"""Editing canvases: bring in a real slide, regenerate a rectangle (inpaint), grow a canvas
+beyond its border (outpaint).  Each prepares the canvas; ``synthesis.synthesise`` then samples
+what is pending, with everything finished around it as context.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .api import LATENT_MULTIPLE, check_size, new_canvas
+from .canvas import Canvas, CanvasError
+from .card import ModelCard
+from .maskio import check_labels, resize_labels
+from .slide import open_slide
+
+
+def encode_rgb(codec, rgb: np.ndarray, device) -> np.ndarray:
+    """(h, w, 3) uint8 -> (C, h/f, w/f) float32 latents."""
+    img = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div(255).to(device)
+    with torch.inference_mode():
+        z = codec.encode(img)
+    return z[0].float().cpu().numpy()
+
+
+def import_slide(slide_path, model, out, region_size: int | None = None, overwrite: bool = False,
+                 progress=None) -> tuple[Canvas, dict]:
+    """Copy a slide's base level into a new canvas, encode its latents and mark every region
+    done, so that rectangles of it can be regenerated with the real tissue as context.
+
+    The slide is cropped (bottom/right) to the model's grid; returns the canvas and a report.
+    """
+    card: ModelCard = model.card
+    step = card.factor * LATENT_MULTIPLE
+    with open_slide(slide_path) as slide:
+        height, width = (slide.height // step) * step, (slide.width // step) * step
+        if height == 0 or width == 0:
+            raise CanvasError(f"slide {slide_path} ({slide.width}x{slide.height}) is smaller than the model's grid of {step} px")
+        canvas = new_canvas(card, out, height, width, region_size, overwrite=overwrite,
+                            settings={"source": str(slide_path)})
+        if slide.mpp:
+            canvas.info["pixel_size_um"] = slide.mpp
+            canvas.group.attrs["diffinfinite"] = canvas.info
+        regions = canvas.regions()
+        device = model.device
+        for n, r in enumerate(regions, 1):
+            y0, y1, x0, x1 = r.px(canvas.factor)
+            rgb = slide.read(y0, y1, x0, x1)
+            canvas.write_region(r, rgb, encode_rgb(model.codec, rgb, device))
+            canvas.mark_done(r.index, {"source": "slide"})
+            if progress is not None:
+                progress(n, len(regions))
+    report = {"slide": str(slide_path), "slide_size": [slide.width, slide.height], "canvas_size": [width, height],
+              "cropped_px": [slide.width - width, slide.height - height], "regions": len(regions)}
+    return canvas, report
+
+
+def align_rect(canvas: Canvas, rect_px) -> tuple[int, int, int, int]:
+    """Grow a pixel rectangle (y0, y1, x0, x1) to the latent grid and clip it to the canvas."""
+    f = canvas.factor
+    y0, y1, x0, x1 = (int(v) for v in rect_px)
+    y0, x0 = max(0, (y0 // f) * f), max(0, (x0 // f) * f)
+    y1, x1 = min(canvas.height, -(-y1 // f) * f), min(canvas.width, -(-x1 // f) * f)
+    if y1 <= y0 or x1 <= x0:
+        raise CanvasError(f"rectangle {rect_px} is empty or outside the {canvas.width}x{canvas.height} canvas")
+    return y0, y1, x0, x1
+
+
+def prepare_inpaint(canvas: Canvas, rect_px, mask: np.ndarray | None = None, label: int | None = None):
+    """Put a new mask (or one label) into a rectangle and schedule it for regeneration.
+
+    Returns the aligned rectangle in px, to pass as ``SynthesisRequest.area``.
+    """
+    y0, y1, x0, x1 = align_rect(canvas, rect_px)
+    f = canvas.factor
+    shape = ((y1 - y0) // f, (x1 - x0) // f)
+    if mask is not None:
+        check_labels(mask, canvas.classes)
+        canvas.write_mask(resize_labels(mask, shape), y0 // f, x0 // f)
+    elif label is not None:
+        check_labels(np.array([[label]]), canvas.classes, name=f"label {label}")
+        canvas.write_mask(np.full(shape, label, np.uint8), y0 // f, x0 // f)
+    canvas.regenerate(y0 // f, y1 // f, x0 // f, x1 // f)
+    return y0, y1, x0, x1
+
+
+def _minus(r, o):
+    """Rectangles covering r minus o (both (y0, y1, x0, x1))."""
+    ry0, ry1, rx0, rx1 = r
+    oy0, oy1, ox0, ox1 = max(o[0], ry0), min(o[1], ry1), max(o[2], rx0), min(o[3], rx1)
+    if oy0 >= oy1 or ox0 >= ox1:
+        return [list(r)]
+    out = []
+    if ry0 < oy0:
+        out.append([ry0, oy0, rx0, rx1])
+    if oy1 < ry1:
+        out.append([oy1, ry1, rx0, rx1])
+    if rx0 < ox0:
+        out.append([oy0, oy1, rx0, ox0])
+    if ox1 < rx1:
+        out.append([oy0, oy1, ox1, rx1])
+    return out
+
+
+def outpaint(src_path, model, out, pads, label: int = 0, overwrite: bool = False, progress=None) -> Canvas:
+    """A new canvas that holds ``src_path`` padded by ``pads`` = (top, right, bottom, left) px;
+    the old area is kept (as context) and the border is pending, under mask ``label``."""
+    card: ModelCard = model.card
+    top, right, bottom, left = (int(v) for v in pads)
+    step = card.factor * LATENT_MULTIPLE
+    if min(pads) < 0 or not any(pads):
+        raise CanvasError("outpaint needs non-negative pads with at least one above zero")
+    bad = [v for v in pads if v % step]
+    if bad:
+        raise CanvasError(f"pads must be multiples of {step} px (the model's grid); got {list(pads)}")
+    check_labels(np.array([[label]]), card.classes, name=f"label {label}")
+    with Canvas.open(src_path) as src:
+        if src.factor != card.factor or src.latent.shape[0] != int(card.codec.get("channels", 4)):
+            raise CanvasError(f"{src_path} was made for another kind of model (factor {src.factor}, "
+                              f"{src.latent.shape[0]} latent channels)")
+        H, W = src.height + top + bottom, src.width + left + right
+        check_size(card, H, W)
+        dst = new_canvas(card, out, H, W, src.region_size, overwrite=overwrite, settings=src.settings)
+        f = src.factor
+        ly, lx = top // f, left // f
+        old = (ly, ly + src.latent_shape[0], lx, lx + src.latent_shape[1])
+        if label:
+            for r in dst.regions():
+                dst.write_mask(np.full((r.y1 - r.y0, r.x1 - r.x0), label, np.uint8), r.y0, r.x0)
+        block = 2048
+        blocks = [(y, x) for y in range(0, src.height, block) for x in range(0, src.width, block)]
+        for n, (y, x) in enumerate(blocks, 1):
+            y1, x1 = min(src.height, y + block), min(src.width, x + block)
+            dst.write_pixels(top + y, left + x, src.read_rgb(y, y1, x, x1))
+            sl = (slice(y // f, y1 // f), slice(x // f, x1 // f))
+            dst.latent[:, ly + y // f : ly + y1 // f, lx + x // f : lx + x1 // f] = np.asarray(src.latent[(slice(None), *sl)])
+            dst.write_mask(np.asarray(src.mask[sl]), ly + y // f, lx + x // f)
+            if progress is not None:
+                progress(n, len(blocks))
+        jobs = {}
+        for r in dst.regions():
+            rect = (r.y0, r.y1, r.x0, r.x1)
+            rest = _minus(rect, old)
+            if not rest:
+                dst.mark_done(r.index, {"source": str(src_path)})
+            elif rest != [list(rect)]:
+                jobs[r.index] = rest
+        dst.set_jobs(jobs)
+    return dst

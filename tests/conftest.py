@@ -1,0 +1,19 @@
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from src_models.models import load_model
+
+    return load_model("tiny-test", "cpu")
+
+
+@pytest.fixture
+def two_class_mask():
+    """64x64 labels: class 1 on the left, 2 on the right, 3 in a bottom band."""
+    m = np.zeros((64, 64), np.uint8)
+    m[:, :32] = 1
+    m[:, 32:] = 2
+    m[48:, :] = 3
+    return m

@@ -1,0 +1,134 @@
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from src_models.api import new_canvas, put_mask
+from src_models.canvas import Canvas
+from src_models.editing import import_slide, outpaint, prepare_inpaint
+from src_models.synthesis import SynthesisError, SynthesisRequest, pending_regions, synthesise
+
+
+def _canvas(tiny, path, mask, size=128, region=32):
+    c = new_canvas(tiny.card, path, size, size, region)
+    put_mask(c, mask)
+    return c
+
+
+def _image(c):
+    return np.asarray(c.image(0)[:])
+
+
+def test_regions_nearest_the_centre_go_first_and_fill_progressively(tiny, tmp_path, two_class_mask):
+    c = _canvas(tiny, tmp_path / "c.zarr", two_class_mask)
+    req = SynthesisRequest(model="tiny-test", steps=2, seed=1, centre=(127, 127))
+    order = [r.index for r in pending_regions(c, req)]
+    assert order[0] == 15 and order[-1] == 0
+    seen = []
+    for ev in synthesise(tiny, c, req):
+        y0, y1, x0, x1 = ev.bbox
+        assert _image(c)[:, y0:y1, x0:x1].any()  # on disk when the event arrives
+        seen.append(ev.index)
+    assert seen == order and c.done_indices() == set(range(16))
+    assert list(synthesise(tiny, c, req)) == []  # nothing left
+
+
+def test_cancel_then_resume_equals_an_uninterrupted_run(tiny, tmp_path, two_class_mask):
+    req = SynthesisRequest(model="tiny-test", steps=3, seed=7)
+    a = _canvas(tiny, tmp_path / "a.zarr", two_class_mask)
+    list(synthesise(tiny, a, req))
+    b = _canvas(tiny, tmp_path / "b.zarr", two_class_mask)
+    stop = threading.Event()
+    levels = []
+
+    def progress(p):
+        levels.append(p)
+        if len(levels) == 3 * 5 + 2:  # in the middle of the sixth region
+            stop.set()
+
+    done = [ev.index for ev in synthesise(tiny, b, req, cancel=stop, progress=progress)]
+    assert len(done) == 5 and b.done_indices() == set(done)
+    b.close()
+    b = Canvas.open(tmp_path / "b.zarr", "r+")
+    list(synthesise(tiny, b, req))
+    assert np.array_equal(_image(a), _image(b))
+    assert np.array_equal(np.asarray(a.latent[:]), np.asarray(b.latent[:]))
+
+
+def test_out_of_memory_halves_the_batch_and_completes(tiny, tmp_path, two_class_mask):
+    c = _canvas(tiny, tmp_path / "c.zarr", two_class_mask, size=64)
+    real = tiny.unet.forward
+    sizes = []
+
+    def flaky(x, t, mask):
+        sizes.append(x.shape[0])
+        if x.shape[0] > 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(x, t, mask)
+
+    tiny.unet.forward = flaky
+    try:
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            events = list(synthesise(tiny, c, SynthesisRequest(steps=2, max_batch=16)))
+    finally:
+        del tiny.unet.forward
+    assert len(events) == 4
+    assert max(sizes) == 16 and sizes[-1] <= 4
+    oom = [x for x in w if "out of GPU memory" in str(x.message)]
+    assert len(oom) == 1 and "batch size halved to 8" in str(oom[0].message)
+
+
+def test_labels_outside_the_model_are_refused(tiny, tmp_path):
+    c = new_canvas(tiny.card, tmp_path / "c.zarr", 64, 64, 32)
+    c.mask[:4, :4] = 9  # written behind the canvas's own check, as a damaged store would be
+    with pytest.raises(SynthesisError, match="label 9"):
+        list(synthesise(tiny, c, SynthesisRequest(steps=1)))
+
+
+def test_inpaint_changes_only_the_rectangle(tiny, tmp_path, two_class_mask):
+    c = _canvas(tiny, tmp_path / "c.zarr", two_class_mask)
+    list(synthesise(tiny, c, SynthesisRequest(steps=2, seed=1)))
+    before = _image(c)
+    rect = prepare_inpaint(c, (40, 80, 20, 70), label=3)
+    assert rect == (40, 80, 20, 70)
+    assert c.done_indices() == set(range(16)) - {4, 5, 6, 8, 9, 10}
+    events = list(synthesise(tiny, c, SynthesisRequest(steps=2, seed=2, area=rect)))
+    assert sorted(e.index for e in events) == [4, 5, 6, 8, 9, 10] and c.jobs() == {}
+    after = _image(c)
+    inside = np.zeros(before.shape[1:], bool)
+    inside[40:80, 20:70] = True
+    assert np.array_equal(before[:, ~inside], after[:, ~inside])
+    assert (before[:, inside] != after[:, inside]).mean() > 0.5
+
+
+def test_outpaint_keeps_the_old_canvas_and_fills_the_border(tiny, tmp_path, two_class_mask):
+    c = _canvas(tiny, tmp_path / "c.zarr", two_class_mask, size=64)
+    list(synthesise(tiny, c, SynthesisRequest(steps=2, seed=1)))
+    old = _image(c)
+    c.close()
+    big = outpaint(tmp_path / "c.zarr", tiny, tmp_path / "big.zarr", (16, 0, 0, 32), label=2)
+    assert (big.height, big.width) == (80, 96)
+    list(synthesise(tiny, big, SynthesisRequest(steps=2, seed=1)))
+    img = _image(big)
+    assert np.array_equal(img[:, 16:, 32:], old)
+    assert img[:, :16].any() and img[:, :, :32].any()
+    assert big.done_indices() == {r.index for r in big.regions()}
+
+
+def test_import_real_slide(tiny, tmp_path):
+    from pathlib import Path
+
+    from src_models.slide import open_slide
+
+    svs = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmu_small_region.svs"
+    if not svs.exists():
+        svs = Path(__file__).resolve().parents[1] / "data" / "cmu_small_region" / "cmu_small_region.png"
+    canvas, report = import_slide(svs, tiny, tmp_path / "s.zarr", region_size=512)
+    assert report["canvas_size"] == [2216, 2960]  # cropped to the 8 px grid
+    with open_slide(svs) as s:
+        want = s.read(1000, 1100, 500, 700)
+    assert np.array_equal(canvas.read_rgb(1000, 1100, 500, 700), want)
+    assert canvas.done_indices() == {r.index for r in canvas.regions()}
