@@ -1,0 +1,122 @@
+"""Check a trained model by eye: sample images under a few mask layouts and lay them out as a
+sheet (mask beside image).  Used for ``docs/sample_sheet.png`` and by the training checks.
+
+``sample_window`` is a deliberately plain DDIM loop over whole windows (no patch plan), built from
+:func:`src_models.schedule.ddim_step` and :func:`src_models.guidance.guided_eps`; it is meant for
+windows up to a few times the model's patch size.  Large canvases go through the sampler.
+
+    python -m src_models.sample_sheet --model default --out docs/sample_sheet.png
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import torch
+
+
+@torch.no_grad()
+def sample_window(model, mask: torch.Tensor, steps: int = 50, omega: float = 3.0, seed: int = 0, eta: float = 1.0,
+                  max_batch: int = 16) -> torch.Tensor:
+    """Images (B, 3, H, W) in [0, 1] for label masks ``mask`` (B, 1, H, W) long at pixel size.
+
+    H and W must be multiples of the codec factor times the network's size multiple.
+    """
+    from .guidance import guided_eps, omega_vector
+    from .schedule import cosine_alphas_cumprod, ddim_step, ddim_time_pairs
+
+    card, net, codec = model.card, model.unet, model.codec
+    device = next(net.parameters()).device
+    if mask.dim() == 3:
+        mask = mask[:, None]
+    mask = mask.long().to(device)
+    f = card.factor
+    b, _, H, W = mask.shape
+    if H % f or W % f:
+        raise ValueError(f"mask size {H}x{W} is not a multiple of the codec factor {f}")
+    gen = torch.Generator().manual_seed(int(seed))
+    x = torch.randn(b, codec.channels, H // f, W // f, generator=gen).to(device)
+    alphas = cosine_alphas_cumprod()
+    om = omega_vector(card.num_classes, omega).to(device)
+    for t, t_next in ddim_time_pairs(steps):
+        tt = torch.full((b,), t, dtype=torch.long, device=device)
+        eps = guided_eps(net, x, tt, mask, om, conditioning=card.conditioning, max_batch=max_batch)
+        noise = torch.randn(x.shape, generator=gen).to(device) if eta > 0 else None
+        x, _ = ddim_step(x, eps, t, t_next, alphas, eta=eta, noise=noise)
+    return codec.decode(x.float()).clamp(0, 1).cpu()
+
+
+def layouts(size: int) -> dict[str, np.ndarray]:
+    """Four mask layouts (uint8, size x size) over the default model's classes
+    (0 unknown, 1 glass, 2 epidermis, 3 dermis)."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    out = {}
+    out["dermis"] = np.full((size, size), 3, np.uint8)
+    out["epidermis"] = np.full((size, size), 2, np.uint8)
+    m = np.full((size, size), 3, np.uint8)  # skin section: glass, epidermis band, dermis
+    edge = size * 0.22 + size * 0.06 * np.sin(xx / size * 2 * np.pi)
+    m[yy < edge] = 1
+    m[(yy >= edge) & (yy < edge + size * 0.28)] = 2
+    out["glass / epidermis / dermis"] = m
+    q = np.zeros((size, size), np.uint8)  # quadrants: unknown, glass, epidermis, dermis
+    q[: size // 2, size // 2 :] = 1
+    q[size // 2 :, : size // 2] = 2
+    q[size // 2 :, size // 2 :] = 3
+    out["unknown | glass / epidermis | dermis"] = q
+    return out
+
+
+def make_sheet(model, size: int = 256, steps: int = 50, omega: float = 3.0, seeds=(0, 1), eta: float = 1.0) -> np.ndarray:
+    """RGB sheet: one row per layout, the coloured mask then one image per seed."""
+    from PIL import Image, ImageDraw
+
+    from .masks_from_he import colourise
+
+    card = model.card
+    rows = []
+    for title, m in layouts(size).items():
+        m = np.clip(m, 0, card.num_classes - 1)
+        mask = torch.from_numpy(m.astype(np.int64))[None, None].repeat(len(seeds), 1, 1, 1)
+        imgs = [sample_window(model, mask[i : i + 1], steps=steps, omega=omega, seed=s, eta=eta)[0] for i, s in enumerate(seeds)]
+        tiles = [colourise(m, card.colours)] + [(im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for im in imgs]
+        pad = np.full((size, 8, 3), 255, np.uint8)
+        row = np.concatenate(sum(([t, pad] for t in tiles), [])[:-1], axis=1)
+        head = Image.new("RGB", (row.shape[1], 18), "white")
+        ImageDraw.Draw(head).text((4, 3), title, fill=(0, 0, 0))
+        rows += [np.asarray(head), row, np.full((8, row.shape[1], 3), 255, np.uint8)]
+    legend = Image.new("RGB", (rows[1].shape[1], 22), "white")
+    d = ImageDraw.Draw(legend)
+    x = 4
+    for name, col in zip(card.classes, card.colours):
+        d.rectangle([x, 5, x + 12, 17], fill=col, outline=(0, 0, 0))
+        d.text((x + 16, 5), name, fill=(0, 0, 0))
+        x += 26 + 7 * len(name)
+    d.text((x + 10, 5), f"{card.name}: {steps} DDIM steps, eta {eta}, omega {omega}, seeds {list(seeds)}", fill=(0, 0, 0))
+    return np.concatenate([np.asarray(legend)] + rows, axis=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from PIL import Image
+
+    from .models import load_model
+
+    p = argparse.ArgumentParser(prog="python -m src_models.sample_sheet", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="default")
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", type=int, default=256, help="image side in px")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--omega", type=float, default=3.0)
+    p.add_argument("--eta", type=float, default=1.0)
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+    model = load_model(a.model, device=a.device)
+    sheet = make_sheet(model, a.size, a.steps, a.omega, tuple(int(s) for s in a.seeds.split(",")), a.eta)
+    Image.fromarray(sheet).save(a.out)
+    print(a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

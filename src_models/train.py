@@ -1,0 +1,775 @@
+"""Training module v1: train the latent codec and the label-map-conditioned image UNet from a
+folder of RGB tiles with optional label masks.  Headless (torch + numpy + PIL/tifffile).
+
+Data folder::
+
+    DATA/images/<name>.png|.tif|.tiff|.jpg   RGB tiles of any size (a whole slide is fine:
+                                             it is sampled as random crops)
+    DATA/masks/<name>.png|.tif|.tiff|.npy    optional uint8 label map of the same size
+    DATA/classes.json                         optional {"classes": [...], "colours": ["#rrggbb", ...]}
+
+(``images/`` may be omitted: then the image files sit in DATA itself.)  A tile without a mask is
+*unlabelled* and trains as class 0 everywhere, the release's semi-supervised scheme: class 0
+("unknown") is also the null condition of classifier-free guidance.  Labelled crops additionally
+lose their mask (become all 0) with probability ``p_uncond``, so the null pass also learns from
+labelled tissue.
+
+Stages (one command runs both; each resumes from its last checkpoint):
+
+1. codec: the :class:`~src_models.autoencoder.NativeAutoencoder` with L1 + gradient (finite
+   difference) loss and a little latent noise; then the latent shift/scale are fitted on the data.
+   Skipped with ``--codec identity`` or ``--codec MODEL_DIR`` (reuse a trained model's codec).
+2. unet: every tile is encoded once in its 8 dihedral orientations (deterministic encode, so the
+   cache is exact), and the :class:`~src_models.unet.NativeUNet` learns ε-prediction (L2) on random
+   latent crops under the cosine schedule.  An EMA copy of the weights is kept; it is what the
+   model directory holds.
+
+Work directory (``--work``, default ``OUT.train``): ``checkpoints/<stage>/step_XXXXXXX/``
+(``model.safetensors``, ``ema.safetensors``, ``optim.pt`` holding only tensors and plain
+containers, loaded with ``weights_only=True``, and ``state.json``), ``logs/<stage>.csv`` with
+``step,loss,lr,seconds``, and ``codec_final/``.  The model directory ``OUT`` is written at the end
+with :func:`src_models.models.save_model`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .card import ModelCard, ModelError
+
+IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+MASK_EXTS = (".png", ".tif", ".tiff", ".npy")
+DEFAULT_COLOURS = ["#000000", "#e8e8e8", "#6a2d8f", "#e87ab0", "#f4a300", "#2a9d8f", "#c1121f", "#3a86ff", "#8ac926", "#6d597a"]
+DEFAULT_UNET = {"base": 32, "mults": [1, 2, 3], "blocks": 2, "cond_dim": 32, "heads": 4, "groups": 8, "mid_attention": True}
+DEFAULT_CODEC = {"widths": [32, 64, 96], "latent_channels": 4, "mid_blocks": 2}
+
+
+class TrainError(ValueError):
+    """Bad training input (message says what and where)."""
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Tile:
+    name: str
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray | None  # (H, W) uint8 labels, or None when unlabelled
+
+    @property
+    def labelled(self) -> bool:
+        return self.mask is not None
+
+
+@dataclass
+class TrainingSet:
+    tiles: list[Tile]
+    classes: list[str]
+    colours: list[str]
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        arr = np.asarray(tifffile.imread(str(path)))
+    else:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"))
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] < 3:
+        raise TrainError(f"{path}: not an RGB image (shape {arr.shape})")
+    arr = arr[..., :3]
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating) and arr.max() <= 1.0:
+            arr = (arr * 255).round()
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(arr)
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    if path.suffix.lower() == ".npy":
+        arr = np.load(path, allow_pickle=False)
+    elif path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        arr = np.asarray(tifffile.imread(str(path)))
+    else:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P", "I", "I;16", "1"):
+                raise TrainError(f"{path}: a mask must be a single-channel label image, not mode {im.mode}")
+            arr = np.asarray(im)
+    arr = np.squeeze(arr)
+    if arr.ndim != 2:
+        raise TrainError(f"{path}: a mask must be a 2-D label image, got shape {arr.shape}")
+    if arr.min() < 0 or arr.max() > 255:
+        raise TrainError(f"{path}: labels must lie in 0..255")
+    return arr.astype(np.uint8)
+
+
+def find_pairs(data_dir: str | Path) -> list[tuple[Path, Path | None]]:
+    """(image, mask or None) for every image file of a training folder, sorted by name."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise TrainError(f"training data folder {data_dir} does not exist")
+    img_dir = data_dir / "images" if (data_dir / "images").is_dir() else data_dir
+    mask_dir = data_dir / "masks"
+    images = sorted(p for p in img_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    if not images:
+        raise TrainError(f"no images ({', '.join(IMAGE_EXTS)}) in {img_dir}")
+    pairs = []
+    for p in images:
+        mask = None
+        if mask_dir.is_dir():
+            for ext in MASK_EXTS:
+                cand = mask_dir / (p.stem + ext)
+                if cand.is_file():
+                    mask = cand
+                    break
+        pairs.append((p, mask))
+    return pairs
+
+
+def load_training_set(data_dir: str | Path, classes: list[str] | None = None, colours: list[str] | None = None) -> TrainingSet:
+    """Read a training folder into memory and check its masks against the classes."""
+    data_dir = Path(data_dir)
+    tiles = []
+    for img_path, mask_path in find_pairs(data_dir):
+        img = _read_image(img_path)
+        mask = None
+        if mask_path is not None:
+            mask = _read_mask(mask_path)
+            if mask.shape != img.shape[:2]:
+                raise TrainError(f"{mask_path}: mask is {mask.shape[::-1]} px but its image is {img.shape[1::-1]} px")
+        tiles.append(Tile(img_path.name, img, mask))
+    meta = data_dir / "classes.json"
+    if classes is None and meta.is_file():
+        info = json.loads(meta.read_text())
+        classes, colours = info.get("classes"), colours or info.get("colours")
+    max_label = max((int(t.mask.max()) for t in tiles if t.mask is not None), default=1)
+    if classes is None:
+        classes = ["unknown"] + [f"class_{k}" for k in range(1, max(max_label, 1) + 1)]
+    if colours is None:
+        colours = [DEFAULT_COLOURS[k % len(DEFAULT_COLOURS)] for k in range(len(classes))]
+    if len(colours) != len(classes):
+        raise TrainError(f"{len(classes)} classes but {len(colours)} colours")
+    if max_label >= len(classes):
+        bad = [t.name for t in tiles if t.mask is not None and t.mask.max() >= len(classes)]
+        raise TrainError(f"masks hold label {max_label} but there are only classes 0..{len(classes) - 1} (e.g. {bad[0]})")
+    return TrainingSet(tiles, list(classes), list(colours), source=str(data_dir))
+
+
+def dihedral(a: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th of the 8 dihedral transforms of the last two dims (k in 0..7)."""
+    if k >= 4:
+        a = a.flip(-1)
+    return torch.rot90(a, k % 4, dims=(-2, -1))
+
+
+def _pad_to(img: np.ndarray, mask: np.ndarray | None, size: int, multiple: int):
+    """Reflect-pad so both sides are >= size, then crop to a multiple of ``multiple``."""
+    h, w = img.shape[:2]
+    ph, pw = max(0, size - h), max(0, size - w)
+    if ph or pw:
+        mode = "reflect" if (ph < h and pw < w) else "wrap"
+        img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode=mode)
+        if mask is not None:
+            mask = np.pad(mask, ((0, ph), (0, pw)), mode=mode)
+    h, w = img.shape[0] // multiple * multiple, img.shape[1] // multiple * multiple
+    return img[:h, :w], (mask[:h, :w] if mask is not None else None)
+
+
+class PixelCrops:
+    """Random crops (with a random dihedral transform) of the tiles, in pixel space."""
+
+    def __init__(self, tiles: list[Tile], crop: int, generator: torch.Generator):
+        self.crop, self.gen = crop, generator
+        self.images, self.masks = [], []
+        for t in tiles:
+            img, mask = _pad_to(t.image, t.mask, crop, 1)
+            self.images.append(torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous())
+            self.masks.append(torch.from_numpy(mask.astype(np.int64))[None] if mask is not None else None)
+        w = torch.tensor([(i.shape[1] - crop + 1) * (i.shape[2] - crop + 1) for i in self.images], dtype=torch.float64)
+        self.weights = w / w.sum()
+
+    def sample(self, n: int):
+        """(img (n,3,c,c) float in [0,1], mask (n,1,c,c) long, labelled (n,) bool)."""
+        c = self.crop
+        idx = torch.multinomial(self.weights, n, replacement=True, generator=self.gen)
+        imgs, masks, lab = [], [], []
+        for i in idx.tolist():
+            im = self.images[i]
+            y = int(torch.randint(0, im.shape[1] - c + 1, (1,), generator=self.gen))
+            x = int(torch.randint(0, im.shape[2] - c + 1, (1,), generator=self.gen))
+            k = int(torch.randint(0, 8, (1,), generator=self.gen))
+            imgs.append(dihedral(im[:, y : y + c, x : x + c], k))
+            m = self.masks[i]
+            masks.append(dihedral(m[:, y : y + c, x : x + c], k) if m is not None else torch.zeros(1, c, c, dtype=torch.long))
+            lab.append(m is not None)
+        return torch.stack(imgs).float() / 255.0, torch.stack(masks), torch.tensor(lab)
+
+
+@torch.no_grad()
+def encode_large(codec, img: torch.Tensor, tile: int = 512, margin: int = 64, device="cpu", raw: bool = False) -> torch.Tensor:
+    """Encode a (3, H, W) image in [0, 1] (sides multiples of the codec factor) tile by tile.
+
+    The native codec is local (no normalisation over space), so tiles with ``margin`` px of
+    context stitch into the encoding of the whole image.
+    """
+    f = codec.factor
+    enc = codec.encode_raw if raw else codec.encode
+    _, H, W = img.shape
+    tile, margin = max(f, tile // f * f), max(0, margin // f * f)
+    out = None
+    for y0 in range(0, H, tile):
+        for x0 in range(0, W, tile):
+            y1, x1 = min(H, y0 + tile), min(W, x0 + tile)
+            ya, xa = max(0, y0 - margin), max(0, x0 - margin)
+            yb, xb = min(H, y1 + margin), min(W, x1 + margin)
+            z = enc(img[None, :, ya:yb, xa:xb].to(device)).float().cpu()[0]
+            if out is None:
+                out = torch.empty(z.shape[0], H // f, W // f)
+            out[:, y0 // f : y1 // f, x0 // f : x1 // f] = z[:, (y0 - ya) // f : (y1 - ya) // f, (x0 - xa) // f : (x1 - xa) // f]
+    return out
+
+
+class LatentCrops:
+    """Random latent crops from a cache of every tile encoded in its 8 dihedral orientations."""
+
+    def __init__(self, tiles: list[Tile], codec, crop_px: int, generator: torch.Generator, device="cpu", progress=False):
+        from tqdm import tqdm
+
+        f = codec.factor
+        if crop_px % f:
+            raise TrainError(f"crop {crop_px} px is not a multiple of the codec factor {f}")
+        self.crop, self.f, self.gen = crop_px // f, f, generator
+        self.latents, self.masks = [], []
+        for t in tqdm(tiles, desc="encode tiles", file=sys.stderr, disable=not progress, leave=False):
+            img, mask = _pad_to(t.image, t.mask, crop_px, f)
+            im = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255.0
+            m = torch.from_numpy(mask.astype(np.int64))[None] if mask is not None else None
+            for k in range(8):
+                self.latents.append(encode_large(codec, dihedral(im, k).contiguous(), device=device).half())
+                self.masks.append(dihedral(m, k).contiguous().to(torch.uint8) if m is not None else None)
+        c = self.crop
+        w = torch.tensor([(z.shape[1] - c + 1) * (z.shape[2] - c + 1) for z in self.latents], dtype=torch.float64)
+        self.weights = w / w.sum()
+
+    def sample(self, n: int):
+        """(latent (n,C,c,c) float, mask (n,1,c·f,c·f) long, labelled (n,) bool)."""
+        c, f = self.crop, self.f
+        idx = torch.multinomial(self.weights, n, replacement=True, generator=self.gen)
+        zs, masks, lab = [], [], []
+        for i in idx.tolist():
+            z = self.latents[i]
+            y = int(torch.randint(0, z.shape[1] - c + 1, (1,), generator=self.gen))
+            x = int(torch.randint(0, z.shape[2] - c + 1, (1,), generator=self.gen))
+            zs.append(z[:, y : y + c, x : x + c])
+            m = self.masks[i]
+            if m is None:
+                masks.append(torch.zeros(1, c * f, c * f, dtype=torch.long))
+            else:
+                masks.append(m[:, y * f : (y + c) * f, x * f : (x + c) * f].long())
+            lab.append(m is not None)
+        return torch.stack(zs).float(), torch.stack(masks), torch.tensor(lab)
+
+
+# --------------------------------------------------------------------------------------------
+# the loop: checkpoints, resume, CSV log, progress
+# --------------------------------------------------------------------------------------------
+def lr_at(step: int, steps: int, base: float, warmup: int = 100, floor: float = 0.1) -> float:
+    """Linear warm-up, then cosine decay to ``floor``·base at the last step."""
+    warm = min(1.0, (step + 1) / max(1, warmup))
+    prog = min(1.0, step / max(1, steps))
+    return base * warm * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * prog)))
+
+
+def _state_cpu(module) -> dict:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def checkpoints(stage_dir: Path) -> list[Path]:
+    """Complete checkpoints of a stage (those with a state.json), oldest first."""
+    if not stage_dir.is_dir():
+        return []
+    return sorted(p for p in stage_dir.glob("step_*") if p.is_dir() and (p / "state.json").is_file())
+
+
+def save_checkpoint(stage_dir: Path, step: int, model, ema, opt, gen: torch.Generator, state: dict, keep: int = 2) -> Path:
+    from safetensors.torch import save_file
+
+    final = stage_dir / f"step_{step:07d}"
+    tmp = stage_dir / f".tmp_step_{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(_state_cpu(model), str(tmp / "model.safetensors"))
+    if ema is not None:
+        save_file(_state_cpu(ema), str(tmp / "ema.safetensors"))
+    torch.save({"optimizer": opt.state_dict(), "data_rng": gen.get_state(), "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in checkpoints(stage_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(ckpt: Path, model, ema, opt, gen: torch.Generator) -> dict:
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=True)
+    if ema is not None:
+        ema.load_state_dict(load_file(str(ckpt / "ema.safetensors")), strict=True)
+    extra = torch.load(ckpt / "optim.pt", map_location="cpu", weights_only=True)
+    opt.load_state_dict(extra["optimizer"])
+    gen.set_state(extra["data_rng"])
+    torch.set_rng_state(extra["torch_rng"])
+    return json.loads((ckpt / "state.json").read_text())
+
+
+class CsvLog:
+    HEADER = ["step", "loss", "lr", "seconds"]
+
+    def __init__(self, path: Path, resume_step: int):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = []
+        if path.is_file() and resume_step > 0:  # keep rows up to the checkpoint we resume from
+            with path.open() as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
+        self.fh = path.open("w", newline="")
+        self.w = csv.writer(self.fh)
+        self.w.writerow(self.HEADER)
+        for r in rows:
+            self.w.writerow([r[k] for k in self.HEADER])
+        self.fh.flush()
+
+    def write(self, step: int, loss: float, lr: float, seconds: float):
+        self.w.writerow([step, f"{loss:.6f}", f"{lr:.3e}", f"{seconds:.1f}"])
+        self.fh.flush()
+
+    def close(self):
+        self.fh.close()
+
+
+@torch.no_grad()
+def ema_update(ema, model, decay: float, step: int):
+    d = min(decay, (1 + step) / (10 + step))
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm.detach(), 1.0 - d)
+    for be, bm in zip(ema.buffers(), model.buffers()):
+        be.copy_(bm)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def run_loop(
+    stage: str,
+    model,
+    loss_fn,
+    work_dir: Path,
+    steps: int,
+    lr: float,
+    gen: torch.Generator,
+    ema=None,
+    ema_decay: float = 0.999,
+    ckpt_every: int = 500,
+    log_every: int = 10,
+    resume: bool = False,
+    progress: bool = True,
+    warmup: int = 100,
+    grad_clip: float = 1.0,
+) -> dict:
+    """Optimise ``loss_fn(step) -> scalar`` for ``steps`` steps with AdamW; returns the final state."""
+    from tqdm import tqdm
+
+    stage_dir = work_dir / "checkpoints" / stage
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
+    state = {"step": 0, "seconds": 0.0, "loss": float("nan")}
+    existing = checkpoints(stage_dir)
+    if existing:
+        if not resume:
+            raise TrainError(f"{stage_dir} already holds checkpoints: pass --resume to continue or --overwrite to start over")
+        state = load_checkpoint(existing[-1], model, ema, opt, gen)
+    start = int(state["step"])
+    log = CsvLog(work_dir / "logs" / f"{stage}.csv", start)
+    seconds0, t0 = float(state.get("seconds", 0.0)), time.perf_counter()
+    bar = tqdm(total=steps, initial=start, desc=stage, file=sys.stderr, disable=not progress, mininterval=2.0, dynamic_ncols=True)
+    acc, n_acc, last = 0.0, 0, state.get("loss", float("nan"))
+    model.train()
+    try:
+        for step in range(start, steps):
+            cur_lr = lr_at(step, steps, lr, warmup)
+            for g in opt.param_groups:
+                g["lr"] = cur_lr
+            loss = loss_fn(step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            opt.step()
+            if ema is not None:
+                ema_update(ema, model, ema_decay, step)
+            acc += float(loss.detach())
+            n_acc += 1
+            done = step + 1
+            bar.update(1)
+            if done % log_every == 0 or done == steps:
+                last = acc / n_acc
+                log.write(done, last, cur_lr, seconds0 + time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{last:.4f}", refresh=False)
+                acc, n_acc = 0.0, 0
+            if done % ckpt_every == 0 or done == steps:
+                state = {"step": done, "seconds": seconds0 + time.perf_counter() - t0, "loss": last, "stage": stage}
+                save_checkpoint(stage_dir, done, model, ema, opt, gen, state)
+    finally:
+        bar.close()
+        log.close()
+    model.eval()
+    return {"step": max(start, steps), "seconds": seconds0 + time.perf_counter() - t0, "loss": last}
+
+
+# --------------------------------------------------------------------------------------------
+# stages
+# --------------------------------------------------------------------------------------------
+def _image_grad(x: torch.Tensor):
+    return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
+
+
+def codec_loss(rec: torch.Tensor, img: torch.Tensor, grad_weight: float = 0.5) -> torch.Tensor:
+    """L1 on pixels plus L1 on horizontal/vertical finite differences (keeps edges sharp)."""
+    loss = (rec - img).abs().mean()
+    (rx, ry), (ix, iy) = _image_grad(rec), _image_grad(img)
+    return loss + grad_weight * ((rx - ix).abs().mean() + (ry - iy).abs().mean())
+
+
+def train_codec(
+    data: TrainingSet,
+    work_dir: str | Path,
+    *,
+    steps: int = 3000,
+    config: dict | None = None,
+    crop: int = 64,
+    batch: int = 16,
+    lr: float = 1e-3,
+    latent_noise: float = 0.05,
+    ckpt_every: int = 500,
+    log_every: int = 10,
+    resume: bool = False,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+):
+    """Train the native autoencoder; fit its latent shift/scale on the data; returns it (eval mode).
+
+    The result is also written to ``work_dir/codec_final`` (a finished stage is not re-run on
+    resume).
+    """
+    from safetensors.torch import load_file, save_file
+
+    from .autoencoder import NativeAutoencoder
+
+    work_dir, device = Path(work_dir), torch.device(device)
+    config = dict(DEFAULT_CODEC, **(config or {}))
+    final = work_dir / "codec_final"
+    torch.manual_seed(seed)
+    codec = NativeAutoencoder(**config).to(device)
+    if (final / "codec.safetensors").is_file() and resume:
+        saved = json.loads((final / "codec.json").read_text())
+        if saved["config"] != config:
+            raise TrainError(f"{final} was trained with config {saved['config']}, not {config}")
+        codec.load_state_dict(load_file(str(final / "codec.safetensors")), strict=True)
+        return codec.eval()
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    crops = PixelCrops(data.tiles, crop, gen)
+    if device.type == "cuda":
+        codec = codec.to(memory_format=torch.channels_last)
+
+    def loss_fn(step):
+        img, _, _ = crops.sample(batch)
+        img = img.to(device)
+        with _autocast(device):
+            z = codec.encode_raw(img)
+            if latent_noise:
+                z = z + latent_noise * torch.randn_like(z)
+            rec = codec.decode_raw(z)
+        return codec_loss(rec.float(), img)
+
+    info = run_loop("codec", codec, loss_fn, work_dir, steps, lr, gen, ckpt_every=ckpt_every,
+                    log_every=log_every, resume=resume, progress=progress, warmup=min(100, steps // 10 + 1))
+    codec.eval()
+    raw = torch.cat([encode_large(codec, torch.from_numpy(np.array(_pad_to(t.image, None, crop, codec.factor)[0])).permute(2, 0, 1).float() / 255.0,
+                                  device=device, raw=True).reshape(codec.channels, -1) for t in data.tiles], dim=1)
+    scale, shift = codec.set_normalisation(raw[None])
+    final.mkdir(parents=True, exist_ok=True)
+    save_file(_state_cpu(codec), str(final / "codec.safetensors"))
+    normed = (raw - torch.tensor(shift)[:, None]) / scale
+    stats = {"config": config, "scale": scale, "shift": shift, "latent_std": float(normed.std()),
+             "loss": info["loss"], "steps": steps, "seconds": info["seconds"]}
+    (final / "codec.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return codec
+
+
+def codec_card_entry(codec) -> dict:
+    """The card's ``codec`` dict for a codec module."""
+    from .codec import IdentityCodec
+
+    if isinstance(codec, IdentityCodec):
+        return {"type": "identity", "factor": 1, "channels": 3, "scale": 1.0}
+    return {
+        "type": "native",
+        "factor": int(codec.factor),
+        "channels": int(codec.channels),
+        "scale": float(codec.latent_scale),
+        "shift": [float(v) for v in codec.latent_shift],
+        "config": dict(codec.config),
+    }
+
+
+def train_unet(
+    data: TrainingSet,
+    codec,
+    work_dir: str | Path,
+    *,
+    steps: int = 4000,
+    config: dict | None = None,
+    crop: int = 128,
+    batch: int = 16,
+    lr: float = 2e-4,
+    ema_decay: float = 0.999,
+    p_uncond: float = 0.15,
+    ckpt_every: int = 500,
+    log_every: int = 10,
+    resume: bool = False,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+):
+    """Train the native UNet on ``codec`` latents; returns ``(ema_unet, info)``."""
+    import copy
+
+    from .schedule import TRAIN_STEPS, cosine_alphas_cumprod
+    from .unet import NativeUNet
+
+    work_dir, device = Path(work_dir), torch.device(device)
+    config = dict(DEFAULT_UNET, **(config or {}))
+    config.update(in_channels=int(codec.channels), num_classes=data.num_classes)
+    torch.manual_seed(seed)
+    unet = NativeUNet(**config).to(device)
+    if crop % (codec.factor * unet.size_multiple):
+        raise TrainError(f"crop {crop} px must be a multiple of {codec.factor * unet.size_multiple} (codec factor x UNet size multiple)")
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    if device.type == "cuda":
+        unet = unet.to(memory_format=torch.channels_last)
+        ema = ema.to(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(seed + 2)
+    codec = codec.to(device).eval()
+    crops = LatentCrops(data.tiles, codec, crop, gen, device=device, progress=progress)
+    alphas = cosine_alphas_cumprod().to(device)
+
+    def loss_fn(step):
+        z0, mask, labelled = crops.sample(batch)
+        drop = torch.rand(batch, generator=gen) < p_uncond
+        mask[drop] = 0  # condition dropout; unlabelled tiles are all 0 already
+        t = torch.randint(0, TRAIN_STEPS, (batch,), generator=gen)
+        noise = torch.randn(z0.shape, generator=gen)
+        z0, mask, t, noise = z0.to(device), mask.to(device), t.to(device), noise.to(device)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        with _autocast(device):
+            eps = unet(xt, t, mask)
+        return F.mse_loss(eps.float(), noise)
+
+    info = run_loop("unet", unet, loss_fn, work_dir, steps, lr, gen, ema=ema, ema_decay=ema_decay,
+                    ckpt_every=ckpt_every, log_every=log_every, resume=resume, progress=progress,
+                    warmup=min(200, steps // 10 + 1))
+    info["config"] = config
+    return ema.float().eval().to(memory_format=torch.contiguous_format), info
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------
+def build_parser(prog: str = "diffinfinite train") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Train the project's codec and label-map-conditioned image model from a folder of tiles "
+        "(DATA/images/*.png|tif|jpg, optional DATA/masks/<same name>.png label maps; unlabelled tiles train as class 0).",
+    )
+    p.add_argument("--data", required=True, help="training folder (images/, optional masks/ and classes.json)")
+    p.add_argument("--out", required=True, help="model directory to write (card.json + safetensors)")
+    p.add_argument("--work", help="checkpoints and logs (default: OUT.train next to OUT)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoints in the work directory")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing work directory and model directory first")
+    p.add_argument("--name", default="native", help="model name in the card")
+    p.add_argument("--classes", help="comma-separated class names after 'unknown' (default: DATA/classes.json or class_1..)")
+    p.add_argument("--colours", help="comma-separated #rrggbb colours, one per class including 'unknown'")
+    g = p.add_argument_group("codec")
+    g.add_argument("--codec", default="train", help="'train' (default), 'identity', or a model directory whose codec to reuse")
+    g.add_argument("--codec-steps", type=int, default=3000)
+    g.add_argument("--codec-crop", type=int, default=64, help="crop side in px")
+    g.add_argument("--codec-batch", type=int, default=16)
+    g.add_argument("--codec-lr", type=float, default=1e-3)
+    g.add_argument("--codec-widths", default="32,64,96", help="encoder widths, full resolution first (factor = 2**(n-1))")
+    g = p.add_argument_group("image model")
+    g.add_argument("--steps", type=int, default=4000, help="UNet optimisation steps")
+    g.add_argument("--crop", type=int, default=128, help="training crop side in px (also the card's patch size)")
+    g.add_argument("--batch", type=int, default=16)
+    g.add_argument("--lr", type=float, default=2e-4)
+    g.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights")
+    g.add_argument("--p-uncond", type=float, default=0.15, help="condition dropout for labelled crops")
+    g.add_argument("--base", type=int, default=32, help="UNet base width")
+    g.add_argument("--mults", default="1,2,3", help="UNet width multipliers per level")
+    g.add_argument("--blocks", type=int, default=2, help="ResNet blocks per level")
+    g = p.add_argument_group("run")
+    g.add_argument("--ckpt-every", type=int, default=500)
+    g.add_argument("--log-every", type=int, default=10)
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--training-data", default="", help="training data description for the card")
+    g.add_argument("--licence", default="", help="licence text for the card")
+    g.add_argument("--description", default="", help="free text for the card (the command is appended)")
+    return p
+
+
+def _ints(s: str) -> list[int]:
+    try:
+        return [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise TrainError(f"expected comma-separated integers, got {s!r}") from None
+
+
+def main(argv: list[str] | None = None, prog: str = "diffinfinite train") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = build_parser(prog).parse_args(argv)
+    try:
+        return _main(a, argv, prog)
+    except (TrainError, ModelError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+def _main(a, argv: list[str], prog: str) -> int:
+    from .codec import IdentityCodec
+    from .models import Model, load_model, save_model
+
+    out = Path(a.out)
+    work = Path(a.work) if a.work else out.with_name(out.name + ".train")
+    if a.overwrite:
+        shutil.rmtree(work, ignore_errors=True)
+        if (out / "card.json").is_file():
+            shutil.rmtree(out)
+    elif (out / "card.json").is_file() and not a.resume:
+        raise TrainError(f"{out} already holds a model: pass --overwrite to replace it")
+    if a.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(a.device)
+        except RuntimeError as e:
+            raise TrainError(f"bad --device {a.device!r}: {e}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise TrainError("--device cuda given but no CUDA device is available")
+    for name in ("steps", "codec_steps", "batch", "codec_batch", "ckpt_every", "log_every"):
+        if getattr(a, name) < (0 if name.endswith("steps") else 1):
+            raise TrainError(f"--{name.replace('_', '-')} must be positive")
+    classes = colours = None
+    if a.classes:
+        classes = ["unknown"] + [c.strip() for c in a.classes.split(",") if c.strip()]
+    if a.colours:
+        colours = [c.strip() for c in a.colours.split(",")]
+    data = load_training_set(a.data, classes, colours)
+    n_lab = sum(t.labelled for t in data.tiles)
+    print(f"{len(data.tiles)} tiles ({n_lab} labelled, {len(data.tiles) - n_lab} unlabelled as class 0), "
+          f"classes: {', '.join(data.classes)}; device {device}; work dir {work}", file=sys.stderr)
+    work.mkdir(parents=True, exist_ok=True)
+    progress = not a.no_progress
+
+    t_start = time.perf_counter()
+    codec_info: dict = {}
+    if a.codec == "identity":
+        codec = IdentityCodec()
+    elif a.codec == "train":
+        widths = _ints(a.codec_widths)
+        codec = train_codec(data, work, steps=a.codec_steps, config={"widths": widths}, crop=a.codec_crop,
+                            batch=a.codec_batch, lr=a.codec_lr, ckpt_every=a.ckpt_every, log_every=a.log_every,
+                            resume=a.resume, device=device, seed=a.seed, progress=progress)
+        codec_info = json.loads((work / "codec_final" / "codec.json").read_text())
+    else:
+        codec = load_model(a.codec).codec
+    unet_cfg = {"base": a.base, "mults": _ints(a.mults), "blocks": a.blocks}
+    ema, info = train_unet(data, codec, work, steps=a.steps, config=unet_cfg, crop=a.crop, batch=a.batch, lr=a.lr,
+                           ema_decay=a.ema, p_uncond=a.p_uncond, ckpt_every=a.ckpt_every, log_every=a.log_every,
+                           resume=a.resume, device=device, seed=a.seed, progress=progress)
+    command = " ".join([prog] + [shlex.quote(v) for v in argv])
+    description = (a.description + "\n\n" if a.description else "") + f"Reproduce with: {command}"
+    card = ModelCard(
+        name=a.name,
+        classes=data.classes,
+        colours=data.colours,
+        conditioning="label_map",
+        unet={"arch": "native", "config": info["config"]},
+        codec=codec_card_entry(codec),
+        patch_size=a.crop // codec.factor,
+        training_data=a.training_data or f"{len(data.tiles)} tiles from {data.source} ({n_lab} labelled)",
+        licence=a.licence,
+        description=description,
+        extra={
+            "command": command,
+            "unet_steps": a.steps,
+            "unet_final_loss": info["loss"],
+            "unet_train_seconds": round(info["seconds"], 1),
+            "codec_steps": codec_info.get("steps"),
+            "codec_final_loss": codec_info.get("loss"),
+            "codec_train_seconds": round(codec_info["seconds"], 1) if codec_info else None,
+            "latent_std": codec_info.get("latent_std"),
+            "p_uncond": a.p_uncond,
+            "ema": a.ema,
+            "seed": a.seed,
+            "tiles": len(data.tiles),
+            "labelled_tiles": n_lab,
+        },
+    )
+    card.validate()
+    save_model(Model(card, ema.cpu(), codec.cpu()), out)
+    load_model(out)  # the directory must load as written
+    print(f"model written to {out} ({time.perf_counter() - t_start:.0f} s this run; "
+          f"unet loss {info['loss']:.4f})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m src_models.train"))

@@ -1,0 +1,138 @@
+"""Training module v1: data pipeline (unlabelled tiles are class 0), checkpoints, resume, CSV log,
+and a model directory that loads."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from src_models import train as T
+from src_models.codec import IdentityCodec
+from src_models.models import load_model
+
+
+def _write_folder(root, n_labelled=2, n_unlabelled=1, size=64, seed=0, max_label=3):
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n_labelled + n_unlabelled):
+        img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(img).save(root / "images" / f"tile{i}.png")
+        if i < n_labelled:
+            mask = np.ones((size, size), np.uint8)
+            mask[:, size // 2 :] = max_label
+            Image.fromarray(mask).save(root / "masks" / f"tile{i}.png")
+    return root
+
+
+def test_folder_loading_and_errors(tmp_path):
+    data = T.load_training_set(_write_folder(tmp_path / "d"))
+    assert [t.labelled for t in data.tiles] == [True, True, False]
+    assert data.classes == ["unknown", "class_1", "class_2", "class_3"] and len(data.colours) == 4
+    (tmp_path / "d" / "classes.json").write_text(json.dumps({"classes": ["unknown", "a", "b", "c"], "colours": ["#000000"] * 4}))
+    assert T.load_training_set(tmp_path / "d").classes == ["unknown", "a", "b", "c"]
+    with pytest.raises(T.TrainError, match="only classes"):
+        T.load_training_set(tmp_path / "d", classes=["unknown", "a"], colours=["#000000", "#ffffff"])
+    Image.fromarray(np.zeros((32, 64), np.uint8)).save(tmp_path / "d" / "masks" / "tile0.png")
+    with pytest.raises(T.TrainError, match="mask is"):
+        T.load_training_set(tmp_path / "d")
+    with pytest.raises(T.TrainError, match="does not exist"):
+        T.load_training_set(tmp_path / "nowhere")
+
+
+def test_unlabelled_tiles_are_class_zero(tmp_path):
+    data = T.load_training_set(_write_folder(tmp_path / "d", n_labelled=1, n_unlabelled=1))
+    gen = torch.Generator().manual_seed(0)
+    img, mask, lab = T.PixelCrops(data.tiles, 32, gen).sample(64)
+    assert img.shape == (64, 3, 32, 32) and 0 <= img.min() and img.max() <= 1
+    assert lab.any() and (~lab).any()
+    assert (mask[~lab] == 0).all()  # unlabelled crops: all class 0, the null condition
+    assert set(mask[lab].unique().tolist()) <= {1, 3} and (mask[lab] > 0).all()
+    z, zmask, zlab = T.LatentCrops(data.tiles, IdentityCodec(), 32, gen).sample(64)
+    assert z.shape == (64, 3, 32, 32) and zmask.shape == (64, 1, 32, 32)
+    assert (zmask[~zlab] == 0).all() and (zmask[zlab] > 0).all()
+    # the latent cache holds the 8 dihedral orientations of each tile
+    cache = T.LatentCrops(data.tiles[:1], IdentityCodec(), 32, gen)
+    assert len(cache.latents) == 8
+    ref = torch.from_numpy(data.tiles[0].image.copy()).permute(2, 0, 1).float() / 255 * 2 - 1
+    torch.testing.assert_close(cache.latents[5].float(), torch.rot90(ref.flip(-1), 1, (-2, -1)), atol=4e-3, rtol=0)
+
+
+def test_run_loop_resume_is_exact(tmp_path):
+    def make():
+        torch.manual_seed(0)
+        return torch.nn.Linear(4, 1)
+
+    def loss_factory(model, gen, stop_at=None):
+        def loss_fn(step):
+            if step == stop_at:
+                raise KeyboardInterrupt
+            x = torch.randn(8, 4, generator=gen)
+            return (model(x) - x.sum(1, keepdim=True)).pow(2).mean()
+        return loss_fn
+
+    ref = make()
+    gen = torch.Generator().manual_seed(1)
+    T.run_loop("s", ref, loss_factory(ref, gen), tmp_path / "a", 10, 1e-2, gen, ema=make(), ckpt_every=3, log_every=1, progress=False)
+
+    m, ema = make(), make()
+    gen = torch.Generator().manual_seed(1)
+    with pytest.raises(KeyboardInterrupt):
+        T.run_loop("s", m, loss_factory(m, gen, stop_at=7), tmp_path / "b", 10, 1e-2, gen, ema=ema, ckpt_every=3, log_every=1, progress=False)
+    assert [p.name for p in T.checkpoints(tmp_path / "b" / "checkpoints" / "s")] == ["step_0000003", "step_0000006"]
+    m, ema = make(), make()
+    gen = torch.Generator().manual_seed(99)  # state comes back from the checkpoint
+    info = T.run_loop("s", m, loss_factory(m, gen), tmp_path / "b", 10, 1e-2, gen, ema=ema, ckpt_every=3, log_every=1,
+                      progress=False, resume=True)
+    assert info["step"] == 10
+    for p, q in zip(m.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    rows = list(csv.DictReader(open(tmp_path / "b" / "logs" / "s.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, 11))  # rows after the checkpoint were redone once
+
+
+def test_train_command_checkpoints_resume_and_model(tmp_path):
+    data = _write_folder(tmp_path / "d", n_labelled=2, n_unlabelled=1, size=48)
+    out, work = tmp_path / "model", tmp_path / "work"
+    common = ["--data", str(data), "--out", str(out), "--work", str(work), "--codec-widths", "8,16,16",
+              "--codec-steps", "4", "--codec-crop", "32", "--codec-batch", "2", "--crop", "32", "--batch", "2",
+              "--base", "8", "--mults", "1,2", "--blocks", "1", "--ckpt-every", "3", "--log-every", "1", "--no-progress",
+              "--classes", "glass,epidermis,dermis", "--colours", "#000000,#eeeeee,#6a2d8f,#e87ab0"]
+    assert T.main(common + ["--steps", "6"]) == 0
+    assert (work / "checkpoints" / "unet" / "step_0000006" / "ema.safetensors").is_file()
+    assert (work / "checkpoints" / "codec" / "step_0000004" / "model.safetensors").is_file()
+    extra = torch.load(work / "checkpoints" / "unet" / "step_0000006" / "optim.pt", weights_only=True)
+    assert "optimizer" in extra
+    rows = list(csv.DictReader(open(work / "logs" / "unet.csv")))
+    assert list(rows[0]) == ["step", "loss", "lr", "seconds"] and int(rows[-1]["step"]) == 6
+    codec_log = (work / "logs" / "codec.csv").read_text()
+
+    # the model directory exists: a second run without --resume/--overwrite refuses
+    assert T.main(common + ["--steps", "6"]) == 2
+    # resume with more steps: the codec stage is not redone, the UNet continues from step 6
+    assert T.main(common + ["--steps", "9", "--resume"]) == 0
+    assert (work / "logs" / "codec.csv").read_text() == codec_log
+    rows = list(csv.DictReader(open(work / "logs" / "unet.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, 10))
+    assert json.loads((work / "checkpoints" / "unet" / "step_0000009" / "state.json").read_text())["step"] == 9
+
+    model = load_model(out)
+    card = model.card
+    assert card.classes == ["unknown", "glass", "epidermis", "dermis"] and card.conditioning == "label_map"
+    assert card.codec["type"] == "native" and card.codec["factor"] == 4 and card.patch_size == 8
+    assert "--steps 9" in card.extra["command"]
+    with torch.no_grad():
+        eps = model.unet(torch.randn(1, 4, 8, 8), torch.tensor([5]), torch.zeros(1, 1, 32, 32, dtype=torch.long))
+    assert eps.shape == (1, 4, 8, 8) and torch.isfinite(eps).all()
+
+
+def test_train_command_bad_input(tmp_path, capsys):
+    assert T.main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "m")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert T.main(["--data", str(tmp_path / "empty"), "--out", str(tmp_path / "m")]) == 2
+    assert "no images" in capsys.readouterr().err
