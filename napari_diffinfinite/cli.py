@@ -179,7 +179,7 @@ def _request(args, card, device, area=None):
     from src_models.synthesis import SynthesisRequest
 
     request = SynthesisRequest(
-        model=str(args.model), steps=args.steps or card.default_steps,
+        model=str(args.model), steps=card.default_steps if args.steps is None else args.steps,
         omega=card.default_omega if args.omega is None else args.omega,
         omega_per_class=dict(args.omega_class), eta=args.eta, seed=args.seed, schedule=args.schedule,
         device=str(device), max_batch=args.max_batch, centre=args.centre, area=area,

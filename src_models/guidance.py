@@ -98,21 +98,25 @@ def guided_eps(
     h, w = x.shape[-2:]
     lat_mask = _to_latent_grid(mask, h, w)
     omega = torch.as_tensor(omega, dtype=torch.float32, device=x.device)
-    null_rows = [k for k, p in enumerate(passes) if p.label < 0]
-    eps = out[null_rows].clone()  # one null row per window, in window order
-    null_of = {p.window: out[k] for k, p in enumerate(passes) if p.label < 0}
+    null_row = torch.empty(n, dtype=torch.long)
     for k, p in enumerate(passes):
         if p.label < 0:
-            continue
-        null = null_of[p.window]
-        lm = lat_mask[p.window]
-        if p.label == 0:
-            scale = omega[lm.clamp(max=omega.numel() - 1)] + 1.0
-            eps[p.window] = eps[p.window] + scale * (out[k] - null)
-        else:
-            sel = (lm == p.label).float()
-            eps[p.window] = eps[p.window] + sel * (omega[p.label] + 1.0) * (out[k] - null)
-    return eps
+            null_row[p.window] = k
+    null_row = null_row.to(x.device)
+    eps = out[null_row].clone()  # one null row per window, in window order
+    cond = [k for k, p in enumerate(passes) if p.label >= 0]
+    if not cond:
+        return eps
+    rows = torch.tensor(cond, device=x.device)
+    win = idx[rows]
+    diff = out[rows] - out[null_row[win]]
+    lm = lat_mask[win]
+    plab = lab[rows]
+    # whole-map passes scale each pixel by its own class; per-class passes only their label
+    per_pixel = omega[lm.clamp(max=omega.numel() - 1)] + 1.0
+    per_label = (lm == plab).float() * (omega[plab.clamp(min=0)] + 1.0)
+    scale = torch.where(plab == 0, per_pixel, per_label)
+    return eps.index_add_(0, win, scale * diff)
 
 
 def omega_vector(num_classes: int, omega: float = 3.0, per_class: dict[int, float] | None = None) -> torch.Tensor:
