@@ -190,9 +190,7 @@ def _request(args, card, device, area=None):
 
 
 def cmd_generate(args) -> int:
-    import numpy as np
-
-    from src_models.api import new_canvas, put_mask
+    from src_models.api import mask_signature, new_canvas, put_mask
     from src_models.canvas import Canvas
     from src_models.maskio import check_labels, load_mask
     from src_models.models import load_model
@@ -226,14 +224,13 @@ def cmd_generate(args) -> int:
         if diffs:
             text = ", ".join(f"{k}: canvas {a!r} vs now {b!r}" for k, (a, b) in diffs.items())
             raise UserError(f"--resume: settings differ from the run that made {args.out} ({text})")
-        from src_models.maskio import resize_labels
-
-        if not np.array_equal(np.asarray(canvas.mask[:]), resize_labels(mask, canvas.latent_shape)):
-            raise UserError(f"--resume: the mask differs from the one stored in {args.out}")
+        if canvas.info.get("mask_signature") != mask_signature(mask):
+            raise UserError(f"--resume: {args.mask} is not the mask {args.out} was made with")
     else:
         canvas = new_canvas(card, args.out, height, width, args.region_size, overwrite=args.overwrite,
                             settings=request.settings())
         put_mask(canvas, mask)
+        canvas.set_info(mask_signature=mask_signature(mask))
     with canvas:
         preview = args.preview or args.out.with_suffix(".png")
         n = _run(model, canvas, request, preview)
@@ -258,7 +255,8 @@ def cmd_demo(args) -> int:
                                seed=args.seed, device=str(device))
     canvas = new_canvas(card, out, height, width, overwrite=True, settings=request.settings())
     lh, lw = canvas.latent_shape
-    mask = put_mask(canvas, procedural_mask(lh, lw, list(range(1, card.num_classes)), seed=args.seed))
+    mask = procedural_mask(lh, lw, list(range(1, card.num_classes)), seed=args.seed)
+    put_mask(canvas, mask)
     from skimage import io
 
     mask_png = args.out / "demo_mask.png"

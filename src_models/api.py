@@ -50,13 +50,31 @@ def new_canvas(card: ModelCard, path, height: int, width: int, region_size: int 
     )
 
 
-def put_mask(canvas: Canvas, mask: np.ndarray) -> np.ndarray:
-    """Fit a label image to the canvas's mask grid (nearest) and store it; returns what was stored."""
+def put_mask(canvas: Canvas, mask: np.ndarray) -> None:
+    """Fit a label image to the canvas's mask grid (nearest) and store it."""
     check_labels(mask, canvas.classes)
     lh, lw = canvas.latent_shape
-    fitted = resize_labels(mask, (lh, lw)) if mask.shape != (lh, lw) else mask
-    canvas.write_mask(fitted)
-    return fitted
+    if mask.shape == (lh, lw):
+        canvas.write_mask(mask)
+        return
+    # nearest-neighbour upsampling written block by block, so a huge canvas never needs the
+    # whole resized mask in memory
+    h, w = mask.shape
+    ys = np.minimum(((np.arange(lh) + 0.5) * h / lh).astype(np.int64), h - 1)
+    xs = np.minimum(((np.arange(lw) + 0.5) * w / lw).astype(np.int64), w - 1)
+    block = 4096
+    for y in range(0, lh, block):
+        for x in range(0, lw, block):
+            canvas.write_mask(mask[ys[y : y + block, None], xs[None, x : x + block]], y, x)
+
+
+def mask_signature(mask: np.ndarray) -> str:
+    """A digest of a label image (shape + labels), stored with a run to check a resume."""
+    import hashlib
+
+    h = hashlib.sha256(repr(mask.shape).encode())
+    h.update(np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
+    return h.hexdigest()[:16]
 
 
 def preview_level(canvas: Canvas, max_side: int = 2048) -> int:

@@ -261,8 +261,13 @@ class Canvas:
         return dict(self.info.get("settings", {}))
 
     def set_settings(self, settings: dict) -> None:
+        """Record the settings of the run that writes this canvas (checked on resume)."""
+        self.set_info(settings=dict(settings))
+
+    def set_info(self, **values) -> None:
+        """Store values in the canvas's ``diffinfinite`` attributes (settings, signatures, ...)."""
         self._check_writable()
-        self.info["settings"] = settings
+        self.info.update(values)
         self.group.attrs["diffinfinite"] = self.info
 
     # ---------------------------------------------------------------- regions
