@@ -133,3 +133,102 @@ def upsample_mask(mask, factor: int = MASK_SCALE_FACTOR):
     if isinstance(mask, np.ndarray):
         return np.repeat(np.repeat(mask, factor, axis=-2), factor, axis=-1)
     return mask.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
+# ----------------------------------------------------------------------------- mask generation
+
+
+class SubtypeDenoiser:
+    """The mask UNet as a sampler denoiser ``(x, t, mask) -> ε``: the class mask is ignored and
+    every window is conditioned on one tissue subtype (ω = 0, i.e. the plain conditional ε)."""
+
+    conditioning = "per_class"
+
+    def __init__(self, mask_unet, subtype: int):
+        self.mask_unet = mask_unet
+        self.subtype = int(subtype)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        classes = torch.full((x.shape[0],), self.subtype, dtype=torch.long, device=x.device)
+        return self.mask_unet(x, t, classes, cond_drop_prob=0.0)
+
+
+def _subtype_index(subtype, names: list[str], n: int) -> int:
+    if isinstance(subtype, str):
+        low = [s.lower() for s in names]
+        key = subtype.lower()
+        hits = [i for i, s in enumerate(low) if s == key or s.startswith(key)]
+        if len(hits) != 1:
+            raise ValueError(f"unknown subtype {subtype!r}; known: {', '.join(names)}")
+        return hits[0]
+    if not 0 <= int(subtype) < n:
+        raise ValueError(f"subtype must be 0..{n - 1} ({', '.join(names)}), got {subtype}")
+    return int(subtype)
+
+
+def generate_release_mask(
+    model,
+    size,
+    subtype=0,
+    seed: int = 0,
+    *,
+    steps: int = 50,
+    eta: float = 1.0,
+    window: int = 16,
+    schedule: str = "parallel",
+    max_batch: int = 32,
+    return_low_res: bool = False,
+    callback=None,
+    cancel=None,
+):
+    """A label mask of ``size`` = (H, W) image pixels (or one int) drawn by the release's mask model.
+
+    The mask latent is sampled at a quarter of the image size (so H and W must be multiples of
+    32) with the random patch sampler (``window`` latent pixels per window: 16, the 128-px masks
+    the model was trained on; ω = 0), decoded with the training-consistent per-channel scales,
+    cleaned up (:func:`mask_from_decoded`) and upsampled ×4 with nearest neighbour.
+
+    ``model`` is a :class:`~src_models.models.Model` with ``mask_unet`` and an SD-2 codec; its card's
+    ``mask_model`` gives the number of labels and the latent scales.  All DDIM steps run (the release
+    skips the last one).  Returns uint8 labels (H, W); with ``return_low_res`` also the cleaned
+    quarter-size mask.  ``callback`` and ``cancel`` are handed to the sampler.
+    """
+    from .sampler import effective_window, sample_area
+    from .schedule import cosine_alphas_cumprod, ddim_time_pairs
+
+    if model.mask_unet is None or not model.card.mask_model:
+        raise ValueError(f"model {model.card.name!r} has no mask model")
+    spec = model.card.mask_model
+    n_labels = int(spec.get("labels", model.card.num_classes))
+    scales = spec.get("latent_scales")
+    names = list(spec.get("subtypes") or SUBTYPES)
+    sub = _subtype_index(subtype, names, model.mask_unet.num_classes)
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    step = MASK_SCALE_FACTOR * model.codec.factor
+    if height % step or width % step or height <= 0 or width <= 0:
+        raise ValueError(f"mask size {height}x{width} must be a positive multiple of {step} pixels")
+    h, w = height // step, width // step
+    device = next(model.mask_unet.parameters()).device
+    gen = torch.Generator().manual_seed(int(seed))
+    noise = torch.randn((model.mask_unet.channels, h, w), generator=gen).to(device)
+    z = sample_area(
+        SubtypeDenoiser(model.mask_unet, sub),
+        noise,
+        torch.zeros((1, h, w), dtype=torch.long, device=device),
+        cosine_alphas_cumprod(),
+        ddim_time_pairs(steps),
+        torch.zeros(model.mask_unet.num_classes),
+        window=effective_window(window, h, w, 8),
+        schedule=schedule,
+        eta=eta,
+        generator=gen,
+        rng=np.random.default_rng(int(seed)),
+        max_batch=max_batch,
+        callback=callback,
+        cancel=cancel,
+    )
+    with torch.inference_mode():
+        grey = decode_mask_grey(model.codec.decode_raw, z[None], n_labels, scales)
+    small = mask_from_decoded(grey.float().cpu(), n_labels)[0, 0].numpy().astype(np.uint8)
+    full = upsample_mask(small, MASK_SCALE_FACTOR)
+    return (full, small) if return_low_res else full
