@@ -32,7 +32,43 @@ def _place(a: int, b: int, n: int, size: int) -> int:
     return int(min(max(centre - size // 2, 0), n - size))
 
 
-def parallel_plan(height: int, width: int, size: int, rng: np.random.Generator) -> list[Window]:
+@dataclass(frozen=True)
+class GridPlan:
+    """A random-offset grid of cells; window ``i`` is row ``i // len(cols)``, column ``i % len(cols)``.
+
+    ``rows``/``cols`` hold (cell start, cell end, window start) per grid row/column.
+    """
+
+    size: int
+    rows: tuple[tuple[int, int, int], ...]
+    cols: tuple[tuple[int, int, int], ...]
+
+    def windows(self) -> list[Window]:
+        return [Window(wy, wx, a, b, c, d) for a, b, wy in self.rows for c, d, wx in self.cols]
+
+    def __len__(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    def starts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Window top-left corners (y, x) for every window, in window order."""
+        wy = np.array([r[2] for r in self.rows])
+        wx = np.array([c[2] for c in self.cols])
+        return np.repeat(wy, len(wx)), np.tile(wx, len(wy))
+
+    def owners(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For every pixel of the area: the window that writes it and its (y, x) inside that window."""
+        def axis(cells):
+            owner = np.concatenate([np.full(b - a, i) for i, (a, b, _) in enumerate(cells)])
+            local = np.concatenate([np.arange(a, b) - w for a, b, w in cells])
+            return owner, local
+
+        ry, ly = axis(self.rows)
+        cx, lx = axis(self.cols)
+        n = ry[:, None] * len(self.cols) + cx[None, :]
+        return n, np.broadcast_to(ly[:, None], n.shape), np.broadcast_to(lx[None, :], n.shape)
+
+
+def grid_plan(height: int, width: int, size: int, rng: np.random.Generator) -> GridPlan:
     """A random-offset grid: the cells tile the area exactly once; every window stays inside.
 
     The grid is shifted by a random offset at every level, so cell borders never stay put.
@@ -40,15 +76,14 @@ def parallel_plan(height: int, width: int, size: int, rng: np.random.Generator) 
     if size > height or size > width:
         raise ValueError(f"window {size} does not fit an area of {height}x{width}")
     oy, ox = (int(v) for v in rng.integers(0, size, size=2))
-    rows = _axis_cells(height, size, oy)
-    cols = _axis_cells(width, size, ox)
-    plan = []
-    for a, b in rows:
-        wy = _place(a, b, height, size)
-        for c, d in cols:
-            wx = _place(c, d, width, size)
-            plan.append(Window(wy, wx, a, b, c, d))
-    return plan
+    rows = tuple((a, b, _place(a, b, height, size)) for a, b in _axis_cells(height, size, oy))
+    cols = tuple((c, d, _place(c, d, width, size)) for c, d in _axis_cells(width, size, ox))
+    return GridPlan(size, rows, cols)
+
+
+def parallel_plan(height: int, width: int, size: int, rng: np.random.Generator) -> list[Window]:
+    """The windows of :func:`grid_plan`, row-major."""
+    return grid_plan(height, width, size, rng).windows()
 
 
 def sequential_window(counts: np.ndarray, eligible: np.ndarray, size: int, rng: np.random.Generator) -> tuple[Window, int]:

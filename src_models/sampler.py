@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .guidance import LABEL_MAP, PER_CLASS, guided_eps
-from .plan import Window, parallel_plan, sequential_window
+from .plan import Window, grid_plan, sequential_window
 from .schedule import ddim_step, q_sample
 
 SCHEDULES = ("parallel", "sequential")
@@ -59,9 +59,35 @@ def _is_cancelled(cancel) -> bool:
     return cancel is not None and (cancel() if callable(cancel) else cancel.is_set())
 
 
-def _labels(mask_np: np.ndarray, w: Window, size: int, k: int) -> list[int]:
-    sub = mask_np[w.y * k : (w.y + size) * k, w.x * k : (w.x + size) * k]
-    return [int(v) for v in np.unique(sub) if v != 0]
+class LabelCounter:
+    """Which labels lie in any window of a mask, in O(1) per window and label (integral images)."""
+
+    def __init__(self, mask_np: np.ndarray, k: int):
+        self.k = k
+        self.labels = [int(v) for v in np.unique(mask_np) if v != 0]
+        self.sums = []
+        for lab in self.labels:
+            s = np.zeros((mask_np.shape[0] + 1, mask_np.shape[1] + 1), dtype=np.int64)
+            s[1:, 1:] = np.cumsum(np.cumsum(mask_np == lab, axis=0), axis=1)
+            self.sums.append(s)
+
+    def __call__(self, wy: np.ndarray, wx: np.ndarray, size: int) -> list[list[int]]:
+        """Labels present in the windows with top-left corners (wy, wx) (latent px) and side ``size``."""
+        if not self.labels:
+            return [[] for _ in range(len(wy))]
+        y0, x0 = wy * self.k, wx * self.k
+        y1, x1 = y0 + size * self.k, x0 + size * self.k
+        present = np.stack([s[y1, x1] - s[y0, x1] - s[y1, x0] + s[y0, x0] > 0 for s in self.sums], axis=1)
+        labels = np.asarray(self.labels)
+        return [labels[row].tolist() for row in present]
+
+
+def _gather(a: torch.Tensor, wy: np.ndarray, wx: np.ndarray, size: int) -> torch.Tensor:
+    """Stack the windows of ``a`` (C, H, W) at corners (wy, wx) into (N, C, size, size), in one op."""
+    ar = np.arange(size)
+    ys = torch.as_tensor(wy[:, None] + ar, device=a.device)
+    xs = torch.as_tensor(wx[:, None] + ar, device=a.device)
+    return a[:, ys[:, :, None], xs[:, None, :]].permute(1, 0, 2, 3)
 
 
 def effective_window(size: int, height: int, width: int, multiple: int = 8) -> int:
@@ -126,20 +152,17 @@ def sample_area(
     def renoise(t):
         return q_sample(context, t, alphas_cumprod, randn(context.shape)) if known is not None else None
 
-    def crop(a, w):
-        return a[:, w.y : w.y + window, w.x : w.x + window]
+    count_labels = LabelCounter(mask_np, k)
 
-    def run_windows(xs, plan, t, t_next, level_noise):
-        """Denoise the stacked windows ``xs`` of ``plan`` from t to t_next in one guided batch."""
-        labels = [_labels(mask_np, w, window, k) for w in plan]
-        ms = torch.stack([mask_dev[:, w.y * k : (w.y + window) * k, w.x * k : (w.x + window) * k] for w in plan])
-        ts = torch.full((len(plan),), t, dtype=torch.long, device=device)
+    def run_windows(xs, wy, wx, t, t_next, level_noise):
+        """Denoise the stacked windows ``xs`` (corners wy, wx) from t to t_next in one guided batch."""
+        labels = count_labels(wy, wx, window)
+        ms = _gather(mask_dev, wy * k, wx * k, window * k)
+        ts = torch.full((len(wy),), t, dtype=torch.long, device=device)
         eps = guided_eps(denoiser, xs, ts, ms, omega, conditioning, max_batch, labels)
-        passes = len(plan) + sum(len(lab) if conditioning == PER_CLASS else int(bool(lab)) for lab in labels)
+        passes = len(wy) + sum(len(lab) if conditioning == PER_CLASS else int(bool(lab)) for lab in labels)
         stats.forwards += passes
-        nz = None
-        if level_noise is not None:
-            nz = torch.stack([crop(level_noise, w) for w in plan])
+        nz = _gather(level_noise, wy, wx, window) if level_noise is not None else None
         x_next, x0 = ddim_step(xs, eps, t, t_next, alphas_cumprod, eta, noise=nz)
         return x_next, x0, passes
 
@@ -150,19 +173,14 @@ def sample_area(
             if _is_cancelled(cancel):
                 raise Cancelled()
             src = torch.where(known, renoise(t), x) if known is not None else x
-            plan = parallel_plan(H, W, window, rng)
+            plan = grid_plan(H, W, window, rng)
+            wy, wx = plan.starts()
             level_noise = randn((C, H, W)) if (eta > 0 and t_next >= 0) else None
-            xs = torch.stack([crop(src, w) for w in plan])
-            x_next, x0, passes = run_windows(xs, plan, t, t_next, level_noise)
-            new = torch.empty_like(x)
-            x0_area = torch.empty_like(x) if callback is not None else None
-            for i, w in enumerate(plan):
-                sy, sx = slice(w.cy0, w.cy1), slice(w.cx0, w.cx1)
-                wy, wx = slice(w.cy0 - w.y, w.cy1 - w.y), slice(w.cx0 - w.x, w.cx1 - w.x)
-                new[:, sy, sx] = x_next[i][:, wy, wx]
-                if x0_area is not None:
-                    x0_area[:, sy, sx] = x0[i][:, wy, wx]
-            x = new
+            x_next, x0, passes = run_windows(_gather(src, wy, wx, window), wy, wx, t, t_next, level_noise)
+            # every pixel takes the value of the one window whose cell holds it
+            owner, ly, lx = (torch.as_tensor(np.ascontiguousarray(a), device=device) for a in plan.owners())
+            x = x_next[owner, :, ly, lx].permute(2, 0, 1).contiguous()
+            x0_area = x0[owner, :, ly, lx].permute(2, 0, 1) if callback is not None else None
             stats.windows_per_level.append(len(plan))
             stats.forwards_per_level.append(passes)
             if callback is not None:
@@ -200,7 +218,7 @@ def sample_area(
             inp = torch.where(c == level, cur, prev)
             if known is not None:
                 inp = torch.where(known[sy, sx], ctx_noisy[:, sy, sx], inp)
-            x_next, _, passes = run_windows(inp[None], [w], t, t_next, level_noise)
+            x_next, _, passes = run_windows(inp[None], np.array([w.y]), np.array([w.x]), t, t_next, level_noise)
             upd = (c == level) & eligible_t[sy, sx]
             x_prev[:, sy, sx] = torch.where(upd, cur, prev)
             x[:, sy, sx] = torch.where(upd, x_next[0], cur)

@@ -69,14 +69,14 @@ def _run(net, schedule="parallel", seed=0, steps=4, h=24, w=40, size=16, **kw):
 
 
 def test_every_pixel_written_once_per_level_from_that_level_only(monkeypatch):
-    plans = []
-    real = sampler_mod.parallel_plan
+    grids = []
+    real = sampler_mod.grid_plan
 
     def spy(*a, **k):
-        plans.append(real(*a, **k))
-        return plans[-1]
+        grids.append(real(*a, **k))
+        return grids[-1]
 
-    monkeypatch.setattr(sampler_mod, "parallel_plan", spy)
+    monkeypatch.setattr(sampler_mod, "grid_plan", spy)
     net = ConvNet()
     g = torch.Generator().manual_seed(0)
     noise = torch.randn((3, 24, 40), generator=g)
@@ -84,12 +84,20 @@ def test_every_pixel_written_once_per_level_from_that_level_only(monkeypatch):
     mask = torch.ones((1, 24, 40), dtype=torch.long)
     sample_area(net, noise.clone(), mask, ALPHAS, ddim_time_pairs(3), torch.tensor([0.0, 3.0, 3.0, 3.0]), window=16,
                 generator=g, callback=lambda info: levels.append(info.x0.clone()))
-    assert len(plans) == 3 and len(levels) == 3
-    for plan in plans:
+    assert len(grids) == 3 and len(levels) == 3
+    plans = [g.windows() for g in grids]
+    for grid, plan in zip(grids, plans):
         cover = np.zeros((24, 40), int)
         for win in plan:
             cover[win.cy0 : win.cy1, win.cx0 : win.cx1] += 1
         assert (cover == 1).all()
+        # the scatter map sends each pixel to exactly the window whose cell holds it
+        owner, ly, lx = grid.owners()
+        ys, xs = np.mgrid[0:24, 0:40]
+        wy, wx = grid.starts()
+        assert (wy[owner] + ly == ys).all() and (wx[owner] + lx == xs).all()
+        for i, win in enumerate(plan):
+            assert (owner[win.cy0 : win.cy1, win.cx0 : win.cx1] == i).all()
     # level 1: every window (cond and null rows) is a crop of the starting noise, unchanged by
     # the other windows of the level
     first = torch.cat(net.inputs[: 1])[: 2 * len(plans[0])]
