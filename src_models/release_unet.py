@@ -166,11 +166,10 @@ class MaskCrossAttention(nn.Module):
         k, v = self.to_kv(x).chunk(2, dim=1)
         k, v = _split_heads(k, self.heads), _split_heads(v, self.heads)  # (B, heads, d, N)
         if self.mode == "softmax":
-            q = self.to_q(mask.to(x.dtype).expand(b, c, h, w))
-            q = _split_heads(q, self.heads) * self.scale
-            attn = torch.einsum("bhdi,bhdj->bhij", q, k).softmax(dim=-1)
-            out = torch.einsum("bhij,bhdj->bhdi", attn, v)
-            return self.to_out(out.reshape(b, -1, h, w))
+            q = _split_heads(self.to_q(mask.to(x.dtype).expand(b, c, h, w)), self.heads)
+            # softmax(q·k / sqrt(d)) v over all positions (flash / memory-efficient kernels where available)
+            out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2), scale=self.scale)
+            return self.to_out(out.transpose(-1, -2).reshape(b, -1, h, w))
         if self.mode != "linear_exact":
             raise ValueError(f"attention mode must be one of {ATTENTION_MODES}, got {self.mode!r}")
         # the query of a mask-1 pixel: the 1×1 conv applied to a vector of ones
@@ -219,10 +218,9 @@ class FullAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        q, k, v = (_split_heads(t, self.heads) for t in self.to_qkv(x).chunk(3, dim=1))
-        attn = torch.einsum("bhdi,bhdj->bhij", q * self.scale, k).softmax(dim=-1)
-        out = torch.einsum("bhij,bhdj->bhdi", attn, v)
-        return self.to_out(out.reshape(b, -1, h, w))
+        q, k, v = (_split_heads(t, self.heads).transpose(-1, -2) for t in self.to_qkv(x).chunk(3, dim=1))
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # softmax(q·k·scale) v
+        return self.to_out(out.transpose(-1, -2).reshape(b, -1, h, w))
 
 
 # ----------------------------------------------------------------------------- the skeleton
@@ -405,7 +403,9 @@ class ImageUNet(_ReleaseUNet):
             raise ValueError(f"mask size {(mh, mw)} is not a multiple of the latent size {tuple(x.shape[-2:])}")
         mask_f = mask.to(torch.float32)
         labels = mask_f.flatten(1).amax(dim=1).round().long()
-        if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
+        # checked on the CPU only: on an accelerator the check would synchronise every call
+        # (the samplers validate masks before they start)
+        if labels.device.type == "cpu" and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise ValueError(f"mask labels must lie in 0..{self.num_classes - 1}")
         class_vec = self.classes_emb(labels)
         return self._run(x, t, class_vec, {"mask": mask_f, "cache": {}})
