@@ -163,7 +163,8 @@ def check_reference(
                 for key in image_keys:
                     for mode in attention:
                         unet.attention = mode
-                        record(key, relative_error(_image_output(unet, key, tensors, ours_ac, device), tensors[key]), mode)
+                        ours = _image_output(unet, key, tensors, ours_ac, device)
+                        record(key, relative_error(ours, tensors[key]), mode)
             except (ModelError, ValueError, RuntimeError) as e:
                 report["errors"].append(f"image UNet: {e}")
         if mask_keys:

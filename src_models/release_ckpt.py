@@ -133,7 +133,9 @@ def infer_release_config(state: dict, source: str = "checkpoint", resnet_block_g
     for i in levels:
         out = _shape(state, f"downs.{i}.{blocks + 1}.weight", source)[0]
         if out % dim:
-            raise ModelError(f"{source}: mis-shaped keys: downs.{i}.{blocks + 1}.weight {out} is not a multiple of {dim}")
+            raise ModelError(
+                f"{source}: mis-shaped keys: downs.{i}.{blocks + 1}.weight {out} is not a multiple of {dim}"
+            )
         mults.append(out // dim)
     arch = "release_mask" if "null_classes_emb" in state else "release_image"
     config = {

@@ -38,7 +38,8 @@ def latent_scales(n_labels: int, scales=None) -> torch.Tensor:
     if scales is None:
         if n_labels not in MASK_LATENT_SCALES:
             raise ValueError(
-                f"no published mask latent scales for {n_labels} labels (known: {sorted(MASK_LATENT_SCALES)}); pass scales"
+                f"no published mask latent scales for {n_labels} labels "
+                f"(known: {sorted(MASK_LATENT_SCALES)}); pass scales"
             )
         scales = MASK_LATENT_SCALES[n_labels]
     return torch.as_tensor(scales, dtype=torch.float32).reshape(1, -1, 1, 1)

@@ -168,7 +168,8 @@ class MaskCrossAttention(nn.Module):
         if self.mode == "softmax":
             q = _split_heads(self.to_q(mask.to(x.dtype).expand(b, c, h, w)), self.heads)
             # softmax(q·k / sqrt(d)) v over all positions (flash / memory-efficient kernels where available)
-            out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2), scale=self.scale)
+            q, k, v = (a.transpose(-1, -2) for a in (q, k, v))  # (B, heads, N, d)
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
             return self.to_out(out.transpose(-1, -2).reshape(b, -1, h, w))
         if self.mode != "linear_exact":
             raise ValueError(f"attention mode must be one of {ATTENTION_MODES}, got {self.mode!r}")
@@ -457,7 +458,8 @@ class MaskUNet(_ReleaseUNet):
         if cond_drop_prob >= 1.0:
             emb = self.null_classes_emb.to(emb.dtype).expand_as(emb)
         elif cond_drop_prob > 0.0:
-            u = torch.rand(classes.shape[0], generator=generator, device="cpu" if generator is None else generator.device)
+            where = "cpu" if generator is None else generator.device
+            u = torch.rand(classes.shape[0], generator=generator, device=where)
             keep = (u.to(x.device) >= cond_drop_prob)[:, None]
             emb = torch.where(keep, emb, self.null_classes_emb.to(emb.dtype)[None, :])
         return self._run(x, t, emb, None)

@@ -30,7 +30,9 @@ from .tiling import tiled_decode, tiled_encode
 
 ENV_VAR = "DIFFINFINITE_VAE"
 HF_REPO = "stabilityai/stable-diffusion-2-base"
-INSTALL_HINT = "the SD-2 VAE needs the optional dependency diffusers: pip install '.[release]' (or pip install diffusers)"
+INSTALL_HINT = (
+    "the SD-2 VAE needs the optional dependency diffusers: pip install '.[release]' (or pip install diffusers)"
+)
 
 # the SD-2 base VAE's architecture (diffusers AutoencoderKL config), for reference and tests
 SD2_VAE_CONFIG = {
@@ -101,7 +103,8 @@ class SD2Codec(nn.Module):
                 repo, subfolder="vae", local_files_only=True, cache_dir=None if cache_dir is None else str(cache_dir)
             )
         except (OSError, ValueError) as e:
-            raise ModelError(f"{repo} (subfolder vae) is not in the Hugging Face cache: {str(e).splitlines()[0]}") from None
+            first = str(e).splitlines()[0]
+            raise ModelError(f"{repo} (subfolder vae) is not in the Hugging Face cache: {first}") from None
         return cls(vae, **kw)
 
     @classmethod
