@@ -8,6 +8,7 @@
     diffinfinite import-slide SLIDE --out OUT.zarr
     diffinfinite inpaint CANVAS --rect X,Y,W,H [--mask M | --label L]
     diffinfinite outpaint CANVAS --out NEW.zarr --pad T,R,B,L
+    diffinfinite make-mask --out MASK.png --size WxH [--model M]
 
 Bad input ends with one line on stderr and exit status 2, never a traceback.
 """
@@ -140,10 +141,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("args", nargs=argparse.REMAINDER)
     c = sub.add_parser("check-reference", help="compare with the release's reference vectors")
     c.add_argument("file", type=Path)
+    c.add_argument("--tolerance", type=float, default=None, help="maximum relative error (default 1e-5)")
+    c.add_argument("--device", default=None, help="torch device (default cpu)")
     v = sub.add_parser("convert", help="convert a published model-N.pt checkpoint to a model directory")
     v.add_argument("checkpoint", type=Path)
     v.add_argument("out", type=Path)
     v.add_argument("--vae", type=Path, default=None, help="folder of the SD-2 VAE (diffusers layout)")
+    v.add_argument("--mask-checkpoint", type=Path, default=None, help="the published mask model's model-N.pt")
+    v.add_argument("--classes", default=None, help="class names, comma separated (default: the release's)")
+
+    k = sub.add_parser("make-mask", help="make a label mask: with the model's mask diffusion model, or procedurally")
+    k.add_argument("--out", required=True, type=Path, help="label PNG to write (with a colour preview beside it)")
+    k.add_argument("--size", type=_parse_size, required=True, metavar="WxH")
+    k.add_argument("--model", default="default")
+    k.add_argument("--subtype", type=int, default=0, help="mask model condition (release: 0 adenocarcinoma, 1 squamous)")
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--steps", type=int, default=50)
+    k.add_argument("--device", default="auto")
     return parser
 
 
@@ -351,14 +365,50 @@ def cmd_train(args) -> int:
 def cmd_check_reference(args) -> int:
     from src_models.reference_check import main as check_main
 
-    return int(check_main([str(args.file)]))
+    argv = [str(args.file)]
+    if args.tolerance is not None:
+        argv += ["--tolerance", str(args.tolerance)]
+    if args.device is not None:
+        argv += ["--device", args.device]
+    return int(check_main(argv))
 
 
 def cmd_convert(args) -> int:
     from src_models.release_ckpt import convert_release_checkpoint
 
-    out = convert_release_checkpoint(args.checkpoint, args.out, vae_dir=args.vae)
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    out = convert_release_checkpoint(args.checkpoint, args.out, vae_dir=args.vae, classes=classes,
+                                     mask_checkpoint=args.mask_checkpoint)
     print(json.dumps({"model_dir": str(out)}))
+    return 0
+
+
+def cmd_make_mask(args) -> int:
+    from skimage import io
+
+    from src_models.api import mask_rgb
+    from src_models.maskio import procedural_mask
+    from src_models.models import load_model
+    from src_models.synthesis import resolve_device
+
+    width, height = args.size
+    model = load_model(args.model, resolve_device(args.device))
+    card = model.card
+    if model.mask_unet is not None:
+        from src_models.release_mask import generate_release_mask
+
+        if height % 32 or width % 32:
+            raise UserError(f"the mask model needs sides that are multiples of 32 px, got {width}x{height}")
+        mask = generate_release_mask(model, (height, width), args.subtype, args.seed, steps=args.steps)
+        how = f"mask diffusion model of {card.name}, subtype {args.subtype}"
+    else:
+        mask = procedural_mask(height, width, list(range(1, card.num_classes)), seed=args.seed)
+        how = f"procedural layout (model {card.name} has no mask model)"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    io.imsave(args.out, mask, check_contrast=False)
+    colour = args.out.with_name(args.out.stem + "_colour.png")
+    io.imsave(colour, mask_rgb(mask, card.colours), check_contrast=False)
+    print(json.dumps({"mask": str(args.out), "preview": str(colour), "size": [width, height], "made_by": how}))
     return 0
 
 
@@ -371,6 +421,7 @@ COMMANDS = {
     "train": cmd_train,
     "check-reference": cmd_check_reference,
     "convert": cmd_convert,
+    "make-mask": cmd_make_mask,
 }
 
 

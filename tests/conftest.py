@@ -1,5 +1,10 @@
 import numpy as np
 import pytest
+import torch
+
+# The suite runs on small shared CPUs: one intra-op thread avoids oversubscription (the tiny
+# models used here gain nothing from more).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -136,3 +136,25 @@ def test_cuda_missing_falls_back_to_cpu_with_a_warning(tmp_path, mask_png, capsy
     captured = capsys.readouterr()
     assert "CUDA is not available; running on the CPU" in captured.err
     assert "device cpu" in captured.out
+
+
+def test_check_reference_command(capsys):
+    import json
+    from pathlib import Path
+
+    ref = Path(__file__).resolve().parents[2] / "shared" / "reference" / "reference_vectors.safetensors"
+    if not ref.exists():
+        pytest.skip("shared reference vectors not beside the checkout")
+    assert main(["check-reference", str(ref)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["max_relative_error"] < 1e-5
+
+
+def test_make_mask_without_a_mask_model_is_procedural(tmp_path, capsys):
+    import json
+
+    assert main(["make-mask", "--out", str(tmp_path / "m.png"), "--size", "96x64", "--model", "tiny-test"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "procedural" in report["made_by"]
+    m = io.imread(tmp_path / "m.png")
+    assert m.shape == (64, 96) and set(np.unique(m)) <= {1, 2, 3} and len(np.unique(m)) > 1
