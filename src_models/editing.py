@@ -16,9 +16,17 @@ from .slide import open_slide
 
 def encode_rgb(codec, rgb: np.ndarray, device) -> np.ndarray:
     """(h, w, 3) uint8 -> (C, h/f, w/f) float32 latents."""
+    from .synthesis import CODEC_TILE
+
     img = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div(255).to(device)
+    factor = int(getattr(codec, "factor", 1))
     with torch.inference_mode():
-        z = codec.encode(img)
+        if factor > 1 and getattr(codec, "tile", None) is None and max(rgb.shape[:2]) > 2 * CODEC_TILE * factor:
+            from .tiling import tiled_encode
+
+            z = tiled_encode(codec.encode, img, CODEC_TILE * factor, factor)
+        else:
+            z = codec.encode(img)
     return z[0].float().cpu().numpy()
 
 

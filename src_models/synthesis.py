@@ -136,10 +136,23 @@ def _expand(a: int, b: int, n: int, halo: int, minimum: int) -> tuple[int, int]:
     return a, b
 
 
+CODEC_TILE = 64  # latent px per tile when a codec without its own tiling decodes a large area
+
+
 def decode_latent(codec, z: torch.Tensor) -> np.ndarray:
-    """Decode (C, h, w) latents to (h·f, w·f, 3) uint8."""
+    """Decode (C, h, w) latents to (h·f, w·f, 3) uint8.
+
+    Codecs that tile by themselves carry a ``tile`` attribute (the SD-2 VAE); others decode
+    large areas through the four-tiling Hann blend, so memory stays bounded.
+    """
+    factor = int(getattr(codec, "factor", 1))
     with torch.inference_mode():
-        img = codec.decode(z[None])
+        if factor > 1 and getattr(codec, "tile", None) is None and max(z.shape[-2:]) > 2 * CODEC_TILE:
+            from .tiling import tiled_decode
+
+            img = tiled_decode(codec.decode, z[None], CODEC_TILE, factor)
+        else:
+            img = codec.decode(z[None])
     img = img[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
     return np.rint(img * 255).astype(np.uint8)
 
