@@ -158,3 +158,16 @@ def test_make_mask_without_a_mask_model_is_procedural(tmp_path, capsys):
     assert "procedural" in report["made_by"]
     m = io.imread(tmp_path / "m.png")
     assert m.shape == (64, 96) and set(np.unique(m)) <= {1, 2, 3} and len(np.unique(m)) > 1
+
+
+def test_demo_writes_an_ome_zarr_canvas_and_png(tmp_path, capsys):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    assert main(["demo", "--out", str(tmp_path), "--model", "tiny-test", "--size", "128x96", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert str(tmp_path / "demo.zarr") in out and str(tmp_path / "demo.png") in out
+    image = list(Reader(parse_url(str(tmp_path / "demo.zarr")))())[0]
+    assert image.data[0].shape == (3, 96, 128) and np.asarray(image.data[0]).std() > 0
+    assert io.imread(tmp_path / "demo.png").shape == (96, 128, 3)
+    assert io.imread(tmp_path / "demo_mask.png").shape == (96, 128, 3)
