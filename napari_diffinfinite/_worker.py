@@ -1,0 +1,547 @@
+"""The thread glue between the widgets and the headless core.
+
+Worker side (runs in a napari worker thread, may import torch):
+    :data:`MODELS` loads each model once per (spec, device) and keeps it;
+    :func:`create_canvas_job` makes a canvas; :func:`synthesis_job` is the generator a run executes:
+    it opens the canvas for writing (the store's lock: one writer at a time), writes the mask
+    snapshot taken on the GUI thread, loads the model, then yields every ``RegionDone`` of
+    :func:`src_models.synthesis.synthesise`.  Level progress and low-resolution previews of the
+    region in flight go into a queue; the worker never touches a widget or a layer.
+
+GUI side (runs on the GUI thread): :class:`SynthesisRun` starts the worker, refreshes the image
+layer at most ``1 / REFRESH_S`` times a second, drives a progress bar in napari's activity dock
+and a preview layer, turns errors into notifications with a clear message and reports its state.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._reader import META, pixel_centre_offset, refresh_image
+
+REFRESH_S = 0.25  # at most four image refreshes a second
+PREVIEW_S = 0.5  # at most two previews a second
+PREVIEW_PX = 256  # longest side of a preview, in image pixels
+
+
+# ============================================================================ models
+def default_model_spec() -> str:
+    """``default`` when its weights are installed, else ``tiny-test`` (no torch import)."""
+    import src_models
+
+    card = Path(src_models.__file__).resolve().parent / "weights" / "default" / "card.json"
+    return "default" if card.exists() else "tiny-test"
+
+
+class ModelCache:
+    """Models loaded once per (spec, device) and kept (the last ``size`` of them)."""
+
+    def __init__(self, size: int = 2):
+        self._lock = threading.Lock()
+        self._models: OrderedDict = OrderedDict()
+        self.size = size
+        self.loads = 0  # how many times a model was actually loaded (tests check it)
+
+    def get(self, spec: str, device: str = "auto"):
+        from src_models.models import load_model
+        from src_models.synthesis import resolve_device
+
+        dev = resolve_device(device)
+        key = (str(spec), str(dev))
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            model = load_model(spec, dev)
+            self.loads += 1
+            self._models[key] = model
+            while len(self._models) > self.size:
+                self._models.popitem(last=False)
+            return model
+
+    def has(self, spec: str, device: str = "auto") -> bool:
+        """Whether ``spec`` is already loaded for ``device``."""
+        from src_models.synthesis import resolve_device
+
+        try:
+            key = (str(spec), str(resolve_device(device)))
+        except Exception:
+            return False
+        with self._lock:
+            return key in self._models
+
+    def clear(self) -> None:
+        with self._lock:
+            self._models.clear()
+
+
+MODELS = ModelCache()
+
+
+def model_card(spec: str):
+    """The model card of ``spec``; reads card.json alone where it can (no weights loaded)."""
+    from src_models.card import ModelCard
+    from src_models.models import BUILTIN_DIRS
+
+    directory = BUILTIN_DIRS.get(str(spec), Path(spec))
+    if str(spec) != "tiny-test" and directory.is_dir():
+        return ModelCard.load(directory)
+    return MODELS.get(spec, "cpu").card  # tiny-test, release checkpoints, or a clear error
+
+
+# ============================================================================ worker jobs
+def create_canvas_job(spec: str, path: str, height: int, width: int, region_size: int | None, overwrite: bool) -> str:
+    """Make an empty canvas for model ``spec``; returns its resolved path."""
+    from src_models.api import new_canvas
+
+    card = model_card(spec)
+    settings = {"model": str(spec), "steps": int(card.default_steps), "omega": float(card.default_omega)}
+    canvas = new_canvas(card, path, int(height), int(width), region_size or None, overwrite=overwrite, settings=settings)
+    canvas.close()
+    return str(Path(path).resolve())
+
+
+def store_mask(canvas, mask: np.ndarray, step: int) -> bool:
+    """Write a mask-layer array to the store where it differs from what is stored.
+
+    ``step`` 1: the layer is the latent grid.  ``step`` > 1: each layer pixel stands for
+    ``step`` x ``step`` latent pixels; only blocks of rows whose layer pixels changed are rewritten,
+    so a finer stored mask survives where the user did not edit.  Returns whether anything changed.
+    """
+    from src_models.maskio import check_labels
+
+    lh, lw = canvas.latent_shape
+    grid = (-(-lh // step), -(-lw // step))
+    if mask.shape != grid:
+        raise ValueError(f"the mask layer is {mask.shape[1]}x{mask.shape[0]} px; this canvas needs {grid[1]}x{grid[0]}")
+    check_labels(mask, canvas.classes, name="the mask layer")
+    if step == 1:
+        if np.array_equal(np.asarray(canvas.mask[:]), mask):
+            return False
+        canvas.write_mask(mask)
+        return True
+    changed = (np.asarray(canvas.mask[::step, ::step]) != mask).any(axis=1)
+    if not changed.any():
+        return False
+    xs = np.arange(lw) // step
+    block = max(1, 512 // step)  # layer rows per write
+    for r0 in range(0, grid[0], block):
+        if changed[r0 : r0 + block].any():
+            ys = np.arange(r0 * step, min(lh, (r0 + block) * step)) // step
+            canvas.write_mask(mask[ys[:, None], xs[None, :]], r0 * step, 0)
+    return True
+
+
+def save_mask_job(path: str, mask: np.ndarray, step: int) -> bool:
+    """Write a mask-layer snapshot into the canvas at ``path`` (takes the writer lock briefly)."""
+    from src_models.canvas import Canvas
+
+    with Canvas.open(path, "r+") as canvas:
+        return store_mask(canvas, mask, step)
+
+
+BUSY: set[str] = set()  # canvases a run of this process is writing (GUI thread only)
+
+
+@dataclass
+class Stage:
+    """A step before sampling starts (shown in the widget)."""
+
+    text: str
+
+
+@dataclass
+class Plan:
+    """What this run will do: regions to sample and denoising levels per region."""
+
+    regions: int
+    levels: int
+
+
+@dataclass
+class Level:
+    index: int
+    level: int
+    levels: int
+
+
+@dataclass
+class Preview:
+    bbox: tuple[int, int, int, int]  # (y0, y1, x0, x1) px of the region in flight
+    rgb: np.ndarray  # (h, w, 3) uint8, at most PREVIEW_PX on a side
+
+
+def _region_offset(p, shape_hw, factor: int, latent_shape) -> tuple[int, int]:
+    """Where the region in flight starts inside the sampled area (latent px)."""
+    area = getattr(p, "area", None)  # (y0, y1, x0, x1) px, when the core reports it
+    y0, y1, x0, x1 = (v // factor for v in p.bbox)
+    if area is not None:
+        return y0 - area[0] // factor, x0 - area[2] // factor
+    # the core grows a region by the same halo on each side, clipped to the canvas
+    out = []
+    for a, b, n, size in ((y0, y1, latent_shape[0], shape_hw[0]), (x0, x1, latent_shape[1], shape_hw[1])):
+        start = min(max(0, a - (size - (b - a)) // 2), n - size)
+        out.append(a - max(0, start))
+    return out[0], out[1]
+
+
+def _preview_rgb(model, x0, p, factor: int, latent_shape) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    oy, ox = _region_offset(p, x0.shape[-2:], factor, latent_shape)
+    y0, y1, x0_, x1 = (v // factor for v in p.bbox)
+    z = x0[:, oy : oy + (y1 - y0), ox : ox + (x1 - x0_)].float()
+    side = max(z.shape[-2:])
+    limit = max(8, PREVIEW_PX // factor)
+    if side > limit:
+        size = (max(1, round(z.shape[-2] * limit / side)), max(1, round(z.shape[-1] * limit / side)))
+        z = F.interpolate(z[None], size=size, mode="area")[0]
+    with torch.inference_mode():
+        img = model.codec.decode(z[None].to(model.device))[0]
+    return np.rint(img.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
+
+
+def _is_expected(e: BaseException) -> bool:
+    """Errors the core raises for bad input, with messages written for users."""
+    try:
+        from src_models.canvas import CanvasError
+        from src_models.card import ModelError
+        from src_models.maskio import MaskError
+        from src_models.synthesis import SynthesisError
+    except Exception:
+        return False
+    return isinstance(e, (CanvasError, ModelError, MaskError, SynthesisError, ValueError))
+
+
+def _clear_message(e: BaseException, request) -> str:
+    """A message a user can act on, for errors the core does not phrase itself."""
+    text = str(e) or type(e).__name__
+    low = text.lower()
+    if isinstance(e, MemoryError) or "out of memory" in low:
+        return (f"out of memory on {request.device} ({text.splitlines()[0]}); finished regions are kept. "
+                "Lower the batch size, use a smaller area, or run on the CPU.")
+    return f"synthesis failed: {type(e).__name__}: {text}"
+
+
+@dataclass
+class Failed:
+    """The run stopped on an error (always the last event); ``message`` says why and what to do."""
+
+    message: str
+    error: BaseException
+    expected: bool  # a known kind of bad input (no traceback needed)
+
+
+def _limit_cpu_threads(device: str) -> None:
+    """On the CPU, leave one core to the GUI thread (torch's pool would otherwise take them all)."""
+    import os
+
+    import torch
+
+    cores = os.cpu_count() or 1
+    if str(device) == "cpu" and cores > 1 and torch.get_num_threads() >= cores:
+        torch.set_num_threads(cores - 1)
+
+
+def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: bool,
+                  cancel: threading.Event, events: queue.SimpleQueue, preview: bool = True):
+    """The generator a run executes in the worker thread (see the module docstring).
+
+    It never raises: an error becomes a :class:`Failed` event, so the GUI side alone decides how
+    it is shown.  The canvas lock is released however the run ends.
+    """
+    yield Stage("opening the canvas")
+    canvas = None
+    try:
+        from src_models.canvas import Canvas
+        from src_models.synthesis import pending_regions, synthesise
+
+        canvas = Canvas.open(path, "r+")
+        if mask is not None:
+            yield Stage("saving the mask")
+            store_mask(canvas, mask, step)
+        if not MODELS.has(request.model, request.device):
+            yield Stage(f"loading model {request.model!r}")
+        model = MODELS.get(request.model, request.device)
+        _limit_cpu_threads(model.device)
+        if redo:
+            if request.area is not None:
+                from src_models.editing import align_rect
+
+                y0, y1, x0, x1 = align_rect(canvas, request.area)
+                f = canvas.factor
+                canvas.regenerate(y0 // f, y1 // f, x0 // f, x1 // f)
+            else:
+                canvas.clear_done()
+        canvas.set_settings({**canvas.settings, **request.settings()})
+        todo = pending_regions(canvas, request)
+        yield Plan(len(todo), int(request.steps))
+        last_preview = [0.0]
+        latent_shape = canvas.latent_shape
+        factor = canvas.factor
+
+        def on_level(p):
+            events.put(Level(p.index, p.level, p.levels))
+            if not preview or p.x0 is None or p.level >= p.levels:
+                return
+            now = time.monotonic()
+            if now - last_preview[0] < PREVIEW_S:
+                return
+            last_preview[0] = now
+            try:
+                events.put(Preview(tuple(p.bbox), _preview_rgb(model, p.x0, p, factor, latent_shape)))
+            except Exception:  # a preview must never stop a run
+                pass
+
+        yield from synthesise(model, canvas, request, cancel=cancel, progress=on_level)
+    except Exception as e:
+        known = _is_expected(e)
+        yield Failed(str(e) if known else _clear_message(e, request), e, known)
+    finally:
+        if canvas is not None:
+            canvas.close()
+
+
+# ============================================================================ GUI side
+def _run_progress(total: int, desc: str, on_cancel):
+    """A napari progress bar (activity dock) whose Cancel button cancels the run."""
+    from napari.utils import cancelable_progress
+
+    class RunProgress(cancelable_progress):
+        def cancel(self):
+            super().cancel()
+            on_cancel()
+
+    return RunProgress(total=total, desc=desc)
+
+
+PREVIEW_NAME = "DiffInfinite preview"
+
+
+def preview_layer(viewer):
+    """The viewer's preview layer (made once, then reused: adding and removing layers is slow in
+    napari, so it stays in the list, hidden between runs)."""
+    for layer in viewer.layers:
+        meta = layer.metadata.get(META) if isinstance(layer.metadata, dict) else None
+        if meta and meta.get("role") == "preview":
+            return layer
+    active = viewer.layers.selection.active
+    layer = viewer.add_image(np.zeros((2, 2, 3), np.uint8), rgb=True, name=PREVIEW_NAME, visible=False,
+                             metadata={META: {"role": "preview"}})
+    if active is not None:  # the user keeps working on the layer they had selected
+        viewer.layers.selection.active = active
+    return layer
+
+
+class SynthesisRun:
+    """One run, seen from the GUI thread.
+
+    ``state`` goes "starting" -> "running" -> ("cancelling") -> "done" | "cancelled" | "failed";
+    ``on_state(state, text)`` is called on every change and ``on_refresh()`` after every
+    image refresh.  Nothing here blocks: the worker does the work, a timer applies its events.
+    """
+
+    def __init__(self, viewer, image_layer, request, *, mask=None, mask_step=1, redo=False, preview=True,
+                 on_state=None, on_refresh=None):
+        from qtpy.QtCore import QTimer
+
+        self.viewer = viewer
+        self.layer = image_layer
+        self.info = image_layer.metadata[META]
+        self.request = request
+        self.state = "starting"
+        self.text = ""
+        self.failure: Failed | None = None
+        self.regions_done = 0
+        self.regions_total = 0
+        self.refreshes = 0
+        self._on_state = on_state
+        self._on_refresh = on_refresh
+        self._cancel = threading.Event()
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._dirty = False
+        self._last_refresh = 0.0
+        self._levels = max(1, int(request.steps))
+        self._level_in_flight = 0
+        self._progress = None
+        self._preview_layer = None
+        self._started = 0.0
+        self._args = (self.info["path"], request, mask, int(mask_step), bool(redo), self._cancel, self._events,
+                      bool(preview))
+        self._timer = QTimer()
+        self._timer.setInterval(int(REFRESH_S * 1000 / 2))
+        self._timer.timeout.connect(self._tick)
+        self.worker = None
+
+    # ------------------------------------------------------------------ control
+    def start(self) -> None:
+        from napari.qt.threading import create_worker
+
+        self._started = time.monotonic()
+        if self._args[-1]:
+            self._preview_layer = preview_layer(self.viewer)
+        self.worker = create_worker(synthesis_job, *self._args, _start_thread=False, _ignore_errors=True)
+        self.worker.yielded.connect(self._on_yielded)
+        self.worker.errored.connect(self._on_errored)  # synthesis_job reports its errors; this is for bugs
+        self.worker.finished.connect(self._on_finished)
+        BUSY.add(self.info["path"])
+        self._timer.start()
+        self._set_state("starting", "starting…")
+        self.worker.start()
+
+    def cancel(self) -> None:
+        """Ask the worker to stop within one denoising level; finished regions stay."""
+        if self.state in ("starting", "running"):
+            self._cancel.set()
+            self._set_state("cancelling", "cancelling…")
+
+    @property
+    def busy(self) -> bool:
+        return self.state in ("starting", "running", "cancelling")
+
+    # ------------------------------------------------------------------ worker events (GUI thread)
+    def _on_yielded(self, ev) -> None:
+        if not self.busy:
+            return
+        if isinstance(ev, Stage):
+            if self.state == "starting":
+                self._set_state("starting", ev.text + "…")
+        elif isinstance(ev, Plan):
+            self.regions_total = ev.regions
+            self._levels = max(1, ev.levels)
+            if ev.regions:
+                self._progress = _run_progress(ev.regions * self._levels, self._describe(), self.cancel)
+            if self.state == "starting":
+                self._set_state("running", self._describe())
+        elif isinstance(ev, Failed):
+            self.failure = ev
+        else:  # RegionDone
+            self.regions_done = ev.done
+            self.regions_total = ev.total
+            self._level_in_flight = 0
+            self._dirty = True
+            self._hide_preview()
+            self._advance()
+            if self.state == "running":
+                self._set_state("running", self._describe(ev))
+            if time.monotonic() - self._last_refresh >= REFRESH_S:
+                self._refresh()
+
+    def _on_errored(self, exc: BaseException) -> None:
+        self.failure = Failed(_clear_message(exc, self.request), exc, False)
+
+    def _tick(self) -> None:
+        latest_preview = None
+        while True:
+            try:
+                ev = self._events.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(ev, Level):
+                self._levels = max(1, ev.levels)
+                self._level_in_flight = ev.level if ev.level < ev.levels else 0
+            elif isinstance(ev, Preview):
+                latest_preview = ev
+        self._advance()
+        if latest_preview is not None and self.state == "running" and self._preview_layer is not None:
+            self._show_preview(latest_preview)
+        if self._dirty and time.monotonic() - self._last_refresh >= REFRESH_S:
+            self._refresh()
+
+    def _on_finished(self) -> None:
+        if not self.busy:
+            return
+        self._timer.stop()
+        BUSY.discard(self.info["path"])
+        while True:  # what the worker left in the queue no longer matters
+            try:
+                self._events.get_nowait()
+            except queue.Empty:
+                break
+        if self._dirty:
+            self._refresh()
+        self._hide_preview()
+        bar, self._progress = self._progress, None
+        if bar is not None:
+            bar.close()
+        if self.failure is not None:
+            self._notify_failure(self.failure)
+            self._set_state("failed", self.failure.message)
+        elif self._cancel.is_set():
+            self._set_state("cancelled", f"cancelled: {self.regions_done} of {self.regions_total} regions done; "
+                                         "Run resumes")
+        else:
+            took = time.monotonic() - self._started
+            self._set_state("done", f"done: {self.regions_done} regions in {took:.1f} s")
+
+    # ------------------------------------------------------------------ helpers
+    def _notify_failure(self, failure: Failed) -> None:
+        import logging
+
+        from napari.utils.notifications import Notification, NotificationSeverity, notification_manager
+
+        if failure.expected:
+            notification_manager.dispatch(Notification(failure.message, severity=NotificationSeverity.ERROR))
+        else:  # keep the traceback reachable from the notification and in the log
+            logging.getLogger(__name__).error(failure.message, exc_info=failure.error)
+            note = Notification.from_exception(failure.error)
+            note.message = failure.message
+            notification_manager.dispatch(note)
+
+    def _describe(self, ev=None) -> str:
+        text = f"DiffInfinite: {self.regions_done}/{self.regions_total} regions"
+        if ev is not None:
+            text += f" ({ev.seconds:.1f} s/region)"
+        return text
+
+    def _advance(self) -> None:
+        bar = self._progress  # a local: napari may process events (and finish the run) inside update()
+        if bar is None:
+            return
+        total = self.regions_total * self._levels
+        if bar.total != total:
+            bar.total = total
+        want = min(total, self.regions_done * self._levels + self._level_in_flight)
+        if want > bar.n:
+            bar.update(want - bar.n)
+        text = self._describe()
+        if self._progress is bar and bar.desc.rstrip(": ") != text:
+            bar.set_description(text)
+
+    def _refresh(self) -> None:
+        self._dirty = False
+        self._last_refresh = time.monotonic()
+        if self.layer in self.viewer.layers:
+            refresh_image(self.layer)
+        self.refreshes += 1
+        if self._on_refresh is not None:
+            self._on_refresh()
+
+    def _show_preview(self, p: Preview) -> None:
+        layer = self._preview_layer
+        if layer is None or layer not in self.viewer.layers:
+            return
+        y0, y1, x0, x1 = p.bbox
+        h, w = p.rgb.shape[:2]
+        sy, sx = (y1 - y0) / h, (x1 - x0) / w
+        layer.data = p.rgb
+        layer.scale = (sy, sx)
+        layer.translate = (y0 + pixel_centre_offset(sy), x0 + pixel_centre_offset(sx))
+        layer.visible = True
+
+    def _hide_preview(self) -> None:
+        layer = self._preview_layer
+        if layer is not None and layer in self.viewer.layers and layer.visible:
+            layer.visible = False
+
+    def _set_state(self, state: str, text: str) -> None:
+        self.state, self.text = state, text
+        if self._on_state is not None:
+            self._on_state(state, text)

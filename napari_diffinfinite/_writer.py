@@ -1,0 +1,164 @@
+"""Writer: one image layer (single- or multiscale) plus any labels layers -> an OME-Zarr store
+(NGFF 0.5, zarr v3) laid out like a canvas: image levels ``0, 1, ...`` at the root, each labels
+layer under ``labels/<name>/0`` with its colours and class names as ``image-label`` metadata.
+
+Arrays are copied block by block, so a multiscale canvas layer is never loaded whole.  A
+single-scale image is written as one level (no pyramid is invented for it).
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+BLOCK = 1024  # px per side of the blocks copied at a time
+
+
+def _name(text: str, taken: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "labels"
+    name, i = base, 1
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    taken.add(name)
+    return name
+
+
+def _copy(src, dst, channel_last: bool) -> None:
+    """Copy ``src`` (numpy or dask, (y, x) or (y, x, c)) into zarr ``dst`` ((y, x) or (c, y, x))."""
+    h, w = src.shape[:2]
+    for y in range(0, h, BLOCK):
+        for x in range(0, w, BLOCK):
+            block = np.asarray(src[y : y + BLOCK, x : x + BLOCK])
+            if channel_last:
+                dst[:, y : y + block.shape[0], x : x + block.shape[1]] = np.moveaxis(block, -1, 0)
+            else:
+                dst[y : y + block.shape[0], x : x + block.shape[1]] = block
+
+
+def _transforms(scale, translate) -> list[dict]:
+    out = [{"type": "scale", "scale": [float(v) for v in scale]}]
+    if translate is not None and any(float(v) != 0 for v in translate):
+        out.append({"type": "translation", "translation": [float(v) for v in translate]})
+    return out
+
+
+def _label_classes(meta: dict) -> tuple[list[dict], list[dict]]:
+    """``image-label`` colors and properties from our metadata, or from the layer's colormap/features."""
+    info = (meta.get("metadata") or {}).get("diffinfinite")
+    if info and info.get("classes"):
+        colours = [{"label-value": i, "rgba": [int(c.lstrip("#")[k : k + 2], 16) for k in (0, 2, 4)] + [255]}
+                   for i, c in enumerate(info["colours"])]
+        props = [{"label-value": i, "name": n} for i, n in enumerate(info["classes"])]
+        return colours, props
+    colours = []
+    cmap = meta.get("colormap")
+    color_dict = getattr(cmap, "color_dict", None)
+    if color_dict is None and isinstance(cmap, dict):
+        color_dict = cmap
+    if color_dict:
+        for k, v in color_dict.items():
+            if k is None:
+                continue
+            rgba = np.asarray(v, dtype=np.float64).ravel()
+            if rgba.size in (3, 4):
+                rgba = np.append(rgba, 1.0) if rgba.size == 3 else rgba
+                colours.append({"label-value": int(k), "rgba": [int(round(c * 255)) for c in rgba]})
+    props = []
+    feats = meta.get("features")
+    if feats is not None and "class" in feats:
+        idx = list(feats["index"]) if "index" in feats else list(range(len(feats["class"])))
+        props = [{"label-value": int(i), "name": str(n)} for i, n in zip(idx, list(feats["class"]))]
+    return colours, props
+
+
+def write_layers(path: str, layer_data: list[tuple]) -> list[str]:
+    """npe2 writer hook for ``["image", "labels*"]``: returns the path written."""
+    import zarr
+
+    from ._reader import is_canvas
+
+    out = Path(path)
+    if out.suffix != ".zarr":
+        out = out.with_name(out.name + ".zarr")
+    images = [d for d in layer_data if d[2] == "image"]
+    labels = [d for d in layer_data if d[2] == "labels"]
+    if len(images) != 1:
+        raise ValueError(f"the OME-Zarr writer takes exactly one image layer, got {len(images)}")
+    if out.exists():
+        if is_canvas(out):
+            # not a ValueError: napari takes that for "no writer" and drops the message
+            raise FileExistsError(f"{out} is a DiffInfinite canvas; choose another name (the writer never replaces a canvas)")
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+
+    data, meta, _ = images[0]
+    levels = list(data) if meta.get("multiscale") else [data]
+    rgb = bool(meta.get("rgb"))
+    base_scale = [float(v) for v in (meta.get("scale") if meta.get("scale") is not None else (1.0, 1.0))][-2:]
+    translate = meta.get("translate")
+    translate = [float(v) for v in translate][-2:] if translate is not None else None
+    shape0 = levels[0].shape[:2]
+
+    root = zarr.open_group(str(out), mode="w", zarr_format=3)
+    datasets = []
+    for i, arr in enumerate(levels):
+        h, w = arr.shape[:2]
+        dtype = np.dtype(arr.dtype)
+        if rgb:
+            c = arr.shape[2]
+            z = root.create_array(str(i), shape=(c, h, w), chunks=(c, min(512, h), min(512, w)), dtype=dtype,
+                                  fill_value=0, dimension_names=("c", "y", "x"))
+        else:
+            z = root.create_array(str(i), shape=(h, w), chunks=(min(512, h), min(512, w)), dtype=dtype,
+                                  fill_value=0, dimension_names=("y", "x"))
+        _copy(arr, z, rgb)
+        ds = [base_scale[0] * shape0[0] / h, base_scale[1] * shape0[1] / w]
+        datasets.append({"path": str(i), "coordinateTransformations": _transforms(([1.0] if rgb else []) + ds,
+                                                                                   (([0.0] if rgb else []) + translate) if translate else None)})
+    axes = ([{"name": "c", "type": "channel"}] if rgb else []) + [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    ome = {"version": "0.5", "multiscales": [{"name": str(meta.get("name", "image")), "axes": axes, "datasets": datasets}]}
+    if rgb and levels[0].shape[2] == 3:
+        ome["omero"] = {
+            "channels": [{"label": n, "color": c, "window": {"start": 0, "end": 255, "min": 0, "max": 255}, "active": True}
+                         for n, c in (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"))],
+            "rdefs": {"model": "color"},
+        }
+    root.attrs["ome"] = ome
+
+    if labels:
+        lgroup = root.create_group("labels")
+        taken: set[str] = set()
+        names = []
+        for ldata, lmeta, _ in labels:
+            arr = ldata[0] if lmeta.get("multiscale") else ldata
+            if arr.ndim != 2:
+                raise ValueError(f"labels layer {lmeta.get('name')!r} is {arr.ndim}-D; the writer takes 2-D labels")
+            name = _name(str(lmeta.get("name", "labels")), taken)
+            names.append(name)
+            g = lgroup.create_group(name)
+            h, w = arr.shape
+            z = g.create_array("0", shape=(h, w), chunks=(min(512, h), min(512, w)), dtype=np.dtype(arr.dtype),
+                               fill_value=0, dimension_names=("y", "x"))
+            _copy(arr, z, False)
+            lscale = [float(v) for v in (lmeta.get("scale") if lmeta.get("scale") is not None else (1.0, 1.0))][-2:]
+            ltrans = lmeta.get("translate")
+            colours, props = _label_classes(lmeta)
+            image_label = {"version": "0.5", "source": {"image": "../../"}}
+            if colours:
+                image_label["colors"] = colours
+            if props:
+                image_label["properties"] = props
+            g.attrs["ome"] = {
+                "version": "0.5",
+                "multiscales": [{
+                    "name": name,
+                    "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+                    "datasets": [{"path": "0", "coordinateTransformations": _transforms(
+                        lscale, [float(v) for v in ltrans][-2:] if ltrans is not None else None)}],
+                }],
+                "image-label": image_label,
+            }
+        lgroup.attrs["ome"] = {"version": "0.5", "labels": names}
+    return [str(out)]

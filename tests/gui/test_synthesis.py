@@ -1,0 +1,146 @@
+"""Running synthesis from the widget: progressive fill, a responsive GUI, cancel and resume, errors."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from qtpy.QtCore import QTimer
+
+from conftest import dock, make_canvas, regions_shown, setup_synthesis
+
+from napari_diffinfinite._reader import META
+
+
+def _open(viewer, card, tmp_path, mask=True, size=256, region=64):
+    path = make_canvas(card, tmp_path / "s.zarr", size=size, region=region, mask=mask)
+    image, mask_layer = dock(viewer, "Canvas").open(path)
+    return path, image, mask_layer
+
+
+def test_run_fills_region_by_region_and_the_gui_stays_responsive(viewer, qtbot, tiny_card, tmp_path):
+    from napari_diffinfinite._worker import MODELS
+
+    path, image, mask = _open(viewer, tiny_card, tmp_path, mask=False)
+    # paint the mask programmatically, as a user would with the brush and fill tools
+    mask.brush_size = 40
+    for y, x, label in ((40, 40, 1), (40, 200, 2), (200, 120, 3)):
+        mask.paint((y, x), label)
+    mask.fill((128, 128), 2)
+    painted = mask.data.copy()
+    assert set(np.unique(painted)) == {1, 2, 3}
+
+    w = dock(viewer, "Synthesis")
+    setup_synthesis(w)
+    seen = []  # (pixels shown, worker running) at every refresh
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+
+    run = w.start()
+    run._on_refresh = lambda: seen.append((regions_shown(image), run.worker.is_running))
+    timer.start()
+    assert w.run_button.text() == "Cancel" and not mask.editable
+    qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
+    timer.stop()
+
+    assert run.state == "done", run.text
+    assert w.run_button.text() == "Run" and mask.editable
+    while_running = [n for n, running in seen if running]
+    # the layer showed the canvas filling in while the worker ran, not only at the end
+    assert len(set(while_running)) >= 2, seen
+    assert all(0 < n < 16 for n in while_running), seen
+    assert while_running == sorted(while_running)
+    assert regions_shown(image) == 16 and run.regions_done == 16
+    # the GUI thread kept serving events: no gap of 100 ms between timer ticks
+    gaps = np.diff(ticks)
+    assert len(ticks) > 20 and gaps.max() < 0.1, f"longest gap {gaps.max():.3f} s"
+    # the painted mask went into the store before the run, every region is marked done
+    from src_models.canvas import Canvas
+
+    with Canvas.open(path) as canvas:
+        np.testing.assert_array_equal(canvas.mask[:], painted)
+        assert canvas.done_indices() == set(range(16))
+        assert canvas.settings["steps"] == 4
+    # the model is loaded once and kept: a second run loads nothing
+    loads = MODELS.loads
+    w.region_box.setCurrentText("whole canvas")
+    w.redo_box.setChecked(True)
+    run2 = w.start()
+    qtbot.waitUntil(lambda: not run2.busy, timeout=60_000)
+    assert run2.state == "done" and MODELS.loads == loads
+
+
+def test_cancel_keeps_finished_regions_and_run_resumes(viewer, qtbot, tiny_card, tmp_path):
+    path, image, mask = _open(viewer, tiny_card, tmp_path)
+    w = dock(viewer, "Synthesis")
+    setup_synthesis(w, preview=True)
+    run = w.start()
+    qtbot.waitUntil(lambda: run.regions_done >= 2, timeout=60_000)
+    w.run_button.click()  # Cancel
+    assert w.run_button.text() == "Cancelling…" and not w.run_button.isEnabled()
+    qtbot.waitUntil(lambda: not run.busy, timeout=30_000)
+    assert run.state == "cancelled" and w.run_button.text() == "Run" and w.run_button.isEnabled()
+    from src_models.canvas import Canvas
+
+    with Canvas.open(path) as canvas:
+        done = canvas.done_indices()
+        regions = {r.index: r for r in canvas.regions()}
+        assert 2 <= len(done) < 16
+        for i in regions:  # finished regions hold pixels, the others none
+            y0, y1, x0, x1 = regions[i].px(canvas.factor)
+            block = canvas.read_rgb(y0, y1, x0, x1)
+            assert (block.max() > 0) == (i in done), i
+    assert regions_shown(image) == len(done)  # the layer shows what was kept
+    previews = [layer for layer in viewer.layers if layer.metadata.get(META, {}).get("role") == "preview"]
+    assert len(previews) == 1 and not previews[0].visible  # the preview hides between runs
+
+    resumed = w.start()
+    qtbot.waitUntil(lambda: not resumed.busy, timeout=60_000)
+    assert resumed.state == "done"
+    assert resumed.regions_total == 16 - len(done)  # only what was missing
+    with Canvas.open(path) as canvas:
+        assert canvas.done_indices() == set(range(16))
+
+
+def test_view_and_rectangle_regions(viewer, qtbot, tiny_card, tmp_path):
+    path, image, mask = _open(viewer, tiny_card, tmp_path)
+    w = dock(viewer, "Synthesis")
+    setup_synthesis(w, region="drawn rectangle")
+    w.draw_rectangle()
+    area = next(layer for layer in viewer.layers if layer.metadata.get(META, {}).get("role") == "area")
+    area.add_rectangles(np.array([[50, 70], [120, 180]]))
+    request = w.build_request(image)
+    assert request.area == (50, 121, 70, 181)
+    run = w.start()
+    qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
+    assert run.state == "done" and run.regions_total == 4  # the 2 x 2 regions under the rectangle
+
+    w.region_box.setCurrentText("current view")
+    viewer.camera.center = (32, 32)
+    viewer.camera.zoom = viewer.canvas.size[0] / 40
+    request = w.build_request(image)
+    y0, y1, x0, x1 = request.area
+    assert 0 <= y0 <= 12 and 52 <= y1 <= 64 and request.centre == (32.0, 32.0)
+
+
+def test_a_failing_run_notifies_and_the_widget_recovers(viewer, qtbot, tiny_card, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    path, image, mask = _open(viewer, tiny_card, tmp_path)
+    w = dock(viewer, "Synthesis")
+    setup_synthesis(w)
+    w.model_picker.set_spec(str(tmp_path / "no-such-model"))
+    before = len(notification_manager.records)
+    run = w.start()
+    qtbot.waitUntil(lambda: not run.busy, timeout=30_000)
+    assert run.state == "failed"
+    assert "not found" in w.status.text()
+    messages = [str(n.message) for n in notification_manager.records[before:]]
+    assert any("no-such-model" in m and "not found" in m for m in messages), messages
+    assert w.run_button.text() == "Run" and w.run_button.isEnabled() and mask.editable
+    # the canvas lock was released: a good run works right after
+    w.model_picker.set_spec("tiny-test")
+    run = w.start()
+    qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
+    assert run.state == "done"

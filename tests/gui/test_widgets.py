@@ -1,0 +1,142 @@
+"""Canvas widget and mask tools, opened through the manifest."""
+from __future__ import annotations
+
+import numpy as np
+
+from conftest import dock, make_canvas
+
+from napari_diffinfinite._reader import META
+
+
+def test_all_widgets_open_through_the_manifest(viewer):
+    from napari_diffinfinite._canvas_widget import CanvasWidget
+    from napari_diffinfinite._mask_tools import MaskToolsWidget
+    from napari_diffinfinite._synthesis_widget import SynthesisWidget
+
+    assert isinstance(dock(viewer, "Canvas"), CanvasWidget)
+    assert isinstance(dock(viewer, "Mask tools"), MaskToolsWidget)
+    assert isinstance(dock(viewer, "Synthesis"), SynthesisWidget)
+
+
+def test_create_a_canvas_in_the_widget(viewer, qtbot, tmp_path):
+    w = dock(viewer, "Canvas")
+    syn = dock(viewer, "Synthesis")
+    w.width_box.setValue(384)
+    w.height_box.setValue(256)
+    w.model_picker.set_spec("tiny-test")
+    w.region_box.setValue(64)
+    w.path_edit.setText(str(tmp_path / "new.zarr"))
+    w.create()
+    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=30_000)
+    image, mask = viewer.layers
+    assert image.multiscale and image.data[0].shape == (256, 384, 3)
+    assert mask.data.shape == (256, 384) and mask.data.dtype == np.uint8
+    info = image.metadata[META]
+    assert info["region_size"] == 64 and info["settings"]["model"] == "tiny-test"
+    assert len(w.legend.buttons) == len(info["classes"])
+    assert "0/24 regions" in w.info_label.text()
+    # the synthesis widget followed: defaults from the canvas, one ω box per tissue class
+    assert syn.picker.image_layer() is image
+    assert syn.steps_box.value() == info["settings"]["steps"]
+    assert sorted(syn.class_boxes) == list(range(1, len(info["classes"])))
+    # clicking a class in the legend picks it for painting
+    w.legend.buttons[2].click()
+    assert mask.selected_label == 2 and mask.mode == "paint"
+    # a size off the model's grid is refused with the neighbours named, and the button comes back
+    w.width_box.setValue(390)
+    w.path_edit.setText(str(tmp_path / "bad.zarr"))
+    w.create()
+    qtbot.waitUntil(lambda: w.create_button.isEnabled() and "not created" in w.status.text(), timeout=30_000)
+    assert "384" in w.status.text() and "392" in w.status.text()
+
+
+def test_a_100k_canvas_opens_as_a_pyramid_with_a_paintable_mask(viewer, qtbot, tmp_path):
+    w = dock(viewer, "Canvas")
+    w.width_box.setValue(100_000)
+    w.height_box.setValue(100_000)
+    w.model_picker.set_spec("tiny-test")
+    w.region_box.setValue(4096)
+    w.path_edit.setText(str(tmp_path / "huge.zarr"))
+    w.create()
+    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=60_000)
+    image, mask = viewer.layers
+    assert image.data[0].shape == (100_000, 100_000, 3) and max(image.data[-1].shape[:2]) <= 256
+    info = mask.metadata[META]
+    assert info["mask_step"] > 1 and max(mask.data.shape) <= 8192
+    assert tuple(mask.scale) == (info["mask_step"],) * 2
+    mask.paint((100, 100), 3)  # painting works on the reduced grid
+    assert (mask.data == 3).any()
+
+
+def _canvas_with_tools(viewer, qtbot, card, tmp_path, mask=False):
+    path = make_canvas(card, tmp_path / "m.zarr", size=256, region=64, mask=mask)
+    canvas_w = dock(viewer, "Canvas")
+    tools = dock(viewer, "Mask tools")
+    image, mask_layer = canvas_w.open(path)
+    return path, image, mask_layer, tools
+
+
+def test_mask_tools_generate_load_clear_undo_save(viewer, qtbot, tiny_card, tmp_path):
+    path, image, mask, tools = _canvas_with_tools(viewer, qtbot, tiny_card, tmp_path)
+    assert not mask.data.any()
+
+    # generate (procedural) over the whole canvas; napari's undo takes it back
+    assert tools.generate() is not None and tools.busy
+    qtbot.waitUntil(lambda: not tools.busy, timeout=30_000)
+    assert set(np.unique(mask.data)) == {1, 2, 3}
+    assert "procedural" in tools.status.text()
+    mask.undo()
+    assert not mask.data.any()
+    mask.redo()
+    generated = mask.data.copy()
+
+    # clear a drawn rectangle only
+    tools.draw_rectangle()
+    area = next(layer for layer in viewer.layers if layer.metadata.get(META, {}).get("role") == "area")
+    area.add_rectangles(np.array([[10, 20], [60, 100]]))
+    tools.clear()
+    assert not mask.data[10:61, 20:101].any()  # the pixels whose centres the rectangle holds
+    np.testing.assert_array_equal(mask.data[100:], generated[100:])
+    # generate into the drawn rectangle only
+    before = mask.data.copy()
+    tools.generate()
+    qtbot.waitUntil(lambda: not tools.busy, timeout=30_000)
+    changed = mask.data != before
+    assert mask.data[10:61, 20:101].all() and changed[10:61, 20:101].all()
+    changed[10:61, 20:101] = False
+    assert not changed.any()
+
+    # load a mask (NPY and a colour PNG in the class colours) into the whole canvas
+    tools.target_box.setCurrentText("whole canvas")
+    labels = np.zeros((64, 64), np.uint8)
+    labels[:, 32:] = 2
+    np.save(tmp_path / "m.npy", labels)
+    tools.load(str(tmp_path / "m.npy"))
+    qtbot.waitUntil(lambda: not tools.busy, timeout=10_000)
+    assert (mask.data[:, :128] == 0).all() and (mask.data[:, 128:] == 2).all()  # fitted 64 -> 256
+    from skimage import io
+
+    from src_models.api import mask_rgb
+
+    rgb = mask_rgb(np.where(labels == 2, 3, 1).astype(np.uint8), tiny_card.colours)
+    io.imsave(tmp_path / "m.png", rgb, check_contrast=False)
+    tools.load(str(tmp_path / "m.png"))
+    qtbot.waitUntil(lambda: not tools.busy, timeout=10_000)
+    assert (mask.data[:, :128] == 1).all() and (mask.data[:, 128:] == 3).all()
+
+    # a mask with a class the model does not know is refused, the layer is untouched
+    np.save(tmp_path / "bad.npy", np.full((8, 8), 9, np.uint8))
+    before = mask.data.copy()
+    tools.load(str(tmp_path / "bad.npy"))
+    qtbot.waitUntil(lambda: not tools.busy, timeout=10_000)
+    assert "failed" in tools.status.text() and "0..3" in tools.status.text()
+    np.testing.assert_array_equal(mask.data, before)
+
+    # save writes the layer into the store
+    tools.save()
+    qtbot.waitUntil(lambda: not tools.busy, timeout=10_000)
+    from src_models.canvas import Canvas
+
+    with Canvas.open(path) as canvas:
+        np.testing.assert_array_equal(canvas.mask[:], mask.data)
+    assert "saved" in tools.status.text()
