@@ -116,7 +116,7 @@ class CanvasWidget(QWidget):
 
         self._info_timer = QTimer(self)
         self._info_timer.setSingleShot(True)
-        self._info_timer.setInterval(1000)
+        self._info_timer.setInterval(500)
         self._info_timer.timeout.connect(self.update_info)
         self._watched = None
         self.picker.changed.connect(self._on_canvas_changed)

@@ -322,6 +322,15 @@ def _run_progress(total: int, desc: str, on_cancel):
     return RunProgress(total=total, desc=desc)
 
 
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 90:
+        return f"{seconds} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 PREVIEW_NAME = "DiffInfinite preview"
 
 
@@ -373,6 +382,7 @@ class SynthesisRun:
         self._progress = None
         self._preview_layer = None
         self._started = 0.0
+        self._sampling_started = 0.0
         self._args = (self.info["path"], request, mask, int(mask_step), bool(redo), self._cancel, self._events,
                       bool(preview))
         self._timer = QTimer()
@@ -414,6 +424,7 @@ class SynthesisRun:
             if self.state == "starting":
                 self._set_state("starting", ev.text + "…")
         elif isinstance(ev, Plan):
+            self._sampling_started = time.monotonic()
             self.regions_total = ev.regions
             self._levels = max(1, ev.levels)
             if ev.regions:
@@ -496,9 +507,12 @@ class SynthesisRun:
             notification_manager.dispatch(note)
 
     def _describe(self, ev=None) -> str:
+        """"DiffInfinite: 3/12 regions" (for the activity dock), with speed and ETA for the widget."""
         text = f"DiffInfinite: {self.regions_done}/{self.regions_total} regions"
-        if ev is not None:
-            text += f" ({ev.seconds:.1f} s/region)"
+        if ev is not None and self.regions_done:
+            per = (time.monotonic() - self._sampling_started) / self.regions_done
+            left = per * (self.regions_total - self.regions_done)
+            text += f" · {ev.seconds:.1f} s/region · about {_duration(left)} left"
         return text
 
     def _advance(self) -> None:

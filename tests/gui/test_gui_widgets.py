@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conftest import dock, make_canvas
+from gui_helpers import dock, make_canvas
 
 from napari_diffinfinite._reader import META
 

@@ -5,7 +5,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from conftest import PLUGIN, make_canvas
+from gui_helpers import PLUGIN, make_canvas
 
 from napari_diffinfinite._reader import META, get_reader, refresh_image
 

@@ -6,7 +6,7 @@ import time
 import numpy as np
 from qtpy.QtCore import QTimer
 
-from conftest import dock, make_canvas, regions_shown, setup_synthesis
+from gui_helpers import dock, make_canvas, regions_shown, setup_synthesis
 
 from napari_diffinfinite._reader import META
 
@@ -37,8 +37,18 @@ def test_run_fills_region_by_region_and_the_gui_stays_responsive(viewer, qtbot, 
     timer.setInterval(20)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
 
+    from napari.utils import progress
+
+    bars = []  # the activity dock's progress bars at every refresh
+    statuses = []
+
+    def on_refresh():
+        seen.append((regions_shown(image), run.worker.is_running))
+        statuses.append(w.status.text())
+        bars.extend((p.desc, p.n, p.total) for p in progress._all_instances if "DiffInfinite" in p.desc)
+
     run = w.start()
-    run._on_refresh = lambda: seen.append((regions_shown(image), run.worker.is_running))
+    run._on_refresh = on_refresh
     timer.start()
     assert w.run_button.text() == "Cancel" and not mask.editable
     qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
@@ -52,6 +62,11 @@ def test_run_fills_region_by_region_and_the_gui_stays_responsive(viewer, qtbot, 
     assert all(0 < n < 16 for n in while_running), seen
     assert while_running == sorted(while_running)
     assert regions_shown(image) == 16 and run.regions_done == 16
+    # a progress bar in napari's activity dock counted regions (levels of 16 regions x 4 steps)
+    assert bars and all(total == 16 * 4 for _, _, total in bars), bars
+    assert any("/16 regions" in desc and 0 < n < 64 for desc, n, _ in bars), bars
+    assert not any("DiffInfinite" in p.desc for p in progress._all_instances)  # closed at the end
+    assert any("/16 regions" in t and "s/region" in t and "left" in t for t in statuses), statuses  # speed, ETA
     # the GUI thread kept serving events: no gap of 100 ms between timer ticks
     gaps = np.diff(ticks)
     assert len(ticks) > 20 and gaps.max() < 0.1, f"longest gap {gaps.max():.3f} s"
