@@ -15,6 +15,10 @@ Two schemes, picked by the denoiser's ``conditioning`` attribute:
 
 All passes of all windows handed in are run through the network together, in chunks of at most
 ``max_batch``.
+
+No host-device synchronisation: everything that decides the passes is planned on the CPU, and the
+index tensors reach an accelerator by non-blocking copies from pinned memory
+(:func:`host_to_device`).  Nothing reads a device tensor back.
 """
 from __future__ import annotations
 
@@ -30,6 +34,20 @@ LABEL_MAP = "label_map"
 class Pass:
     window: int  # index of the window in the batch
     label: int  # -1 for the null pass, 0 for a whole-label-map pass, else the class
+
+
+def host_to_device(a, device: torch.device | str) -> torch.Tensor:
+    """A host array (numpy, list or CPU tensor) on ``device`` without synchronising with it.
+
+    On CUDA a plain ``.to(device)`` of pageable memory waits for the whole stream to drain; a copy
+    from pinned memory with ``non_blocking=True`` is queued behind the work already launched (the
+    pinned block is not reused before the copy has run).  Elsewhere this is ``torch.as_tensor``.
+    """
+    device = torch.device(device)
+    t = torch.as_tensor(a)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def window_labels(mask: torch.Tensor) -> list[list[int]]:
@@ -83,32 +101,35 @@ def guided_eps(
         labels = window_labels(mask)
     passes = plan_passes(labels, conditioning)
     n = x.shape[0]
-    t = torch.as_tensor(t, dtype=torch.long, device=x.device).expand(n) if torch.as_tensor(t).dim() == 0 else t
-    idx = torch.tensor([p.window for p in passes], device=x.device)
-    lab = torch.tensor([p.label for p in passes], device=x.device).view(-1, 1, 1, 1)
+    dev = x.device
+    t = torch.as_tensor(t, dtype=torch.long, device=dev).expand(n) if torch.as_tensor(t).dim() == 0 else t
+    # the pass table, built on the CPU and copied without a sync
+    pass_win = [p.window for p in passes]
+    pass_lab = [p.label for p in passes]
+    null_rows = [0] * n
+    for k, p in enumerate(passes):
+        if p.label < 0:
+            null_rows[p.window] = k
+    cond = [k for k, p in enumerate(passes) if p.label >= 0]
+    table = host_to_device(torch.tensor([pass_win, pass_lab], dtype=torch.long), dev)
+    idx, lab = table[0], table[1].view(-1, 1, 1, 1)
     src = mask[idx]
-    # null pass: zeros; label pass: binary mask times label; whole-map pass (label 0): the map
-    pmask = torch.where(lab < 0, torch.zeros_like(src), torch.where(lab == 0, src, (src == lab).long() * lab))
+    # null pass (label -1): zeros; label pass: binary mask times label (= the label where the mask
+    # holds it); whole-map pass (label 0): the map.  Labels are >= 0, so -1 never matches.
+    pmask = src.where((src == lab) | (lab == 0), 0)
     xs, ts = x[idx], t[idx]
-    outs = []
-    for s in range(0, len(passes), max_batch):
-        outs.append(denoiser(xs[s : s + max_batch], ts[s : s + max_batch], pmask[s : s + max_batch]).float())
-    out = torch.cat(outs)
+    step = max(1, int(max_batch))
+    outs = [denoiser(xs[s : s + step], ts[s : s + step], pmask[s : s + step]).float() for s in range(0, len(passes), step)]
+    out = torch.cat(outs) if len(outs) > 1 else outs[0]
 
     h, w = x.shape[-2:]
     lat_mask = _to_latent_grid(mask, h, w)
-    omega = torch.as_tensor(omega, dtype=torch.float32, device=x.device)
-    null_row = torch.empty(n, dtype=torch.long)
-    for k, p in enumerate(passes):
-        if p.label < 0:
-            null_row[p.window] = k
-    null_row = null_row.to(x.device)
+    omega = torch.as_tensor(omega, dtype=torch.float32, device=dev)
+    null_row = host_to_device(torch.tensor(null_rows, dtype=torch.long), dev)
     eps = out[null_row].clone()  # one null row per window, in window order
-    cond = [k for k, p in enumerate(passes) if p.label >= 0]
     if not cond:
         return eps
-    rows = torch.tensor(cond, device=x.device)
-    win = idx[rows]
+    rows, win = host_to_device(torch.tensor([cond, [pass_win[k] for k in cond]], dtype=torch.long), dev)
     diff = out[rows] - out[null_row[win]]
     lm = lat_mask[win]
     plab = lab[rows]
