@@ -230,7 +230,10 @@ class SynthesisWidget(QWidget):
         return self.run
 
     def _on_state(self, state: str, text: str):
-        self.status.setText(text)
+        try:
+            self.status.setText(text)
+        except RuntimeError:  # the dock widget was closed while its run went on: the run finishes alone
+            return
         if state in ("starting", "running"):
             self.run_button.setText("Cancel")
             self.run_button.setEnabled(True)

@@ -381,12 +381,13 @@ class SynthesisRun:
         self._level_in_flight = 0
         self._progress = None
         self._preview_layer = None
+        self._pending_preview: Preview | None = None
         self._started = 0.0
         self._sampling_started = 0.0
         self._args = (self.info["path"], request, mask, int(mask_step), bool(redo), self._cancel, self._events,
                       bool(preview))
         self._timer = QTimer()
-        self._timer.setInterval(int(REFRESH_S * 1000 / 2))
+        self._timer.setInterval(int(REFRESH_S * 1000 / 2))  # refreshes and previews take turns
         self._timer.timeout.connect(self._tick)
         self.worker = None
 
@@ -397,6 +398,8 @@ class SynthesisRun:
         self._started = time.monotonic()
         if self._args[-1]:
             self._preview_layer = preview_layer(self.viewer)
+            self._preview_layer.opacity = 0.0
+            self._preview_layer.visible = True
         self.worker = create_worker(synthesis_job, *self._args, _start_thread=False, _ignore_errors=True)
         self.worker.yielded.connect(self._on_yielded)
         self.worker.errored.connect(self._on_errored)  # synthesis_job reports its errors; this is for bugs
@@ -433,23 +436,22 @@ class SynthesisRun:
                 self._set_state("running", self._describe())
         elif isinstance(ev, Failed):
             self.failure = ev
-        else:  # RegionDone
+        else:  # RegionDone: only note it; the next tick shows it
             self.regions_done = ev.done
             self.regions_total = ev.total
             self._level_in_flight = 0
             self._dirty = True
+            self._pending_preview = None
             self._hide_preview()
-            self._advance()
             if self.state == "running":
                 self._set_state("running", self._describe(ev))
-            if time.monotonic() - self._last_refresh >= REFRESH_S:
-                self._refresh()
 
     def _on_errored(self, exc: BaseException) -> None:
         self.failure = Failed(_clear_message(exc, self.request), exc, False)
 
     def _tick(self) -> None:
-        latest_preview = None
+        """Apply what the worker reported, one costly step per tick so the event loop keeps turning:
+        an image refresh (at most every REFRESH_S) or else the newest preview."""
         while True:
             try:
                 ev = self._events.get_nowait()
@@ -459,12 +461,13 @@ class SynthesisRun:
                 self._levels = max(1, ev.levels)
                 self._level_in_flight = ev.level if ev.level < ev.levels else 0
             elif isinstance(ev, Preview):
-                latest_preview = ev
+                self._pending_preview = ev
         self._advance()
-        if latest_preview is not None and self.state == "running" and self._preview_layer is not None:
-            self._show_preview(latest_preview)
         if self._dirty and time.monotonic() - self._last_refresh >= REFRESH_S:
             self._refresh()
+        elif self._pending_preview is not None and self.state == "running":
+            self._show_preview(self._pending_preview)
+            self._pending_preview = None
 
     def _on_finished(self) -> None:
         if not self.busy:
@@ -478,7 +481,8 @@ class SynthesisRun:
                 break
         if self._dirty:
             self._refresh()
-        self._hide_preview()
+        if self._preview_layer is not None and self._preview_layer in self.viewer.layers:
+            self._preview_layer.visible = False
         bar, self._progress = self._progress, None
         if bar is not None:
             bar.close()
@@ -539,21 +543,26 @@ class SynthesisRun:
             self._on_refresh()
 
     def _show_preview(self, p: Preview) -> None:
+        """Put a preview over its region; geometry is set only when it changes (each setter re-slices)."""
         layer = self._preview_layer
         if layer is None or layer not in self.viewer.layers:
             return
         y0, y1, x0, x1 = p.bbox
         h, w = p.rgb.shape[:2]
-        sy, sx = (y1 - y0) / h, (x1 - x0) / w
+        scale = ((y1 - y0) / h, (x1 - x0) / w)
+        translate = (y0 + pixel_centre_offset(scale[0]), x0 + pixel_centre_offset(scale[1]))
+        if not np.allclose(layer.scale[-2:], scale):
+            layer.scale = scale
+        if not np.allclose(layer.translate[-2:], translate):
+            layer.translate = translate
         layer.data = p.rgb
-        layer.scale = (sy, sx)
-        layer.translate = (y0 + pixel_centre_offset(sy), x0 + pixel_centre_offset(sx))
-        layer.visible = True
+        layer.opacity = 1.0
 
     def _hide_preview(self) -> None:
+        """Hidden through opacity during a run (cheap: no re-slicing), through visibility after it."""
         layer = self._preview_layer
-        if layer is not None and layer in self.viewer.layers and layer.visible:
-            layer.visible = False
+        if layer is not None and layer in self.viewer.layers and layer.opacity != 0.0:
+            layer.opacity = 0.0
 
     def _set_state(self, state: str, text: str) -> None:
         self.state, self.text = state, text

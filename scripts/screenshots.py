@@ -135,8 +135,8 @@ def main(argv=None) -> int:
     wait(app, lambda: run.regions_total and run.regions_done >= run.regions_total // 2 or not run.busy)
 
     def preview_shown() -> bool:
-        return any(layer.metadata.get("diffinfinite", {}).get("role") == "preview" and layer.visible
-                   for layer in viewer.layers)
+        return any(layer.metadata.get("diffinfinite", {}).get("role") == "preview"
+                   and layer.visible and layer.opacity > 0 for layer in viewer.layers)
 
     wait(app, lambda: preview_shown() or not run.busy, timeout=60)
     shots.append(shoot(viewer, app, "03_run_half_done.png", wait_s=0.2))

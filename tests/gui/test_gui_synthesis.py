@@ -90,6 +90,7 @@ def test_cancel_keeps_finished_regions_and_run_resumes(viewer, qtbot, tiny_card,
     path, image, mask = _open(viewer, tiny_card, tmp_path)
     w = dock(viewer, "Synthesis")
     setup_synthesis(w, preview=True)
+    viewer.camera.center = (224, 224)  # regions nearest the centre of the view go first
     run = w.start()
     qtbot.waitUntil(lambda: run.regions_done >= 2, timeout=60_000)
     w.run_button.click()  # Cancel
@@ -102,6 +103,7 @@ def test_cancel_keeps_finished_regions_and_run_resumes(viewer, qtbot, tiny_card,
         done = canvas.done_indices()
         regions = {r.index: r for r in canvas.regions()}
         assert 2 <= len(done) < 16
+        assert 15 in done  # the bottom-right region, under the view centre, came first
         for i in regions:  # finished regions hold pixels, the others none
             y0, y1, x0, x1 = regions[i].px(canvas.factor)
             block = canvas.read_rgb(y0, y1, x0, x1)

@@ -18,6 +18,19 @@ def test_all_widgets_open_through_the_manifest(viewer):
     assert isinstance(dock(viewer, "Synthesis"), SynthesisWidget)
 
 
+def test_launch_opens_the_demo_canvas_with_the_three_widgets(make_napari_viewer, monkeypatch):
+    import napari
+
+    from napari_diffinfinite import launch
+
+    monkeypatch.setattr(napari, "Viewer", lambda **kw: make_napari_viewer(**kw))  # the fixture cleans up
+    viewer = launch.open_viewer(show=False)
+    assert [layer.name for layer in viewer.layers] == ["demo", "demo mask"]
+    docked = list(viewer.window.dock_widgets)
+    for name in launch.WIDGETS:
+        assert any(name in d for d in docked), docked
+
+
 def test_create_a_canvas_in_the_widget(viewer, qtbot, tmp_path):
     w = dock(viewer, "Canvas")
     syn = dock(viewer, "Synthesis")
@@ -123,6 +136,13 @@ def test_mask_tools_generate_load_clear_undo_save(viewer, qtbot, tiny_card, tmp_
     tools.load(str(tmp_path / "m.png"))
     qtbot.waitUntil(lambda: not tools.busy, timeout=10_000)
     assert (mask.data[:, :128] == 1).all() and (mask.data[:, 128:] == 3).all()
+
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "m.tif", np.where(labels == 2, 1, 2).astype(np.uint8))
+    tools.load(str(tmp_path / "m.tif"))
+    qtbot.waitUntil(lambda: not tools.busy, timeout=10_000)
+    assert (mask.data[:, :128] == 2).all() and (mask.data[:, 128:] == 1).all()
 
     # a mask with a class the model does not know is refused, the layer is untouched
     np.save(tmp_path / "bad.npy", np.full((8, 8), 9, np.uint8))
