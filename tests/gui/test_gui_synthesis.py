@@ -161,3 +161,39 @@ def test_a_failing_run_notifies_and_the_widget_recovers(viewer, qtbot, tiny_card
     run = w.start()
     qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
     assert run.state == "done"
+
+
+def test_bad_mask_and_unexpected_errors_become_clear_notifications(viewer, qtbot, tiny_card, tmp_path, monkeypatch):
+    from napari.utils.notifications import ErrorNotification, notification_manager
+
+    from napari_diffinfinite import _worker
+
+    path, image, mask = _open(viewer, tiny_card, tmp_path)
+    w = dock(viewer, "Synthesis")
+    setup_synthesis(w)
+    # a label the model does not know (napari lets a user paint any label)
+    mask.paint((30, 30), 7)
+    before = len(notification_manager.records)
+    run = w.start()
+    qtbot.waitUntil(lambda: not run.busy, timeout=30_000)
+    assert run.state == "failed" and "0..3" in run.text and mask.editable
+    assert any("0..3" in str(n.message) for n in notification_manager.records[before:])
+    mask.paint((30, 30), 1)
+
+    # an error the core does not phrase (here: CUDA running out of memory while loading)
+    def oom(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(_worker.MODELS, "get", oom)
+    before = len(notification_manager.records)
+    run = w.start()
+    qtbot.waitUntil(lambda: not run.busy, timeout=30_000)
+    assert run.state == "failed" and run.text.startswith("out of memory")
+    assert "finished regions are kept" in run.text
+    notes = notification_manager.records[before:]
+    assert any(isinstance(n, ErrorNotification) and str(n.message).startswith("out of memory") for n in notes)
+    assert w.run_button.text() == "Run" and w.run_button.isEnabled()
+    from src_models.canvas import Canvas
+
+    with Canvas.open(path, "r+"):  # the lock was released both times
+        pass
