@@ -11,6 +11,14 @@ from gui_helpers import dock, make_canvas, regions_shown, setup_synthesis
 from napari_diffinfinite._reader import META
 
 
+def json_steps(path, index: int) -> int:
+    """The steps recorded in a region's done marker."""
+    import json
+    from pathlib import Path
+
+    return json.loads((Path(path) / "diffinfinite" / "regions" / f"{index}.done").read_text())["steps"]
+
+
 def _open(viewer, card, tmp_path, mask=True, size=256, region=64):
     path = make_canvas(card, tmp_path / "s.zarr", size=size, region=region, mask=mask)
     image, mask_layer = dock(viewer, "Canvas").open(path)
@@ -51,6 +59,7 @@ def test_run_fills_region_by_region_and_the_gui_stays_responsive(viewer, qtbot, 
     run._on_refresh = on_refresh
     timer.start()
     assert w.run_button.text() == "Cancel" and not mask.editable
+    w.steps_box.setValue(7)  # the run took its values when it started; the worker never reads widgets
     qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
     timer.stop()
 
@@ -76,10 +85,11 @@ def test_run_fills_region_by_region_and_the_gui_stays_responsive(viewer, qtbot, 
     with Canvas.open(path) as canvas:
         np.testing.assert_array_equal(canvas.mask[:], painted)
         assert canvas.done_indices() == set(range(16))
-        assert canvas.settings["steps"] == 4
+        assert canvas.settings["steps"] == 4 and run.request.steps == 4
+        assert {json_steps(path, i) for i in range(16)} == {4}  # every region was sampled with 4
     # the model is loaded once and kept: a second run loads nothing
     loads = MODELS.loads
-    w.region_box.setCurrentText("whole canvas")
+    w.steps_box.setValue(4)
     w.redo_box.setChecked(True)
     run2 = w.start()
     qtbot.waitUntil(lambda: not run2.busy, timeout=60_000)
