@@ -147,6 +147,25 @@ def save_mask_job(path: str, mask: np.ndarray, step: int) -> bool:
 
 
 BUSY: set[str] = set()  # canvases a run of this process is writing (GUI thread only)
+_ACTIVE: set = set()  # runs in flight (GUI thread only)
+_QUIT_HOOKED = False
+
+
+def cancel_all() -> None:
+    """Cancel every run in flight (napari quitting: Qt's thread pool would wait for them)."""
+    for run in list(_ACTIVE):
+        run.cancel()
+
+
+def _hook_quit() -> None:
+    global _QUIT_HOOKED
+    if not _QUIT_HOOKED:
+        from qtpy.QtWidgets import QApplication
+
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(cancel_all)
+            _QUIT_HOOKED = True
 
 
 @dataclass
@@ -405,6 +424,8 @@ class SynthesisRun:
         self.worker.errored.connect(self._on_errored)  # synthesis_job reports its errors; this is for bugs
         self.worker.finished.connect(self._on_finished)
         BUSY.add(self.info["path"])
+        _ACTIVE.add(self)
+        _hook_quit()
         self._timer.start()
         self._set_state("starting", "starting…")
         self.worker.start()
@@ -474,6 +495,7 @@ class SynthesisRun:
             return
         self._timer.stop()
         BUSY.discard(self.info["path"])
+        _ACTIVE.discard(self)
         while True:  # what the worker left in the queue no longer matters
             try:
                 self._events.get_nowait()

@@ -105,6 +105,7 @@ def test_cancel_keeps_finished_regions_and_run_resumes(viewer, qtbot, tiny_card,
     qtbot.waitUntil(lambda: run.regions_done >= 2, timeout=60_000)
     w.run_button.click()  # Cancel
     assert w.run_button.text() == "Cancelling…" and not w.run_button.isEnabled()
+    w.run_button.click()  # a disabled button does nothing: the run is not restarted
     qtbot.waitUntil(lambda: not run.busy, timeout=30_000)
     assert run.state == "cancelled" and w.run_button.text() == "Run" and w.run_button.isEnabled()
     from src_models.canvas import Canvas
@@ -123,9 +124,16 @@ def test_cancel_keeps_finished_regions_and_run_resumes(viewer, qtbot, tiny_card,
     assert len(previews) == 1 and not previews[0].visible  # the preview hides between runs
 
     resumed = w.start()
-    qtbot.waitUntil(lambda: not resumed.busy, timeout=60_000)
-    assert resumed.state == "done"
+    qtbot.waitUntil(lambda: resumed.regions_done >= 1, timeout=60_000)
     assert resumed.regions_total == 16 - len(done)  # only what was missing
+    from napari_diffinfinite._worker import cancel_all
+
+    cancel_all()  # what napari quitting does (QApplication.aboutToQuit)
+    qtbot.waitUntil(lambda: not resumed.busy, timeout=30_000)
+    assert resumed.state == "cancelled"
+    final = w.start()
+    qtbot.waitUntil(lambda: not final.busy, timeout=60_000)
+    assert final.state == "done"
     with Canvas.open(path) as canvas:
         assert canvas.done_indices() == set(range(16))
 
