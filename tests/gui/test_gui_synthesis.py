@@ -151,6 +151,18 @@ def test_view_and_rectangle_regions(viewer, qtbot, tiny_card, tmp_path):
     qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
     assert run.state == "done" and run.regions_total == 4  # the 2 x 2 regions under the rectangle
 
+    # the Cancel button of the progress bar in napari's activity dock cancels the run too
+    from napari.utils import progress
+
+    w.region_box.setCurrentText("whole canvas")
+    run = w.start()
+    qtbot.waitUntil(lambda: run.state == "running" and run.regions_done >= 1, timeout=60_000)
+    bar = next(p for p in progress._all_instances if "DiffInfinite" in p.desc)
+    bar.cancel()
+    assert w.run_button.text() == "Cancelling…"
+    qtbot.waitUntil(lambda: not run.busy, timeout=30_000)
+    assert run.state == "cancelled" and run.regions_done < 12
+
     w.region_box.setCurrentText("current view")
     viewer.camera.center = (32, 32)
     viewer.camera.zoom = viewer.canvas.size[0] / 40
