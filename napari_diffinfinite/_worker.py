@@ -31,12 +31,17 @@ PREVIEW_PX = 256  # longest side of a preview, in image pixels
 
 
 # ============================================================================ models
-def default_model_spec() -> str:
-    """``default`` when its weights are installed, else ``tiny-test`` (no torch import)."""
+def _builtin_dir(spec: str) -> Path | None:
+    """Where a built-in model directory lives (mirrors ``src_models.models.BUILTIN_DIRS``
+    without importing torch)."""
     import src_models
 
-    card = Path(src_models.__file__).resolve().parent / "weights" / "default" / "card.json"
-    return "default" if card.exists() else "tiny-test"
+    return Path(src_models.__file__).resolve().parent / "weights" / "default" if str(spec) == "default" else None
+
+
+def default_model_spec() -> str:
+    """``default`` when its weights are installed, else ``tiny-test`` (no torch import)."""
+    return "default" if (_builtin_dir("default") / "card.json").exists() else "tiny-test"
 
 
 class ModelCache:
@@ -85,12 +90,11 @@ MODELS = ModelCache()
 
 
 def model_card(spec: str):
-    """The model card of ``spec``; reads card.json alone where it can (no weights loaded)."""
+    """The model card of ``spec``; reads card.json alone where it can (no weights, no torch)."""
     from src_models.card import ModelCard
-    from src_models.models import BUILTIN_DIRS
 
-    directory = BUILTIN_DIRS.get(str(spec), Path(spec))
-    if str(spec) != "tiny-test" and directory.is_dir():
+    directory = _builtin_dir(spec) or Path(spec)
+    if str(spec) != "tiny-test" and (directory / "card.json").is_file():
         return ModelCard.load(directory)
     return MODELS.get(spec, "cpu").card  # tiny-test, release checkpoints, or a clear error
 
