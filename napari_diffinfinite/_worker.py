@@ -195,6 +195,13 @@ class Level:
 
 
 @dataclass
+class Notice:
+    """Something the user should know that does not stop the run (shown as a warning)."""
+
+    text: str
+
+
+@dataclass
 class Preview:
     bbox: tuple[int, int, int, int]  # (y0, y1, x0, x1) px of the region in flight
     rgb: np.ndarray  # (h, w, 3) uint8, at most PREVIEW_PX on a side
@@ -320,8 +327,10 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
             last_preview[0] = now
             try:
                 events.put(Preview(tuple(p.bbox), _preview_rgb(model, p.x0, p, factor, latent_shape)))
-            except Exception:  # a preview must never stop a run
-                pass
+            except Exception as e:  # a preview must never stop a run: say so once, then go without
+                last_preview[0] = float("inf")
+                events.put(Notice(f"live preview unavailable for this model ({type(e).__name__}: {e}); "
+                                  "the run goes on without it"))
 
         yield from synthesise(model, canvas, request, cancel=cancel, progress=on_level)
     except Exception as e:
@@ -487,6 +496,10 @@ class SynthesisRun:
                 self._level_in_flight = ev.level if ev.level < ev.levels else 0
             elif isinstance(ev, Preview):
                 self._pending_preview = ev
+            elif isinstance(ev, Notice):
+                from napari.utils.notifications import show_warning
+
+                show_warning(ev.text)
         self._advance()
         if self._dirty and time.monotonic() - self._last_refresh >= REFRESH_S:
             self._refresh()
@@ -500,11 +513,15 @@ class SynthesisRun:
         self._timer.stop()
         BUSY.discard(self.info["path"])
         _ACTIVE.discard(self)
-        while True:  # what the worker left in the queue no longer matters
+        while True:  # of what the worker left in the queue only notices still matter
             try:
-                self._events.get_nowait()
+                ev = self._events.get_nowait()
             except queue.Empty:
                 break
+            if isinstance(ev, Notice):
+                from napari.utils.notifications import show_warning
+
+                show_warning(ev.text)
         if self._dirty:
             self._refresh()
         if self._preview_layer is not None and self._preview_layer in self.viewer.layers:

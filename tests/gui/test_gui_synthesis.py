@@ -227,3 +227,27 @@ def test_bad_mask_and_unexpected_errors_become_clear_notifications(viewer, qtbot
 
     with Canvas.open(path, "r+"):  # the lock was released both times
         pass
+
+
+def test_a_failing_preview_warns_once_and_the_run_goes_on(viewer, qtbot, tiny_card, tmp_path, monkeypatch):
+    from napari.utils.notifications import notification_manager
+
+    from napari_diffinfinite import _worker
+
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        raise ValueError("decoder wants multiples of 8")
+
+    monkeypatch.setattr(_worker, "_preview_rgb", broken)
+    path, image, mask = _open(viewer, tiny_card, tmp_path)
+    w = dock(viewer, "Synthesis")
+    setup_synthesis(w, preview=True)
+    before = len(notification_manager.records)
+    run = w.start()
+    qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
+    assert run.state == "done" and run.regions_done == 16
+    assert len(calls) == 1
+    messages = [str(n.message) for n in notification_manager.records[before:]]
+    assert any("live preview unavailable" in m and "multiples of 8" in m for m in messages), messages
