@@ -41,13 +41,15 @@ def host_to_device(a, device: torch.device | str) -> torch.Tensor:
 
     On CUDA a plain ``.to(device)`` of pageable memory waits for the whole stream to drain; a copy
     from pinned memory with ``non_blocking=True`` is queued behind the work already launched (the
-    pinned block is not reused before the copy has run).  Elsewhere this is ``torch.as_tensor``.
+    pinned block is not reused before the copy has run).  On the ``meta`` device (used to check
+    that a sampler never reads device data) the copy is marked non-blocking too, so that a test
+    can tell these copies from blocking ones.  Elsewhere this is ``torch.as_tensor`` and ``.to``.
     """
     device = torch.device(device)
     t = torch.as_tensor(a)
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
+    return t.to(device, non_blocking=device.type == "meta")
 
 
 def window_labels(mask: torch.Tensor) -> list[list[int]]:
