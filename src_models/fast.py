@@ -101,8 +101,8 @@ class FastDenoiser(nn.Module):
     ``dtype``
         autocast dtype on CUDA (default ``torch.bfloat16``; ``torch.float16`` has the same
         tensor-core rate on an H100 and 3 more mantissa bits, see ``benchmarks/NOTES.md``);
-        ``None`` or ``torch.float32`` runs in float32.  The CPU runs float32 unless ``autocast_cpu=True`` (CPU bf16 is slower than
-        float32 on most CPUs without AMX, and is not needed there).
+        ``None`` or ``torch.float32`` runs in float32.  The CPU runs float32 unless
+        ``autocast_cpu=True`` (CPU bf16 is slower than float32 on most CPUs without AMX).
     ``float32_norms``
         (default ``True``) run weight standardisation and the channel LayerNorm in float32 with
         float32's ε (:func:`float32_norms_`; the standardised weights are computed once and cached).

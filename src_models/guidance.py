@@ -121,7 +121,9 @@ def guided_eps(
     pmask = src.where((src == lab) | (lab == 0), 0)
     xs, ts = x[idx], t[idx]
     step = max(1, int(max_batch))
-    outs = [denoiser(xs[s : s + step], ts[s : s + step], pmask[s : s + step]).float() for s in range(0, len(passes), step)]
+    outs = [
+        denoiser(xs[s : s + step], ts[s : s + step], pmask[s : s + step]).float() for s in range(0, len(passes), step)
+    ]
     out = torch.cat(outs) if len(outs) > 1 else outs[0]
 
     h, w = x.shape[-2:]

@@ -67,8 +67,8 @@ def one_level(net, level, monkeypatch, side=48, k=2, window=16):
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(4, side, side, generator=g)
     stats = SampleStats()
-    out = sample_area(net, noise, standard_mask(side * k, side * k), ALPHAS, PAIRS[level : level + 1], OMEGA, window=window,
-                      generator=g, rng=np.random.default_rng(0), stats=stats, max_batch=64)
+    out = sample_area(net, noise, standard_mask(side * k, side * k), ALPHAS, PAIRS[level : level + 1], OMEGA,
+                      window=window, generator=g, rng=np.random.default_rng(0), stats=stats, max_batch=64)
     monkeypatch.setattr(sampler_mod, "guided_eps", real)
     return out, torch.cat(eps), stats.forwards
 
@@ -234,7 +234,8 @@ def test_standard_case_needs_at_most_3300_forwards():
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(4, 256, 256, generator=g)
     stats = SampleStats()
-    sample_area(Stub(), noise, mask, ALPHAS, PAIRS, OMEGA, window=64, generator=g, rng=np.random.default_rng(0), stats=stats)
+    sample_area(Stub(), noise, mask, ALPHAS, PAIRS, OMEGA, window=64, generator=g, rng=np.random.default_rng(0),
+                stats=stats)
     assert len(stats.forwards_per_level) == 50
     assert sum(stats.windows_per_level) + 50 <= stats.forwards <= 3300
 
