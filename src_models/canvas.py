@@ -304,6 +304,13 @@ class Canvas:
     def is_done(self, index: int) -> bool:
         return self._marker(index).exists()
 
+    def done_info(self, index: int) -> dict:
+        """What a region's done marker records (seed and settings, or the source it came from)."""
+        try:
+            return json.loads(self._marker(index).read_text() or "{}")
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
     def done_indices(self) -> set[int]:
         d = self.path / "diffinfinite" / "regions"
         return {int(p.stem) for p in d.glob("*.done")} if d.exists() else set()
@@ -434,25 +441,32 @@ class Canvas:
         ``where`` (region-local latent bool map) limits the write to those latent pixels (and
         the image pixels under them); the rest keeps its content.
         """
+        self.write_block(region.y0, region.y1, region.x0, region.x1, rgb, latent, where)
+
+    def write_block(self, y0: int, y1: int, x0: int, x1: int, rgb: np.ndarray, latent: np.ndarray | None = None,
+                    where: np.ndarray | None = None) -> None:
+        """Write the latent rectangle [y0, y1) x [x0, x1): its pixels (h·f, w·f, 3) uint8 and,
+        optionally, its latents, limited to ``where`` (a latent bool map) when given; then
+        refresh the pyramid above it."""
         self._check_writable()
-        y0, y1, x0, x1 = region.px(self.factor)
-        if rgb.shape != (y1 - y0, x1 - x0, 3) or rgb.dtype != np.uint8:
-            raise CanvasError(f"region {region.index}: expected ({y1 - y0}, {x1 - x0}, 3) uint8, got {rgb.shape} {rgb.dtype}")
+        f = self.factor
+        py0, py1, px0, px1 = y0 * f, y1 * f, x0 * f, x1 * f
+        if rgb.shape != (py1 - py0, px1 - px0, 3) or rgb.dtype != np.uint8:
+            raise CanvasError(f"block {y0}:{y1}, {x0}:{x1}: expected ({py1 - py0}, {px1 - px0}, 3) uint8, "
+                              f"got {rgb.shape} {rgb.dtype}")
         try:
             pixels = np.moveaxis(rgb, -1, 0)
             if latent is not None:
                 latent = latent.astype(np.float32)
             if where is not None and not where.all():
-                f = self.factor
                 big = np.repeat(np.repeat(where, f, axis=0), f, axis=1)
-                pixels = np.where(big[None], pixels, self.image(0)[:, y0:y1, x0:x1])
+                pixels = np.where(big[None], pixels, self.image(0)[:, py0:py1, px0:px1])
                 if latent is not None:
-                    old = self.latent[:, region.y0 : region.y1, region.x0 : region.x1]
-                    latent = np.where(where[None], latent, old)
-            self.image(0)[:, y0:y1, x0:x1] = pixels
+                    latent = np.where(where[None], latent, self.latent[:, y0:y1, x0:x1])
+            self.image(0)[:, py0:py1, px0:px1] = pixels
             if latent is not None:
-                self.latent[:, region.y0 : region.y1, region.x0 : region.x1] = latent
-            self.update_pyramid(y0, y1, x0, x1)
+                self.latent[:, y0:y1, x0:x1] = latent
+            self.update_pyramid(py0, py1, px0, px1)
         except OSError as e:
             raise _io_error(self.path, e) from None
 

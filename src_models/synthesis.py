@@ -264,9 +264,48 @@ def synthesise(
         ry0, ry1, rx0, rx1 = (region.y0 - y0) * f, (region.y1 - y0) * f, (region.x0 - x0) * f, (region.x1 - x0) * f
         latent_np = z[:, region.y0 - y0 : region.y1 - y0, region.x0 - x0 : region.x1 - x0].float().cpu().numpy()
         canvas.write_region(region, rgb[ry0:ry1, rx0:rx1], latent_np, where=target)
+        if target.all():
+            _refresh_borders(canvas, region, (y0, y1, x0, x1), rgb, halo)
         canvas.mark_done(region.index, {"seed": seed, "forwards": stats.forwards, **settings})
         canvas.finish_job(region.index)
         yield RegionDone(region.index, bbox, n, len(todo), stats.forwards, time.perf_counter() - started)
+
+
+def _refresh_borders(canvas: Canvas, region: Region, area, rgb: np.ndarray, halo: int) -> None:
+    """Rewrite the pixels of finished neighbours along the region's border from this decode.
+
+    A neighbour finished earlier was decoded while this region's latents were still unknown, so
+    its pixels next to the border (within the decoder's reach) do not match the latents that
+    are final now.  This decode saw final latents on both sides: its band of ``halo // 2``
+    latent px around the region replaces theirs (away from the decode's own outer edge, and
+    only in regions the sampler generated: imported or kept content is never touched).
+    """
+    y0, y1, x0, x1 = area
+    band = halo // 2
+    if band <= 0:
+        return
+    lh, lw = canvas.latent_shape
+    margin = halo - band
+    # the part of the area whose decode is trustworthy: away from cut edges, inside the band
+    ay0 = y0 if y0 == 0 else y0 + margin
+    ax0 = x0 if x0 == 0 else x0 + margin
+    ay1 = y1 if y1 == lh else y1 - margin
+    ax1 = x1 if x1 == lw else x1 - margin
+    by0, by1 = max(ay0, region.y0 - band), min(ay1, region.y1 + band)
+    bx0, bx1 = max(ax0, region.x0 - band), min(ax1, region.x1 + band)
+    f = canvas.factor
+    done = canvas.done_indices()
+    for r in canvas.regions_in(by0, by1, bx0, bx1):
+        if r.index == region.index or r.index not in done or "seed" not in canvas.done_info(r.index):
+            continue
+        if r.index in canvas.jobs():
+            continue
+        cy0, cy1 = max(by0, r.y0), min(by1, r.y1)
+        cx0, cx1 = max(bx0, r.x0), min(bx1, r.x1)
+        if cy0 >= cy1 or cx0 >= cx1:
+            continue
+        block = rgb[(cy0 - y0) * f : (cy1 - y0) * f, (cx0 - x0) * f : (cx1 - x0) * f]
+        canvas.write_block(cy0, cy1, cx0, cx1, np.ascontiguousarray(block))
 
 
 def _cancelled(cancel) -> bool:
