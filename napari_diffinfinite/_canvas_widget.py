@@ -152,7 +152,8 @@ class CanvasWidget(QWidget):
     def open(self, path: str):
         path = str(path).strip()
         if not path or not is_canvas(path):
-            self._fail(f"{path or 'nothing'} is not a DiffInfinite canvas (a .zarr folder made by this plugin or the CLI)")
+            self._fail(f"{path or 'nothing'} is not a DiffInfinite canvas "
+                       "(a .zarr folder made by this plugin or the CLI)")
             return None
         try:
             layers = show_canvas(self.viewer, path)
@@ -200,7 +201,8 @@ class CanvasWidget(QWidget):
     def update_info(self):
         image, mask = self.picker.current()
         if image is None:
-            self.info_label.setText("No canvas yet: create one, open one, or File > Open Sample > DiffInfinite demo canvas.")
+            self.info_label.setText("No canvas yet: create one, open one, "
+                                    "or File > Open Sample > DiffInfinite demo canvas.")
             return
         info = layer_info(image)
         from ._reader import open_readonly

@@ -106,7 +106,8 @@ def create_canvas_job(spec: str, path: str, height: int, width: int, region_size
 
     card = model_card(spec)
     settings = {"model": str(spec), "steps": int(card.default_steps), "omega": float(card.default_omega)}
-    canvas = new_canvas(card, path, int(height), int(width), region_size or None, overwrite=overwrite, settings=settings)
+    canvas = new_canvas(card, path, int(height), int(width), region_size or None, overwrite=overwrite,
+                        settings=settings)
     canvas.close()
     return str(Path(path).resolve())
 

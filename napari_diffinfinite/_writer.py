@@ -90,38 +90,39 @@ def write_layers(path: str, layer_data: list[tuple]) -> list[str]:
     if out.exists():
         if is_canvas(out):
             # not a ValueError: napari takes that for "no writer" and drops the message
-            raise FileExistsError(f"{out} is a DiffInfinite canvas; choose another name (the writer never replaces a canvas)")
+            raise FileExistsError(f"{out} is a DiffInfinite canvas; choose another name "
+                                  "(the writer never replaces a canvas)")
         shutil.rmtree(out) if out.is_dir() else out.unlink()
 
     data, meta, _ = images[0]
     levels = list(data) if meta.get("multiscale") else [data]
     rgb = bool(meta.get("rgb"))
+    lead = [1.0] if rgb else []  # the channel axis is not scaled
     base_scale = [float(v) for v in (meta.get("scale") if meta.get("scale") is not None else (1.0, 1.0))][-2:]
     translate = meta.get("translate")
-    translate = [float(v) for v in translate][-2:] if translate is not None else None
+    if translate is not None:
+        translate = ([0.0] if rgb else []) + [float(v) for v in translate][-2:]
     shape0 = levels[0].shape[:2]
 
     root = zarr.open_group(str(out), mode="w", zarr_format=3)
     datasets = []
     for i, arr in enumerate(levels):
         h, w = arr.shape[:2]
-        dtype = np.dtype(arr.dtype)
-        if rgb:
-            c = arr.shape[2]
-            z = root.create_array(str(i), shape=(c, h, w), chunks=(c, min(512, h), min(512, w)), dtype=dtype,
-                                  fill_value=0, dimension_names=("c", "y", "x"))
-        else:
-            z = root.create_array(str(i), shape=(h, w), chunks=(min(512, h), min(512, w)), dtype=dtype,
-                                  fill_value=0, dimension_names=("y", "x"))
+        shape = (arr.shape[2], h, w) if rgb else (h, w)
+        chunks = (arr.shape[2], min(512, h), min(512, w)) if rgb else (min(512, h), min(512, w))
+        z = root.create_array(str(i), shape=shape, chunks=chunks, dtype=np.dtype(arr.dtype), fill_value=0,
+                              dimension_names=("c", "y", "x") if rgb else ("y", "x"))
         _copy(arr, z, rgb)
-        ds = [base_scale[0] * shape0[0] / h, base_scale[1] * shape0[1] / w]
-        datasets.append({"path": str(i), "coordinateTransformations": _transforms(([1.0] if rgb else []) + ds,
-                                                                                   (([0.0] if rgb else []) + translate) if translate else None)})
-    axes = ([{"name": "c", "type": "channel"}] if rgb else []) + [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
-    ome = {"version": "0.5", "multiscales": [{"name": str(meta.get("name", "image")), "axes": axes, "datasets": datasets}]}
+        scale = lead + [base_scale[0] * shape0[0] / h, base_scale[1] * shape0[1] / w]
+        datasets.append({"path": str(i), "coordinateTransformations": _transforms(scale, translate)})
+    axes = [{"name": "c", "type": "channel"}] if rgb else []
+    axes += [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    ome = {"version": "0.5",
+           "multiscales": [{"name": str(meta.get("name", "image")), "axes": axes, "datasets": datasets}]}
     if rgb and levels[0].shape[2] == 3:
+        window = {"start": 0, "end": 255, "min": 0, "max": 255}
         ome["omero"] = {
-            "channels": [{"label": n, "color": c, "window": {"start": 0, "end": 255, "min": 0, "max": 255}, "active": True}
+            "channels": [{"label": n, "color": c, "window": window, "active": True}
                          for n, c in (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"))],
             "rdefs": {"model": "color"},
         }

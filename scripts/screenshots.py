@@ -80,7 +80,8 @@ def paint_mask(mask, info: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=None, help="canvas side in px (default: 512 for tiny-test, 768 otherwise)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="canvas side in px (default: 512 for tiny-test, 768 otherwise)")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model card's)")
     args = parser.parse_args(argv)
 
