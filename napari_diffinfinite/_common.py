@@ -183,9 +183,11 @@ class CanvasPicker(QComboBox):
 
 
 class ModelPicker(QComboBox):
-    """Built-in models (``default`` when installed, ``tiny-test``) or a model directory."""
+    """Built-in models (``default`` when installed, ``tiny-test``), a model directory, or a
+    published checkpoint file (``model-N.pt``)."""
 
-    CHOOSE = "Choose a model directory…"
+    CHOOSE_DIR = "Choose a model directory…"
+    CHOOSE_FILE = "Choose a checkpoint file (.pt)…"
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -194,17 +196,22 @@ class ModelPicker(QComboBox):
         if default_model_spec() == "default":
             self.addItem("default")
         self.addItem("tiny-test")
-        self.addItem(self.CHOOSE)
+        self.addItem(self.CHOOSE_DIR)
+        self.addItem(self.CHOOSE_FILE)
         self._previous = 0
         self.activated.connect(self._on_activated)
-        self.setToolTip("the model that samples the canvas: the shipped default, the tiny test model, or a "
-                        "model directory (card.json + safetensors weights)")
+        self.setToolTip("the model that samples the canvas: the shipped default, the tiny test model, a model "
+                        "directory (card.json + safetensors weights) or a published checkpoint (.pt)")
 
     def _on_activated(self, index: int) -> None:
-        if self.itemText(index) != self.CHOOSE:
+        text = self.itemText(index)
+        if text == self.CHOOSE_DIR:
+            path = QFileDialog.getExistingDirectory(self, "Model directory (card.json + weights)")
+        elif text == self.CHOOSE_FILE:
+            path, _ = QFileDialog.getOpenFileName(self, "Published checkpoint", "", "Checkpoints (*.pt)")
+        else:
             self._previous = index
             return
-        path = QFileDialog.getExistingDirectory(self, "Model directory (card.json + weights)")
         if path:
             self.set_spec(path)
         else:
@@ -220,11 +227,11 @@ class ModelPicker(QComboBox):
                 self.setCurrentIndex(i)
                 self._previous = i
                 return
-        label = spec if spec in ("default", "tiny-test") else Path(spec).name
-        self.insertItem(self.count() - 1, label, spec)
-        self.setItemData(self.count() - 2, spec, Qt.ItemDataRole.ToolTipRole)
-        self.setCurrentIndex(self.count() - 2)
-        self._previous = self.count() - 2
+        at = self.count() - 2  # chosen paths go above the two "Choose…" entries
+        self.insertItem(at, spec if spec in ("default", "tiny-test") else Path(spec).name, spec)
+        self.setItemData(at, spec, Qt.ItemDataRole.ToolTipRole)
+        self.setCurrentIndex(at)
+        self._previous = at
 
 
 def swatch(colour: str, size: int = 14, transparent: bool = False) -> QIcon:

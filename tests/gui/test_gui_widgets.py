@@ -31,6 +31,22 @@ def test_launch_opens_the_demo_canvas_with_the_three_widgets(make_napari_viewer,
         assert any(name in d for d in docked), docked
 
 
+def test_model_picker_keeps_chosen_paths_above_the_choosers(qtbot, tmp_path):
+    from napari_diffinfinite._common import ModelPicker
+
+    picker = ModelPicker()
+    qtbot.addWidget(picker)
+    picker.set_spec("tiny-test")
+    assert picker.spec() == "tiny-test"
+    picker.set_spec(str(tmp_path / "model-5.pt"))
+    assert picker.spec() == str(tmp_path / "model-5.pt") and picker.currentText() == "model-5.pt"
+    texts = [picker.itemText(i) for i in range(picker.count())]
+    assert texts[-2:] == [ModelPicker.CHOOSE_DIR, ModelPicker.CHOOSE_FILE]
+    picker.set_spec("tiny-test")
+    picker.set_spec(str(tmp_path / "model-5.pt"))  # chosen again: no duplicate entry
+    assert [picker.itemText(i) for i in range(picker.count())] == texts
+
+
 def test_create_a_canvas_in_the_widget(viewer, qtbot, tmp_path):
     w = dock(viewer, "Canvas")
     syn = dock(viewer, "Synthesis")
