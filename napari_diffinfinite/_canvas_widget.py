@@ -116,7 +116,7 @@ class CanvasWidget(QWidget):
 
         self._info_timer = QTimer(self)
         self._info_timer.setSingleShot(True)
-        self._info_timer.setInterval(500)
+        self._info_timer.setInterval(1500)  # a glob of the done markers: not too often
         self._info_timer.timeout.connect(self.update_info)
         self._watched = None
         self.picker.changed.connect(self._on_canvas_changed)
@@ -209,7 +209,8 @@ class CanvasWidget(QWidget):
 
         try:
             canvas = open_readonly(info["path"])
-            done, total = len(canvas.done_indices()), len(canvas.regions())
+            _, ny, nx = canvas.region_grid
+            done, total = len(canvas.done_indices()), ny * nx
             model = canvas.settings.get("model", "?")
         except Exception:  # the store went away
             done, total, model = 0, 0, "?"

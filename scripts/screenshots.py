@@ -148,7 +148,7 @@ def main(argv=None) -> int:
         return 1
     mask.visible = False
     viewer.layers.selection.active = image
-    shots.append(shoot(viewer, app, "04_finished_canvas.png"))
+    shots.append(shoot(viewer, app, "04_finished_canvas.png", wait_s=2.0))
     record = {"model": spec, "card": card.name, "canvas_px": side, "regions": run.regions_total,
               "steps": run.request.steps, "device": run.request.device, "run_seconds": round(took, 1)}
     (OUT / "screenshots.json").write_text(json.dumps(record, indent=2) + "\n")
