@@ -171,3 +171,49 @@ def test_demo_writes_an_ome_zarr_canvas_and_png(tmp_path, capsys):
     assert image.data[0].shape == (3, 96, 128) and np.asarray(image.data[0]).std() > 0
     assert io.imread(tmp_path / "demo.png").shape == (96, 128, 3)
     assert io.imread(tmp_path / "demo_mask.png").shape == (96, 128, 3)
+
+
+@pytest.mark.parametrize("err,expected", [(28, "disk full while writing"), (30, "is not writable")])
+def test_disk_full_or_read_only_stops_with_finished_regions_intact(tmp_path, mask_png, monkeypatch, capsys, err, expected):
+    from src_models import canvas as canvas_mod
+
+    calls = {"n": 0}
+    real = canvas_mod.Canvas.update_pyramid
+
+    def failing(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(err, os.strerror(err))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(canvas_mod.Canvas, "update_pyramid", failing)
+    args = ["--size", "64x64", "--region-size", "32", "--steps", "1"]
+    assert main(_gen(tmp_path / "a.zarr", mask_png, *args)) == 2
+    err_text = capsys.readouterr().err
+    assert expected in err_text and "Traceback" not in err_text
+    c = Canvas.open(tmp_path / "a.zarr")
+    done = c.done_indices()
+    assert 1 <= len(done) < 4  # the regions finished before the failure, marked and on disk
+    for i in done:
+        y0, y1, x0, x1 = c.region(i).px(c.factor)
+        assert c.read_rgb(y0, y1, x0, x1).any()
+    c.close()
+    monkeypatch.setattr(canvas_mod.Canvas, "update_pyramid", real)
+    assert main(_gen(tmp_path / "a.zarr", mask_png, *args, "--resume")) == 0
+
+
+def test_ctrl_c_keeps_finished_regions(tmp_path, mask_png, monkeypatch, capsys):
+    import src_models.synthesis as syn
+
+    real = syn.synthesise
+
+    def interrupted(*a, **k):
+        for i, ev in enumerate(real(*a, **k)):
+            yield ev
+            if i == 1:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(syn, "synthesise", interrupted)
+    assert main(_gen(tmp_path / "a.zarr", mask_png, "--size", "64x64", "--region-size", "32", "--steps", "1")) == 130
+    assert "finished regions are kept" in capsys.readouterr().err
+    assert len(Canvas.open(tmp_path / "a.zarr").done_indices()) == 2
