@@ -2,8 +2,9 @@
 sheet (mask beside image).  Used for ``docs/sample_sheet.png`` and by the training checks.
 
 ``sample_window`` is a deliberately plain DDIM loop over whole windows (no patch plan), built from
-:func:`src_models.schedule.ddim_step` and :func:`src_models.guidance.guided_eps`; it is meant for
-windows up to a few times the model's patch size.  Large canvases go through the sampler.
+:func:`src_models.schedule.ddim_step` and :func:`src_models.guidance.guided_eps`, for one window of
+the model's patch size.  ``sample_image`` runs the project's sampler (random patch diffusion,
+parallel schedule) over a larger image; the sheet uses it.
 
     python -m src_models.sample_sheet --model default --out docs/sample_sheet.png
 """
@@ -47,6 +48,28 @@ def sample_window(model, mask: torch.Tensor, steps: int = 50, omega: float = 3.0
     return codec.decode(x.float()).clamp(0, 1).cpu()
 
 
+@torch.no_grad()
+def sample_image(model, mask: torch.Tensor, steps: int = 50, omega: float = 3.0, seed: int = 0, eta: float = 1.0,
+                 schedule: str = "parallel") -> torch.Tensor:
+    """Image (3, H, W) in [0, 1] for one label mask (H, W) or (1, H, W) at pixel size, through
+    :func:`src_models.sampler.sample_area` with windows of the card's patch size."""
+    from .guidance import omega_vector
+    from .sampler import sample_area
+    from .schedule import cosine_alphas_cumprod, ddim_time_pairs
+
+    card, net, codec = model.card, model.unet, model.codec
+    device = next(net.parameters()).device
+    mask = mask.reshape(1, *mask.shape[-2:]).long()
+    f = card.factor
+    H, W = mask.shape[-2] // f, mask.shape[-1] // f
+    gen = torch.Generator().manual_seed(int(seed))
+    noise = torch.randn(codec.channels, H, W, generator=gen).to(device)
+    z = sample_area(net, noise, mask.to(device), cosine_alphas_cumprod(), ddim_time_pairs(steps),
+                    omega_vector(card.num_classes, omega), window=min(card.patch_size, H, W), schedule=schedule,
+                    eta=eta, generator=gen, rng=np.random.default_rng(seed), conditioning=card.conditioning)
+    return codec.decode(z[None].float()).clamp(0, 1)[0].cpu()
+
+
 def layouts(size: int) -> dict[str, np.ndarray]:
     """Four mask layouts (uint8, size x size) over the default model's classes
     (0 unknown, 1 glass, 2 epidermis, 3 dermis)."""
@@ -77,22 +100,23 @@ def make_sheet(model, size: int = 256, steps: int = 50, omega: float = 3.0, seed
     rows = []
     for title, m in layouts(size).items():
         m = np.clip(m, 0, card.num_classes - 1)
-        mask = torch.from_numpy(m.astype(np.int64))[None, None].repeat(len(seeds), 1, 1, 1)
-        imgs = [sample_window(model, mask[i : i + 1], steps=steps, omega=omega, seed=s, eta=eta)[0] for i, s in enumerate(seeds)]
+        mask = torch.from_numpy(m.astype(np.int64))
+        imgs = [sample_image(model, mask, steps=steps, omega=omega, seed=s, eta=eta) for s in seeds]
         tiles = [colourise(m, card.colours)] + [(im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for im in imgs]
         pad = np.full((size, 8, 3), 255, np.uint8)
         row = np.concatenate(sum(([t, pad] for t in tiles), [])[:-1], axis=1)
         head = Image.new("RGB", (row.shape[1], 18), "white")
         ImageDraw.Draw(head).text((4, 3), title, fill=(0, 0, 0))
         rows += [np.asarray(head), row, np.full((8, row.shape[1], 3), 255, np.uint8)]
-    legend = Image.new("RGB", (rows[1].shape[1], 22), "white")
+    legend = Image.new("RGB", (rows[1].shape[1], 40), "white")
     d = ImageDraw.Draw(legend)
     x = 4
     for name, col in zip(card.classes, card.colours):
         d.rectangle([x, 5, x + 12, 17], fill=col, outline=(0, 0, 0))
         d.text((x + 16, 5), name, fill=(0, 0, 0))
         x += 26 + 7 * len(name)
-    d.text((x + 10, 5), f"{card.name}: {steps} DDIM steps, eta {eta}, omega {omega}, seeds {list(seeds)}", fill=(0, 0, 0))
+    d.text((4, 24), f"model {card.name}: {steps} DDIM steps, eta {eta}, omega {omega}, seeds {list(seeds)}, "
+                    f"{card.patch_px} px windows", fill=(0, 0, 0))
     return np.concatenate([np.asarray(legend)] + rows, axis=0)
 
 
