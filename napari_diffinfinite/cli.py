@@ -438,16 +438,20 @@ def main(argv: list[str] | None = None) -> int:
     from src_models.slide import SlideError
     from src_models.synthesis import SynthesisError
 
-    warnings.simplefilter("default", RuntimeWarning)
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"diffinfinite: warning: {msg}\n"
-    try:
-        return COMMANDS[ns.command](ns)
-    except (UserError, CanvasError, ModelError, MaskError, SlideError, SynthesisError) as e:
-        print(f"diffinfinite: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("diffinfinite: interrupted; finished regions are kept (run again with --resume)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    def show(message, category, *args, **kwargs):
+        print(f"diffinfinite: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", RuntimeWarning)  # every run tells its own warnings
+        warnings.showwarning = show
+        try:
+            return COMMANDS[ns.command](ns)
+        except (UserError, CanvasError, ModelError, MaskError, SlideError, SynthesisError) as e:
+            print(f"diffinfinite: error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except KeyboardInterrupt:
+            print("diffinfinite: interrupted; finished regions are kept (run again with --resume)", file=sys.stderr)
+            return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
