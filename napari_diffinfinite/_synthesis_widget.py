@@ -165,7 +165,7 @@ class SynthesisWidget(QWidget):
     # ------------------------------------------------------------------ request
     def build_request(self, image_layer):
         """Every widget value, read now on the GUI thread, as one SynthesisRequest."""
-        from src_models.synthesis import SynthesisRequest
+        from src_models.request import SynthesisRequest
 
         region = self.region_box.currentText()
         area = None

@@ -32,11 +32,10 @@ PREVIEW_PX = 256  # longest side of a preview, in image pixels
 
 # ============================================================================ models
 def _builtin_dir(spec: str) -> Path | None:
-    """Where a built-in model directory lives (mirrors ``src_models.models.BUILTIN_DIRS``
-    without importing torch)."""
-    import src_models
+    """Where a built-in model directory lives (``src_models.card`` imports no torch)."""
+    from src_models.card import BUILTIN_DIRS
 
-    return Path(src_models.__file__).resolve().parent / "weights" / "default" if str(spec) == "default" else None
+    return BUILTIN_DIRS.get(str(spec))
 
 
 def default_model_spec() -> str:
@@ -208,25 +207,16 @@ class Preview:
     rgb: np.ndarray  # (h, w, 3) uint8, at most PREVIEW_PX on a side
 
 
-def _region_offset(p, shape_hw, factor: int, latent_shape) -> tuple[int, int]:
+def _region_offset(p, factor: int) -> tuple[int, int]:
     """Where the region in flight starts inside the sampled area (latent px)."""
-    area = getattr(p, "area", None)  # (y0, y1, x0, x1) px, when the core reports it
-    y0, y1, x0, x1 = (v // factor for v in p.bbox)
-    if area is not None:
-        return y0 - area[0] // factor, x0 - area[2] // factor
-    # the core grows a region by the same halo on each side, clipped to the canvas
-    out = []
-    for a, b, n, size in ((y0, y1, latent_shape[0], shape_hw[0]), (x0, x1, latent_shape[1], shape_hw[1])):
-        start = min(max(0, a - (size - (b - a)) // 2), n - size)
-        out.append(a - max(0, start))
-    return out[0], out[1]
+    return (p.bbox[0] - p.area[0]) // factor, (p.bbox[2] - p.area[2]) // factor
 
 
 def _preview_rgb(model, x0, p, factor: int, latent_shape) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    oy, ox = _region_offset(p, x0.shape[-2:], factor, latent_shape)
+    oy, ox = _region_offset(p, factor)
     y0, y1, x0_, x1 = (v // factor for v in p.bbox)
     z = x0[:, oy : oy + (y1 - y0), ox : ox + (x1 - x0_)].float()
     side = max(z.shape[-2:])

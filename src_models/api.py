@@ -15,7 +15,7 @@ import numpy as np
 
 from .canvas import Canvas, CanvasError
 from .card import ModelCard
-from .maskio import MaskError, check_labels, resize_labels
+from .maskio import MaskError, check_labels
 
 LATENT_MULTIPLE = 8  # canvas latent sides are kept a multiple of this
 

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 CARD_FILE = "card.json"
+# built-in model directories shipped inside the package (name -> directory)
+BUILTIN_DIRS = {"default": Path(__file__).resolve().parent / "weights" / "default"}
 CARD_VERSION = 1
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .card import ModelCard, ModelError
+from .card import BUILTIN_DIRS, ModelCard, ModelError
 
 # registry name -> "module:Class" (relative to this package)
 ARCHS = {
@@ -35,8 +35,6 @@ CODECS = {
     "sd2": "sd_vae:SD2Codec",
 }
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-BUILTIN_DIRS = {"default": PACKAGE_DIR / "weights" / "default"}
 
 
 def _resolve(table: dict, name: str, what: str):

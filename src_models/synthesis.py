@@ -8,77 +8,25 @@ and yields a :class:`RegionDone`.  Only the region in flight and its halo are in
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
 import numpy as np
 import torch
 
-from .canvas import Canvas, CanvasError, Region
+from .canvas import Canvas, Region
 from .guidance import omega_vector
 from .sampler import Cancelled, LevelInfo, SampleStats, effective_window, sample_area
+from .request import RegionDone, RegionProgress, SynthesisRequest
 from .schedule import cosine_alphas_cumprod, ddim_time_pairs
+
+__all__ = ["SynthesisRequest", "RegionDone", "RegionProgress", "SynthesisError", "synthesise", "pending_regions",
+           "resolve_device", "region_seed", "decode_latent"]
 
 
 class SynthesisError(RuntimeError):
     """A request that cannot run as asked (message says why)."""
-
-
-@dataclass
-class SynthesisRequest:
-    """Everything a run needs, as plain values (built on the GUI thread or from the CLI)."""
-
-    model: str = "default"
-    steps: int = 50
-    omega: float = 3.0
-    omega_per_class: dict[int, float] = field(default_factory=dict)
-    eta: float = 1.0
-    seed: int = 0
-    schedule: str = "parallel"
-    device: str = "auto"
-    area: tuple[int, int, int, int] | None = None  # (y0, y1, x0, x1) px: only regions touching it
-    centre: tuple[float, float] | None = None  # (y, x) px: nearest regions go first
-    max_batch: int = 32  # network batch rows per call (halved on out-of-memory)
-    halo: int | None = None  # latent px of context around each region (default: half a window)
-
-    def settings(self) -> dict:
-        """The values that decide the pixels (device and batch size do not)."""
-        return {
-            "model": str(self.model),
-            "steps": int(self.steps),
-            "omega": float(self.omega),
-            "omega_per_class": {str(k): float(v) for k, v in sorted(self.omega_per_class.items())},
-            "eta": float(self.eta),
-            "seed": int(self.seed),
-            "schedule": self.schedule,
-            "halo": self.halo,
-        }
-
-
-@dataclass
-class RegionDone:
-    index: int
-    bbox: tuple[int, int, int, int]  # (y0, y1, x0, x1) px
-    done: int  # regions finished in this run so far
-    total: int  # regions this run has to do
-    forwards: int  # network passes for this region
-    seconds: float
-
-
-@dataclass
-class RegionProgress:
-    """Progress inside the region in flight (after each denoising level)."""
-
-    index: int
-    bbox: tuple[int, int, int, int]
-    level: int
-    levels: int
-    forwards: int
-    x0: torch.Tensor | None  # predicted clean latent of the sampled area, for previews
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -229,9 +177,11 @@ def synthesise(
         seed = region_seed(request.seed, region.index)
         bbox = region.px(canvas.factor)
 
-        def on_level(info: LevelInfo, _r=region, _b=bbox):
+        area_px = (y0 * canvas.factor, y1 * canvas.factor, x0 * canvas.factor, x1 * canvas.factor)
+
+        def on_level(info: LevelInfo, _r=region, _b=bbox, _a=area_px):
             if progress is not None:
-                progress(RegionProgress(_r.index, _b, info.level, info.levels, info.forwards, info.x0))
+                progress(RegionProgress(_r.index, _b, info.level, info.levels, info.forwards, info.x0, _a))
 
         while True:
             gen = torch.Generator().manual_seed(seed)
