@@ -12,15 +12,6 @@ from safetensors.torch import load_file, save_file
 from src_models.reference_check import check_reference, main, relative_error
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is faster, and immune to oversubscribed shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "reference_vectors.safetensors"
 needs_reference = pytest.mark.skipif(
     not REFERENCE.exists(), reason=f"reference vectors not found at {REFERENCE} (expected ../shared beside the repo)"

@@ -19,15 +19,6 @@ from src_models.release_unet import ImageUNet, MaskUNet
 from src_models.schedule import cosine_alphas_cumprod
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is faster, and immune to oversubscribed shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 IMAGE_CFG = {"dim": 8, "num_classes": 5, "dim_mults": [1, 2, 4], "channels": 4, "resnet_block_groups": 2, "block_per_layer": 2}
 MASK_CFG = {"dim": 8, "num_classes": 2, "dim_mults": [1, 2], "channels": 4, "resnet_block_groups": 2, "block_per_layer": 1}
 SCHEDULE_BUFFERS = [

@@ -24,15 +24,6 @@ from src_models.release_mask import (
 from src_models.release_unet import MaskUNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is faster, and immune to oversubscribed shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _blocks(n_labels: int = 5) -> np.ndarray:
     lab = np.full((48, 64), 1, dtype=np.int64)
     lab[:, 32:] = 3

@@ -12,15 +12,6 @@ from src_models.models import build_network
 from src_models.release_unet import ImageUNet, MaskCrossAttention, MaskUNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is faster, and immune to oversubscribed shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
 needs_reference = pytest.mark.skipif(
     not REFERENCE_DIR.exists(), reason=f"reference files not found at {REFERENCE_DIR} (expected ../shared beside the repo)"

@@ -13,15 +13,6 @@ from src_models.card import ModelCard, ModelError
 from src_models.tiling import axis_starts, hann_1d, tiled_decode, tiled_encode, tiled_map
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is faster, and immune to oversubscribed shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # --- the blend itself (no diffusers needed) ------------------------------------------------
 
 
