@@ -265,8 +265,10 @@ def cmd_demo(args) -> int:
     width, height = args.size
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / "demo.zarr"
-    request = SynthesisRequest(model=str(args.model), steps=args.steps or card.default_steps, omega=card.default_omega,
-                               seed=args.seed, device=str(device))
+    request = SynthesisRequest(model=str(args.model), steps=card.default_steps if args.steps is None else args.steps,
+                               omega=card.default_omega, seed=args.seed, device=str(device))
+    if request.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {request.steps}")
     canvas = new_canvas(card, out, height, width, overwrite=True, settings=request.settings())
     lh, lw = canvas.latent_shape
     mask = procedural_mask(lh, lw, list(range(1, card.num_classes)), seed=args.seed)
