@@ -15,8 +15,9 @@ level (``torch.cuda.set_sync_debug_mode``), the numerical guard (one level again
 O(HW^2) reference: TF32 off, softmax attention), then the release's sequential order at
 ``--seq-steps`` steps (batch-1 calls, as released) for a speed-up measured side by side, and the
 SD-2-config VAE decode of the result (random weights, no download) in float32 and with autocast.
-A single variant can also be described by flags (--attention, --dtype, --no-channels-last,
---compile, --tf32) instead of --variants.
+A variant can also be described by flags (--attention, --dtype, --no-channels-last, --compile,
+--tf32) and named ``flags`` in --variants.  ``--smoke`` runs this whole path on the CPU with a
+shrunken case (a dry run that checks the code, not the speed).
 
 Without CUDA (or with ``--count-only``) it runs nothing big: forward counts of the parallel plan and
 of the release's order on the standard mask (a counting stub as denoiser: counts depend only on the
@@ -65,6 +66,7 @@ from src_models.schedule import cosine_alphas_cumprod, ddim_time_pairs  # noqa: 
 
 SIZE_PX, FACTOR, WINDOW, STEPS, OMEGA, ETA, SEED, CLASSES = 2048, 8, 64, 50, 3.0, 1.0, 0, 5
 LATENT = SIZE_PX // FACTOR
+NET = {}  # ImageUNet arguments: {} is the published configuration (--smoke shrinks it)
 RELEASE = {"card": "H100", "seconds": 181.0, "forwards": 6930, "batch": 1,
            "source": "shared/reference/README.md, Large images"}
 TARGETS = {"gpu_seconds": 3.0, "gpu_goal_seconds": 1.8, "max_forwards": 3300, "min_fraction_of_bf16_peak": 0.30,
@@ -88,10 +90,14 @@ PRESETS = {
     "fp16-compile": _preset(dtype="fp16", compile="default"),
 }
 DTYPES = {None: None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_VARIANTS = "release,tf32,bf16,fp16,fp16-compile"
 
 
-def standard_mask(h: int = SIZE_PX, w: int = SIZE_PX, num_classes: int = CLASSES) -> torch.Tensor:
-    """The issue's 4-class mask at (h, w) as (1, h, w) int64 (labels clipped to the model's classes)."""
+def standard_mask(h: int | None = None, w: int | None = None, num_classes: int = CLASSES) -> torch.Tensor:
+    """The issue's 4-class mask at (h, w) (default: the full-resolution case) as (1, h, w) int64, labels
+    clipped to the model's classes."""
+    h = SIZE_PX if h is None else h
+    w = SIZE_PX if w is None else w
     y, x = np.mgrid[0:h, 0:w]
     m = np.ones((h, w), np.int64)
     m[x < w / 3] = 2
@@ -120,10 +126,22 @@ class CountingStub(torch.nn.Module):
 def machine() -> dict:
     info = {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__}
+    if hasattr(os, "getloadavg"):
+        info["load_average_1_5_15min"] = [round(v, 2) for v in os.getloadavg()]  # other jobs on the machine
     if torch.cuda.is_available():
         info["card"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
     return info
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _empty_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def sample(denoiser, device, steps, schedule="parallel", max_batch=32, mask=None, stats=None, pairs=None,
@@ -134,14 +152,12 @@ def sample(denoiser, device, steps, schedule="parallel", max_batch=32, mask=None
     mask = standard_mask() if mask is None else mask
     stats = stats if stats is not None else SampleStats()
     pairs = pairs if pairs is not None else ddim_time_pairs(steps)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _sync(device)
     t0 = time.perf_counter()
     z = sample_area(denoiser, noise, mask, cosine_alphas_cumprod(), pairs, omega_vector(CLASSES, OMEGA).to(device),
                     window=WINDOW, schedule=schedule, eta=ETA, generator=g, rng=np.random.default_rng(rng_seed),
                     max_batch=max_batch, stats=stats)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _sync(device)
     return z, stats, time.perf_counter() - t0
 
 
@@ -172,9 +188,9 @@ def window_label_count(mask: torch.Tensor, steps: int) -> int:
 def published_unet(device="meta", seed=0, attention="linear_exact") -> ImageUNet:
     if str(device) == "meta":
         with torch.device("meta"):
-            return ImageUNet(attention=attention)
+            return ImageUNet(attention=attention, **NET)
     torch.manual_seed(seed)
-    return ImageUNet(attention=attention).to(device).eval()
+    return ImageUNet(attention=attention, **NET).to(device).eval()
 
 
 def flops_table() -> dict:
@@ -260,8 +276,8 @@ def count_only(args) -> dict:
 def case() -> dict:
     return {"size_px": SIZE_PX, "latent": LATENT, "window": WINDOW, "steps": STEPS, "omega": OMEGA, "eta": ETA,
             "seed": SEED, "classes": CLASSES, "mask": "issue 6 standard 4-class mask at full resolution",
-            "network": "ImageUNet(dim=256, dim_mults=(1,2,4), channels=4, resnet_block_groups=2, block_per_layer=2), "
-                       "random weights (torch.manual_seed(0))"}
+            "network": ("ImageUNet(dim=256, dim_mults=(1,2,4), channels=4, resnet_block_groups=2, block_per_layer=2)"
+                        if not NET else f"shrunken ImageUNet(**{NET})") + ", random weights (torch.manual_seed(0))"}
 
 
 # ----------------------------------------------------------------------------- the GPU run
@@ -278,7 +294,7 @@ def set_tf32(on: bool) -> None:
 
 
 def build(preset: dict, state: dict, device) -> torch.nn.Module:
-    net = ImageUNet(attention=preset["attention"])
+    net = ImageUNet(attention=preset["attention"], **NET)
     net.load_state_dict(state)
     net = net.to(device).eval()
     if preset.get("raw"):
@@ -321,6 +337,8 @@ def guard(den, reference: dict, device, mask, max_batch, bound: float) -> dict:
 def count_syncs(den, device, mask, max_batch, levels=3) -> list[int]:
     """Synchronising CUDA calls per level (torch.cuda.set_sync_debug_mode('warn')); the first entry
     includes the set-up before the first level."""
+    if device.type != "cuda":
+        return "n/a (not CUDA)"
     marks = []
 
     def syncs(caught, n0):
@@ -342,30 +360,32 @@ def count_syncs(den, device, mask, max_batch, levels=3) -> list[int]:
     return [b - a for a, b in zip([0] + marks[:-1], marks)]
 
 
-def gpu_run(args) -> dict:
-    device = torch.device("cuda")
+def gpu_run(args, device=None) -> dict:
+    device = torch.device("cuda") if device is None else device
+    cuda = device.type == "cuda"
     torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
-    card = torch.cuda.get_device_name(device)
+    card = torch.cuda.get_device_name(device) if cuda else f"{device.type} (smoke run)"
     peak = bf16_peak(card)
     flops = flops_table()
     mask = standard_mask()
     torch.manual_seed(SEED)
-    state = ImageUNet().state_dict()  # the random weights every variant loads
-    res = {"mode": "gpu", "case": case(), "machine": machine(), "card": card, "torch": torch.__version__,
+    state = ImageUNet(**NET).state_dict()  # the random weights every variant loads
+    res = {"mode": "gpu" if cuda else "smoke (CPU, shrunken case: checks the code path, times nothing of use)",
+           "case": case(), "machine": machine(), "card": card, "torch": torch.__version__,
            "bf16_peak_tflops": peak / 1e12 if peak else "unknown", "flops_per_forward": flops,
            "cudnn_benchmark": bool(args.cudnn_benchmark), "targets": TARGETS, "variants": []}
-    names = [v for v in args.variants.split(",") if v] if args.variants else []
-    presets = [(n, PRESETS[n]) for n in names] or [("flags", preset_from_flags(args))]
+    names = [v for v in args.variants.split(",") if v]
+    presets = [(n, PRESETS[n]) if n != "flags" else (n, preset_from_flags(args)) for n in names]
 
     # the float32 O(HW²) reference for the guard: softmax attention, TF32 off
     set_tf32(False)
     ref_net = build(PRESETS["release"], state, device)
-    guard_levels = (0, 1, 25)
+    guard_levels = (0, 1, STEPS // 2)
     ref_batch = batch_budget(ref_net, WINDOW, device, mask_factor=FACTOR)
     with torch.inference_mode():
         reference = {lv: one_level(ref_net, device, lv, mask, ref_batch) for lv in guard_levels}
     del ref_net
-    torch.cuda.empty_cache()
+    _empty_cache()
 
     best = None
     for name, preset in presets:
@@ -381,19 +401,21 @@ def gpu_run(args) -> dict:
             t0 = time.perf_counter()
             sample(den, device, STEPS, max_batch=max_batch, mask=mask)  # warm-up: every batch size of the run
             entry["warmup_s"] = round(time.perf_counter() - t0, 2)
-            torch.cuda.reset_peak_memory_stats(device)
-            times, stats = [], None
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            times, stats, z = [], None, None
             for _ in range(args.repeats):
-                _, stats, sec = sample(den, device, STEPS, max_batch=max_batch, mask=mask)
+                z, stats, sec = sample(den, device, STEPS, max_batch=max_batch, mask=mask)
                 times.append(sec)
             med = statistics.median(times)
             fl = flops[preset["attention"]] * stats.forwards
             entry.update({
                 "seconds_median": round(med, 4), "seconds_all": [round(t, 4) for t in times],
                 "forwards": stats.forwards, "forwards_per_level_max": max(stats.forwards_per_level),
+                "finite": bool(torch.isfinite(z).all()),
                 "flops": fl, "achieved_tflops": round(fl / med / 1e12, 1),
                 "fraction_of_bf16_peak": round(fl / med / peak, 3) if peak else "unknown",
-                "peak_gpu_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
+                "peak_gpu_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if cuda else None,
                 "estimated_bytes_per_row": bytes_per_row(den, WINDOW, FACTOR),
                 "syncs_per_level": count_syncs(den, device, mask, max_batch),
             })
@@ -405,7 +427,9 @@ def gpu_run(args) -> dict:
             del den
         except Exception as e:  # report and go on with the next variant
             entry["error"] = f"{type(e).__name__}: {e}"
-        torch.cuda.empty_cache()
+        if preset.get("compile"):
+            torch._dynamo.reset()  # drop the compiled graphs (and the weights they hold) before the next variant
+        _empty_cache()
         res["variants"].append(entry)
 
     if args.seq_steps > 0:
@@ -414,7 +438,7 @@ def gpu_run(args) -> dict:
         sample(net, device, 1, schedule="sequential", max_batch=1, mask=mask)  # warm-up (one level)
         _, seq_stats, seq_s = sample(net, device, args.seq_steps, schedule="sequential", max_batch=1, mask=mask)
         del net
-        torch.cuda.empty_cache()
+        _empty_cache()
         seq50 = count("sequential", STEPS, mask)["forwards"]
         per_forward = seq_s / seq_stats.forwards
         release_order = {"preset": "release", "steps": args.seq_steps, "batch": 1, "seconds": round(seq_s, 2),
@@ -427,35 +451,52 @@ def gpu_run(args) -> dict:
                               "vs_release_order_same_run_extrapolated": round(per_forward * seq50 / best[1], 1),
                               "vs_release_reported_181s_h100": round(RELEASE["seconds"] / best[1], 1)}
     if not args.skip_vae:
-        res["vae_decode"] = vae_decode(device, args.repeats)
+        res["vae_decode"] = vae_decode(device, args.repeats, None if cuda else SMOKE_VAE)
     set_tf32(False)
     return res
 
 
-def vae_decode(device, repeats) -> dict:
+def vae_decode(device, repeats, config=None) -> dict:
     try:
         from src_models.sd_vae import SD2Codec
 
         torch.manual_seed(SEED)
-        codec = SD2Codec.from_config().to(device).eval()
+        codec = SD2Codec.from_config(config).to(device).eval()
     except Exception as e:  # diffusers missing on the machine
         return {"error": f"{type(e).__name__}: {e}"}
     z = torch.randn((1, 4, LATENT, LATENT), generator=torch.Generator().manual_seed(SEED)).to(device) * 0.2
-    out = {"latent": LATENT, "tiles_of": 64, "tile_batch": codec.batch}
+    from diffusers import AutoencoderKL
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from src_models.sd_vae import SD2_VAE_CONFIG
+    from src_models.tiling import axis_starts
+
+    with torch.device("meta"):
+        meta_vae = AutoencoderKL(**(config or SD2_VAE_CONFIG))
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        meta_vae.decode(torch.zeros((1, 4, codec.tile, codec.tile), device="meta"))
+    tiles = len(axis_starts(LATENT, codec.tile)) ** 2
+    flops = counter.get_total_flops() * tiles
+    peak = bf16_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    out = {"latent": LATENT, "tiles": tiles, "tile_latent": codec.tile, "tile_batch": codec.batch, "flops": flops,
+           "floor_seconds_at_bf16_peak": round(flops / peak, 4) if peak else "unknown"}
     for name, dtype in (("tf32", None), ("bf16_autocast", torch.bfloat16), ("fp16_autocast", torch.float16)):
         set_tf32(True)
-        ctx = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype is not None else nullcontext
+        on = dtype is not None and device.type == "cuda"
+        ctx = (lambda: torch.autocast("cuda", dtype=dtype)) if on else nullcontext
         times = []
         with torch.inference_mode():
             for i in range(repeats + 1):
-                torch.cuda.synchronize(device)
+                _sync(device)
                 t0 = time.perf_counter()
                 with ctx():
                     img = codec.decode(z)
-                torch.cuda.synchronize(device)
+                _sync(device)
                 if i:
                     times.append(time.perf_counter() - t0)
-        out[name] = {"seconds_median": round(statistics.median(times), 3), "finite": bool(torch.isfinite(img).all())}
+        med = statistics.median(times)
+        out[name] = {"seconds_median": round(med, 3), "achieved_tflops": round(flops / med / 1e12, 1),
+                     "finite": bool(torch.isfinite(img).all())}
     return out
 
 
@@ -511,14 +552,36 @@ def cpu_default(args) -> dict:
                                 "sampling_s_all": [round(t, 2) for t in times], "decode_s": round(dec, 2),
                                 "region_s": round(med + dec, 2), "forwards": stats.forwards,
                                 "within_target": med + dec <= TARGETS["cpu_default_512_seconds"]})
+    if hasattr(os, "getloadavg"):
+        res["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     return res
+
+
+SMOKE_VAE = {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 2,
+             "up_block_types": ["UpDecoderBlock2D"] * 2, "block_out_channels": [8, 8], "layers_per_block": 1,
+             "act_fn": "silu", "latent_channels": 4, "norm_num_groups": 4, "sample_size": 64}
+
+
+def smoke(args) -> dict:
+    """The GPU run's code path on the CPU with a shrunken case (a small network, 512 px, 32-latent
+    windows, 3 steps)."""
+    global SIZE_PX, LATENT, STEPS, NET, WINDOW
+    SIZE_PX, STEPS, WINDOW = 512, 3, 32
+    LATENT = SIZE_PX // FACTOR
+    NET = {"dim": 16, "dim_mults": (1, 2), "block_per_layer": 1}
+    args.repeats, args.seq_steps = 1, min(args.seq_steps, 2)
+    if args.variants == DEFAULT_VARIANTS:
+        args.variants = "release,fp32,bf16,flags"
+    return gpu_run(args, torch.device("cpu"))
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count-only", action="store_true", help="counts, FLOPs, floor and sync audit; no network runs")
     p.add_argument("--cpu-default", action="store_true", help="time a region with the default model on the CPU")
-    p.add_argument("--variants", default=None, help=f"comma list of presets: {', '.join(PRESETS)}")
+    p.add_argument("--variants", default=DEFAULT_VARIANTS,
+                   help=f"comma list of presets ({', '.join(PRESETS)}) or 'flags' for the variant the next flags "
+                        f"describe (default {DEFAULT_VARIANTS})")
     p.add_argument("--attention", default="linear_exact", choices=["linear_exact", "softmax"])
     p.add_argument("--dtype", default="bf16", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--no-channels-last", action="store_true")
@@ -534,10 +597,13 @@ def main(argv=None):
     p.add_argument("--cpu-steps", type=int, default=STEPS)
     p.add_argument("--cpu-variants", default="raw,channels_last")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--smoke", action="store_true", help="the GPU run's code path on the CPU, shrunken (a dry run)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    if a.cpu_default:
+    if a.smoke:
+        out = smoke(a)
+    elif a.cpu_default:
         out = cpu_default(a)
     elif a.count_only or not torch.cuda.is_available():
         out = count_only(a)

@@ -1,4 +1,4 @@
-"""The fast path of a denoiser: bf16 autocast, ``channels_last``, optional ``torch.compile``, and a
+"""The fast path of a denoiser: bf16/fp16 autocast, ``channels_last``, optional ``torch.compile``, and a
 batch size bounded by a memory budget.  Plus the counting tools the benchmark and the budget use
 (FLOPs of one forward, live activation bytes), which run on the ``meta`` device: nothing is
 computed, so they cost nothing even for the published 172 M-parameter network.
@@ -111,8 +111,9 @@ class FastDenoiser(nn.Module):
         release's ε, autocast misses the float32 reference by about 3 % per network call even in
         fp16 (CPU, random weights); with float32's ε fp16 misses it by 0.2 %.
     ``channels_last``
-        convert the network's 4-D weights and every input to NHWC (cuDNN's tensor-core layout).
-        The wrapped network is converted in place: wrap it for running, not for saving.
+        convert the network's 4-D weights and every input to NHWC (cuDNN's tensor-core layout;
+        oneDNN's preferred one on the CPU).  The wrapped network is converted in place; its
+        parameters' values and state-dict keys do not change.
     ``attention``
         set the mask-attention path of a network that has one (``ImageUNet``):
         ``"linear_exact"`` (O(HW), the default of ``ImageUNet``) or ``"softmax"``.
@@ -398,3 +399,39 @@ class HostTransfers(torch.utils._python_dispatch.TorchDispatchMode):
             ):
                 self.mixed += 1
         return func(*args, **kwargs)
+
+
+def fast_setup(
+    unet: nn.Module,
+    device: torch.device | str,
+    window: int,
+    *,
+    mask_factor: int = 1,
+    dtype: torch.dtype | None = torch.float16,
+    compile: bool | str = False,
+    max_batch: int | None = None,
+) -> tuple[nn.Module, int]:
+    """The denoiser and batch size a sampler should use for ``unet`` on ``device``: what
+    ``synthesis.synthesise`` (or any caller of ``sampler.sample_area``) hands over instead of the raw
+    network and a fixed ``max_batch``.
+
+    CUDA: :class:`FastDenoiser` with autocast in ``dtype`` (default float16: same tensor-core rate
+    as bf16 on an H100 and within the 1e-2 guard on the CPU, where bf16 is not; see
+    ``benchmarks/NOTES.md``), channels_last, optional compile for ``window``; the batch from
+    :func:`batch_budget`.  CPU: float32 with channels_last (faster convolutions in oneDNN), batch 32.
+    Elsewhere (MPS): the network as it is, batch 32.  ``max_batch`` overrides the budget (the
+    caller halves it on out-of-memory).  Wrap once per loaded model: the network is converted in
+    place and a compiled graph is kept by the wrapper.
+    """
+    device = torch.device(device)
+    if isinstance(unet, FastDenoiser):
+        den = unet
+    elif device.type == "cuda":
+        den = FastDenoiser(unet, dtype=dtype, channels_last=True, compile=compile, window=window)
+    elif device.type == "cpu":
+        den = FastDenoiser(unet, dtype=None, channels_last=True)
+    else:
+        den = unet
+    if max_batch is None:
+        max_batch = batch_budget(den, window, device, mask_factor=mask_factor) if device.type == "cuda" else 32
+    return den, int(max_batch)

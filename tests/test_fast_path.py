@@ -269,3 +269,14 @@ def test_memory_budget():
     assert batch_budget(net, 16, "cpu", bytes_free=10, mask_factor=2) == 1  # never below one row
     assert batch_budget(net, 16, "cpu", bytes_free=10**12, mask_factor=2) == 32  # the CPU cap
     assert batch_budget(net, 16, "cuda", bytes_free=10**12, per_row=1) == 512  # the CUDA cap
+
+
+def test_fast_setup_per_device():
+    from src_models.fast import fast_setup
+
+    net = small_unet(dim=8)
+    den, rows = fast_setup(net, "cpu", 16)
+    assert isinstance(den, FastDenoiser) and den.dtype is None and den.channels_last and rows == 32
+    assert fast_setup(den, "cpu", 16, max_batch=4) == (den, 4)  # an existing wrapper is kept
+    meta = small_unet(dim=8).to("meta")
+    assert fast_setup(meta, "meta", 16)[0] is meta  # other devices: the network as it is
