@@ -30,14 +30,6 @@ PAIRS = ddim_time_pairs(50)
 OMEGA = torch.tensor([0.0, 3.0, 3.0, 3.0, 3.0])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def standard_mask(h: int, w: int) -> torch.Tensor:
     """The 4-class mask of issue 6 at (h, w): 1 everywhere, 2 left third, 3 a disc, 4 a bottom band."""
     y, x = np.mgrid[0:h, 0:w]
