@@ -84,7 +84,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=("parallel", "sequential"), default="parallel",
                    help="parallel: level-batched random patches; sequential: the release's one-window order")
     p.add_argument("--region-size", type=int, default=None, metavar="PX", help="region side in px (default: 8 windows)")
-    p.add_argument("--max-batch", type=int, default=32, help="network batch rows per call")
+    p.add_argument("--max-batch", type=int, default=None, help="network batch rows per call (default: from the device's memory)")
+    p.add_argument("--no-fast", dest="fast", action="store_false",
+                   help="call the network as it is (no channels_last, no fp16 autocast on CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network for the window size (CUDA)")
     p.add_argument("--centre", type=_parse_centre, default=None, metavar="Y,X", help="regions nearest this point go first")
     p.add_argument("--preview", type=Path, default=None, help="PNG preview path (default: OUT with .png)")
 
@@ -196,7 +199,8 @@ def _request(args, card, device, area=None):
         model=str(args.model), steps=card.default_steps if args.steps is None else args.steps,
         omega=card.default_omega if args.omega is None else args.omega,
         omega_per_class=dict(args.omega_class), eta=args.eta, seed=args.seed, schedule=args.schedule,
-        device=str(device), max_batch=args.max_batch, centre=args.centre, area=area,
+        device=str(device), max_batch=args.max_batch, centre=args.centre, area=area, fast=args.fast,
+        compile=args.compile,
     )
     if request.steps < 1:
         raise UserError(f"--steps must be at least 1, got {request.steps}")

@@ -148,10 +148,11 @@ def synthesise(
     lh, lw = canvas.latent_shape
     window = effective_window(card.patch_size, lh, lw, multiple=_multiple(model))
     halo = request.halo if request.halo is not None else window // 2
+    denoiser, budget = _denoiser_for(model, device, window, request)
 
     todo = pending_regions(canvas, request)
     settings = request.settings()
-    max_batch = max(1, int(request.max_batch))
+    max_batch = max(1, int(request.max_batch)) if request.max_batch else budget
     oom_reported = False
 
     for n, region in enumerate(todo, 1):
@@ -190,7 +191,7 @@ def synthesise(
             stats = SampleStats()
             try:
                 z = sample_area(
-                    model.unet, noise, mask.to(device), alphas, pairs, omega.to(device),
+                    denoiser, noise, mask, alphas, pairs, omega.to(device),
                     window=window, schedule=request.schedule, eta=request.eta, generator=gen, rng=rng,
                     context=context, known=known, max_batch=max_batch, callback=on_level, cancel=cancel,
                     stats=stats,
@@ -256,6 +257,20 @@ def _refresh_borders(canvas: Canvas, region: Region, area, rgb: np.ndarray, halo
             continue
         block = rgb[(cy0 - y0) * f : (cy1 - y0) * f, (cx0 - x0) * f : (cx1 - x0) * f]
         canvas.write_block(cy0, cy1, cx0, cx1, np.ascontiguousarray(block))
+
+
+def _denoiser_for(model, device, window: int, request: SynthesisRequest):
+    """The network the sampler calls and its batch size; the fast wrapper is made once per
+    model, device, window and compile choice, and kept on the model."""
+    if not request.fast:
+        return model.unet, 32
+    from .fast import fast_setup
+
+    cache = model.__dict__.setdefault("_denoisers", {})
+    key = (str(device), int(window), bool(request.compile))
+    if key not in cache:
+        cache[key] = fast_setup(model.unet, device, window, compile=request.compile)
+    return cache[key]
 
 
 def _cancelled(cancel) -> bool:
