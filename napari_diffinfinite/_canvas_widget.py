@@ -98,6 +98,37 @@ class CanvasWidget(QWidget):
         orow.addWidget(self.open_button)
         layout.addWidget(opened)
 
+        # ------------------------------------------------------------ from a slide, or grown
+        more = QGroupBox("From a slide, or extend a canvas")
+        mform = QFormLayout(more)
+        self.slide_edit = QLineEdit()
+        self.slide_edit.setPlaceholderText("slide: .svs, .tif, OME-Zarr folder")
+        self.import_button = QPushButton("Import slide as a new canvas")
+        self.import_button.setToolTip("copy the slide into the store above (model and regions as set above); every "
+                                      "region counts as finished, so drawn rectangles can be regenerated in it")
+        self.import_button.clicked.connect(self.import_slide)
+        self.pad_boxes = []
+        prow = QHBoxLayout()
+        for side in ("top", "right", "bottom", "left"):
+            box = QSpinBox()
+            box.setRange(0, MAX_SIDE)
+            box.setSingleStep(256)
+            box.setToolTip(f"px to add at the {side}")
+            self.pad_boxes.append(box)
+            prow.addWidget(box)
+        self.pad_label_box = QSpinBox()
+        self.pad_label_box.setRange(0, 255)
+        self.pad_label_box.setToolTip("mask label of the new border (0: unknown)")
+        self.outpaint_button = QPushButton("Extend the chosen canvas into the store above")
+        self.outpaint_button.setToolTip("the new border is left to sample: press Run in Synthesis")
+        self.outpaint_button.clicked.connect(self.outpaint)
+        mform.addRow("slide", self.slide_edit)
+        mform.addRow(self.import_button)
+        mform.addRow("pad (t, r, b, l)", prow)
+        mform.addRow("border label", self.pad_label_box)
+        mform.addRow(self.outpaint_button)
+        layout.addWidget(more)
+
         # ------------------------------------------------------------ current canvas
         current = QGroupBox("Canvas")
         clay = QVBoxLayout(current)
@@ -143,6 +174,50 @@ class CanvasWidget(QWidget):
         self._worker.errored.connect(lambda e: self.status.setText(f"not created: {e}"))
         self._worker.finished.connect(lambda: self.create_button.setEnabled(True))
         self._worker.start()
+
+    def _start_store_job(self, job, source, options: tuple, *, button, doing: str):
+        """Run ``job(model, source, store, *options)`` (it writes a new store) in a worker, then
+        show the canvas it returns."""
+        from napari.qt.threading import create_worker
+
+        path = self.path_edit.text().strip()
+        if not path:
+            self._fail("choose where to store the canvas")
+            return None
+        button.setEnabled(False)
+        self.status.setText(doing)
+        self._worker = create_worker(job, self.model_picker.spec(), source, path, *options,
+                                     _start_thread=False, _ignore_errors=True)
+        self._worker.returned.connect(self._on_created)
+        self._worker.errored.connect(lambda e: self._fail(f"not done: {e}"))
+        self._worker.finished.connect(lambda: button.setEnabled(True))
+        self._worker.start()
+        return self._worker
+
+    def import_slide(self):
+        from ._worker import import_slide_job
+
+        slide = self.slide_edit.text().strip()
+        if not slide:
+            self._fail("give the slide to import")
+            return None
+        options = (self.region_box.value() or None, self.overwrite_box.isChecked())
+        return self._start_store_job(import_slide_job, slide, options, button=self.import_button,
+                                     doing="importing the slide…")
+
+    def outpaint(self):
+        from ._worker import outpaint_job
+
+        image = self.picker.image_layer()
+        info = layer_info(image) if image is not None else None
+        if not info:
+            self._fail("open or create the canvas to extend first")
+            return None
+        pads = tuple(b.value() for b in self.pad_boxes)
+        label = self.pad_label_box.value()
+        options = (pads, label, self.overwrite_box.isChecked())
+        return self._start_store_job(outpaint_job, info["path"], options, button=self.outpaint_button,
+                                     doing="extending…")
 
     def _on_created(self, path: str):
         show_canvas(self.viewer, path)

@@ -111,6 +111,26 @@ def create_canvas_job(spec: str, path: str, height: int, width: int, region_size
     return str(Path(path).resolve())
 
 
+def import_slide_job(spec: str, slide: str, path: str, region_size: int | None, overwrite: bool) -> str:
+    """Copy a slide (SVS, OME-TIFF, OME-Zarr, PNG) into a new canvas as finished context."""
+    from src_models.editing import import_slide
+
+    canvas, _ = import_slide(slide, MODELS.get(spec, "cpu"), path, region_size or None, overwrite)
+    canvas.close()
+    return str(Path(path).resolve())
+
+
+def outpaint_job(spec: str, source: str, path: str, pads: tuple[int, int, int, int], label: int,
+                 overwrite: bool) -> str:
+    """A new canvas holding ``source`` padded by ``pads`` (top, right, bottom, left px); the border
+    is left pending for the Synthesis widget, under mask ``label``."""
+    from src_models.editing import outpaint
+
+    canvas = outpaint(source, MODELS.get(spec, "cpu"), path, pads, label=label, overwrite=overwrite)
+    canvas.close()
+    return str(Path(path).resolve())
+
+
 def store_mask(canvas, mask: np.ndarray, step: int) -> bool:
     """Write a mask-layer array to the store where it differs from what is stored.
 

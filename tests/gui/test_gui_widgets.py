@@ -176,3 +176,36 @@ def test_mask_tools_generate_load_clear_undo_save(viewer, qtbot, tiny_card, tmp_
     with Canvas.open(path) as canvas:
         np.testing.assert_array_equal(canvas.mask[:], mask.data)
     assert "saved" in tools.status.text()
+
+
+def test_import_a_slide_then_extend_it_in_the_widget(viewer, qtbot, tmp_path):
+    from pathlib import Path
+
+    from src_models.canvas import Canvas
+
+    root = Path(__file__).resolve().parents[2]
+    slide = root.parent / "shared" / "data" / "cmu_small_region.svs"
+    if not slide.exists():
+        slide = root / "data" / "cmu_small_region" / "cmu_small_region.png"
+    w = dock(viewer, "Canvas")
+    w.model_picker.set_spec("tiny-test")
+    w.region_box.setValue(512)
+    w.path_edit.setText(str(tmp_path / "slide.zarr"))
+    w.slide_edit.setText(str(slide))
+    w.import_slide()
+    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=60_000)
+    image = viewer.layers[0]
+    assert image.multiscale and image.data[0].shape[:2] == (2960, 2216)
+    assert np.asarray(image.data[-1]).mean() > 100  # real tissue and glass, not an empty store
+    with Canvas.open(tmp_path / "slide.zarr") as c:
+        assert c.done_indices() == {r.index for r in c.regions()}
+    # extend the imported canvas by 64 px at the top and the right: the border is left to sample
+    w.pad_boxes[0].setValue(64)
+    w.pad_boxes[1].setValue(64)
+    w.path_edit.setText(str(tmp_path / "grown.zarr"))
+    w.outpaint()
+    qtbot.waitUntil(lambda: len(viewer.layers) == 4, timeout=60_000)
+    with Canvas.open(tmp_path / "grown.zarr") as g:
+        assert (g.height, g.width) == (3024, 2280)
+        assert len(g.done_indices()) < len(g.regions()) and g.jobs()
+        assert np.array_equal(g.read_rgb(64, 164, 0, 100), Canvas.open(tmp_path / "slide.zarr").read_rgb(0, 100, 0, 100))
