@@ -404,9 +404,9 @@ class Canvas:
         if jobs.pop(index, None) is not None:
             self._save_jobs(jobs)
 
-    def target_map(self, region: Region) -> np.ndarray:
+    def target_map(self, region: Region, jobs: dict | None = None) -> np.ndarray:
         """The pixels of a not-done region that sampling writes (region-local bool map)."""
-        jobs = self.jobs()
+        jobs = self.jobs() if jobs is None else jobs
         h, w = region.y1 - region.y0, region.x1 - region.x0
         if region.index not in jobs:
             return np.ones((h, w), dtype=bool)
@@ -429,7 +429,7 @@ class Canvas:
             if r.index in done and r.index != exclude:
                 out[sl] = True
             elif r.index in jobs:
-                keep = ~self.target_map(r)
+                keep = ~self.target_map(r, jobs)
                 out[sl] = keep[max(r.y0, y0) - r.y0 : min(r.y1, y1) - r.y0, max(r.x0, x0) - r.x0 : min(r.x1, x1) - r.x0]
         return out
 

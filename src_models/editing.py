@@ -5,29 +5,13 @@ what is pending, with everything finished around it as context.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from .api import LATENT_MULTIPLE, check_size, new_canvas
 from .canvas import Canvas, CanvasError
+from .codec import encode_rgb
 from .card import ModelCard
 from .maskio import check_labels, resize_labels
 from .slide import open_slide
-
-
-def encode_rgb(codec, rgb: np.ndarray, device) -> np.ndarray:
-    """(h, w, 3) uint8 -> (C, h/f, w/f) float32 latents."""
-    from .synthesis import CODEC_TILE
-
-    img = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div(255).to(device)
-    factor = int(getattr(codec, "factor", 1))
-    with torch.inference_mode():
-        if factor > 1 and getattr(codec, "tile", None) is None and max(rgb.shape[:2]) > 2 * CODEC_TILE * factor:
-            from .tiling import tiled_encode
-
-            z = tiled_encode(codec.encode, img, CODEC_TILE * factor, factor)
-        else:
-            z = codec.encode(img)
-    return z[0].float().cpu().numpy()
 
 
 def import_slide(slide_path, model, out, region_size: int | None = None, overwrite: bool = False,

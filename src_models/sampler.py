@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .guidance import LABEL_MAP, PER_CLASS, guided_eps, host_to_device
-from .plan import Window, grid_plan, sequential_window
+from .plan import grid_plan, sequential_window
 from .schedule import ddim_step, q_sample
 
 SCHEDULES = ("parallel", "sequential")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .canvas import Canvas, Region
+from .codec import decode_latent
 from .guidance import omega_vector
 from .sampler import Cancelled, LevelInfo, SampleStats, effective_window, sample_area
 from .request import RegionDone, RegionProgress, SynthesisRequest
@@ -82,27 +83,6 @@ def _expand(a: int, b: int, n: int, halo: int, minimum: int) -> tuple[int, int]:
         b = min(n, a + minimum)
         a = max(0, b - minimum)
     return a, b
-
-
-CODEC_TILE = 64  # latent px per tile when a codec without its own tiling decodes a large area
-
-
-def decode_latent(codec, z: torch.Tensor) -> np.ndarray:
-    """Decode (C, h, w) latents to (h·f, w·f, 3) uint8.
-
-    Codecs that tile by themselves carry a ``tile`` attribute (the SD-2 VAE); others decode
-    large areas through the four-tiling Hann blend, so memory stays bounded.
-    """
-    factor = int(getattr(codec, "factor", 1))
-    with torch.inference_mode():
-        if factor > 1 and getattr(codec, "tile", None) is None and max(z.shape[-2:]) > 2 * CODEC_TILE:
-            from .tiling import tiled_decode
-
-            img = tiled_decode(codec.decode, z[None], CODEC_TILE, factor)
-        else:
-            img = codec.decode(z[None])
-    img = img[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-    return np.rint(img * 255).astype(np.uint8)
 
 
 def pending_regions(canvas: Canvas, request: SynthesisRequest) -> list[Region]:
@@ -245,11 +225,11 @@ def _refresh_borders(canvas: Canvas, region: Region, area, rgb: np.ndarray, halo
     by0, by1 = max(ay0, region.y0 - band), min(ay1, region.y1 + band)
     bx0, bx1 = max(ax0, region.x0 - band), min(ax1, region.x1 + band)
     f = canvas.factor
-    done = canvas.done_indices()
+    done, jobs = canvas.done_indices(), canvas.jobs()
     for r in canvas.regions_in(by0, by1, bx0, bx1):
-        if r.index == region.index or r.index not in done or "seed" not in canvas.done_info(r.index):
+        if r.index == region.index or r.index not in done or r.index in jobs:
             continue
-        if r.index in canvas.jobs():
+        if "seed" not in canvas.done_info(r.index):  # imported or kept content: never rewritten
             continue
         cy0, cy1 = max(by0, r.y0), min(by1, r.y1)
         cx0, cx1 = max(bx0, r.x0), min(bx1, r.x1)
