@@ -471,6 +471,49 @@ def codec_loss(rec: torch.Tensor, img: torch.Tensor, grad_weight: float = 0.5) -
     return loss + grad_weight * ((rx - ix).abs().mean() + (ry - iy).abs().mean())
 
 
+class PatchCritic(torch.nn.Module):
+    """A small patch discriminator (70-px receptive field class): real/fake logits per patch.
+
+    Used only while the codec trains: an L1 decoder averages over what it cannot predict and
+    paints soft texture; the critic's hinge loss pushes the decoder towards crisp nuclei and
+    fibres.  No normalisation layers (batch statistics would couple the crops of a batch)."""
+
+    def __init__(self, width: int = 64, layers: int = 3):
+        super().__init__()
+        mods, cin = [], 3
+        for i in range(layers):
+            cout = width * min(2**i, 4)
+            mods += [torch.nn.Conv2d(cin, cout, 4, stride=2 if i < layers - 1 else 1, padding=1),
+                     torch.nn.LeakyReLU(0.2)]
+            cin = cout
+        mods.append(torch.nn.Conv2d(cin, 1, 4, padding=1))
+        self.net = torch.nn.Sequential(*mods)
+
+    def forward(self, img):
+        return self.net(img * 2.0 - 1.0)
+
+
+class CodecWithCritic(torch.nn.Module):
+    """The codec and its critic as one module, so one optimiser, one checkpoint and the exact
+    resume of :func:`run_loop` cover both."""
+
+    def __init__(self, codec, critic):
+        super().__init__()
+        self.codec, self.critic = codec, critic
+
+
+def adversarial_terms(critic, rec: torch.Tensor, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(generator term, critic term) of the hinge GAN loss, for one backward pass.
+
+    The generator term sees the critic through detached weights, so its gradient reaches the
+    codec only; the critic term sees the reconstruction detached, so its gradient reaches the
+    critic only.  Their sum can therefore be minimised with one optimiser step."""
+    frozen = {k: v.detach() for k, v in critic.named_parameters()}
+    g_term = -torch.func.functional_call(critic, frozen, (rec,)).mean()
+    d_term = F.relu(1.0 - critic(img)).mean() + F.relu(1.0 + critic(rec.detach())).mean()
+    return g_term, d_term
+
+
 def train_codec(
     data: TrainingSet,
     work_dir: str | Path,
@@ -481,6 +524,8 @@ def train_codec(
     batch: int = 16,
     lr: float = 1e-3,
     latent_noise: float = 0.05,
+    gan_weight: float = 0.0,
+    gan_start: int = 0,
     ckpt_every: int = 500,
     log_every: int = 10,
     resume: bool = False,
@@ -490,8 +535,9 @@ def train_codec(
 ):
     """Train the native autoencoder; fit its latent shift/scale on the data; returns it (eval mode).
 
-    The result is also written to ``work_dir/codec_final`` (a finished stage is not re-run on
-    resume).
+    With ``gan_weight > 0`` a :class:`PatchCritic` joins from step ``gan_start`` on (hinge loss,
+    the generator term weighted by ``gan_weight``).  The result is also written to
+    ``work_dir/codec_final`` (a finished stage is not re-run on resume).
     """
     from safetensors.torch import load_file, save_file
 
@@ -511,8 +557,11 @@ def train_codec(
 
     gen = torch.Generator().manual_seed(seed + 1)
     crops = PixelCrops(data.tiles, crop, gen)
+    trained = codec
+    if gan_weight > 0:
+        trained = CodecWithCritic(codec, PatchCritic()).to(device)
     if device.type == "cuda":
-        codec = codec.to(memory_format=torch.channels_last)
+        trained = trained.to(memory_format=torch.channels_last)
 
     def loss_fn(step):
         img, _, _ = crops.sample(batch)
@@ -522,9 +571,13 @@ def train_codec(
             if latent_noise:
                 z = z + latent_noise * torch.randn_like(z)
             rec = codec.decode_raw(z)
-        return codec_loss(rec.float(), img)
+        loss = codec_loss(rec.float(), img)
+        if gan_weight > 0 and step >= gan_start:
+            g_term, d_term = adversarial_terms(trained.critic, rec.float(), img)
+            loss = loss + gan_weight * g_term + d_term
+        return loss
 
-    info = run_loop("codec", codec, loss_fn, work_dir, steps, lr, gen, ckpt_every=ckpt_every,
+    info = run_loop("codec", trained, loss_fn, work_dir, steps, lr, gen, ckpt_every=ckpt_every,
                     log_every=log_every, resume=resume, progress=progress, warmup=min(100, steps // 10 + 1))
     codec.eval()
     raw = torch.cat([encode_large(codec, torch.from_numpy(np.array(_pad_to(t.image, None, crop, codec.factor)[0])).permute(2, 0, 1).float() / 255.0,
@@ -534,7 +587,8 @@ def train_codec(
     save_file(_state_cpu(codec), str(final / "codec.safetensors"))
     normed = (raw - torch.tensor(shift)[:, None]) / scale
     stats = {"config": config, "scale": scale, "shift": shift, "latent_std": float(normed.std()),
-             "loss": info["loss"], "steps": steps, "seconds": info["seconds"]}
+             "loss": info["loss"], "steps": steps, "seconds": info["seconds"],
+             "gan_weight": gan_weight, "gan_start": gan_start if gan_weight > 0 else None}
     (final / "codec.json").write_text(json.dumps(stats, indent=2) + "\n")
     return codec
 
@@ -640,6 +694,9 @@ def build_parser(prog: str = "diffinfinite train") -> argparse.ArgumentParser:
     g.add_argument("--codec-batch", type=int, default=16)
     g.add_argument("--codec-lr", type=float, default=1e-3)
     g.add_argument("--codec-widths", default="32,64,96", help="encoder widths, full resolution first (factor = 2**(n-1))")
+    g.add_argument("--codec-gan-weight", type=float, default=0.0,
+                   help="weight of the patch critic's (hinge) term in the codec loss; 0 = L1 + gradient only")
+    g.add_argument("--codec-gan-start", type=int, default=0, help="codec step at which the critic joins")
     g = p.add_argument_group("image model")
     g.add_argument("--steps", type=int, default=4000, help="UNet optimisation steps")
     g.add_argument("--crop", type=int, default=128, help="training crop side in px (also the card's patch size)")
@@ -725,7 +782,8 @@ def _main(a, argv: list[str], prog: str) -> int:
     elif a.codec == "train":
         widths = _ints(a.codec_widths)
         codec = train_codec(data, work, steps=a.codec_steps, config={"widths": widths}, crop=a.codec_crop,
-                            batch=a.codec_batch, lr=a.codec_lr, ckpt_every=a.ckpt_every, log_every=a.log_every,
+                            batch=a.codec_batch, lr=a.codec_lr, gan_weight=a.codec_gan_weight,
+                            gan_start=a.codec_gan_start, ckpt_every=a.ckpt_every, log_every=a.log_every,
                             resume=a.resume, device=device, seed=a.seed, progress=progress)
         codec_info = json.loads((work / "codec_final" / "codec.json").read_text())
     else:
