@@ -9,6 +9,7 @@
     diffinfinite inpaint CANVAS --rect X,Y,W,H [--mask M | --label L]
     diffinfinite outpaint CANVAS --out NEW.zarr --pad T,R,B,L
     diffinfinite make-mask --out MASK.png --size WxH [--model M]
+    diffinfinite evaluate --real PATH.. --synthetic PATH.. [--out DIR]   (see its --help)
 
 Bad input ends with one line on stderr and exit status 2, never a traceback.
 """
@@ -142,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a codec and image model from tiles (see its --help)", add_help=False)
     t.add_argument("args", nargs=argparse.REMAINDER)
+    e = sub.add_parser("evaluate", help="compare synthetic with real tissue (see its --help); prints JSON", add_help=False)
+    e.add_argument("args", nargs=argparse.REMAINDER)
     c = sub.add_parser("check-reference", help="compare with the release's reference vectors")
     c.add_argument("file", type=Path)
     c.add_argument("--tolerance", type=float, default=None, help="maximum relative error (default 1e-5)")
@@ -436,6 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     if argv[:1] == ["train"]:  # everything after "train" belongs to the training module's parser
         ns = argparse.Namespace(command="train", args=argv[1:])
+    elif argv[:1] == ["evaluate"]:  # likewise for the evaluation tool's
+        from .cli_evaluate import main as evaluate_main
+
+        return evaluate_main(argv[1:])
     else:
         ns = parser.parse_args(argv)
     from src_models.canvas import CanvasError
