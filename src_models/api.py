@@ -46,7 +46,7 @@ def new_canvas(card: ModelCard, path, height: int, width: int, region_size: int 
     return Canvas.create(
         path, height, width, factor=card.factor, latent_channels=int(card.codec.get("channels", 4)),
         region_size=region_size, classes=card.classes, colours=card.colours, overwrite=overwrite,
-        settings=settings,
+        settings=settings, pixel_size_um=float(card.pixel_size_um or 0.5),
     )
 
 

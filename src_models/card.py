@@ -32,6 +32,7 @@ class ModelCard:
     default_steps: int = 50
     default_omega: float = 3.0
     mask_model: dict | None = None  # optional mask diffusion model (same layout as ``unet``)
+    pixel_size_um: float | None = None  # µm per image pixel of the training data (None: not stated)
     extra: dict = field(default_factory=dict)
     version: int = CARD_VERSION
 
@@ -57,6 +58,8 @@ class ModelCard:
             raise ModelError(f"model card {self.name!r}: unknown conditioning {self.conditioning!r}")
         if self.patch_size < 4:
             raise ModelError(f"model card {self.name!r}: patch_size {self.patch_size} is too small")
+        if self.pixel_size_um is not None and not (0 < float(self.pixel_size_um) < 1000):
+            raise ModelError(f"model card {self.name!r}: pixel_size_um must be a positive number of µm")
 
     def to_dict(self) -> dict:
         return asdict(self)

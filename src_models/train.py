@@ -713,6 +713,7 @@ def build_parser(prog: str = "diffinfinite train") -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--pixel-size-um", type=float, default=None, help="µm per pixel of the training images (for the card)")
     g.add_argument("--training-data", default="", help="training data description for the card")
     g.add_argument("--licence", default="", help="licence text for the card")
     g.add_argument("--description", default="", help="free text for the card (the command is appended)")
@@ -802,6 +803,7 @@ def _main(a, argv: list[str], prog: str) -> int:
         unet={"arch": "native", "config": info["config"]},
         codec=codec_card_entry(codec),
         patch_size=a.crop // codec.factor,
+        pixel_size_um=a.pixel_size_um,
         training_data=a.training_data or f"{len(data.tiles)} tiles from {data.source} ({n_lab} labelled)",
         licence=a.licence,
         description=description,
