@@ -403,7 +403,12 @@ def cmd_make_mask(args) -> int:
     width, height = args.size
     model = load_model(args.model, resolve_device(args.device))
     card = model.card
-    if model.mask_unet is not None:
+    from src_models.mask_model import generate_layout, is_layout_model
+
+    if model.mask_unet is not None and is_layout_model(card):
+        mask = generate_layout(model, (height, width), seed=args.seed, steps=args.steps)
+        how = f"layout diffusion model of {card.name}"
+    elif model.mask_unet is not None:
         from src_models.release_mask import generate_release_mask
 
         if height % 32 or width % 32:

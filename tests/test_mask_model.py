@@ -1,0 +1,81 @@
+"""The project's layout (mask) diffusion model: sampling on any canvas size with the random patch
+sampler, smooth class borders from the bilinear upsampling of its codes, the CLI's make-mask."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from src_models.mask_model import KIND, codes_to_labels, codes_to_rgb, generate_layout, layout_codes, layout_grid
+
+
+def _layout_model(tmp_path):
+    """A model directory: the tiny-test image model plus a random-weight layout network."""
+    from src_models.models import Model, load_model, save_model
+    from src_models.unet import NativeUNet
+
+    tiny = load_model("tiny-test")
+    cfg = {"base": 8, "mults": [1, 2], "blocks": 1, "cond_dim": 8, "heads": 2, "groups": 4, "mid_attention": False,
+           "in_channels": 3, "num_classes": 2}
+    torch.manual_seed(0)
+    net = NativeUNet(**cfg).eval()
+    card = tiny.card
+    card.name = "tiny-layout"
+    card.mask_model = {"arch": "native", "config": cfg, "kind": KIND, "classes": [1, 2, 3], "scale_px": 16,
+                       "patch_size": 16, "steps": 4}
+    save_model(Model(card, tiny.unet, tiny.codec, None, net), tmp_path / "m")
+    return load_model(tmp_path / "m")
+
+
+def test_codes_round_trip_and_rgb_training_image():
+    labels = np.array([[1, 2], [3, 1]], np.uint8)
+    codes = layout_codes(labels, [1, 2, 3])
+    assert codes.shape == (3, 2, 2) and set(np.unique(codes)) == {-1.0, 1.0}
+    assert np.array_equal(codes_to_labels(torch.from_numpy(codes), [1, 2, 3], (2, 2)), labels)
+    rgb = codes_to_rgb(labels, [1, 2, 3])
+    assert rgb.shape == (2, 2, 3) and tuple(rgb[0, 1]) == (0, 255, 0)
+
+
+def test_upsampled_borders_are_smooth_not_blocky():
+    # a diagonal border on a coarse 8x8 grid, upsampled 16x: a staircase of 16-px steps if blocky
+    yy, xx = np.mgrid[0:8, 0:8]
+    a = (xx - yy).astype(np.float32) / 4
+    codes = torch.from_numpy(np.stack([a, -a, np.full_like(a, -5)]))
+    labels = codes_to_labels(codes, [1, 2, 3], (128, 128), band=40)  # bands must join seamlessly
+    first2 = (labels == 2).argmin(axis=1)  # per row: first column of class 1 after the class-2 part
+    steps = np.diff(first2[8:-8])
+    assert np.abs(steps).max() <= 2  # the border advances about one column per row: a straight diagonal
+    assert set(np.unique(labels)) == {1, 2}
+
+
+def test_generate_layout_any_size_deterministic(tmp_path):
+    model = _layout_model(tmp_path)
+    assert layout_grid(model.card, 100, 300) == (8, 24)
+    a = generate_layout(model, (96, 320), seed=3)
+    b = generate_layout(model, (96, 320), seed=3)
+    c = generate_layout(model, (96, 320), seed=4)
+    assert a.shape == (96, 320) and a.dtype == np.uint8
+    assert set(np.unique(a)) <= {1, 2, 3}
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    # the same layout on a coarser grid (a canvas's mask grid) is the same drawing, resampled
+    small = generate_layout(model, (24, 80), seed=3, image_px=(96, 320))
+    assert (small == a[2::4, 2::4]).mean() > 0.9
+
+
+def test_make_mask_cli_uses_the_layout_model(tmp_path, capsys):
+    from skimage import io
+
+    from napari_diffinfinite.cli import main
+
+    model = _layout_model(tmp_path)
+    assert main(["make-mask", "--out", str(tmp_path / "m.png"), "--size", "200x120", "--model", str(model.path),
+                 "--device", "cpu", "--steps", "3"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert "layout diffusion model" in info["made_by"]
+    mask = io.imread(tmp_path / "m.png")
+    assert mask.shape == (120, 200) and set(np.unique(mask)) <= {1, 2, 3}
+
+
+def test_a_model_without_layout_model_is_refused(tiny):
+    with pytest.raises(ValueError, match="no layout mask model"):
+        generate_layout(tiny, (64, 64))
