@@ -46,6 +46,25 @@ def heldout_folder(root: Path) -> tuple[Path, np.ndarray]:
     return root, labels
 
 
+RIM_UM = 4.0  # width of the band on each side of glass/tissue borders (4 px at the v1 model's 1 um/px)
+
+
+def rim(rgb: np.ndarray, labels: np.ndarray, mpp: float) -> dict:
+    from src_models.evaluation.metrics import border_darkness
+
+    r = border_darkness(rgb, labels, max(1, round(RIM_UM / mpp)))
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+
+
+def canvas_rim(path: Path) -> dict:
+    from src_models.canvas import Canvas
+
+    with Canvas.open(path) as c:
+        rgb = c.read_rgb(0, c.height, 0, c.width)
+        labels = np.asarray(c.mask[:]).repeat(c.factor, 0).repeat(c.factor, 1)
+        return rim(rgb, labels, float(c.info.get("pixel_size_um") or SLIDE_MPP))
+
+
 def make_canvas(model, labels: np.ndarray, path: Path, plan: str, seed: int, steps: int, region: int | None):
     """Paint a canvas of the band's physical size under its labels; returns seconds and forwards."""
     from PIL import Image
@@ -114,6 +133,9 @@ def main(argv=None) -> int:
     classes = [int(c) for c in a.classes.split(",") if c.strip()]
     work = a.keep or Path(tempfile.mkdtemp(prefix="quality-"))
     real, labels = heldout_folder(work / "heldout")
+    from PIL import Image
+
+    real_rim = rim(np.asarray(Image.open(real / "images" / "heldout.png").convert("RGB")), labels, SLIDE_MPP)
     rows = []
     for plan in plans:
         for seed in a.seeds:
@@ -123,6 +145,7 @@ def main(argv=None) -> int:
             res, extras = evaluate([real], [path], tile=a.tile, seed=seed)
             write_report(work / f"report-{plan}-seed{seed}", res, extras)
             entry["all"] = _pick(res)
+            entry["rim"] = canvas_rim(path)
             for c in classes:
                 name = model.card.classes[c] if c < len(model.card.classes) else str(c)
                 try:
@@ -142,6 +165,8 @@ def main(argv=None) -> int:
         "real": f"{SLIDE.name} rows >= held-out start, {SLIDE_MPP} um/px",
         "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "load_average": [round(v, 2) for v in os.getloadavg()],
+        "real_rim": real_rim,
+        "rim_um": RIM_UM,
         "runs": rows,
     }
     out = a.out or ROOT / "benchmarks" / "results" / f"quality-{a.model}.json"

@@ -156,3 +156,26 @@ def seam_score(grey: np.ndarray, factor: int, borders_y: np.ndarray, borders_x: 
     if b.size == 0 or o.size == 0 or o.mean() <= 0:
         return None
     return float(b.mean() / o.mean())
+
+
+def border_darkness(rgb: np.ndarray, labels: np.ndarray, band_px: int, glass=(1,), tissue=(2, 3)) -> dict:
+    """Mean optical density in the band of ``band_px`` pixels on each side of every glass/tissue
+    border of a labelled image: ``inner`` on the tissue side, ``outer`` on the glass side.
+
+    A model that rims its tissue with a dark line (or leaves dark specks in the glass next to it)
+    reads darker there than real tissue under the same labels."""
+    from scipy import ndimage as ndi
+
+    is_glass = np.isin(labels, glass)
+    is_tissue = np.isin(labels, tissue)
+    od = -np.log10((rgb.astype(np.float32) + 1.0) / 256.0).sum(-1)
+    out = {}
+    for name, inside, other in (("inner", is_tissue, is_glass), ("outer", is_glass, is_tissue)):
+        if not other.any() or not inside.any():
+            out[name] = None
+            continue
+        dist = ndi.distance_transform_edt(~other)
+        band = inside & (dist <= band_px)
+        out[name] = float(od[band].mean()) if band.any() else None
+        out[f"{name}_px"] = int(band.sum())
+    return out
