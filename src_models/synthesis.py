@@ -139,7 +139,7 @@ def synthesise(
         started = time.perf_counter()
         y0, y1 = _expand(region.y0, region.y1, lh, halo, window)
         x0, x1 = _expand(region.x0, region.x1, lw, halo, window)
-        mask_np = np.asarray(canvas.mask[y0:y1, x0:x1])
+        mask_np = canvas.read_mask(y0, y1, x0, x1)
         top = int(mask_np.max()) if mask_np.size else 0
         if top >= card.num_classes:
             raise SynthesisError(
@@ -153,7 +153,7 @@ def synthesise(
             continue
         known_np = canvas.known_map(y0, y1, x0, x1)
         known = torch.from_numpy(known_np) if known_np.any() else None
-        context = torch.from_numpy(np.asarray(canvas.latent[:, y0:y1, x0:x1])) if known is not None else None
+        context = torch.from_numpy(canvas.read_latent(y0, y1, x0, x1)) if known is not None else None
         mask = torch.from_numpy(mask_np.astype(np.int64))[None]
         seed = region_seed(request.seed, region.index)
         bbox = region.px(canvas.factor)

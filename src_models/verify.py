@@ -1,0 +1,139 @@
+"""Checking a canvas against its region state: is every finished region really on disk?
+
+For each finished region, :func:`verify_canvas` checks that the chunk files holding its level-0
+pixels, its latents and its pyramid tiles are present and decode, and that the CRC-32 of its
+pixels and latents equals the one recorded when the region was written.  :func:`repair` then
+rebuilds what can be rebuilt (pyramid tiles, from level 0) and forgets sampled regions whose own
+data is damaged, so the next run samples them again.  No torch, no napari.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .canvas import COPIED, LATENT, PENDING, Canvas, CanvasDamagedError, CanvasError, crc
+
+
+@dataclass
+class VerifyReport:
+    path: str
+    regions: int
+    done: int
+    deep: bool
+    damaged: dict[int, list[str]] = field(default_factory=dict)  # region index -> what is wrong
+    pyramid_only: set[int] = field(default_factory=set)  # damaged only above level 0: rebuildable
+    copied: set[int] = field(default_factory=set)  # damaged regions copied from elsewhere (slide, source canvas)
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged
+
+    def summary(self) -> str:
+        if self.ok:
+            how = "checksums and chunks" if self.deep else "chunk files present"
+            return f"{self.path}: {self.done} of {self.regions} regions finished, none damaged ({how})"
+        listed = ", ".join(str(i) for i in sorted(self.damaged)[:20]) + (" ..." if len(self.damaged) > 20 else "")
+        return f"{self.path}: {len(self.damaged)} of {self.done} finished regions damaged ({listed})"
+
+    def to_dict(self) -> dict:
+        return {"canvas": self.path, "ok": self.ok, "regions": self.regions, "finished": self.done, "deep": self.deep,
+                "damaged": {str(k): v for k, v in sorted(self.damaged.items())},
+                "pyramid_only": sorted(self.pyramid_only), "copied": sorted(self.copied)}
+
+
+def _missing(files, seen: dict) -> list[str]:
+    out = []
+    for p in files:
+        if p not in seen:
+            seen[p] = p.exists()
+        if not seen[p]:
+            out.append(p)
+    return out
+
+
+def verify_canvas(canvas: Canvas, deep: bool = True, progress=None) -> VerifyReport:
+    """Check every finished region of ``canvas``; ``deep`` also decodes and checksums its data
+    (otherwise only the presence of its chunk files is checked, which is fast on any size).
+    ``progress(n, total)`` is called after each region."""
+    table = canvas.state_table()
+    flat = table.reshape(-1, 4)
+    done = [int(i) for i in (flat[:, 0] != PENDING).nonzero()[0]]
+    report = VerifyReport(str(canvas.path), int(flat.shape[0]), len(done), deep)
+    seen: dict = {}
+    rel = lambda p: p.relative_to(canvas.path).as_posix()  # noqa: E731
+    for n, index in enumerate(done, 1):
+        r = canvas.region(index)
+        state, rgb_crc, lat_crc, _ = (int(v) for v in flat[index])
+        py0, py1, px0, px1 = r.px(canvas.factor)
+        own, pyramid = [], []
+        for p in _missing(canvas.chunk_files("0", [(0, 3), (py0, py1), (px0, px1)]), seen):
+            own.append(f"missing chunk {rel(p)}")
+        for p in _missing(canvas.chunk_files(LATENT, [(0, canvas.latent.shape[0]), (r.y0, r.y1), (r.x0, r.x1)]), seen):
+            own.append(f"missing chunk {rel(p)}")
+        rects = canvas.pyramid_rects(py0, py1, px0, px1)
+        for level in range(1, canvas.levels):
+            a, b, c, d = rects[level]
+            for p in _missing(canvas.chunk_files(str(level), [(0, 3), (a, b), (c, d)]), seen):
+                pyramid.append(f"missing chunk {rel(p)}")
+        if deep:
+            try:
+                if crc(canvas._read("0", (slice(None), slice(py0, py1), slice(px0, px1)))) != rgb_crc:
+                    own.append("level-0 pixels differ from what was written")
+            except CanvasDamagedError:
+                own.append("level-0 pixels cannot be read (damaged chunk)")
+            try:
+                if crc(canvas._read(LATENT, (slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1)))) != lat_crc:
+                    own.append("latents differ from what was written")
+            except CanvasDamagedError:
+                own.append("latents cannot be read (damaged chunk)")
+            for level in range(1, canvas.levels):
+                a, b, c, d = rects[level]
+                try:
+                    canvas._read(str(level), (slice(None), slice(a, b), slice(c, d)))
+                except CanvasDamagedError:
+                    pyramid.append(f"pyramid level {level} cannot be read (damaged chunk)")
+        if own or pyramid:
+            report.damaged[index] = own + pyramid
+            if not own:
+                report.pyramid_only.add(index)
+            elif state == COPIED:
+                report.copied.add(index)
+        if progress is not None:
+            progress(n, len(done))
+    return report
+
+
+def repair(canvas: Canvas, report: VerifyReport) -> tuple[list[int], list[int]]:
+    """Rebuild the pyramid of regions damaged only above level 0, and forget the sampled regions
+    whose own pixels or latents are damaged (the next run samples them again).  Copied regions
+    are left as they are (their source is not in the canvas).  Returns (rebuilt, forgotten)."""
+    if not canvas.writable:
+        raise CanvasError(f"{canvas.path} is open read-only")
+    rebuilt = sorted(report.pyramid_only)
+    for index in rebuilt:
+        py0, py1, px0, px1 = canvas.region(index).px(canvas.factor)
+        rects = canvas.pyramid_rects(py0, py1, px0, px1)
+        for level in range(1, canvas.levels):  # damaged chunks are replaced whole, then refilled
+            a, b, c, d = rects[level]
+            for p in canvas.chunk_files(str(level), [(0, 3), (a, b), (c, d)]):
+                p.unlink(missing_ok=True)
+        _rebuild_levels(canvas, py0, py1, px0, px1)
+    forgotten = sorted(set(report.damaged) - report.pyramid_only - report.copied)
+    if forgotten:
+        canvas.clear_done(forgotten)
+    return rebuilt, forgotten
+
+
+def _rebuild_levels(canvas: Canvas, py0: int, py1: int, px0: int, px1: int) -> None:
+    """Recompute the pyramid over the level-0 rectangle grown to whole chunks of every level, so
+    the parts of a replaced chunk outside the region are refilled too."""
+    rects = canvas.pyramid_rects(py0, py1, px0, px1)
+    y0, y1, x0, x1 = py0, py1, px0, px1
+    for level in range(1, canvas.levels):
+        ch = canvas.image(level).chunks
+        a, b, c, d = rects[level]
+        s = 2**level
+        y0, x0 = min(y0, (a // ch[1]) * ch[1] * s), min(x0, (c // ch[2]) * ch[2] * s)
+        y1 = max(y1, min(canvas.height, -(-b // ch[1]) * ch[1] * s))
+        x1 = max(x1, min(canvas.width, -(-d // ch[2]) * ch[2] * s))
+    canvas.update_pyramid(y0, y1, x0, x1)
+    canvas._sync_image(y0, y1, x0, x1)
