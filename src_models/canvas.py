@@ -112,6 +112,13 @@ def nearest_index(positions: np.ndarray, n_out: int, n_in: int) -> np.ndarray:
     return np.minimum(((positions + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
 
 
+def _stretch(src: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """``src[ys][:, xs]`` for non-decreasing index arrays, by repeating runs (fast when stretching)."""
+    uy, cy = np.unique(ys, return_counts=True)
+    ux, cx = np.unique(xs, return_counts=True)
+    return np.repeat(np.repeat(src[np.ix_(uy, ux)], cy, axis=0), cx, axis=1)
+
+
 def crc(arr: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(arr).data) & 0xFFFFFFFF
 
@@ -201,6 +208,9 @@ class Canvas:
         self._state: np.ndarray | None = None  # the writer's copy of region_state
         self._written: np.ndarray | None = None  # the writer's copy of mask_written
         self._source: np.ndarray | None = None
+        self._dirty: set = set()  # chunk files written and not fsync'd yet
+        self._synced_dirs: set = set()
+        self._stale: set[int] = set()  # finished regions rewritten since their checksums were taken
         try:
             attrs = group.attrs.asdict()
         except Exception as e:
@@ -361,8 +371,12 @@ class Canvas:
             raise
 
     def close(self) -> None:
-        _release_lock(self._lock_fd, self.path)
-        self._lock_fd = None
+        try:
+            if self.writable and (self._dirty or self._stale):
+                self.settle()
+        finally:
+            _release_lock(self._lock_fd, self.path)
+            self._lock_fd = None
 
     def __enter__(self):
         return self
@@ -375,8 +389,10 @@ class Canvas:
         arr = self._arrays.get(name)
         if arr is None:
             try:
-                arr = zarr.open_array(store=self.group.store, path=name, mode="r+" if self.writable else "r",
-                                      config={"write_empty_chunks": not name.startswith("labels/")})
+                arr = zarr.open_array(store=self.group.store, path=name, mode="r+" if self.writable else "r")
+                # image, latents and state: every written chunk is stored, even all zero (verify
+                # counts a missing one as damage); the mask: chunks of the fill value are skipped
+                arr = arr.with_config({"write_empty_chunks": not name.startswith("labels/")})
             except Exception as e:  # zarr raises several types for missing or damaged metadata
                 if not (self.path / name / "zarr.json").exists():
                     raise CanvasDamagedError(f"{self.path} is damaged: the array {name} is missing") from None
@@ -521,6 +537,8 @@ class Canvas:
 
     def _row(self, index: int) -> np.ndarray:
         size, ny, nx = self.region_grid
+        if not 0 <= index < ny * nx:
+            raise CanvasError(f"region {index} does not exist (the canvas has {ny * nx})")
         iy, ix = divmod(index, nx)
         if self._state is not None or self.legacy:
             return self.state_table()[iy, ix]
@@ -576,8 +594,10 @@ class Canvas:
             state, seed = (SAMPLED, int(info["seed"])) if info["seed"] is not None else (SKIPPED, 0)
         else:
             state, seed = COPIED, 0
-        rgb_crc, lat_crc = self.region_checksums(self.region(index))
-        self._set_rows({index: (state, rgb_crc, lat_crc, seed)})
+        self.flush()
+        rows = self._stale_rows(skip=index)
+        rows[index] = (state, *self.region_checksums(self.region(index)), seed)
+        self._set_rows(rows)
 
     def _set_rows(self, rows: dict[int, tuple]) -> None:
         table = self.state_table()
@@ -589,12 +609,14 @@ class Canvas:
             chunks.add((iy // STATE_CHUNK, ix // STATE_CHUNK))
         arr = self._array(STATE)
         cy_, cx_ = arr.chunks[0], arr.chunks[1]
+        self.flush()  # the data first, then the state that vouches for it
         try:
             for cy, cx in sorted(chunks):
                 ys = slice(cy * cy_, min(ny, (cy + 1) * cy_))
                 xs = slice(cx * cx_, min(nx, (cx + 1) * cx_))
                 arr[ys, xs, :] = table[ys, xs, :]
                 self._sync_chunks(STATE, [(ys.start, ys.stop), (xs.start, xs.stop), (0, 4)])
+            self.flush()
         except OSError as e:
             raise _io_error(self.path, e) from None
 
@@ -714,8 +736,8 @@ class Canvas:
         """Write a region's pixels (h, w, 3) uint8 and latents, then refresh the pyramid above it.
 
         ``where`` (region-local latent bool map) limits the write to those latent pixels (and
-        the image pixels under them); the rest keeps its content.  When it returns, all of it
-        (and the region's mask) is on disk (fsync'd).
+        the image pixels under them); the rest keeps its content.  Every chunk file it wrote is
+        fsync'd before any region state is written (:meth:`mark_done`, :meth:`flush`).
         """
         self.write_block(region.y0, region.y1, region.x0, region.x1, rgb, latent, where)
 
@@ -777,16 +799,27 @@ class Canvas:
         self._refresh_checksums(y0, y0 + h, x0, x0 + w)
 
     def _refresh_checksums(self, y0: int, y1: int, x0: int, x1: int) -> None:
-        """Finished regions whose data a write changed get checksums of their new content."""
+        """Note the finished regions whose data a write changed: their checksums are renewed with
+        the next region state written (:meth:`mark_done`, :meth:`close`)."""
+        self._stale.update(r.index for r in self.regions_in(y0, y1, x0, x1) if int(self._row(r.index)[0]) != PENDING)
+
+    def _stale_rows(self, skip: int | None = None) -> dict[int, tuple]:
         rows = {}
-        for r in self.regions_in(y0, y1, x0, x1):
-            row = self._row(r.index)
-            if int(row[0]) != PENDING:
-                rgb_crc, lat_crc = self.region_checksums(r)
-                if (rgb_crc, lat_crc) != (int(row[1]), int(row[2])):
-                    rows[r.index] = (int(row[0]), rgb_crc, lat_crc, int(row[3]))
+        for index in sorted(self._stale):
+            row = self._row(index)
+            if index != skip and int(row[0]) != PENDING:
+                rows[index] = (int(row[0]), *self.region_checksums(self.region(index)), int(row[3]))
+        self._stale.clear()
+        return rows
+
+    def settle(self) -> None:
+        """fsync what was written and renew the checksums of finished regions it changed."""
+        self._check_writable()
+        rows = self._stale_rows()
         if rows:
             self._set_rows(rows)
+        else:
+            self.flush()
 
     def update_pyramid(self, y0: int, y1: int, x0: int, x1: int) -> None:
         """Recompute the coarser levels over a level-0 rectangle (each level from the one below)."""
@@ -830,21 +863,32 @@ class Canvas:
         grid = np.stack(np.meshgrid(*[np.asarray(r) for r in ranges], indexing="ij"), -1).reshape(-1, len(ranges))
         return [base.joinpath(*map(str, idx)) for idx in grid.tolist()]
 
-    def _sync_chunks(self, name: str, bounds: list[tuple[int, int]]) -> None:
-        dirs = set()
-        for p in self.chunk_files(name, bounds):
-            if p.exists():
-                _fsync_file(p)
-                dirs.add(p.parent)
+    def _sync_chunks(self, name: str, bounds: list[tuple[int, int]], now: bool = False) -> None:
+        """Note the chunk files of a written box; :meth:`flush` fsyncs them (``now``: at once)."""
         top = self.path / name
-        seen = set()
-        for d in dirs:
-            while d != top and d not in seen:
-                seen.add(d)
+        self._dirty.update((p, top) for p in self.chunk_files(name, bounds))
+        if now:
+            self.flush()
+
+    def flush(self) -> None:
+        """fsync every chunk file written since the last flush, and the directories above them."""
+        dirty, self._dirty = self._dirty, set()
+        dirs = set()
+        try:
+            for p, top in sorted(dirty):
+                if p.exists():
+                    _fsync_file(p)
+                    dirs.add(p.parent)  # zarr replaces a chunk by a rename in this directory
+                    d = p.parent.parent
+                    while d != top.parent and d not in self._synced_dirs:  # new chunk directories
+                        dirs.add(d)
+                        d = d.parent
+            for d in sorted(dirs, key=lambda d: -len(d.parts)):
                 _fsync_dir(d)
-                d = d.parent
-        if seen:
-            _fsync_dir(top)
+            self._synced_dirs |= dirs
+        except OSError as e:
+            self._dirty |= dirty
+            raise _io_error(self.path, e) from None
 
     # ---------------------------------------------------------------- the mask
     @property
@@ -888,6 +932,7 @@ class Canvas:
                   level: int = 0, steps: tuple[int, int] = (1, 1)) -> np.ndarray:
         """The labels of rectangle [y0, y1) x [x0, x1) of mask level ``level`` (every ``steps``-th
         pixel), from written chunks or, where none was written yet, from the mask source."""
+        name = f"labels/mask/{level}"
         arr = self.mask_level(level)
         h, w = arr.shape
         y1 = h if y1 is None else min(y1, h)
@@ -895,34 +940,29 @@ class Canvas:
         sy, sx = steps
         rows = np.arange(y0, max(y0, y1), sy)
         cols = np.arange(x0, max(x0, x1), sx)
-        out = np.zeros((len(rows), len(cols)), dtype=np.uint8)
         if not len(rows) or not len(cols):
-            return out
+            return np.zeros((len(rows), len(cols)), dtype=np.uint8)
         s = 2**level
         ch, cw = self._mask_chunk()
-        written = self._mask_written()
-        wr = written[(rows * s) // ch][:, (cols * s) // cw]
-        if wr.any():
-            cys = np.unique((rows * s) // ch)
-            cxs = np.unique((cols * s) // cw)
-            if wr.all() or (sy == 1 and sx == 1):
-                out[:] = self._read(f"labels/mask/{level}", (slice(y0, y1, sy), slice(x0, x1, sx)))
-            else:  # read only written chunks (a huge mask is mostly not written at first)
-                for cy in cys:
-                    rsel = np.flatnonzero((rows * s) // ch == cy)
-                    for cx in cxs:
-                        if not written[cy, cx]:
-                            continue
-                        csel = np.flatnonzero((cols * s) // cw == cx)
-                        r0, c0 = rows[rsel[0]], cols[csel[0]]
-                        out[rsel[0] : rsel[-1] + 1, csel[0] : csel[-1] + 1] = self._read(
-                            f"labels/mask/{level}", (slice(r0, rows[rsel[-1]] + 1, sy), slice(c0, cols[csel[-1]] + 1, sx)))
-        if self.has_mask_source and not wr.all():
+        rkey, ckey = (rows * s) // ch, (cols * s) // cw  # level-0 chunk of each output pixel
+        ucy, rcount = np.unique(rkey, return_counts=True)
+        ucx, ccount = np.unique(ckey, return_counts=True)
+        wsub = self._mask_written()[np.ix_(ucy, ucx)]
+        source = self.has_mask_source
+        if wsub.all() or (not source and wsub.any() and sy == 1 and sx == 1):
+            return self._read(name, (slice(y0, y1, sy), slice(x0, x1, sx)))
+        if source:
             src = self._mask_source()
             lh, lw = self.latent_shape
-            ys = nearest_index(rows * s, lh, src.shape[0])
-            xs = nearest_index(cols * s, lw, src.shape[1])
-            out = np.where(wr, out, src[ys[:, None], xs[None, :]])
+            out = _stretch(src, nearest_index(rows * s, lh, src.shape[0]), nearest_index(cols * s, lw, src.shape[1]))
+        else:
+            out = np.zeros((len(rows), len(cols)), dtype=np.uint8)
+        if wsub.any():  # read only the written chunks (a huge mask is mostly not written at first)
+            rstart = np.concatenate([[0], np.cumsum(rcount)])
+            cstart = np.concatenate([[0], np.cumsum(ccount)])
+            for i, j in zip(*np.nonzero(wsub)):
+                a, b, c, d = rstart[i], rstart[i + 1], cstart[j], cstart[j + 1]
+                out[a:b, c:d] = self._read(name, (slice(rows[a], rows[b - 1] + 1, sy), slice(cols[c], cols[d - 1] + 1, sx)))
         return out
 
     def mask_grid(self, step: int) -> np.ndarray:
@@ -1005,7 +1045,7 @@ class Canvas:
                 labels, y0, y1, x0, x1 = block, ey0, ey1, ex0, ex1
             self.mask_level(0)[y0:y1, x0:x1] = labels
             if self.has_mask_source:  # the written flag below must never point at a lost chunk
-                self._sync_chunks("labels/mask/0", [(y0, y1), (x0, x1)])
+                self._sync_chunks("labels/mask/0", [(y0, y1), (x0, x1)], now=True)
             for level in range(1, self.mask_levels):  # level i: level i-1 at every other pixel
                 y0, y1, x0, x1 = -(-y0 // 2), -(-y1 // 2), -(-x0 // 2), -(-x1 // 2)
                 if y1 <= y0 or x1 <= x0:

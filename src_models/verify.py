@@ -137,3 +137,4 @@ def _rebuild_levels(canvas: Canvas, py0: int, py1: int, px0: int, px1: int) -> N
         x1 = max(x1, min(canvas.width, -(-d // ch[2]) * ch[2] * s))
     canvas.update_pyramid(y0, y1, x0, x1)
     canvas._sync_image(y0, y1, x0, x1)
+    canvas.flush()

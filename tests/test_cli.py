@@ -85,7 +85,34 @@ BAD = {
     "bad steps": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--steps", "0"], "steps"),
     "unknown device": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--device", "tpu"], "unknown device"),
     "ω for a missing class": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--omega-class", "8=2"], "class 8"),
+    "empty mask file": (["generate", "--mask", "{tmp}/empty.png", "--out", "{tmp}/o.zarr"], "is empty (0 bytes)"),
+    "mask is a directory": (["generate", "--mask", "{tmp}/adir", "--out", "{tmp}/o.zarr"], "is a directory"),
+    "TIFF bomb": (["generate", "--mask", "{tmp}/bomb.tif", "--out", "{tmp}/o.zarr"], "more than the 179 M limit"),
+    "JPEG mask": (["generate", "--mask", "{tmp}/m.jpg", "--out", "{tmp}/o.zarr"], "JPEG compression changes label values"),
+    "ω nan": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--omega", "nan"], "--omega must be a finite number"),
+    "ω negative": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--omega", "-1"], "--omega must be at least 0"),
+    "ω per class inf": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--omega-class", "1=inf"], "finite"),
+    "η negative": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--eta", "-0.5"], "--eta must be at least 0"),
+    "η nan": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--eta", "nan"], "--eta must be a finite number"),
+    "too many steps": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--steps", "1001"], "at most 1000"),
+    "region size off the grid": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--region-size", "-8"], "region-size"),
+    "malicious pickle": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--model", "{tmp}/evil.pt"], "posix.system"),
 }
+
+
+class _Evil:
+    """A pickle that runs a command when fully unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _tiles(n, side):
+    for _ in range(n):
+        yield np.zeros((side, side), np.uint8)
 
 
 @pytest.fixture
@@ -100,6 +127,18 @@ def bad_inputs(tmp_path, mask_png, tiny):
     np.save(tmp_path / "cube.npy", np.zeros((2, 8, 8), np.uint8))
     np.save(tmp_path / "nine.npy", np.where(np.eye(8, dtype=bool), 9, 0).astype(np.uint8))
     (tmp_path / "exists.zarr").mkdir()
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "adir").mkdir()
+    import tifffile
+    import torch
+
+    # 14,336² px of zeros, zlib-compressed tiles: a few hundred kB that would decode to 205 MB
+    tifffile.imwrite(tmp_path / "bomb.tif", data=_tiles(14 * 14, 1024), shape=(14336, 14336), dtype=np.uint8,
+                     tile=(1024, 1024), compression="zlib")
+    jpeg = (np.random.default_rng(0).random((64, 64)) > 0.5).astype(np.uint8) * 3
+    io.imsave(tmp_path / "m.jpg", jpeg, check_contrast=False)
+    assert io.imread(tmp_path / "m.jpg").max() > 3  # compression made labels the model lacks
+    torch.save({"model": _Evil(tmp_path / "pwned")}, str(tmp_path / "evil.pt"))
     save_model(tiny, tmp_path / "trunc")
     weights = tmp_path / "trunc" / "unet.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
@@ -120,6 +159,47 @@ def test_bad_input_gives_one_clear_message(case, bad_inputs, mask_png, capsys):
     assert len(lines) == 1 and lines[0].startswith("diffinfinite: error:"), err
     assert expected in lines[0], lines[0]
     assert "Traceback" not in err
+    assert "Re-running" not in err  # torch's advice to unpickle fully is not passed on
+    assert not (bad_inputs / "pwned").exists()
+    # a refused run leaves nothing behind: no canvas, no lock file
+    assert not (bad_inputs / "o.zarr").exists() and not (bad_inputs / "o.zarr.lock").exists()
+
+
+@pytest.mark.parametrize("case", ["ω nan", "η negative", "too many steps", "empty mask file", "JPEG mask",
+                                  "size off the grid", "output exists", "labels outside the model", "ω for a missing class"])
+def test_input_checks_run_before_the_model_loads(case, bad_inputs, mask_png, monkeypatch, capsys):
+    import src_models.models as models
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(models, "load_model", no_loading)
+    for model in ("tiny-test", "default"):
+        argv = [a.format(tmp=bad_inputs, mask=mask_png) for a in BAD[case][0]] + ["--model", model]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert (BAD[case][1] if model == "tiny-test" else "diffinfinite: error:") in err, err
+
+
+def test_refused_steps_leave_nothing_that_blocks_the_rerun(tmp_path, mask_png, capsys):
+    args = ["--size", "64x64", "--region-size", "32"]
+    assert main(_gen(tmp_path / "a.zarr", mask_png, *args, "--steps", "1001")) == 2
+    assert "at most 1000" in capsys.readouterr().err
+    assert not (tmp_path / "a.zarr").exists()
+    assert main(_gen(tmp_path / "a.zarr", mask_png, *args, "--steps", "1")) == 0
+
+
+def test_nan_never_reaches_the_canvas_attributes(tmp_path):
+    from src_models.canvas import CanvasError
+
+    c = Canvas.create(tmp_path / "c.zarr", 64, 64, factor=1, latent_channels=3, region_size=32,
+                      classes=["u", "a"], colours=["#000000", "#ff0000"])
+    with pytest.raises(CanvasError, match="not a finite number"):
+        c.set_info(settings={"omega": float("nan")})
+    c.close()
+    import json
+
+    json.loads((tmp_path / "c.zarr" / "zarr.json").read_text())  # still strict JSON
 
 
 def test_resume_refuses_other_settings(tmp_path, mask_png, capsys):
