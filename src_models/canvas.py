@@ -772,6 +772,11 @@ class Canvas:
                 self._sync_chunks(LATENT, [(0, self.latent.shape[0]), (y0, y1), (x0, x1)])
         except OSError as e:
             raise _io_error(self.path, e) from None
+        except CanvasError:
+            raise
+        except Exception as e:  # a partial chunk write decodes the chunk first: it may be damaged
+            raise CanvasDamagedError(f"{self.path} is damaged: a chunk under latent rectangle y {y0}:{y1}, "
+                                     f"x {x0}:{x1} cannot be read ({_reason(e)}); run `diffinfinite verify` on it") from None
         self._refresh_checksums(y0, y1, x0, x1)
 
     def write_pixels(self, y0: int, x0: int, rgb: np.ndarray) -> None:

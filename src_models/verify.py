@@ -118,9 +118,28 @@ def repair(canvas: Canvas, report: VerifyReport) -> tuple[list[int], list[int]]:
                 p.unlink(missing_ok=True)
         _rebuild_levels(canvas, py0, py1, px0, px1)
     forgotten = sorted(set(report.damaged) - report.pyramid_only - report.copied)
+    for index in forgotten:  # chunks that cannot be decoded would stop the new write: drop them
+        r = canvas.region(index)
+        py0, py1, px0, px1 = r.px(canvas.factor)
+        _drop_undecodable(canvas, LATENT, [(0, canvas.latent.shape[0]), (r.y0, r.y1), (r.x0, r.x1)])
+        for level, (a, b, c, d) in enumerate(canvas.pyramid_rects(py0, py1, px0, px1)):
+            _drop_undecodable(canvas, str(level), [(0, 3), (a, b), (c, d)])
     if forgotten:
         canvas.clear_done(forgotten)
     return rebuilt, forgotten
+
+
+def _drop_undecodable(canvas: Canvas, name: str, bounds) -> None:
+    arr = canvas._array(name)
+    for p in canvas.chunk_files(name, bounds):
+        if not p.exists():
+            continue
+        idx = [int(v) for v in p.relative_to(canvas.path / name / "c").parts]
+        box = tuple(slice(i * c, min(n, (i + 1) * c)) for i, c, n in zip(idx, arr.chunks, arr.shape))
+        try:
+            canvas._read(name, box)
+        except CanvasDamagedError:
+            p.unlink()
 
 
 def _rebuild_levels(canvas: Canvas, py0: int, py1: int, px0: int, px1: int) -> None:

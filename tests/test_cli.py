@@ -307,3 +307,123 @@ def test_ctrl_c_keeps_finished_regions(tmp_path, mask_png, monkeypatch, capsys):
     assert main(_gen(tmp_path / "a.zarr", mask_png, "--size", "64x64", "--region-size", "32", "--steps", "1")) == 130
     assert "finished regions are kept" in capsys.readouterr().err
     assert len(Canvas.open(tmp_path / "a.zarr").done_indices()) == 2
+
+
+def _spawn(out, mask, *extra):
+    cmd = [sys.executable, "-m", "napari_diffinfinite.cli", *_gen(out, mask, *extra)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_regions(proc, path, n, limit=120):
+    deadline = time.time() + limit
+    while time.time() < deadline and proc.poll() is None:
+        if _finished(path) >= n:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+SLOW = ["--size", "128x128", "--region-size", "32", "--steps", "30", "--seed", "5"]
+
+
+def test_sigterm_is_handled_like_ctrl_c(tmp_path, mask_png):
+    proc = _spawn(tmp_path / "t.zarr", mask_png, *SLOW)
+    assert _wait_for_regions(proc, tmp_path / "t.zarr", 3), "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines == ["diffinfinite: terminated (SIGTERM); finished regions are kept (run again with --resume)"]
+    kept = _finished(tmp_path / "t.zarr")
+    assert 3 <= kept < 16 and not (tmp_path / "t.zarr.lock").exists()
+    assert main(_gen(tmp_path / "t.zarr", mask_png, *SLOW, "--resume")) == 0
+    assert main(["verify", str(tmp_path / "t.zarr")]) == 0
+
+
+def test_overwrite_of_a_canvas_being_written_is_refused_and_destroys_nothing(tmp_path, mask_png, capsys):
+    proc = _spawn(tmp_path / "a.zarr", mask_png, *SLOW)
+    assert _wait_for_regions(proc, tmp_path / "a.zarr", 2), "the run ended before the second one started"
+    assert main(_gen(tmp_path / "a.zarr", mask_png, "--size", "64x64", "--steps", "1", "--overwrite")) == 2
+    assert "being written by another process" in capsys.readouterr().err
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "16 regions sampled" in out
+    with Canvas.open(tmp_path / "a.zarr") as c:
+        assert c.width == 128 and c.done_indices() == set(range(16))
+    assert main(["verify", str(tmp_path / "a.zarr")]) == 0
+
+
+def test_two_fresh_runs_on_one_path_one_wins_the_other_says_why(tmp_path, mask_png):
+    procs = [_spawn(tmp_path / "r.zarr", mask_png, *SLOW) for _ in range(2)]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    codes = sorted(r[0] for r in results)
+    assert codes == [0, 2], results
+    loser = next(r for r in results if r[0] == 2)
+    lines = [ln for ln in loser[2].splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in loser[2]
+    assert "being written by another process" in lines[0] or "exists; pass --overwrite" in lines[0], lines
+    assert main(["verify", str(tmp_path / "r.zarr")]) == 0
+
+
+def test_verify_finds_damage_and_resume_generates_it_again(tmp_path, mask_png, capsys):
+    import json
+
+    args = ["--size", "64x64", "--region-size", "32", "--steps", "1"]
+    assert main(_gen(tmp_path / "a.zarr", mask_png, *args)) == 0
+    assert main(["verify", str(tmp_path / "a.zarr")]) == 0
+    assert "none damaged" in capsys.readouterr().out
+    (tmp_path / "a.zarr" / "diffinfinite" / "latent" / "c" / "0" / "0" / "0").unlink()
+    assert main(["verify", str(tmp_path / "a.zarr")]) == 1
+    out = capsys.readouterr().out
+    assert "4 of 4 finished regions damaged (0, 1, 2, 3)" in out and "latents differ from what was written" in out
+    assert main(["verify", str(tmp_path / "a.zarr"), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["ok"] is False
+    assert main(_gen(tmp_path / "a.zarr", mask_png, *args, "--resume")) == 0
+    captured = capsys.readouterr()
+    assert "diffinfinite: warning: 4 damaged region(s) will be generated again (0, 1, 2, 3;" in captured.err
+    assert "4 regions sampled" in captured.out
+    assert main(["verify", str(tmp_path / "a.zarr")]) == 0
+
+
+@pytest.mark.parametrize("damage", ["truncated chunk", "corrupt array zarr.json", "missing latent array"])
+def test_damaged_canvas_never_gives_a_traceback(tmp_path, mask_png, capsys, damage):
+    import shutil
+
+    args = ["--size", "64x64", "--region-size", "32", "--steps", "1"]
+    assert main(_gen(tmp_path / "a.zarr", mask_png, *args)) == 0
+    capsys.readouterr()
+    store = tmp_path / "a.zarr"
+    if damage == "truncated chunk":
+        chunk = store / "0" / "c" / "0" / "0" / "0"
+        chunk.write_bytes(chunk.read_bytes()[:30])
+    elif damage == "corrupt array zarr.json":
+        (store / "0" / "zarr.json").write_bytes(b"\xff\xfe garbage")
+    else:
+        shutil.rmtree(store / "diffinfinite" / "latent")
+    assert main(["verify", str(store)]) == 1
+    verify_out = capsys.readouterr()
+    assert "damaged" in verify_out.out and "Traceback" not in verify_out.err
+    code = main(_gen(store, mask_png, *args, "--resume"))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if damage == "truncated chunk":  # the damaged regions are sampled again
+        assert code == 0 and "will be generated again" in err
+        assert main(["verify", str(store)]) == 0
+    else:
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 2 and len(lines) == 1 and "is damaged" in lines[0], err
+
+
+def test_resume_after_a_kill_while_the_mask_was_written(tmp_path, mask_png, capsys):
+    from src_models.api import new_canvas
+    from src_models.synthesis import SynthesisRequest
+    from src_models.tiny import tiny_test_card
+
+    # what a kill -9 between creating the canvas and recording the mask leaves
+    settings = SynthesisRequest(model="tiny-test", steps=1, seed=0, device="cpu").settings()
+    new_canvas(tiny_test_card(), tmp_path / "a.zarr", 64, 64, 32, settings=settings).close()
+    assert main(_gen(tmp_path / "a.zarr", mask_png, "--size", "64x64", "--region-size", "32", "--steps", "1",
+                     "--resume")) == 0, capsys.readouterr().err
+    with Canvas.open(tmp_path / "a.zarr") as c:
+        assert np.array_equal(np.asarray(c.mask[:]), io.imread(mask_png))
+        assert c.done_indices() == set(range(4))
