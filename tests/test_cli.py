@@ -228,13 +228,12 @@ def test_cuda_missing_falls_back_to_cpu_with_a_warning(tmp_path, mask_png, capsy
     assert "device cpu" in captured.out
 
 
+@pytest.mark.conformance
 def test_check_reference_command(capsys):
     import json
     from pathlib import Path
 
-    ref = Path(__file__).resolve().parents[2] / "shared" / "reference" / "reference_vectors.safetensors"
-    if not ref.exists():
-        pytest.skip("shared reference vectors not beside the checkout")
+    ref = Path(__file__).resolve().parent / "data" / "reference_vectors.safetensors"
     assert main(["check-reference", str(ref)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] and report["max_relative_error"] < 1e-5
