@@ -31,6 +31,7 @@ import math
 import os
 import shutil
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +133,33 @@ def lock_path(path: str | os.PathLike) -> Path:
     """The writer lock of a canvas: a file beside the store (outside zarr's listings)."""
     path = Path(path)
     return path.with_name(path.name + LOCK_SUFFIX)
+
+
+class RegionSeq(Sequence):
+    """A sequence of regions given by their indices; each Region is made when it is read."""
+
+    def __init__(self, indices: np.ndarray, size: int, nx: int, latent_shape: tuple[int, int]):
+        self.indices, self._size, self._nx, self._shape = indices, size, nx, latent_shape
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _make(self, index: int) -> Region:
+        size, (lh, lw) = self._size, self._shape
+        iy, ix = divmod(index, self._nx)
+        return Region(index, iy, ix, iy * size, min(lh, (iy + 1) * size), ix * size, min(lw, (ix + 1) * size))
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._make(int(v)) for v in self.indices[i]]
+        return self._make(int(self.indices[i]))
+
+    def __iter__(self):
+        for v in self.indices.tolist():
+            yield self._make(v)
+
+    def __repr__(self) -> str:
+        return f"RegionSeq({len(self)} regions)"
 
 
 class MaskView:
@@ -509,10 +537,16 @@ class Canvas:
         iy, ix = divmod(index, nx)
         return Region(index, iy, ix, iy * size, min(lh, (iy + 1) * size), ix * size, min(lw, (ix + 1) * size))
 
-    def regions(self) -> list[Region]:
-        """The region grid over the latent, row-major; edge regions may be smaller."""
+    def regions(self) -> "RegionSeq":
+        """The region grid over the latent, row-major; edge regions may be smaller.  A sequence
+        that makes each :class:`Region` when it is asked for (a huge canvas has 10⁵–10⁶)."""
         size, ny, nx = self.region_grid
-        return [self.region(i) for i in range(ny * nx)]
+        return self.region_seq(np.arange(ny * nx))
+
+    def region_seq(self, indices) -> "RegionSeq":
+        """The regions of ``indices`` (in that order) as a lazy sequence."""
+        size, ny, nx = self.region_grid
+        return RegionSeq(np.asarray(indices, dtype=np.int64), size, nx, self.latent_shape)
 
     def regions_in(self, y0: int, y1: int, x0: int, x1: int) -> list[Region]:
         """Regions that overlap the latent rectangle [y0, y1) x [x0, x1)."""
