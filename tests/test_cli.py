@@ -94,6 +94,7 @@ BAD = {
     "ω per class inf": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--omega-class", "1=inf"], "finite"),
     "η negative": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--eta", "-0.5"], "--eta must be at least 0"),
     "η nan": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--eta", "nan"], "--eta must be a finite number"),
+    "η above 1": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--eta", "1.5"], "--eta must be at most 1"),
     "too many steps": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--steps", "1001"], "at most 1000"),
     "region size off the grid": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--region-size", "-8"], "region-size"),
     "malicious pickle": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--model", "{tmp}/evil.pt"], "posix.system"),
