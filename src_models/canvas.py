@@ -521,6 +521,32 @@ class Canvas:
         except OSError as e:
             raise _io_error(self.path, e) from None
 
+    def set_pixel_size(self, pixel_size_um: float) -> None:
+        """Record the µm per image pixel (an imported slide's) in the NGFF scales and the attributes."""
+        self._check_writable()
+        if not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
+            raise CanvasError(f"pixel size must be a positive number of µm, got {pixel_size_um}")
+        px, f = float(pixel_size_um), self.factor
+        try:
+            ome = self.group.attrs.asdict()["ome"]
+            ms = ome["multiscales"][0]
+            for a in ms["axes"][1:]:
+                a["unit"] = "micrometer"
+            for i, ds in enumerate(ms["datasets"]):
+                ds["coordinateTransformations"] = [{"type": "scale", "scale": [1.0, px * 2**i, px * 2**i]}]
+            self.group.attrs["ome"] = ome
+            mask_g = self.group["labels/mask"]
+            mome = mask_g.attrs.asdict()["ome"]
+            mms = mome["multiscales"][0]
+            for a in mms["axes"]:
+                a["unit"] = "micrometer"
+            for i, ds in enumerate(mms["datasets"]):
+                ds["coordinateTransformations"] = [{"type": "scale", "scale": [px * f * 2**i] * 2}]
+            mask_g.attrs["ome"] = mome
+        except OSError as e:
+            raise _io_error(self.path, e) from None
+        self.set_info(pixel_size_um=px)
+
     # ---------------------------------------------------------------- regions
     @property
     def region_grid(self) -> tuple[int, int, int]:

@@ -30,7 +30,7 @@ def import_slide(slide_path, model, out, region_size: int | None = None, overwri
         canvas = new_canvas(card, out, height, width, region_size, overwrite=overwrite,
                             settings={"source": str(slide_path)})
         if slide.mpp:
-            canvas.set_info(pixel_size_um=slide.mpp)
+            canvas.set_pixel_size(slide.mpp)
         regions = canvas.regions()
         device = model.device
         for n, r in enumerate(regions, 1):

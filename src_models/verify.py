@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .canvas import COPIED, LATENT, PENDING, Canvas, CanvasDamagedError, CanvasError, crc
 
 
@@ -22,6 +24,7 @@ class VerifyReport:
     damaged: dict[int, list[str]] = field(default_factory=dict)  # region index -> what is wrong
     pyramid_only: set[int] = field(default_factory=set)  # damaged only above level 0: rebuildable
     copied: set[int] = field(default_factory=set)  # damaged regions copied from elsewhere (slide, source canvas)
+    own: set[int] = field(default_factory=set, repr=False)  # damaged in their level-0 pixels or latents
 
     @property
     def ok(self) -> bool:
@@ -50,14 +53,65 @@ def _missing(files, seen: dict) -> list[str]:
     return out
 
 
+def _spans(n_regions: int, size: int, total_latent: int, scale: float, chunk: int, n_chunks: int):
+    """For each chunk along one axis, the range [lo, hi) of region indices whose rows it holds
+    (``scale``: array px per latent px)."""
+    i = np.arange(n_regions)
+    a = np.floor(i * size * scale).astype(np.int64)
+    b = np.ceil(np.minimum(total_latent, (i + 1) * size) * scale).astype(np.int64)
+    c = np.arange(n_chunks)
+    lo = np.searchsorted(b, c * chunk, side="right")
+    hi = np.searchsorted(a, (c + 1) * chunk, side="left")
+    return lo, np.maximum(lo, hi)
+
+
+def _quick(canvas: Canvas, report: VerifyReport, done_grid: np.ndarray) -> None:
+    """Presence of the chunk files under finished regions, worked out per chunk (fast on any size)."""
+    size, ny, nx = canvas.region_grid
+    lh, lw = canvas.latent_shape
+    sat = np.zeros((ny + 1, nx + 1), dtype=np.int64)  # summed-area table of the done grid
+    sat[1:, 1:] = done_grid.astype(np.int64).cumsum(0).cumsum(1)
+    arrays = [(str(level), canvas.factor / 2**level, level > 0) for level in range(canvas.levels)]
+    arrays.append((LATENT, 1.0, False))
+    for name, scale, pyramid in arrays:
+        arr = canvas._array(name)
+        (_, h, w), (_, ch, cw) = arr.shape, arr.chunks
+        ncy, ncx = -(-h // ch), -(-w // cw)
+        ylo, yhi = _spans(ny, size, lh, scale, ch, ncy)
+        xlo, xhi = _spans(nx, size, lw, scale, cw, ncx)
+        count = sat[yhi][:, xhi] - sat[ylo][:, xhi] - sat[yhi][:, xlo] + sat[ylo][:, xlo]
+        base = canvas.path / name / "c" / "0"
+        for cy, cx in zip(*np.nonzero(count)):
+            p = base / str(cy) / str(cx)
+            if p.exists():
+                continue
+            what = f"missing chunk {p.relative_to(canvas.path).as_posix()}"
+            sub = done_grid[ylo[cy] : yhi[cy], xlo[cx] : xhi[cx]]
+            for iy, ix in zip(*np.nonzero(sub)):
+                index = int((ylo[cy] + iy) * nx + xlo[cx] + ix)
+                report.damaged.setdefault(index, []).append(what)
+                if not pyramid:
+                    report.own.add(index)
+
+
 def verify_canvas(canvas: Canvas, deep: bool = True, progress=None) -> VerifyReport:
     """Check every finished region of ``canvas``; ``deep`` also decodes and checksums its data
     (otherwise only the presence of its chunk files is checked, which is fast on any size).
-    ``progress(n, total)`` is called after each region."""
+    ``progress(n, total)`` is called after each region (deep check)."""
     table = canvas.state_table()
     flat = table.reshape(-1, 4)
     done = [int(i) for i in (flat[:, 0] != PENDING).nonzero()[0]]
     report = VerifyReport(str(canvas.path), int(flat.shape[0]), len(done), deep)
+    if not deep:
+        _quick(canvas, report, table[..., 0] != PENDING)
+        for index in report.damaged:
+            if index not in report.own:
+                report.pyramid_only.add(index)
+            elif int(flat[index, 0]) == COPIED:
+                report.copied.add(index)
+        if progress is not None:
+            progress(len(done), len(done))
+        return report
     seen: dict = {}
     rel = lambda p: p.relative_to(canvas.path).as_posix()  # noqa: E731
     for n, index in enumerate(done, 1):

@@ -323,19 +323,19 @@ def _wait_for_regions(proc, path, n, limit=120):
     return False
 
 
-SLOW = ["--size", "128x128", "--region-size", "32", "--steps", "30", "--seed", "5"]
+SLOW = ["--size", "128x128", "--region-size", "32", "--steps", "15", "--seed", "5"]
 
 
 def test_sigterm_is_handled_like_ctrl_c(tmp_path, mask_png):
     proc = _spawn(tmp_path / "t.zarr", mask_png, *SLOW)
-    assert _wait_for_regions(proc, tmp_path / "t.zarr", 3), "the run ended before it could be stopped"
+    assert _wait_for_regions(proc, tmp_path / "t.zarr", 2), "the run ended before it could be stopped"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert lines == ["diffinfinite: terminated (SIGTERM); finished regions are kept (run again with --resume)"]
     kept = _finished(tmp_path / "t.zarr")
-    assert 3 <= kept < 16 and not (tmp_path / "t.zarr.lock").exists()
+    assert 2 <= kept < 16 and not (tmp_path / "t.zarr.lock").exists()
     assert main(_gen(tmp_path / "t.zarr", mask_png, *SLOW, "--resume")) == 0
     assert main(["verify", str(tmp_path / "t.zarr")]) == 0
 
@@ -345,16 +345,17 @@ def test_overwrite_of_a_canvas_being_written_is_refused_and_destroys_nothing(tmp
     assert _wait_for_regions(proc, tmp_path / "a.zarr", 2), "the run ended before the second one started"
     assert main(_gen(tmp_path / "a.zarr", mask_png, "--size", "64x64", "--steps", "1", "--overwrite")) == 2
     assert "being written by another process" in capsys.readouterr().err
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    assert "16 regions sampled" in out
-    with Canvas.open(tmp_path / "a.zarr") as c:
-        assert c.width == 128 and c.done_indices() == set(range(16))
+    assert proc.poll() is None  # the first run goes on
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    with Canvas.open(tmp_path / "a.zarr") as c:  # its canvas and finished regions are intact
+        assert c.width == 128 and len(c.done_indices()) >= 2
     assert main(["verify", str(tmp_path / "a.zarr")]) == 0
 
 
 def test_two_fresh_runs_on_one_path_one_wins_the_other_says_why(tmp_path, mask_png):
-    procs = [_spawn(tmp_path / "r.zarr", mask_png, *SLOW) for _ in range(2)]
+    procs = [_spawn(tmp_path / "r.zarr", mask_png, "--size", "64x64", "--region-size", "32", "--steps", "10")
+             for _ in range(2)]
     results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
     codes = sorted(r[0] for r in results)
     assert codes == [0, 2], results

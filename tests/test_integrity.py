@@ -119,7 +119,8 @@ def test_deleted_chunk_is_found_and_the_region_generated_again(tiny, finished, t
         assert set(report.damaged) == {7} and not report.pyramid_only
         assert any("missing chunk" in p for p in report.damaged[7])
         assert any("differ from what was written" in p for p in report.damaged[7])
-        assert not verify_canvas(c, deep=False).ok  # the quick check sees a missing file too
+        quick = verify_canvas(c, deep=False)  # the quick check sees the missing file too
+        assert set(quick.damaged) == {7} and not quick.pyramid_only
     with Canvas.open(path, "r+") as c:
         rebuilt, forgotten = repair(c, report)
         assert (rebuilt, forgotten) == ([], [7]) and not c.is_done(7)
@@ -151,6 +152,8 @@ def test_damaged_pyramid_tile_is_rebuilt_from_level_0(finished, tmp_path):
     with Canvas.open(path, "r+") as c:
         report = verify_canvas(c)
         assert set(report.damaged) == {0, 1, 5, 6} and report.pyramid_only == {0, 1, 5, 6}
+        quick = verify_canvas(c, deep=False)
+        assert quick.damaged == {i: ["missing chunk 1/c/0/0/0"] for i in (0, 1, 5, 6)} and quick.pyramid_only == {0, 1, 5, 6}
         assert repair(c, report) == ([0, 1, 5, 6], [])
         assert np.array_equal(np.asarray(c.image(1)[:]), before) and verify_canvas(c).ok
         assert c.done_indices() == set(range(25))
@@ -284,6 +287,14 @@ def test_canvas_is_valid_ngff_with_a_label_pyramid_and_the_cards_pixel_size(tiny
     assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 1.0, 1.0]  # ~1 µm/px, the card's
     assert attrs["diffinfinite"]["pixel_size_um"] == 1.0
     Image.from_zarr(zarr.open_group(str(tmp_path / "d.zarr"), mode="r"))
+
+    with Canvas.open(tmp_path / "t.zarr", "r+") as c:  # an imported slide's own pixel size
+        c.set_pixel_size(0.25)
+    attrs = json.loads((tmp_path / "t.zarr" / "zarr.json").read_text())["attributes"]
+    assert attrs["ome"]["multiscales"][0]["datasets"][2]["coordinateTransformations"][0]["scale"] == [1.0, 1.0, 1.0]
+    mask_attrs = json.loads((tmp_path / "t.zarr" / "labels" / "mask" / "zarr.json").read_text())["attributes"]
+    assert mask_attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] == [0.25, 0.25]
+    Image.from_zarr(zarr.open_group(str(tmp_path / "t.zarr"), mode="r"))
 
 
 # ----------------------------------------------------------------------------- old canvases
