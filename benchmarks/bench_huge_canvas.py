@@ -94,16 +94,35 @@ def one(side: int, model, steps: int, workdir: Path) -> dict:
         for i in idx:
             c.is_done(int(i))
         out["is_done_writer_us"] = round((time.perf_counter() - t) / n * 1e6, 2)
-        # the worst case of the reader's check: every region finished, so every chunk file of
-        # every level is looked for (their data is absent here: all are reported missing)
+        # the reader's check on a canvas whose every region is finished: it looks for every
+        # chunk file of every level; stand-ins (empty files) take the place of the real chunks
         table = c.state_table()
         table[..., 0] = 1
         c._array("diffinfinite/region_state")[:] = table
-    with Canvas.open(path) as c:
+        # ...and its mask written everywhere: the mask level the reader shows holds real labels
+        from napari_diffinfinite._reader import mask_step
+
+        step = mask_step(c.latent_shape)
+        level = step.bit_length() - 1
+        shown = c.read_mask(level=level)
+        c._array("diffinfinite/mask_written")[:] = 1
+        c.mask_level(level)[:] = shown
+        names = [str(level) for level in range(c.levels)] + ["diffinfinite/latent"]
+        chunk_files = [p for name in names for p in c.chunk_files(name, [(0, n) for n in c._array(name).shape])]
+    if len(chunk_files) <= 100_000:
+        for p in chunk_files:
+            if not p.exists():
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.touch()
+        with Canvas.open(path) as c:
+            t = time.perf_counter()
+            report = verify_canvas(c, deep=False)
+            out["all_done_verify_quick_s"] = round(time.perf_counter() - t, 3)
+            out["all_done_chunk_files"] = len(chunk_files)
+            assert report.ok
         t = time.perf_counter()
-        report = verify_canvas(c, deep=False)
-        out["verify_quick_all_done_s"] = round(time.perf_counter() - t, 3)
-        out["verify_quick_all_done_chunks_missing"] = len({p for v in report.damaged.values() for p in v})
+        canvas_layer_data(path)
+        out["all_done_reader_open_s"] = round(time.perf_counter() - t, 3)
     shutil.rmtree(path, ignore_errors=True)
     return out
 

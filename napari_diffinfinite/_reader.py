@@ -45,8 +45,10 @@ def is_canvas(path) -> bool:
 
 
 def mask_step(latent_shape: tuple[int, int]) -> int:
-    """Latent pixels per mask-layer pixel: 1 unless the latent grid is longer than MAX_MASK_SIDE."""
-    return max(1, math.ceil(max(latent_shape) / MAX_MASK_SIDE))
+    """Latent pixels per mask-layer pixel: 1 unless the latent grid is longer than MAX_MASK_SIDE; a
+    power of two, so the layer is a level of the stored mask pyramid (read without the finer levels)."""
+    step = max(1, math.ceil(max(latent_shape) / MAX_MASK_SIDE))
+    return 1 << (step - 1).bit_length()
 
 
 def hex_rgba(colour: str, alpha: float = 1.0) -> np.ndarray:
