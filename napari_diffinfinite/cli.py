@@ -439,6 +439,12 @@ def cmd_import_slide(args) -> int:
     from src_models.synthesis import resolve_device
     from tqdm import tqdm
 
+    if not args.slide.exists():
+        raise UserError(f"slide {args.slide} does not exist")
+    if args.out.exists() and not args.overwrite:
+        raise UserError(f"{args.out} exists; pass --overwrite to replace it")
+    if args.region_size is not None and args.region_size <= 0:
+        raise UserError(f"--region-size must be positive, got {args.region_size}")
     model = load_model(args.model, resolve_device(args.device))
     bar = tqdm(desc="importing", unit="region", file=sys.stderr, disable=None)
 

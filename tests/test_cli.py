@@ -98,6 +98,8 @@ BAD = {
     "too many steps": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--steps", "1001"], "at most 1000"),
     "region size off the grid": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--region-size", "-8"], "region-size"),
     "malicious pickle": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--model", "{tmp}/evil.pt"], "posix.system"),
+    "import of a missing slide": (["import-slide", "{tmp}/noslide.svs", "--out", "{tmp}/o.zarr"], "slide"),
+    "import over a canvas": (["import-slide", "{mask}", "--out", "{tmp}/exists.zarr"], "--overwrite"),
 }
 
 
