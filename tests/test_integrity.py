@@ -307,6 +307,7 @@ def test_a_canvas_with_marker_files_opens_and_is_migrated(tmp_path):
         assert c.done_info(0)["seed"] == 100 and c.done_info(2) == {"source": "slide"}
         assert c.jobs() == {3: [[32, 48, 32, 64]]}
         pixels, mask = c.read_rgb(0, 64, 0, 64), np.asarray(c.mask[:])
+        assert verify_canvas(c).ok and verify_canvas(c, deep=False).ok  # no checksums yet: chunks only
     with Canvas.open(path, "r+") as c:  # for writing: moved to the current layout
         assert not c.legacy
         assert c.done_indices() == {0, 1, 2} and c.jobs() == {3: [[32, 48, 32, 64]]}
