@@ -533,6 +533,7 @@ def cmd_verify(args) -> int:
         raise UserError(f"{args.canvas} does not exist")
     try:
         canvas = Canvas.open(args.canvas, "r")
+        canvas.check()
     except CanvasDamagedError as e:
         if args.json:
             print(json.dumps({"canvas": str(args.canvas), "ok": False, "error": str(e)}))

@@ -247,8 +247,9 @@ class Canvas:
         if not isinstance(info, dict) or info.get("format") != FORMAT:
             raise CanvasError(f"{path} is not a napari-diffinfinite canvas")
         self.info: dict = info
-        self.legacy = False
-        self._check_arrays()
+        self.legacy = not self._exists(STATE) or not self._exists(MASK_WRITTEN)
+        if writable:  # a writer meets damaged metadata here, in one line; a reader when it reads
+            self.check()
 
     # ---------------------------------------------------------------- create / open
     @classmethod
@@ -431,8 +432,8 @@ class Canvas:
     def _exists(self, name: str) -> bool:
         return (self.path / name / "zarr.json").exists()
 
-    def _check_arrays(self) -> None:
-        """Open every array the canvas needs, so damaged metadata is reported at open, in one line."""
+    def check(self) -> None:
+        """Open every array the canvas needs: damaged metadata becomes one CanvasDamagedError."""
         try:
             levels = len(self.group.attrs["ome"]["multiscales"][0]["datasets"])
         except Exception:
@@ -441,7 +442,6 @@ class Canvas:
             self._array(str(level))
         self._array("labels/mask/0")
         self._array(LATENT)
-        self.legacy = not self._exists(STATE) or not self._exists(MASK_WRITTEN)
         if not self.legacy:
             self._array(STATE)
             self._array(MASK_WRITTEN)

@@ -98,6 +98,7 @@ def verify_canvas(canvas: Canvas, deep: bool = True, progress=None) -> VerifyRep
     """Check every finished region of ``canvas``; ``deep`` also decodes and checksums its data
     (otherwise only the presence of its chunk files is checked, which is fast on any size).
     ``progress(n, total)`` is called after each region (deep check)."""
+    canvas.check()
     table = canvas.state_table()
     flat = table.reshape(-1, 4)
     done = [int(i) for i in (flat[:, 0] != PENDING).nonzero()[0]]

@@ -175,9 +175,10 @@ def test_damaged_metadata_is_one_clear_error(finished, tmp_path, damage, expecte
         (path / "diffinfinite" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group", "attributes": {"jobs": ')
     else:
         (path / "zarr.json").write_bytes(b"\xff" * 40)
-    with pytest.raises(CanvasDamagedError) as e:
-        Canvas.open(path).close()
-    assert expected in str(e.value) and "\n" not in str(e.value)
+    for how in ("writer", "check"):  # a writer meets it at open; a reader at its first read or check()
+        with pytest.raises(CanvasDamagedError) as e:
+            Canvas.open(path, "r+").close() if how == "writer" else Canvas.open(path).check()
+        assert expected in str(e.value) and "\n" not in str(e.value)
 
 
 def test_reader_warns_on_a_damaged_canvas(finished, tmp_path):
@@ -325,7 +326,9 @@ def test_a_corrupt_jobs_file_of_an_old_canvas_is_one_clear_error(tmp_path):
         z.extractall(tmp_path)
     (tmp_path / "legacy.zarr" / "diffinfinite" / "jobs.json").write_text("{not json")
     with pytest.raises(CanvasDamagedError, match="jobs.json is not valid JSON"):
-        Canvas.open(tmp_path / "legacy.zarr")
+        Canvas.open(tmp_path / "legacy.zarr").jobs()
+    with pytest.raises(CanvasDamagedError, match="jobs.json is not valid JSON"):
+        Canvas.open(tmp_path / "legacy.zarr", "r+")
 
 
 def test_refused_creation_leaves_nothing(tiny, tmp_path):
