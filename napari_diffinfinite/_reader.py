@@ -45,8 +45,10 @@ def is_canvas(path) -> bool:
 
 
 def mask_step(latent_shape: tuple[int, int]) -> int:
-    """Latent pixels per mask-layer pixel: 1 unless the latent grid is longer than MAX_MASK_SIDE."""
-    return max(1, math.ceil(max(latent_shape) / MAX_MASK_SIDE))
+    """Latent pixels per mask-layer pixel: 1 unless the latent grid is longer than MAX_MASK_SIDE; a
+    power of two, so the layer is a level of the stored mask pyramid (read without the finer levels)."""
+    step = max(1, math.ceil(max(latent_shape) / MAX_MASK_SIDE))
+    return 1 << (step - 1).bit_length()
 
 
 def hex_rgba(colour: str, alpha: float = 1.0) -> np.ndarray:
@@ -107,15 +109,29 @@ def canvas_info(canvas) -> dict:
 
 def read_mask(canvas, step: int) -> np.ndarray:
     """The stored mask on the mask-layer grid (every ``step``-th latent pixel)."""
-    lh, lw = canvas.latent_shape
-    if canvas.mask.nchunks_initialized == 0:  # nothing painted yet: skip reading every empty chunk
-        return np.zeros((-(-lh // step), -(-lw // step)), dtype=np.uint8)
-    return np.asarray(canvas.mask[::step, ::step] if step > 1 else canvas.mask[:], dtype=np.uint8)
+    return canvas.mask_grid(step)  # only written chunks are read; the rest is the mask source or empty
+
+
+def warn_if_damaged(canvas) -> None:
+    """Warn (a napari notification) when finished regions of the canvas lack chunk files.
+
+    Only presence is checked here, which is fast on any canvas; ``diffinfinite verify`` decodes
+    and checksums every region."""
+    import warnings
+
+    from src_models.verify import verify_canvas
+
+    report = verify_canvas(canvas, deep=False)
+    if not report.ok:
+        warnings.warn(f"{report.summary()}: those regions may show black or stale tissue; run "
+                      f"`diffinfinite verify {canvas.path}` and resume to generate them again",
+                      UserWarning, stacklevel=2)
 
 
 def canvas_layer_data(path, name: str | None = None) -> list[tuple]:
     """LayerData tuples (image, mask) for a project canvas."""
     canvas = open_readonly(path)
+    warn_if_damaged(canvas)
     info = canvas_info(canvas)
     name = name or Path(path).name.removesuffix(".zarr")
     step = info["mask_step"]

@@ -10,6 +10,7 @@
     diffinfinite outpaint CANVAS --out NEW.zarr --pad T,R,B,L
     diffinfinite make-mask --out MASK.png --size WxH [--model M]
     diffinfinite evaluate --real PATH.. --synthetic PATH.. [--out DIR]   (see its --help)
+    diffinfinite verify CANVAS          (are the finished regions really on disk?)
 
 Bad input ends with one line on stderr and exit status 2, never a traceback.
 """
@@ -17,16 +18,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import signal
 import sys
 import warnings
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports it
+MAX_STEPS = 1000  # the diffusion schedule's training steps
 
 
 class UserError(Exception):
     pass
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``systemctl stop``, ``kill``): handled like Ctrl+C."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -156,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--mask-checkpoint", type=Path, default=None, help="the published mask model's model-N.pt")
     v.add_argument("--classes", default=None, help="class names, comma separated (default: the release's)")
 
+    y = sub.add_parser("verify", help="check that a canvas's finished regions are on disk as they were written")
+    y.add_argument("canvas", type=Path)
+    y.add_argument("--quick", action="store_true", help="only check that chunk files are present (no decoding)")
+    y.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
     k = sub.add_parser("make-mask", help="make a label mask: with the model's mask diffusion model, or procedurally")
     k.add_argument("--out", required=True, type=Path, help="label PNG to write (with a colour preview beside it)")
     k.add_argument("--size", type=_parse_size, required=True, metavar="WxH")
@@ -205,53 +223,176 @@ def _request(args, card, device, area=None):
         device=str(device), max_batch=args.max_batch, centre=args.centre, area=area, fast=args.fast,
         compile=args.compile,
     )
-    if request.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {request.steps}")
+    _check_steps(request.steps)
+    for k in request.omega_per_class:
+        if not 0 <= k < card.num_classes:
+            raise UserError(f"ω given for class {k}, but the model has classes 0..{card.num_classes - 1}")
     return request
 
 
-def cmd_generate(args) -> int:
-    from src_models.api import mask_signature, new_canvas, put_mask
-    from src_models.canvas import Canvas
-    from src_models.maskio import check_labels, load_mask
-    from src_models.models import load_model
+def _check_steps(steps) -> None:
+    if steps is not None and steps < 1:
+        raise UserError(f"--steps must be at least 1, got {steps}")
+    if steps is not None and steps > MAX_STEPS:
+        raise UserError(f"--steps must be at most {MAX_STEPS} (the schedule's training steps), got {steps}")
+
+
+def _finite(name: str, value, low: float | None = 0.0, high: float | None = None) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number, got {value}")
+    if low is not None and value < low:
+        raise UserError(f"{name} must be at least {low:g}, got {value:g}")
+    if high is not None and value > high:
+        raise UserError(f"{name} must be at most {high:g}, got {value:g}")
+
+
+def _check_run_args(args) -> None:
+    """Checks of the run options that need nothing but the arguments (no model, no disk)."""
+    _check_steps(args.steps)
+    _finite("--omega", args.omega)
+    for k, v in args.omega_class:
+        _finite(f"--omega-class {k}", v)
+    _finite("--eta", args.eta, 0.0, 1.0)
+    if args.max_batch is not None and args.max_batch < 1:
+        raise UserError(f"--max-batch must be at least 1, got {args.max_batch}")
+    if args.region_size is not None and args.region_size <= 0:
+        raise UserError(f"--region-size must be positive, got {args.region_size}")
+    if args.centre is not None and not all(math.isfinite(v) for v in args.centre):
+        raise UserError(f"--centre must be two finite numbers, got {args.centre}")
+
+
+def _device(name):
     from src_models.synthesis import resolve_device
 
-    device = resolve_device(args.device)
+    return resolve_device(name)
+
+
+def _card(spec):
+    """The model card without loading weights where it can (a model directory, tiny-test);
+    a published checkpoint is loaded whole.  Returns (card, model or None)."""
+    from src_models.card import BUILTIN_DIRS, ModelCard, ModelError
+
+    if str(spec) == "tiny-test":
+        from src_models.tiny import tiny_test_card
+
+        return tiny_test_card(), None
+    directory = BUILTIN_DIRS.get(str(spec), Path(spec))
+    if directory.is_dir():
+        return ModelCard.load(directory), None
+    if not directory.exists():
+        raise ModelError(f"model {str(spec)!r} not found (expected a model directory with card.json)")
+    from src_models.models import load_model
+
+    model = load_model(spec, "cpu")
+    return model.card, model
+
+
+def _model(spec, device, preloaded):
+    if preloaded is not None:
+        return preloaded.to(device)
+    from src_models.models import load_model
+
+    return load_model(spec, device)
+
+
+def _check_and_repair(canvas) -> None:
+    """Before a resume: check every finished region against its checksums; rebuild damaged
+    pyramid tiles and sample damaged regions again (and say so)."""
+    from src_models.verify import repair, verify_canvas
+
+    done = len(canvas.done_indices())
+    bar = _progress_bar(done, "checking finished regions") if done else None
+
+    def progress(n, total):
+        bar.update(n - bar.n)
+
+    try:
+        report = verify_canvas(canvas, deep=True, progress=progress if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    if report.ok:
+        return
+    rebuilt, forgotten = repair(canvas, report)
+    if rebuilt:
+        warnings.warn(f"pyramid tiles of {len(rebuilt)} region(s) were damaged and are rebuilt from level 0 "
+                      f"({', '.join(map(str, rebuilt[:20]))})", RuntimeWarning, stacklevel=2)
+    if forgotten:
+        first = report.damaged[forgotten[0]][0]
+        warnings.warn(f"{len(forgotten)} damaged region(s) will be generated again "
+                      f"({', '.join(map(str, forgotten[:20]))}; region {forgotten[0]}: {first})",
+                      RuntimeWarning, stacklevel=2)
+    if report.copied:
+        warnings.warn(f"{len(report.copied)} damaged region(s) hold copied content that cannot be generated again "
+                      f"({', '.join(map(str, sorted(report.copied)[:20]))}); import the source again",
+                      RuntimeWarning, stacklevel=2)
+
+
+def cmd_generate(args) -> int:
+    from src_models.api import check_region_size, check_size, mask_signature, new_canvas, put_mask
+    from src_models.canvas import Canvas
+    from src_models.maskio import check_labels, load_mask
+
+    # 1. the arguments alone; 2. with the model card (no weights); 3. against the canvas on
+    # disk (read only); then the model loads, and only then is anything written
+    _check_run_args(args)
+    if args.scale is not None and not (math.isfinite(args.scale) and args.scale > 0):
+        raise UserError(f"--scale must be a positive number, got {args.scale}")
     if args.out.exists() and not (args.overwrite or args.resume):
         raise UserError(f"{args.out} exists; pass --overwrite to replace it or --resume to finish it")
     if args.resume and not args.out.exists():
         raise UserError(f"--resume: {args.out} does not exist")
-    model = load_model(args.model, device)
-    card = model.card
+    device = _device(args.device)
+    card, preloaded = _card(args.model)
     mask = load_mask(args.mask, card.colours)
     check_labels(mask, card.classes, str(args.mask))
     if args.size is not None:
         width, height = args.size
     else:
         scale = args.scale if args.scale is not None else 1.0
-        if scale <= 0:
-            raise UserError(f"--scale must be positive, got {scale}")
         height, width = int(round(mask.shape[0] * scale)), int(round(mask.shape[1] * scale))
+    check_size(card, height, width)
+    if args.region_size is not None:
+        check_region_size(card, args.region_size)
     request = _request(args, card, device)
+    signature = mask_signature(mask)
+    if args.resume:
+        with Canvas.open(args.out, "r") as canvas:
+            if (canvas.height, canvas.width) != (height, width):
+                raise UserError(f"--resume: {args.out} is {canvas.width}x{canvas.height} px, not {width}x{height}")
+            if args.region_size and args.region_size != canvas.region_size:
+                raise UserError(f"--resume: {args.out} uses regions of {canvas.region_size} px, not {args.region_size}")
+            stored = canvas.settings
+            diffs = {k: (stored.get(k), v) for k, v in request.settings().items() if stored.get(k) != v}
+            if diffs:
+                text = ", ".join(f"{k}: canvas {a!r} vs now {b!r}" for k, (a, b) in diffs.items())
+                raise UserError(f"--resume: settings differ from the run that made {args.out} ({text})")
+            # no signature: the run that made it stopped while writing the mask (nothing sampled yet)
+            unfinished_mask = "mask_signature" not in canvas.info and not canvas.done_indices()
+            if not unfinished_mask and canvas.info.get("mask_signature") != signature:
+                raise UserError(f"--resume: {args.mask} is not the mask {args.out} was made with")
+    model = _model(args.model, device, preloaded)
     if args.resume:
         canvas = Canvas.open(args.out, "r+")
-        if (canvas.height, canvas.width) != (height, width):
-            raise UserError(f"--resume: {args.out} is {canvas.width}x{canvas.height} px, not {width}x{height}")
-        if args.region_size and args.region_size != canvas.region_size:
-            raise UserError(f"--resume: {args.out} uses regions of {canvas.region_size} px, not {args.region_size}")
-        stored = canvas.settings
-        diffs = {k: (stored.get(k), v) for k, v in request.settings().items() if stored.get(k) != v}
-        if diffs:
-            text = ", ".join(f"{k}: canvas {a!r} vs now {b!r}" for k, (a, b) in diffs.items())
-            raise UserError(f"--resume: settings differ from the run that made {args.out} ({text})")
-        if canvas.info.get("mask_signature") != mask_signature(mask):
-            raise UserError(f"--resume: {args.mask} is not the mask {args.out} was made with")
+        try:
+            if unfinished_mask:
+                put_mask(canvas, mask)
+                canvas.set_info(mask_signature=signature)
+            _check_and_repair(canvas)
+        except BaseException:
+            canvas.close()
+            raise
     else:
         canvas = new_canvas(card, args.out, height, width, args.region_size, overwrite=args.overwrite,
                             settings=request.settings())
-        put_mask(canvas, mask)
-        canvas.set_info(mask_signature=mask_signature(mask))
+        try:
+            put_mask(canvas, mask)
+            canvas.set_info(mask_signature=signature)
+        except BaseException:
+            canvas.close()
+            raise
     with canvas:
         preview = args.preview or args.out.with_suffix(".png")
         n = _run(model, canvas, request, preview)
@@ -266,16 +407,19 @@ def cmd_demo(args) -> int:
     from src_models.models import load_model
     from src_models.synthesis import SynthesisRequest, resolve_device
 
+    _check_steps(args.steps)
     device = resolve_device(args.device)
+    card, _ = _card(args.model)
+    width, height = args.size
+    from src_models.api import check_size
+
+    check_size(card, height, width)
     model = load_model(args.model, device)
     card = model.card
-    width, height = args.size
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / "demo.zarr"
     request = SynthesisRequest(model=str(args.model), steps=card.default_steps if args.steps is None else args.steps,
                                omega=card.default_omega, seed=args.seed, device=str(device))
-    if request.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {request.steps}")
     canvas = new_canvas(card, out, height, width, overwrite=True, settings=request.settings())
     lh, lw = canvas.latent_shape
     mask = procedural_mask(lh, lw, list(range(1, card.num_classes)), seed=args.seed)
@@ -298,6 +442,12 @@ def cmd_import_slide(args) -> int:
     from src_models.synthesis import resolve_device
     from tqdm import tqdm
 
+    if not args.slide.exists():
+        raise UserError(f"slide {args.slide} does not exist")
+    if args.out.exists() and not args.overwrite:
+        raise UserError(f"{args.out} exists; pass --overwrite to replace it")
+    if args.region_size is not None and args.region_size <= 0:
+        raise UserError(f"--region-size must be positive, got {args.region_size}")
     model = load_model(args.model, resolve_device(args.device))
     bar = tqdm(desc="importing", unit="region", file=sys.stderr, disable=None)
 
@@ -323,22 +473,33 @@ def _check_canvas_model(canvas, card):
 def cmd_inpaint(args) -> int:
     from src_models.canvas import Canvas
     from src_models.editing import prepare_inpaint
-    from src_models.maskio import load_mask
-    from src_models.models import load_model
-    from src_models.synthesis import resolve_device
+    from src_models.maskio import check_labels, load_mask
 
-    device = resolve_device(args.device)
-    model = load_model(args.model, device)
+    _check_run_args(args)
+    device = _device(args.device)
+    card, preloaded = _card(args.model)
+    mask = load_mask(args.mask, card.colours) if args.mask else None
+    if mask is not None:
+        check_labels(mask, card.classes, str(args.mask))
+    if args.label is not None:
+        import numpy as np
+
+        check_labels(np.array([[args.label]]), card.classes, name=f"--label {args.label}")
+    with Canvas.open(args.canvas, "r") as canvas:
+        _check_canvas_model(canvas, card)
+        if args.resume and not canvas.jobs():
+            raise UserError(f"--resume: {args.canvas} has no unfinished inpaint")
+    request = _request(args, card, device)
+    model = _model(args.model, device, preloaded)
     with Canvas.open(args.canvas, "r+") as canvas:
-        _check_canvas_model(canvas, model.card)
         if args.resume:
-            if not canvas.jobs():
-                raise UserError(f"--resume: {args.canvas} has no unfinished inpaint")
-            rect = tuple(args.rect)
+            _check_and_repair(canvas)
+            from src_models.editing import align_rect
+
+            rect = align_rect(canvas, args.rect)
         else:
-            mask = load_mask(args.mask, model.card.colours) if args.mask else None
             rect = prepare_inpaint(canvas, args.rect, mask=mask, label=args.label)
-        request = _request(args, model.card, device, area=rect)
+        request = _request(args, card, device, area=rect)
         preview = args.preview or args.canvas.with_suffix(".png")
         n = _run(model, canvas, request, preview)
     print(f"canvas: {args.canvas}  (rectangle y {rect[0]}:{rect[1]}, x {rect[2]}:{rect[3]} px; {n} regions sampled)")
@@ -348,21 +509,59 @@ def cmd_inpaint(args) -> int:
 
 def cmd_outpaint(args) -> int:
     from src_models.editing import outpaint
-    from src_models.models import load_model
-    from src_models.synthesis import resolve_device
 
-    device = resolve_device(args.device)
-    model = load_model(args.model, device)
+    _check_run_args(args)
+    device = _device(args.device)
+    card, preloaded = _card(args.model)
+    request = _request(args, card, device)
     if args.out.exists() and not args.overwrite:
         raise UserError(f"{args.out} exists; pass --overwrite to replace it")
+    if not args.canvas.exists():
+        raise UserError(f"{args.canvas} does not exist")
+    model = _model(args.model, device, preloaded)
     canvas = outpaint(args.canvas, model, args.out, args.pad, label=args.label, overwrite=args.overwrite)
     with canvas:
-        request = _request(args, model.card, device)
         preview = args.preview or args.out.with_suffix(".png")
         n = _run(model, canvas, request, preview)
     print(f"canvas: {args.out}  ({canvas.width}x{canvas.height} px; {n} regions sampled)")
     print(f"preview: {preview}")
     return 0
+
+
+def cmd_verify(args) -> int:
+    from src_models.canvas import Canvas, CanvasDamagedError
+    from src_models.verify import verify_canvas
+
+    if not args.canvas.exists():
+        raise UserError(f"{args.canvas} does not exist")
+    try:
+        canvas = Canvas.open(args.canvas, "r")
+        canvas.check()
+    except CanvasDamagedError as e:
+        if args.json:
+            print(json.dumps({"canvas": str(args.canvas), "ok": False, "error": str(e)}))
+        else:
+            print(str(e))
+        return 1
+    with canvas:
+        bar = _progress_bar(len(canvas.done_indices()), "checking regions")
+
+        def progress(n, total):
+            bar.update(n - bar.n)
+
+        try:
+            report = verify_canvas(canvas, deep=not args.quick, progress=progress)
+        finally:
+            bar.close()
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(report.summary())
+        for index, problems in sorted(report.damaged.items()):
+            print(f"  region {index}: {'; '.join(problems)}")
+        if not report.ok:
+            print(f"  run `diffinfinite generate ... --resume` (or inpaint --resume) to generate them again")
+    return 0 if report.ok else 1
 
 
 def cmd_train(args) -> int:
@@ -436,6 +635,7 @@ COMMANDS = {
     "check-reference": cmd_check_reference,
     "convert": cmd_convert,
     "make-mask": cmd_make_mask,
+    "verify": cmd_verify,
 }
 
 
@@ -459,6 +659,11 @@ def main(argv: list[str] | None = None) -> int:
     def show(message, category, *args, **kwargs):
         print(f"diffinfinite: warning: {message}", file=sys.stderr)
 
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     with warnings.catch_warnings():
         warnings.simplefilter("always", RuntimeWarning)  # every run tells its own warnings
         warnings.showwarning = show
@@ -467,9 +672,16 @@ def main(argv: list[str] | None = None) -> int:
         except (UserError, CanvasError, ModelError, MaskError, SlideError, SynthesisError) as e:
             print(f"diffinfinite: error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        except Terminated:
+            print("diffinfinite: terminated (SIGTERM); finished regions are kept (run again with --resume)",
+                  file=sys.stderr)
+            return EXIT_TERMINATED
         except KeyboardInterrupt:
             print("diffinfinite: interrupted; finished regions are kept (run again with --resume)", file=sys.stderr)
             return EXIT_INTERRUPTED
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -39,33 +39,46 @@ def check_size(card: ModelCard, height: int, width: int) -> None:
             )
 
 
+def card_pixel_size_um(card: ModelCard) -> float | None:
+    """µm per image pixel the model works at (the card's ``pixel_size_um``; older cards may keep
+    it in ``extra``), or None when the card does not say."""
+    value = card.pixel_size_um if card.pixel_size_um is not None else (card.extra or {}).get("pixel_size_um")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if value > 0 else None
+
+
+def check_region_size(card: ModelCard, region_size: int) -> None:
+    if region_size <= 0 or region_size % card.factor:
+        raise CanvasError(f"region size {region_size} px must be a positive multiple of {card.factor} "
+                          f"(the model's latent factor)")
+
+
 def new_canvas(card: ModelCard, path, height: int, width: int, region_size: int | None = None,
                overwrite: bool = False, settings: dict | None = None) -> Canvas:
     check_size(card, height, width)
     region_size = region_size or default_region_size(card)
+    check_region_size(card, region_size)
     return Canvas.create(
         path, height, width, factor=card.factor, latent_channels=int(card.codec.get("channels", 4)),
         region_size=region_size, classes=card.classes, colours=card.colours, overwrite=overwrite,
-        settings=settings, pixel_size_um=float(card.pixel_size_um or 0.5),
+        settings=settings, pixel_size_um=card_pixel_size_um(card),
     )
 
 
 def put_mask(canvas: Canvas, mask: np.ndarray) -> None:
-    """Fit a label image to the canvas's mask grid (nearest) and store it."""
+    """Fit a label image to the canvas's mask grid (nearest) and store it.
+
+    A mask of the latent grid's size is written as it is; any other size becomes the canvas's
+    mask source, written chunk by chunk as regions are written (so a huge canvas starts at once).
+    """
     check_labels(mask, canvas.classes)
-    lh, lw = canvas.latent_shape
-    if mask.shape == (lh, lw):
+    if mask.shape == canvas.latent_shape:
         canvas.write_mask(mask)
-        return
-    # nearest-neighbour upsampling written block by block, so a huge canvas never needs the
-    # whole resized mask in memory
-    h, w = mask.shape
-    ys = np.minimum(((np.arange(lh) + 0.5) * h / lh).astype(np.int64), h - 1)
-    xs = np.minimum(((np.arange(lw) + 0.5) * w / lw).astype(np.int64), w - 1)
-    block = 4096
-    for y in range(0, lh, block):
-        for x in range(0, lw, block):
-            canvas.write_mask(mask[ys[y : y + block, None], xs[None, x : x + block]], y, x)
+    else:
+        canvas.set_mask_source(mask)
 
 
 def mask_signature(mask: np.ndarray) -> str:
@@ -90,7 +103,7 @@ def save_preview(canvas: Canvas, path, max_side: int = 2048) -> Path:
     from skimage import io
 
     level = preview_level(canvas, max_side)
-    arr = np.moveaxis(np.asarray(canvas.image(level)[:]), 0, -1)
+    arr = canvas.read_rgb(0, canvas.image(level).shape[1], 0, canvas.image(level).shape[2], level=level)
     path = Path(path)
     io.imsave(path, arr, check_contrast=False)
     return path

@@ -30,7 +30,7 @@ def import_slide(slide_path, model, out, region_size: int | None = None, overwri
         canvas = new_canvas(card, out, height, width, region_size, overwrite=overwrite,
                             settings={"source": str(slide_path)})
         if slide.mpp:
-            canvas.set_info(pixel_size_um=slide.mpp)
+            canvas.set_pixel_size(slide.mpp)
         regions = canvas.regions()
         device = model.device
         for n, r in enumerate(regions, 1):
@@ -123,8 +123,8 @@ def outpaint(src_path, model, out, pads, label: int = 0, overwrite: bool = False
             y1, x1 = min(src.height, y + block), min(src.width, x + block)
             dst.write_pixels(top + y, left + x, src.read_rgb(y, y1, x, x1))
             sl = (slice(y // f, y1 // f), slice(x // f, x1 // f))
-            dst.latent[:, ly + y // f : ly + y1 // f, lx + x // f : lx + x1 // f] = np.asarray(src.latent[(slice(None), *sl)])
-            dst.write_mask(np.asarray(src.mask[sl]), ly + y // f, lx + x // f)
+            dst.write_latent(ly + y // f, lx + x // f, src.read_latent(y // f, y1 // f, x // f, x1 // f))
+            dst.write_mask(src.read_mask(y // f, y1 // f, x // f, x1 // f), ly + y // f, lx + x // f)
             if progress is not None:
                 progress(n, len(blocks))
         jobs = {}

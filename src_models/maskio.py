@@ -6,8 +6,29 @@ from pathlib import Path
 import numpy as np
 
 
+# the most pixels a mask file may decode to: Pillow's own refusal threshold for PNG (twice its
+# MAX_IMAGE_PIXELS warning), applied to TIFF and NPY as well
+MAX_MASK_PIXELS = 2 * 89_478_485
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
 class MaskError(ValueError):
     """A mask file that cannot be used (message says why)."""
+
+
+def _jpeg_hint(name: str) -> str:
+    if str(name).lower().endswith(JPEG_SUFFIXES):
+        return "; JPEG compression changes label values: save label masks as PNG, TIFF or NPY"
+    return ""
+
+
+def _check_pixels(path: Path, shape) -> None:
+    n = 1
+    for v in shape:
+        n *= int(v)
+    if n > MAX_MASK_PIXELS:
+        raise MaskError(f"mask {path} has shape {tuple(int(v) for v in shape)} ({n / 1e6:,.0f} M values), more than "
+                        f"the {MAX_MASK_PIXELS / 1e6:,.0f} M limit; give a smaller mask and stretch it with --scale or --size")
 
 
 def _hex(c: str) -> tuple[int, int, int]:
@@ -24,15 +45,29 @@ def load_mask(path: str | Path, colours: list[str] | None = None) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise MaskError(f"mask file {path} does not exist")
+    if path.is_dir():
+        raise MaskError(f"mask {path} is a directory; give a label image file (PNG, TIFF or NPY)")
+    try:
+        empty = path.stat().st_size == 0
+    except OSError as e:
+        raise MaskError(f"cannot read mask {path}: {e.strerror}") from None
+    if empty:
+        raise MaskError(f"mask file {path} is empty (0 bytes)")
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
+            arr = np.load(path, allow_pickle=False, mmap_mode="r")
+            _check_pixels(path, arr.shape)
+            arr = np.asarray(arr)
         elif suffix in (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"):
             if suffix in (".tif", ".tiff"):
                 import tifffile
 
-                arr = tifffile.imread(path)
+                with tifffile.TiffFile(path) as tif:
+                    if not tif.series:
+                        raise MaskError(f"cannot read mask {path}: no image in the TIFF file")
+                    _check_pixels(path, tif.series[0].shape)
+                    arr = tif.series[0].asarray()
             else:
                 from skimage import io
 
@@ -58,10 +93,10 @@ def as_labels(arr: np.ndarray, colours: list[str] | None = None, name: str = "ma
             uniq, inv = np.unique(flat, axis=0, return_inverse=True)
             missing = [tuple(int(v) for v in u) for u in uniq if tuple(int(v) for v in u) not in lut]
             if missing:
-                raise MaskError(f"{name}: colours {missing[:3]} are not class colours of the model")
+                raise MaskError(f"{name}: colours {missing[:3]} are not class colours of the model{_jpeg_hint(name)}")
             arr = np.array([lut[tuple(int(v) for v in u)] for u in uniq], dtype=np.uint8)[inv.ravel()].reshape(rgb.shape[:2])
         else:
-            raise MaskError(f"{name} is a colour image; give a label image (one integer class per pixel)")
+            raise MaskError(f"{name} is a colour image; give a label image (one integer class per pixel){_jpeg_hint(name)}")
     if arr.ndim != 2:
         raise MaskError(f"{name} must be a 2-D label image, got shape {arr.shape}")
     if arr.dtype.kind == "b":
@@ -84,7 +119,7 @@ def check_labels(mask: np.ndarray, classes: list[str], name: str = "mask") -> No
         present = sorted(int(v) for v in np.unique(mask))
         raise MaskError(
             f"{name} has labels {present}, but the model knows classes 0..{len(classes) - 1} "
-            f"({', '.join(f'{i}={n}' for i, n in enumerate(classes))})"
+            f"({', '.join(f'{i}={n}' for i, n in enumerate(classes))}){_jpeg_hint(name)}"
         )
 
 

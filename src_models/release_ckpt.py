@@ -58,15 +58,18 @@ def _torch_load(path: Path) -> dict:
                 raise
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        # torch < 2.13: "Unsupported global: GLOBAL x.y"; torch 2.13: "unsupported GLOBAL x.y whose module ..."
+        found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", str(e))
         if found:
             raise ModelError(
                 f"{path} holds an object of type {found[1]}, which only full unpickling could build; "
                 "it is not loaded (checkpoints are read with torch.load(weights_only=True) only)"
             ) from None
         detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+        reason = detail[1].strip() if detail else "refused by the weights-only unpickler"
         raise ModelError(
-            f"{path} is not a readable PyTorch checkpoint ({detail[1].strip() if detail else str(e).splitlines()[0]})"
+            f"{path} is not a readable PyTorch checkpoint ({reason}); it is not loaded "
+            "(checkpoints are read with torch.load(weights_only=True) only)"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise ModelError(f"{path} is not a readable PyTorch checkpoint ({str(e).splitlines()[0]})") from None
@@ -222,6 +225,7 @@ def _release_card(
         default_steps=50,
         default_omega=3.0,
         mask_model=mask_model,
+        pixel_size_um=0.5,  # 20x, as far as the release says
         extra={"release": release, "release_sampling": {"steps": 250, "eta": 1.0, "omega": [0, 3, 6]}},
     )
     card.validate()

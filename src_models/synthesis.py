@@ -85,16 +85,30 @@ def _expand(a: int, b: int, n: int, halo: int, minimum: int) -> tuple[int, int]:
     return a, b
 
 
-def pending_regions(canvas: Canvas, request: SynthesisRequest) -> list[Region]:
-    """The unfinished regions a request will sample, in the order it samples them."""
+def pending_regions(canvas: Canvas, request: SynthesisRequest):
+    """The unfinished regions a request will sample, in the order it samples them (nearest
+    ``request.centre`` first, ties by index): a sequence of Regions, worked out on the region
+    state table with numpy, so a canvas of 10⁶ regions starts at once."""
+    size, ny, nx = canvas.region_grid
+    f = canvas.factor
     if request.area is not None:
-        f = canvas.factor
         ay0, ay1, ax0, ax1 = request.area
-        regions = canvas.regions_in(ay0 // f, -(-ay1 // f), ax0 // f, -(-ax1 // f))
+        iys = np.arange(max(0, (ay0 // f) // size), min(ny, -(-(-(-ay1 // f)) // size)))
+        ixs = np.arange(max(0, (ax0 // f) // size), min(nx, -(-(-(-ax1 // f)) // size)))
+        idx = (iys[:, None] * nx + ixs[None, :]).ravel()
     else:
-        regions = canvas.regions()
-    done = canvas.done_indices()
-    return order_regions([r for r in regions if r.index not in done], canvas.factor, request.centre)
+        idx = np.arange(ny * nx)
+    done = canvas.state_table()[..., 0].ravel() != 0
+    idx = idx[~done[idx]]
+    if request.centre is not None and len(idx):
+        lh, lw = canvas.latent_shape
+        iy, ix = idx // nx, idx % nx
+        y0, y1 = iy * size * f, np.minimum(lh, (iy + 1) * size) * f
+        x0, x1 = ix * size * f, np.minimum(lw, (ix + 1) * size) * f
+        cy, cx = request.centre
+        dist = ((y0 + y1) / 2 - cy) ** 2 + ((x0 + x1) / 2 - cx) ** 2
+        idx = idx[np.lexsort((idx, dist))]
+    return canvas.region_seq(idx)
 
 
 def synthesise(
@@ -139,7 +153,7 @@ def synthesise(
         started = time.perf_counter()
         y0, y1 = _expand(region.y0, region.y1, lh, halo, window)
         x0, x1 = _expand(region.x0, region.x1, lw, halo, window)
-        mask_np = np.asarray(canvas.mask[y0:y1, x0:x1])
+        mask_np = canvas.read_mask(y0, y1, x0, x1)
         top = int(mask_np.max()) if mask_np.size else 0
         if top >= card.num_classes:
             raise SynthesisError(
@@ -153,7 +167,7 @@ def synthesise(
             continue
         known_np = canvas.known_map(y0, y1, x0, x1)
         known = torch.from_numpy(known_np) if known_np.any() else None
-        context = torch.from_numpy(np.asarray(canvas.latent[:, y0:y1, x0:x1])) if known is not None else None
+        context = torch.from_numpy(canvas.read_latent(y0, y1, x0, x1)) if known is not None else None
         mask = torch.from_numpy(mask_np.astype(np.int64))[None]
         seed = region_seed(request.seed, region.index)
         bbox = region.px(canvas.factor)

@@ -1,6 +1,5 @@
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -16,14 +15,14 @@ def _make(path, h=1024, w=768, factor=4, region=256, **kw):
                          colours=COLOURS, **kw)
 
 
-def test_huge_canvas_is_created_fast_without_allocation(tmp_path):
-    t = time.perf_counter()
+def test_huge_canvas_is_created_without_allocation(tmp_path):
+    # (how long it takes is measured in benchmarks/bench_huge_canvas.py, not asserted here)
     c = _make(tmp_path / "big.zarr", 65536, 65536, factor=8, region=2048)
-    elapsed = time.perf_counter() - t
     c.close()
-    size = sum(p.stat().st_size for p in (tmp_path / "big.zarr").rglob("*") if p.is_file())
-    assert elapsed < 0.5, elapsed
+    files = [p for p in (tmp_path / "big.zarr").rglob("*") if p.is_file()]
+    size = sum(p.stat().st_size for p in files)
     assert size < 1_000_000  # metadata only
+    assert not any("/c/" in p.as_posix() for p in files)  # not one chunk
     assert c.image(0).shape == (3, 65536, 65536) and c.levels == len(pyramid_shapes(65536, 65536))
     assert c.mask.shape == (8192, 8192) and c.latent.shape == (4, 8192, 8192)
     assert len(c.regions()) == 32 * 32

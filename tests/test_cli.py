@@ -24,6 +24,17 @@ def _gen(out, mask, *extra):
     return ["generate", "--mask", str(mask), "--out", str(out), "--model", "tiny-test", "--device", "cpu", *extra]
 
 
+def _finished(path) -> int:
+    """Finished regions of a canvas another process may be writing (0 while it is being made)."""
+    from src_models.canvas import CanvasError
+
+    try:
+        with Canvas.open(path) as c:
+            return len(c.done_indices())
+    except CanvasError:
+        return 0
+
+
 def test_generate_writes_canvas_and_preview_and_is_reproducible(tmp_path, mask_png, capsys):
     args = ["--size", "128x128", "--region-size", "32", "--steps", "2", "--seed", "3"]
     assert main(_gen(tmp_path / "a.zarr", mask_png, *args)) == 0
@@ -42,16 +53,15 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, mask_png):
     assert main(_gen(tmp_path / "full.zarr", mask_png, *args)) == 0
     cmd = [sys.executable, "-m", "napari_diffinfinite.cli", *_gen(tmp_path / "k.zarr", mask_png, *args)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    regions = tmp_path / "k.zarr" / "diffinfinite" / "regions"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if regions.exists() and len(list(regions.glob("*.done"))) >= 5:
+        if _finished(tmp_path / "k.zarr") >= 5:
             os.kill(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.01)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    finished = len(list(regions.glob("*.done")))
+    finished = _finished(tmp_path / "k.zarr")
     assert 5 <= finished < 16
     assert main(_gen(tmp_path / "k.zarr", mask_png, *args, "--resume")) == 0
     a, b = Canvas.open(tmp_path / "full.zarr"), Canvas.open(tmp_path / "k.zarr")
@@ -75,7 +85,37 @@ BAD = {
     "bad steps": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--steps", "0"], "steps"),
     "unknown device": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--device", "tpu"], "unknown device"),
     "ω for a missing class": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--omega-class", "8=2"], "class 8"),
+    "empty mask file": (["generate", "--mask", "{tmp}/empty.png", "--out", "{tmp}/o.zarr"], "is empty (0 bytes)"),
+    "mask is a directory": (["generate", "--mask", "{tmp}/adir", "--out", "{tmp}/o.zarr"], "is a directory"),
+    "TIFF bomb": (["generate", "--mask", "{tmp}/bomb.tif", "--out", "{tmp}/o.zarr"], "more than the 179 M limit"),
+    "JPEG mask": (["generate", "--mask", "{tmp}/m.jpg", "--out", "{tmp}/o.zarr"], "JPEG compression changes label values"),
+    "ω nan": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--omega", "nan"], "--omega must be a finite number"),
+    "ω negative": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--omega", "-1"], "--omega must be at least 0"),
+    "ω per class inf": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--omega-class", "1=inf"], "finite"),
+    "η negative": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--eta", "-0.5"], "--eta must be at least 0"),
+    "η nan": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--eta", "nan"], "--eta must be a finite number"),
+    "η above 1": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--eta", "1.5"], "--eta must be at most 1"),
+    "too many steps": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--steps", "1001"], "at most 1000"),
+    "region size off the grid": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--region-size", "-8"], "region-size"),
+    "malicious pickle": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--model", "{tmp}/evil.pt"], "posix.system"),
+    "import of a missing slide": (["import-slide", "{tmp}/noslide.svs", "--out", "{tmp}/o.zarr"], "slide"),
+    "import over a canvas": (["import-slide", "{mask}", "--out", "{tmp}/exists.zarr"], "--overwrite"),
 }
+
+
+class _Evil:
+    """A pickle that runs a command when fully unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _tiles(n, side):
+    for _ in range(n):
+        yield np.zeros((side, side), np.uint8)
 
 
 @pytest.fixture
@@ -90,6 +130,18 @@ def bad_inputs(tmp_path, mask_png, tiny):
     np.save(tmp_path / "cube.npy", np.zeros((2, 8, 8), np.uint8))
     np.save(tmp_path / "nine.npy", np.where(np.eye(8, dtype=bool), 9, 0).astype(np.uint8))
     (tmp_path / "exists.zarr").mkdir()
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "adir").mkdir()
+    import tifffile
+    import torch
+
+    # 14,336² px of zeros, zlib-compressed tiles: a few hundred kB that would decode to 205 MB
+    tifffile.imwrite(tmp_path / "bomb.tif", data=_tiles(14 * 14, 1024), shape=(14336, 14336), dtype=np.uint8,
+                     tile=(1024, 1024), compression="zlib")
+    jpeg = (np.random.default_rng(0).random((64, 64)) > 0.5).astype(np.uint8) * 3
+    io.imsave(tmp_path / "m.jpg", jpeg, check_contrast=False)
+    assert io.imread(tmp_path / "m.jpg").max() > 3  # compression made labels the model lacks
+    torch.save({"model": _Evil(tmp_path / "pwned")}, str(tmp_path / "evil.pt"))
     save_model(tiny, tmp_path / "trunc")
     weights = tmp_path / "trunc" / "unet.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
@@ -110,6 +162,47 @@ def test_bad_input_gives_one_clear_message(case, bad_inputs, mask_png, capsys):
     assert len(lines) == 1 and lines[0].startswith("diffinfinite: error:"), err
     assert expected in lines[0], lines[0]
     assert "Traceback" not in err
+    assert "Re-running" not in err  # torch's advice to unpickle fully is not passed on
+    assert not (bad_inputs / "pwned").exists()
+    # a refused run leaves nothing behind: no canvas, no lock file
+    assert not (bad_inputs / "o.zarr").exists() and not (bad_inputs / "o.zarr.lock").exists()
+
+
+@pytest.mark.parametrize("case", ["ω nan", "η negative", "too many steps", "empty mask file", "JPEG mask",
+                                  "size off the grid", "output exists", "labels outside the model", "ω for a missing class"])
+def test_input_checks_run_before_the_model_loads(case, bad_inputs, mask_png, monkeypatch, capsys):
+    import src_models.models as models
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(models, "load_model", no_loading)
+    for model in ("tiny-test", "default"):
+        argv = [a.format(tmp=bad_inputs, mask=mask_png) for a in BAD[case][0]] + ["--model", model]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert (BAD[case][1] if model == "tiny-test" else "diffinfinite: error:") in err, err
+
+
+def test_refused_steps_leave_nothing_that_blocks_the_rerun(tmp_path, mask_png, capsys):
+    args = ["--size", "64x64", "--region-size", "32"]
+    assert main(_gen(tmp_path / "a.zarr", mask_png, *args, "--steps", "1001")) == 2
+    assert "at most 1000" in capsys.readouterr().err
+    assert not (tmp_path / "a.zarr").exists()
+    assert main(_gen(tmp_path / "a.zarr", mask_png, *args, "--steps", "1")) == 0
+
+
+def test_nan_never_reaches_the_canvas_attributes(tmp_path):
+    from src_models.canvas import CanvasError
+
+    c = Canvas.create(tmp_path / "c.zarr", 64, 64, factor=1, latent_channels=3, region_size=32,
+                      classes=["u", "a"], colours=["#000000", "#ff0000"])
+    with pytest.raises(CanvasError, match="not a finite number"):
+        c.set_info(settings={"omega": float("nan")})
+    c.close()
+    import json
+
+    json.loads((tmp_path / "c.zarr" / "zarr.json").read_text())  # still strict JSON
 
 
 def test_resume_refuses_other_settings(tmp_path, mask_png, capsys):
@@ -138,13 +231,12 @@ def test_cuda_missing_falls_back_to_cpu_with_a_warning(tmp_path, mask_png, capsy
     assert "device cpu" in captured.out
 
 
+@pytest.mark.conformance
 def test_check_reference_command(capsys):
     import json
     from pathlib import Path
 
-    ref = Path(__file__).resolve().parents[2] / "shared" / "reference" / "reference_vectors.safetensors"
-    if not ref.exists():
-        pytest.skip("shared reference vectors not beside the checkout")
+    ref = Path(__file__).resolve().parent / "data" / "reference_vectors.safetensors"
     assert main(["check-reference", str(ref)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] and report["max_relative_error"] < 1e-5
@@ -217,3 +309,124 @@ def test_ctrl_c_keeps_finished_regions(tmp_path, mask_png, monkeypatch, capsys):
     assert main(_gen(tmp_path / "a.zarr", mask_png, "--size", "64x64", "--region-size", "32", "--steps", "1")) == 130
     assert "finished regions are kept" in capsys.readouterr().err
     assert len(Canvas.open(tmp_path / "a.zarr").done_indices()) == 2
+
+
+def _spawn(out, mask, *extra):
+    cmd = [sys.executable, "-m", "napari_diffinfinite.cli", *_gen(out, mask, *extra)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_regions(proc, path, n, limit=120):
+    deadline = time.time() + limit
+    while time.time() < deadline and proc.poll() is None:
+        if _finished(path) >= n:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+SLOW = ["--size", "128x128", "--region-size", "32", "--steps", "15", "--seed", "5"]
+
+
+def test_sigterm_is_handled_like_ctrl_c(tmp_path, mask_png):
+    proc = _spawn(tmp_path / "t.zarr", mask_png, *SLOW)
+    assert _wait_for_regions(proc, tmp_path / "t.zarr", 2), "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines == ["diffinfinite: terminated (SIGTERM); finished regions are kept (run again with --resume)"]
+    kept = _finished(tmp_path / "t.zarr")
+    assert 2 <= kept < 16 and not (tmp_path / "t.zarr.lock").exists()
+    assert main(_gen(tmp_path / "t.zarr", mask_png, *SLOW, "--resume")) == 0
+    assert main(["verify", str(tmp_path / "t.zarr")]) == 0
+
+
+def test_overwrite_of_a_canvas_being_written_is_refused_and_destroys_nothing(tmp_path, mask_png, capsys):
+    proc = _spawn(tmp_path / "a.zarr", mask_png, *SLOW)
+    assert _wait_for_regions(proc, tmp_path / "a.zarr", 2), "the run ended before the second one started"
+    assert main(_gen(tmp_path / "a.zarr", mask_png, "--size", "64x64", "--steps", "1", "--overwrite")) == 2
+    assert "being written by another process" in capsys.readouterr().err
+    assert proc.poll() is None  # the first run goes on
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    with Canvas.open(tmp_path / "a.zarr") as c:  # its canvas and finished regions are intact
+        assert c.width == 128 and len(c.done_indices()) >= 2
+    assert main(["verify", str(tmp_path / "a.zarr")]) == 0
+
+
+def test_two_fresh_runs_on_one_path_one_wins_the_other_says_why(tmp_path, mask_png):
+    procs = [_spawn(tmp_path / "r.zarr", mask_png, "--size", "64x64", "--region-size", "32", "--steps", "10")
+             for _ in range(2)]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    codes = sorted(r[0] for r in results)
+    assert codes == [0, 2], results
+    loser = next(r for r in results if r[0] == 2)
+    lines = [ln for ln in loser[2].splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in loser[2]
+    assert "being written by another process" in lines[0] or "exists; pass --overwrite" in lines[0], lines
+    assert main(["verify", str(tmp_path / "r.zarr")]) == 0
+
+
+def test_verify_finds_damage_and_resume_generates_it_again(tmp_path, mask_png, capsys):
+    import json
+
+    args = ["--size", "64x64", "--region-size", "32", "--steps", "1"]
+    assert main(_gen(tmp_path / "a.zarr", mask_png, *args)) == 0
+    assert main(["verify", str(tmp_path / "a.zarr")]) == 0
+    assert "none damaged" in capsys.readouterr().out
+    (tmp_path / "a.zarr" / "diffinfinite" / "latent" / "c" / "0" / "0" / "0").unlink()
+    assert main(["verify", str(tmp_path / "a.zarr")]) == 1
+    out = capsys.readouterr().out
+    assert "4 of 4 finished regions damaged (0, 1, 2, 3)" in out and "latents differ from what was written" in out
+    assert main(["verify", str(tmp_path / "a.zarr"), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["ok"] is False
+    assert main(_gen(tmp_path / "a.zarr", mask_png, *args, "--resume")) == 0
+    captured = capsys.readouterr()
+    assert "diffinfinite: warning: 4 damaged region(s) will be generated again (0, 1, 2, 3;" in captured.err
+    assert "4 regions sampled" in captured.out
+    assert main(["verify", str(tmp_path / "a.zarr")]) == 0
+
+
+@pytest.mark.parametrize("damage", ["truncated chunk", "corrupt array zarr.json", "missing latent array"])
+def test_damaged_canvas_never_gives_a_traceback(tmp_path, mask_png, capsys, damage):
+    import shutil
+
+    args = ["--size", "64x64", "--region-size", "32", "--steps", "1"]
+    assert main(_gen(tmp_path / "a.zarr", mask_png, *args)) == 0
+    capsys.readouterr()
+    store = tmp_path / "a.zarr"
+    if damage == "truncated chunk":
+        chunk = store / "0" / "c" / "0" / "0" / "0"
+        chunk.write_bytes(chunk.read_bytes()[:30])
+    elif damage == "corrupt array zarr.json":
+        (store / "0" / "zarr.json").write_bytes(b"\xff\xfe garbage")
+    else:
+        shutil.rmtree(store / "diffinfinite" / "latent")
+    assert main(["verify", str(store)]) == 1
+    verify_out = capsys.readouterr()
+    assert "damaged" in verify_out.out and "Traceback" not in verify_out.err
+    code = main(_gen(store, mask_png, *args, "--resume"))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if damage == "truncated chunk":  # the damaged regions are sampled again
+        assert code == 0 and "will be generated again" in err
+        assert main(["verify", str(store)]) == 0
+    else:
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 2 and len(lines) == 1 and "is damaged" in lines[0], err
+
+
+def test_resume_after_a_kill_while_the_mask_was_written(tmp_path, mask_png, capsys):
+    from src_models.api import new_canvas
+    from src_models.synthesis import SynthesisRequest
+    from src_models.tiny import tiny_test_card
+
+    # what a kill -9 between creating the canvas and recording the mask leaves
+    settings = SynthesisRequest(model="tiny-test", steps=1, seed=0, device="cpu").settings()
+    new_canvas(tiny_test_card(), tmp_path / "a.zarr", 64, 64, 32, settings=settings).close()
+    assert main(_gen(tmp_path / "a.zarr", mask_png, "--size", "64x64", "--region-size", "32", "--steps", "1",
+                     "--resume")) == 0, capsys.readouterr().err
+    with Canvas.open(tmp_path / "a.zarr") as c:
+        assert np.array_equal(np.asarray(c.mask[:]), io.imread(mask_png))
+        assert c.done_indices() == set(range(4))

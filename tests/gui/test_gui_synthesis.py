@@ -12,11 +12,11 @@ from napari_diffinfinite._reader import META
 
 
 def json_steps(path, index: int) -> int:
-    """The steps recorded in a region's done marker."""
-    import json
-    from pathlib import Path
+    """The steps recorded for a finished region (its run's settings)."""
+    from src_models.canvas import Canvas
 
-    return json.loads((Path(path) / "diffinfinite" / "regions" / f"{index}.done").read_text())["steps"]
+    with Canvas.open(path) as canvas:
+        return canvas.done_info(index)["steps"]
 
 
 def _open(viewer, card, tmp_path, mask=True, size=256, region=64):
