@@ -407,8 +407,11 @@ def run_loop(
     progress: bool = True,
     warmup: int = 100,
     grad_clip: float = 1.0,
+    stop_at: int | None = None,
 ) -> dict:
-    """Optimise ``loss_fn(step) -> scalar`` for ``steps`` steps with AdamW; returns the final state."""
+    """Optimise ``loss_fn(step) -> scalar`` for ``steps`` steps with AdamW; returns the final state.
+
+    ``stop_at`` ends the run (with a checkpoint) at that step of the ``steps``-step schedule."""
     from tqdm import tqdm
 
     stage_dir = work_dir / "checkpoints" / stage
@@ -425,8 +428,9 @@ def run_loop(
     bar = tqdm(total=steps, initial=start, desc=stage, file=sys.stderr, disable=not progress, mininterval=2.0, dynamic_ncols=True)
     acc, n_acc, last = 0.0, 0, state.get("loss", float("nan"))
     model.train()
+    end = min(steps, stop_at) if stop_at else steps
     try:
-        for step in range(start, steps):
+        for step in range(start, end):
             cur_lr = lr_at(step, steps, lr, warmup)
             for g in opt.param_groups:
                 g["lr"] = cur_lr
@@ -442,19 +446,19 @@ def run_loop(
             n_acc += 1
             done = step + 1
             bar.update(1)
-            if done % log_every == 0 or done == steps:
+            if done % log_every == 0 or done == end:
                 last = acc / n_acc
                 log.write(done, last, cur_lr, seconds0 + time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{last:.4f}", refresh=False)
                 acc, n_acc = 0.0, 0
-            if done % ckpt_every == 0 or done == steps:
+            if done % ckpt_every == 0 or done == end:
                 state = {"step": done, "seconds": seconds0 + time.perf_counter() - t0, "loss": last, "stage": stage}
                 save_checkpoint(stage_dir, done, model, ema, opt, gen, state)
     finally:
         bar.close()
         log.close()
     model.eval()
-    return {"step": max(start, steps), "seconds": seconds0 + time.perf_counter() - t0, "loss": last}
+    return {"step": max(start, end), "seconds": seconds0 + time.perf_counter() - t0, "loss": last}
 
 
 # --------------------------------------------------------------------------------------------
@@ -526,6 +530,8 @@ def train_codec(
     latent_noise: float = 0.05,
     gan_weight: float = 0.0,
     gan_start: int = 0,
+    freeze_encoder: bool = False,
+    stop_at: int | None = None,
     ckpt_every: int = 500,
     log_every: int = 10,
     resume: bool = False,
@@ -536,7 +542,9 @@ def train_codec(
     """Train the native autoencoder; fit its latent shift/scale on the data; returns it (eval mode).
 
     With ``gan_weight > 0`` a :class:`PatchCritic` joins from step ``gan_start`` on (hinge loss,
-    the generator term weighted by ``gan_weight``).  The result is also written to
+    the generator term weighted by ``gan_weight``).  With ``freeze_encoder`` the encoder stops
+    learning at ``gan_start``: only the decoder (and critic) train on, so the latents, and an image
+    model trained on them meanwhile, stay valid.  The result is also written to
     ``work_dir/codec_final`` (a finished stage is not re-run on resume).
     """
     from safetensors.torch import load_file, save_file
@@ -567,7 +575,11 @@ def train_codec(
         img, _, _ = crops.sample(batch)
         img = img.to(device)
         with _autocast(device):
-            z = codec.encode_raw(img)
+            if freeze_encoder and step >= gan_start:
+                with torch.no_grad():
+                    z = codec.encode_raw(img)
+            else:
+                z = codec.encode_raw(img)
             if latent_noise:
                 z = z + latent_noise * torch.randn_like(z)
             rec = codec.decode_raw(z)
@@ -578,7 +590,8 @@ def train_codec(
         return loss
 
     info = run_loop("codec", trained, loss_fn, work_dir, steps, lr, gen, ckpt_every=ckpt_every,
-                    log_every=log_every, resume=resume, progress=progress, warmup=min(100, steps // 10 + 1))
+                    log_every=log_every, resume=resume, progress=progress, warmup=min(100, steps // 10 + 1),
+                    stop_at=stop_at)
     codec.eval()
     raw = torch.cat([encode_large(codec, torch.from_numpy(np.array(_pad_to(t.image, None, crop, codec.factor)[0])).permute(2, 0, 1).float() / 255.0,
                                   device=device, raw=True).reshape(codec.channels, -1) for t in data.tiles], dim=1)
@@ -587,8 +600,9 @@ def train_codec(
     save_file(_state_cpu(codec), str(final / "codec.safetensors"))
     normed = (raw - torch.tensor(shift)[:, None]) / scale
     stats = {"config": config, "scale": scale, "shift": shift, "latent_std": float(normed.std()),
-             "loss": info["loss"], "steps": steps, "seconds": info["seconds"],
-             "gan_weight": gan_weight, "gan_start": gan_start if gan_weight > 0 else None}
+             "loss": info["loss"], "steps": info["step"], "schedule_steps": steps, "seconds": info["seconds"],
+             "gan_weight": gan_weight, "gan_start": gan_start if gan_weight > 0 else None,
+             "encoder_frozen_from": gan_start if freeze_encoder else None}
     (final / "codec.json").write_text(json.dumps(stats, indent=2) + "\n")
     return codec
 
@@ -694,9 +708,14 @@ def build_parser(prog: str = "diffinfinite train") -> argparse.ArgumentParser:
     g.add_argument("--codec-batch", type=int, default=16)
     g.add_argument("--codec-lr", type=float, default=1e-3)
     g.add_argument("--codec-widths", default="32,64,96", help="encoder widths, full resolution first (factor = 2**(n-1))")
+    g.add_argument("--codec-stop-at", type=int, default=None,
+                   help="finish the codec at this step of its --codec-steps schedule (learning rate as for the full run)")
     g.add_argument("--codec-gan-weight", type=float, default=0.0,
-                   help="weight of the patch critic's (hinge) term in the codec loss; 0 = L1 + gradient only")
+                   help="weight of the patch critic's (hinge) term in the codec loss; 0 = L1 + gradient only "
+                   "(experimental: 0.1 wrecked the colours of the default model's codec within 100 steps)")
     g.add_argument("--codec-gan-start", type=int, default=0, help="codec step at which the critic joins")
+    g.add_argument("--codec-freeze-encoder", action="store_true",
+                   help="from --codec-gan-start on, train the decoder only (the latents stay fixed)")
     g = p.add_argument_group("image model")
     g.add_argument("--steps", type=int, default=4000, help="UNet optimisation steps")
     g.add_argument("--crop", type=int, default=128, help="training crop side in px (also the card's patch size)")
@@ -784,7 +803,9 @@ def _main(a, argv: list[str], prog: str) -> int:
         widths = _ints(a.codec_widths)
         codec = train_codec(data, work, steps=a.codec_steps, config={"widths": widths}, crop=a.codec_crop,
                             batch=a.codec_batch, lr=a.codec_lr, gan_weight=a.codec_gan_weight,
-                            gan_start=a.codec_gan_start, ckpt_every=a.ckpt_every, log_every=a.log_every,
+                            gan_start=a.codec_gan_start, freeze_encoder=a.codec_freeze_encoder,
+                            stop_at=a.codec_stop_at,
+                            ckpt_every=a.ckpt_every, log_every=a.log_every,
                             resume=a.resume, device=device, seed=a.seed, progress=progress)
         codec_info = json.loads((work / "codec_final" / "codec.json").read_text())
     else:

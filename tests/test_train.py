@@ -136,3 +136,26 @@ def test_train_command_bad_input(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert T.main(["--data", str(tmp_path / "empty"), "--out", str(tmp_path / "m")]) == 2
     assert "no images" in capsys.readouterr().err
+
+
+def test_codec_critic_frozen_encoder_and_stop_at(tmp_path):
+    """The critic trains only from its start step, the frozen encoder stops changing there (only
+    the decoder learns on), and stop_at ends a longer schedule early with the codec finalised."""
+    from safetensors.torch import load_file
+
+    data = T.load_training_set(_write_folder(tmp_path / "d"))
+    cfg = {"widths": [8, 8], "latent_channels": 2, "mid_blocks": 1}
+    common = dict(config=cfg, crop=16, batch=2, lr=1e-2, gan_weight=0.1, gan_start=2, freeze_encoder=True,
+                  ckpt_every=1, log_every=1, progress=False)
+    T.train_codec(data, tmp_path / "w", steps=6, stop_at=4, **common)
+    ck = {n: load_file(str(tmp_path / "w" / "checkpoints" / "codec" / f"step_{n:07d}" / "model.safetensors")) for n in (3, 4)}
+    enc = [k for k in ck[3] if k.startswith("codec.encoder.")]
+    dec = [k for k in ck[3] if k.startswith("codec.decoder.")]
+    crit = [k for k in ck[3] if k.startswith("critic.")]
+    assert enc and dec and crit
+    assert all(torch.equal(ck[3][k], ck[4][k]) for k in enc)  # frozen from step 2 on
+    assert any(not torch.equal(ck[3][k], ck[4][k]) for k in dec)
+    assert any(not torch.equal(ck[3][k], ck[4][k]) for k in crit)
+    info = json.loads((tmp_path / "w" / "codec_final" / "codec.json").read_text())
+    assert info["steps"] == 4 and info["schedule_steps"] == 6 and info["encoder_frozen_from"] == 2
+    assert not (tmp_path / "w" / "checkpoints" / "codec" / "step_0000005").exists()
