@@ -139,19 +139,32 @@ def upsample_mask(mask, factor: int = MASK_SCALE_FACTOR):
 # ----------------------------------------------------------------------------- mask generation
 
 
+RELEASE_COND_DROP = 0.5  # the release samples its mask model with the training's condition dropout
+
+
 class SubtypeDenoiser:
     """The mask UNet as a sampler denoiser ``(x, t, mask) -> ε``: the class mask is ignored and
-    every window is conditioned on one tissue subtype (ω = 0, i.e. the plain conditional ε)."""
+    every window is conditioned on one tissue subtype (ω = 0: the plain conditional ε).
+
+    ``cond_drop`` is the probability that a window's pass uses the null condition instead, drawn
+    per window and level from ``generator``.  The release samples with its training dropout, 0.5,
+    so about half of its windows ignore the subtype; 0 always conditions.
+    """
 
     conditioning = "per_class"
 
-    def __init__(self, mask_unet, subtype: int):
+    def __init__(self, mask_unet, subtype: int, cond_drop: float = RELEASE_COND_DROP,
+                 generator: torch.Generator | None = None):
+        if not 0.0 <= float(cond_drop) <= 1.0:
+            raise ValueError(f"condition dropout must be between 0 and 1, got {cond_drop}")
         self.mask_unet = mask_unet
         self.subtype = int(subtype)
+        self.cond_drop = float(cond_drop)
+        self.generator = generator
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         classes = torch.full((x.shape[0],), self.subtype, dtype=torch.long, device=x.device)
-        return self.mask_unet(x, t, classes, cond_drop_prob=0.0)
+        return self.mask_unet(x, t, classes, cond_drop_prob=self.cond_drop, generator=self.generator)
 
 
 def _subtype_index(subtype, names: list[str], n: int) -> int:
@@ -176,7 +189,9 @@ def generate_release_mask(
     steps: int = 50,
     eta: float = 1.0,
     window: int = 16,
-    schedule: str = "parallel",
+    plan: str = "grid",
+    solver: str = "ddim",
+    cond_drop: float = RELEASE_COND_DROP,
     max_batch: int = 32,
     return_low_res: bool = False,
     callback=None,
@@ -186,7 +201,8 @@ def generate_release_mask(
 
     The mask latent is sampled at a quarter of the image size (so H and W must be multiples of
     32) with the random patch sampler (``window`` latent pixels per window: 16, the 128-px masks
-    the model was trained on; ω = 0), decoded with the training-consistent per-channel scales,
+    the model was trained on; ω = 0; ``plan`` and ``solver`` as for images; ``cond_drop`` the
+    sampling-time condition dropout, 0.5 as the release), decoded with the training-consistent per-channel scales,
     cleaned up (:func:`mask_from_decoded`) and upsampled ×4 with nearest neighbour.
 
     ``model`` is a :class:`~src_models.models.Model` with ``mask_unet`` and an SD-2 codec; its card's
@@ -212,15 +228,17 @@ def generate_release_mask(
     device = next(model.mask_unet.parameters()).device
     gen = torch.Generator().manual_seed(int(seed))
     noise = torch.randn((model.mask_unet.channels, h, w), generator=gen).to(device)
+    drop_gen = torch.Generator().manual_seed(int(seed) + 1)  # the dropout's own stream
     z = sample_area(
-        SubtypeDenoiser(model.mask_unet, sub),
+        SubtypeDenoiser(model.mask_unet, sub, cond_drop, drop_gen),
         noise,
         torch.zeros((1, h, w), dtype=torch.long, device=device),
         cosine_alphas_cumprod(),
         ddim_time_pairs(steps),
         torch.zeros(model.mask_unet.num_classes),
         window=effective_window(window, h, w, 8),
-        schedule=schedule,
+        plan=plan,
+        solver=solver,
         eta=eta,
         generator=gen,
         rng=np.random.default_rng(int(seed)),
