@@ -86,8 +86,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--plan", default=None, metavar="|".join(PLANS),
-                   help="patch order: " + "; ".join(f"{k}: {v.description}" for k, v in PLANS.items())
-                   + " (default: the model's)")
+                   help=("patch order: " + "; ".join(f"{k}: {v.description}" for k, v in PLANS.items())
+                         + " (default: the model's)").replace("%", "%%"))
     p.add_argument("--solver", default="ddim", metavar="|".join(SOLVERS),
                    help="how a level's noise estimate moves the latents: "
                    + "; ".join(f"{k}: {v.description}" for k, v in SOLVERS.items()) + " (default ddim)")

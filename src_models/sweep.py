@@ -28,6 +28,7 @@ decoded with a halo of final latents around it and marked done; then the sweep g
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -304,6 +305,35 @@ def _decode_region(sw: _Sweep, r: Region) -> None:
     canvas.finish_job(r.index)
 
 
+def _disk_error(path, e: OSError) -> SynthesisError:
+    what = "disk full" if e.errno == errno.ENOSPC else f"cannot write ({e.strerror or e})"
+    return SynthesisError(f"{what} while writing the sweep of {path}; finished levels are kept, resume to go on")
+
+
+def _sample_levels(run: Run, todo: list[Region], cancel, progress) -> _Sweep | None:
+    """Start or resume the sweep and run its levels; None when cancelled."""
+    store = SweepStore(run.canvas)
+    try:
+        p = _start(run, todo)
+        sw = _Sweep(run, p)
+        eligible = None
+        if sw.info.name == "release":  # the release plan places windows over the whole area at once
+            eligible = ~sw.known(0, sw.H, 0, sw.W)
+        for level in range(p["levels_done"], len(run.pairs)):
+            if not _level(sw, level, eligible, cancel, progress):
+                return None
+            p["levels_done"], p["forwards"] = level + 1, sw.stats.forwards
+            store.save(p)
+        if not p["latents_copied"]:
+            done = run.canvas.done_indices()
+            _copy_latents(sw, [run.canvas.region(i) for i in p["regions"] if i not in done])
+            p["latents_copied"] = True
+            store.save(p)
+    except OSError as e:
+        raise _disk_error(run.canvas.path, e) from None
+    return sw
+
+
 def sweep_canvas(run: Run, todo: list[Region], cancel=None, progress=None) -> Iterator[RegionDone]:
     """Sample the regions ``todo`` (or finish the canvas's unfinished sweep) level by level over
     their whole area; yields a :class:`RegionDone` as each region is decoded and stored.  A
@@ -311,22 +341,12 @@ def sweep_canvas(run: Run, todo: list[Region], cancel=None, progress=None) -> It
     store = SweepStore(run.canvas)
     if store.progress() is None and not todo:
         return
-    started, p = time.perf_counter(), _start(run, todo)
-    sw = _Sweep(run, p)
-    eligible = None
-    if sw.info.name == "release":  # the release plan places windows over the whole area at once
-        eligible = ~sw.known(0, sw.H, 0, sw.W)
-    for level in range(p["levels_done"], len(run.pairs)):
-        if not _level(sw, level, eligible, cancel, progress):
-            return
-        p["levels_done"], p["forwards"] = level + 1, sw.stats.forwards
-        store.save(p)
+    started = time.perf_counter()
+    sw = _sample_levels(run, todo, cancel, progress)
+    if sw is None:
+        return
     done = run.canvas.done_indices()
-    regions = [run.canvas.region(i) for i in p["regions"] if i not in done]
-    if not p["latents_copied"]:
-        _copy_latents(sw, regions)
-        p["latents_copied"] = True
-        store.save(p)
+    regions = [run.canvas.region(i) for i in sw.p["regions"] if i not in done]
     for n, r in enumerate(regions, 1):
         if is_cancelled(cancel):
             return
