@@ -136,3 +136,31 @@ def test_noise_does_not_depend_on_how_the_canvas_is_cut():
     assert torch.equal(whole[:, 60:130, 80:111], part)
     assert not torch.equal(chunk_noise(3, 1, 6, 4, 70, 140, 100, 131), part)  # another level
     assert abs(float(whole.std()) - 1) < 0.02
+
+
+def test_disk_full_during_a_sweep_is_one_clear_error_and_resumable(tiny, tmp_path, two_class_mask, monkeypatch):
+    import errno
+    import os
+
+    from src_models import sweep as sweep_mod
+
+    req = SynthesisRequest(model="tiny-test", steps=3, seed=3, sweep=True)
+    a = _canvas(tiny, tmp_path / "a.zarr", two_class_mask)
+    list(synthesise(tiny, a, req))
+    b = _canvas(tiny, tmp_path / "b.zarr", two_class_mask)
+    real, calls = sweep_mod._Sweep.write, {"n": 0}
+
+    def full(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 40:  # in level 2
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, *args)
+
+    monkeypatch.setattr(sweep_mod._Sweep, "write", full)
+    with pytest.raises(SynthesisError, match="disk full while writing the sweep of .*finished levels are kept"):
+        list(synthesise(tiny, b, req))
+    monkeypatch.setattr(sweep_mod._Sweep, "write", real)
+    assert SweepStore(b).progress()["levels_done"] == 1
+    list(synthesise(tiny, b, req))
+    for x, y in zip(_arrays(a), _arrays(b)):
+        assert np.array_equal(x, y)
