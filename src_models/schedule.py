@@ -32,8 +32,8 @@ def ddim_time_pairs(steps: int, timesteps: int = TRAIN_STEPS) -> list[tuple[int,
     ``torch.linspace(-1, T-1, S+1)`` in float32, reversed, cast to int (truncation).
 
     The last pair ends at ``t_next = -1``, where the update returns the predicted x0.  The float32
-    rounding matters: for 139 step counts S between 1 and 1000 (the first is S = 26, whose pair
-    (499, 460) is (498, 460) here) one timestep differs from the float64 ``numpy.linspace``.
+    rounding matters: for 139 step counts S between 1 and 1000 one timestep differs from float64
+    ``numpy.linspace`` (the first is S = 26: timestep 498 here, 499 in float64).
     """
     if steps < 1 or steps > timesteps:
         raise ValueError(f"steps must be between 1 and {timesteps}, got {steps}")
