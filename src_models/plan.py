@@ -104,9 +104,21 @@ def grid_plan(height: int, width: int, size: int, rng: np.random.Generator, elig
     if size > height or size > width:
         raise ValueError(f"window {size} does not fit an area of {height}x{width}")
     oy, ox = (int(v) for v in rng.integers(0, size, size=2))
-    rows = tuple((a, b, _place(a, b, height, size)) for a, b in _axis_cells(height, size, oy))
-    cols = tuple((c, d, _place(c, d, width, size)) for c, d in _axis_cells(width, size, ox))
+    rows = _merge([(a, b, _place(a, b, height, size)) for a, b in _axis_cells(height, size, oy)])
+    cols = _merge([(c, d, _place(c, d, width, size)) for c, d in _axis_cells(width, size, ox)])
     return GridPlan(size, rows, cols)
+
+
+def _merge(cells: list[tuple[int, int, int]]) -> tuple[tuple[int, int, int], ...]:
+    """Join neighbouring cells whose windows coincide (an axis no longer than the window): one
+    window then writes both, instead of two identical windows."""
+    out = [cells[0]]
+    for a, b, w in cells[1:]:
+        if w == out[-1][2]:
+            out[-1] = (out[-1][0], b, w)
+        else:
+            out.append((a, b, w))
+    return tuple(out)
 
 
 def grid_windows(height: int, width: int, size: int, rng: np.random.Generator) -> list[Window]:
