@@ -52,13 +52,15 @@ def standard_mask(h: int, w: int, num_classes: int) -> np.ndarray:
     return np.minimum(m, num_classes - 1)
 
 
-def seam_ratio(img: np.ndarray, region: int, factor: int) -> float:
-    """tests/test_seams.py's figure: gradient across region borders / across other latent-pixel borders."""
+def seam_ratio(img: np.ndarray, region: int, factor: int, shift: int = 0) -> float:
+    """tests/test_seams.py's figure: gradient across region borders / across other latent-pixel borders.
+    With ``shift`` (px) the same figure for lines that are not region borders: the spread of the
+    statistic itself."""
     grey = img.astype(np.float32).mean(-1)
     steps = (np.abs(np.diff(grey, axis=1)).mean(0) + np.abs(np.diff(grey, axis=0)).mean(1)) / 2
     idx = np.arange(len(steps))
     grid = idx[(idx + 1) % factor == 0]
-    border = grid[(grid + 1) % region == 0]
+    border = grid[(grid + 1 - shift) % region == 0]
     return float(steps[border].mean() / steps[np.setdiff1d(grid, border)].mean())
 
 
@@ -149,7 +151,8 @@ def canvas_section(model, a, device) -> list[dict]:
             img = np.moveaxis(np.asarray(c.image(0)[:]), 0, -1)
             rows.append({"mode": mode, "plan": plan, "solver": solver, "steps": int(steps), "seconds": round(secs, 2),
                          "forwards_per_image": forwards, "regions": len(events),
-                         "seam_ratio": round(seam_ratio(img, a.region, card.factor), 4)})
+                         "seam_ratio": round(seam_ratio(img, a.region, card.factor), 4),
+                         "control_ratio_half_region_off": round(seam_ratio(img, a.region, card.factor, a.region // 2), 4)})
             c.close()
         print(json.dumps(rows[-1]), flush=True, file=__import__("sys").stderr)
     return rows
