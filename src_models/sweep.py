@@ -86,6 +86,7 @@ class SweepStore:
     def __init__(self, canvas: Canvas):
         self.canvas = canvas
         self.dir = Path(canvas.path) / "diffinfinite" / "sweep"
+        self._arrays: dict = {}  # opened once: a lookup reads the array's metadata from disk
 
     def progress(self) -> dict | None:
         try:
@@ -108,14 +109,20 @@ class SweepStore:
         chunks = (min(tile, shape[0]), min(tile, shape[1]))
         for name, c in {"x": channels, **state_channels}.items():
             for parity in (0, 1):
+                # scratch state, rewritten every level: no compression (float noise hardly compresses)
                 group.create_array(f"{name}{parity}", shape=(c, *shape), chunks=(c, *chunks), dtype="float32",
-                                   fill_value=0.0)
+                                   fill_value=0.0, compressors=None)
+        self._arrays.clear()
         return {**meta, "levels_done": -1, "latents_copied": False}
 
     def array(self, name: str, parity: int):
-        return self.canvas.group[f"diffinfinite/sweep/{name}{parity % 2}"]
+        key = f"{name}{parity % 2}"
+        if key not in self._arrays:
+            self._arrays[key] = self.canvas.group[f"diffinfinite/sweep/{key}"]
+        return self._arrays[key]
 
     def remove(self) -> None:
+        self._arrays.clear()
         (self.dir / PROGRESS).unlink(missing_ok=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
