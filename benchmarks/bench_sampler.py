@@ -8,7 +8,7 @@ Prints one JSON object.
     the plan's seams are (of the pixel pairs that two different windows write, the share where neither
     window sees the other pixel).
 ``canvas``: a ``--canvas`` px canvas of ``--region`` px regions under one tissue class, made region by
-    region or with ``--sweep``, for each ``--canvas-configs`` entry (mode:plan:solver:steps): seconds,
+    region or with ``--sweep``, for each ``--canvas-configs`` entry (mode:plan:solver:steps[:eta]): seconds,
     forwards per image and the seam ratio of tests/test_seams.py (mean gradient across region borders
     over that across the other latent-pixel borders; 1 = no seam).
 ``solvers``: one window under the standard mask, DDIM (η = 0) and DPM-Solver++(2M) at
@@ -138,18 +138,20 @@ def plans_section(model, a, device) -> dict:
 def canvas_section(model, a, device) -> list[dict]:
     card, rows = model.card, []
     for spec in a.canvas_configs.split(","):
-        mode, plan, solver, steps = spec.split(":")
+        mode, plan, solver, steps, *eta = spec.split(":")  # optional fifth field: DDIM's eta
+        eta = float(eta[0]) if eta else None
         with TemporaryDirectory() as tmp:
             c = new_canvas(card, Path(tmp) / "c.zarr", a.canvas, a.canvas, a.region)
             put_mask(c, np.full(c.latent_shape, a.seam_class, np.uint8))
-            req = SynthesisRequest(model=a.model, steps=int(steps), seed=a.seed, plan=plan, solver=solver,
+            req = SynthesisRequest(model=a.model, steps=int(steps), seed=a.seed, plan=plan, solver=solver, eta=eta,
                                    sweep=mode == "sweep", max_batch=a.max_batch, device=str(device))
             t = time.perf_counter()
             events = list(synthesise(model, c, req))
             secs = time.perf_counter() - t
             forwards = events[-1].forwards if mode == "sweep" else sum(e.forwards for e in events)
             img = np.moveaxis(np.asarray(c.image(0)[:]), 0, -1)
-            rows.append({"mode": mode, "plan": plan, "solver": solver, "steps": int(steps), "seconds": round(secs, 2),
+            rows.append({"mode": mode, "plan": plan, "solver": solver, "eta": req.resolved(card).eta,
+                         "steps": int(steps), "seconds": round(secs, 2),
                          "forwards_per_image": forwards, "regions": len(events),
                          "seam_ratio": round(seam_ratio(img, a.region, card.factor), 4),
                          "control_ratio_half_region_off": round(seam_ratio(img, a.region, card.factor, a.region // 2), 4)})
