@@ -189,9 +189,6 @@ def _run(model, canvas, request, preview_path: Path) -> int:
     from src_models.synthesis import pending_regions, synthesise
 
     todo = pending_regions(canvas, request)
-    if not request.sweep and request.eta == 0 and len(todo) > 1:
-        warnings.warn(f"{request.solver} with eta 0 region by region can leave region borders visible "
-                      "(README, measured figures); --sweep avoids them", RuntimeWarning, stacklevel=2)
     if request.sweep:
         bar = _progress_bar(None, f"sweep of {len(todo)} regions")
         bar.unit = "tile"
