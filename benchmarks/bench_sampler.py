@@ -10,7 +10,8 @@ Prints one JSON object.
 ``canvas``: a ``--canvas`` px canvas of ``--region`` px regions under one tissue class, made region by
     region or with ``--sweep``, for each ``--canvas-configs`` entry (mode:plan:solver:steps[:eta]): seconds,
     forwards per image and the seam ratio of tests/test_seams.py (mean gradient across region borders
-    over that across the other latent-pixel borders; 1 = no seam).
+    over that across the other latent-pixel borders; 1 = no seam), with the same statistic half a
+    region off the borders and the borders' rank among all line offsets (a seam ranks last).
 ``solvers``: one window under the standard mask, DDIM (η = 0) and DPM-Solver++(2M) at
     ``--solver-steps`` and 50, each against the same solver with ``--ref-steps`` steps from the same
     noise (its own limit): RMS latent distance and mean absolute pixel difference (0-255), over
@@ -62,6 +63,13 @@ def seam_ratio(img: np.ndarray, region: int, factor: int, shift: int = 0) -> flo
     grid = idx[(idx + 1) % factor == 0]
     border = grid[(grid + 1 - shift) % region == 0]
     return float(steps[border].mean() / steps[np.setdiff1d(grid, border)].mean())
+
+
+def _border_rank(img: np.ndarray, region: int, factor: int) -> dict:
+    """Where the region borders' ratio ranks among the same statistic on every line offset (1 = lowest)."""
+    r = [seam_ratio(img, region, factor, shift) for shift in range(0, region, factor)]
+    return {"border_rank": sorted(r).index(r[0]) + 1, "offsets": len(r),
+            "non_border_span": [round(min(r[1:]), 4), round(max(r[1:]), 4)]}
 
 
 def blind_share(plan, size: int) -> float:
@@ -154,7 +162,8 @@ def canvas_section(model, a, device) -> list[dict]:
                          "steps": int(steps), "seconds": round(secs, 2),
                          "forwards_per_image": forwards, "regions": len(events),
                          "seam_ratio": round(seam_ratio(img, a.region, card.factor), 4),
-                         "control_ratio_half_region_off": round(seam_ratio(img, a.region, card.factor, a.region // 2), 4)})
+                         "control_ratio_half_region_off": round(seam_ratio(img, a.region, card.factor, a.region // 2), 4),
+                         **_border_rank(img, a.region, card.factor)})
             c.close()
         print(json.dumps(rows[-1]), flush=True, file=__import__("sys").stderr)
     return rows
