@@ -8,19 +8,21 @@ On a CUDA machine (the default when CUDA is there)::
     python benchmarks/bench_standard.py [--variants release,tf32,bf16,fp16,fp16-compile]
                                         [--repeats 3] [--seq-steps 10] [--max-batch auto]
 
-times the parallel schedule for every variant (median of ``--repeats`` after a full warm-up run),
+times the grid plan with DDIM for every variant (median of ``--repeats`` after a full warm-up run),
 counts its forwards, FLOPs (``FlopCounterMode``, one 64 x 64 forward times the forwards), achieved
 TFLOP/s and the fraction of the card's bf16 rate, peak GPU memory, host-device synchronisations per
 level (``torch.cuda.set_sync_debug_mode``), the numerical guard (one level against the float32
-O(HW^2) reference: TF32 off, softmax attention), then the release's sequential order at
-``--seq-steps`` steps (batch-1 calls, as released) for a speed-up measured side by side, and the
+O(HW^2) reference: TF32 off, softmax attention), then, with the fastest variant, the other plans and
+solvers side by side (the ``release`` plan batched with DDIM-50, DPM-Solver++(2M) at 20 steps on both
+plans; ``--no-plans-solvers`` skips them), the release's sequential order at ``--seq-steps`` steps
+(batch-1 calls, as released) for a speed-up measured side by side, and the
 SD-2-config VAE decode of the result (random weights, no download) in float32 and with autocast.
 A variant can also be described by flags (--attention, --dtype, --no-channels-last, --compile,
 --tf32) and named ``flags`` in --variants.  ``--smoke`` runs this whole path on the CPU with a
 shrunken case (a dry run that checks the code, not the speed).
 
-Without CUDA (or with ``--count-only``) it runs nothing big: forward counts of the parallel plan and
-of the release's order on the standard mask (a counting stub as denoiser: counts depend only on the
+Without CUDA (or with ``--count-only``) it runs nothing big: forward counts of the grid and release
+plans and of the release's order on the standard mask (a counting stub as denoiser: counts depend only on the
 plan and the mask), FLOPs of one forward of the published network (meta device), the FLOP floor,
 the memory a batch row needs, and an audit of host-device synchronisations inside a level (the
 published network on the meta device, where nothing can be read back).
@@ -65,6 +67,7 @@ from src_models.sampler import LabelCounter, SampleStats, sample_area  # noqa: E
 from src_models.schedule import cosine_alphas_cumprod, ddim_time_pairs  # noqa: E402
 
 SIZE_PX, FACTOR, WINDOW, STEPS, OMEGA, ETA, SEED, CLASSES = 2048, 8, 64, 50, 3.0, 1.0, 0, 5
+DPM_STEPS = 20  # DPM-Solver++(2M)'s provisional default step count (src_models/solvers.py)
 LATENT = SIZE_PX // FACTOR
 NET = {}  # ImageUNet arguments: {} is the published configuration (--smoke shrinks it)
 RELEASE = {"card": "H100", "seconds": 181.0, "forwards": 6930, "batch": 1,
@@ -144,8 +147,8 @@ def _empty_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def sample(denoiser, device, steps, schedule="parallel", max_batch=32, mask=None, stats=None, pairs=None,
-           rng_seed=SEED):
+def sample(denoiser, device, steps, plan="grid", max_batch=32, mask=None, stats=None, pairs=None,
+           rng_seed=SEED, solver="ddim"):
     """One run of the standard case; returns (latent, stats, seconds)."""
     g = torch.Generator().manual_seed(SEED)
     noise = torch.randn((4, LATENT, LATENT), generator=g).to(device)
@@ -155,7 +158,8 @@ def sample(denoiser, device, steps, schedule="parallel", max_batch=32, mask=None
     _sync(device)
     t0 = time.perf_counter()
     z = sample_area(denoiser, noise, mask, cosine_alphas_cumprod(), pairs, omega_vector(CLASSES, OMEGA).to(device),
-                    window=WINDOW, schedule=schedule, eta=ETA, generator=g, rng=np.random.default_rng(rng_seed),
+                    window=WINDOW, plan=plan, solver=solver, eta=ETA if solver == "ddim" else None, generator=g,
+                    rng=np.random.default_rng(rng_seed),
                     max_batch=max_batch, stats=stats)
     _sync(device)
     return z, stats, time.perf_counter() - t0
@@ -164,17 +168,17 @@ def sample(denoiser, device, steps, schedule="parallel", max_batch=32, mask=None
 # ----------------------------------------------------------------------------- counting (any machine)
 
 
-def count(schedule: str, steps: int, mask: torch.Tensor) -> dict:
+def count(plan: str, steps: int, mask: torch.Tensor) -> dict:
     stub = CountingStub()
     t0 = time.perf_counter()
-    _, stats, _ = sample(stub, torch.device("cpu"), steps, schedule, max_batch=10**6 if schedule == "parallel" else 1,
+    _, stats, _ = sample(stub, torch.device("cpu"), steps, plan, max_batch=10**6 if plan != "sequential" else 1,
                          mask=mask)
     return {"forwards": stats.forwards, "windows": sum(stats.windows_per_level), "levels": len(stats.windows_per_level),
             "network_calls": stub.calls, "seconds_to_count": round(time.perf_counter() - t0, 1)}
 
 
 def window_label_count(mask: torch.Tensor, steps: int) -> int:
-    """Forwards the parallel plan needed before passes were limited to each cell's labels (one pass per
+    """Forwards the grid plan needed before passes were limited to each cell's labels (one pass per
     label in the whole window): same grids (same seed), labels counted over the windows."""
     rng = np.random.default_rng(SEED)
     counter = LabelCounter(mask[0].numpy(), FACTOR)
@@ -203,44 +207,31 @@ def flops_table() -> dict:
 
 
 def sync_audit_meta(levels: int = 2) -> dict:
-    """Blocking host-to-device copies per level of the parallel schedule with the published network
-    on the meta device, with those inside the DDIM update (schedule._alpha) counted apart."""
+    """Blocking host-to-device copies per level of the grid plan with DDIM and of the release plan with
+    DPM-Solver++(2M), with the published network on the meta device (where nothing can be read back)."""
     net = published_unet("meta")
-    g = torch.Generator().manual_seed(SEED)
-    noise = torch.randn((4, LATENT, LATENT), generator=g).to("meta")
-    real_ddim = sampler_mod.ddim_step
-    share = {"n": 0}
-    marks = []
-    with HostTransfers() as h:
-
-        def counted(*a, **kw):
-            before = h.blocking
-            out = real_ddim(*a, **kw)
-            share["n"] += h.blocking - before
-            return out
-
-        sampler_mod.ddim_step = counted
-        try:
+    out = {"device": "meta", "levels": levels, "device_reads": 0,
+           "note": "the meta device has no data: any .item()/.cpu()/bool()/unique would have raised"}
+    for plan, solver in (("grid", "ddim"), ("release", "dpmpp-2m")):
+        g = torch.Generator().manual_seed(SEED)
+        noise = torch.randn((4, LATENT, LATENT), generator=g).to("meta")
+        marks = []
+        with HostTransfers() as h:
             sample_area(net, noise, standard_mask(), cosine_alphas_cumprod(), ddim_time_pairs(STEPS)[:levels],
-                        omega_vector(CLASSES, OMEGA), window=WINDOW, generator=g, rng=np.random.default_rng(SEED),
-                        max_batch=10**6, callback=lambda info: marks.append((h.blocking, share["n"])))
-        finally:
-            sampler_mod.ddim_step = real_ddim
-    before_first = marks[0][0] - marks[0][1]
-    per_level = [(b - s) - (pb - ps) for (b, s), (pb, ps) in zip(marks[1:], marks[:-1])]
-    ddim = [marks[0][1]] + [s - ps for (_, s), (_, ps) in zip(marks[1:], marks[:-1])]
-    return {"device": "meta", "levels": levels, "blocking_copies_before_first_level_incl_setup": before_first,
-            "blocking_copies_per_later_level_sampler_guidance_unet": per_level,
-            "blocking_copies_per_level_in_ddim_step": ddim, "mixed_device_ops": h.mixed,
-            "non_blocking_copies": h.non_blocking,
-            "device_reads": 0,
-            "note": "the meta device has no data: any .item()/.cpu()/bool()/unique would have raised"}
+                        omega_vector(CLASSES, OMEGA), window=WINDOW, plan=plan, solver=solver, generator=g,
+                        rng=np.random.default_rng(SEED), max_batch=10**6, callback=lambda info: marks.append(h.blocking))
+        out[f"{plan}_{solver}"] = {
+            "blocking_copies_before_first_level_incl_setup": marks[0],
+            "blocking_copies_per_later_level": [b - a for a, b in zip(marks[:-1], marks[1:])],
+            "mixed_device_ops": h.mixed, "non_blocking_copies": h.non_blocking}
+    return out
 
 
 def count_only(args) -> dict:
     mask = standard_mask()
     flops = flops_table()
-    par = count("parallel", STEPS, mask)
+    par = count("grid", STEPS, mask)
+    rel = count("release", STEPS, mask)
     seq = count("sequential", STEPS, mask)
     seq_short = count("sequential", args.seq_steps, mask)
     peak = bf16_peak("H100")
@@ -250,8 +241,11 @@ def count_only(args) -> dict:
         "machine": machine(),
         "flops_per_forward": flops,
         "counts": {
-            f"parallel_{STEPS}": par,
-            f"parallel_{STEPS}_if_passes_per_window_label": window_label_count(mask, STEPS),
+            f"grid_{STEPS}": par,
+            f"grid_{STEPS}_if_passes_per_window_label": window_label_count(mask, STEPS),
+            f"release_{STEPS}_batched": rel,
+            f"grid_dpmpp-2m_{DPM_STEPS}": count("grid", DPM_STEPS, mask),
+            f"release_dpmpp-2m_{DPM_STEPS}": count("release", DPM_STEPS, mask),
             f"sequential_{STEPS}": seq,
             # the release's 6,930 fits a (conditional, null) pair per label present, batch 1, not a shared null pass
             f"sequential_{STEPS}_if_one_null_pass_per_label": 2 * (seq["forwards"] - seq["windows"]),
@@ -262,9 +256,10 @@ def count_only(args) -> dict:
     }
     floors = {}
     for mode in ("linear_exact", "softmax"):
-        total = flops[mode] * par["forwards"]
-        floors[mode] = {"flops": total, "seconds_at_790_tflops": round(total / peak, 4),
-                        "seconds_at_30pct": round(total / (0.3 * peak), 3)}
+        for name, n in ((f"grid_{STEPS}", par["forwards"]), (f"release_{STEPS}", rel["forwards"])):
+            total = flops[mode] * n
+            floors[f"{mode}_{name}"] = {"flops": total, "seconds_at_790_tflops": round(total / peak, 4),
+                                        "seconds_at_30pct": round(total / (0.3 * peak), 3)}
     res["floor_h100"] = floors
     res["memory_per_batch_row_bytes_float32_trace"] = bytes_per_row(published_unet("meta"), WINDOW, FACTOR)
     res["max_batch_if_77GiB_free"] = batch_budget(published_unet("meta"), WINDOW, "cuda", bytes_free=77 * 2**30,
@@ -432,11 +427,13 @@ def gpu_run(args, device=None) -> dict:
         _empty_cache()
         res["variants"].append(entry)
 
+    if best is not None and not args.no_plans_solvers:
+        res["plans_solvers"] = plans_and_solvers(args, dict(presets)[best[0]], best[0], state, device, mask)
     if args.seq_steps > 0:
         set_tf32(True)
         net = build(PRESETS["release"], state, device)
-        sample(net, device, 1, schedule="sequential", max_batch=1, mask=mask)  # warm-up (one level)
-        _, seq_stats, seq_s = sample(net, device, args.seq_steps, schedule="sequential", max_batch=1, mask=mask)
+        sample(net, device, 1, plan="sequential", max_batch=1, mask=mask)  # warm-up (one level)
+        _, seq_stats, seq_s = sample(net, device, args.seq_steps, plan="sequential", max_batch=1, mask=mask)
         del net
         _empty_cache()
         seq50 = count("sequential", STEPS, mask)["forwards"]
@@ -454,6 +451,33 @@ def gpu_run(args, device=None) -> dict:
         res["vae_decode"] = vae_decode(device, args.repeats, None if cuda else SMOKE_VAE)
     set_tf32(False)
     return res
+
+
+def plans_and_solvers(args, preset: dict, name: str, state: dict, device, mask) -> dict:
+    """The fastest variant on every batched plan with DDIM-50 and DPM-Solver++(2M), timed as the
+    variants are (median of --repeats after a warm-up run)."""
+    set_tf32(preset["tf32"])
+    den = build(preset, state, device)
+    max_batch = batch_budget(den, WINDOW, device, mask_factor=FACTOR) if args.max_batch == "auto" else int(args.max_batch)
+    out = {"variant": name, "max_batch": max_batch, "runs": []}
+    for plan, solver, steps in (("grid", "ddim", STEPS), ("release", "ddim", STEPS), ("grid", "dpmpp-2m", DPM_STEPS),
+                                ("release", "dpmpp-2m", DPM_STEPS)):
+        try:
+            sample(den, device, steps, plan, max_batch, mask, solver=solver)  # warm-up
+            times, stats, z = [], None, None
+            for _ in range(args.repeats):
+                z, stats, sec = sample(den, device, steps, plan, max_batch, mask, solver=solver)
+                times.append(sec)
+            out["runs"].append({"plan": plan, "solver": solver, "steps": steps,
+                                "seconds_median": round(statistics.median(times), 4), "forwards": stats.forwards,
+                                "windows": sum(stats.windows_per_level), "finite": bool(torch.isfinite(z).all())})
+        except Exception as e:  # report and go on
+            out["runs"].append({"plan": plan, "solver": solver, "steps": steps, "error": f"{type(e).__name__}: {e}"})
+    del den
+    if preset.get("compile"):
+        torch._dynamo.reset()
+    _empty_cache()
+    return out
 
 
 def vae_decode(device, repeats, config=None) -> dict:
@@ -565,8 +589,8 @@ SMOKE_VAE = {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEnco
 def smoke(args) -> dict:
     """The GPU run's code path on the CPU with a shrunken case (a small network, 512 px, 32-latent
     windows, 3 steps)."""
-    global SIZE_PX, LATENT, STEPS, NET, WINDOW
-    SIZE_PX, STEPS, WINDOW = 512, 3, 32
+    global SIZE_PX, LATENT, STEPS, NET, WINDOW, DPM_STEPS
+    SIZE_PX, STEPS, WINDOW, DPM_STEPS = 512, 3, 32, 3
     LATENT = SIZE_PX // FACTOR
     NET = {"dim": 16, "dim_mults": (1, 2), "block_per_layer": 1}
     args.repeats, args.seq_steps = 1, min(args.seq_steps, 2)
@@ -592,6 +616,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seq-steps", type=int, default=10, help="steps of the release-order run (0: skip)")
     p.add_argument("--skip-vae", action="store_true")
+    p.add_argument("--no-plans-solvers", action="store_true", help="skip the release plan and DPM-Solver++ runs")
     p.add_argument("--model", default="default", help="--cpu-default: the model to time")
     p.add_argument("--region-px", type=int, default=512)
     p.add_argument("--cpu-steps", type=int, default=STEPS)

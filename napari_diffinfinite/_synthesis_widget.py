@@ -75,15 +75,21 @@ class SynthesisWidget(QWidget):
         self.omega_box.setToolTip("classifier-free guidance ω for every class (scale ω + 1)")
         self.seed_box = QSpinBox()
         self.seed_box.setRange(0, 2**31 - 1)
-        self.schedule_box = QComboBox()
-        self.schedule_box.addItems(["parallel", "sequential"])
-        self.schedule_box.setToolTip("parallel: every window of a level in one batch; sequential: the release's order")
+        from src_models.request import PLANS, SOLVERS  # numpy only, no torch
+
+        self.plan_box = QComboBox()  # patch order; "auto": the model's default (release for published models)
+        self.plan_box.addItems(["auto", *PLANS])
+        self.plan_box.setToolTip("\n".join(["auto: the model's default"] + [f"{k}: {v.description}" for k, v in PLANS.items()]))
+        self.solver_box = QComboBox()
+        self.solver_box.addItems(list(SOLVERS))
+        self.solver_box.setToolTip("\n".join(f"{k}: {v.description}" for k, v in SOLVERS.items()))
         form.addRow("model", self.model_picker)
         form.addRow("device", self.device_box)
         form.addRow("steps", self.steps_box)
         form.addRow("ω", self.omega_box)
         form.addRow("seed", self.seed_box)
-        form.addRow("schedule", self.schedule_box)
+        form.addRow("plan", self.plan_box)
+        form.addRow("solver", self.solver_box)
         layout.addWidget(box)
 
         self.class_group = QGroupBox("ω per class")
@@ -187,7 +193,8 @@ class SynthesisWidget(QWidget):
             omega=self.omega_box.value(),
             omega_per_class={i: b.value() for i, b in self.class_boxes.items() if b.value() >= 0},
             seed=self.seed_box.value(),
-            schedule=self.schedule_box.currentText(),
+            plan=None if self.plan_box.currentText() == "auto" else self.plan_box.currentText(),
+            solver=self.solver_box.currentText(),
             device=device,
             area=area,
             centre=centre,

@@ -87,16 +87,28 @@ def _parse_pads(text: str) -> tuple[int, int, int, int]:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
+    from src_models.request import PLANS, SOLVERS  # numpy only: no torch at start-up
+
     p.add_argument("--model", default="default", help="built-in name (default, tiny-test) or a model directory")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model card's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="denoising levels (default: the model card's for ddim, the solver's for others)")
     p.add_argument("--omega", type=float, default=None, help="guidance ω for every class (scale = ω + 1; default: the card's)")
     p.add_argument("--omega-class", type=_parse_omega_class, action="append", default=[], metavar="LABEL=OMEGA",
                    help="ω for one class, repeatable")
-    p.add_argument("--eta", type=float, default=1.0, help="DDIM η (1 = stochastic, as the release)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="DDIM η (default 1 = stochastic, as the release; 0 = deterministic); dpmpp-2m takes 0 only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--schedule", choices=("parallel", "sequential"), default="parallel",
-                   help="parallel: level-batched random patches; sequential: the release's one-window order")
+    p.add_argument("--plan", default=None, metavar="|".join(PLANS),
+                   help=("patch order: " + "; ".join(f"{k}: {v.description}" for k, v in PLANS.items())
+                         + " (default: the model's)").replace("%", "%%"))
+    p.add_argument("--solver", default="ddim", metavar="|".join(SOLVERS),
+                   help="how a level's noise estimate moves the latents: "
+                   + "; ".join(f"{k}: {v.description}" for k, v in SOLVERS.items()) + " (default ddim)")
+    p.add_argument("--sweep", action="store_true",
+                   help="sample all regions together, level by level over the whole canvas, latent state on disk "
+                   "(resumable at the last finished level); default: region by region")
+    p.add_argument("--schedule", default=None, help=argparse.SUPPRESS)  # deprecated name of --plan
     p.add_argument("--region-size", type=int, default=None, metavar="PX", help="region side in px (default: 8 windows)")
     p.add_argument("--max-batch", type=int, default=None, help="network batch rows per call (default: from the device's memory)")
     p.add_argument("--no-fast", dest="fast", action="store_false",
@@ -181,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--subtype", type=int, default=0, help="mask model condition (release: 0 adenocarcinoma, 1 squamous)")
     k.add_argument("--seed", type=int, default=0)
     k.add_argument("--steps", type=int, default=50)
+    k.add_argument("--cond-drop", type=float, default=None, metavar="P",
+                   help="mask model: probability that a window is denoised without its subtype condition "
+                   "(default 0.5, as the release samples; 0 always conditions)")
     k.add_argument("--device", default="auto")
     return parser
 
@@ -195,10 +210,19 @@ def _run(model, canvas, request, preview_path: Path) -> int:
     from src_models.synthesis import pending_regions, synthesise
 
     todo = pending_regions(canvas, request)
-    bar = _progress_bar(len(todo) * request.steps, f"{len(todo)} regions")
+    if request.sweep:
+        bar = _progress_bar(None, f"sweep of {len(todo)} regions")
+        bar.unit = "tile"
+    else:
+        bar = _progress_bar(len(todo) * request.steps, f"{len(todo)} regions")
     last = {"level": 0}
 
     def progress(p):
+        if hasattr(p, "tiles"):  # a sweep: one tile of one level done
+            bar.total = p.levels * p.tiles
+            bar.update((p.level - 1) * p.tiles + p.tile - bar.n)
+            bar.set_postfix_str(f"level {p.level}/{p.levels}", refresh=False)
+            return
         bar.update(p.level - last["level"])
         last["level"] = p.level if p.level < p.levels else 0
 
@@ -214,20 +238,30 @@ def _run(model, canvas, request, preview_path: Path) -> int:
 
 
 def _request(args, card, device, area=None):
+    from src_models.request import LEGACY_SCHEDULES
     from src_models.synthesis import SynthesisRequest
 
+    plan = args.plan
+    if args.schedule is not None:
+        if args.schedule not in LEGACY_SCHEDULES:
+            raise UserError(f"unknown --schedule {args.schedule!r}; --schedule is now --plan ({', '.join(LEGACY_SCHEDULES)} "
+                            "become grid and sequential)")
+        warnings.warn("--schedule is deprecated; use --plan (parallel is now called grid)", RuntimeWarning, stacklevel=2)
+        plan = plan or LEGACY_SCHEDULES[args.schedule]
     request = SynthesisRequest(
-        model=str(args.model), steps=card.default_steps if args.steps is None else args.steps,
-        omega=card.default_omega if args.omega is None else args.omega,
-        omega_per_class=dict(args.omega_class), eta=args.eta, seed=args.seed, schedule=args.schedule,
-        device=str(device), max_batch=args.max_batch, centre=args.centre, area=area, fast=args.fast,
+        model=str(args.model), steps=args.steps, omega=card.default_omega if args.omega is None else args.omega,
+        omega_per_class=dict(args.omega_class), eta=args.eta, seed=args.seed, plan=plan, solver=args.solver,
+        sweep=args.sweep, device=str(device), max_batch=args.max_batch, centre=args.centre, area=area, fast=args.fast,
         compile=args.compile,
     )
     _check_steps(request.steps)
     for k in request.omega_per_class:
         if not 0 <= k < card.num_classes:
             raise UserError(f"ω given for class {k}, but the model has classes 0..{card.num_classes - 1}")
-    return request
+    try:
+        return request.resolved(card)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def _check_steps(steps) -> None:
@@ -334,6 +368,7 @@ def cmd_generate(args) -> int:
     from src_models.api import check_region_size, check_size, mask_signature, new_canvas, put_mask
     from src_models.canvas import Canvas
     from src_models.maskio import check_labels, load_mask
+    from src_models.request import normalise_settings
 
     # 1. the arguments alone; 2. with the model card (no weights); 3. against the canvas on
     # disk (read only); then the model loads, and only then is anything written
@@ -364,7 +399,7 @@ def cmd_generate(args) -> int:
                 raise UserError(f"--resume: {args.out} is {canvas.width}x{canvas.height} px, not {width}x{height}")
             if args.region_size and args.region_size != canvas.region_size:
                 raise UserError(f"--resume: {args.out} uses regions of {canvas.region_size} px, not {args.region_size}")
-            stored = canvas.settings
+            stored = normalise_settings(canvas.settings)
             diffs = {k: (stored.get(k), v) for k, v in request.settings().items() if stored.get(k) != v}
             if diffs:
                 text = ", ".join(f"{k}: canvas {a!r} vs now {b!r}" for k, (a, b) in diffs.items())
@@ -418,8 +453,11 @@ def cmd_demo(args) -> int:
     card = model.card
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / "demo.zarr"
-    request = SynthesisRequest(model=str(args.model), steps=card.default_steps if args.steps is None else args.steps,
-                               omega=card.default_omega, seed=args.seed, device=str(device))
+    try:
+        request = SynthesisRequest(model=str(args.model), steps=args.steps, omega=card.default_omega, seed=args.seed,
+                                   device=str(device)).resolved(card)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     canvas = new_canvas(card, out, height, width, overwrite=True, settings=request.settings())
     lh, lw = canvas.latent_shape
     mask = procedural_mask(lh, lw, list(range(1, card.num_classes)), seed=args.seed)
@@ -612,7 +650,11 @@ def cmd_make_mask(args) -> int:
 
         if height % 32 or width % 32:
             raise UserError(f"the mask model needs sides that are multiples of 32 px, got {width}x{height}")
-        mask = generate_release_mask(model, (height, width), args.subtype, args.seed, steps=args.steps)
+        kw = {} if args.cond_drop is None else {"cond_drop": args.cond_drop}
+        try:
+            mask = generate_release_mask(model, (height, width), args.subtype, args.seed, steps=args.steps, **kw)
+        except ValueError as e:
+            raise UserError(str(e)) from None
         how = f"mask diffusion model of {card.name}, subtype {args.subtype}"
     else:
         mask = procedural_mask(height, width, list(range(1, card.num_classes)), seed=args.seed)

@@ -139,19 +139,32 @@ def upsample_mask(mask, factor: int = MASK_SCALE_FACTOR):
 # ----------------------------------------------------------------------------- mask generation
 
 
+RELEASE_COND_DROP = 0.5  # the release samples its mask model with the training's condition dropout
+
+
 class SubtypeDenoiser:
     """The mask UNet as a sampler denoiser ``(x, t, mask) -> ε``: the class mask is ignored and
-    every window is conditioned on one tissue subtype (ω = 0, i.e. the plain conditional ε)."""
+    every window is conditioned on one tissue subtype (ω = 0: the plain conditional ε).
+
+    ``cond_drop`` is the probability that a window's pass uses the null condition instead, drawn
+    per window and level from ``generator``.  The release samples with its training dropout, 0.5,
+    so about half of its windows ignore the subtype; 0 always conditions.
+    """
 
     conditioning = "per_class"
 
-    def __init__(self, mask_unet, subtype: int):
+    def __init__(self, mask_unet, subtype: int, cond_drop: float = RELEASE_COND_DROP,
+                 generator: torch.Generator | None = None):
+        if not 0.0 <= float(cond_drop) <= 1.0:
+            raise ValueError(f"condition dropout must be between 0 and 1, got {cond_drop}")
         self.mask_unet = mask_unet
         self.subtype = int(subtype)
+        self.cond_drop = float(cond_drop)
+        self.generator = generator
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         classes = torch.full((x.shape[0],), self.subtype, dtype=torch.long, device=x.device)
-        return self.mask_unet(x, t, classes, cond_drop_prob=0.0)
+        return self.mask_unet(x, t, classes, cond_drop_prob=self.cond_drop, generator=self.generator)
 
 
 def _subtype_index(subtype, names: list[str], n: int) -> int:
@@ -167,27 +180,19 @@ def _subtype_index(subtype, names: list[str], n: int) -> int:
     return int(subtype)
 
 
-def generate_release_mask(
-    model,
-    size,
-    subtype=0,
-    seed: int = 0,
-    *,
-    steps: int = 50,
-    eta: float = 1.0,
-    window: int = 16,
-    schedule: str = "parallel",
-    max_batch: int = 32,
-    return_low_res: bool = False,
-    callback=None,
-    cancel=None,
-):
+def generate_release_mask(model, size, subtype=0, seed: int = 0, *, steps: int = 50, eta: float | None = None,
+                          window: int = 16, plan: str = "release", solver: str = "ddim",
+                          cond_drop: float = RELEASE_COND_DROP, max_batch: int = 32, return_low_res: bool = False,
+                          callback=None, cancel=None):
     """A label mask of ``size`` = (H, W) image pixels (or one int) drawn by the release's mask model.
 
     The mask latent is sampled at a quarter of the image size (so H and W must be multiples of
     32) with the random patch sampler (``window`` latent pixels per window: 16, the 128-px masks
-    the model was trained on; ω = 0), decoded with the training-consistent per-channel scales,
-    cleaned up (:func:`mask_from_decoded`) and upsampled ×4 with nearest neighbour.
+    the model was trained on; ω = 0; ``plan`` (the release's by default), ``solver`` and ``eta`` as
+    for images; ``cond_drop``
+    the sampling-time condition dropout, 0.5 as the release, drawn from its own generator seeded
+    ``seed + 1``), decoded with the training-consistent per-channel scales, cleaned up
+    (:func:`mask_from_decoded`) and upsampled ×4 with nearest neighbour.
 
     ``model`` is a :class:`~src_models.models.Model` with ``mask_unet`` and an SD-2 codec; its card's
     ``mask_model`` gives the number of labels and the latent scales.  All DDIM steps run (the release
@@ -212,22 +217,11 @@ def generate_release_mask(
     device = next(model.mask_unet.parameters()).device
     gen = torch.Generator().manual_seed(int(seed))
     noise = torch.randn((model.mask_unet.channels, h, w), generator=gen).to(device)
-    z = sample_area(
-        SubtypeDenoiser(model.mask_unet, sub),
-        noise,
-        torch.zeros((1, h, w), dtype=torch.long, device=device),
-        cosine_alphas_cumprod(),
-        ddim_time_pairs(steps),
-        torch.zeros(model.mask_unet.num_classes),
-        window=effective_window(window, h, w, 8),
-        schedule=schedule,
-        eta=eta,
-        generator=gen,
-        rng=np.random.default_rng(int(seed)),
-        max_batch=max_batch,
-        callback=callback,
-        cancel=cancel,
-    )
+    denoiser = SubtypeDenoiser(model.mask_unet, sub, cond_drop, torch.Generator().manual_seed(int(seed) + 1))
+    z = sample_area(denoiser, noise, torch.zeros((1, h, w), dtype=torch.long, device=device), cosine_alphas_cumprod(),
+                    ddim_time_pairs(steps), torch.zeros(model.mask_unet.num_classes),
+                    window=effective_window(window, h, w, 8), plan=plan, solver=solver, eta=eta, generator=gen,
+                    rng=np.random.default_rng(int(seed)), max_batch=max_batch, callback=callback, cancel=cancel)
     with torch.inference_mode():
         grey = decode_mask_grey(model.codec.decode_raw, z[None], n_labels, scales)
     small = mask_from_decoded(grey.float().cpu(), n_labels)[0, 0].numpy().astype(np.uint8)

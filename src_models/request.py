@@ -1,25 +1,55 @@
 """The plain values that describe a run and the events it yields (no torch here, so a GUI can
-build a request without importing it)."""
+build a request without importing it).
+
+Options of a run are checked in one place each: the plan by :func:`src_models.plan.check_plan`,
+the solver and η by :func:`src_models.solvers.check_solver`, all of them together by
+:meth:`SynthesisRequest.check`.  The CLI and the widgets list :data:`PLANS` and :data:`SOLVERS`.
+"""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from .plan import PLANS, check_plan
+from .solvers import SOLVERS, check_solver
 
 if TYPE_CHECKING:  # annotations only
     import torch
 
+__all__ = ["PLANS", "SOLVERS", "SynthesisRequest", "RegionDone", "RegionProgress", "SweepProgress",
+           "default_plan", "normalise_settings", "MAX_STEPS"]
+
+MAX_STEPS = 1000  # the models' training steps
+# the patch-order option was called "schedule" before plans and solvers were apart
+LEGACY_SCHEDULES = {"parallel": "grid", "sequential": "sequential"}
+
+
+def default_plan(card) -> str:
+    """``release`` for the published checkpoints (the release's own distribution), ``grid`` for
+    the project's models (trained and judged with it; fewer windows)."""
+    arch = (getattr(card, "unet", None) or {}).get("arch", "")
+    return "release" if str(arch).startswith("release") else "grid"
+
 
 @dataclass
 class SynthesisRequest:
-    """Everything a run needs, as plain values (built on the GUI thread or from the CLI)."""
+    """Everything a run needs, as plain values (built on the GUI thread or from the CLI).
+
+    ``plan`` None means the model's default (:func:`default_plan`); ``steps`` None the solver's
+    default (for ``ddim`` the model card's); ``eta`` None the solver's (``ddim`` 1, as the release;
+    ``dpmpp-2m`` 0).  :meth:`resolved` fills them in for a model card.
+    """
 
     model: str = "default"
-    steps: int = 50
+    steps: int | None = None
     omega: float = 3.0
     omega_per_class: dict[int, float] = field(default_factory=dict)
-    eta: float = 1.0
+    eta: float | None = None
     seed: int = 0
-    schedule: str = "parallel"
+    plan: str | None = None
+    solver: str = "ddim"
+    sweep: bool = False  # whole canvas level by level (src_models/sweep.py) instead of region by region
     device: str = "auto"
     area: tuple[int, int, int, int] | None = None  # (y0, y1, x0, x1) px: only regions touching it
     centre: tuple[float, float] | None = None  # (y, x) px: nearest regions go first
@@ -28,18 +58,49 @@ class SynthesisRequest:
     compile: bool = False  # torch.compile the network for the window size (CUDA)
     halo: int | None = None  # latent px of context around each region (default: half a window)
 
+    def check(self) -> None:
+        """Raise ValueError (one line, naming the option) for values no run can use."""
+        if self.plan is not None:
+            check_plan(self.plan)
+        check_solver(self.solver, self.eta)
+        if self.steps is not None and not 1 <= int(self.steps) <= MAX_STEPS:
+            raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
+
+    def resolved(self, card=None) -> "SynthesisRequest":
+        """A checked copy with plan, steps and η filled in for ``card`` (a model card)."""
+        self.check()
+        plan = self.plan or (default_plan(card) if card is not None else "grid")
+        steps = self.steps
+        if steps is None:
+            steps = SOLVERS[self.solver].default_steps or int(getattr(card, "default_steps", 50))
+        eta = check_solver(self.solver, self.eta)
+        return dataclasses.replace(self, plan=plan, steps=int(steps), eta=eta)
+
     def settings(self) -> dict:
         """The values that decide the pixels (device and batch size do not)."""
         return {
             "model": str(self.model),
-            "steps": int(self.steps),
+            "steps": None if self.steps is None else int(self.steps),
             "omega": float(self.omega),
             "omega_per_class": {str(k): float(v) for k, v in sorted(self.omega_per_class.items())},
-            "eta": float(self.eta),
+            "eta": None if self.eta is None else float(self.eta),
             "seed": int(self.seed),
-            "schedule": self.schedule,
+            "plan": self.plan,
+            "solver": self.solver,
+            "sweep": bool(self.sweep),
             "halo": self.halo,
         }
+
+
+def normalise_settings(stored: dict) -> dict:
+    """Stored settings of a canvas in today's terms: a canvas made before plans and solvers had
+    ``schedule`` (parallel = grid) and always DDIM, region by region."""
+    out = dict(stored)
+    if "schedule" in out and "plan" not in out:
+        out["plan"] = LEGACY_SCHEDULES.get(out.pop("schedule"), None)
+        out.setdefault("solver", "ddim")
+        out.setdefault("sweep", False)
+    return out
 
 
 @dataclass
@@ -48,7 +109,7 @@ class RegionDone:
     bbox: tuple[int, int, int, int]  # (y0, y1, x0, x1) px
     done: int  # regions finished in this run so far
     total: int  # regions this run has to do
-    forwards: int  # network passes for this region
+    forwards: int  # network passes for this region (a sweep: of the whole sweep so far)
     seconds: float
 
 
@@ -63,3 +124,17 @@ class RegionProgress:
     forwards: int
     x0: torch.Tensor | None  # predicted clean latent of the sampled area, for previews
     area: tuple[int, int, int, int] | None = None  # (y0, y1, x0, x1) px of the sampled area (x0's extent)
+
+
+@dataclass
+class SweepProgress:
+    """Progress of a whole-canvas sweep: one tile of one level is done (``level`` is 1-based; the
+    level is finished, and on disk, when ``tile == tiles``)."""
+
+    level: int
+    levels: int
+    tile: int  # 1-based tile of this level
+    tiles: int
+    forwards: int  # network passes of this run so far
+    x0: torch.Tensor | None  # predicted clean latent of the tile (C, h, w), for previews
+    area: tuple[int, int, int, int]  # (y0, y1, x0, x1) px of the tile (x0's extent)

@@ -4,7 +4,7 @@ sheet (mask beside image).  Used for ``docs/sample_sheet.png`` and by the traini
 ``sample_window`` is a deliberately plain DDIM loop over whole windows (no patch plan), built from
 :func:`src_models.schedule.ddim_step` and :func:`src_models.guidance.guided_eps`, for one window of
 the model's patch size.  ``sample_image`` runs the project's sampler (random patch diffusion,
-parallel schedule) over a larger image; the sheet uses it.
+grid plan) over a larger image; the sheet uses it.
 
     python -m src_models.sample_sheet --model default --out docs/sample_sheet.png
 """
@@ -50,7 +50,7 @@ def sample_window(model, mask: torch.Tensor, steps: int = 50, omega: float = 3.0
 
 @torch.no_grad()
 def sample_image(model, mask: torch.Tensor, steps: int = 50, omega: float = 3.0, seed: int = 0, eta: float = 1.0,
-                 schedule: str = "parallel") -> torch.Tensor:
+                 plan: str = "grid") -> torch.Tensor:
     """Image (3, H, W) in [0, 1] for one label mask (H, W) or (1, H, W) at pixel size, through
     :func:`src_models.sampler.sample_area` with windows of the card's patch size."""
     from .guidance import omega_vector
@@ -65,7 +65,7 @@ def sample_image(model, mask: torch.Tensor, steps: int = 50, omega: float = 3.0,
     gen = torch.Generator().manual_seed(int(seed))
     noise = torch.randn(codec.channels, H, W, generator=gen).to(device)
     z = sample_area(net, noise, mask.to(device), cosine_alphas_cumprod(), ddim_time_pairs(steps),
-                    omega_vector(card.num_classes, omega), window=min(card.patch_size, H, W), schedule=schedule,
+                    omega_vector(card.num_classes, omega), window=min(card.patch_size, H, W), plan=plan,
                     eta=eta, generator=gen, rng=np.random.default_rng(seed), conditioning=card.conditioning)
     return codec.decode(z[None].float()).clamp(0, 1)[0].cpu()
 

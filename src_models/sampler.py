@@ -1,27 +1,29 @@
-"""Random patch diffusion over an area of latent pixels.
+"""Random patch diffusion over an area of latent pixels: a *plan* times a *solver*.
 
 ``sample_area`` is a pure function in the manner of k-diffusion's ``sample_*``: a denoiser
-callable, the starting noise, the schedule, a few options, a ``callback`` for progress and a
-``cancel`` token.  No I/O, no state kept between calls.
+callable, the starting noise, the noise schedule (ᾱ) and time pairs, a few options, a ``callback``
+for progress and a ``cancel`` token.  No I/O, no state kept between calls.
 
-Two schedules:
+The plan (:mod:`src_models.plan`: ``grid``, ``release``, ``sequential``) says which windows run at
+each level and which pixels each writes back; the solver (:mod:`src_models.solvers`: ``ddim``,
+``dpmpp-2m``) says how a level's ε moves the latents.  For the batched plans one short loop runs
+each level: gather the windows from the level's values, denoise them (classifier-free guidance
+around the denoiser, :func:`src_models.guidance.guided_eps`), scatter each pixel's ε from the
+window that owns it, and step the whole area (solvers are pointwise, so stepping the area after
+the scatter is the same as stepping every window before it).  ``sequential`` runs the release's
+own loop, one window at a time with per-pixel step counters, as the reference.
 
-``parallel`` (default)
-    at every level a fresh random-offset grid of windows tiles the area; every latent pixel is
-    written exactly once per level and all windows of the level read only that level's values,
-    so the whole level runs as one batch of network passes.
-``sequential`` (the release's order)
-    a per-pixel step counter; one window at a time is centred on a random pixel with the lowest
-    count; pixels one level ahead are fed their previous-level value; only pixels at the lowest
-    level are written and advanced.
+Random numbers: window placement from ``rng`` (numpy); noise from ``generator`` (a CPU
+``torch.Generator``), drawn once per level for the whole area: first the solver's level noise
+(DDIM with η > 0), then the context noise (inpainting).  ``release`` and ``sequential`` consume
+both identically, so with the same seeds they give the same latents (within float32 round-off:
+the network sees other batch sizes).
 
-With per-class guidance the parallel schedule runs, for each window, one pass per label found on
-the latent grid of the window's *cell* (plus the shared null pass): a label present only in the
-part of the window that is not written back would guide only pixels that are thrown away, so its
-pass is skipped (the pixels written are the same; on the CPU the smaller batches can change the
-last bits of a network's output, as any change of batch composition does).
+With per-class guidance a window runs one pass per label among the pixels it *writes* (plus the
+shared null pass): a label present only where it writes nothing would guide only pixels that are
+thrown away.
 
-No host-device synchronisation inside a level: plans, labels and pass tables are made on the CPU
+No host-device synchronisation inside a level: plans, labels and index tables are made on the CPU
 (the next level's while the device works on this one) and reach the device by non-blocking copies
 from pinned memory; nothing is read back until the area is done.
 
@@ -37,10 +39,9 @@ import numpy as np
 import torch
 
 from .guidance import LABEL_MAP, PER_CLASS, guided_eps, host_to_device
-from .plan import grid_plan, sequential_window
-from .schedule import ddim_step, q_sample
-
-SCHEDULES = ("parallel", "sequential")
+from .plan import check_plan, owner_local, sequential_window
+from .schedule import q_sample
+from .solvers import make_solver
 
 
 class Cancelled(Exception):
@@ -65,7 +66,7 @@ class SampleStats:
     forwards_per_level: list[int] = field(default_factory=list)
 
 
-def _is_cancelled(cancel) -> bool:
+def is_cancelled(cancel) -> bool:
     return cancel is not None and (cancel() if callable(cancel) else cancel.is_set())
 
 
@@ -96,16 +97,39 @@ class LabelCounter:
         return [labels[row].tolist() for row in present]
 
 
-def _window_index(wy: np.ndarray, wx: np.ndarray, size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def owned_labels(owner: np.ndarray, lat_mask: np.ndarray, n: int) -> list[list[int]]:
+    """Non-zero labels among the pixels each of the ``n`` windows writes (``owner`` -1: nobody's)."""
+    sel = owner >= 0
+    span = int(lat_mask.max()) + 1 if lat_mask.size else 1
+    hits = np.bincount(owner[sel] * span + lat_mask[sel].astype(np.int64), minlength=n * span).reshape(n, span) > 0
+    hits[:, 0] = False
+    return [np.flatnonzero(row).tolist() for row in hits]
+
+
+def pass_labels(conditioning: str, owner, lat_mask, in_window: LabelCounter, wy, wx, size: int) -> list[list[int]]:
+    """The labels each window runs a guided pass for: per class, those it writes; with a
+    whole label map, any label in the window (it changes the ε of every pixel of the window)."""
+    if conditioning == PER_CLASS:
+        return owned_labels(owner, lat_mask, len(wy))
+    return in_window(wy, wx, size)
+
+
+def window_index(wy: np.ndarray, wx: np.ndarray, size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Row and column indices (N, size) of the windows at corners (wy, wx), on ``device`` (no sync)."""
     ar = np.arange(size)
     return host_to_device(np.stack([wy[:, None] + ar, wx[:, None] + ar]), device)
 
 
-def _gather(a: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Stack the windows of ``a`` (C, H, W) at ``index`` (from :func:`_window_index`) into (N, C, s, s)."""
+def gather(a: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Stack the windows of ``a`` (C, H, W) at ``index`` (from :func:`window_index`) into (N, C, s, s)."""
     ys, xs = index
     return a[:, ys[:, :, None], xs[:, None, :]].permute(1, 0, 2, 3)
+
+
+def scatter(windows: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """(C, h, w) from (N, C, s, s): each pixel from its owner window; ``table`` = (owner, ly, lx)."""
+    own, ly, lx = table
+    return windows[own, :, ly, lx].permute(2, 0, 1)
 
 
 def effective_window(size: int, height: int, width: int, multiple: int = 8) -> int:
@@ -118,6 +142,144 @@ def effective_window(size: int, height: int, width: int, multiple: int = 8) -> i
     return side
 
 
+class Guided:
+    """Classifier-free guidance around the denoiser for stacked windows; counts the passes."""
+
+    def __init__(self, denoiser, omega, conditioning: str, max_batch: int, stats: SampleStats, device):
+        if conditioning not in (PER_CLASS, LABEL_MAP):
+            raise ValueError(f"unknown conditioning {conditioning!r}")
+        self.denoiser, self.conditioning, self.device = denoiser, conditioning, device
+        self.omega = torch.as_tensor(omega, dtype=torch.float32, device=device)
+        self.max_batch, self.stats = max_batch, stats
+
+    def __call__(self, xs: torch.Tensor, ms: torch.Tensor, labels: list[list[int]], t: int):
+        ts = torch.full((xs.shape[0],), t, dtype=torch.long, device=self.device)
+        eps = guided_eps(self.denoiser, xs, ts, ms, self.omega, self.conditioning, self.max_batch, labels)
+        per_class = self.conditioning == PER_CLASS
+        passes = xs.shape[0] + sum(len(lab) if per_class else int(bool(lab)) for lab in labels)
+        self.stats.forwards += passes
+        return eps, passes
+
+
+class _Area:
+    """The constants of one ``sample_area`` call: sizes, mask (host and device), context."""
+
+    def __init__(self, noise, mask, known, context, alphas, window: int, conditioning: str):
+        self.device = noise.device
+        self.C, self.H, self.W = noise.shape
+        self.k = mask.shape[-1] // self.W
+        if mask.shape[-2] != self.H * self.k or mask.shape[-1] != self.W * self.k:
+            raise ValueError(f"mask {tuple(mask.shape[-2:])} is not a multiple of the latent area {(self.H, self.W)}")
+        self.window, self.conditioning, self.alphas = window, conditioning, alphas
+        self.mask_np = mask[0].detach().cpu().numpy()
+        self.lat_mask = self.mask_np[:: self.k, :: self.k]
+        self.mask_dev = mask.to(device=self.device, dtype=torch.long)
+        self.in_window = LabelCounter(self.mask_np, self.k)
+        self.known = None if known is None else known.to(device=self.device, dtype=torch.bool)
+        self.context = None if known is None else context.to(device=self.device, dtype=torch.float32)
+        self.eligible = None if known is None else ~known.cpu().numpy().astype(bool)
+
+    def source(self, x: torch.Tensor, t: int, ctx_z) -> torch.Tensor:
+        """The level's values: ``x``, with the context re-noised to ``t`` where known."""
+        if self.known is None:
+            return x
+        return torch.where(self.known, q_sample(self.context, t, self.alphas, ctx_z), x)
+
+    def draw_level(self, solver, t_next: int, draw):
+        """This level's noise, drawn for the whole area: the solver's, then the context's."""
+        lvl_z = host_to_device(draw((self.C, self.H, self.W)), self.device) if solver.needs_noise(t_next) else None
+        ctx_z = host_to_device(draw((self.C, self.H, self.W)), self.device) if self.known is not None else None
+        return lvl_z, ctx_z
+
+
+def _prepare(area: _Area, info, pairs, li: int, solver, rng, draw) -> dict:
+    """Level ``li`` of a batched plan: windows, labels, index tables, noise (CPU work, no sync)."""
+    plan = info.build(area.H, area.W, area.window, rng, area.eligible)
+    wy, wx = plan.starts()
+    owner = plan.owner_in(0, area.H, 0, area.W)
+    lvl_z, ctx_z = area.draw_level(solver, pairs[li][1], draw)
+    k, s, dev = area.k, area.window, area.device
+    return {
+        "windows": len(plan),
+        "labels": pass_labels(area.conditioning, owner, area.lat_mask, area.in_window, wy, wx, s),
+        "index": window_index(wy, wx, s, dev),
+        "mask_index": window_index(wy * k, wx * k, s * k, dev),
+        "table": host_to_device(np.stack(owner_local(plan, owner, 0, 0)), dev),
+        "lvl_z": lvl_z,
+        "ctx_z": ctx_z,
+    }
+
+
+def _run_batched(area: _Area, info, guided: Guided, solver, pairs, x, rng, draw, callback, cancel):
+    """The batched plans: gather, denoise, scatter ε, step; the next level is planned meanwhile."""
+    state = solver.init(x)
+    nxt = _prepare(area, info, pairs, 0, solver, rng, draw) if pairs else None
+    for li, (t, t_next) in enumerate(pairs):
+        if is_cancelled(cancel):
+            raise Cancelled()
+        cur = nxt
+        xs = gather(area.source(x, t, cur["ctx_z"]), cur["index"])
+        eps_w, passes = guided(xs, gather(area.mask_dev, cur["mask_index"]), cur["labels"], t)
+        # the device works on this level's passes; plan the next one meanwhile
+        nxt = _prepare(area, info, pairs, li + 1, solver, rng, draw) if li + 1 < len(pairs) else None
+        x, x0, state = solver.step(x, scatter(eps_w, cur["table"]), t, t_next, state, cur["lvl_z"])
+        guided.stats.windows_per_level.append(cur["windows"])
+        guided.stats.forwards_per_level.append(passes)
+        if callback is not None:
+            callback(LevelInfo(li + 1, len(pairs), cur["windows"], guided.stats.forwards, x0))
+    return x
+
+
+def _sequential_level(area: _Area, guided: Guided, solver, run: dict, level: int, t: int, t_next: int):
+    """One level of the release's own loop: one window at a time, centred on a random pixel with
+    the lowest step count; pixels one level ahead are fed their previous-level value; only pixels
+    at this level are written and advanced.  Returns (windows, passes) of the level."""
+    x, x_prev, x0_area, state, counts = run["x"], run["x_prev"], run["x0"], run["state"], run["counts"]
+    lvl_z, ctx_z = area.draw_level(solver, t_next, run["draw"])
+    ctx_noisy = area.source(x, t, ctx_z) if area.known is not None else None
+    s, k, windows, passes = area.window, area.k, 0, 0
+    while (counts[run["eligible"]] == level).any():
+        w, _ = sequential_window(counts, run["eligible"], s, run["rng"])
+        sy, sx = slice(w.y, w.y + s), slice(w.x, w.x + s)
+        at_level = counts[sy, sx] == level
+        upd_np = at_level & run["eligible"][sy, sx]
+        cur_m, upd = host_to_device(np.stack([at_level, upd_np]), area.device)
+        cur, prev = x[:, sy, sx], x_prev[:, sy, sx]
+        inp = torch.where(cur_m, cur, prev)
+        if ctx_noisy is not None:
+            inp = torch.where(area.known[sy, sx], ctx_noisy[:, sy, sx], inp)
+        labels = area.in_window(np.array([w.y]), np.array([w.x]), s)
+        ms = area.mask_dev[None, :, w.y * k : (w.y + s) * k, w.x * k : (w.x + s) * k]
+        eps, n = guided(inp[None], ms, labels, t)
+        window_state = {key: v[None, :, sy, sx] for key, v in state.items()}
+        nz = lvl_z[None, :, sy, sx] if lvl_z is not None else None
+        x_next, x0, new_state = solver.step(inp[None], eps, t, t_next, window_state, nz)
+        x_prev[:, sy, sx] = torch.where(upd, cur, prev)
+        x[:, sy, sx] = torch.where(upd, x_next[0], cur)
+        x0_area[:, sy, sx] = torch.where(upd, x0[0], x0_area[:, sy, sx])
+        for key, v in state.items():
+            v[:, sy, sx] = torch.where(upd, new_state[key][0], v[:, sy, sx])
+        counts[sy, sx] += upd_np
+        windows, passes = windows + 1, passes + n
+    return windows, passes
+
+
+def _run_sequential(area: _Area, info, guided: Guided, solver, pairs, x, rng, draw, callback, cancel):
+    """The release's order, level by level; the step counters live on the CPU only."""
+    eligible = np.ones((area.H, area.W), dtype=bool) if area.eligible is None else area.eligible
+    run = {"x": x, "x_prev": x.clone(), "x0": x.clone(), "state": solver.init(x), "rng": rng, "draw": draw,
+           "counts": np.zeros((area.H, area.W), dtype=np.int64), "eligible": eligible}
+    for li, (t, t_next) in enumerate(pairs if eligible.any() else []):
+        if is_cancelled(cancel):
+            raise Cancelled()
+        windows, passes = _sequential_level(area, guided, solver, run, li, t, t_next)
+        guided.stats.windows_per_level.append(windows)
+        guided.stats.forwards_per_level.append(passes)
+        if callback is not None:
+            callback(LevelInfo(li + 1, len(pairs), windows, guided.stats.forwards, run["x0"]))
+    return run["x"]
+
+
 @torch.inference_mode()
 def sample_area(
     denoiser,
@@ -128,8 +290,9 @@ def sample_area(
     omega: torch.Tensor,
     *,
     window: int,
-    schedule: str = "parallel",
-    eta: float = 1.0,
+    plan: str = "grid",
+    solver: str = "ddim",
+    eta: float | None = None,
     generator: torch.Generator | None = None,
     rng: np.random.Generator | None = None,
     context: torch.Tensor | None = None,
@@ -142,140 +305,24 @@ def sample_area(
 ) -> torch.Tensor:
     """Denoise ``noise`` (C, H, W) under ``mask`` (1, H·k, W·k) labels; returns the clean latent.
 
+    ``plan`` and ``solver`` name entries of :data:`src_models.plan.PLANS` and
+    :data:`src_models.solvers.SOLVERS`; ``eta`` (None: the solver's default) is DDIM's η.
     Random numbers come from ``generator`` (a CPU ``torch.Generator``: noise) and ``rng`` (numpy:
     window placement), so a result is reproducible across devices for the same seeds.
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    info = check_plan(plan)
+    stepper = make_solver(solver, alphas_cumprod, pairs, eta)
     conditioning = conditioning or getattr(denoiser, "conditioning", PER_CLASS)
-    if conditioning not in (PER_CLASS, LABEL_MAP):
-        raise ValueError(f"unknown conditioning {conditioning!r}")
-    rng = rng if rng is not None else np.random.default_rng(0)
+    area = _Area(noise, mask, known, context, alphas_cumprod, window, conditioning)
     stats = stats if stats is not None else SampleStats()
-    device = noise.device
-    C, H, W = noise.shape
-    k = mask.shape[-1] // W
-    if mask.shape[-2] != H * k or mask.shape[-1] != W * k:
-        raise ValueError(f"mask {tuple(mask.shape[-2:])} is not a multiple of the latent area {(H, W)}")
-    mask_np = mask[0].detach().cpu().numpy()
-    mask_dev = mask.to(device=device, dtype=torch.long)
-    if known is not None:
-        known = known.to(device=device, dtype=torch.bool)
-        context = context.to(device=device, dtype=torch.float32)
-    omega = torch.as_tensor(omega, dtype=torch.float32, device=device)
+    guided = Guided(denoiser, omega, conditioning, max_batch, stats, area.device)
+    rng = rng if rng is not None else np.random.default_rng(0)
 
     def draw(shape):  # noise from the CPU generator: the same numbers on every device
         return torch.randn(shape, generator=generator, dtype=torch.float32)
 
-    def renoise(t, z):
-        return q_sample(context, t, alphas_cumprod, z)
-
-    labels_in_window = LabelCounter(mask_np, k)
-    # per-class passes are needed only for the labels on the latent grid of the cell written back
-    labels_in_cell = LabelCounter(mask_np[::k, ::k], 1) if conditioning == PER_CLASS else None
-
-    def guided(xs, ms, labels, t):
-        """Launch the guided passes of the stacked windows ``xs`` (class masks ``ms``) at level t."""
-        ts = torch.full((xs.shape[0],), t, dtype=torch.long, device=device)
-        eps = guided_eps(denoiser, xs, ts, ms, omega, conditioning, max_batch, labels)
-        passes = xs.shape[0] + sum(len(lab) if conditioning == PER_CLASS else int(bool(lab)) for lab in labels)
-        stats.forwards += passes
-        return eps, passes
-
-    levels = len(pairs)
-    x = noise.float().clone()
-    if schedule == "parallel":
-
-        def prepare(li):
-            """Level ``li``'s plan, labels, indices and noise: CPU work, copied without a sync.
-            Random numbers are drawn in level order (context noise, then level noise)."""
-            t, t_next = pairs[li]
-            plan = grid_plan(H, W, window, rng)
-            wy, wx = plan.starts()
-            if labels_in_cell is not None:
-                rows, cols = np.array(plan.rows)[:, :2], np.array(plan.cols)[:, :2]
-                cy, cx = np.repeat(rows, len(cols), axis=0), np.tile(cols, (len(rows), 1))
-                labels = labels_in_cell.rects(cy[:, 0], cy[:, 1], cx[:, 0], cx[:, 1])
-            else:
-                labels = labels_in_window(wy, wx, window)
-            ctx_z = host_to_device(draw(context.shape), device) if known is not None else None
-            lvl_z = host_to_device(draw((C, H, W)), device) if (eta > 0 and t_next >= 0) else None
-            owners = host_to_device(np.stack([np.ascontiguousarray(a) for a in plan.owners()]), device)
-            return {
-                "plan": plan,
-                "labels": labels,
-                "index": _window_index(wy, wx, window, device),
-                "mask_index": _window_index(wy * k, wx * k, window * k, device),
-                "owners": owners,
-                "ctx_z": ctx_z,
-                "lvl_z": lvl_z,
-            }
-
-        nxt = prepare(0) if levels else None
-        for li, (t, t_next) in enumerate(pairs):
-            if _is_cancelled(cancel):
-                raise Cancelled()
-            cur = nxt
-            src = torch.where(known, renoise(t, cur["ctx_z"]), x) if known is not None else x
-            xs = _gather(src, cur["index"])
-            eps, passes = guided(xs, _gather(mask_dev, cur["mask_index"]), cur["labels"], t)
-            # the device works on this level's passes; plan the next one meanwhile
-            nxt = prepare(li + 1) if li + 1 < levels else None
-            nz = _gather(cur["lvl_z"], cur["index"]) if cur["lvl_z"] is not None else None
-            x_next, x0 = ddim_step(xs, eps, t, t_next, alphas_cumprod, eta, noise=nz)
-            # every pixel takes the value of the one window whose cell holds it
-            owner, ly, lx = cur["owners"]
-            x = x_next[owner, :, ly, lx].permute(2, 0, 1).contiguous()
-            x0_area = x0[owner, :, ly, lx].permute(2, 0, 1) if callback is not None else None
-            plan = cur["plan"]
-            stats.windows_per_level.append(len(plan))
-            stats.forwards_per_level.append(passes)
-            if callback is not None:
-                callback(LevelInfo(li + 1, levels, len(plan), stats.forwards, x0_area))
-    else:
-        # the release's order; the step counters live on the CPU only (the device never reports back)
-        counts = np.zeros((H, W), dtype=np.int64)
-        eligible = np.ones((H, W), dtype=bool) if known is None else ~known.cpu().numpy()
-        x_prev = x.clone()
-        level_now, level_noise, ctx_noisy = -1, None, None
-        windows = passes_level = 0
-        if not eligible.any():
-            levels = 0
-        while eligible.any():
-            if _is_cancelled(cancel):
-                raise Cancelled()
-            level = int(counts[eligible].min())
-            if level != level_now:
-                if level_now >= 0:
-                    stats.windows_per_level.append(windows)
-                    stats.forwards_per_level.append(passes_level)
-                    if callback is not None:
-                        callback(LevelInfo(level_now + 1, levels, windows, stats.forwards, None))
-                if level >= levels:
-                    break
-                level_now, windows, passes_level = level, 0, 0
-                t, t_next = pairs[level]
-                level_noise = host_to_device(draw((C, H, W)), device) if (eta > 0 and t_next >= 0) else None
-                ctx_noisy = renoise(t, host_to_device(draw(context.shape), device)) if known is not None else None
-            w, _ = sequential_window(counts, eligible, window, rng)
-            sy, sx = slice(w.y, w.y + window), slice(w.x, w.x + window)
-            at_level = counts[sy, sx] == level
-            upd_np = at_level & eligible[sy, sx]
-            cur_m, upd = host_to_device(np.stack([at_level, upd_np]), device)
-            cur, prev = x[:, sy, sx], x_prev[:, sy, sx]
-            inp = torch.where(cur_m, cur, prev)
-            if known is not None:
-                inp = torch.where(known[sy, sx], ctx_noisy[:, sy, sx], inp)
-            labels = labels_in_window(np.array([w.y]), np.array([w.x]), window)
-            ms = mask_dev[None, :, w.y * k : (w.y + window) * k, w.x * k : (w.x + window) * k]
-            eps, passes = guided(inp[None], ms, labels, t)
-            nz = level_noise[None, :, sy, sx] if level_noise is not None else None
-            x_next, _ = ddim_step(inp[None], eps, t, t_next, alphas_cumprod, eta, noise=nz)
-            x_prev[:, sy, sx] = torch.where(upd, cur, prev)
-            x[:, sy, sx] = torch.where(upd, x_next[0], cur)
-            counts[sy, sx] += upd_np
-            windows += 1
-            passes_level += passes
-    if known is not None:
-        x = torch.where(known, context, x)
+    run = _run_batched if info.batched else _run_sequential
+    x = run(area, info, guided, stepper, pairs, noise.float().clone(), rng, draw, callback, cancel)
+    if area.known is not None:
+        x = torch.where(area.known, area.context, x)
     return x

@@ -1,7 +1,11 @@
-"""Noise schedule and the DDIM update, with the conventions of the published release.
+"""The noise schedule (the cosine ᾱ), the release's time pairs and the single DDIM update, with the
+conventions of the published release.
 
-Everything here is a pure function of tensors: no model, no state.  The schedule math runs in
-float64 and is handed out as float32, like the release's buffers.
+"Noise schedule" here always means ᾱ_t; the order in which patches are denoised is a *plan*
+(:mod:`src_models.plan`) and how a level's ε moves the latents is a *solver* (:mod:`src_models.solvers`).
+Everything here is a pure function of tensors: no model, no state.  ᾱ is computed in float64 and
+handed out as float32, like the release's buffers; the time pairs are computed in float32, as the
+release computes them.
 """
 from __future__ import annotations
 
@@ -24,14 +28,16 @@ def cosine_alphas_cumprod(timesteps: int = TRAIN_STEPS, s: float = 0.008) -> tor
 
 
 def ddim_time_pairs(steps: int, timesteps: int = TRAIN_STEPS) -> list[tuple[int, int]]:
-    """Consecutive (t, t_next) pairs: ``linspace(-1, T-1, S+1)`` reversed and cast to int.
+    """Consecutive (t, t_next) pairs exactly as the release makes them:
+    ``torch.linspace(-1, T-1, S+1)`` in float32, reversed, cast to int (truncation).
 
-    The last pair ends at ``t_next = -1``, where the DDIM update returns the predicted x0.
+    The last pair ends at ``t_next = -1``, where the update returns the predicted x0.  The float32
+    rounding matters: for 139 step counts S between 1 and 1000 one timestep differs from float64
+    ``numpy.linspace`` (the first is S = 26: timestep 498 here, 499 in float64).
     """
     if steps < 1 or steps > timesteps:
         raise ValueError(f"steps must be between 1 and {timesteps}, got {steps}")
-    times = np.linspace(-1, timesteps - 1, steps + 1)
-    times = [int(v) for v in times[::-1]]
+    times = torch.linspace(-1, timesteps - 1, steps + 1, dtype=torch.float32).flip(0).to(torch.int64).tolist()
     return list(zip(times[:-1], times[1:]))
 
 

@@ -1,15 +1,18 @@
-"""Region-by-region synthesis of a canvas: the generator that ties sampler, model and store.
+"""Synthesis of a canvas: the generator that ties sampler, model and store.
 
 ``synthesise`` walks the canvas's regions (nearest the given centre first), samples each one
 with random patch diffusion, using the finished latents of neighbouring regions as context so
 no seam appears at region borders, decodes it, writes pixels + latents + pyramid, marks it done
-and yields a :class:`RegionDone`.  Only the region in flight and its halo are in memory.
+and yields a :class:`RegionDone`.  Only the region in flight and its halo are in memory.  With
+``request.sweep`` it hands over to :func:`src_models.sweep.sweep_canvas`, which samples all the
+regions together, level by level, with the latent state on disk.
 """
 from __future__ import annotations
 
 import hashlib
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -19,11 +22,11 @@ from .canvas import Canvas, Region
 from .codec import decode_latent
 from .guidance import omega_vector
 from .sampler import Cancelled, LevelInfo, SampleStats, effective_window, sample_area
-from .request import RegionDone, RegionProgress, SynthesisRequest
+from .request import RegionDone, RegionProgress, SweepProgress, SynthesisRequest
 from .schedule import cosine_alphas_cumprod, ddim_time_pairs
 
-__all__ = ["SynthesisRequest", "RegionDone", "RegionProgress", "SynthesisError", "synthesise", "pending_regions",
-           "resolve_device", "region_seed", "decode_latent"]
+__all__ = ["SynthesisRequest", "RegionDone", "RegionProgress", "SweepProgress", "SynthesisError", "synthesise",
+           "pending_regions", "resolve_device", "region_seed", "decode_latent"]
 
 
 class SynthesisError(RuntimeError):
@@ -111,6 +114,81 @@ def pending_regions(canvas: Canvas, request: SynthesisRequest):
     return canvas.region_seq(idx)
 
 
+@dataclass
+class Run:
+    """What every region (or a sweep) of one ``synthesise`` call shares: the checked request with
+    its defaults filled in, the schedule, the network to call and the batch size (halved on OOM)."""
+
+    model: object
+    canvas: Canvas
+    request: SynthesisRequest
+    pairs: list
+    omega: torch.Tensor
+    alphas: torch.Tensor
+    window: int
+    halo: int
+    denoiser: object
+    max_batch: int
+    oom_reported: bool = False
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def channels(self) -> int:
+        return _latent_channels(self.model)
+
+    def settings(self) -> dict:
+        return self.request.settings()
+
+    def retry_on_oom(self, fn):
+        """``fn(max_batch)``, again with half the batch while the GPU runs out of memory."""
+        while True:
+            try:
+                return fn(self.max_batch)
+            except torch.cuda.OutOfMemoryError:
+                if self.max_batch == 1:
+                    raise SynthesisError("out of GPU memory even with batch size 1; use a smaller model or the CPU") from None
+                self.max_batch //= 2
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if not self.oom_reported:
+                    warnings.warn(f"out of GPU memory: batch size halved to {self.max_batch}", RuntimeWarning, stacklevel=2)
+                    self.oom_reported = True
+
+
+def prepare_run(model, canvas: Canvas, request: SynthesisRequest) -> Run:
+    """Check that model, canvas and request go together; fill in the request's defaults."""
+    card = model.card
+    if canvas.factor != card.factor:
+        raise SynthesisError(f"the canvas was made for a model with factor {canvas.factor}, this model has {card.factor}")
+    if canvas.latent.shape[0] != _latent_channels(model):
+        raise SynthesisError(f"the canvas holds {canvas.latent.shape[0]}-channel latents, this model makes {_latent_channels(model)}")
+    try:
+        request = request.resolved(card)
+        pairs = ddim_time_pairs(request.steps)
+        omega = omega_vector(card.num_classes, request.omega, request.omega_per_class)
+    except ValueError as e:
+        raise SynthesisError(str(e)) from None
+    lh, lw = canvas.latent_shape
+    window = effective_window(card.patch_size, lh, lw, multiple=_multiple(model))
+    halo = request.halo if request.halo is not None else window // 2
+    denoiser, budget = _denoiser_for(model, model.device, window, request)
+    max_batch = max(1, int(request.max_batch)) if request.max_batch else budget
+    return Run(model, canvas, request, pairs, omega, cosine_alphas_cumprod(), window, halo, denoiser, max_batch)
+
+
+def check_labels_fit(run: Run, mask_np: np.ndarray, where: str) -> None:
+    card = run.model.card
+    top = int(mask_np.max()) if mask_np.size else 0
+    if top >= card.num_classes:
+        raise SynthesisError(
+            f"the mask has label {top} in {where}, but model {card.name!r} knows classes "
+            f"0..{card.num_classes - 1} ({', '.join(card.classes)})"
+        )
+
+
 def synthesise(
     model,
     canvas: Canvas,
@@ -123,100 +201,82 @@ def synthesise(
     ``model`` is a loaded :class:`~src_models.models.Model` on the device to use.  ``cancel`` is
     a ``threading.Event``-like token (or a callable); when it is set, the region in flight is
     dropped within one level and the generator returns: every finished region stays on disk.
-    ``progress`` receives a :class:`RegionProgress` after each level.
+    ``progress`` receives a :class:`RegionProgress` after each level.  With ``request.sweep`` the
+    regions are sampled together, level by level over the whole area (:mod:`src_models.sweep`);
+    ``progress`` then receives :class:`SweepProgress` events and a cancelled or killed sweep
+    resumes at its last finished level.
     """
-    card = model.card
-    if canvas.factor != card.factor:
-        raise SynthesisError(f"the canvas was made for a model with factor {canvas.factor}, this model has {card.factor}")
-    if canvas.latent.shape[0] != _latent_channels(model):
-        raise SynthesisError(f"the canvas holds {canvas.latent.shape[0]}-channel latents, this model makes {_latent_channels(model)}")
-    if request.schedule not in ("parallel", "sequential"):
-        raise SynthesisError(f"schedule must be parallel or sequential, got {request.schedule!r}")
-    try:
-        pairs = ddim_time_pairs(request.steps)
-        omega = omega_vector(card.num_classes, request.omega, request.omega_per_class)
-    except ValueError as e:
-        raise SynthesisError(str(e)) from None
-    alphas = cosine_alphas_cumprod()
-    device = model.device
-    lh, lw = canvas.latent_shape
-    window = effective_window(card.patch_size, lh, lw, multiple=_multiple(model))
-    halo = request.halo if request.halo is not None else window // 2
-    denoiser, budget = _denoiser_for(model, device, window, request)
+    run = prepare_run(model, canvas, request)
+    todo = pending_regions(canvas, run.request)
+    if run.request.sweep:
+        from .sweep import sweep_canvas
 
-    todo = pending_regions(canvas, request)
-    settings = request.settings()
-    max_batch = max(1, int(request.max_batch)) if request.max_batch else budget
-    oom_reported = False
-
+        yield from sweep_canvas(run, todo, cancel=cancel, progress=progress)
+        return
     for n, region in enumerate(todo, 1):
         started = time.perf_counter()
-        y0, y1 = _expand(region.y0, region.y1, lh, halo, window)
-        x0, x1 = _expand(region.x0, region.x1, lw, halo, window)
-        mask_np = canvas.read_mask(y0, y1, x0, x1)
-        top = int(mask_np.max()) if mask_np.size else 0
-        if top >= card.num_classes:
-            raise SynthesisError(
-                f"the mask has label {top} in region {region.index}, but model {card.name!r} knows classes "
-                f"0..{card.num_classes - 1} ({', '.join(card.classes)})"
-            )
-        target = canvas.target_map(region)
-        if not target.any():  # a job whose rectangles missed this region: nothing to sample
-            canvas.mark_done(region.index, {"seed": None, **settings})
-            canvas.finish_job(region.index)
-            continue
-        known_np = canvas.known_map(y0, y1, x0, x1)
-        known = torch.from_numpy(known_np) if known_np.any() else None
-        context = torch.from_numpy(canvas.read_latent(y0, y1, x0, x1)) if known is not None else None
-        mask = torch.from_numpy(mask_np.astype(np.int64))[None]
-        seed = region_seed(request.seed, region.index)
-        bbox = region.px(canvas.factor)
-
-        area_px = (y0 * canvas.factor, y1 * canvas.factor, x0 * canvas.factor, x1 * canvas.factor)
-
-        def on_level(info: LevelInfo, _r=region, _b=bbox, _a=area_px):
-            if progress is not None:
-                progress(RegionProgress(_r.index, _b, info.level, info.levels, info.forwards, info.x0, _a))
-
-        while True:
-            gen = torch.Generator().manual_seed(seed)
-            rng = np.random.default_rng(seed)
-            noise = torch.randn((_latent_channels(model), y1 - y0, x1 - x0), generator=gen).to(device)
-            stats = SampleStats()
-            try:
-                z = sample_area(
-                    denoiser, noise, mask, alphas, pairs, omega.to(device),
-                    window=window, schedule=request.schedule, eta=request.eta, generator=gen, rng=rng,
-                    context=context, known=known, max_batch=max_batch, callback=on_level, cancel=cancel,
-                    stats=stats,
-                )
-                break
-            except Cancelled:
-                return
-            except torch.cuda.OutOfMemoryError:
-                if max_batch == 1:
-                    raise SynthesisError("out of GPU memory even with batch size 1; use a smaller model or the CPU") from None
-                max_batch //= 2
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                if not oom_reported:
-                    warnings.warn(f"out of GPU memory: batch size halved to {max_batch}", RuntimeWarning, stacklevel=2)
-                    oom_reported = True
-        if _cancelled(cancel):
+        forwards = _synthesise_region(run, region, cancel, progress)
+        if forwards is None:  # cancelled
             return
-        rgb = decode_latent(model.codec, z)
-        f = canvas.factor
-        ry0, ry1, rx0, rx1 = (region.y0 - y0) * f, (region.y1 - y0) * f, (region.x0 - x0) * f, (region.x1 - x0) * f
-        latent_np = z[:, region.y0 - y0 : region.y1 - y0, region.x0 - x0 : region.x1 - x0].float().cpu().numpy()
-        canvas.write_region(region, rgb[ry0:ry1, rx0:rx1], latent_np, where=target)
-        if target.all():
-            _refresh_borders(canvas, region, (y0, y1, x0, x1), rgb, halo)
-        canvas.mark_done(region.index, {"seed": seed, "forwards": stats.forwards, **settings})
+        yield RegionDone(region.index, region.px(canvas.factor), n, len(todo), forwards, time.perf_counter() - started)
+
+
+def _synthesise_region(run: Run, region: Region, cancel, progress) -> int | None:
+    """Sample, decode and store one region with its finished neighbours as context; returns its
+    network passes, or None when cancelled."""
+    canvas, settings = run.canvas, run.settings()
+    lh, lw = canvas.latent_shape
+    y0, y1 = _expand(region.y0, region.y1, lh, run.halo, run.window)
+    x0, x1 = _expand(region.x0, region.x1, lw, run.halo, run.window)
+    mask_np = canvas.read_mask(y0, y1, x0, x1)
+    check_labels_fit(run, mask_np, f"region {region.index}")
+    target = canvas.target_map(region)
+    if not target.any():  # a job whose rectangles missed this region: nothing to sample
+        canvas.mark_done(region.index, {"seed": None, **settings})
         canvas.finish_job(region.index)
-        yield RegionDone(region.index, bbox, n, len(todo), stats.forwards, time.perf_counter() - started)
+        return 0
+    known_np = canvas.known_map(y0, y1, x0, x1)
+    known = torch.from_numpy(known_np) if known_np.any() else None
+    context = torch.from_numpy(canvas.read_latent(y0, y1, x0, x1)) if known is not None else None
+    mask = torch.from_numpy(mask_np.astype(np.int64))[None]
+    seed = region_seed(run.request.seed, region.index)
+    bbox, f = region.px(canvas.factor), canvas.factor
+    area_px = (y0 * f, y1 * f, x0 * f, x1 * f)
+
+    def on_level(info: LevelInfo):
+        if progress is not None:
+            progress(RegionProgress(region.index, bbox, info.level, info.levels, info.forwards, info.x0, area_px))
+
+    stats = SampleStats()
+
+    def sample(max_batch):
+        stats.__init__()  # a retry after running out of memory starts over
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.randn((run.channels, y1 - y0, x1 - x0), generator=gen).to(run.device)
+        r = run.request
+        return sample_area(run.denoiser, noise, mask, run.alphas, run.pairs, run.omega.to(run.device),
+                           window=run.window, plan=r.plan, solver=r.solver, eta=r.eta, generator=gen,
+                           rng=np.random.default_rng(seed), context=context, known=known, max_batch=max_batch,
+                           callback=on_level, cancel=cancel, stats=stats)
+
+    try:
+        z = run.retry_on_oom(sample)
+    except Cancelled:
+        return None
+    if _cancelled(cancel):
+        return None
+    rgb = decode_latent(run.model.codec, z)
+    ry0, ry1, rx0, rx1 = (region.y0 - y0) * f, (region.y1 - y0) * f, (region.x0 - x0) * f, (region.x1 - x0) * f
+    latent_np = z[:, region.y0 - y0 : region.y1 - y0, region.x0 - x0 : region.x1 - x0].float().cpu().numpy()
+    canvas.write_region(region, rgb[ry0:ry1, rx0:rx1], latent_np, where=target)
+    if target.all():
+        refresh_borders(canvas, region, (y0, y1, x0, x1), rgb, run.halo)
+    canvas.mark_done(region.index, {"seed": seed, "forwards": stats.forwards, **settings})
+    canvas.finish_job(region.index)
+    return stats.forwards
 
 
-def _refresh_borders(canvas: Canvas, region: Region, area, rgb: np.ndarray, halo: int) -> None:
+def refresh_borders(canvas: Canvas, region: Region, area, rgb: np.ndarray, halo: int) -> None:
     """Rewrite the pixels of finished neighbours along the region's border from this decode.
 
     A neighbour finished earlier was decoded while this region's latents were still unknown, so

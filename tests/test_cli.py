@@ -1,4 +1,5 @@
 """The command line: a real run, resume after SIGKILL, and one clear message per bad input."""
+import json
 import os
 import signal
 import subprocess
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from skimage import io
 
-from napari_diffinfinite.cli import main
+from napari_diffinfinite.cli import build_parser, main
 from src_models.canvas import Canvas
 
 
@@ -100,6 +101,14 @@ BAD = {
     "malicious pickle": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--model", "{tmp}/evil.pt"], "posix.system"),
     "import of a missing slide": (["import-slide", "{tmp}/noslide.svs", "--out", "{tmp}/o.zarr"], "slide"),
     "import over a canvas": (["import-slide", "{mask}", "--out", "{tmp}/exists.zarr"], "--overwrite"),
+    "unknown plan": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--plan", "parallel"],
+                     "unknown plan 'parallel' (use grid, release, sequential)"),
+    "unknown solver": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--solver", "euler"],
+                       "unknown solver 'euler' (use ddim, dpmpp-2m)"),
+    "η for a deterministic solver": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--solver", "dpmpp-2m",
+                                      "--eta", "1"], "solver dpmpp-2m is deterministic"),
+    "unknown old --schedule": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--schedule", "fast"],
+                               "unknown --schedule 'fast'"),
 }
 
 
@@ -203,6 +212,87 @@ def test_nan_never_reaches_the_canvas_attributes(tmp_path):
     import json
 
     json.loads((tmp_path / "c.zarr" / "zarr.json").read_text())  # still strict JSON
+
+
+def test_every_plan_and_solver_runs_and_the_old_schedule_option_still_works(tmp_path, mask_png, capsys):
+    from src_models.plan import PLANS
+    from src_models.solvers import SOLVERS
+
+    args = ["--size", "64x64", "--region-size", "32", "--steps", "2", "--seed", "1"]
+    for plan in PLANS:
+        for solver in SOLVERS:
+            out = tmp_path / f"{plan}-{solver}.zarr"
+            assert main(_gen(out, mask_png, *args, "--plan", plan, "--solver", solver)) == 0, (plan, solver)
+            settings = Canvas.open(out).settings
+            assert (settings["plan"], settings["solver"], settings["sweep"]) == (plan, solver, False)
+            assert settings["eta"] == (1.0 if solver == "ddim" else 0.0)
+    assert main(_gen(tmp_path / "sweep.zarr", mask_png, *args, "--sweep", "--plan", "release")) == 0
+    assert Canvas.open(tmp_path / "sweep.zarr").done_indices() == {0, 1, 2, 3}
+    capsys.readouterr()
+    assert main(_gen(tmp_path / "old.zarr", mask_png, *args, "--schedule", "parallel")) == 0
+    assert "--schedule is deprecated; use --plan" in capsys.readouterr().err
+    old, grid = Canvas.open(tmp_path / "old.zarr"), Canvas.open(tmp_path / "grid-ddim.zarr")
+    assert np.array_equal(np.asarray(old.image(0)[:]), np.asarray(grid.image(0)[:]))
+    assert "--schedule" not in build_parser().format_help() + _generate_help()  # hidden
+
+
+def _generate_help():
+    import contextlib
+    import io as io_
+
+    buf = io_.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    return buf.getvalue()
+
+
+def test_dpmpp_steps_default_to_the_solver_and_ddim_to_the_card(tmp_path, mask_png, capsys):
+    args = ["--size", "64x64", "--region-size", "32"]
+    assert main(_gen(tmp_path / "d.zarr", mask_png, *args, "--solver", "dpmpp-2m")) == 0
+    assert Canvas.open(tmp_path / "d.zarr").settings["steps"] == 20  # the solver's provisional default
+    assert main(_gen(tmp_path / "e.zarr", mask_png, *args)) == 0
+    assert Canvas.open(tmp_path / "e.zarr").settings["steps"] == 10  # tiny-test's card
+
+
+def test_resume_of_a_canvas_made_before_plans_and_solvers(tmp_path, mask_png):
+    args = ["--size", "64x64", "--region-size", "32", "--steps", "1"]
+    assert main(_gen(tmp_path / "a.zarr", mask_png, *args)) == 0
+    with Canvas.open(tmp_path / "a.zarr", "r+") as c:
+        old = {k: v for k, v in c.settings.items() if k not in ("plan", "solver", "sweep")}
+        c.set_settings({**old, "schedule": "parallel"})
+        c.clear_done({3})
+    assert main(_gen(tmp_path / "a.zarr", mask_png, *args, "--resume")) == 0
+    assert Canvas.open(tmp_path / "a.zarr").done_indices() == {0, 1, 2, 3}
+
+
+def test_sweep_killed_mid_level_resumes_to_the_same_canvas(tmp_path, mask_png):
+    """``--sweep`` killed with SIGKILL while a level is being written: ``--resume`` restarts at the
+    last finished level and ends on the canvas of an uninterrupted sweep (4 x 4 regions)."""
+    args = ["--size", "128x128", "--region-size", "32", "--steps", "8", "--seed", "5", "--sweep"]
+    assert main(_gen(tmp_path / "full.zarr", mask_png, *args)) == 0
+    cmd = [sys.executable, "-m", "napari_diffinfinite.cli", *_gen(tmp_path / "k.zarr", mask_png, *args)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = tmp_path / "k.zarr" / "diffinfinite" / "sweep" / "progress.json"
+    deadline, levels = time.time() + 120, -1
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            levels = json.loads(progress.read_text())["levels_done"]
+        except (FileNotFoundError, ValueError):
+            pass
+        if levels >= 3:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the sweep ended before it could be killed"
+    assert 3 <= json.loads(progress.read_text())["levels_done"] < 8
+    assert not list((tmp_path / "k.zarr" / "diffinfinite" / "regions").glob("*.done"))
+    assert main(_gen(tmp_path / "k.zarr", mask_png, *args, "--resume")) == 0
+    a, b = Canvas.open(tmp_path / "full.zarr"), Canvas.open(tmp_path / "k.zarr")
+    for level in range(a.levels):
+        assert np.array_equal(np.asarray(a.image(level)[:]), np.asarray(b.image(level)[:]))
+    assert np.array_equal(np.asarray(a.latent[:]), np.asarray(b.latent[:]))
+    assert not progress.exists()
 
 
 def test_resume_refuses_other_settings(tmp_path, mask_png, capsys):

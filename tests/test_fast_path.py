@@ -132,9 +132,8 @@ def test_fast_denoiser_contract():
 
 def test_a_level_never_waits_for_the_device():
     """On the meta device nothing can be read back (``.item()``, ``.cpu()``, ``bool()``, unique
-    would raise); every host-to-device copy must be non-blocking.  The only blocking ones left are
-    the DDIM update's (``schedule._alpha`` moves ᾱ_t to the device): counted apart, and expected
-    to drop to zero with the schedule patch in NOTES.md."""
+    would raise); every host-to-device copy inside a level must be non-blocking, for every plan
+    and solver (the solvers' coefficients are host floats: no copy at all)."""
     unet = small_unet("linear_exact", dim=8).to("meta")
 
     class Conv(torch.nn.Module):  # the release order makes many small calls: a cheap network there
@@ -147,36 +146,19 @@ def test_a_level_never_waits_for_the_device():
         def forward(self, x, t, mask):
             return self.conv(torch.cat([x, mask[:, :, ::2, ::2].to(x.dtype)], 1))
 
-    ddim_share = {"n": 0}
-    real_ddim = sampler_mod.ddim_step
-
-    for schedule, side, steps, net in (("parallel", 40, 3, unet), ("sequential", 32, 2, Conv().to("meta"))):
+    cases = [("grid", "ddim", 40, 3, unet), ("release", "dpmpp-2m", 40, 3, unet),
+             ("sequential", "ddim", 32, 2, Conv().to("meta")), ("sequential", "dpmpp-2m", 32, 2, Conv().to("meta"))]
+    for plan, solver, side, steps, net in cases:
         g = torch.Generator().manual_seed(0)
         noise = torch.randn(4, side, side, generator=g).to("meta")
         mask = standard_mask(2 * side, 2 * side)  # the sampler plans from a host copy of the mask
         levels = []
         with HostTransfers() as h:
-
-            def counted_ddim(*a, **kw):
-                before = h.blocking
-                out = real_ddim(*a, **kw)
-                ddim_share["n"] += h.blocking - before
-                return out
-
-            sampler_mod.ddim_step = counted_ddim
-            try:
-                ddim_share["n"] = 0
-
-                def on_level(info):
-                    levels.append(h.blocking - ddim_share["n"])
-
-                sample_area(net, noise, mask, ALPHAS, ddim_time_pairs(steps), OMEGA, window=16, schedule=schedule,
-                            generator=g, callback=on_level)
-            finally:
-                sampler_mod.ddim_step = real_ddim
+            sample_area(net, noise, mask, ALPHAS, ddim_time_pairs(steps), OMEGA, window=16, plan=plan,
+                        solver=solver, generator=g, callback=lambda info: levels.append(h.blocking))
         setup = levels[0]
-        assert len(levels) == steps and setup <= 2, (schedule, levels)  # mask and ω, once, before the first level
-        assert all(n == setup for n in levels), (schedule, levels)  # nothing inside any level
+        assert len(levels) == steps and setup <= 2, (plan, levels)  # mask and ω, once, before the first level
+        assert all(n == setup for n in levels), (plan, solver, levels)  # nothing inside any level
         assert h.mixed == 0 and h.non_blocking > 0
 
 

@@ -10,6 +10,7 @@ from src_models.card import ModelCard
 from src_models.models import Model
 from src_models.release_mask import (
     MASK_LATENT_SCALES,
+    RELEASE_COND_DROP,
     SubtypeDenoiser,
     decode_mask_grey,
     encode_mask,
@@ -137,16 +138,27 @@ def _mask_model() -> Model:
     return Model(card, unet=torch.nn.Identity(), codec=_NearestCodec(), mask_unet=MaskUNet(**cfg).eval())
 
 
-def test_subtype_denoiser_conditions_every_window():
-    seen = {}
-
-    class Spy(torch.nn.Module):
-        def forward(self, x, t, classes, cond_drop_prob=0.0):
-            seen.update(classes=classes, drop=cond_drop_prob)
-            return x * 0
-
-    SubtypeDenoiser(Spy(), 1)(torch.zeros(3, 4, 8, 8), torch.zeros(3, dtype=torch.long), torch.zeros(3, 1, 8, 8))
-    assert seen["classes"].tolist() == [1, 1, 1] and seen["drop"] == 0.0
+def test_subtype_denoiser_drops_the_condition_as_the_release_samples():
+    """The release samples its mask model with condition dropout 0.5: each window's pass ignores the
+    subtype with that probability.  0 always conditions, 1 never; the draws come from a generator."""
+    cfg = dict(dim=8, num_classes=2, channels=4, dim_mults=(1, 2), heads=2, dim_head=8, block_per_layer=1)
+    torch.manual_seed(0)
+    unet = MaskUNet(**cfg).eval()
+    x, t, mask = torch.randn(16, 4, 8, 8), torch.full((16,), 500), torch.zeros(16, 1, 8, 8, dtype=torch.long)
+    with torch.no_grad():
+        cond = unet(x, t, torch.ones(16, dtype=torch.long), cond_drop_prob=0.0)
+        null = unet(x, t, torch.ones(16, dtype=torch.long), cond_drop_prob=1.0)
+        assert SubtypeDenoiser(unet, 1).cond_drop == RELEASE_COND_DROP == 0.5
+        assert torch.equal(SubtypeDenoiser(unet, 1, cond_drop=0.0)(x, t, mask), cond)
+        assert torch.equal(SubtypeDenoiser(unet, 1, cond_drop=1.0)(x, t, mask), null)
+        half = SubtypeDenoiser(unet, 1, generator=torch.Generator().manual_seed(3))(x, t, mask)
+        again = SubtypeDenoiser(unet, 1, generator=torch.Generator().manual_seed(3))(x, t, mask)
+    is_null = [torch.allclose(half[i], null[i], atol=1e-6) for i in range(16)]
+    is_cond = [torch.allclose(half[i], cond[i], atol=1e-6) for i in range(16)]
+    assert all(a != b for a, b in zip(is_null, is_cond))  # each window one or the other
+    assert 0 < sum(is_null) < 16 and torch.equal(half, again)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        SubtypeDenoiser(unet, 1, cond_drop=1.5)
 
 
 def test_generate_release_mask():
@@ -164,3 +176,5 @@ def test_generate_release_mask():
         generate_release_mask(model, 1000, 0)
     with pytest.raises(ValueError, match="unknown subtype"):
         generate_release_mask(model, 1024, "lymphoma")
+    # always conditioned (cond_drop 0) is another mask than the release's dropout 0.5
+    assert not np.array_equal(generate_release_mask(model, (1024, 768), 1, seed=3, steps=3, cond_drop=0.0), full)

@@ -1,12 +1,15 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from src_models import sampler as sampler_mod
+from src_models import plan as plan_mod
 from src_models.guidance import LABEL_MAP, PER_CLASS
-from src_models.plan import parallel_plan, sequential_window
+from src_models.plan import PLANS, grid_plan, grid_windows, release_plan, sequential_window
 from src_models.sampler import Cancelled, SampleStats, sample_area
 from src_models.schedule import cosine_alphas_cumprod, ddim_time_pairs
+from src_models.solvers import SOLVERS
 
 ALPHAS = cosine_alphas_cumprod()
 
@@ -34,11 +37,11 @@ class ConvNet(torch.nn.Module):
 
 
 @pytest.mark.parametrize("h,w,size", [(40, 56, 16), (16, 16, 16), (33, 70, 8), (64, 64, 32)])
-def test_parallel_plan_tiles_exactly_once(h, w, size):
+def test_grid_plan_tiles_exactly_once(h, w, size):
     rng = np.random.default_rng(3)
     offsets = set()
     for _ in range(20):
-        plan = parallel_plan(h, w, size, rng)
+        plan = grid_windows(h, w, size, rng)
         cover = np.zeros((h, w), int)
         for win in plan:
             assert 0 <= win.y <= h - size and 0 <= win.x <= w - size  # never leaves the area
@@ -46,7 +49,9 @@ def test_parallel_plan_tiles_exactly_once(h, w, size):
             cover[win.cy0 : win.cy1, win.cx0 : win.cx1] += 1
         assert (cover == 1).all()
         offsets.add((plan[0].cy1, plan[0].cx1))
-    assert len(offsets) > 1  # the grid moves between levels
+        if h == size and w == size:  # cells that share their window are one cell: one window, not four
+            assert len(plan) == 1
+    assert len(offsets) > 1 or (h, w) == (size, size)  # the grid moves between levels
 
 
 def test_sequential_window_picks_lowest_count():
@@ -56,7 +61,14 @@ def test_sequential_window_picks_lowest_count():
     assert level == 0 and (win.y, win.x) == (11, 0)  # centred on (15, 3), clamped inside
 
 
-def _run(net, schedule="parallel", seed=0, steps=4, h=24, w=40, size=16, **kw):
+class PerRow(ConvNet):
+    """The same network run one window at a time: its outputs do not depend on the batch."""
+
+    def forward(self, x, t, mask):
+        return torch.cat([ConvNet.forward(self, x[i : i + 1], t[i : i + 1], mask[i : i + 1]) for i in range(len(x))])
+
+
+def _run(net, plan="grid", seed=0, steps=4, h=24, w=40, size=16, **kw):
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn((3, h, w), generator=g)
     mask = torch.zeros((1, h, w), dtype=torch.long)
@@ -64,19 +76,71 @@ def _run(net, schedule="parallel", seed=0, steps=4, h=24, w=40, size=16, **kw):
     mask[:, h // 2 :, :] = 2
     stats = SampleStats()
     out = sample_area(net, noise, mask, ALPHAS, ddim_time_pairs(steps), torch.tensor([0.0, 3.0, 3.0, 3.0]),
-                      window=size, schedule=schedule, generator=g, rng=np.random.default_rng(seed), stats=stats, **kw)
+                      window=size, plan=plan, generator=g, rng=np.random.default_rng(seed), stats=stats, **kw)
     return out, stats
+
+
+@pytest.mark.parametrize("h,w,size", [(40, 56, 16), (16, 16, 16), (33, 70, 8)])
+def test_release_plan_writes_every_eligible_pixel_once_with_the_first_window_over_it(h, w, size):
+    rng = np.random.default_rng(4)
+    eligible = np.ones((h, w), bool)
+    eligible[: h // 3, : w // 2] = False  # known content: never written, never a window centre
+    for elig in (None, eligible):
+        plan = release_plan(h, w, size, rng, elig)
+        wy, wx = plan.starts()
+        assert ((0 <= wy) & (wy <= h - size) & (0 <= wx) & (wx <= w - size)).all()
+        first = np.full((h, w), -1)
+        for i in range(len(plan)):
+            block = first[wy[i] : wy[i] + size, wx[i] : wx[i] + size]
+            block[block < 0] = i
+        if elig is not None:
+            first[~elig] = -1
+        owner = plan.owner_in(0, h, 0, w)
+        assert np.array_equal(owner, first)
+        assert ((owner >= 0) == (np.ones((h, w), bool) if elig is None else elig)).all()
+        assert len(np.unique(owner[owner >= 0])) == len(plan)  # every window writes something
+        assert np.array_equal(plan.owner_in(3, h - 2, 5, w - 1), owner[3 : h - 2, 5 : w - 1])
+
+
+def test_release_plan_places_windows_as_the_release_loop_does():
+    """The batched plan's windows are the ones the counter loop of the release picks, in order."""
+    h, w, size = 30, 44, 8
+    eligible = np.ones((h, w), bool)
+    eligible[10:20, 5:15] = False
+    rng_a, rng_b = np.random.default_rng(9), np.random.default_rng(9)
+    counts = np.zeros((h, w), int)
+    for level in range(3):
+        plan = release_plan(h, w, size, rng_a, eligible)
+        picked = []
+        while (counts[eligible] == level).any():
+            win, lowest = sequential_window(counts, eligible, size, rng_b)
+            assert lowest == level
+            picked.append((win.y, win.x))
+            sub = (slice(win.y, win.y + size), slice(win.x, win.x + size))
+            counts[sub] += (counts[sub] == level) & eligible[sub]
+        assert picked == list(zip(*(a.tolist() for a in plan.starts())))
+
+
+def test_grid_owner_map_matches_its_cells():
+    plan = grid_plan(24, 40, 16, np.random.default_rng(2))
+    owner, ly, lx = plan.owners()
+    ys, xs = np.mgrid[0:24, 0:40]
+    wy, wx = plan.starts()
+    assert (wy[owner] + ly == ys).all() and (wx[owner] + lx == xs).all()
+    for i, win in enumerate(plan.windows()):
+        assert (owner[win.cy0 : win.cy1, win.cx0 : win.cx1] == i).all()
+    assert np.array_equal(plan.owner_in(5, 20, 7, 33), owner[5:20, 7:33])
 
 
 def test_every_pixel_written_once_per_level_from_that_level_only(monkeypatch):
     grids = []
-    real = sampler_mod.grid_plan
+    info = plan_mod.PLANS["grid"]
 
     def spy(*a, **k):
-        grids.append(real(*a, **k))
+        grids.append(info.build(*a, **k))
         return grids[-1]
 
-    monkeypatch.setattr(sampler_mod, "grid_plan", spy)
+    monkeypatch.setitem(plan_mod.PLANS, "grid", dataclasses.replace(info, build=spy))
     net = ConvNet()
     g = torch.Generator().manual_seed(0)
     noise = torch.randn((3, 24, 40), generator=g)
@@ -85,58 +149,86 @@ def test_every_pixel_written_once_per_level_from_that_level_only(monkeypatch):
     sample_area(net, noise.clone(), mask, ALPHAS, ddim_time_pairs(3), torch.tensor([0.0, 3.0, 3.0, 3.0]), window=16,
                 generator=g, callback=lambda info: levels.append(info.x0.clone()))
     assert len(grids) == 3 and len(levels) == 3
-    plans = [g.windows() for g in grids]
-    for grid, plan in zip(grids, plans):
+    for grid in grids:
         cover = np.zeros((24, 40), int)
-        for win in plan:
+        for win in grid.windows():
             cover[win.cy0 : win.cy1, win.cx0 : win.cx1] += 1
         assert (cover == 1).all()
-        # the scatter map sends each pixel to exactly the window whose cell holds it
-        owner, ly, lx = grid.owners()
-        ys, xs = np.mgrid[0:24, 0:40]
-        wy, wx = grid.starts()
-        assert (wy[owner] + ly == ys).all() and (wx[owner] + lx == xs).all()
-        for i, win in enumerate(plan):
-            assert (owner[win.cy0 : win.cy1, win.cx0 : win.cx1] == i).all()
     # level 1: every window (cond and null rows) is a crop of the starting noise, unchanged by
     # the other windows of the level
-    first = torch.cat(net.inputs[: 1])[: 2 * len(plans[0])]
-    for i, win in enumerate(plans[0]):
+    plan = grids[0].windows()
+    first = net.inputs[0][: 2 * len(plan)]
+    for i, win in enumerate(plan):
         crop = noise[:, win.y : win.y + 16, win.x : win.x + 16]
         assert torch.equal(first[2 * i], crop) and torch.equal(first[2 * i + 1], crop)
 
 
-@pytest.mark.parametrize("schedule", ["parallel", "sequential"])
-def test_same_seed_same_output(schedule):
-    a, _ = _run(ConvNet(), schedule, seed=5)
-    b, _ = _run(ConvNet(), schedule, seed=5)
-    c, _ = _run(ConvNet(), schedule, seed=6)
+@pytest.mark.parametrize("plan", list(PLANS))
+@pytest.mark.parametrize("solver", list(SOLVERS))
+def test_same_seed_same_output(plan, solver):
+    a, _ = _run(ConvNet(), plan, seed=5, solver=solver)
+    b, _ = _run(ConvNet(), plan, seed=5, solver=solver)
+    c, _ = _run(ConvNet(), plan, seed=6, solver=solver)
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
     assert a.abs().max() <= 1.0  # the last step returns the clamped x0
 
 
-def test_sequential_finishes_every_pixel_and_parallel_needs_fewer_forwards():
+@pytest.mark.parametrize("solver,eta", [("ddim", 0.0), ("ddim", 1.0), ("dpmpp-2m", 0.0)])
+@pytest.mark.parametrize("conditioning", [LABEL_MAP, PER_CLASS])
+def test_release_plan_batched_equals_the_sequential_loop(solver, eta, conditioning):
+    """The release's distribution, batched: the same latents as the one-window loop.  Exactly with
+    a network whose output does not depend on the batch; within float32 round-off with one that
+    does (a conv over a batch of windows, amplified at t = 999 where x0 = (x - √(1-ᾱ)ε)/√ᾱ)."""
+    kw = dict(solver=solver, eta=eta, h=40, w=56, steps=5)
+    rel, rel_stats = _run(PerRow(conditioning), "release", **kw)
+    seq, seq_stats = _run(PerRow(conditioning), "sequential", **kw)
+    assert torch.equal(rel, seq)
+    assert rel_stats.windows_per_level == seq_stats.windows_per_level
+    if conditioning == LABEL_MAP:
+        assert rel_stats.forwards == seq_stats.forwards
+    else:  # a label guides only its own pixels: the batched plan skips labels a window does not write
+        assert rel_stats.forwards < seq_stats.forwards
+    batched, _ = _run(ConvNet(conditioning), "release", **kw)
+    assert (batched - seq).abs().max() < 2e-3
+    assert not torch.equal(rel, _run(PerRow(conditioning), "release", **{**kw, "steps": 4})[0])
+
+
+def test_release_equals_sequential_with_context():
+    h, w = 40, 56
+    known = torch.zeros(h, w, dtype=torch.bool)
+    known[:, :20] = True
+    context = torch.rand(3, h, w, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    for solver in SOLVERS:
+        rel, _ = _run(PerRow(), "release", h=h, w=w, context=context, known=known, solver=solver)
+        seq, _ = _run(PerRow(), "sequential", h=h, w=w, context=context, known=known, solver=solver)
+        assert torch.equal(rel, seq)
+
+
+def test_grid_needs_fewer_forwards_than_the_release_plan():
     # on an area of 4x4 windows; on tiny areas the shifted grid can cut more cells
-    _, par = _run(ConvNet(PER_CLASS), "parallel", steps=5, h=64, w=64)
+    _, grid = _run(ConvNet(PER_CLASS), "grid", steps=5, h=64, w=64)
+    _, rel = _run(ConvNet(PER_CLASS), "release", steps=5, h=64, w=64)
     _, seq = _run(ConvNet(PER_CLASS), "sequential", steps=5, h=64, w=64)
-    assert len(par.windows_per_level) == len(seq.windows_per_level) == 5
-    assert par.forwards < seq.forwards, (par.forwards, seq.forwards)
+    assert len(grid.windows_per_level) == len(rel.windows_per_level) == len(seq.windows_per_level) == 5
+    assert sum(grid.windows_per_level) < sum(rel.windows_per_level) == sum(seq.windows_per_level)
+    assert grid.forwards < rel.forwards <= seq.forwards, (grid.forwards, rel.forwards, seq.forwards)
 
 
-def test_context_is_kept_and_fed_renoised():
+@pytest.mark.parametrize("plan", list(PLANS))
+def test_context_is_kept_and_fed_renoised(plan):
     h, w = 24, 40
     known = torch.zeros(h, w, dtype=torch.bool)
     known[:, :12] = True
     context = torch.rand(3, h, w) * 2 - 1
-    for schedule in ("parallel", "sequential"):
-        out, _ = _run(ConvNet(), schedule, context=context, known=known)
-        assert torch.equal(out[:, known], context[:, known])
-        free, _ = _run(ConvNet(), schedule)
-        assert not torch.allclose(out[:, ~known], free[:, ~known])  # the context changed the rest
+    out, _ = _run(ConvNet(), plan, context=context, known=known)
+    assert torch.equal(out[:, known], context[:, known])
+    free, _ = _run(ConvNet(), plan)
+    assert not torch.allclose(out[:, ~known], free[:, ~known])  # the context changed the rest
 
 
-def test_cancel_raises():
+@pytest.mark.parametrize("plan", list(PLANS))
+def test_cancel_raises(plan):
     calls = {"n": 0}
 
     def cancel():
@@ -144,4 +236,14 @@ def test_cancel_raises():
         return calls["n"] > 2
 
     with pytest.raises(Cancelled):
-        _run(ConvNet(), "parallel", steps=6, cancel=cancel)
+        _run(ConvNet(), plan, steps=6, cancel=cancel)
+    assert calls["n"] == 3
+
+
+def test_unknown_plan_solver_or_eta_is_refused():
+    with pytest.raises(ValueError, match="unknown plan 'parallel'"):
+        _run(ConvNet(), "parallel")
+    with pytest.raises(ValueError, match="unknown solver 'euler'"):
+        _run(ConvNet(), solver="euler")
+    with pytest.raises(ValueError, match="deterministic"):
+        _run(ConvNet(), solver="dpmpp-2m", eta=1.0)

@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -35,6 +36,23 @@ def test_time_pairs_release_convention():
     assert ddim_time_pairs(1) == [(999, -1)]
     with pytest.raises(ValueError):
         ddim_time_pairs(0)
+
+
+def test_time_pairs_are_the_release_float32_ones():
+    """The release computes the pairs with torch.linspace in float32; float64 differs by one
+    timestep for 139 step counts between 1 and 1000, the first at S = 26 (498 here, 499 in
+    float64).  Pinned so a change of either side shows."""
+    changed = []
+    for steps in range(1, 1001):
+        pairs = ddim_time_pairs(steps)
+        times = [t for t, _ in pairs] + [pairs[-1][1]]
+        assert len(pairs) == steps and times[0] == 999 and times[-1] == -1
+        assert all(a > b for a, b in zip(times, times[1:]))
+        float64 = [int(v) for v in np.linspace(-1, 999, steps + 1)[::-1]]
+        if times != float64:
+            changed.append(steps)
+    assert len(changed) == 139 and changed[:4] == [26, 38, 52, 60]
+    assert (537, 498) in ddim_time_pairs(26) and (498, 460) in ddim_time_pairs(26)
 
 
 def test_ddim_step_by_hand():

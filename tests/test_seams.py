@@ -6,17 +6,18 @@ from src_models.api import new_canvas, put_mask
 from src_models.synthesis import SynthesisRequest, synthesise
 
 
-def seam_ratio(img: np.ndarray, region: int, factor: int) -> float:
+def seam_ratio(img: np.ndarray, region: int, factor: int, shift: int = 0) -> float:
     """Mean gradient magnitude across region borders over that across the other latent-pixel
     borders (the codec's upsampling gives every f-th pixel step its own statistics, so borders
-    are compared with steps of the same phase)."""
+    are compared with steps of the same phase).  With ``shift`` (px, a multiple of ``factor``) the
+    same figure for the lines ``shift`` px after the borders, which are not borders."""
     grey = img.astype(np.float32).mean(-1)
     dx = np.abs(np.diff(grey, axis=1)).mean(0)  # step between column x and x + 1
     dy = np.abs(np.diff(grey, axis=0)).mean(1)
     steps = (dx + dy) / 2
     idx = np.arange(len(steps))
     grid = idx[(idx + 1) % factor == 0]
-    border = grid[(grid + 1) % region == 0]
+    border = grid[(grid + 1 - shift) % region == 0]
     interior = np.setdiff1d(grid, border)
     return float(steps[border].mean() / steps[interior].mean())
 
@@ -36,5 +37,10 @@ def test_region_borders_are_seamless(default_model, tmp_path):
     events = list(synthesise(default_model, c, SynthesisRequest(steps=20, seed=1)))
     assert len(events) == 16
     img = np.moveaxis(np.asarray(c.image(0)[:]), 0, -1)
-    ratio = seam_ratio(img, region, default_model.card.factor)
-    assert abs(ratio - 1) < 0.05, ratio
+    f = default_model.card.factor
+    ratio = seam_ratio(img, region, f)
+    # the same statistic on the other 15 line offsets, none of them a border: its own spread (about
+    # 0.85 to 1.15 on this small canvas, whatever the seed).  A border must not stand out of it; the
+    # seams this test was written against (neighbours decoded before the region) gave 2.0.
+    others = [seam_ratio(img, region, f, shift) for shift in range(f, region, f)]
+    assert ratio <= max(others) and ratio < 1.15, (ratio, min(others), max(others))

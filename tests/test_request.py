@@ -1,0 +1,56 @@
+"""The run request: one check per option, defaults per model and solver, old canvases' settings,
+and registries that a GUI can read without importing torch."""
+import subprocess
+import sys
+
+import pytest
+
+from src_models.card import ModelCard
+from src_models.request import PLANS, SOLVERS, SynthesisRequest, default_plan, normalise_settings
+
+
+def _card(arch: str, steps: int = 50) -> ModelCard:
+    return ModelCard(name="m", classes=["unknown", "a"], colours=["#000000", "#ffffff"], conditioning="per_class",
+                     unet={"arch": arch, "config": {}}, codec={"factor": 8}, patch_size=64, default_steps=steps)
+
+
+def test_defaults_come_from_the_model_and_the_solver():
+    release, own = _card("release_image"), _card("native", steps=30)
+    assert default_plan(release) == "release" and default_plan(own) == "grid"
+    r = SynthesisRequest().resolved(release)
+    assert (r.plan, r.solver, r.steps, r.eta) == ("release", "ddim", 50, 1.0)
+    r = SynthesisRequest(solver="dpmpp-2m").resolved(own)
+    assert (r.plan, r.steps, r.eta) == ("grid", 20, 0.0)
+    r = SynthesisRequest(plan="sequential", steps=7, eta=0.0).resolved(own)
+    assert (r.plan, r.steps, r.eta) == ("sequential", 7, 0.0)
+    assert r.settings()["plan"] == "sequential" and r.settings()["sweep"] is False
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"plan": "parallel"}, "unknown plan 'parallel'"),
+    ({"solver": "heun"}, "unknown solver 'heun'"),
+    ({"solver": "dpmpp-2m", "eta": 0.5}, "deterministic"),
+    ({"eta": -0.1}, "eta must be a number >= 0"),
+    ({"steps": 0}, "steps must be between 1 and 1000, got 0"),
+    ({"steps": 1001}, "steps must be between 1 and 1000"),
+])
+def test_bad_options_are_refused_with_one_line(kw, match):
+    with pytest.raises(ValueError, match=match):
+        SynthesisRequest(**kw).check()
+
+
+def test_settings_of_a_canvas_made_before_plans_and_solvers():
+    old = {"model": "default", "steps": 50, "eta": 1.0, "seed": 0, "schedule": "parallel", "halo": None}
+    new = normalise_settings(old)
+    assert new["plan"] == "grid" and new["solver"] == "ddim" and new["sweep"] is False and "schedule" not in new
+    assert normalise_settings({**old, "schedule": "sequential"})["plan"] == "sequential"
+    current = SynthesisRequest(steps=50, plan="grid", eta=1.0).settings()
+    assert normalise_settings(current) == current
+
+
+def test_the_registries_need_no_torch():
+    code = ("import sys; from src_models.request import PLANS, SOLVERS, SynthesisRequest; "
+            "SynthesisRequest(plan='release', solver='dpmpp-2m').check(); "
+            "assert 'torch' not in sys.modules, 'torch imported'; print(','.join(PLANS), ','.join(SOLVERS))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == [",".join(PLANS), ",".join(SOLVERS)] == ["grid,release,sequential", "ddim,dpmpp-2m"]
