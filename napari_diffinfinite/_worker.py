@@ -8,12 +8,18 @@ Worker side (runs in a napari worker thread, may import torch):
     :func:`src_models.synthesis.synthesise`.  Level progress and low-resolution previews of the
     region in flight go into a queue; the worker never touches a widget or a layer.
 
-GUI side (runs on the GUI thread): :class:`SynthesisRun` starts the worker, refreshes the image
-layer at most ``1 / REFRESH_S`` times a second, drives a progress bar in napari's activity dock
-and a preview layer, turns errors into notifications with a clear message and reports its state.
+The worker thread runs at a lower priority than the GUI thread (Linux), and a forward pre-hook on
+the model's network stops a cancelled run before its next network call (within one window batch).
+
+GUI side (runs on the GUI thread): :class:`SynthesisRun` starts the worker, refreshes only the
+image chunks under finished regions (at most ``1 / REFRESH_S`` times a second), keeps the region
+overlay (pending, in flight, done) and a preview layer up to date, reports progress (regions and
+levels, ETA) to the dock and to napari's activity dock, turns errors and warnings into
+notifications with a clear message and reports its state.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -23,11 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ._reader import META, pixel_centre_offset, refresh_image
+from ._reader import META, pixel_centre_offset, refresh_region
 
 REFRESH_S = 0.25  # at most four image refreshes a second
 PREVIEW_S = 0.5  # at most two previews a second
 PREVIEW_PX = 256  # longest side of a preview, in image pixels
+WORKER_NICE = 10  # the worker thread's niceness (Linux): the GUI thread goes first
 
 
 # ============================================================================ models
@@ -99,11 +106,30 @@ def model_card(spec: str):
 
 
 # ============================================================================ worker jobs
-def create_canvas_job(spec: str, path: str, height: int, width: int, region_size: int | None, overwrite: bool) -> str:
-    """Make an empty canvas for model ``spec``; returns its resolved path."""
+def device_region_size(spec: str, device: str = "auto") -> int:
+    """The default region side for model ``spec`` on ``device`` (``api.region_size_for_device``):
+    256 px on the CPU; on CUDA from the batch that fits the free memory."""
+    from src_models.api import region_size_for_device
+    from src_models.synthesis import resolve_device
+
+    card = model_card(spec)
+    dev = resolve_device(device)
+    rows = None
+    if dev.type == "cuda":
+        from src_models.fast import batch_budget
+
+        rows = batch_budget(MODELS.get(spec, device).unet, card.patch_size, dev)
+    return region_size_for_device(card, dev.type, rows)
+
+
+def create_canvas_job(spec: str, path: str, height: int, width: int, region_size: int | None, overwrite: bool,
+                      device: str = "auto") -> str:
+    """Make an empty canvas for model ``spec`` (regions sized for ``device`` unless ``region_size``);
+    returns its resolved path."""
     from src_models.api import new_canvas
 
     card = model_card(spec)
+    region_size = region_size or device_region_size(spec, device)
     settings = {"model": str(spec), "steps": int(card.default_steps), "omega": float(card.default_omega)}
     canvas = new_canvas(card, path, int(height), int(width), region_size or None, overwrite=overwrite,
                         settings=settings)
@@ -201,10 +227,12 @@ class Stage:
 
 @dataclass
 class Plan:
-    """What this run will do: regions to sample and denoising levels per region."""
+    """What this run will do: regions to sample (``indices``, in order) and denoising levels per region."""
 
     regions: int
     levels: int
+    indices: tuple[int, ...] = ()
+    thread: int = 0  # the worker thread's ident (tests check that the work is off the GUI thread)
 
 
 @dataclass
@@ -212,6 +240,7 @@ class Level:
     index: int
     level: int
     levels: int
+    bbox: tuple[int, int, int, int] | None = None
 
 
 @dataclass
@@ -280,6 +309,43 @@ class Failed:
     expected: bool  # a known kind of bad input (no traceback needed)
 
 
+_TLS = threading.local()  # per worker thread: the cancel token its run checks before every network call
+
+
+def _stop_if_cancelled(module, args) -> None:
+    """Forward pre-hook of a model's network: a cancelled run stops before its next network call."""
+    cancel = getattr(_TLS, "cancel", None)
+    if cancel is not None and cancel.is_set():
+        from src_models.sampler import Cancelled
+
+        raise Cancelled()
+
+
+def _install_cancel_hook(model) -> None:
+    """Once per loaded model: the hook reads the calling thread's token, so runs on other canvases
+    sharing the model are not affected."""
+    net = model.unet
+    if not getattr(net, "_diffinfinite_cancel_hook", False):
+        net.register_forward_pre_hook(_stop_if_cancelled)
+        net._diffinfinite_cancel_hook = True
+
+
+def _lower_priority() -> None:
+    """Let the GUI thread go first: raise this thread's niceness (Linux; elsewhere nothing)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+    except (AttributeError, OSError, PermissionError):
+        pass
+
+
+def _device_notice(requested: str, device) -> str | None:
+    """What to tell the user when the device asked for is not the one used."""
+    name = (requested or "auto").strip().lower()
+    if name not in ("auto", "cpu") and str(device) == "cpu":
+        return f"{requested} requested but not available on this machine; running on the CPU"
+    return None
+
+
 def _limit_cpu_threads(device: str) -> None:
     """On the CPU, leave one core to the GUI thread (torch's pool would otherwise take them all)."""
     import os
@@ -300,6 +366,8 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
     """
     yield Stage("opening the canvas")
     canvas = None
+    _TLS.cancel = cancel
+    _lower_priority()
     try:
         from src_models.canvas import Canvas
         from src_models.synthesis import pending_regions, synthesise
@@ -311,6 +379,10 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
         if not MODELS.has(request.model, request.device):
             yield Stage(f"loading model {request.model!r}")
         model = MODELS.get(request.model, request.device)
+        notice = _device_notice(request.device, model.device)
+        if notice:
+            events.put(Notice(notice))
+        _install_cancel_hook(model)
         _limit_cpu_threads(model.device)
         if redo:
             if request.area is not None:
@@ -323,13 +395,13 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
                 canvas.clear_done()
         canvas.set_settings({**canvas.settings, **request.settings()})
         todo = pending_regions(canvas, request)
-        yield Plan(len(todo), int(request.steps))
+        yield Plan(len(todo), int(request.steps), tuple(r.index for r in todo), threading.get_ident())
         last_preview = [0.0]
         latent_shape = canvas.latent_shape
         factor = canvas.factor
 
         def on_level(p):
-            events.put(Level(p.index, p.level, p.levels))
+            events.put(Level(p.index, p.level, p.levels, tuple(p.bbox)))
             if not preview or p.x0 is None or p.level >= p.levels:
                 return
             now = time.monotonic()
@@ -348,6 +420,7 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
         known = _is_expected(e)
         yield Failed(str(e) if known else _clear_message(e, request), e, known)
     finally:
+        _TLS.cancel = None
         if canvas is not None:
             canvas.close()
 
@@ -377,31 +450,45 @@ def _duration(seconds: float) -> str:
 PREVIEW_NAME = "DiffInfinite preview"
 
 
-def preview_layer(viewer):
-    """The viewer's preview layer (made once, then reused: adding and removing layers is slow in
-    napari, so it stays in the list, hidden between runs)."""
+def find_preview_layer(viewer):
     for layer in viewer.layers:
         meta = layer.metadata.get(META) if isinstance(layer.metadata, dict) else None
         if meta and meta.get("role") == "preview":
             return layer
+    return None
+
+
+def preview_layer(viewer):
+    """The viewer's preview layer (made when a run starts, removed when it ends)."""
+    layer = find_preview_layer(viewer)
+    if layer is not None:
+        return layer
     active = viewer.layers.selection.active
-    layer = viewer.add_image(np.zeros((2, 2, 3), np.uint8), rgb=True, name=PREVIEW_NAME, visible=False,
+    layer = viewer.add_image(np.zeros((2, 2, 3), np.uint8), rgb=True, name=PREVIEW_NAME, opacity=0.0,
                              metadata={META: {"role": "preview"}})
     if active is not None:  # the user keeps working on the layer they had selected
         viewer.layers.selection.active = active
     return layer
 
 
+def _notify(text: str, severity: str = "warning") -> None:
+    from napari.utils.notifications import show_error, show_info, show_warning
+
+    {"error": show_error, "info": show_info}.get(severity, show_warning)(text)
+
+
 class SynthesisRun:
     """One run, seen from the GUI thread.
 
     ``state`` goes "starting" -> "running" -> ("cancelling") -> "done" | "cancelled" | "failed";
-    ``on_state(state, text)`` is called on every change and ``on_refresh()`` after every
-    image refresh.  Nothing here blocks: the worker does the work, a timer applies its events.
+    ``on_state(state, text)`` is called on every change, ``on_progress(value, maximum, text)`` as the
+    run advances (levels of all regions; ``text`` says region, level and time left) and
+    ``on_refresh()`` after every image refresh.  Nothing here blocks: the worker does the work, a
+    timer applies its events.
     """
 
     def __init__(self, viewer, image_layer, request, *, mask=None, mask_step=1, redo=False, preview=True,
-                 on_state=None, on_refresh=None):
+                 on_state=None, on_refresh=None, on_progress=None):
         from qtpy.QtCore import QTimer
 
         self.viewer = viewer
@@ -414,14 +501,19 @@ class SynthesisRun:
         self.regions_done = 0
         self.regions_total = 0
         self.refreshes = 0
+        self.refresh_times: list[float] = []  # time.monotonic() of every image refresh
+        self.worker_thread = 0  # ident of the thread that ran the job (from its Plan)
+        self.overlay = None
         self._on_state = on_state
         self._on_refresh = on_refresh
+        self._on_progress = on_progress
         self._cancel = threading.Event()
         self._events: queue.SimpleQueue = queue.SimpleQueue()
-        self._dirty = False
+        self._dirty: list[tuple[int, int, int, int]] = []  # bboxes of regions finished since the last refresh
         self._last_refresh = 0.0
         self._levels = max(1, int(request.steps))
         self._level_in_flight = 0
+        self._region_in_flight = None
         self._progress = None
         self._preview_layer = None
         self._pending_preview: Preview | None = None
@@ -438,11 +530,12 @@ class SynthesisRun:
     def start(self) -> None:
         from napari.qt.threading import create_worker
 
+        from ._overlay import show_overlay
+
         self._started = time.monotonic()
+        self.overlay = show_overlay(self.viewer, self.layer)
         if self._args[-1]:
             self._preview_layer = preview_layer(self.viewer)
-            self._preview_layer.opacity = 0.0
-            self._preview_layer.visible = True
         self.worker = create_worker(synthesis_job, *self._args, _start_thread=False, _ignore_errors=True)
         self.worker.yielded.connect(self._on_yielded)
         self.worker.errored.connect(self._on_errored)  # synthesis_job reports its errors; this is for bugs
@@ -455,7 +548,7 @@ class SynthesisRun:
         self.worker.start()
 
     def cancel(self) -> None:
-        """Ask the worker to stop within one denoising level; finished regions stay."""
+        """Ask the worker to stop before its next network call; finished regions stay."""
         if self.state in ("starting", "running"):
             self._cancel.set()
             self._set_state("cancelling", "cancelling…")
@@ -474,22 +567,35 @@ class SynthesisRun:
         elif isinstance(ev, Plan):
             self._sampling_started = time.monotonic()
             self.regions_total = ev.regions
+            self.worker_thread = ev.thread
             self._levels = max(1, ev.levels)
+            if self.overlay is not None:
+                from ._overlay import PENDING
+
+                for i in ev.indices:
+                    self.overlay.set(i, PENDING, refresh=False)
+                self.overlay.layer.refresh()
             if ev.regions:
                 self._progress = _run_progress(ev.regions * self._levels, self._describe(), self.cancel)
             if self.state == "starting":
                 self._set_state("running", self._describe())
+            self._advance()
         elif isinstance(ev, Failed):
             self.failure = ev
-        else:  # RegionDone: only note it; the next tick shows it
+        else:  # RegionDone: note it; the next tick shows it
+            from ._overlay import DONE
+
             self.regions_done = ev.done
             self.regions_total = ev.total
             self._level_in_flight = 0
-            self._dirty = True
+            self._region_in_flight = None
+            self._dirty.append(tuple(ev.bbox))
             self._pending_preview = None
             self._hide_preview()
+            if self.overlay is not None:
+                self.overlay.set(ev.index, DONE)
             if self.state == "running":
-                self._set_state("running", self._describe(ev))
+                self._set_state("running", self._describe())
 
     def _on_errored(self, exc: BaseException) -> None:
         self.failure = Failed(_clear_message(exc, self.request), exc, False)
@@ -505,12 +611,14 @@ class SynthesisRun:
             if isinstance(ev, Level):
                 self._levels = max(1, ev.levels)
                 self._level_in_flight = ev.level if ev.level < ev.levels else 0
+                if ev.index != self._region_in_flight and ev.level < ev.levels:
+                    self._region_in_flight = ev.index
+                    if self.overlay is not None and self.state == "running":
+                        self.overlay.in_flight(ev.index)
             elif isinstance(ev, Preview):
                 self._pending_preview = ev
             elif isinstance(ev, Notice):
-                from napari.utils.notifications import show_warning
-
-                show_warning(ev.text)
+                _notify(ev.text)
         self._advance()
         if self._dirty and time.monotonic() - self._last_refresh >= REFRESH_S:
             self._refresh()
@@ -530,13 +638,14 @@ class SynthesisRun:
             except queue.Empty:
                 break
             if isinstance(ev, Notice):
-                from napari.utils.notifications import show_warning
-
-                show_warning(ev.text)
+                _notify(ev.text)
         if self._dirty:
             self._refresh()
-        if self._preview_layer is not None and self._preview_layer in self.viewer.layers:
-            self._preview_layer.visible = False
+        if self.overlay is not None:
+            self.overlay.finish()
+        layer, self._preview_layer = self._preview_layer, None
+        if layer is not None and layer in self.viewer.layers:
+            self.viewer.layers.remove(layer)
         bar, self._progress = self._progress, None
         if bar is not None:
             bar.close()
@@ -548,7 +657,8 @@ class SynthesisRun:
                                          "Run resumes")
         else:
             took = time.monotonic() - self._started
-            self._set_state("done", f"done: {self.regions_done} regions in {took:.1f} s")
+            self._set_state("done", f"done: {self.regions_done} regions in {_duration(took)}")
+        self._report_progress(final=True)
 
     # ------------------------------------------------------------------ helpers
     def _notify_failure(self, failure: Failed) -> None:
@@ -564,23 +674,45 @@ class SynthesisRun:
             note.message = failure.message
             notification_manager.dispatch(note)
 
-    def _describe(self, ev=None) -> str:
-        """"DiffInfinite: 3/12 regions" (for the activity dock), with speed and ETA for the widget."""
+    def units(self) -> tuple[int, int]:
+        """(levels done, levels in all) over the regions of this run."""
+        total = self.regions_total * self._levels
+        return min(total, self.regions_done * self._levels + self._level_in_flight), total
+
+    def eta(self) -> float | None:
+        """Seconds left, from the levels done so far (None before the first one)."""
+        done, total = self.units()
+        if not done or not self._sampling_started:
+            return None
+        return (time.monotonic() - self._sampling_started) / done * (total - done)
+
+    def _describe(self) -> str:
+        """"DiffInfinite: 3/12 regions" (for the activity dock), with level and time left when known."""
         text = f"DiffInfinite: {self.regions_done}/{self.regions_total} regions"
-        if ev is not None and self.regions_done:
-            per = (time.monotonic() - self._sampling_started) / self.regions_done
-            left = per * (self.regions_total - self.regions_done)
-            text += f" · {ev.seconds:.1f} s/region · about {_duration(left)} left"
+        if self.regions_total and self.regions_done < self.regions_total and self._level_in_flight:
+            text += f" · step {self._level_in_flight}/{self._levels}"
+        left = self.eta()
+        if left is not None and self.regions_done < self.regions_total:
+            text += f" · about {_duration(left)} left"
         return text
 
+    def _report_progress(self, final: bool = False) -> None:
+        if self._on_progress is None:
+            return
+        done, total = self.units()
+        try:
+            self._on_progress(done, max(total, 1), self.text if final else self._describe().removeprefix("DiffInfinite: "))
+        except RuntimeError:  # the dock was closed while the run went on
+            self._on_progress = None
+
     def _advance(self) -> None:
+        self._report_progress()
         bar = self._progress  # a local: napari may process events (and finish the run) inside update()
         if bar is None:
             return
-        total = self.regions_total * self._levels
+        want, total = self.units()
         if bar.total != total:
             bar.total = total
-        want = min(total, self.regions_done * self._levels + self._level_in_flight)
         if want > bar.n:
             bar.update(want - bar.n)
         text = self._describe()
@@ -588,11 +720,13 @@ class SynthesisRun:
             bar.set_description(text)
 
     def _refresh(self) -> None:
-        self._dirty = False
+        boxes, self._dirty = self._dirty, []
         self._last_refresh = time.monotonic()
         if self.layer in self.viewer.layers:
-            refresh_image(self.layer)
+            # neighbours' border bands are rewritten too (see synthesis._refresh_borders): half a region covers them
+            refresh_region(self.layer, boxes, grow=int(self.info["region_size"]) // 2)
         self.refreshes += 1
+        self.refresh_times.append(self._last_refresh)
         if self._on_refresh is not None:
             self._on_refresh()
 
@@ -604,7 +738,8 @@ class SynthesisRun:
         y0, y1, x0, x1 = p.bbox
         h, w = p.rgb.shape[:2]
         scale = ((y1 - y0) / h, (x1 - x0) / w)
-        translate = (y0 + pixel_centre_offset(scale[0]), x0 + pixel_centre_offset(scale[1]))
+        ty, tx = (float(v) for v in self.layer.translate[-2:])
+        translate = (ty + y0 + pixel_centre_offset(scale[0]), tx + x0 + pixel_centre_offset(scale[1]))
         if not np.allclose(layer.scale[-2:], scale):
             layer.scale = scale
         if not np.allclose(layer.translate[-2:], translate):
@@ -613,7 +748,7 @@ class SynthesisRun:
         layer.opacity = 1.0
 
     def _hide_preview(self) -> None:
-        """Hidden through opacity during a run (cheap: no re-slicing), through visibility after it."""
+        """Hidden through opacity during a run (cheap: no re-slicing); the layer goes when the run ends."""
         layer = self._preview_layer
         if layer is not None and layer in self.viewer.layers and layer.opacity != 0.0:
             layer.opacity = 0.0
