@@ -7,6 +7,7 @@ File > Open).  Qt only through qtpy.
 from __future__ import annotations
 
 import math
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,9 @@ def show_canvas(viewer, path, replace: bool = False) -> tuple:
     return image, mask
 
 
+_GUARDED: "weakref.WeakSet" = weakref.WeakSet()  # mask layers guard_mask watches already
+
+
 def guard_mask(layer) -> None:
     """Keep a mask layer to the model's classes.
 
@@ -113,7 +117,7 @@ def guard_mask(layer) -> None:
     next real class instead (after the last class: class 1), with a notification; a stroke that
     still paints one (from code) is taken back as soon as it ends."""
     info = layer_info(layer)
-    if not info or getattr(layer, "_diffinfinite_guarded", False):
+    if not info or layer in _GUARDED:
         return
     n = len(info["classes"])
     state = {"last": 1 if layer.selected_label >= n else layer.selected_label}
@@ -153,7 +157,7 @@ def guard_mask(layer) -> None:
 
     layer.events.selected_label.connect(on_selected)
     layer.events.paint.connect(on_paint)
-    layer._diffinfinite_guarded = True
+    _GUARDED.add(layer)
 
 
 def find_area_layer(viewer):

@@ -1,8 +1,10 @@
 """The region overlay: one small RGBA image layer over a canvas that shows where a run stands.
 
 Pending regions are veiled in grey (an empty canvas is then visible against napari's black
-background), the region in flight is outlined in yellow, finished regions get a thin light
-outline and are otherwise clear.  Each region is ``k`` x ``k`` overlay pixels (``k`` up to 64, the
+background), the region in flight is outlined in yellow and shows the run's live preview (the
+predicted clean image, refreshed about twice a second), finished regions get a thin light outline
+and are otherwise clear.  Drawing the preview here rather than in a layer of its own means a run
+adds and removes no layer.  Each region is ``k`` x ``k`` overlay pixels (``k`` up to 128, the
 overlay at most :data:`MAX_SIDE` pixels a side), so updating a region re-uploads a small texture.
 The canvas itself gets napari's bounding-box outline.  GUI thread only.
 """
@@ -15,6 +17,7 @@ import numpy as np
 from ._reader import META, pixel_centre_offset
 
 MAX_SIDE = 1024
+MAX_K = 128  # overlay pixels per region side at most
 PENDING, IN_FLIGHT, DONE = 0, 1, 2
 VEIL = (128, 132, 140, 90)
 PENDING_EDGE = (150, 150, 160, 130)
@@ -45,8 +48,9 @@ class RegionOverlay:
         info = image_layer.metadata[META]
         self.viewer, self.info = viewer, info
         self.region_px, self.ny, self.nx = region_grid(info)
-        self.k = max(1, min(64, MAX_SIDE // max(self.ny, self.nx)))
+        self.k = max(1, min(MAX_K, MAX_SIDE // max(self.ny, self.nx)))
         self.states = np.zeros((self.ny, self.nx), np.uint8)
+        self.previews = 0  # previews drawn so far
         for i in done or ():
             if 0 <= i < self.ny * self.nx:
                 self.states.flat[i] = DONE
@@ -88,21 +92,50 @@ class RegionOverlay:
             if here != target:
                 layers.move(here, target if target < here else target - 1)
 
-    def _paint(self, index: int) -> None:
+    def _block(self, index: int) -> np.ndarray:
         iy, ix = divmod(index, self.nx)
         k = self.k
-        block = self.rgba[iy * k : (iy + 1) * k, ix * k : (ix + 1) * k]
-        if block.size == 0:
-            return
-        state = self.states.flat[index]
-        block[:] = {PENDING: VEIL, IN_FLIGHT: FLIGHT_VEIL, DONE: (0, 0, 0, 0)}[state]
-        if k >= 4:
+        return self.rgba[iy * k : (iy + 1) * k, ix * k : (ix + 1) * k]
+
+    def _edge(self, block: np.ndarray, state: int) -> None:
+        k = self.k
+        if k >= 4 and block.size:
             edge = {PENDING: PENDING_EDGE, IN_FLIGHT: FLIGHT_EDGE, DONE: DONE_EDGE}[state]
             w = max(1, k // 32) if state != IN_FLIGHT else max(2, k // 12)
             block[:w] = edge
             block[-w:] = edge
             block[:, :w] = edge
             block[:, -w:] = edge
+
+    def _paint(self, index: int) -> None:
+        block = self._block(index)
+        if block.size == 0:
+            return
+        state = self.states.flat[index]
+        block[:] = {PENDING: VEIL, IN_FLIGHT: FLIGHT_VEIL, DONE: (0, 0, 0, 0)}[state]
+        self._edge(block, state)
+
+    def show_preview(self, index: int, bbox: tuple[int, int, int, int], rgb: np.ndarray) -> None:
+        """Draw ``rgb`` (the preview of the region in flight, covering the pixel box ``bbox``) into
+        that region's block, sampled at the overlay's resolution, under its yellow outline."""
+        if not 0 <= index < self.ny * self.nx or self.states.flat[index] != IN_FLIGHT:
+            return
+        block = self._block(index)
+        if block.size == 0 or rgb.size == 0:
+            return
+        y0, y1, x0, x1 = bbox
+        px = self.region_px / self.k
+        iy, ix = divmod(index, self.nx)
+        rows = (iy * self.k + np.arange(block.shape[0]) + 0.5) * px  # image px at the block's pixel centres
+        cols = (ix * self.k + np.arange(block.shape[1]) + 0.5) * px
+        ry = np.clip(((rows - y0) / max(1, y1 - y0) * rgb.shape[0]).astype(int), 0, rgb.shape[0] - 1)
+        rx = np.clip(((cols - x0) / max(1, x1 - x0) * rgb.shape[1]).astype(int), 0, rgb.shape[1] - 1)
+        block[..., :3] = rgb[ry[:, None], rx[None, :]]
+        block[..., 3] = 255
+        self._edge(block, IN_FLIGHT)
+        self.previews += 1
+        if self.layer in self.viewer.layers:
+            self.layer.refresh()
 
     def set(self, index: int, state: int, refresh: bool = True) -> None:
         if not 0 <= index < self.ny * self.nx or self.states.flat[index] == state:
@@ -113,11 +146,16 @@ class RegionOverlay:
             self.layer.refresh()
 
     def in_flight(self, index: int) -> None:
-        """Mark ``index`` as the region in flight (a previous one in flight goes back to pending)."""
+        """Mark ``index`` as the region in flight (a previous one in flight goes back to pending;
+        a finished region stays finished)."""
+        if self.states.flat[index] == DONE:
+            return
         for i in np.flatnonzero(self.states == IN_FLIGHT):
             if i != index:
                 self.set(int(i), PENDING, refresh=False)
-        self.set(index, IN_FLIGHT)
+        self.set(index, IN_FLIGHT, refresh=False)
+        if self.layer in self.viewer.layers:
+            self.layer.refresh()
 
     def finish(self) -> None:
         """The run ended: nothing is in flight any more."""

@@ -8,19 +8,23 @@ Worker side (runs in a napari worker thread, may import torch):
     :func:`src_models.synthesis.synthesise`.  Level progress and low-resolution previews of the
     region in flight go into a queue; the worker never touches a widget or a layer.
 
-The worker thread runs at a lower priority than the GUI thread (Linux), and a forward pre-hook on
-the model's network stops a cancelled run before its next network call (within one window batch).
+A forward pre-hook on the model's network stops a cancelled run before its next network call
+(within one window batch).  While runs are in flight the interpreter hands the GIL over every
+millisecond (instead of every 5 ms), so the GUI thread waits less for the worker's Python glue.
 
 GUI side (runs on the GUI thread): :class:`SynthesisRun` starts the worker, refreshes only the
 image chunks under finished regions (at most ``1 / REFRESH_S`` times a second), keeps the region
-overlay (pending, in flight, done) and a preview layer up to date, reports progress (regions and
-levels, ETA) to the dock and to napari's activity dock, turns errors and warnings into
-notifications with a clear message and reports its state.
+overlay up to date (pending, in flight with its live preview, done), reports progress (regions
+and levels, time left) to the widget, turns errors and warnings into notifications with a clear
+message and reports its state.  It adds and removes no layer during a run (napari collects
+garbage on every layer removal and processes all events when a progress bar of its activity dock
+appears: each took about half a second on a loaded 2-core machine), so the GUI never stalls on it.
 """
 from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -32,9 +36,10 @@ import numpy as np
 from ._reader import META, pixel_centre_offset, refresh_region
 
 REFRESH_S = 0.25  # at most four image refreshes a second
-PREVIEW_S = 0.5  # at most two previews a second
+PREVIEW_S = 1.0  # at most one preview a second ...
+PREVIEW_SHARE = 0.2  # ... and decoding previews takes at most a fifth of the worker's time
 PREVIEW_PX = 256  # longest side of a preview, in image pixels
-WORKER_NICE = 10  # the worker thread's niceness (Linux): the GUI thread goes first
+GIL_SWITCH_S = float(os.environ.get("DIFFINFINITE_GIL_SWITCH_S", "0.001"))  # sys.setswitchinterval during runs
 
 
 # ============================================================================ models
@@ -207,6 +212,31 @@ def cancel_all() -> None:
         run.cancel()
 
 
+_DEFAULT_SWITCH = sys.getswitchinterval()
+
+
+def _switch_interval(running: bool) -> None:
+    sys.setswitchinterval(min(GIL_SWITCH_S, _DEFAULT_SWITCH) if running else _DEFAULT_SWITCH)
+
+
+_FROZEN = False
+
+
+def _freeze_heap() -> None:
+    """Once per process, when the first run starts: move every object alive now (napari, Qt, and
+    torch once imported) out of the cyclic garbage collector's reach (``gc.freeze``).
+    A full collection otherwise walks them all and stops every thread while it does (0.75 s
+    measured on a loaded 2-core machine: the GUI froze).  No collection runs first (it would be
+    such a pause itself): the few cycles unreachable at this moment stay in memory; everything
+    made later is collected as before."""
+    global _FROZEN
+    if not _FROZEN:
+        import gc
+
+        gc.freeze()
+        _FROZEN = True
+
+
 def _hook_quit() -> None:
     global _QUIT_HOOKED
     if not _QUIT_HOOKED:
@@ -254,6 +284,7 @@ class Notice:
 class Preview:
     bbox: tuple[int, int, int, int]  # (y0, y1, x0, x1) px of the region in flight
     rgb: np.ndarray  # (h, w, 3) uint8, at most PREVIEW_PX on a side
+    index: int = -1  # the region in flight
 
 
 def _region_offset(p, factor: int) -> tuple[int, int]:
@@ -330,14 +361,6 @@ def _install_cancel_hook(model) -> None:
         net._diffinfinite_cancel_hook = True
 
 
-def _lower_priority() -> None:
-    """Let the GUI thread go first: raise this thread's niceness (Linux; elsewhere nothing)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
-    except (AttributeError, OSError, PermissionError):
-        pass
-
-
 def _device_notice(requested: str, device) -> str | None:
     """What to tell the user when the device asked for is not the one used."""
     name = (requested or "auto").strip().lower()
@@ -367,7 +390,6 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
     yield Stage("opening the canvas")
     canvas = None
     _TLS.cancel = cancel
-    _lower_priority()
     try:
         from src_models.canvas import Canvas
         from src_models.synthesis import pending_regions, synthesise
@@ -396,7 +418,7 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
         canvas.set_settings({**canvas.settings, **request.settings()})
         todo = pending_regions(canvas, request)
         yield Plan(len(todo), int(request.steps), tuple(r.index for r in todo), threading.get_ident())
-        last_preview = [0.0]
+        next_preview = [0.0]  # time.monotonic() after which the next preview may be decoded
         latent_shape = canvas.latent_shape
         factor = canvas.factor
 
@@ -405,15 +427,18 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
             if not preview or p.x0 is None or p.level >= p.levels:
                 return
             now = time.monotonic()
-            if now - last_preview[0] < PREVIEW_S:
+            if now < next_preview[0]:
                 return
-            last_preview[0] = now
             try:
-                events.put(Preview(tuple(p.bbox), _preview_rgb(model, p.x0, p, factor, latent_shape)))
+                rgb = _preview_rgb(model, p.x0, p, factor, latent_shape)
             except Exception as e:  # a preview must never stop a run: say so once, then go without
-                last_preview[0] = float("inf")
+                next_preview[0] = float("inf")
                 events.put(Notice(f"live preview unavailable for this model ({type(e).__name__}: {e}); "
                                   "the run goes on without it"))
+                return
+            took = time.monotonic() - now
+            next_preview[0] = now + max(PREVIEW_S, took / PREVIEW_SHARE)
+            events.put(Preview(tuple(p.bbox), rgb, p.index))
 
         yield from synthesise(model, canvas, request, cancel=cancel, progress=on_level)
     except Exception as e:
@@ -426,18 +451,6 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
 
 
 # ============================================================================ GUI side
-def _run_progress(total: int, desc: str, on_cancel):
-    """A napari progress bar (activity dock) whose Cancel button cancels the run."""
-    from napari.utils import cancelable_progress
-
-    class RunProgress(cancelable_progress):
-        def cancel(self):
-            super().cancel()
-            on_cancel()
-
-    return RunProgress(total=total, desc=desc)
-
-
 def _duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     if seconds < 90:
@@ -445,30 +458,6 @@ def _duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{round(seconds / 60)} min"
     return f"{seconds / 3600:.1f} h"
-
-
-PREVIEW_NAME = "DiffInfinite preview"
-
-
-def find_preview_layer(viewer):
-    for layer in viewer.layers:
-        meta = layer.metadata.get(META) if isinstance(layer.metadata, dict) else None
-        if meta and meta.get("role") == "preview":
-            return layer
-    return None
-
-
-def preview_layer(viewer):
-    """The viewer's preview layer (made when a run starts, removed when it ends)."""
-    layer = find_preview_layer(viewer)
-    if layer is not None:
-        return layer
-    active = viewer.layers.selection.active
-    layer = viewer.add_image(np.zeros((2, 2, 3), np.uint8), rgb=True, name=PREVIEW_NAME, opacity=0.0,
-                             metadata={META: {"role": "preview"}})
-    if active is not None:  # the user keeps working on the layer they had selected
-        viewer.layers.selection.active = active
-    return layer
 
 
 def _notify(text: str, severity: str = "warning") -> None:
@@ -514,8 +503,7 @@ class SynthesisRun:
         self._levels = max(1, int(request.steps))
         self._level_in_flight = 0
         self._region_in_flight = None
-        self._progress = None
-        self._preview_layer = None
+        self._order: list[int] = []
         self._pending_preview: Preview | None = None
         self._started = 0.0
         self._sampling_started = 0.0
@@ -533,9 +521,8 @@ class SynthesisRun:
         from ._overlay import show_overlay
 
         self._started = time.monotonic()
+        _freeze_heap()
         self.overlay = show_overlay(self.viewer, self.layer)
-        if self._args[-1]:
-            self._preview_layer = preview_layer(self.viewer)
         self.worker = create_worker(synthesis_job, *self._args, _start_thread=False, _ignore_errors=True)
         self.worker.yielded.connect(self._on_yielded)
         self.worker.errored.connect(self._on_errored)  # synthesis_job reports its errors; this is for bugs
@@ -543,6 +530,7 @@ class SynthesisRun:
         BUSY.add(self.info["path"])
         _ACTIVE.add(self)
         _hook_quit()
+        _switch_interval(True)
         self._timer.start()
         self._set_state("starting", "starting…")
         self.worker.start()
@@ -569,14 +557,13 @@ class SynthesisRun:
             self.regions_total = ev.regions
             self.worker_thread = ev.thread
             self._levels = max(1, ev.levels)
+            self._order = list(ev.indices)
             if self.overlay is not None:
                 from ._overlay import PENDING
 
                 for i in ev.indices:
                     self.overlay.set(i, PENDING, refresh=False)
-                self.overlay.layer.refresh()
-            if ev.regions:
-                self._progress = _run_progress(ev.regions * self._levels, self._describe(), self.cancel)
+                self._mark_next()  # the first region starts now
             if self.state == "starting":
                 self._set_state("running", self._describe())
             self._advance()
@@ -588,14 +575,23 @@ class SynthesisRun:
             self.regions_done = ev.done
             self.regions_total = ev.total
             self._level_in_flight = 0
-            self._region_in_flight = None
             self._dirty.append(tuple(ev.bbox))
             self._pending_preview = None
-            self._hide_preview()
             if self.overlay is not None:
-                self.overlay.set(ev.index, DONE)
+                self.overlay.set(ev.index, DONE, refresh=False)
+                self._mark_next()
             if self.state == "running":
                 self._set_state("running", self._describe())
+
+    def _mark_next(self) -> None:
+        """Outline the region the worker takes next (the plan's order; levels confirm it)."""
+        if self.overlay is None:
+            return
+        if self.regions_done < len(self._order) and not self._cancel.is_set():
+            self._region_in_flight = self._order[self.regions_done]
+            self.overlay.in_flight(self._region_in_flight)
+        else:
+            self.overlay.layer.refresh()
 
     def _on_errored(self, exc: BaseException) -> None:
         self.failure = Failed(_clear_message(exc, self.request), exc, False)
@@ -608,13 +604,10 @@ class SynthesisRun:
                 ev = self._events.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(ev, Level):
-                self._levels = max(1, ev.levels)
-                self._level_in_flight = ev.level if ev.level < ev.levels else 0
-                if ev.index != self._region_in_flight and ev.level < ev.levels:
-                    self._region_in_flight = ev.index
-                    if self.overlay is not None and self.state == "running":
-                        self.overlay.in_flight(ev.index)
+            if isinstance(ev, Level):  # (queued: one may arrive after its region's RegionDone)
+                if ev.index == self._region_in_flight:
+                    self._levels = max(1, ev.levels)
+                    self._level_in_flight = ev.level if ev.level < ev.levels else 0
             elif isinstance(ev, Preview):
                 self._pending_preview = ev
             elif isinstance(ev, Notice):
@@ -632,6 +625,7 @@ class SynthesisRun:
         self._timer.stop()
         BUSY.discard(self.info["path"])
         _ACTIVE.discard(self)
+        _switch_interval(bool(_ACTIVE))
         while True:  # of what the worker left in the queue only notices still matter
             try:
                 ev = self._events.get_nowait()
@@ -643,12 +637,6 @@ class SynthesisRun:
             self._refresh()
         if self.overlay is not None:
             self.overlay.finish()
-        layer, self._preview_layer = self._preview_layer, None
-        if layer is not None and layer in self.viewer.layers:
-            self.viewer.layers.remove(layer)
-        bar, self._progress = self._progress, None
-        if bar is not None:
-            bar.close()
         if self.failure is not None:
             self._notify_failure(self.failure)
             self._set_state("failed", self.failure.message)
@@ -687,7 +675,7 @@ class SynthesisRun:
         return (time.monotonic() - self._sampling_started) / done * (total - done)
 
     def _describe(self) -> str:
-        """"DiffInfinite: 3/12 regions" (for the activity dock), with level and time left when known."""
+        """"DiffInfinite: 3/12 regions", with the step of the region in flight and the time left when known."""
         text = f"DiffInfinite: {self.regions_done}/{self.regions_total} regions"
         if self.regions_total and self.regions_done < self.regions_total and self._level_in_flight:
             text += f" · step {self._level_in_flight}/{self._levels}"
@@ -707,17 +695,6 @@ class SynthesisRun:
 
     def _advance(self) -> None:
         self._report_progress()
-        bar = self._progress  # a local: napari may process events (and finish the run) inside update()
-        if bar is None:
-            return
-        want, total = self.units()
-        if bar.total != total:
-            bar.total = total
-        if want > bar.n:
-            bar.update(want - bar.n)
-        text = self._describe()
-        if self._progress is bar and bar.desc.rstrip(": ") != text:
-            bar.set_description(text)
 
     def _refresh(self) -> None:
         boxes, self._dirty = self._dirty, []
@@ -731,27 +708,9 @@ class SynthesisRun:
             self._on_refresh()
 
     def _show_preview(self, p: Preview) -> None:
-        """Put a preview over its region; geometry is set only when it changes (each setter re-slices)."""
-        layer = self._preview_layer
-        if layer is None or layer not in self.viewer.layers:
-            return
-        y0, y1, x0, x1 = p.bbox
-        h, w = p.rgb.shape[:2]
-        scale = ((y1 - y0) / h, (x1 - x0) / w)
-        ty, tx = (float(v) for v in self.layer.translate[-2:])
-        translate = (ty + y0 + pixel_centre_offset(scale[0]), tx + x0 + pixel_centre_offset(scale[1]))
-        if not np.allclose(layer.scale[-2:], scale):
-            layer.scale = scale
-        if not np.allclose(layer.translate[-2:], translate):
-            layer.translate = translate
-        layer.data = p.rgb
-        layer.opacity = 1.0
-
-    def _hide_preview(self) -> None:
-        """Hidden through opacity during a run (cheap: no re-slicing); the layer goes when the run ends."""
-        layer = self._preview_layer
-        if layer is not None and layer in self.viewer.layers and layer.opacity != 0.0:
-            layer.opacity = 0.0
+        """Draw the preview into the region overlay, over the region in flight."""
+        if self.overlay is not None and p.index == self._region_in_flight:
+            self.overlay.show_preview(p.index, p.bbox, p.rgb)
 
     def _set_state(self, state: str, text: str) -> None:
         self.state, self.text = state, text

@@ -45,9 +45,6 @@ def test_run_fills_region_by_region_with_throttled_refreshes_off_the_gui_thread(
     net = MODELS.get("tiny-test", "cpu").unet
     hook = net.register_forward_hook(lambda *a: threads.add(threading.get_ident()))
 
-    from napari.utils import progress
-
-    bars = []  # the activity dock's progress bars at every refresh
     statuses = []
     dock_bar = []  # (value, maximum) of the widget's own progress bar at every refresh
 
@@ -55,7 +52,6 @@ def test_run_fills_region_by_region_with_throttled_refreshes_off_the_gui_thread(
         seen.append((regions_shown(image), run.worker.is_running))
         statuses.append(w.progress_label.text())
         dock_bar.append((w.progress_bar.value(), w.progress_bar.maximum()))
-        bars.extend((p.desc, p.n, p.total) for p in progress._all_instances if "DiffInfinite" in p.desc)
 
     try:
         run = w.start()
@@ -81,12 +77,12 @@ def test_run_fills_region_by_region_with_throttled_refreshes_off_the_gui_thread(
     # the network ran in the worker thread only, never on the GUI thread
     main = threading.main_thread().ident
     assert threads and main not in threads and run.worker_thread in threads
-    # a progress bar in napari's activity dock counted regions (levels of 16 regions x 4 steps)
-    assert bars and all(total == 16 * 4 for _, _, total in bars), bars
-    assert any("/16 regions" in desc and 0 < n < 64 for desc, n, _ in bars), bars
-    assert not any("DiffInfinite" in p.desc for p in progress._all_instances)  # closed at the end
-    # and the widget's own bar and progress line did too, with the time left
+    # the widget's progress bar counted levels of all regions (16 regions x 4 steps), its line
+    # said which region and how long is left; napari's activity dock got no bar (it stalls the GUI)
+    from napari.utils import progress
+
     assert all(m == 64 for _, m in dock_bar) and any(0 < v < 64 for v, _ in dock_bar), dock_bar
+    assert not progress._all_instances
     assert any("/16 regions" in t and "left" in t for t in statuses), statuses
     assert w.progress_bar.value() == 64 and w.progress_label.text().startswith("done: 16 regions")
     # the painted mask went into the store before the run, every region is marked done
@@ -169,14 +165,13 @@ def test_view_and_rectangle_regions(viewer, qtbot, tiny_card, tmp_path):
     qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
     assert run.state == "done" and run.regions_total == 4  # the 2 x 2 regions under the rectangle
 
-    # the Cancel button of the progress bar in napari's activity dock cancels the run too
-    from napari.utils import progress
+    # quitting napari cancels every run in flight (Qt's thread pool would otherwise wait for it)
+    from napari_diffinfinite._worker import cancel_all
 
     w.region_box.setCurrentText("whole canvas")
     run = w.start()
     qtbot.waitUntil(lambda: run.state == "running" and run.regions_done >= 1, timeout=60_000)
-    bar = next(p for p in progress._all_instances if "DiffInfinite" in p.desc)
-    bar.cancel()
+    cancel_all()
     assert w.run_button.text() == "Cancelling…"
     qtbot.waitUntil(lambda: not run.busy, timeout=30_000)
     assert run.state == "cancelled" and run.regions_done < 12
@@ -278,13 +273,22 @@ def test_cancel_takes_effect_within_one_network_batch(viewer, qtbot, tiny_card, 
 
     path, image, mask = _open(viewer, tiny_card, tmp_path, size=512, region=256)
     w = dock(viewer, "Synthesis")
-    setup_synthesis(w, steps=20, preview=False)
+    setup_synthesis(w, steps=20, preview=True)
     net = MODELS.get("tiny-test", "cpu").unet
-    calls = {"n": 0, "levels": []}
+    calls = {"n": 0}
     hook = net.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
     try:
         run = w.start()
-        qtbot.waitUntil(lambda: run.state == "running" and calls["n"] >= 40, timeout=60_000)
+        # the live preview is drawn into the region overlay, over the region in flight (outlined)
+        from napari_diffinfinite._overlay import IN_FLIGHT
+
+        qtbot.waitUntil(lambda: run.state == "running" and run.overlay is not None
+                        and (run.overlay.states == IN_FLIGHT).sum() == 1, timeout=60_000)
+        first = int(np.flatnonzero(run.overlay.states.ravel() == IN_FLIGHT)[0])
+        block = run.overlay._block(first)
+        qtbot.waitUntil(lambda: (block[..., 3] == 255).mean() > 0.8, timeout=60_000)  # opaque: the preview
+        assert block[8:-8, 8:-8, :3].std() > 0  # an image, not the flat veil
+        qtbot.waitUntil(lambda: calls["n"] >= 40, timeout=60_000)
         run.cancel()
         at_cancel = calls["n"]
         qtbot.waitUntil(lambda: not run.busy, timeout=30_000)
