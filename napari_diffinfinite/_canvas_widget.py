@@ -366,14 +366,14 @@ class CanvasWidget(QWidget):
 
     # ------------------------------------------------------------------ display
     def _on_canvas_changed(self, image_layer):
-        if self._watched is not None:
+        if self._watched is not None:  # a refresh of the image (a region finished) updates the count
             try:
-                self._watched.events.data.disconnect(self._info_soon)
+                self._watched.events.set_data.disconnect(self._info_soon)
             except (TypeError, ValueError, RuntimeError):
                 pass
         self._watched = image_layer
         if image_layer is not None:
-            image_layer.events.data.connect(self._info_soon)
+            image_layer.events.set_data.connect(self._info_soon)
         image, mask = self.picker.current()
         self.legend.set_canvas(self.viewer, layer_info(image) if image is not None else None, mask)
         self.update_info()

@@ -2,8 +2,8 @@
 
 Pending regions are veiled in grey (an empty canvas is then visible against napari's black
 background), the region in flight is outlined in yellow and shows the run's live preview (the
-predicted clean image, refreshed about twice a second), finished regions get a thin light outline
-and are otherwise clear.  Drawing the preview here rather than in a layer of its own means a run
+predicted clean image, refreshed about once a second), finished regions are clear (with a thin light
+outline while a run goes on).  Drawing the preview here rather than in a layer of its own means a run
 adds and removes no layer.  Each region is ``k`` x ``k`` overlay pixels (``k`` up to 128, the
 overlay at most :data:`MAX_SIDE` pixels a side), so updating a region re-uploads a small texture.
 The canvas itself gets napari's bounding-box outline.  GUI thread only.
@@ -44,8 +44,9 @@ def find_overlay(viewer, path: str):
 class RegionOverlay:
     """The overlay of one canvas; ``set(index, state)`` changes one region."""
 
-    def __init__(self, viewer, image_layer, done: set[int] | None = None):
+    def __init__(self, viewer, image_layer, done: set[int] | None = None, running: bool = False):
         info = image_layer.metadata[META]
+        self.running = running  # finished regions are outlined only while a run goes on
         self.viewer, self.info = viewer, info
         self.region_px, self.ny, self.nx = region_grid(info)
         self.k = max(1, min(MAX_K, MAX_SIDE // max(self.ny, self.nx)))
@@ -99,9 +100,11 @@ class RegionOverlay:
 
     def _edge(self, block: np.ndarray, state: int) -> None:
         k = self.k
+        if state == DONE and not self.running:  # a finished canvas shows its tissue, no grid over it
+            return
         if k >= 4 and block.size:
             edge = {PENDING: PENDING_EDGE, IN_FLIGHT: FLIGHT_EDGE, DONE: DONE_EDGE}[state]
-            w = max(1, k // 32) if state != IN_FLIGHT else max(2, k // 12)
+            w = max(1, k // 64) if state != IN_FLIGHT else max(2, k // 32)
             block[:w] = edge
             block[-w:] = edge
             block[:, :w] = edge
@@ -158,15 +161,19 @@ class RegionOverlay:
             self.layer.refresh()
 
     def finish(self) -> None:
-        """The run ended: nothing is in flight any more."""
+        """The run ended: nothing is in flight any more, finished regions lose their outline."""
+        self.running = False
         for i in np.flatnonzero(self.states == IN_FLIGHT):
             self.set(int(i), PENDING, refresh=False)
+        for i in np.flatnonzero(self.states == DONE):
+            self._paint(int(i))
         if self.layer in self.viewer.layers:
             self.layer.refresh()
 
 
-def show_overlay(viewer, image_layer) -> RegionOverlay | None:
-    """Make (or rebuild) the region overlay of a shown canvas from the store's finished regions."""
+def show_overlay(viewer, image_layer, running: bool = False) -> RegionOverlay | None:
+    """Make (or rebuild) the region overlay of a shown canvas from the store's finished regions
+    (``running``: for a run that starts now)."""
     from ._reader import open_readonly
 
     if image_layer not in viewer.layers:
@@ -175,4 +182,4 @@ def show_overlay(viewer, image_layer) -> RegionOverlay | None:
         done = open_readonly(image_layer.metadata[META]["path"]).done_indices()
     except Exception:  # the store went away
         done = set()
-    return RegionOverlay(viewer, image_layer, done)
+    return RegionOverlay(viewer, image_layer, done, running)

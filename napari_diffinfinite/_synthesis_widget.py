@@ -318,8 +318,9 @@ class SynthesisWidget(QWidget):
         self.progress_label.setText(text)
 
     def _on_state(self, state: str, text: str):
+        """The progress line under Run says how the run goes; the status line below it only why it failed."""
         try:
-            self.status.setText(text)
+            self.status.setText(text if state == "failed" else "")
         except RuntimeError:  # the dock widget was closed while its run went on: the run finishes alone
             return
         if state in ("starting", "running"):

@@ -522,7 +522,7 @@ class SynthesisRun:
 
         self._started = time.monotonic()
         _freeze_heap()
-        self.overlay = show_overlay(self.viewer, self.layer)
+        self.overlay = show_overlay(self.viewer, self.layer, running=True)
         self.worker = create_worker(synthesis_job, *self._args, _start_thread=False, _ignore_errors=True)
         self.worker.yielded.connect(self._on_yielded)
         self.worker.errored.connect(self._on_errored)  # synthesis_job reports its errors; this is for bugs

@@ -3,8 +3,9 @@ OME-Zarr store (NGFF 0.5, zarr v3) laid out like a canvas: image levels ``0, 1, 
 each labels layer under ``labels/<name>/0`` with its colours and class names as ``image-label``
 metadata.
 
-Layers that do not belong to a canvas (a plain image, the preview, the region overlay) are refused
-with a message naming them, before anything is written; napari's own writers save those.  Arrays
+The region overlay is left out (it only shows a run's state).  Layers that do not belong to a canvas
+(a plain image or labels layer) are refused with a message naming them, before anything is written;
+napari's own writers save those.  Arrays
 are copied block by block, so a multiscale canvas layer is never loaded whole; a write that fails
 half-way removes what it wrote.
 """
@@ -88,13 +89,14 @@ def _label_classes(meta: dict) -> tuple[list[dict], list[dict]]:
 
 
 def write_layers(path: str, layer_data: list[tuple]) -> list[str]:
-    """npe2 writer hook for ``["image", "labels*"]``: returns the path written."""
+    """npe2 writer hook for ``["image+", "labels*"]``: returns the path written."""
 
     from ._reader import is_canvas
 
     out = Path(path)
     if out.suffix != ".zarr":
         out = out.with_name(out.name + ".zarr")
+    layer_data = [d for d in layer_data if _canvas_role(d[1]) != "regions"]  # the region overlay is a view
     images = [d for d in layer_data if d[2] == "image"]
     labels = [d for d in layer_data if d[2] == "labels"]
     strangers = [str(m.get("name", "?")) for _, m, kind in layer_data

@@ -142,8 +142,9 @@ def main(argv=None) -> int:
         print("the run did not start", file=sys.stderr)
         return 1
     wait(app, lambda: run.regions_total and run.regions_done >= run.regions_total // 2 or not run.busy)
-    wait(app, lambda: (run.overlay is not None and run.overlay.previews > 0 and run.regions_done < run.regions_total)
-         or not run.busy, timeout=600)
+    seen = run.overlay.previews if run.overlay is not None else 0
+    wait(app, lambda: (run.overlay is not None and run.overlay.previews > seen + 1
+                       and run.regions_done < run.regions_total) or not run.busy, timeout=600)  # this region's preview
     shots += shoot(viewer, app, "03_run_half_done", wait_s=0.2)
     wait(app, lambda: not run.busy)
     took = time.monotonic() - started

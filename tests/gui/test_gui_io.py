@@ -94,6 +94,11 @@ def test_the_writer_refuses_layers_that_are_not_a_canvas_and_leaves_nothing(view
     with pytest.raises(WriterError, match="canvas layers only.*'tissue', 'classes'.*nothing was written"):
         viewer.layers.save(str(out), plugin=PLUGIN)
     assert not out.exists()
+    viewer.add_image(np.zeros((8, 8), np.uint8), name="another")  # two images: still our message, not napari's
+    with pytest.raises(WriterError, match="'another'"):
+        viewer.layers.save(str(out), plugin=PLUGIN)
+    assert not out.exists()
+    viewer.layers.remove("another")
     # a canvas image beside a stranger: refused as well, before anything is written
     path = make_canvas(tiny_card, tmp_path / "c.zarr", size=256, region=128)
     image, mask = viewer.open(path, plugin=PLUGIN)
@@ -131,10 +136,14 @@ def test_writer_copies_a_canvas_pyramid_and_never_replaces_a_canvas(viewer, tiny
     image, mask = viewer.open(path, plugin=PLUGIN)
     with pytest.raises(FileExistsError, match="canvas"):
         viewer.layers.save(path, plugin=PLUGIN)
+    from napari_diffinfinite._overlay import show_overlay
+
+    show_overlay(viewer, image)  # "save all" with the region overlay shown: the overlay is left out
+    assert len(viewer.layers) == 3
     out = viewer.layers.save(str(tmp_path / "copy.zarr"), plugin=PLUGIN)
     assert out == [str(tmp_path / "copy.zarr")]
     viewer.layers.clear()
-    image2, mask2 = viewer.open(out[0], plugin=PLUGIN)
+    image2, mask2 = viewer.open(out[0], plugin=PLUGIN)  # one image, one labels layer: no overlay copied
     assert len(image2.data) == len(image.data)
     for a, b in zip(image2.data, image.data):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
