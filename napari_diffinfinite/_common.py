@@ -101,7 +101,7 @@ def show_canvas(viewer, path, replace: bool = False) -> tuple:
     viewer.reset_view()
     if x or y:  # look at the new canvas, not at all of them
         info = layer_info(image)
-        viewer.camera.center = (y + info["height"] / 2, x + info["width"] / 2)
+        camera(viewer).center = (y + info["height"] / 2, x + info["width"] / 2)
     viewer.layers.selection.active = mask
     return image, mask
 
@@ -194,16 +194,22 @@ def drawn_rect(viewer) -> tuple[float, float, float, float] | None:
     return world[:, 0].min(), world[:, 0].max(), world[:, 1].min(), world[:, 1].max()
 
 
+def camera(viewer):
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return getattr(scene, "camera", None) or viewer.camera
+
+
 def view_rect(viewer) -> tuple[float, float, float, float]:
     """World (y0, y1, x0, x1) of what the canvas shows now."""
-    cy, cx = viewer.camera.center[-2:]
+    cy, cx = camera(viewer).center[-2:]
     h, w = viewer.canvas.size
-    zoom = viewer.camera.zoom
+    zoom = camera(viewer).zoom
     return cy - h / zoom / 2, cy + h / zoom / 2, cx - w / zoom / 2, cx + w / zoom / 2
 
 
 def view_centre(viewer) -> tuple[float, float]:
-    cy, cx = viewer.camera.center[-2:]
+    cy, cx = camera(viewer).center[-2:]
     return float(cy), float(cx)
 
 
