@@ -1,8 +1,12 @@
-"""Canvas dock widget: create a canvas (any size the model's grid allows, up to 1,000,000 px a side;
+"""Canvas dock widget: create a canvas (any size on the model's grid, up to 1,000,000 px a side;
 nothing is allocated until regions are sampled) or open one, show it, and show its class legend.
+Rarely used: import a slide as a canvas, extend a canvas beyond its border (under "More").
 
 A canvas is shown as a multiscale dask image over its store pyramid plus a Labels layer on the
-mask grid (see ``_reader``).  Creating runs in a worker thread (the model card may need torch).
+mask grid (see ``_reader``), placed right of the canvases already shown, with a region overlay.
+Creating runs in a worker thread (the model card may need torch).  The same widget is the
+"Canvas" section of the one DiffInfinite dock (``compact=True``: no picker or legend of its own,
+creation and opening folded away once a canvas is shown).
 """
 from __future__ import annotations
 
@@ -23,7 +27,17 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import CanvasPicker, Legend, ModelPicker, layer_info, show_canvas, status_label
+from ._common import (
+    CanvasPicker,
+    Legend,
+    ModelPicker,
+    Section,
+    grid_of,
+    layer_info,
+    notify,
+    show_canvas,
+    status_label,
+)
 from ._reader import is_canvas
 
 MAX_SIDE = 1_000_000
@@ -39,32 +53,76 @@ def _unique_default_path() -> Path:
     return path
 
 
+def resolution_text(info: dict) -> str:
+    """What one pixel of the mask layer is, in image pixels, and what the brush size means."""
+    s = info["factor"] * info["mask_step"]
+    if s == 1:
+        return "1 mask px = 1 image px; brush size in px"
+    note = f" (every {info['mask_step']}th latent px: the latent grid is too large to paint)" if info["mask_step"] > 1 else ""
+    return f"1 mask px = {s} image px; brush size in mask px{note}"
+
+
 class CanvasWidget(QWidget):
-    def __init__(self, napari_viewer, parent=None):
+    def __init__(self, napari_viewer, parent=None, *, compact: bool = False, picker: CanvasPicker | None = None,
+                 device=None):
         super().__init__(parent)
         self.viewer = napari_viewer
+        self.compact = compact
+        self._device = device or (lambda: "auto")  # where regions are sized for (the dock's device choice)
         self._worker = None
+        self._card_worker = None
+        self.grid = None  # px; the model's latent factor x 8, once its card is read
         layout = QVBoxLayout(self)
+        if compact:
+            layout.setContentsMargins(0, 0, 0, 0)
+        from ._reader import prefer_this_reader
+
+        prefer_this_reader()
+
+        # ------------------------------------------------------------ current canvas
+        self.picker = picker or CanvasPicker(self.viewer)
+        self.info_label = QLabel()
+        self.info_label.setWordWrap(True)
+        self.legend = Legend()
+        if not compact:
+            current = QGroupBox("Canvas")
+            clay = QVBoxLayout(current)
+            clay.addWidget(self.picker)
+            clay.addWidget(self.info_label)
+            clay.addWidget(QLabel("Classes (click one to paint it):"))
+            clay.addWidget(self.legend)
+        else:
+            layout.addWidget(self.info_label)
 
         # ------------------------------------------------------------ new canvas
-        new = QGroupBox("New canvas")
+        new = QWidget() if compact else QGroupBox("New canvas")
         form = QFormLayout(new)
+        if compact:
+            form.setContentsMargins(0, 0, 0, 0)
         self.width_box = QSpinBox()
         self.height_box = QSpinBox()
         for box in (self.width_box, self.height_box):
             box.setRange(8, MAX_SIDE)
-            box.setSingleStep(256)
-            box.setValue(2048)
+            box.setValue(2048 if not compact else 1024)
             box.setSuffix(" px")
             box.setGroupSeparatorShown(True)
+            box.setKeyboardTracking(False)
+            box.editingFinished.connect(lambda b=box: self._snap(b))
+        size_row = QHBoxLayout()
+        size_row.addWidget(self.width_box)
+        size_row.addWidget(QLabel("×"))
+        size_row.addWidget(self.height_box)
         self.model_picker = ModelPicker()
+        self.model_picker.currentIndexChanged.connect(lambda _: self._load_grid())
         self.region_box = QSpinBox()
         self.region_box.setRange(0, 65536)
         self.region_box.setSingleStep(64)
-        self.region_box.setSpecialValueText("model default")
+        self.region_box.setSpecialValueText("auto for the device")
         self.region_box.setSuffix(" px")
-        self.region_box.setToolTip("side of the regions the canvas is sampled and stored in (0: eight model windows)")
+        self.region_box.setToolTip("side of the regions the canvas is sampled and stored in; auto: 256 px on the "
+                                   "CPU (the first region shows within seconds), from the free memory on a GPU")
         self.path_edit = QLineEdit(str(_unique_default_path()))
+        self.path_edit.setToolTip("where the canvas is stored (an OME-Zarr folder)")
         browse = QPushButton("…")
         browse.setMaximumWidth(30)
         browse.clicked.connect(self._browse_new)
@@ -73,34 +131,36 @@ class CanvasWidget(QWidget):
         row.addWidget(browse)
         self.overwrite_box = QCheckBox("replace an existing store")
         self.create_button = QPushButton("Create")
+        self.create_button.setToolTip("make the canvas (nothing is allocated until regions are sampled)")
         self.create_button.clicked.connect(self.create)
-        form.addRow("width", self.width_box)
-        form.addRow("height", self.height_box)
+        form.addRow("size", size_row)
         form.addRow("model", self.model_picker)
-        form.addRow("regions", self.region_box)
         form.addRow("store", row)
-        form.addRow("", self.overwrite_box)
-        form.addRow(self.create_button)
-        layout.addWidget(new)
 
         # ------------------------------------------------------------ open
-        opened = QGroupBox("Open canvas")
-        orow = QHBoxLayout(opened)
         self.open_edit = QLineEdit()
         self.open_edit.setPlaceholderText("canvas .zarr folder")
-        obrowse = QPushButton("…")
-        obrowse.setMaximumWidth(30)
-        obrowse.clicked.connect(self._browse_open)
-        self.open_button = QPushButton("Open")
-        self.open_button.clicked.connect(lambda: self.open(self.open_edit.text()))
-        orow.addWidget(self.open_edit)
-        orow.addWidget(obrowse)
-        orow.addWidget(self.open_button)
-        layout.addWidget(opened)
+        self.open_button = QPushButton("Open…" if compact else "Open")
+        if compact:
+            self.open_button.setToolTip("open a canvas (.zarr folder); File > Open works too")
+            self.open_button.clicked.connect(self._browse_open)
+            buttons = QHBoxLayout()
+            buttons.addWidget(self.create_button)
+            buttons.addWidget(self.open_button)
+            form.addRow(buttons)
+        else:
+            form.addRow("regions", self.region_box)
+            form.addRow("", self.overwrite_box)
+            form.addRow(self.create_button)
+            self.open_button.clicked.connect(lambda: self.open(self.open_edit.text()))
 
         # ------------------------------------------------------------ from a slide, or grown
-        more = QGroupBox("From a slide, or extend a canvas")
+        more = QWidget() if compact else QGroupBox("From a slide, or extend a canvas")
         mform = QFormLayout(more)
+        if compact:
+            mform.setContentsMargins(0, 0, 0, 0)
+            mform.addRow("regions", self.region_box)
+            mform.addRow("", self.overwrite_box)
         self.slide_edit = QLineEdit()
         self.slide_edit.setPlaceholderText("slide: .svs, .tif, OME-Zarr folder")
         self.import_button = QPushButton("Import slide as a new canvas")
@@ -120,30 +180,38 @@ class CanvasWidget(QWidget):
         self.pad_label_box.setRange(0, 255)
         self.pad_label_box.setToolTip("mask label of the new border (0: unknown)")
         self.outpaint_button = QPushButton("Extend the chosen canvas into the store above")
-        self.outpaint_button.setToolTip("the new border is left to sample: press Run in Synthesis")
+        self.outpaint_button.setToolTip("the new border is left to sample: press Run")
         self.outpaint_button.clicked.connect(self.outpaint)
         mform.addRow("slide", self.slide_edit)
         mform.addRow(self.import_button)
         mform.addRow("pad (t, r, b, l)", prow)
         mform.addRow("border label", self.pad_label_box)
         mform.addRow(self.outpaint_button)
-        layout.addWidget(more)
 
-        # ------------------------------------------------------------ current canvas
-        current = QGroupBox("Canvas")
-        clay = QVBoxLayout(current)
-        self.picker = CanvasPicker(self.viewer)
-        self.info_label = QLabel()
-        self.info_label.setWordWrap(True)
-        self.legend = Legend()
-        clay.addWidget(self.picker)
-        clay.addWidget(self.info_label)
-        clay.addWidget(QLabel("Classes (click one to paint it):"))
-        clay.addWidget(self.legend)
-        layout.addWidget(current)
         self.status = status_label()
-        layout.addWidget(self.status)
-        layout.addStretch(1)
+        if compact:
+            self.new_section = Section("New or open", expanded=True)
+            self.new_section.add(new)
+            self.more_section = Section("More: regions, slides, extend", expanded=False)
+            self.more_section.add(more)
+            layout.addWidget(self.new_section)
+            layout.addWidget(self.more_section)
+            layout.addWidget(self.status)
+        else:
+            layout.addWidget(new)
+            opened = QGroupBox("Open canvas")
+            orow = QHBoxLayout(opened)
+            obrowse = QPushButton("…")
+            obrowse.setMaximumWidth(30)
+            obrowse.clicked.connect(self._browse_open)
+            orow.addWidget(self.open_edit)
+            orow.addWidget(obrowse)
+            orow.addWidget(self.open_button)
+            layout.addWidget(opened)
+            layout.addWidget(more)
+            layout.addWidget(current)
+            layout.addWidget(self.status)
+            layout.addStretch(1)
 
         self._info_timer = QTimer(self)
         self._info_timer.setSingleShot(True)
@@ -152,6 +220,37 @@ class CanvasWidget(QWidget):
         self._watched = None
         self.picker.changed.connect(self._on_canvas_changed)
         self._on_canvas_changed(self.picker.image_layer())
+        self._load_grid()
+
+    # ------------------------------------------------------------------ model grid
+    def _load_grid(self):
+        """Read the chosen model's card (in a worker: tiny-test needs torch) and step the size boxes by its grid."""
+        from napari.qt.threading import create_worker
+
+        from ._worker import model_card
+
+        spec = self.model_picker.spec()
+        worker = create_worker(model_card, spec, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(lambda card, s=spec: self._set_grid(card) if s == self.model_picker.spec() else None)
+        self._card_worker = worker
+        worker.start()
+
+    def _set_grid(self, card) -> None:
+        self.grid = grid_of(card)
+        for box in (self.width_box, self.height_box):
+            box.setSingleStep(self.grid)
+            box.setMinimum(self.grid)
+            box.setToolTip(f"canvas side in px: a multiple of {self.grid} px, the grid of model {card.name!r} "
+                           f"(latent factor {card.factor} x 8)")
+
+    def _snap(self, box) -> None:
+        """A typed size off the model's grid goes to the nearest multiple (and says so)."""
+        v = box.value()
+        if self.grid and v % self.grid:
+            lo = max(self.grid, v // self.grid * self.grid)
+            near = lo if v - lo <= self.grid / 2 else lo + self.grid
+            box.setValue(near)
+            notify(f"{v} px is off the model's grid of {self.grid} px; using {near} px", "info")
 
     # ------------------------------------------------------------------ actions
     def create(self):
@@ -161,19 +260,27 @@ class CanvasWidget(QWidget):
         path = self.path_edit.text().strip()
         if not path:
             self._fail("choose where to store the canvas")
-            return
+            return None
+        w, h = self.width_box.value(), self.height_box.value()
+        for name, v in (("width", w), ("height", h)):
+            if self.grid and v % self.grid:  # (before the card is read, the worker's check says it)
+                lo = v // self.grid * self.grid
+                self._fail(f"not created: canvas {name} {v} px does not fit the model's grid of {self.grid} px; "
+                           f"use {lo or self.grid} or {lo + self.grid}")
+                return None
         self.create_button.setEnabled(False)
         self.status.setText("creating…")
         from ._worker import create_canvas_job
 
         region = self.region_box.value() or None
-        self._worker = create_worker(create_canvas_job, self.model_picker.spec(), path, self.height_box.value(),
-                                     self.width_box.value(), region, self.overwrite_box.isChecked(),
+        self._worker = create_worker(create_canvas_job, self.model_picker.spec(), path, h, w, region,
+                                     self.overwrite_box.isChecked(), self._device(),
                                      _start_thread=False, _ignore_errors=True)
         self._worker.returned.connect(self._on_created)
-        self._worker.errored.connect(lambda e: self.status.setText(f"not created: {e}"))
+        self._worker.errored.connect(lambda e: self._fail(f"not created: {e}"))
         self._worker.finished.connect(lambda: self.create_button.setEnabled(True))
         self._worker.start()
+        return self._worker
 
     def _start_store_job(self, job, source, options: tuple, *, button, doing: str):
         """Run ``job(model, source, store, *options)`` (it writes a new store) in a worker, then
@@ -220,9 +327,11 @@ class CanvasWidget(QWidget):
                                      doing="extending…")
 
     def _on_created(self, path: str):
-        show_canvas(self.viewer, path)
+        show_canvas(self.viewer, path, replace=True)
         self.status.setText(f"created {path}")
         self.path_edit.setText(str(_unique_default_path()))
+        if self.compact:
+            self.new_section.set_expanded(False)
 
     def open(self, path: str):
         path = str(path).strip()
@@ -236,13 +345,13 @@ class CanvasWidget(QWidget):
             self._fail(f"cannot open {path}: {e}")
             return None
         self.status.setText(f"opened {path}")
+        if self.compact:
+            self.new_section.set_expanded(False)
         return layers
 
     def _fail(self, text: str):
-        from napari.utils.notifications import show_error
-
         self.status.setText(text)
-        show_error(text)
+        notify(text)
 
     def _browse_new(self):
         path, _ = QFileDialog.getSaveFileName(self, "New canvas", self.path_edit.text(), "Zarr store (*.zarr)")
@@ -257,14 +366,14 @@ class CanvasWidget(QWidget):
 
     # ------------------------------------------------------------------ display
     def _on_canvas_changed(self, image_layer):
-        if self._watched is not None:
+        if self._watched is not None:  # a refresh of the image (a region finished) updates the count
             try:
-                self._watched.events.data.disconnect(self._info_soon)
+                self._watched.events.set_data.disconnect(self._info_soon)
             except (TypeError, ValueError, RuntimeError):
                 pass
         self._watched = image_layer
         if image_layer is not None:
-            image_layer.events.data.connect(self._info_soon)
+            image_layer.events.set_data.connect(self._info_soon)
         image, mask = self.picker.current()
         self.legend.set_canvas(self.viewer, layer_info(image) if image is not None else None, mask)
         self.update_info()
@@ -278,6 +387,8 @@ class CanvasWidget(QWidget):
         if image is None:
             self.info_label.setText("No canvas yet: create one, open one, "
                                     "or File > Open Sample > DiffInfinite demo canvas.")
+            if self.compact:
+                self.new_section.set_expanded(True)
             return
         info = layer_info(image)
         from ._reader import open_readonly
@@ -292,9 +403,10 @@ class CanvasWidget(QWidget):
         lh, lw = info["latent_shape"]
         step = info["mask_step"]
         grid = f"{-(-lw // step)}×{-(-lh // step)}"
-        mask_text = (f"mask {grid} px, 1 mask px = {info['factor'] * step} image px"
-                     + (f" (every {step}th latent px: the latent grid is too large to paint)" if step > 1 else ""))
         self.info_label.setText(
-            f"{info['width']:,}×{info['height']:,} px · model {model} · "
-            f"{done}/{total} regions of {info['region_size']} px done\n{mask_text}\n{info['path']}"
+            f"{info['width']:,}×{info['height']:,} px · model {Path(str(model)).name} · "
+            f"{done}/{total} regions of {info['region_size']} px done\n"
+            f"mask {grid} px: {resolution_text(info)}"
+            + ("" if self.compact else f"\n{info['path']}")
         )
+        self.info_label.setToolTip(info["path"])

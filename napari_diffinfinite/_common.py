@@ -1,15 +1,17 @@
-"""Pieces the three dock widgets share: the canvas picker, the model picker, the class legend,
-and the geometry of "current view" and "drawn rectangle".  Widgets find canvases through the
-layers' ``metadata["diffinfinite"]``, so any widget works with canvases opened by any other (or by
+"""Pieces the dock widgets share: the canvas picker, the model picker, the class legend, the
+collapsible section, the guard that keeps the mask to the model's classes, and the geometry of
+"current view" and "drawn rectangle".  Widgets find canvases through the layers'
+``metadata["diffinfinite"]``, so any widget works with canvases opened by any other (or by
 File > Open).  Qt only through qtpy.
 """
 from __future__ import annotations
 
 import math
+import weakref
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
     QComboBox,
@@ -18,10 +20,12 @@ from qtpy.QtWidgets import (
     QLabel,
     QPushButton,
     QSizePolicy,
+    QToolButton,
+    QVBoxLayout,
     QWidget,
 )
 
-from ._reader import META, canvas_layers
+from ._reader import META, canvas_layers, display_colours, pixel_centre_offset
 
 AREA_NAME = "area"
 
@@ -32,23 +36,128 @@ def layer_info(layer) -> dict | None:
     return meta.get(META) if isinstance(meta, dict) else None
 
 
-def show_canvas(viewer, path) -> tuple:
-    """Add a canvas's image and mask layers (or select them when already shown)."""
+def notify(text: str, severity: str = "error") -> None:
+    """A napari notification (error, warning or info)."""
+    from napari.utils.notifications import show_error, show_info, show_warning
+
+    {"error": show_error, "warning": show_warning, "info": show_info}[severity](text)
+
+
+CANVAS_GAP = 0.05  # space between canvases placed side by side, as a share of the wider one
+
+
+def free_spot(viewer, width: int) -> tuple[float, float]:
+    """World (y, x) where a canvas of ``width`` px goes: right of every canvas shown, else the origin."""
+    spots = []
+    widest = width
+    for image, _ in canvas_layers(viewer):
+        info = layer_info(image)
+        ty, tx = (float(v) for v in image.translate[-2:])
+        spots.append((tx + info["width"] * float(image.scale[-1]), ty))
+        widest = max(widest, info["width"])
+    if not spots:
+        return 0.0, 0.0
+    right, top = max(spots)
+    return top, right + max(32.0, CANVAS_GAP * widest)
+
+
+def remove_canvas_layers(viewer, path) -> None:
+    """Take every layer of canvas ``path`` (image, mask, region overlay) out of the viewer."""
+    target = str(Path(path).resolve())
+    for layer in list(viewer.layers):
+        info = layer_info(layer)
+        if info and info.get("path") == target:
+            viewer.layers.remove(layer)
+
+
+def show_canvas(viewer, path, replace: bool = False) -> tuple:
+    """Add a canvas's image and mask layers right of the canvases already shown (or select them
+    when already shown; ``replace``: show them anew, the store was rewritten), with the region
+    overlay, the canvas outline and the mask kept to the model's classes."""
+    from ._overlay import show_overlay
     from ._reader import canvas_layer_data
 
+    if replace:
+        remove_canvas_layers(viewer, path)
     shown = canvas_layers(viewer, path)
     if shown:
         image, mask = shown[0]
         viewer.layers.selection.active = mask or image
         return image, mask
+    layer_data = canvas_layer_data(path)
+    y, x = free_spot(viewer, layer_data[0][1]["metadata"][META]["width"])
     added = []
-    for data, meta, kind in canvas_layer_data(path):
+    for data, meta, kind in layer_data:
+        if kind == "labels":
+            offset = pixel_centre_offset(meta["scale"][0])
+            meta = {**meta, "translate": (y + offset, x + offset)}
+        else:
+            meta = {**meta, "translate": (y, x)}
         added.append(getattr(viewer, f"add_{kind}")(data, **meta))
     image, mask = added
+    guard_mask(mask)
     mask.selected_label = 1
+    show_overlay(viewer, image)
     viewer.reset_view()
+    if x or y:  # look at the new canvas, not at all of them
+        info = layer_info(image)
+        camera(viewer).center = (y + info["height"] / 2, x + info["width"] / 2)
     viewer.layers.selection.active = mask
     return image, mask
+
+
+_GUARDED: "weakref.WeakSet" = weakref.WeakSet()  # mask layers guard_mask watches already
+
+
+def guard_mask(layer) -> None:
+    """Keep a mask layer to the model's classes.
+
+    napari lets a user pick any label ("new label" gives the largest label + 1), and labels that
+    are not classes would paint in an error colour and fail only at Run.  Picking one moves to the
+    next real class instead (after the last class: class 1), with a notification; a stroke that
+    still paints one (from code) is taken back as soon as it ends."""
+    info = layer_info(layer)
+    if not info or layer in _GUARDED:
+        return
+    n = len(info["classes"])
+    state = {"last": 1 if layer.selected_label >= n else layer.selected_label}
+
+    def on_selected(event=None):
+        label = int(layer.selected_label)
+        if 0 <= label < n:
+            state["last"] = label
+            return
+        nxt = state["last"] + 1 if state["last"] + 1 < n else 1
+        notify(f"label {label} is not a class of this model (classes 0..{n - 1}: "
+               f"{', '.join(f'{i} {c}' for i, c in enumerate(info['classes']))}); painting {nxt} "
+               f"({info['classes'][nxt]}) instead", "info")
+        state["last"] = nxt
+        layer.selected_label = nxt
+
+    def largest_painted(item) -> int:
+        top = 0
+        for atom in item:
+            value = getattr(atom, "new_value", None)
+            if value is None and isinstance(atom, tuple) and len(atom) == 3:
+                value = atom[2]
+            if value is not None and np.size(value):
+                top = max(top, int(np.max(value)))
+        return top
+
+    def take_back():
+        layer.undo()
+        if hasattr(layer, "_redo_history"):
+            layer._redo_history.clear()
+
+    def on_paint(event):
+        top = largest_painted(event.value)
+        if top >= n:
+            notify(f"label {top} is not a class of this model (classes 0..{n - 1}); the stroke was taken back")
+            QTimer.singleShot(0, take_back)  # after napari has finished writing the stroke
+
+    layer.events.selected_label.connect(on_selected)
+    layer.events.paint.connect(on_paint)
+    _GUARDED.add(layer)
 
 
 def find_area_layer(viewer):
@@ -85,16 +194,22 @@ def drawn_rect(viewer) -> tuple[float, float, float, float] | None:
     return world[:, 0].min(), world[:, 0].max(), world[:, 1].min(), world[:, 1].max()
 
 
+def camera(viewer):
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return getattr(scene, "camera", None) or viewer.camera
+
+
 def view_rect(viewer) -> tuple[float, float, float, float]:
     """World (y0, y1, x0, x1) of what the canvas shows now."""
-    cy, cx = viewer.camera.center[-2:]
+    cy, cx = camera(viewer).center[-2:]
     h, w = viewer.canvas.size
-    zoom = viewer.camera.zoom
+    zoom = camera(viewer).zoom
     return cy - h / zoom / 2, cy + h / zoom / 2, cx - w / zoom / 2, cx + w / zoom / 2
 
 
 def view_centre(viewer) -> tuple[float, float]:
-    cy, cx = viewer.camera.center[-2:]
+    cy, cx = camera(viewer).center[-2:]
     return float(cy), float(cx)
 
 
@@ -147,11 +262,30 @@ class CanvasPicker(QComboBox):
         if info.get("role") == "image":
             layer.events.name.connect(lambda e: self.update_items())
             self.update_items(select=layer)
+            QTimer.singleShot(0, lambda: self._add_overlay(layer))  # not from inside napari's insert event
+        if info.get("role") == "mask":
+            guard_mask(layer)
         if info.get("role") in ("image", "mask"):
             self.changed.emit(self.image_layer())  # a canvas's mask arrives after its image
 
+    def _add_overlay(self, image) -> None:
+        """The region overlay of a canvas shown by any means (File > Open, sample data)."""
+        from ._overlay import find_overlay, show_overlay
+
+        if image in self.viewer.layers and find_overlay(self.viewer, layer_info(image)["path"]) is None:
+            show_overlay(self.viewer, image)
+
     def _on_removed(self, event) -> None:
-        if layer_info(event.value):
+        info = layer_info(event.value)
+        if info:
+            if info.get("role") == "image":  # its region overlay goes with it
+                from ._overlay import find_overlay
+
+                overlay = find_overlay(self.viewer, info.get("path"))
+                if overlay is not None and not any(
+                        (layer_info(x) or {}).get("role") == "image" and layer_info(x).get("path") == info.get("path")
+                        for x in self.viewer.layers):
+                    self.viewer.layers.remove(overlay)
             self.update_items()
             self.changed.emit(self.image_layer())
 
@@ -258,8 +392,10 @@ class Legend(QWidget):
         self.buttons = []
         if not info:
             return
-        for i, (name, colour) in enumerate(zip(info["classes"], info["colours"])):
-            text = f"{i} {name}" + (" (unpainted, erases)" if i == 0 else "")
+        mode = (layer_info(mask_layer) or {}).get("mode", "distinct colours") if mask_layer is not None else None
+        colours = display_colours(info["colours"], mode or "distinct colours")
+        for i, (name, colour) in enumerate(zip(info["classes"], colours)):
+            text = f"{i} {name}" + (" (erases)" if i == 0 else "")
             b = QPushButton(swatch(colour, transparent=(i == 0)), text)
             b.setToolTip(f"paint class {i} ({name}) on the mask" if i else "erase: class 0, unknown")
             b.setStyleSheet("text-align: left; padding: 2px 6px;")
@@ -282,3 +418,49 @@ def status_label() -> QLabel:
     label.setWordWrap(True)
     label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
     return label
+
+
+class Section(QWidget):
+    """A collapsible part of a dock: a header that folds and unfolds its body."""
+
+    def __init__(self, title: str, expanded: bool = True, parent=None):
+        super().__init__(parent)
+        self.header = QToolButton()
+        self.header.setText(title)
+        self.header.setCheckable(True)
+        self.header.setChecked(expanded)
+        self.header.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.header.setStyleSheet("QToolButton { border: none; font-weight: bold; }")
+        self.header.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.body = QWidget()
+        self.body_layout = QVBoxLayout(self.body)
+        self.body_layout.setContentsMargins(8, 0, 0, 4)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(2)
+        lay.addWidget(self.header)
+        lay.addWidget(self.body)
+        self.header.toggled.connect(self.set_expanded)
+        self.set_expanded(expanded)
+
+    def add(self, widget) -> None:
+        self.body_layout.addWidget(widget)
+
+    def set_expanded(self, expanded: bool) -> None:
+        if self.header.isChecked() != expanded:
+            self.header.setChecked(expanded)
+            return
+        self.header.setArrowType(Qt.ArrowType.DownArrow if expanded else Qt.ArrowType.RightArrow)
+        self.body.setVisible(expanded)
+
+    @property
+    def expanded(self) -> bool:
+        return self.header.isChecked()
+
+
+def grid_of(card_or_info) -> int:
+    """Canvas sides must be multiples of this (px): the latent factor times 8."""
+    from src_models.api import LATENT_MULTIPLE
+
+    factor = card_or_info["factor"] if isinstance(card_or_info, dict) else card_or_info.factor
+    return int(factor) * LATENT_MULTIPLE

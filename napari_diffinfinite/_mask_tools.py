@@ -1,17 +1,23 @@
 """Mask tools dock widget: everything about the class mask besides napari's own brush, fill and
 polygon tools (which paint the mask Labels layer directly, with napari's undo).
 
+* The class legend (click a class to paint it), what a mask pixel is in image pixels, and why the
+  mask is locked while a run uses it.
+* How the mask is shown: filled in distinct colours (far from H&E's), as contours, or in the
+  model card's colours.
 * Load a mask from PNG, TIFF or NPY (label images, or RGB in the model's class colours), fitted
-  to the mask grid with nearest-neighbour sampling.
+  to the mask grid with nearest-neighbour sampling.  Masks made for other models (the
+  DiffInfinite release's grey-coded PNGs and 5/10-class label maps) go through the class-mapping
+  dialog first (``_class_map``; remembered per model).
 * Generate mask (procedural): smoothed random fields of the tissue classes, arg-max per pixel
   (``src_models.maskio.procedural_mask``), for the whole canvas or the drawn rectangle.  No mask
   diffusion model is shipped yet; this is a layout generator, not a learned one, and says so.
-* Clear the whole mask or the drawn rectangle.
-* Save the mask into the canvas store now (a run also saves it before it starts).
+* Clear the whole mask or the drawn rectangle; save the mask into the canvas store now (a run
+  also saves it before it starts).
 
-Loading and generating run in a worker thread; the result is applied on the GUI thread through
-``Labels.data_setitem``, so napari's undo (Ctrl+Z) takes it back, except for edits larger than
-``UNDO_MAX_PX`` changed pixels, which are written directly (the status line says so).
+Loading and generating run in a worker thread; the result is applied on the GUI thread as one
+entry of napari's undo history holding the old and new values of the changed rectangle (two
+bytes a pixel), so Ctrl+Z takes back even a procedural mask on a 20,000 px canvas.
 """
 from __future__ import annotations
 
@@ -29,10 +35,43 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import CanvasPicker, Legend, area_layer, drawn_rect, layer_info, px_to_mask, status_label, to_image_px
+from ._common import (
+    CanvasPicker,
+    Legend,
+    Section,
+    area_layer,
+    drawn_rect,
+    layer_info,
+    notify,
+    px_to_mask,
+    status_label,
+    to_image_px,
+)
+from ._reader import MASK_MODES, set_mask_mode
 
-UNDO_MAX_PX = 16_000_000  # larger edits skip napari's undo history (it stores coordinates)
+UNDO_MAX_PX = 128_000_000  # larger edits skip napari's undo history (it keeps 2 bytes a pixel of the rectangle)
 GENERATE_MAX_SIDE = 2048  # procedural layouts are drawn at most this large, then fitted
+
+
+def read_mask_job(path: str, colours: list[str], classes: list[str]):
+    """A mask file read for a model: (labels in the source's scheme, what it is)."""
+    from src_models.foreign_masks import interpret
+    from src_models.maskio import load_mask
+
+    raw = load_mask(path, colours)
+    return raw, interpret(raw, len(classes))
+
+
+def fit_mask_job(labels: np.ndarray, mapping: dict | None, classes: list[str], shape: tuple[int, int],
+                 name: str) -> np.ndarray:
+    """Map (when asked), check and fit labels to ``shape``."""
+    from src_models.foreign_masks import apply_class_map
+    from src_models.maskio import check_labels, resize_labels
+
+    if mapping:
+        labels = apply_class_map(labels, mapping)
+    check_labels(labels, classes, name=name)
+    return resize_labels(labels, shape) if labels.shape != tuple(shape) else labels
 
 
 def load_mask_job(path: str, colours: list[str], classes: list[str], shape: tuple[int, int]) -> np.ndarray:
@@ -54,74 +93,119 @@ def procedural_job(shape: tuple[int, int], labels: list[int], seed: int) -> np.n
 
 
 def apply_to_mask(layer, values: np.ndarray, rect: tuple[int, int, int, int]) -> tuple[int, bool]:
-    """Put ``values`` into ``layer.data[r0:r1, c0:c1]``; returns (changed pixels, undoable)."""
+    """Put ``values`` into ``layer.data[r0:r1, c0:c1]`` as one undoable step; returns (changed
+    pixels, undoable).  The history entry is the rectangle with its old and new values."""
     r0, r1, c0, c1 = rect
-    old = np.asarray(layer.data[r0:r1, c0:c1])
-    changed = old != values
-    n = int(changed.sum())
+    old = np.array(layer.data[r0:r1, c0:c1], copy=True)
+    new = np.asarray(values, dtype=layer.data.dtype)
+    n = int(np.count_nonzero(old != new))
     if n == 0:
         return 0, True
-    if n <= UNDO_MAX_PX:
-        ys, xs = np.nonzero(changed)
-        layer.data_setitem((ys + r0, xs + c0), values[changed].astype(layer.data.dtype))
-        return n, True
-    layer.data[r0:r1, c0:c1] = values
+    undoable = old.size <= UNDO_MAX_PX and hasattr(layer, "_save_history")
+    if undoable:
+        layer._save_history(((slice(r0, r1), slice(c0, c1)), old, new))
+    layer.data[r0:r1, c0:c1] = new
     layer.refresh()
-    return n, False
+    return n, undoable
 
 
 class MaskToolsWidget(QWidget):
-    def __init__(self, napari_viewer, parent=None):
+    def __init__(self, napari_viewer, parent=None, *, compact: bool = False, picker: CanvasPicker | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
+        self.compact = compact
         self._worker = None
+        self._jobs = 0
+        self._watched_mask = None
+        self.class_map_dialog = None
         layout = QVBoxLayout(self)
-        self.picker = CanvasPicker(self.viewer)
-        layout.addWidget(self.picker)
+        if compact:
+            layout.setContentsMargins(0, 0, 0, 0)
+        self.picker = picker or CanvasPicker(self.viewer)
+        if not compact:
+            layout.addWidget(self.picker)
         hint = QLabel("Paint, fill or draw polygons on the mask layer with napari's layer controls "
                       "(Ctrl+Z undoes). Pick the class here:")
         hint.setWordWrap(True)
-        layout.addWidget(hint)
+        if not compact:
+            layout.addWidget(hint)
         self.legend = Legend()
         layout.addWidget(self.legend)
+        self.resolution_label = QLabel()
+        self.resolution_label.setWordWrap(True)
+        layout.addWidget(self.resolution_label)
+        self.lock_label = QLabel("The mask is locked while a run samples under it: Cancel the run to paint.")
+        self.lock_label.setWordWrap(True)
+        self.lock_label.setStyleSheet("color: #ffb74d;")
+        self.lock_label.setVisible(False)
+        layout.addWidget(self.lock_label)
 
-        box = QGroupBox("Whole-mask actions")
-        form = QFormLayout(box)
+        self.mode_box = QComboBox()
+        self.mode_box.addItems(MASK_MODES)
+        self.mode_box.setToolTip("how the mask is drawn over the image: filled in colours far from H&E's, only "
+                                 "its outlines, or in the model card's own (H&E-like) colours")
+        self.mode_box.currentTextChanged.connect(self.set_mode)
+
         self.target_box = QComboBox()
         self.target_box.addItems(["whole canvas", "drawn rectangle"])
         draw = QPushButton("Draw rectangle")
-        draw.setToolTip("draw a rectangle in the 'area' Shapes layer (also used by the Synthesis widget)")
+        draw.setToolTip("draw a rectangle in the 'area' Shapes layer (also used by Synthesis)")
         draw.clicked.connect(self.draw_rectangle)
-        row = QHBoxLayout()
-        row.addWidget(self.target_box)
-        row.addWidget(draw)
-        form.addRow("apply to", row)
+        target_row = QHBoxLayout()
+        target_row.addWidget(self.target_box)
+        target_row.addWidget(draw)
         self.seed_box = QSpinBox()
         self.seed_box.setRange(0, 2**31 - 1)
-        form.addRow("layout seed", self.seed_box)
-        self.generate_button = QPushButton("Generate mask (procedural)")
+        self.seed_box.setToolTip("seed of the procedural layout")
+        self.generate_button = QPushButton("Generate")
         self.generate_button.setToolTip(
             "fill the target with a procedural layout of the tissue classes (smoothed random fields, "
             "not a learned mask model)")
         self.generate_button.clicked.connect(self.generate)
-        self.load_button = QPushButton("Load mask…")
-        self.load_button.setToolTip("PNG, TIFF or NPY label image (or RGB in the class colours), fitted to the target")
+        self.load_button = QPushButton("Load…")
+        self.load_button.setToolTip("PNG, TIFF or NPY label image (or RGB in the class colours), fitted to the target; "
+                                    "masks of other models (the DiffInfinite release's grey PNGs and 5/10-class label "
+                                    "maps) are mapped to the model's classes first")
         self.load_button.clicked.connect(lambda: self.load())
         self.clear_button = QPushButton("Clear")
+        self.clear_button.setToolTip("set the target to 0 (unknown)")
         self.clear_button.clicked.connect(self.clear)
         self.save_button = QPushButton("Save mask to canvas")
         self.save_button.setToolTip("write the mask layer into the canvas store now (Run does it too)")
         self.save_button.clicked.connect(self.save)
-        form.addRow(self.generate_button)
         buttons = QHBoxLayout()
+        buttons.addWidget(self.generate_button)
         buttons.addWidget(self.load_button)
         buttons.addWidget(self.clear_button)
-        form.addRow(buttons)
-        form.addRow(self.save_button)
-        layout.addWidget(box)
+
+        if compact:
+            form = QFormLayout()
+            form.setContentsMargins(0, 0, 0, 0)
+            form.addRow("show as", self.mode_box)
+            form.addRow("apply to", target_row)
+            layout.addLayout(form)
+            layout.addLayout(buttons)
+            self.more_section = Section("More: layout seed, save", expanded=False)
+            more = QWidget()
+            mform = QFormLayout(more)
+            mform.setContentsMargins(0, 0, 0, 0)
+            mform.addRow("layout seed", self.seed_box)
+            mform.addRow(self.save_button)
+            self.more_section.add(more)
+            layout.addWidget(self.more_section)
+        else:
+            box = QGroupBox("Whole-mask actions")
+            form = QFormLayout(box)
+            form.addRow("show as", self.mode_box)
+            form.addRow("apply to", target_row)
+            form.addRow("layout seed", self.seed_box)
+            form.addRow(buttons)
+            form.addRow(self.save_button)
+            layout.addWidget(box)
         self.status = status_label()
         layout.addWidget(self.status)
-        layout.addStretch(1)
+        if not compact:
+            layout.addStretch(1)
         self._actions = [self.generate_button, self.load_button, self.clear_button, self.save_button]
         self.picker.changed.connect(self._on_canvas_changed)
         self._on_canvas_changed(self.picker.image_layer())
@@ -129,13 +213,43 @@ class MaskToolsWidget(QWidget):
     # ------------------------------------------------------------------ helpers
     def _on_canvas_changed(self, _layer=None):
         image, mask = self.picker.current()
-        self.legend.set_canvas(self.viewer, layer_info(image) if image is not None else None, mask)
+        info = layer_info(image) if image is not None else None
+        self.legend.set_canvas(self.viewer, info, mask)
+        if self._watched_mask is not None:
+            try:
+                self._watched_mask.events.editable.disconnect(self._on_editable)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        self._watched_mask = mask
+        if mask is not None:
+            from ._canvas_widget import resolution_text
+
+            mask.events.editable.connect(self._on_editable)
+            self.resolution_label.setText(resolution_text(layer_info(mask)))
+            mode = layer_info(mask).get("mode", MASK_MODES[0])
+            self.mode_box.blockSignals(True)
+            self.mode_box.setCurrentText(mode)
+            self.mode_box.blockSignals(False)
+        else:
+            self.resolution_label.setText("")
+        self._on_editable()
+
+    def _on_editable(self, event=None):
+        mask = self._watched_mask
+        locked = mask is not None and mask in self.viewer.layers and not mask.editable
+        self.lock_label.setVisible(locked)
+
+    def set_mode(self, mode: str) -> None:
+        """Show the chosen canvas's mask filled in distinct colours, as contours, or in the card's colours."""
+        image, mask = self.picker.current()
+        if mask is None:
+            return
+        set_mask_mode(mask, mode)
+        self.legend.set_canvas(self.viewer, layer_info(image), mask)
 
     def _fail(self, text: str):
-        from napari.utils.notifications import show_error
-
         self.status.setText(text)
-        show_error(text)
+        notify(text)
 
     def _target(self):
         """(mask layer, info, mask-layer rect) for the chosen target, or None after telling the user why."""
@@ -161,19 +275,26 @@ class MaskToolsWidget(QWidget):
     @property
     def busy(self) -> bool:
         """Whether a load, generate or save is in flight (its buttons are disabled meanwhile)."""
-        return not self.generate_button.isEnabled()
+        return self._jobs > 0
 
     def _run(self, func, *args, on_result):
         from napari.qt.threading import create_worker
 
+        self._jobs += 1
         for b in self._actions:
             b.setEnabled(False)
         self._worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
-        self._worker.returned.connect(on_result)
-        self._worker.errored.connect(lambda e: self.status.setText(f"failed: {e}"))
-        self._worker.finished.connect(lambda: [b.setEnabled(True) for b in self._actions])
+        self._worker.returned.connect(on_result)  # may start the next job (a load: read, then fit)
+        self._worker.errored.connect(lambda e: self._fail(f"failed: {e}"))
+        self._worker.finished.connect(self._job_done)
         self._worker.start()
         return self._worker
+
+    def _job_done(self) -> None:
+        self._jobs -= 1
+        if self._jobs == 0:
+            for b in self._actions:
+                b.setEnabled(True)
 
     def _apply(self, mask, rect, values, what: str):
         if mask not in self.viewer.layers:
@@ -200,17 +321,40 @@ class MaskToolsWidget(QWidget):
                          on_result=lambda v: self._apply(mask, rect, v, "generated (procedural)"))
 
     def load(self, path: str | None = None):
+        """Read a mask file; one in the model's classes is applied at once, one made for another
+        model goes through the class-mapping dialog first."""
         target = self._target()
         if target is None:
             return None
-        mask, info, rect = target
         if path is None:
             path, _ = QFileDialog.getOpenFileName(self, "Load mask", "", "Masks (*.png *.tif *.tiff *.npy)")
             if not path:
                 return None
+        self.status.setText(f"reading {path}…")
+        return self._run(read_mask_job, str(path), target[1]["colours"], target[1]["classes"],
+                         on_result=lambda found, p=str(path): self._on_read(p, found, target))
+
+    def _on_read(self, path: str, found, target):
+        raw, foreign = found
+        mask, info, rect = target
+        if foreign.kind == "model":
+            return self._fit(path, foreign.labels, None, target)
+        from ._class_map import ClassMapDialog
+
+        model = str(info.get("settings", {}).get("model", "?"))
+        dialog = ClassMapDialog(foreign, raw, info["classes"], info["colours"], model, path, parent=self)
+        self.class_map_dialog = dialog
+        self.status.setText(f"{path}: {foreign.describe()}; choose the model's classes for it")
+        dialog.accepted.connect(lambda: self._fit(path, dialog.mask.labels, dialog.mapping(), target))
+        dialog.rejected.connect(lambda: self.status.setText(f"{path}: not loaded"))
+        dialog.finished.connect(lambda _: setattr(self, "class_map_dialog", None))
+        dialog.open()
+        return dialog
+
+    def _fit(self, path, labels, mapping, target):
+        mask, info, rect = target
         shape = (rect[1] - rect[0], rect[3] - rect[2])
-        self.status.setText(f"loading {path}…")
-        return self._run(load_mask_job, str(path), info["colours"], info["classes"], shape,
+        return self._run(fit_mask_job, labels, mapping, info["classes"], shape, path,
                          on_result=lambda v: self._apply(mask, rect, v, f"loaded {path}"))
 
     def clear(self):

@@ -3,26 +3,41 @@
 A project canvas becomes two layers that know their store through ``layer.metadata["diffinfinite"]``:
 
 * the image: a multiscale RGB layer of dask arrays over the store's pyramid levels (never one
-  level), built with ``cache=False`` and rebuilt by :func:`refresh_image` so that neither
-  napari's dask cache nor its cached thumbnail level ever shows a chunk that was rewritten;
+  level), built with ``cache=False``.  Their chunks come through :data:`CHUNKS`, this module's own
+  cache of decoded chunks: when a run finishes a region, :func:`refresh_region` drops only the
+  chunks under that region (on every level) and re-slices the layer, so a refresh reads a few
+  chunks from disk instead of the whole view;
 * the mask: a numpy Labels layer on the mask grid (the latent grid, or every ``step``-th latent
   pixel when the latent grid is too large to paint), scaled by ``factor * step`` over the image
   and shifted half a pixel so that mask and image pixels line up.  Colours and class names come
   from the canvas (copied from the model card that made it).  Painting edits the layer only;
   the widgets write the mask to the store before each run and on "Save mask".
 
-Other NGFF 0.5 stores (image pyramid plus ``labels/``) are read as plain image and labels layers.
+Other NGFF 0.5 stores (image pyramid plus ``labels/``) are read as plain image and labels layers;
+any other ``.zarr`` is handed to napari's own reader, so that this plugin can be the default
+reader of ``*.zarr`` (:func:`prefer_this_reader`) without taking anything away.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 META = "diffinfinite"  # key of our entry in layer.metadata
 MAX_MASK_SIDE = 8192  # the mask layer's longest side, in pixels (napari paints single-scale labels only)
+PLUGIN = "napari-diffinfinite"
+CHUNK_CACHE_BYTES = 384 * 2**20  # decoded image chunks kept for display, all canvases together
+MASK_OPACITY = 0.6
+# a categorical palette far from H&E's pinks and purples (display mode "distinct colours")
+DISTINCT = ["#1f77b4", "#ff7f0e", "#2ca02c", "#ffd92f", "#17becf", "#d62728", "#bcbd22", "#8c564b", "#7f7f7f",
+            "#00e5a0"]
+OUTSIDE_CLASSES = (1.0, 0.0, 1.0, 1.0)  # magenta: any label that is not a class of the model
+MASK_MODES = ("distinct colours", "contours", "class colours")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -56,12 +71,30 @@ def hex_rgba(colour: str, alpha: float = 1.0) -> np.ndarray:
     return np.array([int(c[i : i + 2], 16) / 255 for i in (0, 2, 4)] + [alpha], dtype=np.float32)
 
 
-def label_colormap(colours: list[str]) -> dict:
-    """A napari direct label colormap: class colours, class 0 ("unknown", unpainted) transparent."""
-    cmap = {None: np.zeros(4, np.float32), 0: np.zeros(4, np.float32)}
-    for i, c in enumerate(colours[1:], 1):
+def display_colours(colours: list[str], mode: str = MASK_MODES[0]) -> list[str]:
+    """The colour each class is drawn in, for a mask display mode (index = class)."""
+    if mode == "class colours":
+        return list(colours)
+    return ["#000000"] + [DISTINCT[(i - 1) % len(DISTINCT)] for i in range(1, len(colours))]
+
+
+def label_colormap(colours: list[str], mode: str = MASK_MODES[0]) -> dict:
+    """A napari direct label colormap holding the model's classes only: class 0 ("unknown",
+    unpainted) transparent, any other label magenta (it should never be there: the widgets refuse it)."""
+    cmap = {None: np.asarray(OUTSIDE_CLASSES, np.float32), 0: np.zeros(4, np.float32)}
+    for i, c in enumerate(display_colours(colours, mode)[1:], 1):
         cmap[i] = hex_rgba(c)
     return cmap
+
+
+def set_mask_mode(layer, mode: str) -> None:
+    """Show a mask layer in one of :data:`MASK_MODES` (filled distinct colours, their contours, or
+    the model card's colours)."""
+    info = layer.metadata[META]
+    layer.colormap = label_colormap(info["colours"], "class colours" if mode == "class colours" else "distinct")
+    layer.contour = max(1, round(2 / info["mask_step"])) if mode == "contours" else 0
+    layer.opacity = 1.0 if mode == "contours" else MASK_OPACITY
+    layer.metadata[META]["mode"] = mode
 
 
 def class_features(classes: list[str]) -> dict:
@@ -80,15 +113,141 @@ def open_readonly(path):
     return Canvas.open(path, "r")
 
 
+class ChunkCache:
+    """Decoded image chunks of the canvases shown, least recently used dropped first, at most
+    ``max_bytes`` together.  Thread-safe (dask reads chunks from its worker threads).  An all-zero
+    chunk (nothing sampled there yet) is kept as a marker, not as an array."""
+
+    def __init__(self, max_bytes: int = CHUNK_CACHE_BYTES):
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._chunks: OrderedDict = OrderedDict()
+        self._bytes = 0
+        self.reads = 0  # chunks read from disk (tests and the benchmark look at it)
+
+    def get(self, key, shape, load):
+        with self._lock:
+            if key in self._chunks:
+                self._chunks.move_to_end(key)
+                hit = self._chunks[key]
+                return np.zeros(shape, np.uint8) if hit is None else hit
+        try:
+            chunk = load()
+        except Exception:  # a chunk being rewritten right now: show nothing, read it again next time
+            return np.zeros(shape, np.uint8)
+        stored = chunk if chunk.any() else None
+        with self._lock:
+            self.reads += 1
+            old = self._chunks.pop(key, None)
+            self._bytes -= 0 if old is None else old.nbytes
+            self._chunks[key] = stored
+            self._bytes += 0 if stored is None else stored.nbytes
+            while self._bytes > self.max_bytes and self._chunks:
+                _, dropped = self._chunks.popitem(last=False)
+                self._bytes -= 0 if dropped is None else dropped.nbytes
+        return chunk
+
+    def invalidate(self, path: str, level: int | None = None, rows=None, cols=None) -> int:
+        """Forget the chunks of canvas ``path`` (on ``level``, chunk rows and columns in the given
+        ranges; everything when not given).  Returns how many were dropped."""
+        with self._lock:
+            keys = [k for k in self._chunks if k[0] == path and (level is None or k[1] == level)
+                    and (rows is None or k[2] in rows) and (cols is None or k[3] in cols)]
+            for k in keys:
+                dropped = self._chunks.pop(k)
+                self._bytes -= 0 if dropped is None else dropped.nbytes
+            return len(keys)
+
+
+CHUNKS = ChunkCache()
+
+
+class CanvasLevel:
+    """One pyramid level of a canvas as a read-only (y, x, c) array whose chunks come through
+    :data:`CHUNKS`; dask arrays are built over it (any slice works, chunk-aligned ones are cheapest)."""
+
+    def __init__(self, path: str, level: int, array):
+        self.path, self.level, self._array = path, level, array
+        c, h, w = array.shape
+        self.shape = (h, w, c)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = 3
+        self.chunk = tuple(array.chunks[1:])
+
+    def _chunk(self, cy: int, cx: int) -> np.ndarray:
+        ch, cw = self.chunk
+        ys = slice(cy * ch, min(self.shape[0], (cy + 1) * ch))
+        xs = slice(cx * cw, min(self.shape[1], (cx + 1) * cw))
+        shape = (ys.stop - ys.start, xs.stop - xs.start, self.shape[2])
+        return CHUNKS.get((self.path, self.level, cy, cx), shape,
+                          lambda: np.ascontiguousarray(np.moveaxis(self._array[:, ys, xs], 0, -1)))
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        ranges, picks = [], []
+        for k, n in zip(key[:2], self.shape[:2]):
+            if isinstance(k, slice):
+                start, stop, step = k.indices(n)
+                if step < 0 or stop <= start:
+                    idx = np.arange(start, stop, step)
+                    lo, hi = (int(idx.min()), int(idx.max()) + 1) if idx.size else (0, 0)
+                    ranges.append((lo, hi))
+                    picks.append(idx - lo)
+                    continue
+                ranges.append((start, stop))
+                picks.append(slice(0, stop - start, step))
+            else:
+                i = int(k) % n
+                ranges.append((i, i + 1))
+                picks.append(0)
+        (y0, y1), (x0, x1) = ranges
+        out = np.zeros((y1 - y0, x1 - x0, self.shape[2]), self.dtype)
+        ch, cw = self.chunk
+        if y1 > y0 and x1 > x0:
+            for cy in range(y0 // ch, (y1 - 1) // ch + 1):
+                for cx in range(x0 // cw, (x1 - 1) // cw + 1):
+                    block = self._chunk(cy, cx)
+                    by0, bx0 = cy * ch, cx * cw
+                    sy0, sy1 = max(y0, by0), min(y1, by0 + block.shape[0])
+                    sx0, sx1 = max(x0, bx0), min(x1, bx0 + block.shape[1])
+                    out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = block[sy0 - by0 : sy1 - by0, sx0 - bx0 : sx1 - bx0]
+        out = out[picks[0]]
+        out = out[picks[1]] if isinstance(picks[0], int) else out[:, picks[1]]
+        return out[..., key[2]]
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:, :, :]
+        return out.astype(dtype) if dtype is not None else out
+
+
 def image_pyramid(canvas) -> list:
-    """Fresh dask arrays (random names: nothing cached under them yet), channel last, one per level."""
+    """Dask arrays (channel last, one per level) over the canvas's pyramid, read through :data:`CHUNKS`."""
     import dask.array as da
 
+    path = str(Path(canvas.path).resolve())
     levels = []
     for level in range(canvas.levels):
-        arr = canvas.image(level)
-        levels.append(da.from_array(arr, chunks=arr.chunks, name=False).transpose(1, 2, 0))
+        src = CanvasLevel(path, level, canvas.image(level))
+        levels.append(da.from_array(src, chunks=src.chunk + (src.shape[2],), name=False, asarray=False,
+                                    lock=False, fancy=False, meta=np.empty((0, 0, 0), src.dtype)))
     return levels
+
+
+def invalidate_region(path, height: int, width: int, levels: list[tuple[int, int]], chunk: tuple[int, int],
+                      bbox: tuple[int, int, int, int]) -> int:
+    """Drop the cached chunks of every level under the level-0 pixel box ``bbox`` (y0, y1, x0, x1)."""
+    path = str(Path(path).resolve())
+    y0, y1, x0, x1 = bbox
+    dropped = 0
+    for level, (h, w) in enumerate(levels):
+        sy, sx = height / h, width / w
+        ly0, ly1 = max(0, int(y0 // sy) - 1), min(h, int(math.ceil(y1 / sy)) + 1)
+        lx0, lx1 = max(0, int(x0 // sx) - 1), min(w, int(math.ceil(x1 / sx)) + 1)
+        ch, cw = chunk
+        dropped += CHUNKS.invalidate(path, level, range(ly0 // ch, (ly1 - 1) // ch + 1),
+                                     range(lx0 // cw, (lx1 - 1) // cw + 1))
+    return dropped
 
 
 def canvas_info(canvas) -> dict:
@@ -104,6 +263,8 @@ def canvas_info(canvas) -> dict:
         "latent_shape": [lh, lw],
         "mask_step": mask_step((lh, lw)),
         "settings": canvas.settings,
+        "level_shapes": [list(canvas.image(i).shape[1:]) for i in range(canvas.levels)],
+        "chunk": list(canvas.image(0).chunks[1:]),
     }
 
 
@@ -133,6 +294,7 @@ def canvas_layer_data(path, name: str | None = None) -> list[tuple]:
     canvas = open_readonly(path)
     warn_if_damaged(canvas)
     info = canvas_info(canvas)
+    CHUNKS.invalidate(info["path"])  # the store may have been replaced since it was last shown
     name = name or Path(path).name.removesuffix(".zarr")
     step = info["mask_step"]
     s = float(canvas.factor * step)
@@ -150,19 +312,41 @@ def canvas_layer_data(path, name: str | None = None) -> list[tuple]:
         "translate": (pixel_centre_offset(s),) * 2,
         "colormap": label_colormap(info["colours"]),
         "features": class_features(info["classes"]),
-        "opacity": 0.6,
-        "metadata": {META: {"role": "mask", "dirty": False, **info}},
+        "opacity": MASK_OPACITY,
+        "metadata": {META: {"role": "mask", "mode": MASK_MODES[0], **info}},
     }
     return [(image_pyramid(canvas), image_meta, "image"), (read_mask(canvas, step), mask_meta, "labels")]
 
 
+def _reslice(layer) -> None:
+    """Re-slice a multiscale image layer; napari keeps its coarsest level (thumbnail, and the view
+    when zoomed far out) materialised, so that is let go first (it is at most 256 px a side)."""
+    reset = getattr(layer, "_reset_thumbnail_level_data", None)
+    if reset is not None:
+        reset()
+    layer.refresh()
+
+
 def refresh_image(layer) -> None:
-    """Show what the store holds now: new dask arrays, same view and resolution level."""
+    """Show what the store holds now, everywhere (every cached chunk of the canvas is dropped)."""
+    CHUNKS.invalidate(layer.metadata[META]["path"])
+    _reslice(layer)
+
+
+def refresh_region(layer, boxes, grow: int = 0) -> int:
+    """Show what the store holds now under the level-0 pixel boxes ``boxes`` ((y0, y1, x0, x1) each,
+    grown by ``grow`` px on every side): only the chunks there are dropped and read again, then the
+    layer re-slices its view once.  Returns how many cached chunks were dropped."""
     info = layer.metadata[META]
-    level = layer.data_level
-    layer.data = image_pyramid(open_readonly(info["path"]))
-    if layer.data_level != level:
-        layer.data_level = level
+    if boxes and isinstance(boxes[0], (int, np.integer)):
+        boxes = [boxes]
+    dropped = 0
+    for y0, y1, x0, x1 in boxes:
+        box = (max(0, y0 - grow), min(info["height"], y1 + grow), max(0, x0 - grow), min(info["width"], x1 + grow))
+        dropped += invalidate_region(info["path"], info["height"], info["width"],
+                                     [tuple(s) for s in info["level_shapes"]], tuple(info["chunk"]), box)
+    _reslice(layer)
+    return dropped
 
 
 def canvas_layers(viewer, path=None) -> list[tuple]:
@@ -266,7 +450,34 @@ def get_reader(path):
         return read_canvas
     if _is_ngff05(p):
         return read_ngff
+    if p.suffix == ".zarr":  # some other zarr store: napari's own reader knows it
+        from napari_builtins.io import napari_get_reader
+
+        return napari_get_reader(str(p))
     return None
+
+
+def prefer_this_reader() -> bool:
+    """Make this plugin napari's reader for ``*.zarr`` unless the user chose one already, so that
+    ``viewer.open(canvas)`` and File > Open give the image pyramid and the mask without asking.
+    Other zarr stores still reach napari's own reader (see :func:`get_reader`).  Returns whether
+    the preference was set now."""
+    try:
+        from napari.settings import get_settings
+
+        prefs = get_settings().plugins.extension2reader
+    except Exception:  # napari not set up (a headless import): nothing to do
+        return False
+    patterns = ("*.zarr", "*.zarr" + os.sep)  # napari matches folders with a trailing separator
+    if any(p in prefs for p in patterns):
+        return False
+    get_settings().plugins.extension2reader = {**prefs, **{p: PLUGIN for p in patterns}}
+    return True
+
+
+def activate(context=None) -> None:
+    """npe2 ``on_activate`` hook (the first time napari uses this plugin)."""
+    prefer_this_reader()
 
 
 def read_canvas(path) -> list[tuple]:

@@ -1,13 +1,30 @@
-"""Sample data: a small demo canvas with a ready mask, made fresh in a temporary folder.
+"""Sample data: a small demo canvas with a ready mask, made afresh in the plugin's cache folder.
 
 The canvas is made for the shipped ``default`` model when its weights are installed, else for
 ``tiny-test``; its mask is a procedural layout of the model's tissue classes
-(``src_models.maskio.procedural_mask``).  Nothing is sampled: open the Synthesis widget and Run.
+(``src_models.maskio.procedural_mask``) and its regions are 256 px, so a Run shows the canvas
+filling region by region.  Nothing is sampled: press Run.
+
+Every demo canvas lives in one folder, ``<cache>/demo/`` (``$NAPARI_DIFFINFINITE_CACHE``, else
+``$XDG_CACHE_HOME/napari-diffinfinite``, else ``~/.cache/napari-diffinfinite``), and is reused:
+opening the sample again rewrites ``demo.zarr`` unless a run is writing it (then ``demo-2.zarr``,
+and so on).
 """
 from __future__ import annotations
 
-import tempfile
+import os
 from pathlib import Path
+
+DEMO_REGION_PX = 256
+MAX_DEMOS = 8
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("NAPARI_DIFFINFINITE_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "napari-diffinfinite"
 
 
 def demo_side(factor: int) -> int:
@@ -15,6 +32,34 @@ def demo_side(factor: int) -> int:
     grid = factor * 8
     side = min(2048, max(512, 256 * factor))
     return max(grid, side // grid * grid)
+
+
+def _in_use(path: Path) -> bool:
+    """Whether a run (of this process or another) is writing the canvas at ``path``."""
+    from src_models.canvas import Canvas, CanvasLockedError
+
+    from ._worker import BUSY
+
+    if str(path.resolve()) in BUSY:
+        return True
+    if not path.exists():
+        return False
+    try:
+        Canvas.open(path, "r+").close()
+    except CanvasLockedError:
+        return True
+    except Exception:  # a damaged store: free to be replaced
+        return False
+    return False
+
+
+def demo_path(folder=None) -> Path:
+    folder = Path(folder) if folder is not None else cache_dir() / "demo"
+    for n in range(1, MAX_DEMOS + 1):
+        path = folder / ("demo.zarr" if n == 1 else f"demo-{n}.zarr")
+        if not _in_use(path):
+            return path
+    raise RuntimeError(f"every demo canvas in {folder} is being written by a run; wait for one to finish")
 
 
 def make_demo_canvas(folder=None, seed: int = 0) -> Path:
@@ -25,11 +70,12 @@ def make_demo_canvas(folder=None, seed: int = 0) -> Path:
 
     spec = default_model_spec()
     card = model_card(spec)
-    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="napari-diffinfinite-demo-"))
-    path = folder / "demo.zarr"
+    path = demo_path(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
     side = demo_side(card.factor)
+    region = max(DEMO_REGION_PX, card.patch_px)
     settings = {"model": spec, "steps": int(card.default_steps), "omega": float(card.default_omega)}
-    with new_canvas(card, path, side, side, overwrite=True, settings=settings) as canvas:
+    with new_canvas(card, path, side, side, region_size=region, overwrite=True, settings=settings) as canvas:
         lh, lw = canvas.latent_shape
         put_mask(canvas, procedural_mask(lh, lw, list(range(1, card.num_classes)), seed=seed))
     return path
@@ -37,6 +83,7 @@ def make_demo_canvas(folder=None, seed: int = 0) -> Path:
 
 def demo_canvas() -> list[tuple]:
     """npe2 sample-data hook: the demo canvas's image and mask layers."""
-    from ._reader import canvas_layer_data
+    from ._reader import canvas_layer_data, prefer_this_reader
 
+    prefer_this_reader()
     return canvas_layer_data(make_demo_canvas(), name="demo")

@@ -1,9 +1,13 @@
-"""Synthesis dock widget: pick model, device and sampling settings, pick the region (whole canvas,
-current view or a drawn rectangle) and Run; Run turns into Cancel, then "Cancelling…".
+"""Synthesis dock widget: pick device, steps, ω and the region (whole canvas, current view or a
+drawn rectangle) and Run; Run turns into Cancel, then "Cancelling…".  A progress bar and a line
+with the region, the denoising step and the time left sit right under Run.
 
 Every value is read here, on the GUI thread, into one ``SynthesisRequest`` (plus a copy of the
 mask layer) before the worker starts; the worker never reads a widget.  The run itself lives in
-``_worker.SynthesisRun``.  Regions nearest the centre of the view are sampled first.
+``_worker.SynthesisRun``.  Regions nearest the centre of the view are sampled first.  An empty
+(all-unknown) mask asks before it runs.  In the one DiffInfinite dock (``compact=True``) the
+rarely changed settings (model, seed, sampling order, ω per class, preview) fold under "More",
+and the dock shows Run and the progress line in its footer.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QMessageBox,
+    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -27,9 +33,12 @@ from qtpy.QtWidgets import (
 from ._common import (
     CanvasPicker,
     ModelPicker,
+    Section,
     area_layer,
     drawn_rect,
     layer_info,
+    notify,
+    px_to_mask,
     status_label,
     to_image_px,
     view_centre,
@@ -38,6 +47,17 @@ from ._common import (
 
 REGIONS = ("whole canvas", "current view", "drawn rectangle")
 DEVICES = ("auto", "cpu", "cuda", "cuda:0", "cuda:1", "mps")
+
+
+def _sampling_choices() -> dict:
+    """Sampling choices passed to SynthesisRequest: request field -> (choices, tooltip), read from
+    the plan and solver registries (numpy only, no torch).  "auto" is the model's default plan."""
+    from src_models.request import PLANS, SOLVERS
+
+    return {
+        "plan": (("auto", *PLANS), "\n".join(["auto: the model's default"] + [f"{k}: {v.description}" for k, v in PLANS.items()])),
+        "solver": (tuple(SOLVERS), "\n".join(f"{k}: {v.description}" for k, v in SOLVERS.items())),
+    }
 
 
 def _warm_up():
@@ -49,17 +69,19 @@ def _warm_up():
 
 
 class SynthesisWidget(QWidget):
-    def __init__(self, napari_viewer, parent=None):
+    def __init__(self, napari_viewer, parent=None, *, compact: bool = False, picker: CanvasPicker | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
+        self.compact = compact
         self.run = None
         self._mask_layer = None
         layout = QVBoxLayout(self)
-        self.picker = CanvasPicker(self.viewer)
-        layout.addWidget(self.picker)
+        if compact:
+            layout.setContentsMargins(0, 0, 0, 0)
+        self.picker = picker or CanvasPicker(self.viewer)
+        if not compact:
+            layout.addWidget(self.picker)
 
-        box = QGroupBox("Model and sampling")
-        form = QFormLayout(box)
         self.model_picker = ModelPicker()
         self.device_box = QComboBox()
         self.device_box.setEditable(True)
@@ -68,6 +90,7 @@ class SynthesisWidget(QWidget):
         self.steps_box = QSpinBox()
         self.steps_box.setRange(1, 1000)
         self.steps_box.setValue(50)
+        self.steps_box.setToolTip("denoising steps (levels) per region")
         self.omega_box = QDoubleSpinBox()
         self.omega_box.setRange(0.0, 50.0)
         self.omega_box.setSingleStep(0.5)
@@ -75,53 +98,92 @@ class SynthesisWidget(QWidget):
         self.omega_box.setToolTip("classifier-free guidance ω for every class (scale ω + 1)")
         self.seed_box = QSpinBox()
         self.seed_box.setRange(0, 2**31 - 1)
-        from src_models.request import PLANS, SOLVERS  # numpy only, no torch
-
-        self.plan_box = QComboBox()  # patch order; "auto": the model's default (release for published models)
-        self.plan_box.addItems(["auto", *PLANS])
-        self.plan_box.setToolTip("\n".join(["auto: the model's default"] + [f"{k}: {v.description}" for k, v in PLANS.items()]))
-        self.solver_box = QComboBox()
-        self.solver_box.addItems(list(SOLVERS))
-        self.solver_box.setToolTip("\n".join(f"{k}: {v.description}" for k, v in SOLVERS.items()))
-        form.addRow("model", self.model_picker)
-        form.addRow("device", self.device_box)
-        form.addRow("steps", self.steps_box)
-        form.addRow("ω", self.omega_box)
-        form.addRow("seed", self.seed_box)
-        form.addRow("plan", self.plan_box)
-        form.addRow("solver", self.solver_box)
-        layout.addWidget(box)
-
-        self.class_group = QGroupBox("ω per class")
-        self.class_form = QFormLayout(self.class_group)
-        self.class_boxes: dict[int, QDoubleSpinBox] = {}
-        layout.addWidget(self.class_group)
-
-        rbox = QGroupBox("Region")
-        rform = QFormLayout(rbox)
+        self.choice_boxes: dict[str, QComboBox] = {}
+        for name, (choices, tip) in _sampling_choices().items():
+            box = QComboBox()
+            box.addItems(choices)
+            box.setToolTip(tip)
+            self.choice_boxes[name] = box
+        self.plan_box = self.choice_boxes["plan"]
+        self.solver_box = self.choice_boxes["solver"]
         self.region_box = QComboBox()
         self.region_box.addItems(REGIONS)
+        self.region_box.setToolTip("what to sample: the whole canvas, what the view shows, or the drawn rectangle")
         draw = QPushButton("Draw rectangle")
         draw.clicked.connect(self.draw_rectangle)
-        row = QHBoxLayout()
-        row.addWidget(self.region_box)
-        row.addWidget(draw)
-        rform.addRow("sample", row)
+        region_row = QHBoxLayout()
+        region_row.addWidget(self.region_box)
+        region_row.addWidget(draw)
         self.redo_box = QCheckBox("sample finished parts again")
         self.redo_box.setToolTip("whole canvas: forget every finished region; view or rectangle: regenerate that "
                                  "area with its surroundings as context")
         self.preview_box = QCheckBox("live preview of the region in flight")
         self.preview_box.setChecked(True)
-        rform.addRow(self.redo_box)
-        rform.addRow(self.preview_box)
-        layout.addWidget(rbox)
+        self.class_group = QWidget() if compact else QGroupBox("ω per class")
+        self.class_form = QFormLayout(self.class_group)
+        if compact:
+            self.class_form.setContentsMargins(0, 0, 0, 0)
+        self.class_boxes: dict[int, QDoubleSpinBox] = {}
 
+        # Run, progress bar and progress line (the dock moves them to its footer)
         self.run_button = QPushButton("Run")
+        self.run_button.setToolTip("sample the pending regions (nearest the view centre first); Cancel keeps "
+                                   "every finished region and the next Run resumes")
         self.run_button.clicked.connect(self.run_or_cancel)
-        layout.addWidget(self.run_button)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setTextVisible(False)
+        self.progress_bar.setMaximumHeight(10)
+        self.progress_label = QLabel("ready")
+        self.progress_label.setWordWrap(True)
         self.status = status_label()
-        layout.addWidget(self.status)
-        layout.addStretch(1)
+
+        if compact:
+            main = QFormLayout()
+            main.setContentsMargins(0, 0, 0, 0)
+            main.addRow("device", self.device_box)
+            main.addRow("steps", self.steps_box)
+            main.addRow("ω", self.omega_box)
+            main.addRow("sample", region_row)
+            layout.addLayout(main)
+            layout.addWidget(self.redo_box)
+            self.more_section = Section("More: model, seed, order, ω per class", expanded=False)
+            more = QWidget()
+            mform = QFormLayout(more)
+            mform.setContentsMargins(0, 0, 0, 0)
+            mform.addRow("model", self.model_picker)
+            mform.addRow("seed", self.seed_box)
+            for name, box in self.choice_boxes.items():
+                mform.addRow(name, box)
+            mform.addRow(self.preview_box)
+            mform.addRow(QLabel("ω per class ('= ω': the value above)"))
+            mform.addRow(self.class_group)
+            self.more_section.add(more)
+            layout.addWidget(self.more_section)
+        else:
+            box = QGroupBox("Model and sampling")
+            form = QFormLayout(box)
+            form.addRow("model", self.model_picker)
+            form.addRow("device", self.device_box)
+            form.addRow("steps", self.steps_box)
+            form.addRow("ω", self.omega_box)
+            form.addRow("seed", self.seed_box)
+            for name, cbox in self.choice_boxes.items():
+                form.addRow(name, cbox)
+            layout.addWidget(box)
+            layout.addWidget(self.class_group)
+            rbox = QGroupBox("Region")
+            rform = QFormLayout(rbox)
+            rform.addRow("sample", region_row)
+            rform.addRow(self.redo_box)
+            rform.addRow(self.preview_box)
+            layout.addWidget(rbox)
+            layout.addWidget(self.run_button)
+            layout.addWidget(self.progress_bar)
+            layout.addWidget(self.progress_label)
+            layout.addWidget(self.status)
+            layout.addStretch(1)
 
         self.picker.changed.connect(self._on_canvas_changed)
         self._on_canvas_changed(self.picker.image_layer())
@@ -193,11 +255,11 @@ class SynthesisWidget(QWidget):
             omega=self.omega_box.value(),
             omega_per_class={i: b.value() for i, b in self.class_boxes.items() if b.value() >= 0},
             seed=self.seed_box.value(),
-            plan=None if self.plan_box.currentText() == "auto" else self.plan_box.currentText(),
-            solver=self.solver_box.currentText(),
             device=device,
             area=area,
             centre=centre,
+            **{name: (None if box.currentText() == "auto" else box.currentText())
+               for name, box in self.choice_boxes.items()},
         )
 
     # ------------------------------------------------------------------ run
@@ -207,43 +269,73 @@ class SynthesisWidget(QWidget):
             return None
         return self.start()
 
-    def start(self):
-        from napari.utils.notifications import show_error
+    def confirm(self, title: str, text: str) -> bool:
+        """Ask the user (Yes/No); a test replaces this."""
+        answer = QMessageBox.question(self, title, text, QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+                                      QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
 
+    def _mask_is_empty(self, mask, info, area) -> bool:
+        """Whether the mask holds no class (all 0, unknown) where the run samples."""
+        if mask is None:
+            return True
+        data = mask.data
+        if area is not None:
+            r0, r1, c0, c1 = px_to_mask(info, area)
+            data = data[r0:r1, c0:c1]
+        return not np.asarray(data).any()
+
+    def start(self):
         from ._worker import BUSY, SynthesisRun
 
         image, mask = self.picker.current()
         if image is None:
-            show_error("no canvas: create or open one in the Canvas widget first")
+            notify("no canvas: create or open one first")
             return None
         info = layer_info(image)
         if info["path"] in BUSY:
-            show_error("another run is writing this canvas; wait for it or cancel it")
+            notify("another run is writing this canvas; wait for it or cancel it")
             return None
         try:
             request = self.build_request(image)
         except ValueError as e:
             self.status.setText(str(e))
-            show_error(str(e))
+            notify(str(e))
+            return None
+        if self._mask_is_empty(mask, info, request.area) and not self.confirm(
+                "Empty mask",
+                "The mask is empty here (every pixel is 0, unknown): the model fills it without any class "
+                "guidance. Paint or load a mask first, or run anyway?"):
+            self.status.setText("not run: the mask is empty (paint a class first)")
             return None
         snapshot = np.array(mask.data, copy=True) if mask is not None else None
         self._mask_layer = mask
         if mask is not None:
             mask.editable = False  # the run samples under this mask: no edits until it ends
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
         self.run = SynthesisRun(self.viewer, image, request, mask=snapshot, mask_step=info["mask_step"],
                                 redo=self.redo_box.isChecked(), preview=self.preview_box.isChecked(),
-                                on_state=self._on_state)
+                                on_state=self._on_state, on_progress=self._on_progress)
         self.run.start()
         return self.run
 
+    def _on_progress(self, value: int, maximum: int, text: str):
+        self.progress_bar.setRange(0, maximum)
+        self.progress_bar.setValue(value)
+        self.progress_label.setText(text)
+
     def _on_state(self, state: str, text: str):
+        """The progress line under Run says how the run goes; the status line below it only why it failed."""
         try:
-            self.status.setText(text)
+            self.status.setText(text if state == "failed" else "")
         except RuntimeError:  # the dock widget was closed while its run went on: the run finishes alone
             return
         if state in ("starting", "running"):
             self.run_button.setText("Cancel")
             self.run_button.setEnabled(True)
+            if state == "starting":
+                self.progress_label.setText(text)
         elif state == "cancelling":
             self.run_button.setText("Cancelling…")
             self.run_button.setEnabled(False)

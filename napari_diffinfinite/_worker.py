@@ -8,13 +8,23 @@ Worker side (runs in a napari worker thread, may import torch):
     :func:`src_models.synthesis.synthesise`.  Level progress and low-resolution previews of the
     region in flight go into a queue; the worker never touches a widget or a layer.
 
-GUI side (runs on the GUI thread): :class:`SynthesisRun` starts the worker, refreshes the image
-layer at most ``1 / REFRESH_S`` times a second, drives a progress bar in napari's activity dock
-and a preview layer, turns errors into notifications with a clear message and reports its state.
+A forward pre-hook on the model's network stops a cancelled run before its next network call
+(within one window batch).  While runs are in flight the interpreter hands the GIL over every
+millisecond (instead of every 5 ms), so the GUI thread waits less for the worker's Python glue.
+
+GUI side (runs on the GUI thread): :class:`SynthesisRun` starts the worker, refreshes only the
+image chunks under finished regions (at most ``1 / REFRESH_S`` times a second), keeps the region
+overlay up to date (pending, in flight with its live preview, done), reports progress (regions
+and levels, time left) to the widget, turns errors and warnings into notifications with a clear
+message and reports its state.  It adds and removes no layer during a run (napari collects
+garbage on every layer removal and processes all events when a progress bar of its activity dock
+appears: each took about half a second on a loaded 2-core machine), so the GUI never stalls on it.
 """
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -23,11 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ._reader import META, pixel_centre_offset, refresh_image
+from ._reader import META, pixel_centre_offset, refresh_region
 
 REFRESH_S = 0.25  # at most four image refreshes a second
-PREVIEW_S = 0.5  # at most two previews a second
+PREVIEW_S = 1.0  # at most one preview a second ...
+PREVIEW_SHARE = 0.2  # ... and decoding previews takes at most a fifth of the worker's time
 PREVIEW_PX = 256  # longest side of a preview, in image pixels
+GIL_SWITCH_S = float(os.environ.get("DIFFINFINITE_GIL_SWITCH_S", "0.001"))  # sys.setswitchinterval during runs
 
 
 # ============================================================================ models
@@ -99,11 +111,30 @@ def model_card(spec: str):
 
 
 # ============================================================================ worker jobs
-def create_canvas_job(spec: str, path: str, height: int, width: int, region_size: int | None, overwrite: bool) -> str:
-    """Make an empty canvas for model ``spec``; returns its resolved path."""
+def device_region_size(spec: str, device: str = "auto") -> int:
+    """The default region side for model ``spec`` on ``device`` (``api.region_size_for_device``):
+    256 px on the CPU; on CUDA from the batch that fits the free memory."""
+    from src_models.api import region_size_for_device
+    from src_models.synthesis import resolve_device
+
+    card = model_card(spec)
+    dev = resolve_device(device)
+    rows = None
+    if dev.type == "cuda":
+        from src_models.fast import batch_budget
+
+        rows = batch_budget(MODELS.get(spec, device).unet, card.patch_size, dev)
+    return region_size_for_device(card, dev.type, rows)
+
+
+def create_canvas_job(spec: str, path: str, height: int, width: int, region_size: int | None, overwrite: bool,
+                      device: str = "auto") -> str:
+    """Make an empty canvas for model ``spec`` (regions sized for ``device`` unless ``region_size``);
+    returns its resolved path."""
     from src_models.api import new_canvas
 
     card = model_card(spec)
+    region_size = region_size or device_region_size(spec, device)
     settings = {"model": str(spec), "steps": int(card.default_steps), "omega": float(card.default_omega)}
     canvas = new_canvas(card, path, int(height), int(width), region_size or None, overwrite=overwrite,
                         settings=settings)
@@ -181,6 +212,31 @@ def cancel_all() -> None:
         run.cancel()
 
 
+_DEFAULT_SWITCH = sys.getswitchinterval()
+
+
+def _switch_interval(running: bool) -> None:
+    sys.setswitchinterval(min(GIL_SWITCH_S, _DEFAULT_SWITCH) if running else _DEFAULT_SWITCH)
+
+
+_FROZEN = False
+
+
+def _freeze_heap() -> None:
+    """Once per process, when the first run starts: move every object alive now (napari, Qt, and
+    torch once imported) out of the cyclic garbage collector's reach (``gc.freeze``).
+    A full collection otherwise walks them all and stops every thread while it does (0.75 s
+    measured on a loaded 2-core machine: the GUI froze).  No collection runs first (it would be
+    such a pause itself): the few cycles unreachable at this moment stay in memory; everything
+    made later is collected as before."""
+    global _FROZEN
+    if not _FROZEN:
+        import gc
+
+        gc.freeze()
+        _FROZEN = True
+
+
 def _hook_quit() -> None:
     global _QUIT_HOOKED
     if not _QUIT_HOOKED:
@@ -201,10 +257,12 @@ class Stage:
 
 @dataclass
 class Plan:
-    """What this run will do: regions to sample and denoising levels per region."""
+    """What this run will do: regions to sample (``indices``, in order) and denoising levels per region."""
 
     regions: int
     levels: int
+    indices: tuple[int, ...] = ()
+    thread: int = 0  # the worker thread's ident (tests check that the work is off the GUI thread)
 
 
 @dataclass
@@ -212,6 +270,7 @@ class Level:
     index: int
     level: int
     levels: int
+    bbox: tuple[int, int, int, int] | None = None
 
 
 @dataclass
@@ -225,6 +284,7 @@ class Notice:
 class Preview:
     bbox: tuple[int, int, int, int]  # (y0, y1, x0, x1) px of the region in flight
     rgb: np.ndarray  # (h, w, 3) uint8, at most PREVIEW_PX on a side
+    index: int = -1  # the region in flight
 
 
 def _region_offset(p, factor: int) -> tuple[int, int]:
@@ -280,6 +340,35 @@ class Failed:
     expected: bool  # a known kind of bad input (no traceback needed)
 
 
+_TLS = threading.local()  # per worker thread: the cancel token its run checks before every network call
+
+
+def _stop_if_cancelled(module, args) -> None:
+    """Forward pre-hook of a model's network: a cancelled run stops before its next network call."""
+    cancel = getattr(_TLS, "cancel", None)
+    if cancel is not None and cancel.is_set():
+        from src_models.sampler import Cancelled
+
+        raise Cancelled()
+
+
+def _install_cancel_hook(model) -> None:
+    """Once per loaded model: the hook reads the calling thread's token, so runs on other canvases
+    sharing the model are not affected."""
+    net = model.unet
+    if not getattr(net, "_diffinfinite_cancel_hook", False):
+        net.register_forward_pre_hook(_stop_if_cancelled)
+        net._diffinfinite_cancel_hook = True
+
+
+def _device_notice(requested: str, device) -> str | None:
+    """What to tell the user when the device asked for is not the one used."""
+    name = (requested or "auto").strip().lower()
+    if name not in ("auto", "cpu") and str(device) == "cpu":
+        return f"{requested} requested but not available on this machine; running on the CPU"
+    return None
+
+
 def _limit_cpu_threads(device: str) -> None:
     """On the CPU, leave one core to the GUI thread (torch's pool would otherwise take them all)."""
     import os
@@ -300,6 +389,7 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
     """
     yield Stage("opening the canvas")
     canvas = None
+    _TLS.cancel = cancel
     try:
         from src_models.canvas import Canvas
         from src_models.synthesis import pending_regions, synthesise
@@ -311,6 +401,10 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
         if not MODELS.has(request.model, request.device):
             yield Stage(f"loading model {request.model!r}")
         model = MODELS.get(request.model, request.device)
+        notice = _device_notice(request.device, model.device)
+        if notice:
+            events.put(Notice(notice))
+        _install_cancel_hook(model)
         _limit_cpu_threads(model.device)
         if redo:
             if request.area is not None:
@@ -323,48 +417,40 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
                 canvas.clear_done()
         canvas.set_settings({**canvas.settings, **request.settings()})
         todo = pending_regions(canvas, request)
-        yield Plan(len(todo), int(request.steps))
-        last_preview = [0.0]
+        yield Plan(len(todo), int(request.steps), tuple(r.index for r in todo), threading.get_ident())
+        next_preview = [0.0]  # time.monotonic() after which the next preview may be decoded
         latent_shape = canvas.latent_shape
         factor = canvas.factor
 
         def on_level(p):
-            events.put(Level(p.index, p.level, p.levels))
+            events.put(Level(p.index, p.level, p.levels, tuple(p.bbox)))
             if not preview or p.x0 is None or p.level >= p.levels:
                 return
             now = time.monotonic()
-            if now - last_preview[0] < PREVIEW_S:
+            if now < next_preview[0]:
                 return
-            last_preview[0] = now
             try:
-                events.put(Preview(tuple(p.bbox), _preview_rgb(model, p.x0, p, factor, latent_shape)))
+                rgb = _preview_rgb(model, p.x0, p, factor, latent_shape)
             except Exception as e:  # a preview must never stop a run: say so once, then go without
-                last_preview[0] = float("inf")
+                next_preview[0] = float("inf")
                 events.put(Notice(f"live preview unavailable for this model ({type(e).__name__}: {e}); "
                                   "the run goes on without it"))
+                return
+            took = time.monotonic() - now
+            next_preview[0] = now + max(PREVIEW_S, took / PREVIEW_SHARE)
+            events.put(Preview(tuple(p.bbox), rgb, p.index))
 
         yield from synthesise(model, canvas, request, cancel=cancel, progress=on_level)
     except Exception as e:
         known = _is_expected(e)
         yield Failed(str(e) if known else _clear_message(e, request), e, known)
     finally:
+        _TLS.cancel = None
         if canvas is not None:
             canvas.close()
 
 
 # ============================================================================ GUI side
-def _run_progress(total: int, desc: str, on_cancel):
-    """A napari progress bar (activity dock) whose Cancel button cancels the run."""
-    from napari.utils import cancelable_progress
-
-    class RunProgress(cancelable_progress):
-        def cancel(self):
-            super().cancel()
-            on_cancel()
-
-    return RunProgress(total=total, desc=desc)
-
-
 def _duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     if seconds < 90:
@@ -374,34 +460,24 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-PREVIEW_NAME = "DiffInfinite preview"
+def _notify(text: str, severity: str = "warning") -> None:
+    from napari.utils.notifications import show_error, show_info, show_warning
 
-
-def preview_layer(viewer):
-    """The viewer's preview layer (made once, then reused: adding and removing layers is slow in
-    napari, so it stays in the list, hidden between runs)."""
-    for layer in viewer.layers:
-        meta = layer.metadata.get(META) if isinstance(layer.metadata, dict) else None
-        if meta and meta.get("role") == "preview":
-            return layer
-    active = viewer.layers.selection.active
-    layer = viewer.add_image(np.zeros((2, 2, 3), np.uint8), rgb=True, name=PREVIEW_NAME, visible=False,
-                             metadata={META: {"role": "preview"}})
-    if active is not None:  # the user keeps working on the layer they had selected
-        viewer.layers.selection.active = active
-    return layer
+    {"error": show_error, "info": show_info}.get(severity, show_warning)(text)
 
 
 class SynthesisRun:
     """One run, seen from the GUI thread.
 
     ``state`` goes "starting" -> "running" -> ("cancelling") -> "done" | "cancelled" | "failed";
-    ``on_state(state, text)`` is called on every change and ``on_refresh()`` after every
-    image refresh.  Nothing here blocks: the worker does the work, a timer applies its events.
+    ``on_state(state, text)`` is called on every change, ``on_progress(value, maximum, text)`` as the
+    run advances (levels of all regions; ``text`` says region, level and time left) and
+    ``on_refresh()`` after every image refresh.  Nothing here blocks: the worker does the work, a
+    timer applies its events.
     """
 
     def __init__(self, viewer, image_layer, request, *, mask=None, mask_step=1, redo=False, preview=True,
-                 on_state=None, on_refresh=None):
+                 on_state=None, on_refresh=None, on_progress=None):
         from qtpy.QtCore import QTimer
 
         self.viewer = viewer
@@ -414,16 +490,20 @@ class SynthesisRun:
         self.regions_done = 0
         self.regions_total = 0
         self.refreshes = 0
+        self.refresh_times: list[float] = []  # time.monotonic() of every image refresh
+        self.worker_thread = 0  # ident of the thread that ran the job (from its Plan)
+        self.overlay = None
         self._on_state = on_state
         self._on_refresh = on_refresh
+        self._on_progress = on_progress
         self._cancel = threading.Event()
         self._events: queue.SimpleQueue = queue.SimpleQueue()
-        self._dirty = False
+        self._dirty: list[tuple[int, int, int, int]] = []  # bboxes of regions finished since the last refresh
         self._last_refresh = 0.0
         self._levels = max(1, int(request.steps))
         self._level_in_flight = 0
-        self._progress = None
-        self._preview_layer = None
+        self._region_in_flight = None
+        self._order: list[int] = []
         self._pending_preview: Preview | None = None
         self._started = 0.0
         self._sampling_started = 0.0
@@ -438,11 +518,11 @@ class SynthesisRun:
     def start(self) -> None:
         from napari.qt.threading import create_worker
 
+        from ._overlay import show_overlay
+
         self._started = time.monotonic()
-        if self._args[-1]:
-            self._preview_layer = preview_layer(self.viewer)
-            self._preview_layer.opacity = 0.0
-            self._preview_layer.visible = True
+        _freeze_heap()
+        self.overlay = show_overlay(self.viewer, self.layer, running=True)
         self.worker = create_worker(synthesis_job, *self._args, _start_thread=False, _ignore_errors=True)
         self.worker.yielded.connect(self._on_yielded)
         self.worker.errored.connect(self._on_errored)  # synthesis_job reports its errors; this is for bugs
@@ -450,12 +530,13 @@ class SynthesisRun:
         BUSY.add(self.info["path"])
         _ACTIVE.add(self)
         _hook_quit()
+        _switch_interval(True)
         self._timer.start()
         self._set_state("starting", "starting…")
         self.worker.start()
 
     def cancel(self) -> None:
-        """Ask the worker to stop within one denoising level; finished regions stay."""
+        """Ask the worker to stop before its next network call; finished regions stay."""
         if self.state in ("starting", "running"):
             self._cancel.set()
             self._set_state("cancelling", "cancelling…")
@@ -474,22 +555,43 @@ class SynthesisRun:
         elif isinstance(ev, Plan):
             self._sampling_started = time.monotonic()
             self.regions_total = ev.regions
+            self.worker_thread = ev.thread
             self._levels = max(1, ev.levels)
-            if ev.regions:
-                self._progress = _run_progress(ev.regions * self._levels, self._describe(), self.cancel)
+            self._order = list(ev.indices)
+            if self.overlay is not None:
+                from ._overlay import PENDING
+
+                for i in ev.indices:
+                    self.overlay.set(i, PENDING, refresh=False)
+                self._mark_next()  # the first region starts now
             if self.state == "starting":
                 self._set_state("running", self._describe())
+            self._advance()
         elif isinstance(ev, Failed):
             self.failure = ev
-        else:  # RegionDone: only note it; the next tick shows it
+        else:  # RegionDone: note it; the next tick shows it
+            from ._overlay import DONE
+
             self.regions_done = ev.done
             self.regions_total = ev.total
             self._level_in_flight = 0
-            self._dirty = True
+            self._dirty.append(tuple(ev.bbox))
             self._pending_preview = None
-            self._hide_preview()
+            if self.overlay is not None:
+                self.overlay.set(ev.index, DONE, refresh=False)
+                self._mark_next()
             if self.state == "running":
-                self._set_state("running", self._describe(ev))
+                self._set_state("running", self._describe())
+
+    def _mark_next(self) -> None:
+        """Outline the region the worker takes next (the plan's order; levels confirm it)."""
+        if self.overlay is None:
+            return
+        if self.regions_done < len(self._order) and not self._cancel.is_set():
+            self._region_in_flight = self._order[self.regions_done]
+            self.overlay.in_flight(self._region_in_flight)
+        else:
+            self.overlay.layer.refresh()
 
     def _on_errored(self, exc: BaseException) -> None:
         self.failure = Failed(_clear_message(exc, self.request), exc, False)
@@ -502,15 +604,14 @@ class SynthesisRun:
                 ev = self._events.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(ev, Level):
-                self._levels = max(1, ev.levels)
-                self._level_in_flight = ev.level if ev.level < ev.levels else 0
+            if isinstance(ev, Level):  # (queued: one may arrive after its region's RegionDone)
+                if ev.index == self._region_in_flight:
+                    self._levels = max(1, ev.levels)
+                    self._level_in_flight = ev.level if ev.level < ev.levels else 0
             elif isinstance(ev, Preview):
                 self._pending_preview = ev
             elif isinstance(ev, Notice):
-                from napari.utils.notifications import show_warning
-
-                show_warning(ev.text)
+                _notify(ev.text)
         self._advance()
         if self._dirty and time.monotonic() - self._last_refresh >= REFRESH_S:
             self._refresh()
@@ -524,22 +625,18 @@ class SynthesisRun:
         self._timer.stop()
         BUSY.discard(self.info["path"])
         _ACTIVE.discard(self)
+        _switch_interval(bool(_ACTIVE))
         while True:  # of what the worker left in the queue only notices still matter
             try:
                 ev = self._events.get_nowait()
             except queue.Empty:
                 break
             if isinstance(ev, Notice):
-                from napari.utils.notifications import show_warning
-
-                show_warning(ev.text)
+                _notify(ev.text)
         if self._dirty:
             self._refresh()
-        if self._preview_layer is not None and self._preview_layer in self.viewer.layers:
-            self._preview_layer.visible = False
-        bar, self._progress = self._progress, None
-        if bar is not None:
-            bar.close()
+        if self.overlay is not None:
+            self.overlay.finish()
         if self.failure is not None:
             self._notify_failure(self.failure)
             self._set_state("failed", self.failure.message)
@@ -548,7 +645,8 @@ class SynthesisRun:
                                          "Run resumes")
         else:
             took = time.monotonic() - self._started
-            self._set_state("done", f"done: {self.regions_done} regions in {took:.1f} s")
+            self._set_state("done", f"done: {self.regions_done} regions in {_duration(took)}")
+        self._report_progress(final=True)
 
     # ------------------------------------------------------------------ helpers
     def _notify_failure(self, failure: Failed) -> None:
@@ -564,59 +662,55 @@ class SynthesisRun:
             note.message = failure.message
             notification_manager.dispatch(note)
 
-    def _describe(self, ev=None) -> str:
-        """"DiffInfinite: 3/12 regions" (for the activity dock), with speed and ETA for the widget."""
+    def units(self) -> tuple[int, int]:
+        """(levels done, levels in all) over the regions of this run."""
+        total = self.regions_total * self._levels
+        return min(total, self.regions_done * self._levels + self._level_in_flight), total
+
+    def eta(self) -> float | None:
+        """Seconds left, from the levels done so far (None before the first one)."""
+        done, total = self.units()
+        if not done or not self._sampling_started:
+            return None
+        return (time.monotonic() - self._sampling_started) / done * (total - done)
+
+    def _describe(self) -> str:
+        """"DiffInfinite: 3/12 regions", with the step of the region in flight and the time left when known."""
         text = f"DiffInfinite: {self.regions_done}/{self.regions_total} regions"
-        if ev is not None and self.regions_done:
-            per = (time.monotonic() - self._sampling_started) / self.regions_done
-            left = per * (self.regions_total - self.regions_done)
-            text += f" · {ev.seconds:.1f} s/region · about {_duration(left)} left"
+        if self.regions_total and self.regions_done < self.regions_total and self._level_in_flight:
+            text += f" · step {self._level_in_flight}/{self._levels}"
+        left = self.eta()
+        if left is not None and self.regions_done < self.regions_total:
+            text += f" · about {_duration(left)} left"
         return text
 
-    def _advance(self) -> None:
-        bar = self._progress  # a local: napari may process events (and finish the run) inside update()
-        if bar is None:
+    def _report_progress(self, final: bool = False) -> None:
+        if self._on_progress is None:
             return
-        total = self.regions_total * self._levels
-        if bar.total != total:
-            bar.total = total
-        want = min(total, self.regions_done * self._levels + self._level_in_flight)
-        if want > bar.n:
-            bar.update(want - bar.n)
-        text = self._describe()
-        if self._progress is bar and bar.desc.rstrip(": ") != text:
-            bar.set_description(text)
+        done, total = self.units()
+        try:
+            self._on_progress(done, max(total, 1), self.text if final else self._describe().removeprefix("DiffInfinite: "))
+        except RuntimeError:  # the dock was closed while the run went on
+            self._on_progress = None
+
+    def _advance(self) -> None:
+        self._report_progress()
 
     def _refresh(self) -> None:
-        self._dirty = False
+        boxes, self._dirty = self._dirty, []
         self._last_refresh = time.monotonic()
         if self.layer in self.viewer.layers:
-            refresh_image(self.layer)
+            # neighbours' border bands are rewritten too (see synthesis._refresh_borders): half a region covers them
+            refresh_region(self.layer, boxes, grow=int(self.info["region_size"]) // 2)
         self.refreshes += 1
+        self.refresh_times.append(self._last_refresh)
         if self._on_refresh is not None:
             self._on_refresh()
 
     def _show_preview(self, p: Preview) -> None:
-        """Put a preview over its region; geometry is set only when it changes (each setter re-slices)."""
-        layer = self._preview_layer
-        if layer is None or layer not in self.viewer.layers:
-            return
-        y0, y1, x0, x1 = p.bbox
-        h, w = p.rgb.shape[:2]
-        scale = ((y1 - y0) / h, (x1 - x0) / w)
-        translate = (y0 + pixel_centre_offset(scale[0]), x0 + pixel_centre_offset(scale[1]))
-        if not np.allclose(layer.scale[-2:], scale):
-            layer.scale = scale
-        if not np.allclose(layer.translate[-2:], translate):
-            layer.translate = translate
-        layer.data = p.rgb
-        layer.opacity = 1.0
-
-    def _hide_preview(self) -> None:
-        """Hidden through opacity during a run (cheap: no re-slicing), through visibility after it."""
-        layer = self._preview_layer
-        if layer is not None and layer in self.viewer.layers and layer.opacity != 0.0:
-            layer.opacity = 0.0
+        """Draw the preview into the region overlay, over the region in flight."""
+        if self.overlay is not None and p.index == self._region_in_flight:
+            self.overlay.show_preview(p.index, p.bbox, p.rgb)
 
     def _set_state(self, state: str, text: str) -> None:
         self.state, self.text = state, text

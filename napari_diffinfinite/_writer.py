@@ -1,9 +1,13 @@
-"""Writer: one image layer (single- or multiscale) plus any labels layers -> an OME-Zarr store
-(NGFF 0.5, zarr v3) laid out like a canvas: image levels ``0, 1, ...`` at the root, each labels
-layer under ``labels/<name>/0`` with its colours and class names as ``image-label`` metadata.
+"""Writer: a canvas's image layer plus its mask (and any other canvas labels layers) -> an
+OME-Zarr store (NGFF 0.5, zarr v3) laid out like a canvas: image levels ``0, 1, ...`` at the root,
+each labels layer under ``labels/<name>/0`` with its colours and class names as ``image-label``
+metadata.
 
-Arrays are copied block by block, so a multiscale canvas layer is never loaded whole.  A
-single-scale image is written as one level (no pyramid is invented for it).
+The region overlay is left out (it only shows a run's state).  Layers that do not belong to a canvas
+(a plain image or labels layer) are refused with a message naming them, before anything is written;
+napari's own writers save those.  Arrays
+are copied block by block, so a multiscale canvas layer is never loaded whole; a write that fails
+half-way removes what it wrote.
 """
 from __future__ import annotations
 
@@ -14,6 +18,16 @@ from pathlib import Path
 import numpy as np
 
 BLOCK = 1024  # px per side of the blocks copied at a time
+
+
+class WriterError(RuntimeError):
+    """Layers this writer does not save (not a ValueError: napari takes that for "no writer" and
+    drops the message)."""
+
+
+def _canvas_role(meta: dict) -> str | None:
+    info = (meta.get("metadata") or {}).get("diffinfinite")
+    return info.get("role") if isinstance(info, dict) and "path" in info else None
 
 
 def _name(text: str, taken: set[str]) -> str:
@@ -75,18 +89,30 @@ def _label_classes(meta: dict) -> tuple[list[dict], list[dict]]:
 
 
 def write_layers(path: str, layer_data: list[tuple]) -> list[str]:
-    """npe2 writer hook for ``["image", "labels*"]``: returns the path written."""
-    import zarr
+    """npe2 writer hook for ``["image+", "labels*"]``: returns the path written."""
 
     from ._reader import is_canvas
 
     out = Path(path)
     if out.suffix != ".zarr":
         out = out.with_name(out.name + ".zarr")
+    layer_data = [d for d in layer_data if _canvas_role(d[1]) != "regions"]  # the region overlay is a view
     images = [d for d in layer_data if d[2] == "image"]
     labels = [d for d in layer_data if d[2] == "labels"]
+    strangers = [str(m.get("name", "?")) for _, m, kind in layer_data
+                 if _canvas_role(m) != ("image" if kind == "image" else "mask")]
+    if strangers:
+        raise WriterError(f"the DiffInfinite writer saves canvas layers only (a canvas image and its mask); "
+                          f"{', '.join(repr(n) for n in strangers)} {'is' if len(strangers) == 1 else 'are'} not. "
+                          "Save other layers with napari's own writers; nothing was written")
     if len(images) != 1:
-        raise ValueError(f"the OME-Zarr writer takes exactly one image layer, got {len(images)}")
+        raise WriterError(f"the DiffInfinite writer takes exactly one canvas image layer, got {len(images)}; "
+                          "nothing was written")
+    for ldata, lmeta, _ in labels:
+        arr = ldata[0] if lmeta.get("multiscale") else ldata
+        if arr.ndim != 2:
+            raise WriterError(f"labels layer {lmeta.get('name')!r} is {arr.ndim}-D; the writer takes 2-D labels; "
+                              "nothing was written")
     if out.exists():
         if is_canvas(out):
             # not a ValueError: napari takes that for "no writer" and drops the message
@@ -94,7 +120,18 @@ def write_layers(path: str, layer_data: list[tuple]) -> list[str]:
                                   "(the writer never replaces a canvas)")
         shutil.rmtree(out) if out.is_dir() else out.unlink()
 
-    data, meta, _ = images[0]
+    try:
+        _write(out, images[0], labels)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # leave nothing half-written behind
+        raise
+    return [str(out)]
+
+
+def _write(out: Path, image: tuple, labels: list[tuple]) -> None:
+    import zarr
+
+    data, meta, _ = image
     levels = list(data) if meta.get("multiscale") else [data]
     rgb = bool(meta.get("rgb"))
     lead = [1.0] if rgb else []  # the channel axis is not scaled
@@ -134,8 +171,6 @@ def write_layers(path: str, layer_data: list[tuple]) -> list[str]:
         names = []
         for ldata, lmeta, _ in labels:
             arr = ldata[0] if lmeta.get("multiscale") else ldata
-            if arr.ndim != 2:
-                raise ValueError(f"labels layer {lmeta.get('name')!r} is {arr.ndim}-D; the writer takes 2-D labels")
             name = _name(str(lmeta.get("name", "labels")), taken)
             names.append(name)
             g = lgroup.create_group(name)
@@ -162,4 +197,3 @@ def write_layers(path: str, layer_data: list[tuple]) -> list[str]:
                 "image-label": image_label,
             }
         lgroup.attrs["ome"] = {"version": "0.5", "labels": names}
-    return [str(out)]

@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="synthesise an OME-Zarr canvas under a label mask")
     g.add_argument("--mask", required=True, type=Path, help="label image: PNG, TIFF or NPY (one class per pixel)")
     g.add_argument("--out", required=True, type=Path, help="output canvas (.zarr directory)")
+    g.add_argument("--class-map", default=None, metavar="S=T,...",
+                   help="send mask label S to the model's class T, e.g. 1=2,4=3 (for masks made for other models, "
+                        "such as the DiffInfinite release's grey-coded PNGs and 5/10-class label maps)")
     size = g.add_mutually_exclusive_group()
     size.add_argument("--size", type=_parse_size, default=None, metavar="WxH", help="canvas size in px")
     size.add_argument("--scale", type=float, default=None, help="canvas px per mask px (default 1)")
@@ -364,10 +367,20 @@ def _check_and_repair(canvas) -> None:
                       RuntimeWarning, stacklevel=2)
 
 
+def _generate_mask(args, card):
+    """The --mask file in the model's classes: the release's grey codes decoded, --class-map applied."""
+    from src_models.foreign_masks import load_for_model, parse_class_map
+
+    class_map = parse_class_map(args.class_map) if args.class_map is not None else None
+    mask, found = load_for_model(args.mask, card.colours, card.classes, class_map)
+    if found.kind == "grey":
+        warnings.warn(f"{args.mask} is a {found.describe()}", RuntimeWarning, stacklevel=2)
+    return mask
+
+
 def cmd_generate(args) -> int:
     from src_models.api import check_region_size, check_size, mask_signature, new_canvas, put_mask
     from src_models.canvas import Canvas
-    from src_models.maskio import check_labels, load_mask
     from src_models.request import normalise_settings
 
     # 1. the arguments alone; 2. with the model card (no weights); 3. against the canvas on
@@ -381,8 +394,7 @@ def cmd_generate(args) -> int:
         raise UserError(f"--resume: {args.out} does not exist")
     device = _device(args.device)
     card, preloaded = _card(args.model)
-    mask = load_mask(args.mask, card.colours)
-    check_labels(mask, card.classes, str(args.mask))
+    mask = _generate_mask(args, card)
     if args.size is not None:
         width, height = args.size
     else:

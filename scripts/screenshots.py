@@ -1,13 +1,16 @@
-"""Regenerate the plugin screenshots in docs/screenshots/ (the real napari window, under Xvfb).
+"""Regenerate the plugin screenshots in docs/screenshots/ (the real napari window, under Xvfb),
+each at 1280 x 800 and at 1920 x 1080.
 
     xvfb-run -a -s "-screen 0 1920x1200x24" env QT_QPA_PLATFORM=xcb .venv/bin/python scripts/screenshots.py
 
 Uses the shipped ``default`` model when src_models/weights/default exists, else ``tiny-test``
-(untrained: its "tissue" is noise-like), and prints which.  Steps:
+(untrained: its "tissue" is noise-like), and records which in docs/screenshots/screenshots.json.
+Everything happens in the one DiffInfinite dock, as a first-time user would do it:
 
-1. a new, empty canvas with the three dock widgets;
-2. a mask painted with the brush (strokes) and the fill tool, as a user would;
-3. a run half done (regions nearest the view centre first, live preview of the region in flight);
+1. a new, empty canvas (regions veiled until sampled, the canvas outlined);
+2. a mask painted with the brush (strokes) and the fill tool;
+3. a run about half done: the mask shown as contours, finished regions clear, the region in
+   flight outlined in yellow with its live preview, progress and time left under Run;
 4. the finished canvas.
 """
 from __future__ import annotations
@@ -23,9 +26,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "screenshots"
+SIZES = ((1280, 800), (1920, 1080))
 
 
-def wait(app, until, timeout: float = 900.0, step: float = 0.02) -> None:
+def wait(app, until, timeout: float = 3600.0, step: float = 0.02) -> None:
     end = time.monotonic() + timeout
     while not until():
         if time.monotonic() > end:
@@ -41,20 +45,27 @@ def settle(app, seconds: float = 0.5) -> None:
         time.sleep(0.02)
 
 
-def shoot(viewer, app, name: str, wait_s: float = 0.7) -> Path:
+def shoot(viewer, app, name: str, wait_s: float = 0.7) -> list[Path]:
+    """The whole window at each size in SIZES: ``<name>_<w>x<h>.png``."""
     from skimage import io
 
-    settle(app, wait_s)
-    img = viewer.screenshot(canvas_only=False, flash=False)
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / name
-    io.imsave(path, np.asarray(img)[..., :3], check_contrast=False)
-    print(f"wrote {path.relative_to(ROOT)}  {img.shape[1]}x{img.shape[0]}")
-    return path
+    written = []
+    window = viewer.window._qt_window
+    for w, h in SIZES:
+        window.resize(w, h)
+        settle(app, wait_s)
+        img = viewer.screenshot(canvas_only=False, flash=False)
+        OUT.mkdir(parents=True, exist_ok=True)
+        path = OUT / f"{name}_{w}x{h}.png"
+        io.imsave(path, np.asarray(img)[..., :3], check_contrast=False)
+        print(f"wrote {path.relative_to(ROOT)}  {img.shape[1]}x{img.shape[0]}")
+        written.append(path)
+    window.resize(*SIZES[0])
+    return written
 
 
 def stroke(layer, points, label: int) -> None:
-    """Paint a brush stroke through ``points`` (y, x), one dab per brush radius."""
+    """Paint a brush stroke through ``points`` (y, x), one dab per third of the brush."""
     layer.selected_label = label
     for (y0, x0), (y1, x1) in zip(points[:-1], points[1:]):
         n = max(1, int(np.hypot(y1 - y0, x1 - x0) / max(1, layer.brush_size / 3)))
@@ -95,52 +106,46 @@ def main(argv=None) -> int:
     side = args.size or (512 if spec == "tiny-test" else 768)
     side -= side % (card.factor * 8)
     viewer = napari.Viewer(title="DiffInfinite", show=True)
-    viewer.window.resize(1600, 1000)
+    viewer.window._qt_window.resize(*SIZES[0])
     app = QApplication.instance()
-    _, canvas_w = viewer.window.add_plugin_dock_widget("napari-diffinfinite", "Canvas", tabify=False)
-    _, tools = viewer.window.add_plugin_dock_widget("napari-diffinfinite", "Mask tools", tabify=False)
-    _, synth = viewer.window.add_plugin_dock_widget("napari-diffinfinite", "Synthesis", tabify=True)
+    _, dock = viewer.window.add_plugin_dock_widget("napari-diffinfinite", "DiffInfinite")
 
     folder = Path(tempfile.mkdtemp(prefix="diffinfinite-shots-"))
-    canvas_w.width_box.setValue(side)
-    canvas_w.height_box.setValue(side)
-    canvas_w.model_picker.set_spec(spec)
-    canvas_w.region_box.setValue(side // 4)
-    canvas_w.path_edit.setText(str(folder / "canvas.zarr"))
-    canvas_w.create()
-    wait(app, lambda: len(viewer.layers) == 2)
-    image, mask = viewer.layers
-    shots = [shoot(viewer, app, "01_empty_canvas.png")]
+    c = dock.canvas
+    c.model_picker.set_spec(spec)
+    wait(app, lambda: c.grid is not None)
+    c.width_box.setValue(side)
+    c.height_box.setValue(side)
+    c.path_edit.setText(str(folder / "canvas.zarr"))
+    dock.synthesis.device_box.setCurrentText("auto")  # regions sized for this machine's device
+    c.create()
+    wait(app, lambda: dock.picker.image_layer() is not None and dock.picker.current()[1] is not None)
+    image, mask = dock.picker.current()
+    settle(app, 1.0)
+    shots = shoot(viewer, app, "01_empty_canvas")
 
     info = mask.metadata["diffinfinite"]
     paint_mask(mask, info)
     viewer.layers.selection.active = mask
     mask.mode = "paint"
     mask.selected_label = 2
-    shots.append(shoot(viewer, app, "02_painted_mask.png"))
+    shots += shoot(viewer, app, "02_painted_mask")
 
     mask.mode = "pan_zoom"
-    mask.opacity = 0.25
-    synth.model_picker.set_spec(spec)
-    synth.device_box.setCurrentText("auto")
+    dock.mask.mode_box.setCurrentText("contours")
     if args.steps:
-        synth.steps_box.setValue(args.steps)
-    synth.region_box.setCurrentText("whole canvas")
-    dock = synth.parentWidget()
-    while dock is not None and not hasattr(dock, "raise_"):
-        dock = dock.parentWidget()
-    if dock is not None:
-        dock.raise_()  # show the Synthesis tab (Run -> Cancel) during the run
+        dock.synthesis.steps_box.setValue(args.steps)
+    dock.synthesis.region_box.setCurrentText("whole canvas")
     started = time.monotonic()
-    run = synth.start()
+    run = dock.synthesis.start()
+    if run is None:
+        print("the run did not start", file=sys.stderr)
+        return 1
     wait(app, lambda: run.regions_total and run.regions_done >= run.regions_total // 2 or not run.busy)
-
-    def preview_shown() -> bool:
-        return any(layer.metadata.get("diffinfinite", {}).get("role") == "preview"
-                   and layer.visible and layer.opacity > 0 for layer in viewer.layers)
-
-    wait(app, lambda: preview_shown() or not run.busy, timeout=60)
-    shots.append(shoot(viewer, app, "03_run_half_done.png", wait_s=0.2))
+    seen = run.overlay.previews if run.overlay is not None else 0
+    wait(app, lambda: (run.overlay is not None and run.overlay.previews > seen + 1
+                       and run.regions_done < run.regions_total) or not run.busy, timeout=600)  # this region's preview
+    shots += shoot(viewer, app, "03_run_half_done", wait_s=0.2)
     wait(app, lambda: not run.busy)
     took = time.monotonic() - started
     if run.state != "done":
@@ -148,9 +153,10 @@ def main(argv=None) -> int:
         return 1
     mask.visible = False
     viewer.layers.selection.active = image
-    shots.append(shoot(viewer, app, "04_finished_canvas.png", wait_s=2.0))
-    record = {"model": spec, "card": card.name, "canvas_px": side, "regions": run.regions_total,
-              "steps": run.request.steps, "device": run.request.device, "run_seconds": round(took, 1)}
+    shots += shoot(viewer, app, "04_finished_canvas", wait_s=2.0)
+    record = {"model": spec, "card": card.name, "canvas_px": side, "region_px": info["region_size"],
+              "regions": run.regions_total, "steps": run.request.steps, "device": run.request.device,
+              "run_seconds": round(took, 1), "window_sizes": [f"{w}x{h}" for w, h in SIZES]}
     (OUT / "screenshots.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record))
     viewer.close()

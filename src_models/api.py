@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,30 @@ LATENT_MULTIPLE = 8  # canvas latent sides are kept a multiple of this
 def default_region_size(card: ModelCard) -> int:
     """Regions eight windows wide by default."""
     return card.patch_px * 8
+
+
+CPU_REGION_PX = 256  # regions on the CPU: small enough that the first one is on screen within seconds
+
+
+def region_size_for_device(card: ModelCard, device_type: str, batch_rows: int | None = None) -> int:
+    """The region side (px, on the model's grid) that suits a device.
+
+    CPU and MPS: 256 px (at least one window), so a run shows its first region soon.  CUDA with a
+    known ``batch_rows`` (network rows that fit one call, e.g. ``fast.batch_budget``): as many
+    windows a side as one such call holds for a region and its halo (three rows a window: the
+    null pass and about two class passes), between 2 and 8 windows.  CUDA without a budget:
+    :func:`default_region_size`.
+    """
+    if device_type == "cuda":
+        if not batch_rows:
+            side = default_region_size(card)
+        else:
+            per_side = math.isqrt(max(1, int(batch_rows) // 3)) - 1  # the halo takes about one window a side
+            side = card.patch_px * min(8, max(2, per_side))
+    else:
+        side = max(CPU_REGION_PX, card.patch_px)
+    grid = card.factor * LATENT_MULTIPLE
+    return -(-side // grid) * grid
 
 
 def check_size(card: ModelCard, height: int, width: int) -> None:

@@ -41,3 +41,11 @@ def setup_synthesis(widget, steps=4, region="whole canvas", preview=True):
     widget.seed_box.setValue(3)
     widget.region_box.setCurrentText(region)
     widget.preview_box.setChecked(preview)
+
+
+def canvas_pair(viewer):
+    """(image, mask) of the last canvas shown, or None."""
+    from napari_diffinfinite._reader import canvas_layers
+
+    pairs = canvas_layers(viewer)
+    return pairs[-1] if pairs and pairs[-1][1] is not None else None

@@ -26,10 +26,12 @@ def test_every_python_name_imports():
 
 def test_contributions_cover_the_issue():
     c = manifest().contributions
-    assert {w.display_name for w in c.widgets} == {"Canvas", "Mask tools", "Synthesis"}
+    assert {w.display_name for w in c.widgets} == {"DiffInfinite", "Canvas", "Mask tools", "Synthesis"}
+    assert c.widgets[0].display_name == "DiffInfinite"  # the one dock comes first in the Plugins menu
+    assert manifest().on_activate == "napari_diffinfinite._reader:activate"
     assert [r.command for r in c.readers] == ["napari-diffinfinite.get_reader"]
     assert c.readers[0].accepts_directories
-    assert c.writers[0].layer_types == ["image", "labels*"]
+    assert c.writers[0].layer_types == ["image+", "labels*"]
     assert [s.key for s in c.sample_data] == ["demo"]
     # the installed package finds the same manifest (through the symlink)
     installed = npe2.PluginManifest.from_distribution("napari-diffinfinite")

@@ -3,29 +3,32 @@ from __future__ import annotations
 
 import numpy as np
 
-from gui_helpers import dock, make_canvas
+from gui_helpers import canvas_pair, dock, make_canvas
 
 from napari_diffinfinite._reader import META
 
 
 def test_all_widgets_open_through_the_manifest(viewer):
     from napari_diffinfinite._canvas_widget import CanvasWidget
+    from napari_diffinfinite._dock import DiffInfiniteWidget
     from napari_diffinfinite._mask_tools import MaskToolsWidget
     from napari_diffinfinite._synthesis_widget import SynthesisWidget
 
+    assert isinstance(dock(viewer, "DiffInfinite"), DiffInfiniteWidget)
     assert isinstance(dock(viewer, "Canvas"), CanvasWidget)
     assert isinstance(dock(viewer, "Mask tools"), MaskToolsWidget)
     assert isinstance(dock(viewer, "Synthesis"), SynthesisWidget)
 
 
-def test_launch_opens_the_demo_canvas_with_the_three_widgets(make_napari_viewer, monkeypatch):
+def test_launch_opens_the_demo_canvas_with_the_dock(make_napari_viewer, monkeypatch, qtbot):
     import napari
 
     from napari_diffinfinite import launch
 
     monkeypatch.setattr(napari, "Viewer", lambda **kw: make_napari_viewer(**kw))  # the fixture cleans up
     viewer = launch.open_viewer(show=False)
-    assert [layer.name for layer in viewer.layers] == ["demo", "demo mask"]
+    qtbot.waitUntil(lambda: len(viewer.layers) == 3, timeout=10_000)  # the region overlay joins
+    assert [layer.name for layer in viewer.layers] == ["demo", "demo regions", "demo mask"]
     docked = list(viewer.window.dock_widgets)
     for name in launch.WIDGETS:
         assert any(name in d for d in docked), docked
@@ -55,9 +58,11 @@ def test_create_a_canvas_in_the_widget(viewer, qtbot, tmp_path):
     w.model_picker.set_spec("tiny-test")
     w.region_box.setValue(64)
     w.path_edit.setText(str(tmp_path / "new.zarr"))
+    qtbot.waitUntil(lambda: w.grid == 8, timeout=30_000)  # the size boxes step by tiny-test's grid
+    assert w.width_box.singleStep() == 8
     w.create()
-    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=30_000)
-    image, mask = viewer.layers
+    qtbot.waitUntil(lambda: canvas_pair(viewer) is not None, timeout=30_000)
+    image, mask = canvas_pair(viewer)
     assert image.multiscale and image.data[0].shape == (256, 384, 3)
     assert mask.data.shape == (256, 384) and mask.data.dtype == np.uint8
     info = image.metadata[META]
@@ -72,11 +77,20 @@ def test_create_a_canvas_in_the_widget(viewer, qtbot, tmp_path):
     w.legend.buttons[2].click()
     assert mask.selected_label == 2 and mask.mode == "paint"
     # a size off the model's grid is refused with the neighbours named, and the button comes back
+    from napari.utils.notifications import notification_manager
+
+    before = len(notification_manager.records)
     w.width_box.setValue(390)
     w.path_edit.setText(str(tmp_path / "bad.zarr"))
-    w.create()
-    qtbot.waitUntil(lambda: w.create_button.isEnabled() and "not created" in w.status.text(), timeout=30_000)
+    assert w.create() is None  # refused before any work starts, as a notification
+    assert w.create_button.isEnabled() and "not created" in w.status.text()
     assert "384" in w.status.text() and "392" in w.status.text()
+    assert any("392" in str(n.message) for n in notification_manager.records[before:])
+    assert not (tmp_path / "bad.zarr").exists()
+    # typing a size off the grid snaps it to the nearest multiple (and says so)
+    w.width_box.setValue(391)
+    w.width_box.editingFinished.emit()
+    assert w.width_box.value() == 392
 
 
 def test_a_100k_canvas_opens_as_a_pyramid_with_a_paintable_mask(viewer, qtbot, tmp_path):
@@ -87,8 +101,8 @@ def test_a_100k_canvas_opens_as_a_pyramid_with_a_paintable_mask(viewer, qtbot, t
     w.region_box.setValue(4096)
     w.path_edit.setText(str(tmp_path / "huge.zarr"))
     w.create()
-    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=60_000)
-    image, mask = viewer.layers
+    qtbot.waitUntil(lambda: canvas_pair(viewer) is not None, timeout=60_000)
+    image, mask = canvas_pair(viewer)
     assert image.data[0].shape == (100_000, 100_000, 3) and max(image.data[-1].shape[:2]) <= 256
     info = mask.metadata[META]
     assert info["mask_step"] > 1 and max(mask.data.shape) <= 8192
@@ -160,12 +174,24 @@ def test_mask_tools_generate_load_clear_undo_save(viewer, qtbot, tiny_card, tmp_
     qtbot.waitUntil(lambda: not tools.busy, timeout=10_000)
     assert (mask.data[:, :128] == 2).all() and (mask.data[:, 128:] == 1).all()
 
-    # a mask with a class the model does not know is refused, the layer is untouched
-    np.save(tmp_path / "bad.npy", np.full((8, 8), 9, np.uint8))
+    # a mask with labels the model does not know asks how to map them; cancelling leaves the layer alone
+    np.save(tmp_path / "other.npy", np.full((8, 8), 40, np.uint8))
     before = mask.data.copy()
-    tools.load(str(tmp_path / "bad.npy"))
+    tools.load(str(tmp_path / "other.npy"))
+    qtbot.waitUntil(lambda: tools.class_map_dialog is not None, timeout=10_000)
+    assert list(tools.class_map_dialog.boxes) == [40]
+    tools.class_map_dialog.reject()
     qtbot.waitUntil(lambda: not tools.busy, timeout=10_000)
-    assert "failed" in tools.status.text() and "0..3" in tools.status.text()
+    assert "not loaded" in tools.status.text()
+    np.testing.assert_array_equal(mask.data, before)
+    # a file that is not a mask: a notification with the reader's reason, the layer untouched
+    from napari.utils.notifications import notification_manager
+
+    (tmp_path / "junk.png").write_bytes(b"not a png")
+    count = len(notification_manager.records)
+    tools.load(str(tmp_path / "junk.png"))
+    qtbot.waitUntil(lambda: not tools.busy and "failed" in tools.status.text(), timeout=10_000)
+    assert any("junk.png" in str(n.message) for n in notification_manager.records[count:])
     np.testing.assert_array_equal(mask.data, before)
 
     # save writes the layer into the store
@@ -193,8 +219,8 @@ def test_import_a_slide_then_extend_it_in_the_widget(viewer, qtbot, tmp_path):
     w.path_edit.setText(str(tmp_path / "slide.zarr"))
     w.slide_edit.setText(str(slide))
     w.import_slide()
-    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=60_000)
-    image = viewer.layers[0]
+    qtbot.waitUntil(lambda: canvas_pair(viewer) is not None, timeout=60_000)
+    image, _ = canvas_pair(viewer)
     assert image.multiscale and image.data[0].shape[:2] == (2960, 2216)
     assert np.asarray(image.data[-1]).mean() > 100  # real tissue and glass, not an empty store
     with Canvas.open(tmp_path / "slide.zarr") as c:
@@ -204,7 +230,12 @@ def test_import_a_slide_then_extend_it_in_the_widget(viewer, qtbot, tmp_path):
     w.pad_boxes[1].setValue(64)
     w.path_edit.setText(str(tmp_path / "grown.zarr"))
     w.outpaint()
-    qtbot.waitUntil(lambda: len(viewer.layers) == 4, timeout=60_000)
+    from napari_diffinfinite._reader import canvas_layers
+
+    qtbot.waitUntil(lambda: len(canvas_layers(viewer)) == 2 and canvas_pair(viewer)[0] is not image, timeout=60_000)
+    grown, _ = canvas_pair(viewer)
+    # the new canvas lies right of the first one, not on top of it
+    assert grown.translate[-1] >= image.translate[-1] + 2216 and grown.translate[-2] == image.translate[-2]
     with Canvas.open(tmp_path / "grown.zarr") as g:
         assert (g.height, g.width) == (3024, 2280)
         assert len(g.done_indices()) < len(g.regions()) and g.jobs()

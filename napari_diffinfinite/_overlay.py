@@ -1,0 +1,185 @@
+"""The region overlay: one small RGBA image layer over a canvas that shows where a run stands.
+
+Pending regions are veiled in grey (an empty canvas is then visible against napari's black
+background), the region in flight is outlined in yellow and shows the run's live preview (the
+predicted clean image, refreshed about once a second), finished regions are clear (with a thin light
+outline while a run goes on).  Drawing the preview here rather than in a layer of its own means a run
+adds and removes no layer.  Each region is ``k`` x ``k`` overlay pixels (``k`` up to 128, the
+overlay at most :data:`MAX_SIDE` pixels a side), so updating a region re-uploads a small texture.
+The canvas itself gets napari's bounding-box outline.  GUI thread only.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._reader import META, pixel_centre_offset
+
+MAX_SIDE = 1024
+MAX_K = 128  # overlay pixels per region side at most
+PENDING, IN_FLIGHT, DONE = 0, 1, 2
+VEIL = (128, 132, 140, 90)
+PENDING_EDGE = (150, 150, 160, 130)
+DONE_EDGE = (235, 235, 235, 110)
+FLIGHT_EDGE = (255, 214, 0, 255)
+FLIGHT_VEIL = (255, 214, 0, 40)
+
+
+def region_grid(info: dict) -> tuple[int, int, int]:
+    """(region side in px, regions down, regions across) of a canvas, from its layer metadata."""
+    size = int(info["region_size"]) // int(info["factor"])
+    lh, lw = info["latent_shape"]
+    return int(info["region_size"]), math.ceil(lh / size), math.ceil(lw / size)
+
+
+def find_overlay(viewer, path: str):
+    for layer in viewer.layers:
+        meta = layer.metadata.get(META) if isinstance(layer.metadata, dict) else None
+        if meta and meta.get("role") == "regions" and meta.get("path") == path:
+            return layer
+    return None
+
+
+class RegionOverlay:
+    """The overlay of one canvas; ``set(index, state)`` changes one region."""
+
+    def __init__(self, viewer, image_layer, done: set[int] | None = None, running: bool = False):
+        info = image_layer.metadata[META]
+        self.running = running  # finished regions are outlined only while a run goes on
+        self.viewer, self.info = viewer, info
+        self.region_px, self.ny, self.nx = region_grid(info)
+        self.k = max(1, min(MAX_K, MAX_SIDE // max(self.ny, self.nx)))
+        self.states = np.zeros((self.ny, self.nx), np.uint8)
+        self.previews = 0  # previews drawn so far
+        for i in done or ():
+            if 0 <= i < self.ny * self.nx:
+                self.states.flat[i] = DONE
+        # overlay pixels covering the canvas (edge regions may be cut)
+        px = self.region_px / self.k
+        self.shape = (math.ceil(info["height"] / px), math.ceil(info["width"] / px))
+        self.rgba = np.zeros(self.shape + (4,), np.uint8)
+        for i in range(self.ny * self.nx):
+            self._paint(i)
+        layer = find_overlay(viewer, info["path"])
+        translate = np.asarray(image_layer.translate[-2:], float) + pixel_centre_offset(px)
+        if layer is None or layer.data.shape != self.rgba.shape:
+            if layer is not None:
+                viewer.layers.remove(layer)
+            active = viewer.layers.selection.active
+            layer = viewer.add_image(self.rgba, rgb=True, name=f"{image_layer.name} regions", scale=(px, px),
+                                     translate=tuple(translate), blending="translucent",
+                                     metadata={META: {"role": "regions", "path": info["path"]}})
+            layer.editable = False
+            self._place(image_layer, layer)
+            if active is not None and active in viewer.layers:
+                viewer.layers.selection.active = active
+        else:
+            layer.data = self.rgba
+        self.layer = layer
+        try:
+            image_layer.bounding_box.visible = True  # the canvas outline
+            image_layer.bounding_box.points = False
+            image_layer.bounding_box.line_color = "#9aa0a6"
+        except AttributeError:  # an older napari without layer overlays
+            pass
+
+    def _place(self, image_layer, layer) -> None:
+        """Right above the canvas image (under its mask, so painting stays in full colour)."""
+        layers = self.viewer.layers
+        if image_layer in layers:
+            target = layers.index(image_layer) + 1
+            here = layers.index(layer)
+            if here != target:
+                layers.move(here, target if target < here else target - 1)
+
+    def _block(self, index: int) -> np.ndarray:
+        iy, ix = divmod(index, self.nx)
+        k = self.k
+        return self.rgba[iy * k : (iy + 1) * k, ix * k : (ix + 1) * k]
+
+    def _edge(self, block: np.ndarray, state: int) -> None:
+        k = self.k
+        if state == DONE and not self.running:  # a finished canvas shows its tissue, no grid over it
+            return
+        if k >= 4 and block.size:
+            edge = {PENDING: PENDING_EDGE, IN_FLIGHT: FLIGHT_EDGE, DONE: DONE_EDGE}[state]
+            w = max(1, k // 64) if state != IN_FLIGHT else max(2, k // 32)
+            block[:w] = edge
+            block[-w:] = edge
+            block[:, :w] = edge
+            block[:, -w:] = edge
+
+    def _paint(self, index: int) -> None:
+        block = self._block(index)
+        if block.size == 0:
+            return
+        state = self.states.flat[index]
+        block[:] = {PENDING: VEIL, IN_FLIGHT: FLIGHT_VEIL, DONE: (0, 0, 0, 0)}[state]
+        self._edge(block, state)
+
+    def show_preview(self, index: int, bbox: tuple[int, int, int, int], rgb: np.ndarray) -> None:
+        """Draw ``rgb`` (the preview of the region in flight, covering the pixel box ``bbox``) into
+        that region's block, sampled at the overlay's resolution, under its yellow outline."""
+        if not 0 <= index < self.ny * self.nx or self.states.flat[index] != IN_FLIGHT:
+            return
+        block = self._block(index)
+        if block.size == 0 or rgb.size == 0:
+            return
+        y0, y1, x0, x1 = bbox
+        px = self.region_px / self.k
+        iy, ix = divmod(index, self.nx)
+        rows = (iy * self.k + np.arange(block.shape[0]) + 0.5) * px  # image px at the block's pixel centres
+        cols = (ix * self.k + np.arange(block.shape[1]) + 0.5) * px
+        ry = np.clip(((rows - y0) / max(1, y1 - y0) * rgb.shape[0]).astype(int), 0, rgb.shape[0] - 1)
+        rx = np.clip(((cols - x0) / max(1, x1 - x0) * rgb.shape[1]).astype(int), 0, rgb.shape[1] - 1)
+        block[..., :3] = rgb[ry[:, None], rx[None, :]]
+        block[..., 3] = 255
+        self._edge(block, IN_FLIGHT)
+        self.previews += 1
+        if self.layer in self.viewer.layers:
+            self.layer.refresh()
+
+    def set(self, index: int, state: int, refresh: bool = True) -> None:
+        if not 0 <= index < self.ny * self.nx or self.states.flat[index] == state:
+            return
+        self.states.flat[index] = state
+        self._paint(index)
+        if refresh and self.layer in self.viewer.layers:
+            self.layer.refresh()
+
+    def in_flight(self, index: int) -> None:
+        """Mark ``index`` as the region in flight (a previous one in flight goes back to pending;
+        a finished region stays finished)."""
+        if self.states.flat[index] == DONE:
+            return
+        for i in np.flatnonzero(self.states == IN_FLIGHT):
+            if i != index:
+                self.set(int(i), PENDING, refresh=False)
+        self.set(index, IN_FLIGHT, refresh=False)
+        if self.layer in self.viewer.layers:
+            self.layer.refresh()
+
+    def finish(self) -> None:
+        """The run ended: nothing is in flight any more, finished regions lose their outline."""
+        self.running = False
+        for i in np.flatnonzero(self.states == IN_FLIGHT):
+            self.set(int(i), PENDING, refresh=False)
+        for i in np.flatnonzero(self.states == DONE):
+            self._paint(int(i))
+        if self.layer in self.viewer.layers:
+            self.layer.refresh()
+
+
+def show_overlay(viewer, image_layer, running: bool = False) -> RegionOverlay | None:
+    """Make (or rebuild) the region overlay of a shown canvas from the store's finished regions
+    (``running``: for a run that starts now)."""
+    from ._reader import open_readonly
+
+    if image_layer not in viewer.layers:
+        return None
+    try:
+        done = open_readonly(image_layer.metadata[META]["path"]).done_indices()
+    except Exception:  # the store went away
+        done = set()
+    return RegionOverlay(viewer, image_layer, done, running)
