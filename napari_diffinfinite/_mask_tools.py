@@ -9,9 +9,10 @@ polygon tools (which paint the mask Labels layer directly, with napari's undo).
   to the mask grid with nearest-neighbour sampling.  Masks made for other models (the
   DiffInfinite release's grey-coded PNGs and 5/10-class label maps) go through the class-mapping
   dialog first (``_class_map``; remembered per model).
-* Generate mask (procedural): smoothed random fields of the tissue classes, arg-max per pixel
-  (``src_models.maskio.procedural_mask``), for the whole canvas or the drawn rectangle.  No mask
-  diffusion model is shipped yet; this is a layout generator, not a learned one, and says so.
+* Generate mask: a layout drawn by the canvas model's layout (mask) diffusion model
+  (``src_models.mask_model``), where the model has one, or procedural: smoothed random fields of
+  the tissue classes, arg-max per pixel (``src_models.maskio.procedural_mask``); for the whole
+  canvas or the drawn rectangle.  The status line says which of the two made the layout.
 * Clear the whole mask or the drawn rectangle; save the mask into the canvas store now (a run
   also saves it before it starts).
 
@@ -20,6 +21,8 @@ entry of napari's undo history holding the old and new values of the changed rec
 bytes a pixel), so Ctrl+Z takes back even a procedural mask on a 20,000 px canvas.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 from qtpy.QtWidgets import (
@@ -49,6 +52,7 @@ from ._common import (
 )
 from ._reader import MASK_MODES, set_mask_mode
 
+LAYOUTS = ("learned", "procedural")
 UNDO_MAX_PX = 128_000_000  # larger edits skip napari's undo history (it keeps 2 bytes a pixel of the rectangle)
 GENERATE_MAX_SIDE = 2048  # procedural layouts are drawn at most this large, then fitted
 
@@ -80,6 +84,23 @@ def load_mask_job(path: str, colours: list[str], classes: list[str], shape: tupl
     mask = load_mask(path, colours)
     check_labels(mask, classes, name=str(path))
     return resize_labels(mask, shape) if mask.shape != tuple(shape) else mask
+
+
+def layout_job(spec: str | None, shape: tuple[int, int], image_px: tuple[int, int], labels: list[int],
+               seed: int, learned: bool) -> tuple[np.ndarray, str]:
+    """A layout for ``shape`` mask px covering ``image_px`` image px: drawn by the canvas model's
+    layout diffusion model when asked and the model has one, else procedural.  Returns (labels, how)."""
+    if learned and spec:
+        from src_models.card import BUILTIN_DIRS, ModelCard
+        from src_models.mask_model import generate_layout, is_layout_model
+
+        from ._worker import MODELS
+
+        directory = BUILTIN_DIRS.get(str(spec), Path(str(spec)))
+        if (directory / "card.json").is_file() and is_layout_model(ModelCard.load(directory)):
+            model = MODELS.get(spec, "cpu")
+            return generate_layout(model, shape, seed=seed, image_px=image_px), "learned layout model"
+    return procedural_job(shape, labels, seed), "procedural; the model has no layout model" if learned else "procedural"
 
 
 def procedural_job(shape: tuple[int, int], labels: list[int], seed: int) -> np.ndarray:
@@ -156,11 +177,14 @@ class MaskToolsWidget(QWidget):
         target_row.addWidget(draw)
         self.seed_box = QSpinBox()
         self.seed_box.setRange(0, 2**31 - 1)
-        self.seed_box.setToolTip("seed of the procedural layout")
+        self.seed_box.setToolTip("seed of the generated layout")
+        self.layout_box = QComboBox()
+        self.layout_box.addItems(LAYOUTS)
+        self.layout_box.setToolTip("learned: drawn by the model's layout (mask) diffusion model, where it has one; "
+                                   "procedural: smoothed random fields of the tissue classes")
         self.generate_button = QPushButton("Generate")
         self.generate_button.setToolTip(
-            "fill the target with a procedural layout of the tissue classes (smoothed random fields, "
-            "not a learned mask model)")
+            "fill the target with a layout of the tissue classes: learned (the model's mask model) or procedural")
         self.generate_button.clicked.connect(self.generate)
         self.load_button = QPushButton("Load…")
         self.load_button.setToolTip("PNG, TIFF or NPY label image (or RGB in the class colours), fitted to the target; "
@@ -185,10 +209,11 @@ class MaskToolsWidget(QWidget):
             form.addRow("apply to", target_row)
             layout.addLayout(form)
             layout.addLayout(buttons)
-            self.more_section = Section("More: layout seed, save", expanded=False)
+            self.more_section = Section("More: layout kind and seed, save", expanded=False)
             more = QWidget()
             mform = QFormLayout(more)
             mform.setContentsMargins(0, 0, 0, 0)
+            mform.addRow("layout", self.layout_box)
             mform.addRow("layout seed", self.seed_box)
             mform.addRow(self.save_button)
             self.more_section.add(more)
@@ -198,6 +223,7 @@ class MaskToolsWidget(QWidget):
             form = QFormLayout(box)
             form.addRow("show as", self.mode_box)
             form.addRow("apply to", target_row)
+            form.addRow("layout", self.layout_box)
             form.addRow("layout seed", self.seed_box)
             form.addRow(buttons)
             form.addRow(self.save_button)
@@ -316,9 +342,13 @@ class MaskToolsWidget(QWidget):
         mask, info, rect = target
         labels = list(range(1, len(info["classes"])))
         shape = (rect[1] - rect[0], rect[3] - rect[2])
-        self.status.setText("generating a procedural layout…")
-        return self._run(procedural_job, shape, labels, self.seed_box.value(),
-                         on_result=lambda v: self._apply(mask, rect, v, "generated (procedural)"))
+        per_px = int(info["factor"]) * int(info.get("mask_step", 1))
+        image_px = (shape[0] * per_px, shape[1] * per_px)
+        learned = self.layout_box.currentText() == "learned"
+        spec = (info.get("settings") or {}).get("model")
+        self.status.setText("generating a layout…")
+        return self._run(layout_job, spec, shape, image_px, labels, self.seed_box.value(), learned,
+                         on_result=lambda v: self._apply(mask, rect, v[0], f"generated ({v[1]})"))
 
     def load(self, path: str | None = None):
         """Read a mask file; one in the model's classes is applied at once, one made for another
