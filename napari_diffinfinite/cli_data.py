@@ -88,7 +88,8 @@ def _labels(text: str) -> list[int]:
 
 def _annotation_options(p) -> None:
     p.add_argument("--annotation-offset", type=_pair, default=(0.0, 0.0), metavar="X,Y",
-                   help="added to every coordinate after --annotation-downsample (level-0 px; default 0,0)")
+                   help="added to every coordinate after --annotation-downsample (level-0 px; default 0,0; "
+                   "write negative values as --annotation-offset=-X,-Y)")
     p.add_argument("--annotation-downsample", type=float, default=1.0, metavar="D",
                    help="level-0 px per annotation unit (annotations drawn on a downsampled image; default 1)")
     p.add_argument("--overlap", choices=("last", "class-map"), default="last",

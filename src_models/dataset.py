@@ -468,16 +468,15 @@ def make_dataset(inputs: list[SlideInput], out: str | Path, class_map: dict[str,
             opened.append(s)
             if ann.features:
                 wholly, partly = ann.outside(s.width, s.height)
-                if wholly:
-                    f = wholly[0]
-                    x0, y0, x1, y1 = f.bbox
+                if len(wholly) == len(ann.features):
+                    x0, y0, x1, y1 = ann.bbox
                     raise DatasetError(
-                        f"{inp.annotations}: {len(wholly)} feature(s) lie wholly outside the slide {inp.slide} "
-                        f"({s.width}x{s.height} px), e.g. feature {f.index} ({f.name}) at x {x0:g}..{x1:g}, "
-                        f"y {y0:g}..{y1:g}; check --annotation-offset/--annotation-downsample")
-                if partly:
-                    warn(f"{inp.annotations}: {len(partly)} feature(s) reach beyond the slide's "
-                         f"{s.width}x{s.height} px; the parts outside are ignored")
+                        f"{inp.annotations}: every feature lies outside the slide {inp.slide} ({s.width}x{s.height} px; "
+                        f"the annotations span x {x0:g}..{x1:g}, y {y0:g}..{y1:g}); check "
+                        "--annotation-offset/--annotation-downsample")
+                if wholly or partly:
+                    warn(f"{inp.annotations}: {len(wholly) + len(partly)} of {len(ann.features)} feature(s) reach "
+                         f"beyond the slide's {s.width}x{s.height} px ({len(wholly)} wholly); the parts outside are ignored")
                 if ann.skipped:
                     warn(f"{inp.annotations}: skipped features without area: "
                          + ", ".join(f"{n} {k}" for k, n in ann.skipped.items()))
