@@ -26,7 +26,7 @@ def test_every_python_name_imports():
 
 def test_contributions_cover_the_issue():
     c = manifest().contributions
-    assert {w.display_name for w in c.widgets} == {"Canvas", "Mask tools", "Synthesis"}
+    assert {w.display_name for w in c.widgets} == {"Canvas", "Mask tools", "Synthesis", "Blinded review", "Annotations"}
     assert [r.command for r in c.readers] == ["napari-diffinfinite.get_reader"]
     assert c.readers[0].accepts_directories
     assert c.writers[0].layer_types == ["image", "labels*"]
