@@ -208,3 +208,23 @@ def test_levels_offsets_and_pyramidal_ome_tiff(tmp_path, capsys):
         assert (a == np.asarray(Image.open(tmp_path / "m1" / r["image"]))).all()
         x, y = int(float(r["x"])) // 2, int(float(r["y"])) // 2
         assert (a == half[y : y + 64, x : x + 64]).all()
+
+
+def test_several_slides_in_one_run(tmp_path, capsys):
+    """Two slides (here the same file twice: one annotated, one without annotations): tile names
+    stay apart, the second slide gives unlabelled tiles only, every source is in the provenance."""
+    out = tmp_path / "two"
+    argv = ["make-dataset", "--slide", str(SLIDE), "--annotations", str(GEOJSON), "--slide", str(SLIDE),
+            "--annotations", "-", "--class-map", CMAP, "--tile", "512", "--exclude-rect", HELDOUT, "--quiet",
+            "--out", str(out)]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    rows = rows_of(out)
+    first = [r for r in rows if r["name"].startswith("cmu_small_region_")]
+    second = [r for r in rows if r["name"].startswith("cmu_small_region-2_")]
+    assert len(first) + len(second) == len(rows) == summary["tiles"]
+    assert any(r["labelled"] == "1" for r in first) and second and all(r["labelled"] == "0" for r in second)
+    assert {r["name"].split("_x")[1] for r in second} <= {r["name"].split("_x")[1] for r in first}
+    meta = json.loads((out / "dataset.json").read_text())
+    assert [s["role"] for s in meta["provenance"]["sources"]] == ["slide", "annotations", "slide"]
+    assert [s["annotations"] for s in meta["settings"]["slides"]] == [str(GEOJSON), None]
