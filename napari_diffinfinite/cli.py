@@ -11,6 +11,8 @@
     diffinfinite make-mask --out MASK.png --size WxH [--model M]
     diffinfinite evaluate --real PATH.. --synthetic PATH.. [--out DIR]   (see its --help)
     diffinfinite verify CANVAS          (are the finished regions really on disk?)
+    diffinfinite make-dataset | export-tiles | export-annotations | export-ome-tiff | annotations-to-mask
+                                        (annotations in, data sets out: see cli_data.py)
 
 Bad input ends with one line on stderr and exit status 2, never a traceback.
 """
@@ -173,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("args", nargs=argparse.REMAINDER)
     e = sub.add_parser("evaluate", help="compare synthetic with real tissue (see its --help); prints JSON", add_help=False)
     e.add_argument("args", nargs=argparse.REMAINDER)
+    from .cli_data import HELP as DATA_HELP  # annotations in, data sets out (cli_data.py)
+
+    for name, text in DATA_HELP.items():
+        sub.add_parser(name, help=text, add_help=False).add_argument("args", nargs=argparse.REMAINDER)
     c = sub.add_parser("check-reference", help="compare with the release's reference vectors")
     c.add_argument("file", type=Path)
     c.add_argument("--tolerance", type=float, default=None, help="maximum relative error (default 1e-5)")
@@ -432,8 +438,10 @@ def cmd_generate(args) -> int:
             canvas.close()
             raise
     else:
+        from src_models.provenance import source_entry
+
         canvas = new_canvas(card, args.out, height, width, args.region_size, overwrite=args.overwrite,
-                            settings=request.settings())
+                            settings=request.settings(), sources=[source_entry(args.mask, "mask")])
         try:
             put_mask(canvas, mask)
             canvas.set_info(mask_signature=signature)
@@ -693,6 +701,12 @@ COMMANDS = {
 }
 
 
+def _data_commands():
+    from .cli_data import HELP
+
+    return HELP
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -702,6 +716,10 @@ def main(argv: list[str] | None = None) -> int:
         from .cli_evaluate import main as evaluate_main
 
         return evaluate_main(argv[1:])
+    elif argv[:1] and argv[0] in _data_commands():  # and for the data-set commands (cli_data.py)
+        from .cli_data import main as data_main
+
+        return data_main(argv)
     else:
         ns = parser.parse_args(argv)
     from src_models.canvas import CanvasError

@@ -82,15 +82,27 @@ def check_region_size(card: ModelCard, region_size: int) -> None:
 
 
 def new_canvas(card: ModelCard, path, height: int, width: int, region_size: int | None = None,
-               overwrite: bool = False, settings: dict | None = None) -> Canvas:
+               overwrite: bool = False, settings: dict | None = None, sources: list[dict] | None = None) -> Canvas:
+    """Create a canvas for ``card``'s model.  Its ``provenance`` attribute records the code version,
+    the model card's SHA-256, the settings it was created with and its ``sources`` (see
+    :mod:`src_models.provenance`); later runs keep their settings in ``settings`` and each
+    finished region's seed in the region state."""
+    from .provenance import provenance
+
     check_size(card, height, width)
     region_size = region_size or default_region_size(card)
     check_region_size(card, region_size)
-    return Canvas.create(
+    canvas = Canvas.create(
         path, height, width, factor=card.factor, latent_channels=int(card.codec.get("channels", 4)),
         region_size=region_size, classes=card.classes, colours=card.colours, overwrite=overwrite,
         settings=settings, pixel_size_um=card_pixel_size_um(card),
     )
+    try:
+        canvas.set_info(provenance=provenance(settings=settings, sources=sources, card=card))
+    except BaseException:
+        canvas.close()
+        raise
+    return canvas
 
 
 def put_mask(canvas: Canvas, mask: np.ndarray) -> None:

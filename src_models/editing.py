@@ -27,8 +27,10 @@ def import_slide(slide_path, model, out, region_size: int | None = None, overwri
         height, width = (slide.height // step) * step, (slide.width // step) * step
         if height == 0 or width == 0:
             raise CanvasError(f"slide {slide_path} ({slide.width}x{slide.height}) is smaller than the model's grid of {step} px")
+        from .provenance import source_entry
+
         canvas = new_canvas(card, out, height, width, region_size, overwrite=overwrite,
-                            settings={"source": str(slide_path)})
+                            settings={"source": str(slide_path)}, sources=[source_entry(slide_path, "slide")])
         if slide.mpp:
             canvas.set_pixel_size(slide.mpp)
         regions = canvas.regions()

@@ -26,7 +26,7 @@ def test_every_python_name_imports():
 
 def test_contributions_cover_the_issue():
     c = manifest().contributions
-    assert {w.display_name for w in c.widgets} == {"DiffInfinite", "Canvas", "Mask tools", "Synthesis"}
+    assert {w.display_name for w in c.widgets} == {"DiffInfinite", "Canvas", "Mask tools", "Synthesis", "Blinded review", "Annotations"}
     assert c.widgets[0].display_name == "DiffInfinite"  # the one dock comes first in the Plugins menu
     assert manifest().on_activate == "napari_diffinfinite._reader:activate"
     assert [r.command for r in c.readers] == ["napari-diffinfinite.get_reader"]
