@@ -285,8 +285,9 @@ def test_canvas_is_valid_ngff_with_a_label_pyramid_and_the_cards_pixel_size(tiny
     attrs = json.loads((tmp_path / "d.zarr" / "zarr.json").read_text())["attributes"]
     ms = attrs["ome"]["multiscales"][0]
     assert ms["axes"][1]["unit"] == "micrometer"
-    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 1.0, 1.0]  # ~1 µm/px, the card's
-    assert attrs["diffinfinite"]["pixel_size_um"] == 1.0
+    px = float(card.pixel_size_um)  # the card's µm per image pixel
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, px, px]
+    assert attrs["diffinfinite"]["pixel_size_um"] == px
     Image.from_zarr(zarr.open_group(str(tmp_path / "d.zarr"), mode="r"))
 
     with Canvas.open(tmp_path / "t.zarr", "r+") as c:  # an imported slide's own pixel size
