@@ -19,6 +19,10 @@ the network calls.
 ``sequential``
     the same windows as ``release``, but run one at a time with the release's per-pixel step
     counters (the reference the batched ``release`` plan is tested against; slow).
+``tiled`` and ``average`` (for comparison only)
+    a fixed tiling with no random offset, and MultiDiffusion-style fusion: fixed windows at half a
+    window's stride whose ε is averaged where they overlap.  They answer the paper's claim that
+    moving the patches beats tiling.
 
 A plan object has ``len()``, ``starts() -> (wy, wx)`` (window corners, window order) and
 ``owner_in(y0, y1, x0, x1)``: for every pixel of that rectangle the index of the window that
@@ -211,12 +215,56 @@ def sequential_window(counts: np.ndarray, eligible: np.ndarray, size: int, rng: 
     return Window(wy, wx, wy, wy + size, wx, wx + size), level
 
 
+def tiled_plan(height: int, width: int, size: int, rng: np.random.Generator, eligible=None) -> GridPlan:
+    """A fixed tiling: the grid of ``grid`` without its random offset, the same at every level (the
+    last row and column of windows are pushed inside the area and write what is left).  Kept for
+    comparison: its cell borders never move, so nothing hides them."""
+    if size > height or size > width:
+        raise ValueError(f"window {size} does not fit an area of {height}x{width}")
+    rows = _merge([(a, b, _place(a, b, height, size)) for a, b in _axis_cells(height, size, 0)])
+    cols = _merge([(c, d, _place(c, d, width, size)) for c, d in _axis_cells(width, size, 0)])
+    return GridPlan(size, rows, cols)
+
+
+@dataclass(frozen=True)
+class AveragePlan:
+    """Windows on a fixed half-window stride (the last ones flush with the area's edge); every pixel
+    takes the *mean* ε of all the windows that cover it (MultiDiffusion's fusion), not one owner's."""
+
+    size: int
+    wy: np.ndarray
+    wx: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.wy)
+
+    def starts(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.wy, self.wx
+
+
+def average_plan(height: int, width: int, size: int, rng: np.random.Generator, eligible=None) -> AveragePlan:
+    """Overlapping windows at a stride of half a window, the same at every level (for comparison)."""
+    if size > height or size > width:
+        raise ValueError(f"window {size} does not fit an area of {height}x{width}")
+
+    def axis(n):
+        stride = max(1, size // 2)
+        starts = list(range(0, n - size + 1, stride))
+        if starts[-1] != n - size:
+            starts.append(n - size)
+        return np.array(starts, dtype=np.int64)
+
+    ys, xs = axis(height), axis(width)
+    return AveragePlan(size, np.repeat(ys, len(xs)), np.tile(xs, len(ys)))
+
+
 @dataclass(frozen=True)
 class PlanInfo:
     name: str
     description: str
     batched: bool  # True: one batch of windows per level (build gives the level's plan)
     build: Callable | None  # (height, width, size, rng, eligible) -> plan
+    fuse: str = "owner"  # how a pixel gets its ε: "owner" (the one window that writes it) or "mean" (of all)
 
 
 PLANS: dict[str, PlanInfo] = {
@@ -227,6 +275,10 @@ PLANS: dict[str, PlanInfo] = {
                         True, release_plan),
     "sequential": PlanInfo("sequential", "the release's one-window-at-a-time order with step counters; the "
                            "reference for 'release' (slow)", False, None),
+    "tiled": PlanInfo("tiled", "a fixed tiling, the same at every level (no random offsets); for comparison",
+                      True, tiled_plan),
+    "average": PlanInfo("average", "fixed windows at a half-window stride, ε averaged where they overlap "
+                        "(MultiDiffusion-style); for comparison", True, average_plan, fuse="mean"),
 }
 
 

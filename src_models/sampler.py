@@ -196,18 +196,40 @@ def _prepare(area: _Area, info, pairs, li: int, solver, rng, draw) -> dict:
     """Level ``li`` of a batched plan: windows, labels, index tables, noise (CPU work, no sync)."""
     plan = info.build(area.H, area.W, area.window, rng, area.eligible)
     wy, wx = plan.starts()
-    owner = plan.owner_in(0, area.H, 0, area.W)
     lvl_z, ctx_z = area.draw_level(solver, pairs[li][1], draw)
     k, s, dev = area.k, area.window, area.device
-    return {
+    level = {
         "windows": len(plan),
-        "labels": pass_labels(area.conditioning, owner, area.lat_mask, area.in_window, wy, wx, s),
         "index": window_index(wy, wx, s, dev),
         "mask_index": window_index(wy * k, wx * k, s * k, dev),
-        "table": host_to_device(np.stack(owner_local(plan, owner, 0, 0)), dev),
         "lvl_z": lvl_z,
         "ctx_z": ctx_z,
     }
+    if info.fuse == "mean":  # every window writes all its pixels: its passes cover every label in it
+        level["labels"] = area.in_window(wy, wx, s)
+        level["fuse"] = _mean_fuser(wy, wx, s, area)
+    else:
+        owner = plan.owner_in(0, area.H, 0, area.W)
+        level["labels"] = pass_labels(area.conditioning, owner, area.lat_mask, area.in_window, wy, wx, s)
+        table = host_to_device(np.stack(owner_local(plan, owner, 0, 0)), dev)
+        level["fuse"] = lambda eps_w, _t=table: scatter(eps_w, _t)
+    return level
+
+
+def _mean_fuser(wy: np.ndarray, wx: np.ndarray, s: int, area: _Area):
+    """(N, C, s, s) window ε -> (C, H, W): the mean over the windows covering each pixel."""
+    cover = np.zeros((area.H, area.W), np.float32)
+    for y, x in zip(wy.tolist(), wx.tolist()):
+        cover[y : y + s, x : x + s] += 1
+    inv = host_to_device(1.0 / np.maximum(cover, 1), area.device)
+
+    def fuse(eps_w: torch.Tensor) -> torch.Tensor:
+        acc = torch.zeros((eps_w.shape[1], area.H, area.W), dtype=eps_w.dtype, device=eps_w.device)
+        for n, (y, x) in enumerate(zip(wy.tolist(), wx.tolist())):
+            acc[:, y : y + s, x : x + s] += eps_w[n]
+        return acc * inv.to(eps_w.dtype)
+
+    return fuse
 
 
 def _run_batched(area: _Area, info, guided: Guided, solver, pairs, x, rng, draw, callback, cancel):
@@ -222,7 +244,7 @@ def _run_batched(area: _Area, info, guided: Guided, solver, pairs, x, rng, draw,
         eps_w, passes = guided(xs, gather(area.mask_dev, cur["mask_index"]), cur["labels"], t)
         # the device works on this level's passes; plan the next one meanwhile
         nxt = _prepare(area, info, pairs, li + 1, solver, rng, draw) if li + 1 < len(pairs) else None
-        x, x0, state = solver.step(x, scatter(eps_w, cur["table"]), t, t_next, state, cur["lvl_z"])
+        x, x0, state = solver.step(x, cur["fuse"](eps_w), t, t_next, state, cur["lvl_z"])
         guided.stats.windows_per_level.append(cur["windows"])
         guided.stats.forwards_per_level.append(passes)
         if callback is not None:

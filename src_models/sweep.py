@@ -145,9 +145,9 @@ class _Sweep:
         self.y0, self.y1, self.x0, self.x1 = progress["area"]
         self.H, self.W = self.y1 - self.y0, self.x1 - self.x0
         self.info = check_plan(run.request.plan)
-        if not self.info.batched:
-            raise SynthesisError(f"the {run.request.plan} plan runs one window at a time; a sweep needs a batched plan "
-                                 "(grid or release)")
+        if not self.info.batched or self.info.fuse != "owner":
+            raise SynthesisError(f"a sweep needs a plan in which one window writes each pixel (grid, release or "
+                                 f"tiled); {run.request.plan} is not one")
         self.solver = make_solver(run.request.solver, run.alphas, run.pairs, run.request.eta)
         self.seed, self.s, self.tile = int(run.request.seed), run.window, int(progress["tile"])
         self.stats = SampleStats(forwards=int(progress.get("forwards", 0)))
