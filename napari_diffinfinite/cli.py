@@ -107,6 +107,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", default="ddim", metavar="|".join(SOLVERS),
                    help="how a level's noise estimate moves the latents: "
                    + "; ".join(f"{k}: {v.description}" for k, v in SOLVERS.items()) + " (default ddim)")
+    p.add_argument("--resample", type=int, default=1, metavar="U",
+                   help="where a region has finished or real surroundings (inpaint, outpaint, later regions): run "
+                   "each level U times, re-noised in between, so new tissue continues the old (RePaint; U x the "
+                   "network calls there; ddim only; default 1)")
     p.add_argument("--sweep", action="store_true",
                    help="sample all regions together, level by level over the whole canvas, latent state on disk "
                    "(resumable at the last finished level); default: region by region")
@@ -261,7 +265,7 @@ def _request(args, card, device, area=None):
         model=str(args.model), steps=args.steps, omega=card.default_omega if args.omega is None else args.omega,
         omega_per_class=dict(args.omega_class), eta=args.eta, seed=args.seed, plan=plan, solver=args.solver,
         sweep=args.sweep, device=str(device), max_batch=args.max_batch, centre=args.centre, area=area, fast=args.fast,
-        compile=args.compile,
+        compile=args.compile, resample=args.resample,
     )
     _check_steps(request.steps)
     for k in request.omega_per_class:

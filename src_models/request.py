@@ -21,6 +21,7 @@ __all__ = ["PLANS", "SOLVERS", "SynthesisRequest", "RegionDone", "RegionProgress
            "default_plan", "normalise_settings", "MAX_STEPS"]
 
 MAX_STEPS = 1000  # the models' training steps
+MAX_RESAMPLE = 20
 # the patch-order option was called "schedule" before plans and solvers were apart
 LEGACY_SCHEDULES = {"parallel": "grid", "sequential": "sequential"}
 
@@ -57,6 +58,7 @@ class SynthesisRequest:
     fast: bool = True  # channels_last, and fp16 autocast + a memory-sized batch on CUDA (src_models/fast.py)
     compile: bool = False  # torch.compile the network for the window size (CUDA)
     halo: int | None = None  # latent px of context around each region (default: half a window)
+    resample: int = 1  # where there is context: each level run this many times, re-noised in between (RePaint)
 
     def check(self) -> None:
         """Raise ValueError (one line, naming the option) for values no run can use."""
@@ -65,6 +67,11 @@ class SynthesisRequest:
         check_solver(self.solver, self.eta)
         if self.steps is not None and not 1 <= int(self.steps) <= MAX_STEPS:
             raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
+        if not 1 <= int(self.resample) <= MAX_RESAMPLE:
+            raise ValueError(f"resample must be between 1 and {MAX_RESAMPLE}, got {self.resample}")
+        if int(self.resample) > 1 and self.solver != "ddim":
+            raise ValueError(f"resample needs the ddim solver (a multistep solver's history does not survive "
+                             f"re-noising); got {self.solver}")
 
     def resolved(self, card=None) -> "SynthesisRequest":
         """A checked copy with plan, steps and η filled in for ``card`` (a model card)."""
@@ -89,6 +96,7 @@ class SynthesisRequest:
             "solver": self.solver,
             "sweep": bool(self.sweep),
             "halo": self.halo,
+            "resample": int(self.resample),
         }
 
 
@@ -100,6 +108,7 @@ def normalise_settings(stored: dict) -> dict:
         out["plan"] = LEGACY_SCHEDULES.get(out.pop("schedule"), None)
         out.setdefault("solver", "ddim")
         out.setdefault("sweep", False)
+    out.setdefault("resample", 1)  # canvases made before resampling existed ran each level once
     return out
 
 

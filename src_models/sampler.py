@@ -232,7 +232,21 @@ def _mean_fuser(wy: np.ndarray, wx: np.ndarray, s: int, area: _Area):
     return fuse
 
 
-def _run_batched(area: _Area, info, guided: Guided, solver, pairs, x, rng, draw, callback, cancel):
+def _resample_level(area: _Area, cur: dict, guided: Guided, solver, x, state, t: int, t_next: int, draw):
+    """RePaint's resampling: take the level's result back to ``t`` (q(x_t | x_t_next), fresh noise)
+    and run the level again, with the context re-noised afresh; the generated part thus sees its
+    known surroundings once more at every level."""
+    a_t, a_n = float(area.alphas[t]), float(area.alphas[t_next])
+    z = host_to_device(draw(tuple(x.shape)), area.device)
+    x = (a_t / a_n) ** 0.5 * x + (1.0 - a_t / a_n) ** 0.5 * z
+    lvl_z, ctx_z = area.draw_level(solver, t_next, draw)
+    xs = gather(area.source(x, t, ctx_z), cur["index"])
+    eps_w, passes = guided(xs, gather(area.mask_dev, cur["mask_index"]), cur["labels"], t)
+    x, x0, state = solver.step(x, cur["fuse"](eps_w), t, t_next, state, lvl_z)
+    return x, x0, state, passes
+
+
+def _run_batched(area: _Area, info, guided: Guided, solver, pairs, x, rng, draw, callback, cancel, resample=1):
     """The batched plans: gather, denoise, scatter ε, step; the next level is planned meanwhile."""
     state = solver.init(x)
     nxt = _prepare(area, info, pairs, 0, solver, rng, draw) if pairs else None
@@ -245,6 +259,9 @@ def _run_batched(area: _Area, info, guided: Guided, solver, pairs, x, rng, draw,
         # the device works on this level's passes; plan the next one meanwhile
         nxt = _prepare(area, info, pairs, li + 1, solver, rng, draw) if li + 1 < len(pairs) else None
         x, x0, state = solver.step(x, cur["fuse"](eps_w), t, t_next, state, cur["lvl_z"])
+        for _ in range(resample - 1 if (area.known is not None and t_next >= 0) else 0):
+            x, x0, state, more = _resample_level(area, cur, guided, solver, x, state, t, t_next, draw)
+            passes += more
         guided.stats.windows_per_level.append(cur["windows"])
         guided.stats.forwards_per_level.append(passes)
         if callback is not None:
@@ -324,8 +341,13 @@ def sample_area(
     callback=None,
     cancel=None,
     stats: SampleStats | None = None,
+    resample: int = 1,
 ) -> torch.Tensor:
     """Denoise ``noise`` (C, H, W) under ``mask`` (1, H·k, W·k) labels; returns the clean latent.
+
+    With ``known`` context and ``resample`` > 1 every level runs ``resample`` times, re-noised back
+    to its start in between (RePaint), so the generated part harmonises with its surroundings
+    (batched plans only; ``resample`` x the forwards).
 
     ``plan`` and ``solver`` name entries of :data:`src_models.plan.PLANS` and
     :data:`src_models.solvers.SOLVERS`; ``eta`` (None: the solver's default) is DDIM's η.
@@ -343,8 +365,11 @@ def sample_area(
     def draw(shape):  # noise from the CPU generator: the same numbers on every device
         return torch.randn(shape, generator=generator, dtype=torch.float32)
 
-    run = _run_batched if info.batched else _run_sequential
-    x = run(area, info, guided, stepper, pairs, noise.float().clone(), rng, draw, callback, cancel)
+    if info.batched:
+        x = _run_batched(area, info, guided, stepper, pairs, noise.float().clone(), rng, draw, callback, cancel,
+                         resample)
+    else:
+        x = _run_sequential(area, info, guided, stepper, pairs, noise.float().clone(), rng, draw, callback, cancel)
     if area.known is not None:
         x = torch.where(area.known, area.context, x)
     return x

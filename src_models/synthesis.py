@@ -257,7 +257,7 @@ def _synthesise_region(run: Run, region: Region, cancel, progress) -> int | None
         return sample_area(run.denoiser, noise, mask, run.alphas, run.pairs, run.omega.to(run.device),
                            window=run.window, plan=r.plan, solver=r.solver, eta=r.eta, generator=gen,
                            rng=np.random.default_rng(seed), context=context, known=known, max_batch=max_batch,
-                           callback=on_level, cancel=cancel, stats=stats)
+                           callback=on_level, cancel=cancel, stats=stats, resample=r.resample)
 
     try:
         z = run.retry_on_oom(sample)
@@ -311,6 +311,11 @@ def refresh_borders(canvas: Canvas, region: Region, area, rgb: np.ndarray, halo:
             continue
         block = rgb[(cy0 - y0) * f : (cy1 - y0) * f, (cx0 - x0) * f : (cx1 - x0) * f]
         canvas.write_block(cy0, cy1, cx0, cx1, np.ascontiguousarray(block))
+    # the neighbours' checksums follow their new pixels at once, before this region is marked done:
+    # a kill after this point resumes by sampling this region again (same seed, same context, same
+    # latents), which writes the same bands again; only a kill during the writes above leaves a
+    # neighbour whose pixels no longer match its checksum (it is then sampled again)
+    canvas.settle()
 
 
 def _denoiser_for(model, device, window: int, request: SynthesisRequest):

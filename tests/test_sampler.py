@@ -278,3 +278,19 @@ def test_tiled_plan_is_fixed_and_average_plan_overlaps_by_half():
     out_avg, _ = _run(ConvNet(), "average", seed=3)
     out_tiled, _ = _run(ConvNet(), "tiled", seed=3)
     assert not torch.allclose(out_avg, out_tiled)
+
+
+def test_resampling_reruns_levels_only_where_there_is_context():
+    known = torch.zeros((24, 40), dtype=torch.bool)
+    known[:, :20] = True
+    ctx = torch.randn((3, 24, 40), generator=torch.Generator().manual_seed(9)).clamp(-1, 1)
+    once, s1 = _run(ConvNet(), "grid", seed=2, context=ctx, known=known)
+    thrice, s3 = _run(ConvNet(), "grid", seed=2, context=ctx, known=known, resample=3)
+    assert torch.equal(thrice[:, known], ctx[:, known])  # the context is kept
+    assert not torch.allclose(once, thrice)
+    # every level but the last (which ends at x0) runs three times
+    assert s3.forwards == s1.forwards + 2 * sum(s1.forwards_per_level[:-1])
+    # without context there is nothing to harmonise with: resampling changes nothing
+    plain, p1 = _run(ConvNet(), "grid", seed=2)
+    plain3, p3 = _run(ConvNet(), "grid", seed=2, resample=3)
+    assert torch.equal(plain, plain3) and p1.forwards == p3.forwards
