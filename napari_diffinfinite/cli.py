@@ -10,6 +10,7 @@
     diffinfinite outpaint CANVAS --out NEW.zarr --pad T,R,B,L
     diffinfinite make-mask --out MASK.png --size WxH [--model M]
     diffinfinite evaluate --real PATH.. --synthetic PATH.. [--out DIR]   (see its --help)
+    diffinfinite generate-many --jobs JOBS.csv|DIR --out DIR [--scheduler ADDR | --local-workers N]   (see its --help)
     diffinfinite verify CANVAS          (are the finished regions really on disk?)
 
 Bad input ends with one line on stderr and exit status 2, never a traceback.
@@ -158,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("args", nargs=argparse.REMAINDER)
     e = sub.add_parser("evaluate", help="compare synthetic with real tissue (see its --help); prints JSON", add_help=False)
     e.add_argument("args", nargs=argparse.REMAINDER)
+    m = sub.add_parser("generate-many", help="many canvases on a dask.distributed cluster (see its --help)", add_help=False)
+    m.add_argument("args", nargs=argparse.REMAINDER)
     c = sub.add_parser("check-reference", help="compare with the release's reference vectors")
     c.add_argument("file", type=Path)
     c.add_argument("--tolerance", type=float, default=None, help="maximum relative error (default 1e-5)")
@@ -648,6 +651,10 @@ def main(argv: list[str] | None = None) -> int:
         from .cli_evaluate import main as evaluate_main
 
         return evaluate_main(argv[1:])
+    elif argv[:1] == ["generate-many"]:  # and the many-canvas runner's
+        from .cli_many import main as many_main
+
+        return many_main(argv[1:])
     else:
         ns = parser.parse_args(argv)
     from src_models.canvas import CanvasError
