@@ -54,6 +54,9 @@ def build_parser(prog: str = "diffinfinite generate-many") -> argparse.ArgumentP
     p.add_argument("--dashboard-address", default=":8787", help="dashboard of the local cluster (default :8787; "
                    "'none' for none)")
     _add_run_options(p)
+    for action in p._actions:  # each canvas's preview is OUT/NAME.png
+        if "--preview" in action.option_strings:
+            action.help = argparse.SUPPRESS
     return p
 
 

@@ -980,7 +980,8 @@ def _main(a, argv: list[str], prog: str, par=None) -> int:
         par.agree([t.name for t in data.tiles], "the training tiles")
     if main:
         where = f"device {device}" if par is None else (
-            f"{par.world} processes ({par.backend}; this one {device}); global batch {a.batch}, {a.codec_batch} for the codec")
+            f"{par.world} processes ({par.backend}; this one {device}); global batch {a.batch}"
+            + (f", {a.codec_batch} for the codec" if a.codec == "train" else ""))
         print(f"{len(data.tiles)} tiles ({n_lab} labelled, {len(data.tiles) - n_lab} unlabelled as class 0), "
               f"classes: {', '.join(data.classes)}; {where}; work dir {work}", file=sys.stderr)
     work.mkdir(parents=True, exist_ok=True)
