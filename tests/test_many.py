@@ -145,10 +145,11 @@ def test_two_workers_make_the_canvases_of_sequential_generate_runs_and_rerun_fin
                 *RUN, "--seed", str(10 + i)]
         assert main(argv) == 0
     out = tmp_path / "out"
-    many_argv = ["generate-many", "--jobs", str(masks), "--out", str(out), *RUN, "--seed", "10",
-                 "--scheduler", client.scheduler.address]
-    assert main(many_argv) == 0
+    many_argv = ["generate-many", "--jobs", str(masks), "--out", str(out), *RUN, "--seed", "10"]
+    # the first run starts its own two worker processes; the rerun uses the running cluster
+    assert main(many_argv + ["--local-workers", "2", "--dashboard-address", "none"]) == 0
     captured = capsys.readouterr()
+    assert "4 canvas(es) on 2 worker(s) (CPU)" in captured.err
     for i in range(4):
         _same(tmp_path / "seq" / f"slide{i}.zarr", out / f"slide{i}.zarr")
         assert (out / f"slide{i}.png").is_file()
@@ -167,7 +168,7 @@ def test_two_workers_make_the_canvases_of_sequential_generate_runs_and_rerun_fin
     import shutil
 
     shutil.rmtree(out / "slide2.zarr")
-    assert main(many_argv) == 0
+    assert main(many_argv + ["--scheduler", client.scheduler.address]) == 0
     captured = capsys.readouterr()
     rows = _rows(out / "summary.csv")
     assert rows["slide0"]["status"] == rows["slide3"]["status"] == "already done"
