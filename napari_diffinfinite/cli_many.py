@@ -224,6 +224,22 @@ def _start(args, n_jobs: int):
     return client, cluster, gpus
 
 
+def _stop_local_workers(client) -> None:
+    """On Ctrl+C or SIGTERM: end this machine's worker processes at once rather than letting
+    them finish the canvases in flight (a dask worker closes only after its running task, which
+    may take hours).  Their finished regions are on disk; the region in flight is dropped."""
+    try:
+        pids = client.run(os.getpid, wait=True)
+    except Exception:
+        return
+    for pid in pids.values():
+        if pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
 def _takes_n_workers(client) -> bool:
     import inspect
 
@@ -303,6 +319,10 @@ def run(args) -> int:
         printer = _Printer()
         result = run_jobs(client, jobs, summary, gpus_per_worker=gpus, torch_threads=getattr(args, "_torch_threads", None),
                           retries=args.retries, on_event=printer.event, on_row=printer.row)
+    except BaseException:
+        if cluster is not None:
+            _stop_local_workers(client)
+        raise
     finally:
         client.close()
         if cluster is not None:
