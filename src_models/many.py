@@ -208,6 +208,7 @@ class _WorkerState:
         self.gpus, self.threads = int(gpus), threads
         self.device = "cpu"
         self.models: dict = {}
+        self.loads = 0  # models loaded by this worker (one per model and device)
         self.lock_fds: list[int] = []
         self.error: str | None = None
         self.host = socket.gethostname()
@@ -259,6 +260,7 @@ class _WorkerState:
                 from .models import load_model
 
                 self.models[key] = load_model(spec, device)
+                self.loads += 1
             return self.models[key]
 
 

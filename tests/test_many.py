@@ -179,6 +179,21 @@ def test_two_workers_make_the_canvases_of_sequential_generate_runs_and_rerun_fin
         _same(tmp_path / "seq" / f"slide{i}.zarr", out / f"slide{i}.zarr")
 
 
+def test_each_worker_loads_the_model_once_for_all_its_canvases(tmp_path, cluster):
+    import dataclasses
+
+    _, client = cluster
+    mask = _masks(tmp_path / "masks", 1) / "slide0.png"
+    request = dataclasses.asdict(SynthesisRequest(model="tiny-test", steps=1, omega=3.0))
+    jobs = [many.Job(name=f"c{i}", mask=str(mask), out=str(tmp_path / f"c{i}.zarr"), width=64, height=64,
+                     request=dict(request, seed=i)) for i in range(6)]
+    result = many.run_jobs(client, jobs, tmp_path / "summary.csv")
+    assert [r["status"] for r in result.rows] == ["done"] * 6
+    used = {r["worker"] for r in result.rows}
+    loads = client.run(lambda dask_worker: dask_worker.plugins[many.PLUGIN_NAME].state.loads, workers=list(used))
+    assert loads == {w: 1 for w in used}, (loads, [r["worker"] for r in result.rows])
+
+
 def test_a_worker_killed_mid_canvas_loses_no_finished_region(tmp_path, cluster):
     """SIGKILL the worker while it samples a canvas: the scheduler runs the task again and it
     goes on from the canvas's region state.  (halo 0: no region rewrites its finished
