@@ -29,6 +29,11 @@ Work directory (``--work``, default ``OUT.train``): ``checkpoints/<stage>/step_X
 containers, loaded with ``weights_only=True``, and ``state.json``), ``logs/<stage>.csv`` with
 ``step,loss,lr,seconds``, and ``codec_final/``.  The model directory ``OUT`` is written at the end
 with :func:`src_models.models.save_model`.
+
+Under ``torchrun`` the same command trains data-parallel (:mod:`src_models.distributed`): ``--batch``
+and ``--codec-batch`` are global batches, each process trains its shard (in micro-batches of
+``--micro-batch`` with gradient accumulation), and rank 0 alone writes logs, checkpoints and the
+model; checkpoints resume exactly with any number of processes.
 """
 from __future__ import annotations
 
