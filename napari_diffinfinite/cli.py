@@ -10,6 +10,7 @@
     diffinfinite outpaint CANVAS --out NEW.zarr --pad T,R,B,L
     diffinfinite make-mask --out MASK.png --size WxH [--model M]
     diffinfinite evaluate --real PATH.. --synthetic PATH.. [--out DIR]   (see its --help)
+    diffinfinite generate-many --jobs JOBS.csv|DIR --out DIR [--scheduler ADDR | --local-workers N]   (see its --help)
     diffinfinite verify CANVAS          (are the finished regions really on disk?)
     diffinfinite make-dataset | export-tiles | export-annotations | export-ome-tiff | annotations-to-mask
                                         (annotations in, data sets out: see cli_data.py)
@@ -183,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, text in DATA_HELP.items():
         sub.add_parser(name, help=text, add_help=False).add_argument("args", nargs=argparse.REMAINDER)
+    m = sub.add_parser("generate-many", help="many canvases on a dask.distributed cluster (see its --help)", add_help=False)
+    m.add_argument("args", nargs=argparse.REMAINDER)
     c = sub.add_parser("check-reference", help="compare with the release's reference vectors")
     c.add_argument("file", type=Path)
     c.add_argument("--tolerance", type=float, default=None, help="maximum relative error (default 1e-5)")
@@ -724,6 +727,10 @@ def main(argv: list[str] | None = None) -> int:
         from .cli_data import main as data_main
 
         return data_main(argv)
+    elif argv[:1] == ["generate-many"]:  # and the many-canvas runner's
+        from .cli_many import main as many_main
+
+        return many_main(argv[1:])
     else:
         ns = parser.parse_args(argv)
     from src_models.canvas import CanvasError

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything this project needs on a fresh Debian machine with Python 3.11:
 # the virtual environment .venv with the CPU build of torch 2.13.0 and the package (editable,
-# with the test and release extras), and with --gui the system libraries for Qt under Xvfb.
+# with the test, release and distributed extras), and with --gui the system libraries for Qt under Xvfb.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +23,8 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade uv
 links=()
 if [ -n "${PIP_FIND_LINKS:-}" ]; then links=(--find-links "$PIP_FIND_LINKS"); fi
-# torch is pinned here (and in CI) only; pyproject.toml asks for torch>=2.4
-.venv/bin/python -m uv pip install -q --python .venv/bin/python "${links[@]}" \
-  "torch==2.13.0" -e ".[testing,release]"
+# torch is pinned here (and in CI) only; pyproject.toml asks for torch>=2.4.  Bytecode is compiled
+# at install time: the tests start many Python processes (torchrun, dask workers, the CLI), and
+# each would otherwise compile torch's sources again where .pyc files are not written.
+.venv/bin/python -m uv pip install -q --compile-bytecode --python .venv/bin/python "${links[@]}" \
+  "torch==2.13.0" -e ".[testing,release,distributed]"

@@ -29,6 +29,11 @@ Work directory (``--work``, default ``OUT.train``): ``checkpoints/<stage>/step_X
 containers, loaded with ``weights_only=True``, and ``state.json``), ``logs/<stage>.csv`` with
 ``step,loss,lr,seconds``, and ``codec_final/``.  The model directory ``OUT`` is written at the end
 with :func:`src_models.models.save_model`.
+
+Under ``torchrun`` the same command trains data-parallel (:mod:`src_models.distributed`): ``--batch``
+and ``--codec-batch`` are global batches, each process trains its shard (in micro-batches of
+``--micro-batch`` with gradient accumulation), and rank 0 alone writes logs, checkpoints and the
+model; checkpoints resume exactly with any number of processes.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import shlex
 import shutil
 import sys
@@ -217,16 +223,22 @@ class PixelCrops:
         w = torch.tensor([(i.shape[1] - crop + 1) * (i.shape[2] - crop + 1) for i in self.images], dtype=torch.float64)
         self.weights = w / w.sum()
 
-    def sample(self, n: int):
-        """(img (n,3,c,c) float in [0,1], mask (n,1,c,c) long, labelled (n,) bool)."""
+    def sample(self, n: int, keep: tuple[int, int] | None = None):
+        """(img (n,3,c,c) float in [0,1], mask (n,1,c,c) long, labelled (n,) bool).
+
+        ``keep=(lo, hi)``: the random numbers of all ``n`` crops are drawn (the stream does not
+        depend on the part kept), but only crops lo..hi are cut and returned (a rank's shard)."""
         c = self.crop
+        lo, hi = keep if keep is not None else (0, n)
         idx = torch.multinomial(self.weights, n, replacement=True, generator=self.gen)
         imgs, masks, lab = [], [], []
-        for i in idx.tolist():
+        for j, i in enumerate(idx.tolist()):
             im = self.images[i]
             y = int(torch.randint(0, im.shape[1] - c + 1, (1,), generator=self.gen))
             x = int(torch.randint(0, im.shape[2] - c + 1, (1,), generator=self.gen))
             k = int(torch.randint(0, 8, (1,), generator=self.gen))
+            if not lo <= j < hi:
+                continue
             imgs.append(dihedral(im[:, y : y + c, x : x + c], k))
             m = self.masks[i]
             masks.append(dihedral(m[:, y : y + c, x : x + c], k) if m is not None else torch.zeros(1, c, c, dtype=torch.long))
@@ -280,15 +292,19 @@ class LatentCrops:
         w = torch.tensor([(z.shape[1] - c + 1) * (z.shape[2] - c + 1) for z in self.latents], dtype=torch.float64)
         self.weights = w / w.sum()
 
-    def sample(self, n: int):
-        """(latent (n,C,c,c) float, mask (n,1,c·f,c·f) long, labelled (n,) bool)."""
+    def sample(self, n: int, keep: tuple[int, int] | None = None):
+        """(latent (n,C,c,c) float, mask (n,1,c·f,c·f) long, labelled (n,) bool); ``keep`` as
+        for :meth:`PixelCrops.sample`."""
         c, f = self.crop, self.f
+        lo, hi = keep if keep is not None else (0, n)
         idx = torch.multinomial(self.weights, n, replacement=True, generator=self.gen)
         zs, masks, lab = [], [], []
-        for i in idx.tolist():
+        for j, i in enumerate(idx.tolist()):
             z = self.latents[i]
             y = int(torch.randint(0, z.shape[1] - c + 1, (1,), generator=self.gen))
             x = int(torch.randint(0, z.shape[2] - c + 1, (1,), generator=self.gen))
+            if not lo <= j < hi:
+                continue
             zs.append(z[:, y : y + c, x : x + c])
             m = self.masks[i]
             if m is None:
@@ -320,7 +336,17 @@ def checkpoints(stage_dir: Path) -> list[Path]:
     return sorted(p for p in stage_dir.glob("step_*") if p.is_dir() and (p / "state.json").is_file())
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(stage_dir: Path, step: int, model, ema, opt, gen: torch.Generator, state: dict, keep: int = 2) -> Path:
+    """Write ``step_XXXXXXX/`` atomically: into a temporary folder, every file fsync'd, then
+    renamed (so a kill at any moment leaves the previous checkpoint as the last complete one)."""
     from safetensors.torch import save_file
 
     final = stage_dir / f"step_{step:07d}"
@@ -332,8 +358,12 @@ def save_checkpoint(stage_dir: Path, step: int, model, ema, opt, gen: torch.Gene
         save_file(_state_cpu(ema), str(tmp / "ema.safetensors"))
     torch.save({"optimizer": opt.state_dict(), "data_rng": gen.get_state(), "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
     (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
+    for f in tmp.iterdir():
+        _fsync(f)
+    _fsync(tmp)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
+    _fsync(stage_dir)
     for old in checkpoints(stage_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -391,6 +421,31 @@ def _autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
+class StepLoss:
+    """A training step's loss in two parts, so one global batch can be split over processes and
+    micro-batches without changing the random stream.
+
+    ``draw(step, lo, hi)`` draws the random numbers of the whole global batch of ``batch``
+    samples (the same on every rank) and returns samples lo..hi; ``loss(data, i, j)`` is the mean
+    loss over samples i..j of what ``draw`` returned.  Called as ``loss_fn(step)`` it is the
+    whole batch's loss in one piece: the single-process path, as it always was.  ``sharded`` is
+    set by :func:`run_loop` while it uses the split form."""
+
+    def __init__(self, batch: int, draw, loss):
+        self.batch, self.draw, self.loss = int(batch), draw, loss
+        self.sharded = False
+
+    def __call__(self, step: int):
+        return self.loss(self.draw(step, 0, self.batch), 0, self.batch)
+
+
+def _part(t, i: int, j: int):
+    """Rows i..j of a drawn tensor (the tensor itself when that is all of it)."""
+    if t is None or (i == 0 and j == t.shape[0]):
+        return t
+    return t[i:j]
+
+
 def run_loop(
     stage: str,
     model,
@@ -408,24 +463,61 @@ def run_loop(
     warmup: int = 100,
     grad_clip: float = 1.0,
     stop_at: int | None = None,
+    par=None,
+    micro_batch: int | None = None,
+    find_unused: bool = False,
 ) -> dict:
     """Optimise ``loss_fn(step) -> scalar`` for ``steps`` steps with AdamW; returns the final state.
 
-    ``stop_at`` ends the run (with a checkpoint) at that step of the ``steps``-step schedule."""
+    ``stop_at`` ends the run (with a checkpoint) at that step of the ``steps``-step schedule.
+
+    ``par`` (a :class:`~src_models.distributed.Parallel`) and ``micro_batch``: with more than one
+    process, or micro-batches smaller than a rank's shard, ``loss_fn`` must be a
+    :class:`StepLoss`; each rank trains its shard of the global batch in micro-batches of at most
+    ``micro_batch`` (gradient accumulation) under DistributedDataParallel, and only rank 0 keeps
+    the EMA, the log, the progress bar and the checkpoints.  A checkpoint records the world size,
+    global batch and micro-batch; resuming with another world size keeps the global batch, and
+    without ``micro_batch`` uses the checkpoint's, so each process holds no more samples at once
+    than before (the rest is accumulated)."""
     from tqdm import tqdm
 
+    from .distributed import Parallel, micro_ranges, no_sync
+
+    par = par or Parallel()
+    main = par.main
     stage_dir = work_dir / "checkpoints" / stage
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     state = {"step": 0, "seconds": 0.0, "loss": float("nan")}
     existing = checkpoints(stage_dir)
+    par.agree(existing[-1].name if existing else None, f"the last checkpoint in {stage_dir}")
     if existing:
         if not resume:
             raise TrainError(f"{stage_dir} already holds checkpoints: pass --resume to continue or --overwrite to start over")
-        state = load_checkpoint(existing[-1], model, ema, opt, gen)
+        state = load_checkpoint(existing[-1], model, ema if main else None, opt, gen)
     start = int(state["step"])
-    log = CsvLog(work_dir / "logs" / f"{stage}.csv", start)
+    batch = getattr(loss_fn, "batch", None)
+    before = state.get("parallel") or {}
+    if micro_batch is None and before.get("micro_batch") and batch:
+        micro_batch = int(before["micro_batch"])
+    lo, hi = par.shard(batch) if batch else (0, 0)
+    sharded = par.world > 1 or bool(batch and micro_batch and micro_batch < hi - lo)
+    if sharded:
+        if not isinstance(loss_fn, StepLoss):
+            raise TypeError("more than one process or micro-batches need a StepLoss")
+        if hi - lo < 1:
+            raise TrainError(f"the batch of {batch} is smaller than the {par.world} processes: each needs at least one sample")
+        if micro_batch is not None and micro_batch < 1:
+            raise TrainError(f"the micro-batch must be at least 1, got {micro_batch}")
+        ranges = micro_ranges(hi - lo, micro_batch)
+        loss_fn.sharded = True
+        if main and before.get("batch") not in (None, batch):
+            print(f"warning: {stage} resumes with a global batch of {batch}; its checkpoint was trained with "
+                  f"{before['batch']} (the run goes on, but not as one uninterrupted run)", file=sys.stderr)
+    ddp = par.wrap(model, find_unused) if sharded else None
+    log = CsvLog(work_dir / "logs" / f"{stage}.csv", start) if main else None
     seconds0, t0 = float(state.get("seconds", 0.0)), time.perf_counter()
-    bar = tqdm(total=steps, initial=start, desc=stage, file=sys.stderr, disable=not progress, mininterval=2.0, dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=start, desc=stage, file=sys.stderr, disable=not (progress and main), mininterval=2.0,
+               dynamic_ncols=True)
     acc, n_acc, last = 0.0, 0, state.get("loss", float("nan"))
     model.train()
     end = min(steps, stop_at) if stop_at else steps
@@ -434,29 +526,49 @@ def run_loop(
             cur_lr = lr_at(step, steps, lr, warmup)
             for g in opt.param_groups:
                 g["lr"] = cur_lr
-            loss = loss_fn(step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if sharded:
+                data = loss_fn.draw(step, lo, hi)
+                opt.zero_grad(set_to_none=True)
+                value = 0.0
+                for k, (i, j) in enumerate(ranges):
+                    with no_sync(ddp, k == len(ranges) - 1):
+                        loss = ddp(loss_fn.loss, data, i, j) if ddp is not None else loss_fn.loss(data, i, j)
+                        # DDP averages over the ranks: weight each part by its share of the global batch
+                        (loss * ((j - i) * par.world / batch)).backward()
+                    value += float(loss.detach()) * (j - i) / batch
+            else:
+                loss = loss_fn(step)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                value = float(loss.detach())
             if grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
-            if ema is not None:
+            if ema is not None and main:
                 ema_update(ema, model, ema_decay, step)
-            acc += float(loss.detach())
+            acc += value
             n_acc += 1
             done = step + 1
             bar.update(1)
             if done % log_every == 0 or done == end:
-                last = acc / n_acc
-                log.write(done, last, cur_lr, seconds0 + time.perf_counter() - t0)
+                last = par.sum(acc) / n_acc  # every rank takes part; rank 0 writes
+                if log is not None:
+                    log.write(done, last, cur_lr, seconds0 + time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{last:.4f}", refresh=False)
                 acc, n_acc = 0.0, 0
             if done % ckpt_every == 0 or done == end:
                 state = {"step": done, "seconds": seconds0 + time.perf_counter() - t0, "loss": last, "stage": stage}
-                save_checkpoint(stage_dir, done, model, ema, opt, gen, state)
+                if sharded:
+                    state["parallel"] = {"world_size": par.world, "batch": batch, "micro_batch": max(j - i for i, j in ranges)}
+                if main:
+                    save_checkpoint(stage_dir, done, model, ema, opt, gen, state)
+        par.barrier()  # the last checkpoint is on disk before any rank goes on
     finally:
         bar.close()
-        log.close()
+        if log is not None:
+            log.close()
+        if isinstance(loss_fn, StepLoss):
+            loss_fn.sharded = False
     model.eval()
     return {"step": max(start, end), "seconds": seconds0 + time.perf_counter() - t0, "loss": last}
 
@@ -538,6 +650,8 @@ def train_codec(
     device: str | torch.device = "cpu",
     seed: int = 0,
     progress: bool = True,
+    par=None,
+    micro_batch: int | None = None,
 ):
     """Train the native autoencoder; fit its latent shift/scale on the data; returns it (eval mode).
 
@@ -546,6 +660,8 @@ def train_codec(
     learning at ``gan_start``: only the decoder (and critic) train on, so the latents, and an image
     model trained on them meanwhile, stay valid.  The result is also written to
     ``work_dir/codec_final`` (a finished stage is not re-run on resume).
+
+    ``batch`` is the global batch; ``par`` and ``micro_batch`` as for :func:`run_loop`.
     """
     from safetensors.torch import load_file, save_file
 
@@ -556,6 +672,8 @@ def train_codec(
     final = work_dir / "codec_final"
     torch.manual_seed(seed)
     codec = NativeAutoencoder(**config).to(device)
+    if par is not None:
+        par.agree((final / "codec.safetensors").is_file(), f"whether {final} exists")
     if (final / "codec.safetensors").is_file() and resume:
         saved = json.loads((final / "codec.json").read_text())
         if saved["config"] != config:
@@ -571,9 +689,20 @@ def train_codec(
     if device.type == "cuda":
         trained = trained.to(memory_format=torch.channels_last)
 
-    def loss_fn(step):
-        img, _, _ = crops.sample(batch)
-        img = img.to(device)
+    latent_side = crop // codec.factor
+
+    def draw(step, lo, hi):
+        img, _, _ = crops.sample(batch, keep=(lo, hi))
+        noise = None
+        if latent_noise and loss_fn.sharded:
+            # the whole global batch's noise from the global CPU generator (as every rank has it),
+            # so the stream is the same for any world size and is in the checkpoint
+            noise = torch.randn(batch, codec.channels, latent_side, latent_side)[lo:hi]
+        return step, img, noise
+
+    def loss(data, i, j):
+        step, img, noise = data
+        img = _part(img, i, j).to(device)
         with _autocast(device):
             if freeze_encoder and step >= gan_start:
                 with torch.no_grad():
@@ -581,7 +710,7 @@ def train_codec(
             else:
                 z = codec.encode_raw(img)
             if latent_noise:
-                z = z + latent_noise * torch.randn_like(z)
+                z = z + latent_noise * (torch.randn_like(z) if noise is None else _part(noise, i, j).to(z))
             rec = codec.decode_raw(z)
         loss = codec_loss(rec.float(), img)
         if gan_weight > 0 and step >= gan_start:
@@ -589,21 +718,26 @@ def train_codec(
             loss = loss + gan_weight * g_term + d_term
         return loss
 
+    loss_fn = StepLoss(batch, draw, loss)
     info = run_loop("codec", trained, loss_fn, work_dir, steps, lr, gen, ckpt_every=ckpt_every,
                     log_every=log_every, resume=resume, progress=progress, warmup=min(100, steps // 10 + 1),
-                    stop_at=stop_at)
+                    stop_at=stop_at, par=par, micro_batch=micro_batch,
+                    find_unused=gan_weight > 0 or freeze_encoder)
     codec.eval()
     raw = torch.cat([encode_large(codec, torch.from_numpy(np.array(_pad_to(t.image, None, crop, codec.factor)[0])).permute(2, 0, 1).float() / 255.0,
                                   device=device, raw=True).reshape(codec.channels, -1) for t in data.tiles], dim=1)
     scale, shift = codec.set_normalisation(raw[None])
-    final.mkdir(parents=True, exist_ok=True)
-    save_file(_state_cpu(codec), str(final / "codec.safetensors"))
-    normed = (raw - torch.tensor(shift)[:, None]) / scale
-    stats = {"config": config, "scale": scale, "shift": shift, "latent_std": float(normed.std()),
-             "loss": info["loss"], "steps": info["step"], "schedule_steps": steps, "seconds": info["seconds"],
-             "gan_weight": gan_weight, "gan_start": gan_start if gan_weight > 0 else None,
-             "encoder_frozen_from": gan_start if freeze_encoder else None}
-    (final / "codec.json").write_text(json.dumps(stats, indent=2) + "\n")
+    if par is None or par.main:
+        final.mkdir(parents=True, exist_ok=True)
+        save_file(_state_cpu(codec), str(final / "codec.safetensors"))
+        normed = (raw - torch.tensor(shift)[:, None]) / scale
+        stats = {"config": config, "scale": scale, "shift": shift, "latent_std": float(normed.std()),
+                 "loss": info["loss"], "steps": info["step"], "schedule_steps": steps, "seconds": info["seconds"],
+                 "gan_weight": gan_weight, "gan_start": gan_start if gan_weight > 0 else None,
+                 "encoder_frozen_from": gan_start if freeze_encoder else None}
+        (final / "codec.json").write_text(json.dumps(stats, indent=2) + "\n")
+    if par is not None:
+        par.barrier()  # codec_final is on disk before any rank goes on
     return codec
 
 
@@ -641,8 +775,12 @@ def train_unet(
     device: str | torch.device = "cpu",
     seed: int = 0,
     progress: bool = True,
+    par=None,
+    micro_batch: int | None = None,
 ):
-    """Train the native UNet on ``codec`` latents; returns ``(ema_unet, info)``."""
+    """Train the native UNet on ``codec`` latents; returns ``(ema_unet, info)`` (the EMA is
+    kept on rank 0 only).  ``batch`` is the global batch; ``par`` and ``micro_batch`` as for
+    :func:`run_loop`."""
     import copy
 
     from .schedule import TRAIN_STEPS, cosine_alphas_cumprod
@@ -661,15 +799,20 @@ def train_unet(
         ema = ema.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(seed + 2)
     codec = codec.to(device).eval()
-    crops = LatentCrops(data.tiles, codec, crop, gen, device=device, progress=progress)
+    crops = LatentCrops(data.tiles, codec, crop, gen, device=device, progress=progress and (par is None or par.main))
     alphas = cosine_alphas_cumprod().to(device)
 
-    def loss_fn(step):
-        z0, mask, labelled = crops.sample(batch)
-        drop = torch.rand(batch, generator=gen) < p_uncond
+    def draw(step, lo, hi):
+        # the random numbers of the whole global batch, in the order one process always drew them
+        z0, mask, labelled = crops.sample(batch, keep=(lo, hi))
+        drop = _part(torch.rand(batch, generator=gen), lo, hi) < p_uncond
         mask[drop] = 0  # condition dropout; unlabelled tiles are all 0 already
-        t = torch.randint(0, TRAIN_STEPS, (batch,), generator=gen)
-        noise = torch.randn(z0.shape, generator=gen)
+        t = _part(torch.randint(0, TRAIN_STEPS, (batch,), generator=gen), lo, hi)
+        noise = _part(torch.randn((batch, *z0.shape[1:]), generator=gen), lo, hi)
+        return z0, mask, t, noise
+
+    def loss(data, i, j):
+        z0, mask, t, noise = (_part(v, i, j) for v in data)
         z0, mask, t, noise = z0.to(device), mask.to(device), t.to(device), noise.to(device)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * z0 + (1 - a).sqrt() * noise
@@ -677,9 +820,9 @@ def train_unet(
             eps = unet(xt, t, mask)
         return F.mse_loss(eps.float(), noise)
 
-    info = run_loop("unet", unet, loss_fn, work_dir, steps, lr, gen, ema=ema, ema_decay=ema_decay,
+    info = run_loop("unet", unet, StepLoss(batch, draw, loss), work_dir, steps, lr, gen, ema=ema, ema_decay=ema_decay,
                     ckpt_every=ckpt_every, log_every=log_every, resume=resume, progress=progress,
-                    warmup=min(200, steps // 10 + 1))
+                    warmup=min(200, steps // 10 + 1), par=par, micro_batch=micro_batch)
     info["config"] = config
     return ema.float().eval().to(memory_format=torch.contiguous_format), info
 
@@ -705,7 +848,9 @@ def build_parser(prog: str = "diffinfinite train") -> argparse.ArgumentParser:
     g.add_argument("--codec", default="train", help="'train' (default), 'identity', or a model directory whose codec to reuse")
     g.add_argument("--codec-steps", type=int, default=3000)
     g.add_argument("--codec-crop", type=int, default=64, help="crop side in px")
-    g.add_argument("--codec-batch", type=int, default=16)
+    g.add_argument("--codec-batch", type=int, default=16, help="global batch (over all processes under torchrun)")
+    g.add_argument("--codec-micro-batch", type=int, default=None,
+                   help="crops per process per forward pass; the rest of its share of the batch is accumulated")
     g.add_argument("--codec-lr", type=float, default=1e-3)
     g.add_argument("--codec-widths", default="32,64,96", help="encoder widths, full resolution first (factor = 2**(n-1))")
     g.add_argument("--codec-stop-at", type=int, default=None,
@@ -719,7 +864,11 @@ def build_parser(prog: str = "diffinfinite train") -> argparse.ArgumentParser:
     g = p.add_argument_group("image model")
     g.add_argument("--steps", type=int, default=4000, help="UNet optimisation steps")
     g.add_argument("--crop", type=int, default=128, help="training crop side in px (also the card's patch size)")
-    g.add_argument("--batch", type=int, default=16)
+    g.add_argument("--batch", type=int, default=16,
+                   help="global batch: under torchrun it is shared by the processes, so it stays the same for any world size")
+    g.add_argument("--micro-batch", type=int, default=None,
+                   help="crops per process per forward pass (default: its whole share of the batch, or on resume what "
+                   "the checkpoint used); the rest is accumulated, the step sees the whole --batch")
     g.add_argument("--lr", type=float, default=2e-4)
     g.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights")
     g.add_argument("--p-uncond", type=float, default=0.15, help="condition dropout for labelled crops")
@@ -729,7 +878,8 @@ def build_parser(prog: str = "diffinfinite train") -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--ckpt-every", type=int, default=500)
     g.add_argument("--log-every", type=int, default=10)
-    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N "
+                   "(under torchrun: each process uses GPU LOCAL_RANK with NCCL, or the CPU with gloo)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--no-progress", action="store_true")
     g.add_argument("--pixel-size-um", type=float, default=None, help="µm per pixel of the training images (for the card)")
@@ -747,31 +897,64 @@ def _ints(s: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None, prog: str = "diffinfinite train") -> int:
+    """The command.  Under ``torchrun`` (``WORLD_SIZE`` > 1) every process runs it with the same
+    arguments; they train one model data-parallel (see :mod:`src_models.distributed`)."""
+    from .distributed import ParallelError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     a = build_parser(prog).parse_args(argv)
+    par = None
     try:
-        return _main(a, argv, prog)
-    except (TrainError, ModelError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        par = _setup_parallel(a)
+        return _main(a, argv, prog, par)
+    except (TrainError, ModelError, ParallelError) as e:
+        if par is None or par.main:
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command with --resume to continue from the last checkpoint", file=sys.stderr)
+        if par is None or par.main:
+            print("interrupted: rerun the same command with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
+    finally:
+        if par is not None:
+            par.close()
 
 
-def _main(a, argv: list[str], prog: str) -> int:
+def _setup_parallel(a):
+    """The process group under torchrun (None for a single process, which keeps the device
+    handling below exactly as it was)."""
+    from .distributed import launched, setup
+
+    if not launched():
+        return None
+    for name in ("batch", "codec_batch", "micro_batch", "codec_micro_batch"):
+        v = getattr(a, name)
+        if v is not None and v < 1:
+            raise TrainError(f"--{name.replace('_', '-')} must be positive")
+    return setup(a.device)
+
+
+def _main(a, argv: list[str], prog: str, par=None) -> int:
     from .codec import IdentityCodec
     from .models import Model, load_model, save_model
 
+    main = par is None or par.main
     out = Path(a.out)
     work = Path(a.work) if a.work else out.with_name(out.name + ".train")
+    if par is not None:
+        par.agree(((out / "card.json").is_file(), work.is_dir()), f"whether {out} and {work} exist")
     if a.overwrite:
-        shutil.rmtree(work, ignore_errors=True)
-        if (out / "card.json").is_file():
-            shutil.rmtree(out)
+        if main:
+            shutil.rmtree(work, ignore_errors=True)
+            if (out / "card.json").is_file():
+                shutil.rmtree(out)
+        if par is not None:
+            par.barrier()
     elif (out / "card.json").is_file() and not a.resume:
         raise TrainError(f"{out} already holds a model: pass --overwrite to replace it")
-    if a.device == "auto":
+    if par is not None:
+        device = par.device
+    elif a.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         try:
@@ -783,6 +966,14 @@ def _main(a, argv: list[str], prog: str) -> int:
     for name in ("steps", "codec_steps", "batch", "codec_batch", "ckpt_every", "log_every"):
         if getattr(a, name) < (0 if name.endswith("steps") else 1):
             raise TrainError(f"--{name.replace('_', '-')} must be positive")
+    for name in ("micro_batch", "codec_micro_batch"):
+        if getattr(a, name) is not None and getattr(a, name) < 1:
+            raise TrainError(f"--{name.replace('_', '-')} must be positive")
+    world = par.world if par is not None else 1
+    for name in ("batch", "codec_batch"):
+        if getattr(a, name) < world:
+            raise TrainError(f"--{name.replace('_', '-')} {getattr(a, name)} is smaller than the {world} processes "
+                             f"(it is the global batch: each process needs at least one sample)")
     classes = colours = None
     if a.classes:
         classes = ["unknown"] + [c.strip() for c in a.classes.split(",") if c.strip()]
@@ -790,8 +981,14 @@ def _main(a, argv: list[str], prog: str) -> int:
         colours = [c.strip() for c in a.colours.split(",")]
     data = load_training_set(a.data, classes, colours)
     n_lab = sum(t.labelled for t in data.tiles)
-    print(f"{len(data.tiles)} tiles ({n_lab} labelled, {len(data.tiles) - n_lab} unlabelled as class 0), "
-          f"classes: {', '.join(data.classes)}; device {device}; work dir {work}", file=sys.stderr)
+    if par is not None:
+        par.agree([t.name for t in data.tiles], "the training tiles")
+    if main:
+        where = f"device {device}" if par is None else (
+            f"{par.world} processes ({par.backend}; this one {device}); global batch {a.batch}"
+            + (f", {a.codec_batch} for the codec" if a.codec == "train" else ""))
+        print(f"{len(data.tiles)} tiles ({n_lab} labelled, {len(data.tiles) - n_lab} unlabelled as class 0), "
+              f"classes: {', '.join(data.classes)}; {where}; work dir {work}", file=sys.stderr)
     work.mkdir(parents=True, exist_ok=True)
     progress = not a.no_progress
 
@@ -806,14 +1003,19 @@ def _main(a, argv: list[str], prog: str) -> int:
                             gan_start=a.codec_gan_start, freeze_encoder=a.codec_freeze_encoder,
                             stop_at=a.codec_stop_at,
                             ckpt_every=a.ckpt_every, log_every=a.log_every,
-                            resume=a.resume, device=device, seed=a.seed, progress=progress)
+                            resume=a.resume, device=device, seed=a.seed, progress=progress,
+                            par=par, micro_batch=a.codec_micro_batch)
         codec_info = json.loads((work / "codec_final" / "codec.json").read_text())
     else:
         codec = load_model(a.codec).codec
     unet_cfg = {"base": a.base, "mults": _ints(a.mults), "blocks": a.blocks}
     ema, info = train_unet(data, codec, work, steps=a.steps, config=unet_cfg, crop=a.crop, batch=a.batch, lr=a.lr,
                            ema_decay=a.ema, p_uncond=a.p_uncond, ckpt_every=a.ckpt_every, log_every=a.log_every,
-                           resume=a.resume, device=device, seed=a.seed, progress=progress)
+                           resume=a.resume, device=device, seed=a.seed, progress=progress,
+                           par=par, micro_batch=a.micro_batch)
+    if not main:
+        par.barrier()  # wait for rank 0 to write the model directory
+        return 0
     command = " ".join([prog] + [shlex.quote(v) for v in argv])
     description = (a.description + "\n\n" if a.description else "") + f"Reproduce with: {command}"
     card = ModelCard(
@@ -844,9 +1046,15 @@ def _main(a, argv: list[str], prog: str) -> int:
             "labelled_tiles": n_lab,
         },
     )
-    card.validate()
-    save_model(Model(card, ema.cpu(), codec.cpu()), out)
-    load_model(out)  # the directory must load as written
+    if par is not None:
+        card.extra["processes"] = par.world
+    try:
+        card.validate()
+        save_model(Model(card, ema.cpu(), codec.cpu()), out)
+        load_model(out)  # the directory must load as written
+    finally:
+        if par is not None:
+            par.barrier()
     print(f"model written to {out} ({time.perf_counter() - t_start:.0f} s this run; "
           f"unet loss {info['loss']:.4f})", file=sys.stderr)
     return 0
