@@ -415,6 +415,7 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
                 canvas.regenerate(y0 // f, y1 // f, x0 // f, x1 // f)
             else:
                 canvas.clear_done()
+        request = request.resolved(model.card)  # stored as a CLI run would store them ("auto" plan named)
         canvas.set_settings({**canvas.settings, **request.settings()})
         todo = pending_regions(canvas, request)
         yield Plan(len(todo), int(request.steps), tuple(r.index for r in todo), threading.get_ident())

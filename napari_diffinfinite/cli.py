@@ -394,7 +394,7 @@ def _generate_mask(args, card):
 def cmd_generate(args) -> int:
     from src_models.api import check_region_size, check_size, mask_signature, new_canvas, put_mask
     from src_models.canvas import Canvas
-    from src_models.request import normalise_settings
+    from src_models.request import settings_diff
 
     # 1. the arguments alone; 2. with the model card (no weights); 3. against the canvas on
     # disk (read only); then the model loads, and only then is anything written
@@ -424,8 +424,7 @@ def cmd_generate(args) -> int:
                 raise UserError(f"--resume: {args.out} is {canvas.width}x{canvas.height} px, not {width}x{height}")
             if args.region_size and args.region_size != canvas.region_size:
                 raise UserError(f"--resume: {args.out} uses regions of {canvas.region_size} px, not {args.region_size}")
-            stored = normalise_settings(canvas.settings)
-            diffs = {k: (stored.get(k), v) for k, v in request.settings().items() if stored.get(k) != v}
+            diffs = settings_diff(canvas.settings, request.settings(), card)
             if diffs:
                 text = ", ".join(f"{k}: canvas {a!r} vs now {b!r}" for k, (a, b) in diffs.items())
                 raise UserError(f"--resume: settings differ from the run that made {args.out} ({text})")
@@ -447,8 +446,16 @@ def cmd_generate(args) -> int:
     else:
         from src_models.provenance import source_entry
 
-        canvas = new_canvas(card, args.out, height, width, args.region_size, overwrite=args.overwrite,
-                            settings=request.settings(), sources=[source_entry(args.mask, "mask")])
+        from src_models.canvas import CanvasError, CanvasLockedError
+
+        try:
+            canvas = new_canvas(card, args.out, height, width, args.region_size, overwrite=args.overwrite,
+                                settings=request.settings(), sources=[source_entry(args.mask, "mask")])
+        except CanvasError as e:
+            # another run made OUT while this one loaded its model: the same words as the early check
+            if isinstance(e, CanvasLockedError) or args.overwrite or not args.out.exists():
+                raise
+            raise UserError(f"{args.out} exists; pass --overwrite to replace it or --resume to finish it") from None
         try:
             put_mask(canvas, mask)
             canvas.set_info(mask_signature=signature)

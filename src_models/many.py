@@ -490,8 +490,9 @@ def _check_same(canvas, job: Job, settings: dict, signature: str | None = None) 
         raise CanvasError(f"{job.out} is {canvas.width}x{canvas.height} px, the job asks for {job.width}x{job.height}")
     if job.region_size and job.region_size != canvas.region_size:
         raise CanvasError(f"{job.out} uses regions of {canvas.region_size} px, the job asks for {job.region_size}")
-    stored = canvas.settings
-    diffs = {k: (stored.get(k), v) for k, v in settings.items() if stored.get(k) != v}
+    from .request import settings_diff
+
+    diffs = settings_diff(canvas.settings, settings)
     if diffs:
         text = ", ".join(f"{k}: canvas {a!r} vs job {b!r}" for k, (a, b) in diffs.items())
         raise CanvasError(f"settings differ from the run that made {job.out} ({text}); pass --overwrite to make it anew")

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # annotations only
     import torch
 
 __all__ = ["PLANS", "SOLVERS", "SynthesisRequest", "RegionDone", "RegionProgress", "SweepProgress",
-           "default_plan", "normalise_settings", "MAX_STEPS"]
+           "default_plan", "normalise_settings", "settings_diff", "MAX_STEPS"]
 
 MAX_STEPS = 1000  # the models' training steps
 MAX_RESAMPLE = 20
@@ -100,16 +100,31 @@ class SynthesisRequest:
         }
 
 
-def normalise_settings(stored: dict) -> dict:
+def normalise_settings(stored: dict, card=None) -> dict:
     """Stored settings of a canvas in today's terms: a canvas made before plans and solvers had
-    ``schedule`` (parallel = grid) and always DDIM, region by region."""
+    ``schedule`` (parallel = grid) and always DDIM, region by region.  With the model ``card``,
+    defaults left open (plan, steps, η stored as None) are filled in as a run would resolve them."""
     out = dict(stored)
     if "schedule" in out and "plan" not in out:
         out["plan"] = LEGACY_SCHEDULES.get(out.pop("schedule"), None)
         out.setdefault("solver", "ddim")
         out.setdefault("sweep", False)
     out.setdefault("resample", 1)  # canvases made before resampling existed ran each level once
+    if card is not None:
+        solver = out.get("solver") or "ddim"
+        if out.get("plan") is None:
+            out["plan"] = default_plan(card)
+        if out.get("eta") is None and solver in SOLVERS:
+            out["eta"] = check_solver(solver, None)
+        if out.get("steps") is None and solver in SOLVERS:
+            out["steps"] = int(SOLVERS[solver].default_steps or getattr(card, "default_steps", 50))
     return out
+
+
+def settings_diff(stored: dict, new: dict, card=None) -> dict:
+    """``{name: (stored, new)}`` for the settings that differ, both sides normalised alike."""
+    a, b = normalise_settings(stored, card), normalise_settings(new, card)
+    return {k: (a.get(k), v) for k, v in b.items() if a.get(k) != v}
 
 
 @dataclass

@@ -207,6 +207,8 @@ def synthesise(
     resumes at its last finished level.
     """
     run = prepare_run(model, canvas, request)
+    if canvas.writable and not canvas.settings:  # made through the API without settings: record this run's
+        canvas.set_settings(run.settings())
     todo = pending_regions(canvas, run.request)
     if run.request.sweep:
         from .sweep import sweep_canvas

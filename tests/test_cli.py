@@ -102,7 +102,7 @@ BAD = {
     "import of a missing slide": (["import-slide", "{tmp}/noslide.svs", "--out", "{tmp}/o.zarr"], "slide"),
     "import over a canvas": (["import-slide", "{mask}", "--out", "{tmp}/exists.zarr"], "--overwrite"),
     "unknown plan": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--plan", "parallel"],
-                     "unknown plan 'parallel' (use grid, release, sequential)"),
+                     "unknown plan 'parallel' (use grid, release, sequential, tiled, average)"),
     "unknown solver": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--solver", "euler"],
                        "unknown solver 'euler' (use ddim, dpmpp-2m)"),
     "η for a deterministic solver": (["generate", "--mask", "{mask}", "--out", "{tmp}/o.zarr", "--solver", "dpmpp-2m",
@@ -456,6 +456,27 @@ def test_two_fresh_runs_on_one_path_one_wins_the_other_says_why(tmp_path, mask_p
     assert len(lines) == 1 and "Traceback" not in loser[2]
     assert "being written by another process" in lines[0] or "exists; pass --overwrite" in lines[0], lines
     assert main(["verify", str(tmp_path / "r.zarr")]) == 0
+
+
+def test_a_run_that_finds_out_made_while_its_model_loaded_says_so(tmp_path, mask_png, capsys, monkeypatch):
+    # the slow half of the race above, made certain: another run makes OUT after this one checked
+    import napari_diffinfinite.cli as cli
+
+    out = tmp_path / "r.zarr"
+    args = ["--size", "64x64", "--region-size", "32", "--steps", "1"]
+    loader = cli._model
+
+    def late(*a, **k):
+        monkeypatch.setattr(cli, "_model", loader)  # the other run loads normally
+        assert main(_gen(out, mask_png, *args)) == 0
+        return loader(*a, **k)
+
+    monkeypatch.setattr(cli, "_model", late)
+    capsys.readouterr()
+    assert main(_gen(out, mask_png, *args)) == 2
+    err = capsys.readouterr().err
+    assert "exists; pass --overwrite" in err and "Traceback" not in err
+    assert main(["verify", str(out)]) == 0
 
 
 def test_verify_finds_damage_and_resume_generates_it_again(tmp_path, mask_png, capsys):

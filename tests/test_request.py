@@ -53,4 +53,4 @@ def test_the_registries_need_no_torch():
             "SynthesisRequest(plan='release', solver='dpmpp-2m').check(); "
             "assert 'torch' not in sys.modules, 'torch imported'; print(','.join(PLANS), ','.join(SOLVERS))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == [",".join(PLANS), ",".join(SOLVERS)] == ["grid,release,sequential", "ddim,dpmpp-2m"]
+    assert out.split() == [",".join(PLANS), ",".join(SOLVERS)] == ["grid,release,sequential,tiled,average", "ddim,dpmpp-2m"]

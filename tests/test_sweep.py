@@ -126,8 +126,9 @@ def test_an_unfinished_sweep_of_other_settings_is_refused_then_discarded(tiny, t
 
 def test_a_sweep_needs_a_batched_plan(tiny, tmp_path, two_class_mask):
     c = _canvas(tiny, tmp_path / "c.zarr", two_class_mask, size=64)
-    with pytest.raises(SynthesisError, match="sequential plan runs one window at a time"):
-        list(synthesise(tiny, c, SynthesisRequest(steps=2, plan="sequential", sweep=True)))
+    for plan in ("sequential", "average"):  # one window at a time; eps averaged over windows
+        with pytest.raises(SynthesisError, match=f"one window writes each pixel .*; {plan} is not one"):
+            list(synthesise(tiny, c, SynthesisRequest(steps=2, plan=plan, sweep=True)))
 
 
 def test_noise_does_not_depend_on_how_the_canvas_is_cut():
