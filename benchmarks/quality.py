@@ -65,7 +65,8 @@ def canvas_rim(path: Path) -> dict:
         return rim(rgb, labels, float(c.info.get("pixel_size_um") or SLIDE_MPP))
 
 
-def make_canvas(model, labels: np.ndarray, path: Path, plan: str, seed: int, steps: int, region: int | None):
+def make_canvas(model, labels: np.ndarray, path: Path, plan: str, seed: int, steps: int, region: int | None,
+                solver: str | None = None):
     """Paint a canvas of the band's physical size under its labels; returns seconds and forwards."""
     from PIL import Image
 
@@ -78,7 +79,8 @@ def make_canvas(model, labels: np.ndarray, path: Path, plan: str, seed: int, ste
     h = int(labels.shape[0] * SLIDE_MPP / mpp) // grid * grid
     w = int(labels.shape[1] * SLIDE_MPP / mpp) // grid * grid
     lat = Image.fromarray(labels).resize((w // card.factor, h // card.factor), Image.Resampling.NEAREST)
-    request = SynthesisRequest(model=card.name, steps=steps, seed=seed, **_plan_kwargs(plan))
+    extra = {"solver": solver} if solver else {}
+    request = SynthesisRequest(model=card.name, steps=steps, seed=seed, **_plan_kwargs(plan), **extra)
     canvas = new_canvas(card, path, h, w, region, overwrite=True, settings=request.settings())
     put_mask(canvas, np.asarray(lat))
     t0, forwards = time.perf_counter(), 0
@@ -113,6 +115,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--plans", nargs="+", default=None, help="patch plans to compare (default: the first one only)")
+    p.add_argument("--solver", default=None, help="ddim or dpmpp-2m (default: the request's default)")
     p.add_argument("--tile", type=int, default=128)
     p.add_argument("--region", type=int, default=None, help="region size in px (default: the model's)")
     p.add_argument("--classes", default="1,2,3", help="classes to evaluate one by one (default 1,2,3)")
@@ -123,6 +126,7 @@ def main(argv=None) -> int:
 
     import torch
 
+    from src_models.canvas import Canvas
     from src_models.evaluation import evaluate, write_report
     from src_models.models import load_model
 
@@ -140,8 +144,11 @@ def main(argv=None) -> int:
     for plan in plans:
         for seed in a.seeds:
             path = work / f"{plan}-seed{seed}.zarr"
-            seconds, forwards = make_canvas(model, labels, path, plan, seed, a.steps, a.region)
-            entry = {"plan": plan, "seed": seed, "sample_seconds": round(seconds, 1), "forwards": forwards}
+            seconds, forwards = make_canvas(model, labels, path, plan, seed, a.steps, a.region, a.solver)
+            with Canvas.open(path) as c:
+                solver = c.settings.get("solver")
+            entry = {"plan": plan, "solver": solver, "seed": seed, "sample_seconds": round(seconds, 1),
+                     "forwards": forwards}
             res, extras = evaluate([real], [path], tile=a.tile, seed=seed)
             write_report(work / f"report-{plan}-seed{seed}", res, extras)
             entry["all"] = _pick(res)
@@ -160,6 +167,7 @@ def main(argv=None) -> int:
         "model": a.model,
         "model_pixel_size_um": model.card.pixel_size_um,
         "steps": a.steps,
+        "solver": a.solver,
         "tile_px": a.tile,
         "seeds": a.seeds,
         "real": f"{SLIDE.name} rows >= held-out start, {SLIDE_MPP} um/px",

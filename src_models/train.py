@@ -776,6 +776,7 @@ def train_unet(
     seed: int = 0,
     progress: bool = True,
     par=None,
+    stop_at: int | None = None,
     micro_batch: int | None = None,
 ):
     """Train the native UNet on ``codec`` latents; returns ``(ema_unet, info)`` (the EMA is
@@ -822,7 +823,7 @@ def train_unet(
 
     info = run_loop("unet", unet, StepLoss(batch, draw, loss), work_dir, steps, lr, gen, ema=ema, ema_decay=ema_decay,
                     ckpt_every=ckpt_every, log_every=log_every, resume=resume, progress=progress,
-                    warmup=min(200, steps // 10 + 1), par=par, micro_batch=micro_batch)
+                    warmup=min(200, steps // 10 + 1), stop_at=stop_at, par=par, micro_batch=micro_batch)
     info["config"] = config
     return ema.float().eval().to(memory_format=torch.contiguous_format), info
 
@@ -863,6 +864,8 @@ def build_parser(prog: str = "diffinfinite train") -> argparse.ArgumentParser:
                    help="from --codec-gan-start on, train the decoder only (the latents stay fixed)")
     g = p.add_argument_group("image model")
     g.add_argument("--steps", type=int, default=4000, help="UNet optimisation steps")
+    g.add_argument("--stop-at", type=int, default=None,
+                   help="finish the UNet at this step of its --steps schedule (learning rate as for the full run)")
     g.add_argument("--crop", type=int, default=128, help="training crop side in px (also the card's patch size)")
     g.add_argument("--batch", type=int, default=16,
                    help="global batch: under torchrun it is shared by the processes, so it stays the same for any world size")
@@ -1012,7 +1015,7 @@ def _main(a, argv: list[str], prog: str, par=None) -> int:
     ema, info = train_unet(data, codec, work, steps=a.steps, config=unet_cfg, crop=a.crop, batch=a.batch, lr=a.lr,
                            ema_decay=a.ema, p_uncond=a.p_uncond, ckpt_every=a.ckpt_every, log_every=a.log_every,
                            resume=a.resume, device=device, seed=a.seed, progress=progress,
-                           par=par, micro_batch=a.micro_batch)
+                           par=par, micro_batch=a.micro_batch, stop_at=a.stop_at)
     if not main:
         par.barrier()  # wait for rank 0 to write the model directory
         return 0
@@ -1032,7 +1035,8 @@ def _main(a, argv: list[str], prog: str, par=None) -> int:
         description=description,
         extra={
             "command": command,
-            "unet_steps": a.steps,
+            "unet_steps": min(a.steps, a.stop_at) if a.stop_at else a.steps,
+            "unet_schedule_steps": a.steps,
             "unet_final_loss": info["loss"],
             "unet_train_seconds": round(info["seconds"], 1),
             "codec_steps": codec_info.get("steps"),

@@ -158,6 +158,7 @@ def test_a_procedural_mask_on_a_20000_px_canvas_can_be_undone(viewer, qtbot, tmp
     w = dock(viewer, "DiffInfinite")
     image, mask = w.canvas.open(path)
     assert mask.data.shape == (5000, 5000)
+    w.mask.layout_box.setCurrentText("procedural")  # the default model's layout model would take minutes here
     assert w.mask.generate() is not None
     qtbot.waitUntil(lambda: not w.mask.busy, timeout=120_000)
     assert "too large" not in w.mask.status.text()
