@@ -159,3 +159,38 @@ def test_codec_critic_frozen_encoder_and_stop_at(tmp_path):
     info = json.loads((tmp_path / "w" / "codec_final" / "codec.json").read_text())
     assert info["steps"] == 4 and info["schedule_steps"] == 6 and info["encoder_frozen_from"] == 2
     assert not (tmp_path / "w" / "checkpoints" / "codec" / "step_0000005").exists()
+
+
+def test_unet_stop_at_ends_a_longer_schedule_with_its_learning_rate(tmp_path):
+    """--stop-at writes the model at that step of the --steps schedule; the learning rate of the
+    steps run is the full schedule's (not a shorter cosine), and the card records both counts."""
+    data = _write_folder(tmp_path / "d", size=32)
+    out, work = tmp_path / "model", tmp_path / "work"
+    args = ["--data", str(data), "--out", str(out), "--work", str(work), "--codec", "identity", "--crop", "16",
+            "--batch", "2", "--base", "8", "--mults", "1,2", "--blocks", "1", "--ckpt-every", "2", "--log-every", "1",
+            "--no-progress", "--steps", "20", "--stop-at", "4", "--lr", "1e-3"]
+    assert T.main(args) == 0
+    rows = list(csv.DictReader(open(work / "logs" / "unet.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    warmup = min(200, 20 // 10 + 1)
+    assert [float(r["lr"]) for r in rows] == pytest.approx([T.lr_at(s - 1, 20, 1e-3, warmup) for s in (1, 2, 3, 4)], rel=1e-3)
+    assert not (work / "checkpoints" / "unet" / "step_0000006").exists()
+    card = load_model(out).card
+    assert card.extra["unet_steps"] == 4 and card.extra["unet_schedule_steps"] == 20
+
+
+def test_layout_image_is_the_majority_class_per_cell_with_ink_as_glass(tmp_path):
+    from src_models.mask_model import codes_to_rgb
+    from src_models.masks_from_he import layout_labels
+
+    labels = np.full((32, 48), 3, np.uint8)
+    labels[:16, :16] = 2  # a whole cell of epidermis
+    labels[:16, 16:32] = 0  # ink ...
+    labels[:4, 16:32] = 3  # ... with a little dermis: ink counts as glass, so glass wins
+    labels[16:, 32:] = 1
+    labels[31, :] = 2  # a minority in its cells: they stay dermis / glass
+    lay = layout_labels(labels, 16)
+    assert lay.tolist() == [[2, 1, 3], [3, 3, 1]]
+    rgb = codes_to_rgb(lay, [1, 2, 3])
+    assert rgb[0, 0].tolist() == [0, 255, 0] and rgb[0, 1].tolist() == [255, 0, 0]
+    assert layout_labels(np.ones((40, 40), np.uint8), 16).shape == (2, 2)  # a ragged edge is dropped
