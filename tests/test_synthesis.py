@@ -123,9 +123,7 @@ def test_import_real_slide(tiny, tmp_path):
 
     from src_models.slide import open_slide
 
-    svs = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmu_small_region.svs"
-    if not svs.exists():
-        svs = Path(__file__).resolve().parents[1] / "data" / "cmu_small_region" / "cmu_small_region.png"
+    svs = Path(__file__).resolve().parents[1] / "data" / "cmu_small_region" / "cmu_small_region.svs"  # a real Aperio file
     canvas, report = import_slide(svs, tiny, tmp_path / "s.zarr", region_size=512)
     assert report["canvas_size"] == [2216, 2960]  # cropped to the 8 px grid
     with open_slide(svs) as s:

@@ -210,9 +210,7 @@ def test_import_a_slide_then_extend_it_in_the_widget(viewer, qtbot, tmp_path):
     from src_models.canvas import Canvas
 
     root = Path(__file__).resolve().parents[2]
-    slide = root.parent / "shared" / "data" / "cmu_small_region.svs"
-    if not slide.exists():
-        slide = root / "data" / "cmu_small_region" / "cmu_small_region.png"
+    slide = root / "data" / "cmu_small_region" / "cmu_small_region.svs"
     w = dock(viewer, "Canvas")
     w.model_picker.set_spec("tiny-test")
     w.region_box.setValue(512)
