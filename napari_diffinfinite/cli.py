@@ -392,7 +392,8 @@ def _generate_mask(args, card):
 
 
 def cmd_generate(args) -> int:
-    from src_models.api import check_region_size, check_size, mask_signature, new_canvas, put_mask
+    from src_models.api import (check_region_size, check_size, mask_signature, mask_unwritten, new_canvas_with_mask,
+                                store_mask)
     from src_models.canvas import Canvas
     from src_models.request import settings_diff
 
@@ -429,7 +430,7 @@ def cmd_generate(args) -> int:
                 text = ", ".join(f"{k}: canvas {a!r} vs now {b!r}" for k, (a, b) in diffs.items())
                 raise UserError(f"--resume: settings differ from the run that made {args.out} ({text})")
             # no signature: the run that made it stopped while writing the mask (nothing sampled yet)
-            unfinished_mask = "mask_signature" not in canvas.info and not canvas.done_indices()
+            unfinished_mask = mask_unwritten(canvas)
             if not unfinished_mask and canvas.info.get("mask_signature") != signature:
                 raise UserError(f"--resume: {args.mask} is not the mask {args.out} was made with")
     model = _model(args.model, device, preloaded)
@@ -437,8 +438,7 @@ def cmd_generate(args) -> int:
         canvas = Canvas.open(args.out, "r+")
         try:
             if unfinished_mask:
-                put_mask(canvas, mask)
-                canvas.set_info(mask_signature=signature)
+                store_mask(canvas, mask)
             _check_and_repair(canvas)
         except BaseException:
             canvas.close()
@@ -449,19 +449,14 @@ def cmd_generate(args) -> int:
         from src_models.canvas import CanvasError, CanvasLockedError
 
         try:
-            canvas = new_canvas(card, args.out, height, width, args.region_size, overwrite=args.overwrite,
-                                settings=request.settings(), sources=[source_entry(args.mask, "mask")])
+            canvas = new_canvas_with_mask(card, args.out, height, width, mask, args.region_size,
+                                          overwrite=args.overwrite, settings=request.settings(),
+                                          sources=[source_entry(args.mask, "mask")])
         except CanvasError as e:
             # another run made OUT while this one loaded its model: the same words as the early check
             if isinstance(e, CanvasLockedError) or args.overwrite or not args.out.exists():
                 raise
             raise UserError(f"{args.out} exists; pass --overwrite to replace it or --resume to finish it") from None
-        try:
-            put_mask(canvas, mask)
-            canvas.set_info(mask_signature=signature)
-        except BaseException:
-            canvas.close()
-            raise
     with canvas:
         preview = args.preview or args.out.with_suffix(".png")
         n = _run(model, canvas, request, preview)

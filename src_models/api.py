@@ -127,6 +127,32 @@ def mask_signature(mask: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
+def store_mask(canvas: Canvas, mask: np.ndarray) -> None:
+    """:func:`put_mask`, then the mask's signature, which a resume checks the mask against."""
+    put_mask(canvas, mask)
+    canvas.set_info(mask_signature=mask_signature(mask))
+
+
+def mask_unwritten(canvas: Canvas) -> bool:
+    """True when the run that made ``canvas`` stopped while writing its mask (no signature yet,
+    nothing sampled): a resume writes the mask again instead of refusing it."""
+    return "mask_signature" not in canvas.info and not canvas.done_indices()
+
+
+def new_canvas_with_mask(card: ModelCard, path, height: int, width: int, mask: np.ndarray,
+                         region_size: int | None = None, overwrite: bool = False, settings: dict | None = None,
+                         sources: list[dict] | None = None) -> Canvas:
+    """:func:`new_canvas` with ``mask`` stored (:func:`store_mask`); closed again if that fails."""
+    canvas = new_canvas(card, path, height, width, region_size, overwrite=overwrite, settings=settings,
+                        sources=sources)
+    try:
+        store_mask(canvas, mask)
+    except BaseException:
+        canvas.close()
+        raise
+    return canvas
+
+
 def preview_level(canvas: Canvas, max_side: int = 2048) -> int:
     for level in range(canvas.levels):
         shape = canvas.image(level).shape

@@ -38,6 +38,10 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from .durable import fsync_dir as _fsync_dir
+from .durable import fsync_file as _fsync_file
+from .durable import fsync_tree as _fsync_tree
+
 CHUNK = 512
 FORMAT = "diffinfinite-canvas/1"
 LOCK_SUFFIX = ".lock"
@@ -1220,31 +1224,6 @@ def _check_json(values: dict, what: str) -> None:
 def _reason(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        _fsync_file(path)
-    except OSError as e:  # some file systems cannot fsync a directory
-        if e.errno not in (errno.EINVAL, errno.EBADF, errno.EISDIR):
-            raise
-
-
-def _fsync_tree(root: Path) -> None:
-    """fsync every file and directory under ``root`` (small trees: metadata, new arrays)."""
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            _fsync_file(Path(dirpath) / name)
-        _fsync_dir(Path(dirpath))
-    _fsync_dir(root.parent)
 
 
 def _io_error(path: Path, e: OSError, reading: bool = False) -> CanvasError:

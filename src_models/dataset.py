@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from .annotations import AnnotationError, AnnotationSet, labels_for, paint_order, rasterise, read_geojson
+from .durable import fsync_file
 from .provenance import provenance, source_entry
 
 FORMAT = "diffinfinite-tiles/1"
@@ -60,14 +61,6 @@ class DatasetError(ValueError):
 
 
 # ------------------------------------------------------------------------------------ tile sets
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _save_png(path: Path, array: np.ndarray, mpp: float | None) -> None:
     from PIL import Image
 
@@ -165,7 +158,7 @@ class TileSetWriter:
         path = self.out / "dataset.json"
         tmp = path.with_name("dataset.json.part")
         tmp.write_text(json.dumps(self.meta, indent=2) + "\n")
-        _fsync(tmp)
+        fsync_file(tmp)
         tmp.replace(path)
 
     def has(self, name: str) -> bool:

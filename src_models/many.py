@@ -410,7 +410,8 @@ def _device_for(job: Job, state: _WorkerState) -> str:
 
 
 def _make(job: Job, state: _WorkerState, events: _Events) -> dict:
-    from .api import check_region_size, check_size, mask_signature, new_canvas, put_mask, save_preview
+    from .api import (check_region_size, check_size, mask_signature, mask_unwritten, new_canvas_with_mask,
+                      save_preview, store_mask)
     from .canvas import Canvas
     from .maskio import check_labels, load_mask
     from .request import SynthesisRequest
@@ -447,21 +448,14 @@ def _make(job: Job, state: _WorkerState, events: _Events) -> dict:
         check_region_size(card, job.region_size)
     signature = mask_signature(mask)
     if fresh:
-        canvas = new_canvas(card, out, job.height, job.width, job.region_size, overwrite=job.overwrite,
-                            settings=settings)
-        try:
-            put_mask(canvas, mask)
-            canvas.set_info(mask_signature=signature)
-        except BaseException:
-            canvas.close()
-            raise
+        canvas = new_canvas_with_mask(card, out, job.height, job.width, mask, job.region_size,
+                                      overwrite=job.overwrite, settings=settings)
     else:
         canvas = Canvas.open(out, "r+")
         try:
             _check_same(canvas, job, settings, signature)
-            if "mask_signature" not in canvas.info and not canvas.done_indices():
-                put_mask(canvas, mask)  # the run that made it stopped while writing the mask
-                canvas.set_info(mask_signature=signature)
+            if mask_unwritten(canvas):
+                store_mask(canvas, mask)
             repaired = _check_and_repair(canvas)
             if repaired:
                 events.send("repaired", regions=repaired)

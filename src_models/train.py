@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from .card import ModelCard, ModelError
+from .durable import fsync_dir, fsync_file
 
 IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 MASK_EXTS = (".png", ".tif", ".tiff", ".npy")
@@ -336,14 +337,6 @@ def checkpoints(stage_dir: Path) -> list[Path]:
     return sorted(p for p in stage_dir.glob("step_*") if p.is_dir() and (p / "state.json").is_file())
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(stage_dir: Path, step: int, model, ema, opt, gen: torch.Generator, state: dict, keep: int = 2) -> Path:
     """Write ``step_XXXXXXX/`` atomically: into a temporary folder, every file fsync'd, then
     renamed (so a kill at any moment leaves the previous checkpoint as the last complete one)."""
@@ -359,11 +352,11 @@ def save_checkpoint(stage_dir: Path, step: int, model, ema, opt, gen: torch.Gene
     torch.save({"optimizer": opt.state_dict(), "data_rng": gen.get_state(), "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
     (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
     for f in tmp.iterdir():
-        _fsync(f)
-    _fsync(tmp)
+        fsync_file(f)
+    fsync_dir(tmp)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    _fsync(stage_dir)
+    fsync_dir(stage_dir)
     for old in checkpoints(stage_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
