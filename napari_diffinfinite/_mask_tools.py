@@ -22,7 +22,6 @@ bytes a pixel), so Ctrl+Z takes back even a procedural mask on a 20,000 px canva
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 from qtpy.QtWidgets import (
@@ -78,26 +77,20 @@ def fit_mask_job(labels: np.ndarray, mapping: dict | None, classes: list[str], s
     return resize_labels(labels, shape) if labels.shape != tuple(shape) else labels
 
 
-def load_mask_job(path: str, colours: list[str], classes: list[str], shape: tuple[int, int]) -> np.ndarray:
-    from src_models.maskio import check_labels, load_mask, resize_labels
-
-    mask = load_mask(path, colours)
-    check_labels(mask, classes, name=str(path))
-    return resize_labels(mask, shape) if mask.shape != tuple(shape) else mask
-
-
 def layout_job(spec: str | None, shape: tuple[int, int], image_px: tuple[int, int], labels: list[int],
                seed: int, learned: bool) -> tuple[np.ndarray, str]:
     """A layout for ``shape`` mask px covering ``image_px`` image px: drawn by the canvas model's
     layout diffusion model when asked and the model has one, else procedural.  Returns (labels, how)."""
     if learned and spec:
-        from src_models.card import BUILTIN_DIRS, ModelCard
         from src_models.mask_model import generate_layout, is_layout_model
 
-        from ._worker import MODELS
+        from ._worker import MODELS, model_card
 
-        directory = BUILTIN_DIRS.get(str(spec), Path(str(spec)))
-        if (directory / "card.json").is_file() and is_layout_model(ModelCard.load(directory)):
+        try:
+            card = model_card(spec)
+        except Exception:  # the canvas's model is not on this machine: a procedural layout
+            card = None
+        if card is not None and is_layout_model(card):
             model = MODELS.get(spec, "cpu")
             return generate_layout(model, shape, seed=seed, image_px=image_px), "learned layout model"
     return procedural_job(shape, labels, seed), "procedural; the model has no layout model" if learned else "procedural"

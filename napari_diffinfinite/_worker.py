@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._reader import META, pixel_centre_offset, refresh_region
+from ._reader import META, refresh_region
 
 REFRESH_S = 0.25  # at most four image refreshes a second
 PREVIEW_S = 1.0  # at most one preview a second ...

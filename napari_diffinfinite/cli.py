@@ -627,7 +627,7 @@ def cmd_verify(args) -> int:
         for index, problems in sorted(report.damaged.items()):
             print(f"  region {index}: {'; '.join(problems)}")
         if not report.ok:
-            print(f"  run `diffinfinite generate ... --resume` (or inpaint --resume) to generate them again")
+            print("  run `diffinfinite generate ... --resume` (or inpaint --resume) to generate them again")
     return 0 if report.ok else 1
 
 

@@ -19,9 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143
+from .cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, UserError, _on_sigterm
 
 HELP = {
     "make-dataset": "annotated slides (QuPath GeoJSON) to a training folder of tiles (see its --help)",
@@ -30,14 +28,6 @@ HELP = {
     "export-ome-tiff": "a canvas to a pyramidal, tiled OME-TIFF (QuPath and slide viewers open it)",
     "annotations-to-mask": "rasterise QuPath GeoJSON to a label image (for generate --mask)",
 }
-
-
-class BadInput(Exception):
-    pass
-
-
-class _Terminated(KeyboardInterrupt):
-    pass
 
 
 class _Parser(argparse.ArgumentParser):
@@ -219,11 +209,11 @@ def cmd_make_dataset(a) -> dict:
     from src_models.dataset import SlideInput, make_dataset
 
     if a.annotations and len(a.annotations) != len(a.slide):
-        raise BadInput(f"{len(a.slide)} --slide but {len(a.annotations)} --annotations; give one per slide "
+        raise UserError(f"{len(a.slide)} --slide but {len(a.annotations)} --annotations; give one per slide "
                        "('-' for a slide without annotations)")
     for s in a.slide:
         if not s.exists():
-            raise BadInput(f"slide {s} does not exist")
+            raise UserError(f"slide {s} does not exist")
     inputs = [SlideInput(s, None if not a.annotations or a.annotations[i] == "-" else Path(a.annotations[i]))
               for i, s in enumerate(a.slide)]
     progress, close = _bar(a.quiet)
@@ -257,7 +247,7 @@ def cmd_export_annotations(a) -> dict:
     from src_models.export import export_annotations
 
     if a.out.exists() and not a.overwrite:
-        raise BadInput(f"{a.out} exists; pass --overwrite to replace it")
+        raise UserError(f"{a.out} exists; pass --overwrite to replace it")
     return export_annotations(a.canvas, a.out, classes=a.classes, include_unknown=a.include_unknown)
 
 
@@ -280,11 +270,11 @@ def cmd_annotations_to_mask(a) -> dict:
     from src_models.annotations import paint_order, labels_for, parse_class_map, rasterise, read_geojson
 
     if a.out.exists() and not a.overwrite:
-        raise BadInput(f"{a.out} exists; pass --overwrite to replace it")
+        raise UserError(f"{a.out} exists; pass --overwrite to replace it")
     if a.out.suffix.lower() not in (".png", ".tif", ".tiff", ".npy"):
-        raise BadInput(f"{a.out}: write a label image as .png, .tif or .npy")
+        raise UserError(f"{a.out}: write a label image as .png, .tif or .npy")
     if not (math.isfinite(a.downsample) and a.downsample > 0):
-        raise BadInput(f"--downsample must be a positive number, got {a.downsample}")
+        raise UserError(f"--downsample must be a positive number, got {a.downsample}")
     class_map = parse_class_map(a.class_map)
     if a.like is not None:
         from src_models.dataset import open_levels
@@ -298,7 +288,7 @@ def cmd_annotations_to_mask(a) -> dict:
     labels = labels_for(ann, class_map)
     wholly, partly = ann.outside(width, height)
     if len(wholly) == len(ann.features):
-        raise BadInput(f"{a.annotations}: every feature lies outside the {width}x{height} px area; "
+        raise UserError(f"{a.annotations}: every feature lies outside the {width}x{height} px area; "
                        "check --size/--like and --annotation-offset/--annotation-downsample")
     if wholly or partly:
         _warn(f"{a.annotations}: {len(wholly) + len(partly)} feature(s) reach beyond the {width}x{height} px area; "
@@ -330,10 +320,6 @@ COMMANDS = {
 }
 
 
-def _on_sigterm(signum, frame):
-    raise _Terminated()
-
-
 def main(argv: list[str] | None = None) -> int:
     """``argv`` starts with the command name (``make-dataset ...``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -355,13 +341,13 @@ def main(argv: list[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         result = COMMANDS[argv[0]](a)
-    except (BadInput, AnnotationError, DatasetError, ExportError, CanvasError, SlideError) as e:
+    except (UserError, AnnotationError, DatasetError, ExportError, CanvasError, SlideError) as e:
         print(f"diffinfinite: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as e:
         print(f"diffinfinite: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
         return EXIT_BAD_INPUT
-    except _Terminated:
+    except Terminated:
         print("diffinfinite: terminated (SIGTERM); what was written is kept (run again with --resume)", file=sys.stderr)
         return EXIT_TERMINATED
     except KeyboardInterrupt:

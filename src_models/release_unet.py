@@ -460,6 +460,10 @@ class MaskUNet(_ReleaseUNet):
         elif cond_drop_prob > 0.0:
             where = "cpu" if generator is None else generator.device
             u = torch.rand(classes.shape[0], generator=generator, device=where)
-            keep = (u.to(x.device) >= cond_drop_prob)[:, None]
+            if u.device != x.device:
+                from .guidance import host_to_device
+
+                u = host_to_device(u, x.device)  # queued behind the stream's work, no sync
+            keep = (u >= cond_drop_prob)[:, None]
             emb = torch.where(keep, emb, self.null_classes_emb.to(emb.dtype)[None, :])
         return self._run(x, t, emb, None)

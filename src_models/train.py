@@ -41,7 +41,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import shlex
 import shutil
 import sys

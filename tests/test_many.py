@@ -233,3 +233,23 @@ def test_a_worker_killed_mid_canvas_loses_no_finished_region(tmp_path, cluster):
     assert (row["done_before"], row["sampled"]) == (killed_at, 16 - killed_at)
     assert _rows(tmp_path / "summary.csv")["k"]["attempts"] == "2"
     _same(tmp_path / "ref.zarr", tmp_path / "k.zarr")
+
+
+def test_generate_many_finishes_a_canvas_that_generate_started(tmp_path):
+    """Both commands store settings resolved against the card (plan, steps, eta named), so the
+    jobs of generate-many match a canvas that generate left half done."""
+    from napari_diffinfinite.cli import UserError
+    from napari_diffinfinite.cli_many import build_jobs, build_parser
+
+    masks = _masks(tmp_path / "masks", n=1)
+    out = tmp_path / "out"
+    assert main(["generate", "--mask", str(masks / "slide0.png"), "--out", str(out / "slide0.zarr"), *RUN,
+                 "--seed", "10"]) == 0
+    with Canvas.open(out / "slide0.zarr", "r+") as c:
+        c.clear_done(range(8, 16))  # stopped half way
+        stored = c.settings
+    jobs = build_jobs(build_parser().parse_args(["--jobs", str(masks), "--out", str(out), *RUN, "--seed", "10"]))
+    assert len(jobs) == 1 and jobs[0].request["plan"] == stored["plan"] and jobs[0].request["eta"] == stored["eta"]
+    # another seed is still refused
+    with pytest.raises(UserError, match="settings differ"):
+        build_jobs(build_parser().parse_args(["--jobs", str(masks), "--out", str(out), *RUN, "--seed", "11"]))
