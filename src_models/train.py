@@ -270,10 +270,34 @@ def encode_large(codec, img: torch.Tensor, tile: int = 512, margin: int = 64, de
     return out
 
 
-class LatentCrops:
-    """Random latent crops from a cache of every tile encoded in its 8 dihedral orientations."""
+def class_balance(tiles: list[Tile], beta: float) -> list[float]:
+    """A sampling weight per tile that favours tiles of rare classes: the mean over the tile's pixels
+    of f_c ** -beta, where f_c is class c's share of all labelled pixels (beta 0: every pixel alike,
+    beta 1: every class alike; 0.5 is square-root balancing).  Unlabelled tiles get the mean weight
+    of a labelled pixel, so they keep their share of the crops."""
+    masks = [t.mask for t in tiles if t.mask is not None]
+    if beta == 0 or not masks:
+        return [1.0] * len(tiles)
+    counts = sum(np.bincount(m.ravel(), minlength=256).astype(np.float64) for m in masks)
+    share = counts / counts.sum()
+    per_class = np.where(share > 0, np.maximum(share, 1e-6) ** -beta, 0.0)
+    neutral = float((share * per_class).sum())
+    out = []
+    for t in tiles:
+        if t.mask is None:
+            out.append(neutral)
+        else:
+            h = np.bincount(t.mask.ravel(), minlength=256).astype(np.float64)
+            out.append(float((h / h.sum() * per_class).sum()))
+    return out
 
-    def __init__(self, tiles: list[Tile], codec, crop_px: int, generator: torch.Generator, device="cpu", progress=False):
+
+class LatentCrops:
+    """Random latent crops from a cache of every tile encoded in its 8 dihedral orientations.
+    ``balance``: :func:`class_balance`'s beta for the choice of tile (0: by area alone)."""
+
+    def __init__(self, tiles: list[Tile], codec, crop_px: int, generator: torch.Generator, device="cpu", progress=False,
+                 balance: float = 0.0):
         from tqdm import tqdm
 
         f = codec.factor
@@ -290,6 +314,7 @@ class LatentCrops:
                 self.masks.append(dihedral(m, k).contiguous().to(torch.uint8) if m is not None else None)
         c = self.crop
         w = torch.tensor([(z.shape[1] - c + 1) * (z.shape[2] - c + 1) for z in self.latents], dtype=torch.float64)
+        w = w * torch.tensor(class_balance(tiles, balance), dtype=torch.float64).repeat_interleave(8)
         self.weights = w / w.sum()
 
     def sample(self, n: int, keep: tuple[int, int] | None = None):
@@ -327,6 +352,44 @@ def lr_at(step: int, steps: int, base: float, warmup: int = 100, floor: float = 
 
 def _state_cpu(module) -> dict:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def init_weights(module: torch.nn.Module, path: str | Path, what: str) -> dict:
+    """Start ``module`` from the tensors of a safetensors file (fine-tuning or transfer).
+
+    Tensors are matched by name.  Where only the first dimension differs (the class embedding of a
+    model with another number of classes) the common rows are copied and the rest keep their fresh
+    initialisation.  Refuses a file that shares too little with ``module`` to be a start for it.
+    Returns counts for the card."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise TrainError(f"{what}: no weights at {path}")
+    try:
+        source = load_file(str(path))
+    except Exception as e:  # a damaged or foreign file: one line, not a traceback
+        raise TrainError(f"{what}: cannot read {path}: {e}") from None
+    own = module.state_dict()
+    copied, partial, skipped = 0, [], []
+    with torch.no_grad():
+        for name, dst in own.items():
+            src = source.get(name)
+            if src is None:
+                skipped.append(name)
+            elif src.shape == dst.shape:
+                dst.copy_(src)
+                copied += 1
+            elif src.dim() == dst.dim() and src.shape[1:] == dst.shape[1:]:
+                n = min(src.shape[0], dst.shape[0])
+                dst[:n].copy_(src[:n])
+                partial.append(name)
+            else:
+                skipped.append(name)
+    if copied + len(partial) < 0.9 * len(own):
+        raise TrainError(f"{what}: {path} matches only {copied + len(partial)} of {len(own)} tensors "
+                         f"(other architecture or widths?), e.g. {', '.join(skipped[:3])}")
+    return {"from": str(path), "copied": copied, "rows_copied": partial, "fresh": skipped}
 
 
 def checkpoints(stage_dir: Path) -> list[Path]:
@@ -644,6 +707,7 @@ def train_codec(
     progress: bool = True,
     par=None,
     micro_batch: int | None = None,
+    init: str | Path | None = None,
 ):
     """Train the native autoencoder; fit its latent shift/scale on the data; returns it (eval mode).
 
@@ -653,7 +717,9 @@ def train_codec(
     model trained on them meanwhile, stay valid.  The result is also written to
     ``work_dir/codec_final`` (a finished stage is not re-run on resume).
 
-    ``batch`` is the global batch; ``par`` and ``micro_batch`` as for :func:`run_loop`.
+    ``batch`` is the global batch; ``par`` and ``micro_batch`` as for :func:`run_loop`.  ``init``: a
+    codec ``.safetensors`` file to start from instead of random weights (ignored on resume, where the
+    checkpoint holds the weights).
     """
     from safetensors.torch import load_file, save_file
 
@@ -673,6 +739,8 @@ def train_codec(
         codec.load_state_dict(load_file(str(final / "codec.safetensors")), strict=True)
         return codec.eval()
 
+    if init is not None:
+        init_weights(codec, init, "--codec-init")
     gen = torch.Generator().manual_seed(seed + 1)
     crops = PixelCrops(data.tiles, crop, gen)
     trained = codec
@@ -770,10 +838,17 @@ def train_unet(
     par=None,
     stop_at: int | None = None,
     micro_batch: int | None = None,
+    init: str | Path | None = None,
+    snr_gamma: float | None = None,
+    balance: float = 0.0,
 ):
     """Train the native UNet on ``codec`` latents; returns ``(ema_unet, info)`` (the EMA is
     kept on rank 0 only).  ``batch`` is the global batch; ``par`` and ``micro_batch`` as for
-    :func:`run_loop`."""
+    :func:`run_loop`.  ``init``: a UNet ``.safetensors`` file to start from (another number of
+    classes is fine: the common class rows are copied).  ``snr_gamma``: weight each sample's ε loss
+    by min(SNR, γ)/SNR (min-SNR weighting, Hang et al. 2023), which takes weight off the nearly
+    clean timesteps; None keeps the plain L2.  ``balance``: crops favour tiles of rare classes
+    (:func:`class_balance`)."""
     import copy
 
     from .schedule import TRAIN_STEPS, cosine_alphas_cumprod
@@ -783,7 +858,9 @@ def train_unet(
     config = dict(DEFAULT_UNET, **(config or {}))
     config.update(in_channels=int(codec.channels), num_classes=data.num_classes)
     torch.manual_seed(seed)
-    unet = NativeUNet(**config).to(device)
+    unet = NativeUNet(**config)
+    init_info = init_weights(unet, init, "--init") if init is not None else None
+    unet = unet.to(device)
     if crop % (codec.factor * unet.size_multiple):
         raise TrainError(f"crop {crop} px must be a multiple of {codec.factor * unet.size_multiple} (codec factor x UNet size multiple)")
     ema = copy.deepcopy(unet).requires_grad_(False)
@@ -792,7 +869,8 @@ def train_unet(
         ema = ema.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(seed + 2)
     codec = codec.to(device).eval()
-    crops = LatentCrops(data.tiles, codec, crop, gen, device=device, progress=progress and (par is None or par.main))
+    crops = LatentCrops(data.tiles, codec, crop, gen, device=device, progress=progress and (par is None or par.main),
+                        balance=balance)
     alphas = cosine_alphas_cumprod().to(device)
 
     def draw(step, lo, hi):
@@ -811,12 +889,17 @@ def train_unet(
         xt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         with _autocast(device):
             eps = unet(xt, t, mask)
-        return F.mse_loss(eps.float(), noise)
+        if snr_gamma is None:
+            return F.mse_loss(eps.float(), noise)
+        snr = a.view(-1) / (1 - a.view(-1))
+        weight = torch.where(snr > snr_gamma, snr_gamma / snr.clamp(min=1e-12), torch.ones_like(snr))
+        return (weight * (eps.float() - noise).pow(2).mean(dim=(1, 2, 3))).mean()
 
     info = run_loop("unet", unet, StepLoss(batch, draw, loss), work_dir, steps, lr, gen, ema=ema, ema_decay=ema_decay,
                     ckpt_every=ckpt_every, log_every=log_every, resume=resume, progress=progress,
                     warmup=min(200, steps // 10 + 1), stop_at=stop_at, par=par, micro_batch=micro_batch)
     info["config"] = config
+    info["init"] = init_info
     return ema.float().eval().to(memory_format=torch.contiguous_format), info
 
 
@@ -852,6 +935,7 @@ def build_parser(prog: str = "diffinfinite train") -> argparse.ArgumentParser:
                    help="weight of the patch critic's (hinge) term in the codec loss; 0 = L1 + gradient only "
                    "(experimental: 0.1 wrecked the colours of the default model's codec within 100 steps)")
     g.add_argument("--codec-gan-start", type=int, default=0, help="codec step at which the critic joins")
+    g.add_argument("--codec-init", help="start the codec from this model directory's codec weights (same widths)")
     g.add_argument("--codec-freeze-encoder", action="store_true",
                    help="from --codec-gan-start on, train the decoder only (the latents stay fixed)")
     g = p.add_argument_group("image model")
@@ -870,6 +954,13 @@ def build_parser(prog: str = "diffinfinite train") -> argparse.ArgumentParser:
     g.add_argument("--base", type=int, default=32, help="UNet base width")
     g.add_argument("--mults", default="1,2,3", help="UNet width multipliers per level")
     g.add_argument("--blocks", type=int, default=2, help="ResNet blocks per level")
+    g.add_argument("--init", help="start the UNet from this model directory's UNet weights (same widths; "
+                   "the class rows both models have are copied, so a model with other classes can start from it)")
+    g.add_argument("--snr-gamma", type=float, default=None,
+                   help="min-SNR loss weighting with this gamma (5 is usual); default: plain L2 on the noise")
+    g.add_argument("--balance", type=float, default=0.0,
+                   help="favour crops from tiles of rare classes: weight f_c^-BALANCE per pixel of class c "
+                   "(0: by area, the default; 0.5: square-root balancing; 1: every class alike)")
     g = p.add_argument_group("run")
     g.add_argument("--ckpt-every", type=int, default=500)
     g.add_argument("--log-every", type=int, default=10)
@@ -882,6 +973,17 @@ def build_parser(prog: str = "diffinfinite train") -> argparse.ArgumentParser:
     g.add_argument("--licence", default="", help="licence text for the card")
     g.add_argument("--description", default="", help="free text for the card (the command is appended)")
     return p
+
+
+def _weights_file(model_dir: str, part: str) -> Path:
+    """``unet.safetensors`` or ``codec.safetensors`` of a model directory (built-in names allowed)."""
+    from .card import BUILTIN_DIRS
+
+    directory = BUILTIN_DIRS.get(model_dir, Path(model_dir))
+    path = directory / f"{part}.safetensors"
+    if not path.is_file():
+        raise TrainError(f"{model_dir}: no {part}.safetensors there (a model directory written by train)")
+    return path
 
 
 def _ints(s: str) -> list[int]:
@@ -936,6 +1038,10 @@ def _main(a, argv: list[str], prog: str, par=None) -> int:
     main = par is None or par.main
     out = Path(a.out)
     work = Path(a.work) if a.work else out.with_name(out.name + ".train")
+    # model directories to start from: checked before any data is read or anything is written
+    unet_init = _weights_file(a.init, "unet") if a.init else None
+    codec_init = _weights_file(a.codec_init, "codec") if a.codec_init else None
+
     if par is not None:
         par.agree(((out / "card.json").is_file(), work.is_dir()), f"whether {out} and {work} exist")
     if a.overwrite:
@@ -999,7 +1105,8 @@ def _main(a, argv: list[str], prog: str, par=None) -> int:
                             stop_at=a.codec_stop_at,
                             ckpt_every=a.ckpt_every, log_every=a.log_every,
                             resume=a.resume, device=device, seed=a.seed, progress=progress,
-                            par=par, micro_batch=a.codec_micro_batch)
+                            par=par, micro_batch=a.codec_micro_batch,
+                            init=codec_init)
         codec_info = json.loads((work / "codec_final" / "codec.json").read_text())
     else:
         codec = load_model(a.codec).codec
@@ -1007,7 +1114,9 @@ def _main(a, argv: list[str], prog: str, par=None) -> int:
     ema, info = train_unet(data, codec, work, steps=a.steps, config=unet_cfg, crop=a.crop, batch=a.batch, lr=a.lr,
                            ema_decay=a.ema, p_uncond=a.p_uncond, ckpt_every=a.ckpt_every, log_every=a.log_every,
                            resume=a.resume, device=device, seed=a.seed, progress=progress,
-                           par=par, micro_batch=a.micro_batch, stop_at=a.stop_at)
+                           par=par, micro_batch=a.micro_batch, stop_at=a.stop_at,
+                           init=unet_init, snr_gamma=a.snr_gamma,
+                           balance=a.balance)
     if not main:
         par.barrier()  # wait for rank 0 to write the model directory
         return 0
@@ -1040,6 +1149,10 @@ def _main(a, argv: list[str], prog: str, par=None) -> int:
             "seed": a.seed,
             "tiles": len(data.tiles),
             "labelled_tiles": n_lab,
+            "init": a.init,
+            "codec_init": a.codec_init,
+            "snr_gamma": a.snr_gamma,
+            "balance": a.balance,
         },
     )
     if par is not None:

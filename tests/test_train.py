@@ -194,3 +194,57 @@ def test_layout_image_is_the_majority_class_per_cell_with_ink_as_glass(tmp_path)
     rgb = codes_to_rgb(lay, [1, 2, 3])
     assert rgb[0, 0].tolist() == [0, 255, 0] and rgb[0, 1].tolist() == [255, 0, 0]
     assert layout_labels(np.ones((40, 40), np.uint8), 16).shape == (2, 2)  # a ragged edge is dropped
+
+
+def test_class_balance_favours_rare_classes_and_keeps_unlabelled_share():
+    common = T.Tile("a", np.zeros((8, 8, 3), np.uint8), np.ones((8, 8), np.uint8))
+    rare = np.ones((8, 8), np.uint8)
+    rare[:2] = 2  # class 2 is a quarter of this tile and 1/8 of all labelled pixels
+    mixed = T.Tile("b", np.zeros((8, 8, 3), np.uint8), rare)
+    unlabelled = T.Tile("c", np.zeros((8, 8, 3), np.uint8), None)
+    assert T.class_balance([common, mixed, unlabelled], 0.0) == [1.0, 1.0, 1.0]
+    w = T.class_balance([common, mixed, unlabelled], 1.0)
+    assert w[1] > w[0]  # the tile holding the rare class is drawn more often
+    # beta 1: weight = mean of 1/f_c over the tile's pixels; f_1 = 7/8, f_2 = 1/8
+    assert w[0] == pytest.approx(8 / 7) and w[1] == pytest.approx(0.75 * 8 / 7 + 0.25 * 8)
+    assert w[2] == pytest.approx(2.0)  # a labelled pixel's mean weight: 7/8 * 8/7 + 1/8 * 8
+
+
+def test_init_copies_a_model_and_the_common_class_rows(tmp_path):
+    from safetensors.torch import save_file
+
+    from src_models.unet import NativeUNet
+
+    cfg = dict(in_channels=3, base=8, mults=(1, 2), blocks=1, cond_dim=8, heads=2, groups=4)
+    torch.manual_seed(0)
+    src = NativeUNet(num_classes=4, **cfg)
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "unet.safetensors"))
+    torch.manual_seed(1)
+    dst = NativeUNet(num_classes=6, **cfg)
+    fresh_rows = dst.class_emb[4:].detach().clone()
+    info = T.init_weights(dst, tmp_path / "unet.safetensors", "--init")
+    assert info["rows_copied"] == ["class_emb"] and not info["fresh"]
+    assert torch.equal(dst.class_emb[:4], src.class_emb) and torch.equal(dst.class_emb[4:], fresh_rows)
+    assert torch.equal(dst.init_conv.weight, src.init_conv.weight)
+    # another width shares nothing useful: refused with one line
+    other = NativeUNet(num_classes=4, **dict(cfg, base=16))
+    with pytest.raises(T.TrainError, match="matches only"):
+        T.init_weights(other, tmp_path / "unet.safetensors", "--init")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(T.TrainError, match="cannot read"):
+        T.init_weights(dst, tmp_path / "bad.safetensors", "--init")
+
+
+def test_train_from_a_model_with_min_snr_and_balance_records_them(tmp_path, capsys):
+    data = _write_folder(tmp_path / "d")
+    first = ["--data", str(data), "--codec", "identity", "--steps", "2", "--crop", "32", "--batch", "2",
+             "--base", "8", "--mults", "1,2", "--blocks", "1", "--no-progress", "--ckpt-every", "1"]
+    assert T.main(first + ["--out", str(tmp_path / "m1")]) == 0
+    assert T.main(first + ["--out", str(tmp_path / "m2"), "--init", str(tmp_path / "m1"), "--snr-gamma", "5",
+                           "--balance", "0.5"]) == 0
+    extra = json.loads((tmp_path / "m2" / "card.json").read_text())["extra"]
+    assert extra["init"] == str(tmp_path / "m1") and extra["snr_gamma"] == 5.0 and extra["balance"] == 0.5
+    capsys.readouterr()
+    assert T.main(first + ["--out", str(tmp_path / "m3"), "--init", str(tmp_path / "nowhere")]) == 2
+    assert "no unet.safetensors" in capsys.readouterr().err
+    assert not (tmp_path / "m3.train").exists()  # refused before anything was written
