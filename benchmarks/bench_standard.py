@@ -49,7 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import src_models.sampler as sampler_mod  # noqa: E402
+import src_models.sampling.sampler as sampler_mod  # noqa: E402
 from src_models.fast import (  # noqa: E402
     COMPILE_MODES,
     FastDenoiser,
@@ -59,15 +59,15 @@ from src_models.fast import (  # noqa: E402
     bytes_per_row,
     forward_flops,
 )
-from src_models.guidance import PER_CLASS, omega_vector  # noqa: E402
-from src_models.plan import grid_plan  # noqa: E402
+from src_models.sampling.guidance import PER_CLASS, omega_vector  # noqa: E402
+from src_models.sampling.plan import grid_plan  # noqa: E402
 from src_models.reference_check import relative_error  # noqa: E402
 from src_models.release_unet import ImageUNet  # noqa: E402
-from src_models.sampler import LabelCounter, SampleStats, sample_area  # noqa: E402
-from src_models.schedule import cosine_alphas_cumprod, ddim_time_pairs  # noqa: E402
+from src_models.sampling.sampler import LabelCounter, SampleStats, sample_area  # noqa: E402
+from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_time_pairs  # noqa: E402
 
 SIZE_PX, FACTOR, WINDOW, STEPS, OMEGA, ETA, SEED, CLASSES = 2048, 8, 64, 50, 3.0, 1.0, 0, 5
-DPM_STEPS = 20  # DPM-Solver++(2M)'s provisional default step count (src_models/solvers.py)
+DPM_STEPS = 20  # DPM-Solver++(2M)'s provisional default step count (src_models/sampling/solvers.py)
 LATENT = SIZE_PX // FACTOR
 NET = {}  # ImageUNet arguments: {} is the published configuration (--smoke shrinks it)
 RELEASE = {"card": "H100", "seconds": 181.0, "forwards": 6930, "batch": 1,
@@ -530,7 +530,7 @@ def vae_decode(device, repeats, config=None) -> dict:
 def cpu_default(args) -> dict:
     from src_models.card import ModelError
     from src_models.models import load_model
-    from src_models.sampler import effective_window
+    from src_models.sampling.sampler import effective_window
     from src_models.synthesis import decode_latent
 
     device = torch.device("cpu")

@@ -100,11 +100,11 @@ def _plan_kwargs(plan: str) -> dict:
 
 def available_plans() -> list[str]:
     try:
-        from src_models.plan import PLANS  # the registry, where there is one
+        from src_models.sampling.plan import PLANS  # the registry, where there is one
 
         return list(PLANS)
     except ImportError:
-        from src_models.sampler import SCHEDULES
+        from src_models.sampling.sampler import SCHEDULES
 
         return list(SCHEDULES)
 

@@ -347,7 +347,7 @@ def _stop_if_cancelled(module, args) -> None:
     """Forward pre-hook of a model's network: a cancelled run stops before its next network call."""
     cancel = getattr(_TLS, "cancel", None)
     if cancel is not None and cancel.is_set():
-        from src_models.sampler import Cancelled
+        from src_models.sampling.sampler import Cancelled
 
         raise Cancelled()
 

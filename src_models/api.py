@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .canvas import Canvas, CanvasError
-from .card import ModelCard
-from .maskio import MaskError, check_labels
+from src_models.canvas import Canvas, CanvasError
+from src_models.card import ModelCard
+from src_models.maskio import MaskError, check_labels
 
 LATENT_MULTIPLE = 8  # canvas latent sides are kept a multiple of this
 
@@ -87,7 +87,7 @@ def new_canvas(card: ModelCard, path, height: int, width: int, region_size: int 
     the model card's SHA-256, the settings it was created with and its ``sources`` (see
     :mod:`src_models.provenance`); later runs keep their settings in ``settings`` and each
     finished region's seed in the region state."""
-    from .provenance import provenance
+    from src_models.provenance import provenance
 
     check_size(card, height, width)
     region_size = region_size or default_region_size(card)

@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .durable import fsync_dir as _fsync_dir
-from .durable import fsync_file as _fsync_file
-from .durable import fsync_tree as _fsync_tree
+from src_models.durable import fsync_dir as _fsync_dir
+from src_models.durable import fsync_file as _fsync_file
+from src_models.durable import fsync_tree as _fsync_tree
 
 CHUNK = 512
 FORMAT = "diffinfinite-canvas/1"

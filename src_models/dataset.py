@@ -45,9 +45,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .annotations import AnnotationError, AnnotationSet, labels_for, paint_order, rasterise, read_geojson
-from .durable import fsync_file
-from .provenance import provenance, source_entry
+from src_models.annotations import AnnotationError, AnnotationSet, labels_for, paint_order, rasterise, read_geojson
+from src_models.durable import fsync_file
+from src_models.provenance import provenance, source_entry
 
 FORMAT = "diffinfinite-tiles/1"
 DEFAULT_COLOURS = ["#000000", "#e8e8e8", "#6a2d8f", "#e87ab0", "#f4a300", "#2a9d8f", "#c1121f", "#3a86ff", "#8ac926", "#6d597a"]
@@ -241,7 +241,7 @@ def _ome_mpp(tf) -> float | None:
 
 def open_levels(path: str | Path) -> SlideLevels:
     """Open every pyramid level of a slide (SVS, (OME-)TIFF, OME-Zarr; PNG/JPEG as one level)."""
-    from .slide import Slide, SlideError, _aperio_mpp, open_slide
+    from src_models.slide import Slide, SlideError, _aperio_mpp, open_slide
 
     path = Path(path)
     suffix = path.suffix.lower()

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .annotations import mask_to_geojson, write_geojson
-from .canvas import PENDING, Canvas, CanvasError
-from .dataset import DatasetError, TileSetWriter, _fraction_in, tissue_map
-from .provenance import code_version, provenance, utc_now
+from src_models.annotations import mask_to_geojson, write_geojson
+from src_models.canvas import PENDING, Canvas, CanvasError
+from src_models.dataset import DatasetError, TileSetWriter, _fraction_in, tissue_map
+from src_models.provenance import code_version, provenance, utc_now
 
 
 class ExportError(ValueError):

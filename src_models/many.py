@@ -77,8 +77,8 @@ class Job:
 # ------------------------------------------------------------------------------------------------
 def request_fields() -> dict[str, object]:
     """The SynthesisRequest fields a job table may set, with their type (or None where unknown)."""
-    from . import request as request_module
-    from .request import SynthesisRequest
+    import src_models.request as request_module
+    from src_models.request import SynthesisRequest
 
     out = {}
     for f in dataclasses.fields(SynthesisRequest):
@@ -150,7 +150,7 @@ def read_job_rows(spec: str | Path) -> tuple[list[dict], Path]:
     Returns the rows (column -> text) and the folder relative mask paths are taken from."""
     import csv
 
-    from .train import MASK_EXTS
+    from src_models.train import MASK_EXTS
 
     spec = Path(spec)
     if spec.is_dir():
@@ -257,7 +257,7 @@ class _WorkerState:
         key = (str(spec), str(device))
         with self._loading:  # a worker with several threads loads a model once all the same
             if key not in self.models:
-                from .models import load_model
+                from src_models.models import load_model
 
                 self.models[key] = load_model(spec, device)
                 self.loads += 1
@@ -364,10 +364,10 @@ def generate_canvas(job: Job, sink=None) -> dict:
     disk) comes back as a row with status ``failed`` and the reason: running it again would not
     help.  A canvas another process is writing is waited for up to ``job.lock_wait_s``, then
     the task fails with an exception, which dask retries."""
-    from .canvas import CanvasError, CanvasLockedError
-    from .card import ModelError
-    from .maskio import MaskError
-    from .synthesis import SynthesisError
+    from src_models.canvas import CanvasError, CanvasLockedError
+    from src_models.card import ModelError
+    from src_models.maskio import MaskError
+    from src_models.synthesis import SynthesisError
 
     state, worker = _state()
     events = _Events(worker, job, sink)
@@ -401,7 +401,7 @@ def generate_canvas(job: Job, sink=None) -> dict:
 
 def _device_for(job: Job, state: _WorkerState) -> str:
     """``auto``: the GPU the worker is pinned to, the CPU for a worker without GPUs."""
-    from .synthesis import resolve_device
+    from src_models.synthesis import resolve_device
 
     wanted = str(job.request.get("device") or "auto")
     if wanted == "auto":
@@ -410,12 +410,12 @@ def _device_for(job: Job, state: _WorkerState) -> str:
 
 
 def _make(job: Job, state: _WorkerState, events: _Events) -> dict:
-    from .api import (check_region_size, check_size, mask_signature, mask_unwritten, new_canvas_with_mask,
+    from src_models.api import (check_region_size, check_size, mask_signature, mask_unwritten, new_canvas_with_mask,
                       save_preview, store_mask)
-    from .canvas import Canvas
-    from .maskio import check_labels, load_mask
-    from .request import SynthesisRequest
-    from .synthesis import pending_regions, synthesise
+    from src_models.canvas import Canvas
+    from src_models.maskio import check_labels, load_mask
+    from src_models.request import SynthesisRequest
+    from src_models.synthesis import pending_regions, synthesise
 
     out = Path(job.out)
     device = _device_for(job, state)
@@ -430,7 +430,7 @@ def _make(job: Job, state: _WorkerState, events: _Events) -> dict:
             total = len(canvas.regions())
             complete = done_before == total and not canvas.jobs()
             if complete:
-                from .verify import verify_canvas
+                from src_models.verify import verify_canvas
 
                 complete = verify_canvas(canvas, deep=False).ok
         if complete:
@@ -478,13 +478,13 @@ def _make(job: Job, state: _WorkerState, events: _Events) -> dict:
 
 def _check_same(canvas, job: Job, settings: dict, signature: str | None = None) -> None:
     """An existing canvas is finished only with the size, regions, settings and mask that made it."""
-    from .canvas import CanvasError
+    from src_models.canvas import CanvasError
 
     if (canvas.height, canvas.width) != (job.height, job.width):
         raise CanvasError(f"{job.out} is {canvas.width}x{canvas.height} px, the job asks for {job.width}x{job.height}")
     if job.region_size and job.region_size != canvas.region_size:
         raise CanvasError(f"{job.out} uses regions of {canvas.region_size} px, the job asks for {job.region_size}")
-    from .request import settings_diff
+    from src_models.request import settings_diff
 
     diffs = settings_diff(canvas.settings, settings)
     if diffs:
@@ -497,7 +497,7 @@ def _check_same(canvas, job: Job, settings: dict, signature: str | None = None) 
 def _check_and_repair(canvas) -> int:
     """Before finishing a canvas: check its finished regions against their checksums (what
     ``generate --resume`` does); damaged ones are generated again.  Returns how many."""
-    from .verify import repair, verify_canvas
+    from src_models.verify import repair, verify_canvas
 
     report = verify_canvas(canvas, deep=True)
     if report.ok:

@@ -70,8 +70,8 @@ def layout_grid(card, height: int, width: int, multiple: int = 8) -> tuple[int, 
 def sample_layout_codes(model, grid: tuple[int, int], seed: int = 0, steps: int | None = None, eta: float = 1.0,
                         callback=None, cancel=None) -> torch.Tensor:
     """The model's continuous one-hot output (C, h, w) on a coarse grid of ``grid`` layout pixels."""
-    from .sampler import effective_window, sample_area
-    from .schedule import cosine_alphas_cumprod, ddim_time_pairs
+    from src_models.sampling.sampler import effective_window, sample_area
+    from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_time_pairs
 
     spec = model.card.mask_model
     unet = model.mask_unet

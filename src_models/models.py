@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .card import BUILTIN_DIRS, ModelCard, ModelError
+from src_models.card import BUILTIN_DIRS, ModelCard, ModelError
 
 # registry name -> "module:Class" (relative to this package)
 ARCHS = {
@@ -127,7 +127,7 @@ class Model:
 def load_model(spec: str | Path = "default", device: str | torch.device = "cpu") -> Model:
     """Load a model by built-in name (``default``, ``tiny-test``) or from a model directory."""
     if str(spec) == "tiny-test":
-        from .tiny import tiny_test_model
+        from src_models.tiny import tiny_test_model
 
         return tiny_test_model().to(device)
     directory = BUILTIN_DIRS.get(str(spec), Path(spec))
@@ -135,7 +135,7 @@ def load_model(spec: str | Path = "default", device: str | torch.device = "cpu")
         raise ModelError(f"model {spec!r} not found (expected a model directory with {'card.json'})")
     if directory.is_file():
         if directory.suffix == ".pt":
-            from .release_ckpt import load_release_checkpoint
+            from src_models.release_ckpt import load_release_checkpoint
 
             return load_release_checkpoint(directory).to(device)
         raise ModelError(f"{directory} is a file; a model is a directory with card.json and safetensors weights")

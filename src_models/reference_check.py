@@ -35,11 +35,11 @@ from pathlib import Path
 
 import torch
 
-from .card import ModelError
-from .guidance import guided_eps
-from .models import check_state_dict
-from .release_unet import ATTENTION_MODES, ImageUNet, MaskUNet
-from .schedule import cosine_alphas_cumprod, ddim_step
+from src_models.card import ModelError
+from src_models.sampling.guidance import guided_eps
+from src_models.models import check_state_dict
+from src_models.release_unet import ATTENTION_MODES, ImageUNet, MaskUNet
+from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_step
 
 TOLERANCE = 1e-5
 REL_ERR_DEFINITION = "max|ours - reference| / max|reference| over the whole tensor"

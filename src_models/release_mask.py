@@ -199,8 +199,8 @@ def generate_release_mask(model, size, subtype=0, seed: int = 0, *, steps: int =
     skips the last one).  Returns uint8 labels (H, W); with ``return_low_res`` also the cleaned
     quarter-size mask.  ``callback`` and ``cancel`` are handed to the sampler.
     """
-    from .sampler import effective_window, sample_area
-    from .schedule import cosine_alphas_cumprod, ddim_time_pairs
+    from src_models.sampling.sampler import effective_window, sample_area
+    from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_time_pairs
 
     if model.mask_unet is None or not model.card.mask_model:
         raise ValueError(f"model {model.card.name!r} has no mask model")

@@ -461,7 +461,7 @@ class MaskUNet(_ReleaseUNet):
             where = "cpu" if generator is None else generator.device
             u = torch.rand(classes.shape[0], generator=generator, device=where)
             if u.device != x.device:
-                from .guidance import host_to_device
+                from src_models.sampling.guidance import host_to_device
 
                 u = host_to_device(u, x.device)  # queued behind the stream's work, no sync
             keep = (u >= cond_drop_prob)[:, None]

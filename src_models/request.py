@@ -1,8 +1,8 @@
 """The plain values that describe a run and the events it yields (no torch here, so a GUI can
 build a request without importing it).
 
-Options of a run are checked in one place each: the plan by :func:`src_models.plan.check_plan`,
-the solver and η by :func:`src_models.solvers.check_solver`, all of them together by
+Options of a run are checked in one place each: the plan by :func:`src_models.sampling.plan.check_plan`,
+the solver and η by :func:`src_models.sampling.solvers.check_solver`, all of them together by
 :meth:`SynthesisRequest.check`.  The CLI and the widgets list :data:`PLANS` and :data:`SOLVERS`.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .plan import PLANS, check_plan
-from .solvers import SOLVERS, check_solver
+from src_models.sampling.plan import PLANS, check_plan
+from src_models.sampling.solvers import SOLVERS, check_solver
 
 if TYPE_CHECKING:  # annotations only
     import torch

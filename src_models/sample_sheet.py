@@ -2,7 +2,7 @@
 sheet (mask beside image).  Used for ``docs/sample_sheet.png`` and by the training checks.
 
 ``sample_window`` is a deliberately plain DDIM loop over whole windows (no patch plan), built from
-:func:`src_models.schedule.ddim_step` and :func:`src_models.guidance.guided_eps`, for one window of
+:func:`src_models.sampling.schedule.ddim_step` and :func:`src_models.sampling.guidance.guided_eps`, for one window of
 the model's patch size.  ``sample_image`` runs the project's sampler (random patch diffusion,
 grid plan) over a larger image; the sheet uses it.
 
@@ -24,8 +24,8 @@ def sample_window(model, mask: torch.Tensor, steps: int = 50, omega: float = 3.0
 
     H and W must be multiples of the codec factor times the network's size multiple.
     """
-    from .guidance import guided_eps, omega_vector
-    from .schedule import cosine_alphas_cumprod, ddim_step, ddim_time_pairs
+    from src_models.sampling.guidance import guided_eps, omega_vector
+    from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_step, ddim_time_pairs
 
     card, net, codec = model.card, model.unet, model.codec
     device = next(net.parameters()).device
@@ -52,10 +52,10 @@ def sample_window(model, mask: torch.Tensor, steps: int = 50, omega: float = 3.0
 def sample_image(model, mask: torch.Tensor, steps: int = 50, omega: float = 3.0, seed: int = 0, eta: float = 1.0,
                  plan: str = "grid") -> torch.Tensor:
     """Image (3, H, W) in [0, 1] for one label mask (H, W) or (1, H, W) at pixel size, through
-    :func:`src_models.sampler.sample_area` with windows of the card's patch size."""
-    from .guidance import omega_vector
-    from .sampler import sample_area
-    from .schedule import cosine_alphas_cumprod, ddim_time_pairs
+    :func:`src_models.sampling.sampler.sample_area` with windows of the card's patch size."""
+    from src_models.sampling.guidance import omega_vector
+    from src_models.sampling.sampler import sample_area
+    from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_time_pairs
 
     card, net, codec = model.card, model.unet, model.codec
     device = next(net.parameters()).device
@@ -94,7 +94,7 @@ def make_sheet(model, size: int = 256, steps: int = 50, omega: float = 3.0, seed
     """RGB sheet: one row per layout, the coloured mask then one image per seed."""
     from PIL import Image, ImageDraw
 
-    from .masks_from_he import colourise
+    from src_models.masks_from_he import colourise
 
     card = model.card
     rows = []
@@ -123,7 +123,7 @@ def make_sheet(model, size: int = 256, steps: int = 50, omega: float = 3.0, seed
 def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
-    from .models import load_model
+    from src_models.models import load_model
 
     p = argparse.ArgumentParser(prog="python -m src_models.sample_sheet", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default")

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .card import ModelCard, ModelError
-from .tiling import tiled_decode, tiled_encode
+from src_models.card import ModelCard, ModelError
+from src_models.tiling import tiled_decode, tiled_encode
 
 ENV_VAR = "DIFFINFINITE_VAE"
 HF_REPO = "stabilityai/stable-diffusion-2-base"

@@ -40,15 +40,15 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .canvas import Canvas, Region
-from .codec import decode_latent
-from .guidance import PER_CLASS, host_to_device
-from .plan import check_plan, owner_local
-from .request import RegionDone, SweepProgress
-from .sampler import LabelCounter, SampleStats, Guided, gather, is_cancelled, pass_labels, scatter, window_index
-from .schedule import q_sample
-from .solvers import make_solver
-from .synthesis import Run, SynthesisError, _expand, check_labels_fit, refresh_borders
+from src_models.canvas import Canvas, Region
+from src_models.codec import decode_latent
+from src_models.sampling.guidance import PER_CLASS, host_to_device
+from src_models.sampling.plan import check_plan, owner_local
+from src_models.request import RegionDone, SweepProgress
+from src_models.sampling.sampler import LabelCounter, SampleStats, Guided, gather, is_cancelled, pass_labels, scatter, window_index
+from src_models.sampling.schedule import q_sample
+from src_models.sampling.solvers import make_solver
+from src_models.synthesis import Run, SynthesisError, _expand, check_labels_fit, refresh_borders
 
 NOISE_TILE = 64  # latent px: noise is drawn per chunk of this side, seeded by its position
 INITIAL, LEVEL_NOISE, CONTEXT_NOISE = 0, 1, 2  # the kinds of noise

@@ -18,12 +18,12 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .canvas import Canvas, Region
-from .codec import decode_latent
-from .guidance import omega_vector
-from .sampler import Cancelled, LevelInfo, SampleStats, effective_window, sample_area
-from .request import RegionDone, RegionProgress, SweepProgress, SynthesisRequest
-from .schedule import cosine_alphas_cumprod, ddim_time_pairs
+from src_models.canvas import Canvas, Region
+from src_models.codec import decode_latent
+from src_models.sampling.guidance import omega_vector
+from src_models.sampling.sampler import Cancelled, LevelInfo, SampleStats, effective_window, sample_area
+from src_models.request import RegionDone, RegionProgress, SweepProgress, SynthesisRequest
+from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_time_pairs
 
 __all__ = ["SynthesisRequest", "RegionDone", "RegionProgress", "SweepProgress", "SynthesisError", "synthesise",
            "pending_regions", "resolve_device", "region_seed", "decode_latent"]
@@ -211,7 +211,7 @@ def synthesise(
         canvas.set_settings(run.settings())
     todo = pending_regions(canvas, run.request)
     if run.request.sweep:
-        from .sweep import sweep_canvas
+        from src_models.sweep import sweep_canvas
 
         yield from sweep_canvas(run, todo, cancel=cancel, progress=progress)
         return
@@ -325,7 +325,7 @@ def _denoiser_for(model, device, window: int, request: SynthesisRequest):
     model, device, window and compile choice, and kept on the model."""
     if not request.fast:
         return model.unet, 32
-    from .fast import fast_setup
+    from src_models.fast import fast_setup
 
     cache = model.__dict__.setdefault("_denoisers", {})
     key = (str(device), int(window), bool(request.compile))

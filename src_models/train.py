@@ -52,8 +52,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .card import ModelCard, ModelError
-from .durable import fsync_dir, fsync_file
+from src_models.card import ModelCard, ModelError
+from src_models.durable import fsync_dir, fsync_file
 
 IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 MASK_EXTS = (".png", ".tif", ".tiff", ".npy")
@@ -536,7 +536,7 @@ def run_loop(
     than before (the rest is accumulated)."""
     from tqdm import tqdm
 
-    from .distributed import Parallel, micro_ranges, no_sync
+    from src_models.distributed import Parallel, micro_ranges, no_sync
 
     par = par or Parallel()
     main = par.main
@@ -723,7 +723,7 @@ def train_codec(
     """
     from safetensors.torch import load_file, save_file
 
-    from .autoencoder import NativeAutoencoder
+    from src_models.autoencoder import NativeAutoencoder
 
     work_dir, device = Path(work_dir), torch.device(device)
     config = dict(DEFAULT_CODEC, **(config or {}))
@@ -803,7 +803,7 @@ def train_codec(
 
 def codec_card_entry(codec) -> dict:
     """The card's ``codec`` dict for a codec module."""
-    from .codec import IdentityCodec
+    from src_models.codec import IdentityCodec
 
     if isinstance(codec, IdentityCodec):
         return {"type": "identity", "factor": 1, "channels": 3, "scale": 1.0}
@@ -851,8 +851,8 @@ def train_unet(
     (:func:`class_balance`)."""
     import copy
 
-    from .schedule import TRAIN_STEPS, cosine_alphas_cumprod
-    from .unet import NativeUNet
+    from src_models.sampling.schedule import TRAIN_STEPS, cosine_alphas_cumprod
+    from src_models.unet import NativeUNet
 
     work_dir, device = Path(work_dir), torch.device(device)
     config = dict(DEFAULT_UNET, **(config or {}))
@@ -977,7 +977,7 @@ def build_parser(prog: str = "diffinfinite train") -> argparse.ArgumentParser:
 
 def _weights_file(model_dir: str, part: str) -> Path:
     """``unet.safetensors`` or ``codec.safetensors`` of a model directory (built-in names allowed)."""
-    from .card import BUILTIN_DIRS
+    from src_models.card import BUILTIN_DIRS
 
     directory = BUILTIN_DIRS.get(model_dir, Path(model_dir))
     path = directory / f"{part}.safetensors"
@@ -996,7 +996,7 @@ def _ints(s: str) -> list[int]:
 def main(argv: list[str] | None = None, prog: str = "diffinfinite train") -> int:
     """The command.  Under ``torchrun`` (``WORLD_SIZE`` > 1) every process runs it with the same
     arguments; they train one model data-parallel (see :mod:`src_models.distributed`)."""
-    from .distributed import ParallelError
+    from src_models.distributed import ParallelError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     a = build_parser(prog).parse_args(argv)
@@ -1020,7 +1020,7 @@ def main(argv: list[str] | None = None, prog: str = "diffinfinite train") -> int
 def _setup_parallel(a):
     """The process group under torchrun (None for a single process, which keeps the device
     handling below exactly as it was)."""
-    from .distributed import launched, setup
+    from src_models.distributed import launched, setup
 
     if not launched():
         return None
@@ -1032,8 +1032,8 @@ def _setup_parallel(a):
 
 
 def _main(a, argv: list[str], prog: str, par=None) -> int:
-    from .codec import IdentityCodec
-    from .models import Model, load_model, save_model
+    from src_models.codec import IdentityCodec
+    from src_models.models import Model, load_model, save_model
 
     main = par is None or par.main
     out = Path(a.out)

@@ -215,8 +215,8 @@ def test_nan_never_reaches_the_canvas_attributes(tmp_path):
 
 
 def test_every_plan_and_solver_runs_and_the_old_schedule_option_still_works(tmp_path, mask_png, capsys):
-    from src_models.plan import PLANS
-    from src_models.solvers import SOLVERS
+    from src_models.sampling.plan import PLANS
+    from src_models.sampling.solvers import SOLVERS
 
     args = ["--size", "64x64", "--region-size", "32", "--steps", "2", "--seed", "1"]
     for plan in PLANS:
@@ -357,7 +357,7 @@ def test_demo_writes_an_ome_zarr_canvas_and_png(tmp_path, capsys):
 
 @pytest.mark.parametrize("err,expected", [(28, "disk full while writing"), (30, "is not writable")])
 def test_disk_full_or_read_only_stops_with_finished_regions_intact(tmp_path, mask_png, monkeypatch, capsys, err, expected):
-    from src_models import canvas as canvas_mod
+    import src_models.canvas as canvas_mod
 
     calls = {"n": 0}
     real = canvas_mod.Canvas.update_pyramid

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from src_models import train as T
+import src_models.train as T
 from src_models.distributed import Parallel, micro_ranges
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import src_models.sampler as sampler_mod
+import src_models.sampling.sampler as sampler_mod
 from src_models.fast import (
     FastDenoiser,
     HostTransfers,
@@ -18,12 +18,12 @@ from src_models.fast import (
     bytes_per_row,
     forward_flops,
 )
-from src_models.guidance import PER_CLASS, guided_eps
-from src_models.plan import grid_plan
+from src_models.sampling.guidance import PER_CLASS, guided_eps
+from src_models.sampling.plan import grid_plan
 from src_models.reference_check import relative_error
 from src_models.release_unet import ImageUNet
-from src_models.sampler import LabelCounter, SampleStats, sample_area
-from src_models.schedule import cosine_alphas_cumprod, ddim_time_pairs
+from src_models.sampling.sampler import LabelCounter, SampleStats, sample_area
+from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_time_pairs
 
 ALPHAS = cosine_alphas_cumprod()
 PAIRS = ddim_time_pairs(50)

@@ -1,6 +1,6 @@
 import torch
 
-from src_models.guidance import LABEL_MAP, PER_CLASS, count_forwards, guided_eps, omega_vector, window_labels
+from src_models.sampling.guidance import LABEL_MAP, PER_CLASS, count_forwards, guided_eps, omega_vector, window_labels
 
 
 class MaskEcho(torch.nn.Module):

@@ -15,7 +15,7 @@ import pytest
 from skimage import io
 
 from napari_diffinfinite.cli import main
-from src_models import many
+import src_models.many as many
 from src_models.canvas import Canvas, CanvasError
 from src_models.request import SynthesisRequest
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from src_models.autoencoder import NativeAutoencoder
-from src_models.guidance import guided_eps, omega_vector
+from src_models.sampling.guidance import guided_eps, omega_vector
 from src_models.models import Model, build_network, load_model, save_model
 from src_models.unet import NativeUNet
 

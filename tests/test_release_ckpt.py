@@ -16,7 +16,7 @@ from src_models.release_ckpt import (
     read_release_state,
 )
 from src_models.release_unet import ImageUNet, MaskUNet
-from src_models.schedule import cosine_alphas_cumprod
+from src_models.sampling.schedule import cosine_alphas_cumprod
 
 
 IMAGE_CFG = {"dim": 8, "num_classes": 5, "dim_mults": [1, 2, 4], "channels": 4, "resnet_block_groups": 2, "block_per_layer": 2}

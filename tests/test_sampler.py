@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from src_models import plan as plan_mod
-from src_models.guidance import LABEL_MAP, PER_CLASS
-from src_models.plan import PLANS, grid_plan, grid_windows, release_plan, sequential_window
-from src_models.sampler import Cancelled, SampleStats, sample_area
-from src_models.schedule import cosine_alphas_cumprod, ddim_time_pairs
-from src_models.solvers import SOLVERS
+import src_models.sampling.plan as plan_mod
+from src_models.sampling.guidance import LABEL_MAP, PER_CLASS
+from src_models.sampling.plan import PLANS, grid_plan, grid_windows, release_plan, sequential_window
+from src_models.sampling.sampler import Cancelled, SampleStats, sample_area
+from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_time_pairs
+from src_models.sampling.solvers import SOLVERS
 
 ALPHAS = cosine_alphas_cumprod()
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from src_models.schedule import cosine_alphas_cumprod, ddim_step, ddim_time_pairs
-from src_models.solvers import SOLVERS, check_solver, make_solver
+from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_step, ddim_time_pairs
+from src_models.sampling.solvers import SOLVERS, check_solver, make_solver
 
 A = cosine_alphas_cumprod()
 

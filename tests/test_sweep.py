@@ -10,8 +10,8 @@ import torch
 from src_models.api import new_canvas, put_mask
 from src_models.canvas import Canvas
 from src_models.editing import prepare_inpaint
-from src_models.plan import PLANS
-from src_models.sampler import LabelCounter
+from src_models.sampling.plan import PLANS
+from src_models.sampling.sampler import LabelCounter
 from src_models.sweep import SweepStore, chunk_noise, discard_sweep, level_rng
 from src_models.synthesis import SynthesisError, SynthesisRequest, synthesise
 
@@ -143,7 +143,7 @@ def test_disk_full_during_a_sweep_is_one_clear_error_and_resumable(tiny, tmp_pat
     import errno
     import os
 
-    from src_models import sweep as sweep_mod
+    import src_models.sweep as sweep_mod
 
     req = SynthesisRequest(model="tiny-test", steps=3, seed=3, sweep=True)
     a = _canvas(tiny, tmp_path / "a.zarr", two_class_mask)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from src_models import train as T
+import src_models.train as T
 from src_models.codec import IdentityCodec
 from src_models.models import load_model
 

@@ -2,7 +2,7 @@
 conventions of the published release.
 
 "Noise schedule" here always means ᾱ_t; the order in which patches are denoised is a *plan*
-(:mod:`src_models.plan`) and how a level's ε moves the latents is a *solver* (:mod:`src_models.solvers`).
+(:mod:`src_models.sampling.plan`) and how a level's ε moves the latents is a *solver* (:mod:`src_models.sampling.solvers`).
 Everything here is a pure function of tensors: no model, no state.  ᾱ is computed in float64 and
 handed out as float32, like the release's buffers; the time pairs are computed in float32, as the
 release computes them.

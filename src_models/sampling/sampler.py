@@ -4,11 +4,11 @@
 callable, the starting noise, the noise schedule (ᾱ) and time pairs, a few options, a ``callback``
 for progress and a ``cancel`` token.  No I/O, no state kept between calls.
 
-The plan (:mod:`src_models.plan`: ``grid``, ``release``, ``sequential``) says which windows run at
-each level and which pixels each writes back; the solver (:mod:`src_models.solvers`: ``ddim``,
+The plan (:mod:`src_models.sampling.plan`: ``grid``, ``release``, ``sequential``) says which windows run at
+each level and which pixels each writes back; the solver (:mod:`src_models.sampling.solvers`: ``ddim``,
 ``dpmpp-2m``) says how a level's ε moves the latents.  For the batched plans one short loop runs
 each level: gather the windows from the level's values, denoise them (classifier-free guidance
-around the denoiser, :func:`src_models.guidance.guided_eps`), scatter each pixel's ε from the
+around the denoiser, :func:`src_models.sampling.guidance.guided_eps`), scatter each pixel's ε from the
 window that owns it, and step the whole area (solvers are pointwise, so stepping the area after
 the scatter is the same as stepping every window before it).  ``sequential`` runs the release's
 own loop, one window at a time with per-pixel step counters, as the reference.
@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .guidance import LABEL_MAP, PER_CLASS, guided_eps, host_to_device
-from .plan import check_plan, owner_local, sequential_window
-from .schedule import q_sample
-from .solvers import make_solver
+from src_models.sampling.guidance import LABEL_MAP, PER_CLASS, guided_eps, host_to_device
+from src_models.sampling.plan import check_plan, owner_local, sequential_window
+from src_models.sampling.schedule import q_sample
+from src_models.sampling.solvers import make_solver
 
 
 class Cancelled(Exception):
@@ -349,8 +349,8 @@ def sample_area(
     to its start in between (RePaint), so the generated part harmonises with its surroundings
     (batched plans only; ``resample`` x the forwards).
 
-    ``plan`` and ``solver`` name entries of :data:`src_models.plan.PLANS` and
-    :data:`src_models.solvers.SOLVERS`; ``eta`` (None: the solver's default) is DDIM's η.
+    ``plan`` and ``solver`` name entries of :data:`src_models.sampling.plan.PLANS` and
+    :data:`src_models.sampling.solvers.SOLVERS`; ``eta`` (None: the solver's default) is DDIM's η.
     Random numbers come from ``generator`` (a CPU ``torch.Generator``: noise) and ``rng`` (numpy:
     window placement), so a result is reproducible across devices for the same seeds.
     """
