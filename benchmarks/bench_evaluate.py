@@ -33,7 +33,7 @@ def main(argv=None) -> int:
 
     from src_models.api import new_canvas, put_mask
     from src_models.evaluation import evaluate
-    from src_models.models import load_model
+    from src_models.models.loading import load_model
     from src_models.synthesis import SynthesisRequest, synthesise
 
     torch.set_num_threads(a.threads)

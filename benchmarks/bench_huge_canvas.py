@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from src_models.models import load_model
+    from src_models.models.loading import load_model
 
     model = load_model(args.model, "cpu")
     load = os.getloadavg()

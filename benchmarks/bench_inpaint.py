@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     import torch
 
-    from src_models.models import load_model
+    from src_models.models.loading import load_model
 
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 from src_models.api import new_canvas, put_mask
-from src_models.codec import decode_latent
+from src_models.models.codec import decode_latent
 from src_models.sampling.guidance import omega_vector
-from src_models.models import load_model
+from src_models.models.loading import load_model
 from src_models.sampling.plan import PLANS
 from src_models.sampling.sampler import SampleStats, effective_window, sample_area
 from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_time_pairs

@@ -23,7 +23,7 @@ def one(size: int, regions: int, model_name: str, region_px: int, steps: int, de
     import torch
 
     from src_models.api import new_canvas
-    from src_models.models import load_model
+    from src_models.models.loading import load_model
     from src_models.synthesis import SynthesisRequest, resolve_device, synthesise
 
     dev = resolve_device(device)

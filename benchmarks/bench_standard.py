@@ -50,7 +50,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import src_models.sampling.sampler as sampler_mod  # noqa: E402
-from src_models.fast import (  # noqa: E402
+from src_models.models.fast import (  # noqa: E402
     COMPILE_MODES,
     FastDenoiser,
     HostTransfers,
@@ -61,8 +61,8 @@ from src_models.fast import (  # noqa: E402
 )
 from src_models.sampling.guidance import PER_CLASS, omega_vector  # noqa: E402
 from src_models.sampling.plan import grid_plan  # noqa: E402
-from src_models.reference_check import relative_error  # noqa: E402
-from src_models.release_unet import ImageUNet  # noqa: E402
+from src_models.models.release.reference_check import relative_error  # noqa: E402
+from src_models.models.release.unet import ImageUNet  # noqa: E402
 from src_models.sampling.sampler import LabelCounter, SampleStats, sample_area  # noqa: E402
 from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_time_pairs  # noqa: E402
 
@@ -482,7 +482,7 @@ def plans_and_solvers(args, preset: dict, name: str, state: dict, device, mask) 
 
 def vae_decode(device, repeats, config=None) -> dict:
     try:
-        from src_models.sd_vae import SD2Codec
+        from src_models.models.release.sd_vae import SD2Codec
 
         torch.manual_seed(SEED)
         codec = SD2Codec.from_config(config).to(device).eval()
@@ -492,8 +492,8 @@ def vae_decode(device, repeats, config=None) -> dict:
     from diffusers import AutoencoderKL
     from torch.utils.flop_counter import FlopCounterMode
 
-    from src_models.sd_vae import SD2_VAE_CONFIG
-    from src_models.tiling import axis_starts
+    from src_models.models.release.sd_vae import SD2_VAE_CONFIG
+    from src_models.models.tiling import axis_starts
 
     with torch.device("meta"):
         meta_vae = AutoencoderKL(**(config or SD2_VAE_CONFIG))
@@ -528,8 +528,8 @@ def vae_decode(device, repeats, config=None) -> dict:
 
 
 def cpu_default(args) -> dict:
-    from src_models.card import ModelError
-    from src_models.models import load_model
+    from src_models.models.card import ModelError
+    from src_models.models.loading import load_model
     from src_models.sampling.sampler import effective_window
     from src_models.synthesis import decode_latent
 

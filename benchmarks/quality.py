@@ -128,7 +128,7 @@ def main(argv=None) -> int:
 
     from src_models.canvas import Canvas
     from src_models.evaluation import evaluate, write_report
-    from src_models.models import load_model
+    from src_models.models.loading import load_model
 
     if a.threads:
         torch.set_num_threads(a.threads)

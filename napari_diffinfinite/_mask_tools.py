@@ -10,7 +10,7 @@ polygon tools (which paint the mask Labels layer directly, with napari's undo).
   DiffInfinite release's grey-coded PNGs and 5/10-class label maps) go through the class-mapping
   dialog first (``_class_map``; remembered per model).
 * Generate mask: a layout drawn by the canvas model's layout (mask) diffusion model
-  (``src_models.mask_model``), where the model has one, or procedural: smoothed random fields of
+  (``src_models.models.native.mask_model``), where the model has one, or procedural: smoothed random fields of
   the tissue classes, arg-max per pixel (``src_models.maskio.procedural_mask``); for the whole
   canvas or the drawn rectangle.  The status line says which of the two made the layout.
 * Clear the whole mask or the drawn rectangle; save the mask into the canvas store now (a run
@@ -82,7 +82,7 @@ def layout_job(spec: str | None, shape: tuple[int, int], image_px: tuple[int, in
     """A layout for ``shape`` mask px covering ``image_px`` image px: drawn by the canvas model's
     layout diffusion model when asked and the model has one, else procedural.  Returns (labels, how)."""
     if learned and spec:
-        from src_models.mask_model import generate_layout, is_layout_model
+        from src_models.models.native.mask_model import generate_layout, is_layout_model
 
         from ._worker import MODELS, model_card
 

@@ -44,8 +44,8 @@ GIL_SWITCH_S = float(os.environ.get("DIFFINFINITE_GIL_SWITCH_S", "0.001"))  # sy
 
 # ============================================================================ models
 def _builtin_dir(spec: str) -> Path | None:
-    """Where a built-in model directory lives (``src_models.card`` imports no torch)."""
-    from src_models.card import BUILTIN_DIRS
+    """Where a built-in model directory lives (``src_models.models.card`` imports no torch)."""
+    from src_models.models.card import BUILTIN_DIRS
 
     return BUILTIN_DIRS.get(str(spec))
 
@@ -65,7 +65,7 @@ class ModelCache:
         self.loads = 0  # how many times a model was actually loaded (tests check it)
 
     def get(self, spec: str, device: str = "auto"):
-        from src_models.models import load_model
+        from src_models.models.loading import load_model
         from src_models.synthesis import resolve_device
 
         dev = resolve_device(device)
@@ -102,7 +102,7 @@ MODELS = ModelCache()
 
 def model_card(spec: str):
     """The model card of ``spec``; reads card.json alone where it can (no weights, no torch)."""
-    from src_models.card import ModelCard
+    from src_models.models.card import ModelCard
 
     directory = _builtin_dir(spec) or Path(spec)
     if str(spec) != "tiny-test" and (directory / "card.json").is_file():
@@ -121,7 +121,7 @@ def device_region_size(spec: str, device: str = "auto") -> int:
     dev = resolve_device(device)
     rows = None
     if dev.type == "cuda":
-        from src_models.fast import batch_budget
+        from src_models.models.fast import batch_budget
 
         rows = batch_budget(MODELS.get(spec, device).unet, card.patch_size, dev)
     return region_size_for_device(card, dev.type, rows)
@@ -313,7 +313,7 @@ def _is_expected(e: BaseException) -> bool:
     """Errors the core raises for bad input, with messages written for users."""
     try:
         from src_models.canvas import CanvasError
-        from src_models.card import ModelError
+        from src_models.models.card import ModelError
         from src_models.maskio import MaskError
         from src_models.synthesis import SynthesisError
     except Exception:

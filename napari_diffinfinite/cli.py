@@ -322,10 +322,10 @@ def _device(name):
 def _card(spec):
     """The model card without loading weights where it can (a model directory, tiny-test);
     a published checkpoint is loaded whole.  Returns (card, model or None)."""
-    from src_models.card import BUILTIN_DIRS, ModelCard, ModelError
+    from src_models.models.card import BUILTIN_DIRS, ModelCard, ModelError
 
     if str(spec) == "tiny-test":
-        from src_models.tiny import tiny_test_card
+        from src_models.models.tiny import tiny_test_card
 
         return tiny_test_card(), None
     directory = BUILTIN_DIRS.get(str(spec), Path(spec))
@@ -333,7 +333,7 @@ def _card(spec):
         return ModelCard.load(directory), None
     if not directory.exists():
         raise ModelError(f"model {str(spec)!r} not found (expected a model directory with card.json)")
-    from src_models.models import load_model
+    from src_models.models.loading import load_model
 
     model = load_model(spec, "cpu")
     return model.card, model
@@ -342,7 +342,7 @@ def _card(spec):
 def _model(spec, device, preloaded):
     if preloaded is not None:
         return preloaded.to(device)
-    from src_models.models import load_model
+    from src_models.models.loading import load_model
 
     return load_model(spec, device)
 
@@ -468,7 +468,7 @@ def cmd_generate(args) -> int:
 def cmd_demo(args) -> int:
     from src_models.api import mask_rgb, new_canvas, put_mask
     from src_models.maskio import procedural_mask
-    from src_models.models import load_model
+    from src_models.models.loading import load_model
     from src_models.synthesis import SynthesisRequest, resolve_device
 
     _check_steps(args.steps)
@@ -505,7 +505,7 @@ def cmd_demo(args) -> int:
 
 def cmd_import_slide(args) -> int:
     from src_models.editing import import_slide
-    from src_models.models import load_model
+    from src_models.models.loading import load_model
     from src_models.synthesis import resolve_device
     from tqdm import tqdm
 
@@ -638,7 +638,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_check_reference(args) -> int:
-    from src_models.reference_check import main as check_main
+    from src_models.models.release.reference_check import main as check_main
 
     argv = [str(args.file)]
     if args.tolerance is not None:
@@ -649,7 +649,7 @@ def cmd_check_reference(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from src_models.release_ckpt import convert_release_checkpoint
+    from src_models.models.release.checkpoint import convert_release_checkpoint
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     out = convert_release_checkpoint(args.checkpoint, args.out, vae_dir=args.vae, classes=classes,
@@ -663,19 +663,19 @@ def cmd_make_mask(args) -> int:
 
     from src_models.api import mask_rgb
     from src_models.maskio import procedural_mask
-    from src_models.models import load_model
+    from src_models.models.loading import load_model
     from src_models.synthesis import resolve_device
 
     width, height = args.size
     model = load_model(args.model, resolve_device(args.device))
     card = model.card
-    from src_models.mask_model import generate_layout, is_layout_model
+    from src_models.models.native.mask_model import generate_layout, is_layout_model
 
     if model.mask_unet is not None and is_layout_model(card):
         mask = generate_layout(model, (height, width), seed=args.seed, steps=args.steps)
         how = f"layout diffusion model of {card.name}"
     elif model.mask_unet is not None:
-        from src_models.release_mask import generate_release_mask
+        from src_models.models.release.mask import generate_release_mask
 
         if height % 32 or width % 32:
             raise UserError(f"the mask model needs sides that are multiples of 32 px, got {width}x{height}")
@@ -736,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ns = parser.parse_args(argv)
     from src_models.canvas import CanvasError
-    from src_models.card import ModelError
+    from src_models.models.card import ModelError
     from src_models.maskio import MaskError
     from src_models.slide import SlideError
     from src_models.synthesis import SynthesisError

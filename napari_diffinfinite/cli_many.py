@@ -338,7 +338,7 @@ def run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from src_models.canvas import CanvasError
-    from src_models.card import ModelError
+    from src_models.models.card import ModelError
     from src_models.maskio import MaskError
     from src_models.synthesis import SynthesisError
 

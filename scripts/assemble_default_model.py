@@ -18,8 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src_models.mask_model import KIND  # noqa: E402
-from src_models.models import Model, load_model, save_model  # noqa: E402
+from src_models.models.native.mask_model import KIND  # noqa: E402
+from src_models.models.base import Model, save_model  # noqa: E402
+from src_models.models.loading import load_model  # noqa: E402
 
 
 def assemble(image: Path, codec: Path, mask: Path, out: Path, *, scale_px: int = 16, layout_steps: int = 50,

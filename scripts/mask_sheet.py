@@ -52,9 +52,9 @@ def main(argv=None) -> int:
 
     from PIL import Image
 
-    from src_models.mask_model import generate_layout
+    from src_models.models.native.mask_model import generate_layout
     from src_models.masks_from_he import HELDOUT_FROM_ROW, derive_mask
-    from src_models.models import load_model
+    from src_models.models.loading import load_model
 
     model = load_model(a.model, "cpu")
     colours = model.card.colours

@@ -11,7 +11,7 @@ import importlib
 
 # public name -> module that defines it
 _API = {
-    "load_model": "src_models.models",
+    "load_model": "src_models.models.loading",
     "new_canvas": "src_models.api",
     "put_mask": "src_models.api",
     "save_preview": "src_models.api",

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from src_models.canvas import Canvas, CanvasError
-from src_models.card import ModelCard
+from src_models.models.card import ModelCard
 from src_models.maskio import MaskError, check_labels
 
 LATENT_MULTIPLE = 8  # canvas latent sides are kept a multiple of this

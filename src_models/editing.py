@@ -8,8 +8,8 @@ import numpy as np
 
 from src_models.api import LATENT_MULTIPLE, check_size, new_canvas
 from src_models.canvas import Canvas, CanvasError
-from src_models.codec import encode_rgb
-from src_models.card import ModelCard
+from src_models.models.codec import encode_rgb
+from src_models.models.card import ModelCard
 from src_models.maskio import check_labels, resize_labels
 from src_models.slide import open_slide
 

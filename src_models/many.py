@@ -257,7 +257,7 @@ class _WorkerState:
         key = (str(spec), str(device))
         with self._loading:  # a worker with several threads loads a model once all the same
             if key not in self.models:
-                from src_models.models import load_model
+                from src_models.models.loading import load_model
 
                 self.models[key] = load_model(spec, device)
                 self.loads += 1
@@ -365,7 +365,7 @@ def generate_canvas(job: Job, sink=None) -> dict:
     help.  A canvas another process is writing is waited for up to ``job.lock_wait_s``, then
     the task fails with an exception, which dask retries."""
     from src_models.canvas import CanvasError, CanvasLockedError
-    from src_models.card import ModelError
+    from src_models.models.card import ModelError
     from src_models.maskio import MaskError
     from src_models.synthesis import SynthesisError
 

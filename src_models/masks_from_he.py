@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.layout:
         from PIL import Image
 
-        from src_models.mask_model import codes_to_rgb
+        from src_models.models.native.mask_model import codes_to_rgb
 
         coarse = layout_labels(labels, a.layout_scale)[:, a.layout_from_col :]
         Path(a.layout).parent.mkdir(parents=True, exist_ok=True)

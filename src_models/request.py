@@ -55,7 +55,7 @@ class SynthesisRequest:
     area: tuple[int, int, int, int] | None = None  # (y0, y1, x0, x1) px: only regions touching it
     centre: tuple[float, float] | None = None  # (y, x) px: nearest regions go first
     max_batch: int | None = None  # network batch rows per call; None: from the device's memory (halved on OOM)
-    fast: bool = True  # channels_last, and fp16 autocast + a memory-sized batch on CUDA (src_models/fast.py)
+    fast: bool = True  # channels_last, and fp16 autocast + a memory-sized batch on CUDA (src_models/models/fast.py)
     compile: bool = False  # torch.compile the network for the window size (CUDA)
     halo: int | None = None  # latent px of context around each region (default: half a window)
     resample: int = 1  # where there is context: each level run this many times, re-noised in between (RePaint)

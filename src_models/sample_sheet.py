@@ -123,7 +123,7 @@ def make_sheet(model, size: int = 256, steps: int = 50, omega: float = 3.0, seed
 def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
-    from src_models.models import load_model
+    from src_models.models.loading import load_model
 
     p = argparse.ArgumentParser(prog="python -m src_models.sample_sheet", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default")

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from src_models.canvas import Canvas, Region
-from src_models.codec import decode_latent
+from src_models.models.codec import decode_latent
 from src_models.sampling.guidance import PER_CLASS, host_to_device
 from src_models.sampling.plan import check_plan, owner_local
 from src_models.request import RegionDone, SweepProgress

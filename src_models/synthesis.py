@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from src_models.canvas import Canvas, Region
-from src_models.codec import decode_latent
+from src_models.models.codec import decode_latent
 from src_models.sampling.guidance import omega_vector
 from src_models.sampling.sampler import Cancelled, LevelInfo, SampleStats, effective_window, sample_area
 from src_models.request import RegionDone, RegionProgress, SweepProgress, SynthesisRequest
@@ -198,7 +198,7 @@ def synthesise(
 ) -> Iterator[RegionDone]:
     """Sample every unfinished region of ``canvas`` that ``request.area`` touches.
 
-    ``model`` is a loaded :class:`~src_models.models.Model` on the device to use.  ``cancel`` is
+    ``model`` is a loaded :class:`~src_models.models.loading.Model` on the device to use.  ``cancel`` is
     a ``threading.Event``-like token (or a callable); when it is set, the region in flight is
     dropped within one level and the generator returns: every finished region stays on disk.
     ``progress`` receives a :class:`RegionProgress` after each level.  With ``request.sweep`` the
@@ -325,7 +325,7 @@ def _denoiser_for(model, device, window: int, request: SynthesisRequest):
     model, device, window and compile choice, and kept on the model."""
     if not request.fast:
         return model.unet, 32
-    from src_models.fast import fast_setup
+    from src_models.models.fast import fast_setup
 
     cache = model.__dict__.setdefault("_denoisers", {})
     key = (str(device), int(window), bool(request.compile))

@@ -16,11 +16,11 @@ labelled tissue.
 
 Stages (one command runs both; each resumes from its last checkpoint):
 
-1. codec: the :class:`~src_models.autoencoder.NativeAutoencoder` with L1 + gradient (finite
+1. codec: the :class:`~src_models.models.native.autoencoder.NativeAutoencoder` with L1 + gradient (finite
    difference) loss and a little latent noise; then the latent shift/scale are fitted on the data.
    Skipped with ``--codec identity`` or ``--codec MODEL_DIR`` (reuse a trained model's codec).
 2. unet: every tile is encoded once in its 8 dihedral orientations (deterministic encode, so the
-   cache is exact), and the :class:`~src_models.unet.NativeUNet` learns ε-prediction (L2) on random
+   cache is exact), and the :class:`~src_models.models.native.unet.NativeUNet` learns ε-prediction (L2) on random
    latent crops under the cosine schedule.  An EMA copy of the weights is kept; it is what the
    model directory holds.
 
@@ -28,7 +28,7 @@ Work directory (``--work``, default ``OUT.train``): ``checkpoints/<stage>/step_X
 (``model.safetensors``, ``ema.safetensors``, ``optim.pt`` holding only tensors and plain
 containers, loaded with ``weights_only=True``, and ``state.json``), ``logs/<stage>.csv`` with
 ``step,loss,lr,seconds``, and ``codec_final/``.  The model directory ``OUT`` is written at the end
-with :func:`src_models.models.save_model`.
+with :func:`src_models.models.loading.save_model`.
 
 Under ``torchrun`` the same command trains data-parallel (:mod:`src_models.distributed`): ``--batch``
 and ``--codec-batch`` are global batches, each process trains its shard (in micro-batches of
@@ -52,7 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from src_models.card import ModelCard, ModelError
+from src_models.models.card import ModelCard, ModelError
 from src_models.durable import fsync_dir, fsync_file
 
 IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -723,7 +723,7 @@ def train_codec(
     """
     from safetensors.torch import load_file, save_file
 
-    from src_models.autoencoder import NativeAutoencoder
+    from src_models.models.native.autoencoder import NativeAutoencoder
 
     work_dir, device = Path(work_dir), torch.device(device)
     config = dict(DEFAULT_CODEC, **(config or {}))
@@ -803,7 +803,7 @@ def train_codec(
 
 def codec_card_entry(codec) -> dict:
     """The card's ``codec`` dict for a codec module."""
-    from src_models.codec import IdentityCodec
+    from src_models.models.codec import IdentityCodec
 
     if isinstance(codec, IdentityCodec):
         return {"type": "identity", "factor": 1, "channels": 3, "scale": 1.0}
@@ -852,7 +852,7 @@ def train_unet(
     import copy
 
     from src_models.sampling.schedule import TRAIN_STEPS, cosine_alphas_cumprod
-    from src_models.unet import NativeUNet
+    from src_models.models.native.unet import NativeUNet
 
     work_dir, device = Path(work_dir), torch.device(device)
     config = dict(DEFAULT_UNET, **(config or {}))
@@ -977,7 +977,7 @@ def build_parser(prog: str = "diffinfinite train") -> argparse.ArgumentParser:
 
 def _weights_file(model_dir: str, part: str) -> Path:
     """``unet.safetensors`` or ``codec.safetensors`` of a model directory (built-in names allowed)."""
-    from src_models.card import BUILTIN_DIRS
+    from src_models.models.card import BUILTIN_DIRS
 
     directory = BUILTIN_DIRS.get(model_dir, Path(model_dir))
     path = directory / f"{part}.safetensors"
@@ -1032,8 +1032,9 @@ def _setup_parallel(a):
 
 
 def _main(a, argv: list[str], prog: str, par=None) -> int:
-    from src_models.codec import IdentityCodec
-    from src_models.models import Model, load_model, save_model
+    from src_models.models.codec import IdentityCodec
+    from src_models.models.base import Model, save_model
+    from src_models.models.loading import load_model
 
     main = par is None or par.main
     out = Path(a.out)

@@ -11,7 +11,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def tiny():
-    from src_models.models import load_model
+    from src_models.models.loading import load_model
 
     return load_model("tiny-test", "cpu")
 

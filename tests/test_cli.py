@@ -129,7 +129,7 @@ def _tiles(n, side):
 
 @pytest.fixture
 def bad_inputs(tmp_path, mask_png, tiny):
-    from src_models.models import save_model
+    from src_models.models.base import save_model
 
     (tmp_path / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     rgb = np.zeros((8, 8, 3), np.uint8)
@@ -180,7 +180,7 @@ def test_bad_input_gives_one_clear_message(case, bad_inputs, mask_png, capsys):
 @pytest.mark.parametrize("case", ["ω nan", "η negative", "too many steps", "empty mask file", "JPEG mask",
                                   "size off the grid", "output exists", "labels outside the model", "ω for a missing class"])
 def test_input_checks_run_before_the_model_loads(case, bad_inputs, mask_png, monkeypatch, capsys):
-    import src_models.models as models
+    import src_models.models.loading as models
 
     def no_loading(*a, **k):
         raise AssertionError("the model was loaded before the input was checked")
@@ -531,7 +531,7 @@ def test_damaged_canvas_never_gives_a_traceback(tmp_path, mask_png, capsys, dama
 def test_resume_after_a_kill_while_the_mask_was_written(tmp_path, mask_png, capsys):
     from src_models.api import new_canvas
     from src_models.synthesis import SynthesisRequest
-    from src_models.tiny import tiny_test_card
+    from src_models.models.tiny import tiny_test_card
 
     # what a kill -9 between creating the canvas and recording the mask leaves
     settings = SynthesisRequest(model="tiny-test", steps=1, seed=0, device="cpu").settings()

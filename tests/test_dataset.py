@@ -85,7 +85,7 @@ def test_make_dataset_on_the_cc0_slide(dataset, capsys):
 
 
 def test_train_runs_on_the_made_dataset(dataset, tmp_path):
-    from src_models.models import load_model
+    from src_models.models.loading import load_model
 
     out = tmp_path / "model"
     args = ["train", "--data", str(dataset), "--out", str(out), "--codec", "identity", "--steps", "3", "--crop", "32",

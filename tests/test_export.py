@@ -44,7 +44,7 @@ def generated(tmp_path_factory):
 
 
 def test_generated_canvas_records_provenance(generated):
-    from src_models.tiny import tiny_test_card
+    from src_models.models.tiny import tiny_test_card
 
     path, mask_png = generated
     with Canvas.open(path) as c:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import src_models.sampling.sampler as sampler_mod
-from src_models.fast import (
+from src_models.models.fast import (
     FastDenoiser,
     HostTransfers,
     activation_bytes,
@@ -20,8 +20,8 @@ from src_models.fast import (
 )
 from src_models.sampling.guidance import PER_CLASS, guided_eps
 from src_models.sampling.plan import grid_plan
-from src_models.reference_check import relative_error
-from src_models.release_unet import ImageUNet
+from src_models.models.release.reference_check import relative_error
+from src_models.models.release.unet import ImageUNet
 from src_models.sampling.sampler import LabelCounter, SampleStats, sample_area
 from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_time_pairs
 
@@ -246,7 +246,7 @@ def test_memory_budget():
 
 
 def test_fast_setup_per_device():
-    from src_models.fast import fast_setup
+    from src_models.models.fast import fast_setup
 
     net = small_unet(dim=8)
     den, rows = fast_setup(net, "cpu", 16)

@@ -267,7 +267,7 @@ def test_lazy_mask_reads_and_edits_equal_an_eagerly_written_one(tiny, tmp_path):
 def test_canvas_is_valid_ngff_with_a_label_pyramid_and_the_cards_pixel_size(tiny, tmp_path):
     from ome_zarr_models.v05.image import Image
 
-    from src_models.models import load_model
+    from src_models.models.loading import load_model
 
     c = new_canvas(tiny.card, tmp_path / "t.zarr", 1024, 768, 256)
     put_mask(c, _mask())

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from src_models.mask_model import KIND, codes_to_labels, codes_to_rgb, generate_layout, layout_codes, layout_grid
+from src_models.models.native.mask_model import KIND, codes_to_labels, codes_to_rgb, generate_layout, layout_codes, layout_grid
 
 
 def _layout_model(tmp_path):
     """A model directory: the tiny-test image model plus a random-weight layout network."""
-    from src_models.models import Model, load_model, save_model
-    from src_models.unet import NativeUNet
+    from src_models.models.base import Model, save_model
+    from src_models.models.loading import load_model
+    from src_models.models.native.unet import NativeUNet
 
     tiny = load_model("tiny-test")
     cfg = {"base": 8, "mults": [1, 2], "blocks": 1, "cond_dim": 8, "heads": 2, "groups": 4, "mid_attention": False,

@@ -7,10 +7,11 @@ import re
 import pytest
 import torch
 
-from src_models.autoencoder import NativeAutoencoder
+from src_models.models.native.autoencoder import NativeAutoencoder
 from src_models.sampling.guidance import guided_eps, omega_vector
-from src_models.models import Model, build_network, load_model, save_model
-from src_models.unet import NativeUNet
+from src_models.models.base import Model, build_network, save_model
+from src_models.models.loading import load_model
+from src_models.models.native.unet import NativeUNet
 
 SMALL = {"in_channels": 4, "num_classes": 4, "base": 16, "mults": [1, 2], "blocks": 1, "cond_dim": 8, "heads": 2}
 
@@ -130,7 +131,7 @@ def test_tiny_model_is_deterministic():
 
 
 def test_native_model_directory_round_trip(tmp_path):
-    from src_models.card import ModelCard
+    from src_models.models.card import ModelCard
 
     torch.manual_seed(1)
     unet = _perturb(NativeUNet(**SMALL))

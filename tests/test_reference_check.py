@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from src_models.reference_check import check_reference, main, relative_error
+from src_models.models.release.reference_check import check_reference, main, relative_error
 
 
 # the release's reference vectors, shipped with the tests (origin: tests/data/README.md)
@@ -129,7 +129,7 @@ def test_configs_times_and_scales_come_from_the_file(tmp_path):
     scales).  Its outputs are made with this project's own modules, so passing shows only that
     configs, times and scales are read from the file; the renamed-key half shows that they matter."""
     from src_models.sampling.guidance import guided_eps
-    from src_models.release_unet import ImageUNet, MaskUNet
+    from src_models.models.release.unet import ImageUNet, MaskUNet
     from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_step
 
     torch.manual_seed(3)

@@ -3,7 +3,7 @@ shows soon, from the batch budget on a GPU."""
 from __future__ import annotations
 
 from src_models.api import default_region_size, region_size_for_device
-from src_models.card import BUILTIN_DIRS, ModelCard
+from src_models.models.card import BUILTIN_DIRS, ModelCard
 
 
 def _card(patch_size: int, factor: int) -> ModelCard:

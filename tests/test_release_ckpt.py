@@ -6,16 +6,17 @@ import json
 import pytest
 import torch
 
-from src_models.card import ModelCard, ModelError
-from src_models.models import build_network, load_model, load_safetensors_into
-from src_models.release_ckpt import (
+from src_models.models.card import ModelCard, ModelError
+from src_models.models.base import build_network, load_safetensors_into
+from src_models.models.loading import load_model
+from src_models.models.release.checkpoint import (
     RELEASE_CLASSES,
     convert_release_checkpoint,
     infer_release_config,
     load_release_checkpoint,
     read_release_state,
 )
-from src_models.release_unet import ImageUNet, MaskUNet
+from src_models.models.release.unet import ImageUNet, MaskUNet
 from src_models.sampling.schedule import cosine_alphas_cumprod
 
 
@@ -83,7 +84,7 @@ def inputs():
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory):
     diffusers = pytest.importorskip("diffusers", reason="diffusers (the [release] extra) is not installed")
-    from src_models.sd_vae import SD2_VAE_CONFIG
+    from src_models.models.release.sd_vae import SD2_VAE_CONFIG
 
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKL(**dict(SD2_VAE_CONFIG, block_out_channels=[4, 4, 4, 4], norm_num_groups=2, layers_per_block=0))

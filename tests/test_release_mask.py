@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src_models.card import ModelCard
-from src_models.models import Model
-from src_models.release_mask import (
+from src_models.models.card import ModelCard
+from src_models.models.base import Model
+from src_models.models.release.mask import (
     MASK_LATENT_SCALES,
     RELEASE_COND_DROP,
     SubtypeDenoiser,
@@ -22,7 +22,7 @@ from src_models.release_mask import (
     thick_boundaries,
     upsample_mask,
 )
-from src_models.release_unet import MaskUNet
+from src_models.models.release.unet import MaskUNet
 
 
 def _blocks(n_labels: int = 5) -> np.ndarray:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from src_models.models import build_network
-from src_models.release_unet import ImageUNet, MaskCrossAttention, MaskUNet
+from src_models.models.base import build_network
+from src_models.models.release.unet import ImageUNet, MaskCrossAttention, MaskUNet
 
 
 # the release's key lists, shipped with the tests (origin: tests/data/README.md)
@@ -99,7 +99,7 @@ def test_mask_conditioning(tiny):
 
 
 def test_eps_follows_the_input_dtype():
-    from src_models.release_unet import ChannelLayerNorm, WSConv2d
+    from src_models.models.release.unet import ChannelLayerNorm, WSConv2d
 
     torch.manual_seed(0)
     conv = WSConv2d(2, 3, 3, padding=1)
@@ -157,8 +157,8 @@ def test_no_gui_imports():
     import sys
 
     code = (
-        "import sys, src_models.release_unet, src_models.release_ckpt, src_models.release_mask, "
-        "src_models.reference_check, src_models.tiling, src_models.sd_vae;"
+        "import sys, src_models.models.release.unet, src_models.models.release.checkpoint, src_models.models.release.mask, "
+        "src_models.models.release.reference_check, src_models.models.tiling, src_models.models.release.sd_vae;"
         "bad=[m for m in sys.modules if m.split('.')[0] in ('napari','qtpy','PyQt5','PyQt6','PySide2','PySide6','diffusers')];"
         "print(json.dumps(bad))"
     )

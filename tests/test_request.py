@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from src_models.card import ModelCard
+from src_models.models.card import ModelCard
 from src_models.request import PLANS, SOLVERS, SynthesisRequest, default_plan, normalise_settings
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from src_models.card import ModelCard, ModelError
-from src_models.tiling import axis_starts, hann_1d, tiled_decode, tiled_encode, tiled_map
+from src_models.models.card import ModelCard, ModelError
+from src_models.models.tiling import axis_starts, hann_1d, tiled_decode, tiled_encode, tiled_map
 
 
 # --- the blend itself (no diffusers needed) ------------------------------------------------
@@ -53,7 +53,7 @@ def test_tiled_map_of_a_local_map_is_exact(shape):
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers (the [release] extra) is not installed")
 
-from src_models.sd_vae import ENV_VAR, HF_REPO, SD2_VAE_CONFIG, SD2Codec  # noqa: E402
+from src_models.models.release.sd_vae import ENV_VAR, HF_REPO, SD2_VAE_CONFIG, SD2Codec  # noqa: E402
 
 # the SD-2 VAE's structure (4 levels, f = 8, 4 latent channels, mid-block attention, one ResNet
 # per decoder level) at a width that decodes a 2048² image on two CPU cores in seconds

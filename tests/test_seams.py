@@ -24,7 +24,7 @@ def seam_ratio(img: np.ndarray, region: int, factor: int, shift: int = 0) -> flo
 
 @pytest.fixture(scope="module")
 def default_model():
-    from src_models.models import load_model
+    from src_models.models.loading import load_model
 
     return load_model("default", "cpu")
 

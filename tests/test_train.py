@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 import src_models.train as T
-from src_models.codec import IdentityCodec
-from src_models.models import load_model
+from src_models.models.codec import IdentityCodec
+from src_models.models.loading import load_model
 
 
 def _write_folder(root, n_labelled=2, n_unlabelled=1, size=64, seed=0, max_label=3):
@@ -180,7 +180,7 @@ def test_unet_stop_at_ends_a_longer_schedule_with_its_learning_rate(tmp_path):
 
 
 def test_layout_image_is_the_majority_class_per_cell_with_ink_as_glass(tmp_path):
-    from src_models.mask_model import codes_to_rgb
+    from src_models.models.native.mask_model import codes_to_rgb
     from src_models.masks_from_he import layout_labels
 
     labels = np.full((32, 48), 3, np.uint8)
@@ -213,7 +213,7 @@ def test_class_balance_favours_rare_classes_and_keeps_unlabelled_share():
 def test_init_copies_a_model_and_the_common_class_rows(tmp_path):
     from safetensors.torch import save_file
 
-    from src_models.unet import NativeUNet
+    from src_models.models.native.unet import NativeUNet
 
     cfg = dict(in_channels=3, base=8, mults=(1, 2), blocks=1, cond_dim=8, heads=2, groups=4)
     torch.manual_seed(0)

@@ -26,6 +26,6 @@ def viewer(make_napari_viewer):
 
 @pytest.fixture(scope="session")
 def tiny_card():
-    from src_models.models import load_model
+    from src_models.models.loading import load_model
 
     return load_model("tiny-test").card

@@ -151,7 +151,7 @@ def test_release_masks_load_through_the_class_map_dialog_remembered_per_model(vi
 
 
 def test_a_procedural_mask_on_a_20000_px_canvas_can_be_undone(viewer, qtbot, tmp_path):
-    from src_models.card import BUILTIN_DIRS, ModelCard
+    from src_models.models.card import BUILTIN_DIRS, ModelCard
 
     card = ModelCard.load(BUILTIN_DIRS["default"])  # factor 4: a 5,000 x 5,000 px mask (25 M px)
     path = make_canvas(card, tmp_path / "big.zarr", size=20_000, region=2048, mask=False)

@@ -194,7 +194,7 @@ def generate_release_mask(model, size, subtype=0, seed: int = 0, *, steps: int =
     ``seed + 1``), decoded with the training-consistent per-channel scales, cleaned up
     (:func:`mask_from_decoded`) and upsampled ×4 with nearest neighbour.
 
-    ``model`` is a :class:`~src_models.models.Model` with ``mask_unet`` and an SD-2 codec; its card's
+    ``model`` is a :class:`~src_models.models.loading.Model` with ``mask_unet`` and an SD-2 codec; its card's
     ``mask_model`` gives the number of labels and the latent scales.  All DDIM steps run (the release
     skips the last one).  Returns uint8 labels (H, W); with ``return_low_res`` also the cleaned
     quarter-size mask.  ``callback`` and ``cancel`` are handed to the sampler.

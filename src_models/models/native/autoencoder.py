@@ -1,6 +1,6 @@
 """The project's own latent codec: a small convolutional autoencoder (factor 4, 4 channels).
 
-It follows the codec interface of :mod:`src_models.codec`: ``encode(img)`` takes RGB in [0, 1]
+It follows the codec interface of :mod:`src_models.models.codec`: ``encode(img)`` takes RGB in [0, 1]
 and returns latents already normalised, ``decode(z)`` returns RGB in [0, 1].
 
 The raw latent is bounded by ``tanh`` (so no KL term is needed and the encoder cannot buy

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import torch
 
-from src_models.card import ModelError
+from src_models.models.card import ModelError
 from src_models.sampling.guidance import guided_eps
-from src_models.models import check_state_dict
-from src_models.release_unet import ATTENTION_MODES, ImageUNet, MaskUNet
+from src_models.models.base import check_state_dict
+from src_models.models.release.unet import ATTENTION_MODES, ImageUNet, MaskUNet
 from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_step
 
 TOLERANCE = 1e-5

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src_models.release_unet import ChannelLayerNorm, WSConv2d
+from src_models.models.release.unet import ChannelLayerNorm, WSConv2d
 
 FLOAT32_EPS = 1e-5  # the ε of weight standardisation and channel LayerNorm for float32 inputs
 

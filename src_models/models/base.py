@@ -1,5 +1,7 @@
-"""Model loading: a model directory (``card.json`` + safetensors weights) becomes a
-:class:`Model` holding the card, the denoiser network and the latent codec.
+"""What a model is: a :class:`Model` holds the card, the denoiser network and the latent codec;
+networks and codecs are built from the card through the registries below and saved as a model
+directory.  Loading by name or path is :mod:`src_models.models.loading` (which also knows the
+built-in ``tiny-test`` and the published checkpoints; they build on this module, not the other way).
 
 Model directory layout::
 
@@ -20,19 +22,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from src_models.card import BUILTIN_DIRS, ModelCard, ModelError
+from src_models.models.card import ModelCard, ModelError
 
-# registry name -> "module:Class" (relative to this package)
+# registry name -> "module:Class"; a card names what it needs and only that module is imported
 ARCHS = {
-    "native": "unet:NativeUNet",
-    "tiny": "tiny:TinyDenoiser",
-    "release_image": "release_unet:ImageUNet",
-    "release_mask": "release_unet:MaskUNet",
+    "native": "src_models.models.native.unet:NativeUNet",
+    "tiny": "src_models.models.tiny:TinyDenoiser",
+    "release_image": "src_models.models.release.unet:ImageUNet",
+    "release_mask": "src_models.models.release.unet:MaskUNet",
 }
 CODECS = {
-    "identity": "codec:IdentityCodec",
-    "native": "autoencoder:NativeAutoencoder",
-    "sd2": "sd_vae:SD2Codec",
+    "identity": "src_models.models.codec:IdentityCodec",
+    "native": "src_models.models.native.autoencoder:NativeAutoencoder",
+    "sd2": "src_models.models.release.sd_vae:SD2Codec",
 }
 
 
@@ -41,7 +43,7 @@ def _resolve(table: dict, name: str, what: str):
     if name not in table:
         raise ModelError(f"unknown {what} {name!r}; known: {', '.join(sorted(table))}")
     mod, cls = table[name].split(":")
-    return getattr(importlib.import_module(f"{__package__}.{mod}"), cls)
+    return getattr(importlib.import_module(mod), cls)
 
 
 def build_network(spec: dict) -> nn.Module:
@@ -122,35 +124,6 @@ class Model:
         if self.mask_unet is not None:
             self.mask_unet.to(device)
         return self
-
-
-def load_model(spec: str | Path = "default", device: str | torch.device = "cpu") -> Model:
-    """Load a model by built-in name (``default``, ``tiny-test``) or from a model directory."""
-    if str(spec) == "tiny-test":
-        from src_models.tiny import tiny_test_model
-
-        return tiny_test_model().to(device)
-    directory = BUILTIN_DIRS.get(str(spec), Path(spec))
-    if not directory.exists():
-        raise ModelError(f"model {spec!r} not found (expected a model directory with {'card.json'})")
-    if directory.is_file():
-        if directory.suffix == ".pt":
-            from src_models.release_ckpt import load_release_checkpoint
-
-            return load_release_checkpoint(directory).to(device)
-        raise ModelError(f"{directory} is a file; a model is a directory with card.json and safetensors weights")
-    card = ModelCard.load(directory)
-    unet = build_network(card.unet)
-    load_safetensors_into(unet, directory / "unet.safetensors")
-    unet.eval()
-    codec = build_codec(card, directory)
-    codec.eval()
-    mask_unet = None
-    if card.mask_model:
-        mask_unet = build_network(card.mask_model)
-        load_safetensors_into(mask_unet, directory / "mask_unet.safetensors")
-        mask_unet.eval()
-    return Model(card, unet, codec, directory, mask_unet).to(device)
 
 
 def save_model(model: Model, directory: str | Path) -> Path:

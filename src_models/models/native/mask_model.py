@@ -5,7 +5,7 @@ DiffInfinite).
 A layout lives on a coarse grid, ``scale_px`` image pixels per layout pixel (16 for the default
 model: 8 µm per layout pixel at 0.5 µm/px).  Each layout pixel is a *one-hot code*: one channel
 per tissue class (the card's ``mask_model["classes"]``), +1 for its class and -1 elsewhere, so the
-model works in pixel space (no codec).  It is a :class:`~src_models.unet.NativeUNet`, trained
+model works in pixel space (no codec).  It is a :class:`~src_models.models.native.unet.NativeUNet`, trained
 unconditionally (every training crop is class 0, the null condition) with ``diffinfinite train
 --codec identity`` on one-hot-coloured label images.
 

@@ -39,7 +39,7 @@ def decode_latent(codec, z: torch.Tensor) -> np.ndarray:
     factor = _tiled(codec, max(z.shape[-2:]))
     with torch.inference_mode():
         if factor:
-            from src_models.tiling import tiled_decode
+            from src_models.models.tiling import tiled_decode
 
             img = tiled_decode(codec.decode, z[None], CODEC_TILE, factor)
         else:
@@ -54,7 +54,7 @@ def encode_rgb(codec, rgb: np.ndarray, device) -> np.ndarray:
     factor = _tiled(codec, max(rgb.shape[:2]) // int(getattr(codec, "factor", 1)))
     with torch.inference_mode():
         if factor:
-            from src_models.tiling import tiled_encode
+            from src_models.models.tiling import tiled_encode
 
             z = tiled_encode(codec.encode, img, CODEC_TILE * factor, factor)
         else:

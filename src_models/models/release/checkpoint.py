@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from src_models.card import ModelCard, ModelError
-from src_models.models import Model, build_network, check_state_dict, save_model
-from src_models.release_mask import MASK_LATENT_SCALES, SUBTYPES
+from src_models.models.card import ModelCard, ModelError
+from src_models.models.base import Model, build_network, check_state_dict, save_model
+from src_models.models.release.mask import MASK_LATENT_SCALES, SUBTYPES
 from src_models.sampling.schedule import TRAIN_STEPS, cosine_alphas_cumprod
 
 RELEASE_CLASSES: dict[int, list[str]] = {
@@ -269,7 +269,7 @@ def load_release_checkpoint(
     The SD-2 VAE is found as :meth:`SD2Codec.from_card` describes (``vae_dir``, the
     ``DIFFINFINITE_VAE`` environment variable, or the Hugging Face cache; never downloaded).
     """
-    from src_models.sd_vae import SD2Codec
+    from src_models.models.release.sd_vae import SD2Codec
 
     card, unet, mask_unet = _read_networks(
         Path(path), classes, mask_checkpoint, mask_latent_scales, vae_dir, use_ema, resnet_block_groups

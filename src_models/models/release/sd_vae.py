@@ -14,7 +14,7 @@ Conventions of the published DiffInfinite models:
 * decode(z · 50), clipped to [0, 1].
 
 Latents larger than one tile (64 latent pixels = 512 px) are decoded with the four-tiling Hann
-blend of :mod:`src_models.tiling`, all tiles batched; images larger than 512 px are encoded the
+blend of :mod:`src_models.models.tiling`, all tiles batched; images larger than 512 px are encoded the
 same way (the posterior mean and standard deviation are blended, then sampled once).
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from src_models.card import ModelCard, ModelError
-from src_models.tiling import tiled_decode, tiled_encode
+from src_models.models.card import ModelCard, ModelError
+from src_models.models.tiling import tiled_decode, tiled_encode
 
 ENV_VAR = "DIFFINFINITE_VAE"
 HF_REPO = "stabilityai/stable-diffusion-2-base"

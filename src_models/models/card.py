@@ -9,7 +9,7 @@ from pathlib import Path
 
 CARD_FILE = "card.json"
 # built-in model directories shipped inside the package (name -> directory)
-BUILTIN_DIRS = {"default": Path(__file__).resolve().parent / "weights" / "default"}
+BUILTIN_DIRS = {"default": Path(__file__).resolve().parents[1] / "weights" / "default"}  # src_models/weights/
 CARD_VERSION = 1
 
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src_models.card import ModelCard
-from src_models.unet import class_fractions, timestep_embedding
+from src_models.models.card import ModelCard
+from src_models.models.native.unet import class_fractions, timestep_embedding
 
 TINY_SEED = 1234
 TINY_CLASSES = ["unknown", "glass", "epidermis", "dermis"]
@@ -75,8 +75,8 @@ def tiny_test_card() -> ModelCard:
 
 def tiny_test_model():
     """The ``tiny-test`` model: same weights on every call."""
-    from src_models.codec import IdentityCodec
-    from src_models.models import Model, build_network
+    from src_models.models.codec import IdentityCodec
+    from src_models.models.base import Model, build_network
 
     card = tiny_test_card()
     unet = build_network(card.unet).eval()
