@@ -26,7 +26,7 @@ def main() -> int:
     import numpy as np
 
     from src_models.annotations import labels_for, mask_to_geojson, parse_geojson, parse_class_map, rasterise
-    from src_models.canvas import Canvas
+    from src_models.store.canvas import Canvas
     from src_models.dataset import SlideInput, make_dataset
     from src_models.export import export_ome_tiff
     from src_models.maskio import procedural_mask

@@ -28,10 +28,10 @@ def one(side: int, model, steps: int, workdir: Path) -> dict:
     import numpy as np
 
     from src_models.api import new_canvas, put_mask
-    from src_models.canvas import Canvas
+    from src_models.store.canvas import Canvas
     from src_models.maskio import procedural_mask
     from src_models.synthesis import SynthesisRequest, synthesise
-    from src_models.verify import verify_canvas
+    from src_models.store.verify import verify_canvas
 
     card = model.card
     step = card.factor * 8

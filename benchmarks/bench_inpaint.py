@@ -67,7 +67,7 @@ def seam_and_density(rgb: np.ndarray, rect, factor: int, band: int = 64, ring: i
 def inpaint_once(model, rgb: np.ndarray, mpp: float, square: int, steps: int, seed: int, resample: int, work: Path):
     from PIL import Image
 
-    from src_models.canvas import Canvas
+    from src_models.store.canvas import Canvas
     from src_models.editing import import_slide, prepare_inpaint
     from src_models.masks_from_he import derive_mask
     from src_models.synthesis import SynthesisRequest, synthesise

@@ -57,7 +57,7 @@ def rim(rgb: np.ndarray, labels: np.ndarray, mpp: float) -> dict:
 
 
 def canvas_rim(path: Path) -> dict:
-    from src_models.canvas import Canvas
+    from src_models.store.canvas import Canvas
 
     with Canvas.open(path) as c:
         rgb = c.read_rgb(0, c.height, 0, c.width)
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from src_models.canvas import Canvas
+    from src_models.store.canvas import Canvas
     from src_models.evaluation import evaluate, write_report
     from src_models.models.loading import load_model
 

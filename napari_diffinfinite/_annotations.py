@@ -73,7 +73,7 @@ def export_mask_job(path: str, mask: np.ndarray, classes: list[str], colours: li
                     source: str = "") -> dict:
     """Write a mask (layer grid, ``pixel_size`` canvas px per pixel) as QuPath GeoJSON."""
     from src_models.annotations import mask_to_geojson, write_geojson
-    from src_models.provenance import provenance
+    from src_models.store.provenance import provenance
 
     fc = mask_to_geojson(mask, classes, colours, pixel_size=pixel_size)
     fc["diffinfinite"] = {"canvas": source, "mask_pixel_size": pixel_size,

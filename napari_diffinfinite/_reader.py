@@ -53,7 +53,7 @@ def _root_attrs(path: Path) -> dict | None:
 
 
 def is_canvas(path) -> bool:
-    from src_models.canvas import FORMAT
+    from src_models.store.canvas import FORMAT
 
     attrs = _root_attrs(Path(path))
     return bool(attrs) and attrs.get("diffinfinite", {}).get("format") == FORMAT
@@ -108,7 +108,7 @@ def pixel_centre_offset(scale: float) -> float:
 
 # ----------------------------------------------------------------------------- canvases
 def open_readonly(path):
-    from src_models.canvas import Canvas
+    from src_models.store.canvas import Canvas
 
     return Canvas.open(path, "r")
 
@@ -280,7 +280,7 @@ def warn_if_damaged(canvas) -> None:
     and checksums every region."""
     import warnings
 
-    from src_models.verify import verify_canvas
+    from src_models.store.verify import verify_canvas
 
     report = verify_canvas(canvas, deep=False)
     if not report.ok:

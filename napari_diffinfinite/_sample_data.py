@@ -36,7 +36,7 @@ def demo_side(factor: int) -> int:
 
 def _in_use(path: Path) -> bool:
     """Whether a run (of this process or another) is writing the canvas at ``path``."""
-    from src_models.canvas import Canvas, CanvasLockedError
+    from src_models.store.canvas import Canvas, CanvasLockedError
 
     from ._worker import BUSY
 

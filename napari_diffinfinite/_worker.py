@@ -195,7 +195,7 @@ def store_mask(canvas, mask: np.ndarray, step: int) -> bool:
 
 def save_mask_job(path: str, mask: np.ndarray, step: int) -> bool:
     """Write a mask-layer snapshot into the canvas at ``path`` (takes the writer lock briefly)."""
-    from src_models.canvas import Canvas
+    from src_models.store.canvas import Canvas
 
     with Canvas.open(path, "r+") as canvas:
         return store_mask(canvas, mask, step)
@@ -312,7 +312,7 @@ def _preview_rgb(model, x0, p, factor: int, latent_shape) -> np.ndarray:
 def _is_expected(e: BaseException) -> bool:
     """Errors the core raises for bad input, with messages written for users."""
     try:
-        from src_models.canvas import CanvasError
+        from src_models.store.canvas import CanvasError
         from src_models.models.card import ModelError
         from src_models.maskio import MaskError
         from src_models.synthesis import SynthesisError
@@ -391,7 +391,7 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
     canvas = None
     _TLS.cancel = cancel
     try:
-        from src_models.canvas import Canvas
+        from src_models.store.canvas import Canvas
         from src_models.synthesis import pending_regions, synthesise
 
         canvas = Canvas.open(path, "r+")

@@ -350,7 +350,7 @@ def _model(spec, device, preloaded):
 def _check_and_repair(canvas) -> None:
     """Before a resume: check every finished region against its checksums; rebuild damaged
     pyramid tiles and sample damaged regions again (and say so)."""
-    from src_models.verify import repair, verify_canvas
+    from src_models.store.verify import repair, verify_canvas
 
     done = len(canvas.done_indices())
     bar = _progress_bar(done, "checking finished regions") if done else None
@@ -394,7 +394,7 @@ def _generate_mask(args, card):
 def cmd_generate(args) -> int:
     from src_models.api import (check_region_size, check_size, mask_signature, mask_unwritten, new_canvas_with_mask,
                                 store_mask)
-    from src_models.canvas import Canvas
+    from src_models.store.canvas import Canvas
     from src_models.request import settings_diff
 
     # 1. the arguments alone; 2. with the model card (no weights); 3. against the canvas on
@@ -444,9 +444,9 @@ def cmd_generate(args) -> int:
             canvas.close()
             raise
     else:
-        from src_models.provenance import source_entry
+        from src_models.store.provenance import source_entry
 
-        from src_models.canvas import CanvasError, CanvasLockedError
+        from src_models.store.canvas import CanvasError, CanvasLockedError
 
         try:
             canvas = new_canvas_with_mask(card, args.out, height, width, mask, args.region_size,
@@ -538,7 +538,7 @@ def _check_canvas_model(canvas, card):
 
 
 def cmd_inpaint(args) -> int:
-    from src_models.canvas import Canvas
+    from src_models.store.canvas import Canvas
     from src_models.editing import prepare_inpaint
     from src_models.maskio import check_labels, load_mask
 
@@ -596,8 +596,8 @@ def cmd_outpaint(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from src_models.canvas import Canvas, CanvasDamagedError
-    from src_models.verify import verify_canvas
+    from src_models.store.canvas import Canvas, CanvasDamagedError
+    from src_models.store.verify import verify_canvas
 
     if not args.canvas.exists():
         raise UserError(f"{args.canvas} does not exist")
@@ -735,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
         return many_main(argv[1:])
     else:
         ns = parser.parse_args(argv)
-    from src_models.canvas import CanvasError
+    from src_models.store.canvas import CanvasError
     from src_models.models.card import ModelError
     from src_models.maskio import MaskError
     from src_models.slide import SlideError

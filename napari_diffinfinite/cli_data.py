@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     from src_models.annotations import AnnotationError
-    from src_models.canvas import CanvasError
+    from src_models.store.canvas import CanvasError
     from src_models.dataset import DatasetError
     from src_models.export import ExportError
     from src_models.slide import SlideError

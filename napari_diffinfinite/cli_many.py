@@ -100,7 +100,7 @@ def _check_request(r, card, where: str) -> None:
 def build_jobs(args) -> list:
     """Every job, checked (masks read, labels, sizes, settings against canvases already on disk)."""
     from src_models.api import check_region_size, check_size, mask_signature
-    from src_models.canvas import Canvas, CanvasError
+    from src_models.store.canvas import Canvas, CanvasError
     from src_models.many import Job, JobError, _check_same, job_overrides, read_job_rows
     from src_models.maskio import check_labels, load_mask
     from src_models.request import SynthesisRequest
@@ -337,7 +337,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from src_models.canvas import CanvasError
+    from src_models.store.canvas import CanvasError
     from src_models.models.card import ModelError
     from src_models.maskio import MaskError
     from src_models.synthesis import SynthesisError

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src_models.canvas import Canvas, CanvasError
+from src_models.store.canvas import Canvas, CanvasError
 from src_models.models.card import ModelCard
 from src_models.maskio import MaskError, check_labels
 
@@ -85,9 +85,9 @@ def new_canvas(card: ModelCard, path, height: int, width: int, region_size: int 
                overwrite: bool = False, settings: dict | None = None, sources: list[dict] | None = None) -> Canvas:
     """Create a canvas for ``card``'s model.  Its ``provenance`` attribute records the code version,
     the model card's SHA-256, the settings it was created with and its ``sources`` (see
-    :mod:`src_models.provenance`); later runs keep their settings in ``settings`` and each
+    :mod:`src_models.store.provenance`); later runs keep their settings in ``settings`` and each
     finished region's seed in the region state."""
-    from src_models.provenance import provenance
+    from src_models.store.provenance import provenance
 
     check_size(card, height, width)
     region_size = region_size or default_region_size(card)

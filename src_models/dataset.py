@@ -47,7 +47,7 @@ import numpy as np
 
 from src_models.annotations import AnnotationError, AnnotationSet, labels_for, paint_order, rasterise, read_geojson
 from src_models.durable import fsync_file
-from src_models.provenance import provenance, source_entry
+from src_models.store.provenance import provenance, source_entry
 
 FORMAT = "diffinfinite-tiles/1"
 DEFAULT_COLOURS = ["#000000", "#e8e8e8", "#6a2d8f", "#e87ab0", "#f4a300", "#2a9d8f", "#c1121f", "#3a86ff", "#8ac926", "#6d597a"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from src_models.api import LATENT_MULTIPLE, check_size, new_canvas
-from src_models.canvas import Canvas, CanvasError
+from src_models.store.canvas import Canvas, CanvasError
 from src_models.models.codec import encode_rgb
 from src_models.models.card import ModelCard
 from src_models.maskio import check_labels, resize_labels
@@ -27,7 +27,7 @@ def import_slide(slide_path, model, out, region_size: int | None = None, overwri
         height, width = (slide.height // step) * step, (slide.width // step) * step
         if height == 0 or width == 0:
             raise CanvasError(f"slide {slide_path} ({slide.width}x{slide.height}) is smaller than the model's grid of {step} px")
-        from src_models.provenance import source_entry
+        from src_models.store.provenance import source_entry
 
         canvas = new_canvas(card, out, height, width, region_size, overwrite=overwrite,
                             settings={"source": str(slide_path)}, sources=[source_entry(slide_path, "slide")])

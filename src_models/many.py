@@ -364,7 +364,7 @@ def generate_canvas(job: Job, sink=None) -> dict:
     disk) comes back as a row with status ``failed`` and the reason: running it again would not
     help.  A canvas another process is writing is waited for up to ``job.lock_wait_s``, then
     the task fails with an exception, which dask retries."""
-    from src_models.canvas import CanvasError, CanvasLockedError
+    from src_models.store.canvas import CanvasError, CanvasLockedError
     from src_models.models.card import ModelError
     from src_models.maskio import MaskError
     from src_models.synthesis import SynthesisError
@@ -412,7 +412,7 @@ def _device_for(job: Job, state: _WorkerState) -> str:
 def _make(job: Job, state: _WorkerState, events: _Events) -> dict:
     from src_models.api import (check_region_size, check_size, mask_signature, mask_unwritten, new_canvas_with_mask,
                       save_preview, store_mask)
-    from src_models.canvas import Canvas
+    from src_models.store.canvas import Canvas
     from src_models.maskio import check_labels, load_mask
     from src_models.request import SynthesisRequest
     from src_models.synthesis import pending_regions, synthesise
@@ -430,7 +430,7 @@ def _make(job: Job, state: _WorkerState, events: _Events) -> dict:
             total = len(canvas.regions())
             complete = done_before == total and not canvas.jobs()
             if complete:
-                from src_models.verify import verify_canvas
+                from src_models.store.verify import verify_canvas
 
                 complete = verify_canvas(canvas, deep=False).ok
         if complete:
@@ -478,7 +478,7 @@ def _make(job: Job, state: _WorkerState, events: _Events) -> dict:
 
 def _check_same(canvas, job: Job, settings: dict, signature: str | None = None) -> None:
     """An existing canvas is finished only with the size, regions, settings and mask that made it."""
-    from src_models.canvas import CanvasError
+    from src_models.store.canvas import CanvasError
 
     if (canvas.height, canvas.width) != (job.height, job.width):
         raise CanvasError(f"{job.out} is {canvas.width}x{canvas.height} px, the job asks for {job.width}x{job.height}")
@@ -497,7 +497,7 @@ def _check_same(canvas, job: Job, settings: dict, signature: str | None = None) 
 def _check_and_repair(canvas) -> int:
     """Before finishing a canvas: check its finished regions against their checksums (what
     ``generate --resume`` does); damaged ones are generated again.  Returns how many."""
-    from src_models.verify import repair, verify_canvas
+    from src_models.store.verify import repair, verify_canvas
 
     report = verify_canvas(canvas, deep=True)
     if report.ok:

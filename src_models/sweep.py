@@ -40,7 +40,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from src_models.canvas import Canvas, Region
+from src_models.store.canvas import Canvas, Region
 from src_models.models.codec import decode_latent
 from src_models.sampling.guidance import PER_CLASS, host_to_device
 from src_models.sampling.plan import check_plan, owner_local

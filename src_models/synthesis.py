@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from src_models.canvas import Canvas, Region
+from src_models.store.canvas import Canvas, Region
 from src_models.models.codec import decode_latent
 from src_models.sampling.guidance import omega_vector
 from src_models.sampling.sampler import Cancelled, LevelInfo, SampleStats, effective_window, sample_area

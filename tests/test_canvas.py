@@ -4,7 +4,7 @@ import sys
 import numpy as np
 import pytest
 
-from src_models.canvas import Canvas, CanvasError, CanvasLockedError, downsample2, pyramid_shapes
+from src_models.store.canvas import Canvas, CanvasError, CanvasLockedError, downsample2, pyramid_shapes
 
 CLASSES = ["Unknown", "A", "B"]
 COLOURS = ["#000000", "#ff0000", "#00ff00"]
@@ -69,7 +69,7 @@ def test_second_writer_is_refused_also_from_another_process(tmp_path):
     c = _make(path)
     with pytest.raises(CanvasLockedError, match="another process"):
         Canvas.open(path, "r+")
-    code = f"from src_models.canvas import Canvas\nCanvas.open({str(path)!r}, 'r+')"
+    code = f"from src_models.store.canvas import Canvas\nCanvas.open({str(path)!r}, 'r+')"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode != 0 and "being written by another process" in proc.stderr
     Canvas.open(path).close()  # readers are fine

@@ -11,7 +11,7 @@ import pytest
 from skimage import io
 
 from napari_diffinfinite.cli import build_parser, main
-from src_models.canvas import Canvas
+from src_models.store.canvas import Canvas
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def _gen(out, mask, *extra):
 
 def _finished(path) -> int:
     """Finished regions of a canvas another process may be writing (0 while it is being made)."""
-    from src_models.canvas import CanvasError
+    from src_models.store.canvas import CanvasError
 
     try:
         with Canvas.open(path) as c:
@@ -202,7 +202,7 @@ def test_refused_steps_leave_nothing_that_blocks_the_rerun(tmp_path, mask_png, c
 
 
 def test_nan_never_reaches_the_canvas_attributes(tmp_path):
-    from src_models.canvas import CanvasError
+    from src_models.store.canvas import CanvasError
 
     c = Canvas.create(tmp_path / "c.zarr", 64, 64, factor=1, latent_channels=3, region_size=32,
                       classes=["u", "a"], colours=["#000000", "#ff0000"])
@@ -357,7 +357,7 @@ def test_demo_writes_an_ome_zarr_canvas_and_png(tmp_path, capsys):
 
 @pytest.mark.parametrize("err,expected", [(28, "disk full while writing"), (30, "is not writable")])
 def test_disk_full_or_read_only_stops_with_finished_regions_intact(tmp_path, mask_png, monkeypatch, capsys, err, expected):
-    import src_models.canvas as canvas_mod
+    import src_models.store.canvas as canvas_mod
 
     calls = {"n": 0}
     real = canvas_mod.Canvas.update_pyramid

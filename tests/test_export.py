@@ -14,9 +14,9 @@ from skimage import io
 
 from napari_diffinfinite.cli import main
 from src_models.annotations import labels_for, rasterise, read_geojson
-from src_models.canvas import Canvas
+from src_models.store.canvas import Canvas
 from src_models.maskio import procedural_mask
-from src_models.provenance import card_sha256
+from src_models.store.provenance import card_sha256
 
 
 def rows_of(folder):

@@ -98,7 +98,7 @@ def test_generate_with_a_class_map(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--class-map" in err and "5-class" in err
     assert main(argv + ["--class-map", "4=3"]) == 0
-    from src_models.canvas import Canvas
+    from src_models.store.canvas import Canvas
 
     with Canvas.open(out) as canvas:
         stored = np.asarray(canvas.mask[:])

@@ -14,10 +14,10 @@ import pytest
 import zarr
 
 from src_models.api import new_canvas, put_mask
-from src_models.canvas import Canvas, CanvasDamagedError, CanvasError, CanvasLockedError, lock_path
+from src_models.store.canvas import Canvas, CanvasDamagedError, CanvasError, CanvasLockedError, lock_path
 from src_models.maskio import resize_labels
 from src_models.synthesis import SynthesisRequest, synthesise
-from src_models.verify import repair, verify_canvas
+from src_models.store.verify import repair, verify_canvas
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -88,7 +88,7 @@ def test_done_lookup_reads_one_state_chunk_not_the_whole_table(tiny, tmp_path, m
 
 
 def test_write_order_data_fsynced_before_state(tiny, tmp_path, monkeypatch):
-    import src_models.canvas as canvas_mod
+    import src_models.store.canvas as canvas_mod
 
     c = Canvas.create(tmp_path / "c.zarr", 512, 512, factor=1, latent_channels=3, region_size=128,
                       classes=tiny.card.classes, colours=tiny.card.colours, chunk=128)

@@ -16,7 +16,7 @@ from skimage import io
 
 from napari_diffinfinite.cli import main
 import src_models.many as many
-from src_models.canvas import Canvas, CanvasError
+from src_models.store.canvas import Canvas, CanvasError
 from src_models.request import SynthesisRequest
 
 pytest.importorskip("distributed")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from src_models.api import new_canvas, put_mask
-from src_models.canvas import Canvas
+from src_models.store.canvas import Canvas
 from src_models.editing import prepare_inpaint
 from src_models.sampling.plan import PLANS
 from src_models.sampling.sampler import LabelCounter

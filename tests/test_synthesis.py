@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from src_models.api import new_canvas, put_mask
-from src_models.canvas import Canvas
+from src_models.store.canvas import Canvas
 from src_models.editing import import_slide, outpaint, prepare_inpaint
 from src_models.synthesis import SynthesisError, SynthesisRequest, pending_regions, synthesise
 

@@ -144,7 +144,7 @@ def _slide(path: Path, mpp: float | None) -> _Image:
 
 
 def _canvas(path: Path, mpp: float | None) -> _Image:
-    from ..canvas import Canvas, CanvasError
+    from ..store.canvas import Canvas, CanvasError
 
     try:
         c = Canvas.open(path, "r")

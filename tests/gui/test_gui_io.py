@@ -22,7 +22,7 @@ def test_reader_opens_a_canvas_as_multiscale_dask_plus_mask(viewer, tiny_card, t
     assert image.data[0].shape == (512, 512, 3)
     info = image.metadata[META]
     assert info["role"] == "image" and info["classes"] == tiny_card.classes
-    from src_models.canvas import Canvas
+    from src_models.store.canvas import Canvas
 
     with Canvas.open(path) as canvas:
         np.testing.assert_array_equal(mask.data, canvas.mask[:])
@@ -129,7 +129,7 @@ def test_the_writer_refuses_layers_that_are_not_a_canvas_and_leaves_nothing(view
 
 def test_writer_copies_a_canvas_pyramid_and_never_replaces_a_canvas(viewer, tiny_card, tmp_path):
     path = make_canvas(tiny_card, tmp_path / "c.zarr", size=512, region=128)
-    from src_models.canvas import Canvas
+    from src_models.store.canvas import Canvas
 
     with Canvas.open(path, "r+") as canvas:
         canvas.write_pixels(0, 0, np.full((100, 200, 3), 200, np.uint8))
@@ -189,7 +189,7 @@ def test_refresh_shows_rewritten_pixels(viewer, tiny_card, tmp_path):
     viewer.reset_view()
     before = image.thumbnail.copy()
     np.asarray(image.data[-1])  # read once through the layer's arrays
-    from src_models.canvas import Canvas
+    from src_models.store.canvas import Canvas
 
     with Canvas.open(path, "r+") as canvas:
         canvas.write_pixels(0, 0, np.full((512, 512, 3), 255, np.uint8))
@@ -207,7 +207,7 @@ def test_refresh_region_reads_only_the_chunks_of_that_region(viewer, tiny_card, 
     image.data_level = 0  # the finest level: 16 chunks of 512 px in view
     image.refresh()
     np.asarray(image.data[0])  # every chunk of level 0 read once (and cached)
-    from src_models.canvas import Canvas
+    from src_models.store.canvas import Canvas
 
     with Canvas.open(path, "r+") as canvas:
         canvas.write_pixels(0, 0, np.full((256, 256, 3), 200, np.uint8))

@@ -14,7 +14,7 @@ from napari_diffinfinite._reader import META
 
 def json_steps(path, index: int) -> int:
     """The steps recorded for a finished region (its run's settings)."""
-    from src_models.canvas import Canvas
+    from src_models.store.canvas import Canvas
 
     with Canvas.open(path) as canvas:
         return canvas.done_info(index)["steps"]
@@ -86,7 +86,7 @@ def test_run_fills_region_by_region_with_throttled_refreshes_off_the_gui_thread(
     assert any("/16 regions" in t and "left" in t for t in statuses), statuses
     assert w.progress_bar.value() == 64 and w.progress_label.text().startswith("done: 16 regions")
     # the painted mask went into the store before the run, every region is marked done
-    from src_models.canvas import Canvas
+    from src_models.store.canvas import Canvas
 
     with Canvas.open(path) as canvas:
         np.testing.assert_array_equal(canvas.mask[:], painted)
@@ -114,7 +114,7 @@ def test_cancel_keeps_finished_regions_and_run_resumes(viewer, qtbot, tiny_card,
     w.run_button.click()  # a disabled button does nothing: the run is not restarted
     qtbot.waitUntil(lambda: not run.busy, timeout=30_000)
     assert run.state == "cancelled" and w.run_button.text() == "Run" and w.run_button.isEnabled()
-    from src_models.canvas import Canvas
+    from src_models.store.canvas import Canvas
 
     with Canvas.open(path) as canvas:
         done = canvas.done_indices()
@@ -236,7 +236,7 @@ def test_bad_mask_and_unexpected_errors_become_clear_notifications(viewer, qtbot
     notes = notification_manager.records[before:]
     assert any(isinstance(n, ErrorNotification) and str(n.message).startswith("out of memory") for n in notes)
     assert w.run_button.text() == "Run" and w.run_button.isEnabled()
-    from src_models.canvas import Canvas
+    from src_models.store.canvas import Canvas
 
     with Canvas.open(path, "r+"):  # the lock was released both times
         pass

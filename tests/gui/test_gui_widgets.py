@@ -197,7 +197,7 @@ def test_mask_tools_generate_load_clear_undo_save(viewer, qtbot, tiny_card, tmp_
     # save writes the layer into the store
     tools.save()
     qtbot.waitUntil(lambda: not tools.busy, timeout=10_000)
-    from src_models.canvas import Canvas
+    from src_models.store.canvas import Canvas
 
     with Canvas.open(path) as canvas:
         np.testing.assert_array_equal(canvas.mask[:], mask.data)
@@ -207,7 +207,7 @@ def test_mask_tools_generate_load_clear_undo_save(viewer, qtbot, tiny_card, tmp_
 def test_import_a_slide_then_extend_it_in_the_widget(viewer, qtbot, tmp_path):
     from pathlib import Path
 
-    from src_models.canvas import Canvas
+    from src_models.store.canvas import Canvas
 
     root = Path(__file__).resolve().parents[2]
     slide = root / "data" / "cmu_small_region" / "cmu_small_region.svs"

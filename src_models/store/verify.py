@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from src_models.canvas import COPIED, LATENT, PENDING, Canvas, CanvasDamagedError, CanvasError, crc
+from src_models.store.canvas import COPIED, LATENT, PENDING, Canvas, CanvasDamagedError, CanvasError, crc
 
 
 @dataclass

@@ -19,7 +19,7 @@ It knows nothing of torch or napari.  Layout::
 
 Write order of a region: its pixels, latents and pyramid tiles, each chunk file fsync'd, then its
 row of ``region_state`` (with the checksums of what was written), fsync'd.  A run killed at any
-moment, even by power loss, resumes from the last finished region, and :mod:`src_models.verify`
+moment, even by power loss, resumes from the last finished region, and :mod:`src_models.store.verify`
 finds regions whose chunks were damaged or lost later.
 """
 from __future__ import annotations

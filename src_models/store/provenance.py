@@ -36,7 +36,7 @@ def code_version() -> str:
         text = f"{PACKAGE} {version(PACKAGE)}"
     except Exception:  # not installed (a plain checkout on sys.path)
         text = f"{PACKAGE} (not installed)"
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # src_models/store/provenance.py -> the checkout
     if not (root / ".git").exists():
         return text
     try:
