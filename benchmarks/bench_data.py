@@ -25,11 +25,11 @@ def main() -> int:
     a = p.parse_args()
     import numpy as np
 
-    from src_models.annotations import labels_for, mask_to_geojson, parse_geojson, parse_class_map, rasterise
+    from src_models.io.annotations import labels_for, mask_to_geojson, parse_geojson, parse_class_map, rasterise
     from src_models.store.canvas import Canvas
     from src_models.dataset import SlideInput, make_dataset
     from src_models.export import export_ome_tiff
-    from src_models.maskio import procedural_mask
+    from src_models.io.masks import procedural_mask
 
     slide = ROOT / "data" / "cmu_small_region" / "cmu_small_region.png"
     geo = ROOT / "data" / "cmu_small_region" / "cmu_small_region.geojson"

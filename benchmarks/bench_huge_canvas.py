@@ -29,7 +29,7 @@ def one(side: int, model, steps: int, workdir: Path) -> dict:
 
     from src_models.api import new_canvas, put_mask
     from src_models.store.canvas import Canvas
-    from src_models.maskio import procedural_mask
+    from src_models.io.masks import procedural_mask
     from src_models.synthesis import SynthesisRequest, synthesise
     from src_models.store.verify import verify_canvas
 

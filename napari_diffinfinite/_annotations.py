@@ -47,7 +47,7 @@ GEOJSON_FILTER = "GeoJSON (*.geojson *.json)"
 # ----------------------------------------------------------------------------- worker jobs
 def read_job(path: str):
     """The annotations of a GeoJSON file (refuses empty and malformed files with one line)."""
-    from src_models.annotations import read_geojson
+    from src_models.io.annotations import read_geojson
 
     return read_geojson(path)
 
@@ -56,7 +56,7 @@ def rasterise_job(ann, mapping: dict, shape: tuple[int, int], pixel_size: float,
                   downsample: float = 1.0, current: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """The mask with the mapped features painted over ``current`` (later features win), and the
     number of mask pixels the features cover.  ``mapping``: class name -> label, or None to skip."""
-    from src_models.annotations import rasterise, transformed
+    from src_models.io.annotations import rasterise, transformed
 
     ann = transformed(ann, offset, downsample)
     folded = {k.casefold(): v for k, v in mapping.items()}
@@ -72,7 +72,7 @@ def rasterise_job(ann, mapping: dict, shape: tuple[int, int], pixel_size: float,
 def export_mask_job(path: str, mask: np.ndarray, classes: list[str], colours: list[str], pixel_size: float,
                     source: str = "") -> dict:
     """Write a mask (layer grid, ``pixel_size`` canvas px per pixel) as QuPath GeoJSON."""
-    from src_models.annotations import mask_to_geojson, write_geojson
+    from src_models.io.annotations import mask_to_geojson, write_geojson
     from src_models.store.provenance import provenance
 
     fc = mask_to_geojson(mask, classes, colours, pixel_size=pixel_size)

@@ -2,7 +2,7 @@
 (the DiffInfinite release's grey-coded PNGs and 5/10-class label maps, or any label map whose
 labels the model does not know).  The choice is remembered per model and source scheme in
 ``class_maps.json`` in the plugin's configuration folder.  Qt only through qtpy; the decoding and
-remapping themselves live in ``src_models.foreign_masks``.
+remapping themselves live in ``src_models.io.foreign_masks``.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from src_models.foreign_masks import RELEASE_CLASSES, ForeignMask, default_class_map, interpret
+from src_models.io.foreign_masks import RELEASE_CLASSES, ForeignMask, default_class_map, interpret
 
 
 def config_dir() -> Path:

@@ -11,7 +11,7 @@ polygon tools (which paint the mask Labels layer directly, with napari's undo).
   dialog first (``_class_map``; remembered per model).
 * Generate mask: a layout drawn by the canvas model's layout (mask) diffusion model
   (``src_models.models.native.mask_model``), where the model has one, or procedural: smoothed random fields of
-  the tissue classes, arg-max per pixel (``src_models.maskio.procedural_mask``); for the whole
+  the tissue classes, arg-max per pixel (``src_models.io.masks.procedural_mask``); for the whole
   canvas or the drawn rectangle.  The status line says which of the two made the layout.
 * Clear the whole mask or the drawn rectangle; save the mask into the canvas store now (a run
   also saves it before it starts).
@@ -58,8 +58,8 @@ GENERATE_MAX_SIDE = 2048  # procedural layouts are drawn at most this large, the
 
 def read_mask_job(path: str, colours: list[str], classes: list[str]):
     """A mask file read for a model: (labels in the source's scheme, what it is)."""
-    from src_models.foreign_masks import interpret
-    from src_models.maskio import load_mask
+    from src_models.io.foreign_masks import interpret
+    from src_models.io.masks import load_mask
 
     raw = load_mask(path, colours)
     return raw, interpret(raw, len(classes))
@@ -68,8 +68,8 @@ def read_mask_job(path: str, colours: list[str], classes: list[str]):
 def fit_mask_job(labels: np.ndarray, mapping: dict | None, classes: list[str], shape: tuple[int, int],
                  name: str) -> np.ndarray:
     """Map (when asked), check and fit labels to ``shape``."""
-    from src_models.foreign_masks import apply_class_map
-    from src_models.maskio import check_labels, resize_labels
+    from src_models.io.foreign_masks import apply_class_map
+    from src_models.io.masks import check_labels, resize_labels
 
     if mapping:
         labels = apply_class_map(labels, mapping)
@@ -98,7 +98,7 @@ def layout_job(spec: str | None, shape: tuple[int, int], image_px: tuple[int, in
 
 def procedural_job(shape: tuple[int, int], labels: list[int], seed: int) -> np.ndarray:
     """A procedural layout of ``labels`` over ``shape`` (drawn at most GENERATE_MAX_SIDE, then fitted)."""
-    from src_models.maskio import procedural_mask, resize_labels
+    from src_models.io.masks import procedural_mask, resize_labels
 
     h, w = shape
     scale = min(1.0, GENERATE_MAX_SIDE / max(h, w))

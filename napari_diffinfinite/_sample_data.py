@@ -2,7 +2,7 @@
 
 The canvas is made for the shipped ``default`` model when its weights are installed, else for
 ``tiny-test``; its mask is a procedural layout of the model's tissue classes
-(``src_models.maskio.procedural_mask``) and its regions are 256 px, so a Run shows the canvas
+(``src_models.io.masks.procedural_mask``) and its regions are 256 px, so a Run shows the canvas
 filling region by region.  Nothing is sampled: press Run.
 
 Every demo canvas lives in one folder, ``<cache>/demo/`` (``$NAPARI_DIFFINFINITE_CACHE``, else
@@ -64,7 +64,7 @@ def demo_path(folder=None) -> Path:
 
 def make_demo_canvas(folder=None, seed: int = 0) -> Path:
     from src_models.api import new_canvas, put_mask
-    from src_models.maskio import procedural_mask
+    from src_models.io.masks import procedural_mask
 
     from ._worker import default_model_spec, model_card
 

@@ -169,7 +169,7 @@ def store_mask(canvas, mask: np.ndarray, step: int) -> bool:
     ``step`` x ``step`` latent pixels; only blocks of rows whose layer pixels changed are rewritten,
     so a finer stored mask survives where the user did not edit.  Returns whether anything changed.
     """
-    from src_models.maskio import check_labels
+    from src_models.io.masks import check_labels
 
     lh, lw = canvas.latent_shape
     grid = (-(-lh // step), -(-lw // step))
@@ -314,7 +314,7 @@ def _is_expected(e: BaseException) -> bool:
     try:
         from src_models.store.canvas import CanvasError
         from src_models.models.card import ModelError
-        from src_models.maskio import MaskError
+        from src_models.io.masks import MaskError
         from src_models.synthesis import SynthesisError
     except Exception:
         return False

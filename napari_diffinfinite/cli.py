@@ -382,7 +382,7 @@ def _check_and_repair(canvas) -> None:
 
 def _generate_mask(args, card):
     """The --mask file in the model's classes: the release's grey codes decoded, --class-map applied."""
-    from src_models.foreign_masks import load_for_model, parse_class_map
+    from src_models.io.foreign_masks import load_for_model, parse_class_map
 
     class_map = parse_class_map(args.class_map) if args.class_map is not None else None
     mask, found = load_for_model(args.mask, card.colours, card.classes, class_map)
@@ -467,7 +467,7 @@ def cmd_generate(args) -> int:
 
 def cmd_demo(args) -> int:
     from src_models.api import mask_rgb, new_canvas, put_mask
-    from src_models.maskio import procedural_mask
+    from src_models.io.masks import procedural_mask
     from src_models.models.loading import load_model
     from src_models.synthesis import SynthesisRequest, resolve_device
 
@@ -540,7 +540,7 @@ def _check_canvas_model(canvas, card):
 def cmd_inpaint(args) -> int:
     from src_models.store.canvas import Canvas
     from src_models.editing import prepare_inpaint
-    from src_models.maskio import check_labels, load_mask
+    from src_models.io.masks import check_labels, load_mask
 
     _check_run_args(args)
     device = _device(args.device)
@@ -662,7 +662,7 @@ def cmd_make_mask(args) -> int:
     from skimage import io
 
     from src_models.api import mask_rgb
-    from src_models.maskio import procedural_mask
+    from src_models.io.masks import procedural_mask
     from src_models.models.loading import load_model
     from src_models.synthesis import resolve_device
 
@@ -737,8 +737,8 @@ def main(argv: list[str] | None = None) -> int:
         ns = parser.parse_args(argv)
     from src_models.store.canvas import CanvasError
     from src_models.models.card import ModelError
-    from src_models.maskio import MaskError
-    from src_models.slide import SlideError
+    from src_models.io.masks import MaskError
+    from src_models.io.slides import SlideError
     from src_models.synthesis import SynthesisError
 
     def show(message, category, *args, **kwargs):

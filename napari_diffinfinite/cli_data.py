@@ -205,7 +205,7 @@ def _warn(text: str) -> None:
 
 
 def cmd_make_dataset(a) -> dict:
-    from src_models.annotations import parse_class_map
+    from src_models.io.annotations import parse_class_map
     from src_models.dataset import SlideInput, make_dataset
 
     if a.annotations and len(a.annotations) != len(a.slide):
@@ -267,7 +267,7 @@ def cmd_annotations_to_mask(a) -> dict:
 
     import numpy as np
 
-    from src_models.annotations import paint_order, labels_for, parse_class_map, rasterise, read_geojson
+    from src_models.io.annotations import paint_order, labels_for, parse_class_map, rasterise, read_geojson
 
     if a.out.exists() and not a.overwrite:
         raise UserError(f"{a.out} exists; pass --overwrite to replace it")
@@ -330,11 +330,11 @@ def main(argv: list[str] | None = None) -> int:
         a = build_parser(argv[0]).parse_args(argv[1:])
     except SystemExit as e:
         return int(e.code or 0)
-    from src_models.annotations import AnnotationError
+    from src_models.io.annotations import AnnotationError
     from src_models.store.canvas import CanvasError
     from src_models.dataset import DatasetError
     from src_models.export import ExportError
-    from src_models.slide import SlideError
+    from src_models.io.slides import SlideError
 
     previous = None
     if threading.current_thread() is threading.main_thread():

@@ -102,7 +102,7 @@ def build_jobs(args) -> list:
     from src_models.api import check_region_size, check_size, mask_signature
     from src_models.store.canvas import Canvas, CanvasError
     from src_models.many import Job, JobError, _check_same, job_overrides, read_job_rows
-    from src_models.maskio import check_labels, load_mask
+    from src_models.io.masks import check_labels, load_mask
     from src_models.request import SynthesisRequest
 
     try:
@@ -339,7 +339,7 @@ def run(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     from src_models.store.canvas import CanvasError
     from src_models.models.card import ModelError
-    from src_models.maskio import MaskError
+    from src_models.io.masks import MaskError
     from src_models.synthesis import SynthesisError
 
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))

@@ -15,7 +15,7 @@ _API = {
     "new_canvas": "src_models.api",
     "put_mask": "src_models.api",
     "save_preview": "src_models.api",
-    "load_mask": "src_models.maskio",
+    "load_mask": "src_models.io.masks",
     "synthesise": "src_models.synthesis",
     "SynthesisRequest": "src_models.request",
 }

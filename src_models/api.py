@@ -16,7 +16,7 @@ import numpy as np
 
 from src_models.store.canvas import Canvas, CanvasError
 from src_models.models.card import ModelCard
-from src_models.maskio import MaskError, check_labels
+from src_models.io.masks import MaskError, check_labels
 
 LATENT_MULTIPLE = 8  # canvas latent sides are kept a multiple of this
 

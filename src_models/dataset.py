@@ -23,7 +23,7 @@ How ``make-dataset`` picks tiles, per slide:
    ``tile`` px with ``stride`` (default ``tile``), whole tiles only.
 2. Tissue: HSV saturation on a thumbnail, thresholded by Otsu's method (clamped to [0.04, 0.15]),
    closed and with small holes filled; a tile's ``tissue_fraction`` is the share of tissue under it.
-3. Annotations are rasterised on each tile (:mod:`src_models.annotations`); a tile whose annotated
+3. Annotations are rasterised on each tile (:mod:`src_models.io.annotations`); a tile whose annotated
    share is at least ``min_annotated`` is *labelled* (its mask saved; unannotated pixels in it are
    0, unknown), whatever its tissue share.  Other tiles with at least ``min_tissue`` tissue are
    *unlabelled* (no mask: class 0, the paper's semi-supervised recipe); each is kept with
@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src_models.annotations import AnnotationError, AnnotationSet, labels_for, paint_order, rasterise, read_geojson
+from src_models.io.annotations import AnnotationError, AnnotationSet, labels_for, paint_order, rasterise, read_geojson
 from src_models.durable import fsync_file
 from src_models.store.provenance import provenance, source_entry
 
@@ -203,7 +203,7 @@ class TileSetWriter:
 # ------------------------------------------------------------------------------------ slides
 @dataclass
 class SlideLevels:
-    """A slide's pyramid: ``levels[i]`` (a :class:`~src_models.slide.Slide`) is ``downsamples[i]``
+    """A slide's pyramid: ``levels[i]`` (a :class:`~src_models.io.slides.Slide`) is ``downsamples[i]``
     level-0 px per px; ``mpp`` is level 0's µm/px (None when the file does not say)."""
 
     path: Path
@@ -241,7 +241,7 @@ def _ome_mpp(tf) -> float | None:
 
 def open_levels(path: str | Path) -> SlideLevels:
     """Open every pyramid level of a slide (SVS, (OME-)TIFF, OME-Zarr; PNG/JPEG as one level)."""
-    from src_models.slide import Slide, SlideError, _aperio_mpp, open_slide
+    from src_models.io.slides import Slide, SlideError, _aperio_mpp, open_slide
 
     path = Path(path)
     suffix = path.suffix.lower()

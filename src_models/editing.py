@@ -10,8 +10,8 @@ from src_models.api import LATENT_MULTIPLE, check_size, new_canvas
 from src_models.store.canvas import Canvas, CanvasError
 from src_models.models.codec import encode_rgb
 from src_models.models.card import ModelCard
-from src_models.maskio import check_labels, resize_labels
-from src_models.slide import open_slide
+from src_models.io.masks import check_labels, resize_labels
+from src_models.io.slides import open_slide
 
 
 def import_slide(slide_path, model, out, region_size: int | None = None, overwrite: bool = False,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src_models.annotations import mask_to_geojson, write_geojson
+from src_models.io.annotations import mask_to_geojson, write_geojson
 from src_models.store.canvas import PENDING, Canvas, CanvasError
 from src_models.dataset import DatasetError, TileSetWriter, _fraction_in, tissue_map
 from src_models.store.provenance import code_version, provenance, utc_now

@@ -366,7 +366,7 @@ def generate_canvas(job: Job, sink=None) -> dict:
     the task fails with an exception, which dask retries."""
     from src_models.store.canvas import CanvasError, CanvasLockedError
     from src_models.models.card import ModelError
-    from src_models.maskio import MaskError
+    from src_models.io.masks import MaskError
     from src_models.synthesis import SynthesisError
 
     state, worker = _state()
@@ -413,7 +413,7 @@ def _make(job: Job, state: _WorkerState, events: _Events) -> dict:
     from src_models.api import (check_region_size, check_size, mask_signature, mask_unwritten, new_canvas_with_mask,
                       save_preview, store_mask)
     from src_models.store.canvas import Canvas
-    from src_models.maskio import check_labels, load_mask
+    from src_models.io.masks import check_labels, load_mask
     from src_models.request import SynthesisRequest
     from src_models.synthesis import pending_regions, synthesise
 

@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage
 
 from napari_diffinfinite.cli import main
-from src_models.annotations import (
+from src_models.io.annotations import (
     AnnotationError,
     labels_for,
     mask_polygons,

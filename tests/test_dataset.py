@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from napari_diffinfinite.cli import main
-from src_models.annotations import labels_for, rasterise, read_geojson
+from src_models.io.annotations import labels_for, rasterise, read_geojson
 from src_models.masks_from_he import HELDOUT_FROM_ROW
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def test_train_runs_on_the_made_dataset(dataset, tmp_path):
 
 
 def test_interrupted_run_resumes_to_the_same_folder(dataset, tmp_path, capsys):
-    from src_models.annotations import parse_class_map
+    from src_models.io.annotations import parse_class_map
     from src_models.dataset import SlideInput, make_dataset
 
     out = tmp_path / "part"

@@ -13,9 +13,9 @@ from PIL import Image
 from skimage import io
 
 from napari_diffinfinite.cli import main
-from src_models.annotations import labels_for, rasterise, read_geojson
+from src_models.io.annotations import labels_for, rasterise, read_geojson
 from src_models.store.canvas import Canvas
-from src_models.maskio import procedural_mask
+from src_models.io.masks import procedural_mask
 from src_models.store.provenance import card_sha256
 
 

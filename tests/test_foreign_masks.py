@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src_models.foreign_masks import (
+from src_models.io.foreign_masks import (
     apply_class_map,
     decode_grey,
     default_class_map,
@@ -16,7 +16,7 @@ from src_models.foreign_masks import (
     load_for_model,
     parse_class_map,
 )
-from src_models.maskio import MaskError, load_mask
+from src_models.io.masks import MaskError, load_mask
 
 DATA = Path(__file__).resolve().parent / "data" / "release_masks"
 GREY = DATA / "squamous_mask_example_grey.png"  # grey values 0, 63, 191, 255
@@ -113,7 +113,7 @@ def test_generate_with_a_class_map(tmp_path, capsys):
     assert main(grey_argv) == 0
     err = capsys.readouterr().err
     assert "grey-coded 5-class" in err
-    from src_models.maskio import resize_labels
+    from src_models.io.masks import resize_labels
 
     expected = resize_labels(apply_class_map(decode_grey(load_mask(GREY), 5), {1: 2, 3: 3, 4: 1}), (64, 64))
     with Canvas.open(tmp_path / "g.zarr") as canvas:

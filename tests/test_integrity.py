@@ -15,7 +15,7 @@ import zarr
 
 from src_models.api import new_canvas, put_mask
 from src_models.store.canvas import Canvas, CanvasDamagedError, CanvasError, CanvasLockedError, lock_path
-from src_models.maskio import resize_labels
+from src_models.io.masks import resize_labels
 from src_models.synthesis import SynthesisRequest, synthesise
 from src_models.store.verify import repair, verify_canvas
 

@@ -121,7 +121,7 @@ def test_outpaint_keeps_the_old_canvas_and_fills_the_border(tiny, tmp_path, two_
 def test_import_real_slide(tiny, tmp_path):
     from pathlib import Path
 
-    from src_models.slide import open_slide
+    from src_models.io.slides import open_slide
 
     svs = Path(__file__).resolve().parents[1] / "data" / "cmu_small_region" / "cmu_small_region.svs"  # a real Aperio file
     canvas, report = import_slide(svs, tiny, tmp_path / "s.zarr", region_size=512)

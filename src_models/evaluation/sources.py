@@ -134,7 +134,7 @@ def _image_file(path: Path, mask_path: Path | None, mpp: float | None) -> _Image
 
 
 def _slide(path: Path, mpp: float | None) -> _Image:
-    from ..slide import SlideError, open_slide
+    from ..io.slides import SlideError, open_slide
 
     try:
         s = open_slide(path)

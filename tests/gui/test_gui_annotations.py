@@ -15,7 +15,7 @@ GEOJSON = ROOT / "data" / "cmu_small_region" / "cmu_small_region.geojson"
 
 def test_load_annotations_paints_the_classes_and_undoes(viewer, qtbot, tiny_card, tmp_path):
     from napari_diffinfinite._annotations import SKIP, AnnotationsWidget
-    from src_models.annotations import labels_for, rasterise, read_geojson, transformed
+    from src_models.io.annotations import labels_for, rasterise, read_geojson, transformed
 
     # a canvas of half the slide's resolution: canvas px = slide px x 0.5 (the dialog's downsample)
     path = make_canvas(tiny_card, tmp_path / "a.zarr", size=1120, region=224, mask=False)

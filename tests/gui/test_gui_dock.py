@@ -131,7 +131,7 @@ def test_release_masks_load_through_the_class_map_dialog_remembered_per_model(vi
     qtbot.waitUntil(lambda: not tools.busy and "loaded" in tools.status.text(), timeout=30_000)
     from skimage import io
 
-    from src_models.maskio import resize_labels
+    from src_models.io.masks import resize_labels
 
     raw = resize_labels(io.imread(grey), mask.data.shape)
     lut = {0: 0, 63: 2, 191: 3, 255: 1}

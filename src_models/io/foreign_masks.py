@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from src_models.maskio import MaskError, check_labels, load_mask
+from src_models.io.masks import MaskError, check_labels, load_mask
 
 # the release's class names, by number of labels (index = label)
 RELEASE_CLASSES: dict[int, list[str]] = {
