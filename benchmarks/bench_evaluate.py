@@ -31,10 +31,11 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     import torch
 
-    from src_models.api import new_canvas, put_mask
+    from src_models.synthesis.canvases import new_canvas, put_mask
     from src_models.evaluation import evaluate
     from src_models.models.loading import load_model
-    from src_models.synthesis import SynthesisRequest, synthesise
+    from src_models.synthesis.regions import synthesise
+    from src_models.synthesis.request import SynthesisRequest
 
     torch.set_num_threads(a.threads)
     model = load_model("tiny-test", "cpu")

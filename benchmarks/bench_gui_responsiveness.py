@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_diffinfinite._worker import MODELS, model_card
-    from src_models.api import new_canvas, put_mask, region_size_for_device
+    from src_models.synthesis.canvases import new_canvas, put_mask, region_size_for_device
     from src_models.io.masks import procedural_mask
 
     load_before = os.getloadavg()[0]

@@ -27,10 +27,11 @@ def _files(path: Path) -> int:
 def one(side: int, model, steps: int, workdir: Path) -> dict:
     import numpy as np
 
-    from src_models.api import new_canvas, put_mask
+    from src_models.synthesis.canvases import new_canvas, put_mask
     from src_models.store.canvas import Canvas
     from src_models.io.masks import procedural_mask
-    from src_models.synthesis import SynthesisRequest, synthesise
+    from src_models.synthesis.regions import synthesise
+    from src_models.synthesis.request import SynthesisRequest
     from src_models.store.verify import verify_canvas
 
     card = model.card

@@ -68,9 +68,10 @@ def inpaint_once(model, rgb: np.ndarray, mpp: float, square: int, steps: int, se
     from PIL import Image
 
     from src_models.store.canvas import Canvas
-    from src_models.editing import import_slide, prepare_inpaint
+    from src_models.synthesis.editing import import_slide, prepare_inpaint
     from src_models.masks_from_he import derive_mask
-    from src_models.synthesis import SynthesisRequest, synthesise
+    from src_models.synthesis.regions import synthesise
+    from src_models.synthesis.request import SynthesisRequest
 
     f = model.card.factor
     src = work / "src.png"

@@ -33,15 +33,17 @@ from tempfile import TemporaryDirectory
 import numpy as np
 import torch
 
-from src_models.api import new_canvas, put_mask
+from src_models.synthesis.canvases import new_canvas, put_mask
 from src_models.models.codec import decode_latent
 from src_models.sampling.guidance import omega_vector
 from src_models.models.loading import load_model
 from src_models.sampling.plan import PLANS
 from src_models.sampling.sampler import SampleStats, effective_window, sample_area
 from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_time_pairs
-from src_models.sweep import level_rng
-from src_models.synthesis import SynthesisRequest, resolve_device, synthesise
+from src_models.synthesis.sweep import level_rng
+from src_models.models.device import resolve_device
+from src_models.synthesis.regions import synthesise
+from src_models.synthesis.request import SynthesisRequest
 
 
 def standard_mask(h: int, w: int, num_classes: int) -> np.ndarray:

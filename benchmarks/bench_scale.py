@@ -22,9 +22,11 @@ def one(size: int, regions: int, model_name: str, region_px: int, steps: int, de
     import numpy as np
     import torch
 
-    from src_models.api import new_canvas
+    from src_models.synthesis.canvases import new_canvas
     from src_models.models.loading import load_model
-    from src_models.synthesis import SynthesisRequest, resolve_device, synthesise
+    from src_models.models.device import resolve_device
+    from src_models.synthesis.regions import synthesise
+    from src_models.synthesis.request import SynthesisRequest
 
     dev = resolve_device(device)
     model = load_model(model_name, dev)

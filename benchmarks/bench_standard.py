@@ -531,7 +531,7 @@ def cpu_default(args) -> dict:
     from src_models.models.card import ModelError
     from src_models.models.loading import load_model
     from src_models.sampling.sampler import effective_window
-    from src_models.synthesis import decode_latent
+    from src_models.models.codec import decode_latent
 
     device = torch.device("cpu")
     note = None

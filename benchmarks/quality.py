@@ -70,8 +70,9 @@ def make_canvas(model, labels: np.ndarray, path: Path, plan: str, seed: int, ste
     """Paint a canvas of the band's physical size under its labels; returns seconds and forwards."""
     from PIL import Image
 
-    from src_models.api import new_canvas, put_mask
-    from src_models.synthesis import SynthesisRequest, synthesise
+    from src_models.synthesis.canvases import new_canvas, put_mask
+    from src_models.synthesis.regions import synthesise
+    from src_models.synthesis.request import SynthesisRequest
 
     card = model.card
     mpp = float(card.pixel_size_um or SLIDE_MPP)
@@ -92,7 +93,7 @@ def make_canvas(model, labels: np.ndarray, path: Path, plan: str, seed: int, ste
 
 def _plan_kwargs(plan: str) -> dict:
     """The request fields that select a patch plan (``plan`` where the request has it)."""
-    from src_models.request import SynthesisRequest
+    from src_models.synthesis.request import SynthesisRequest
 
     fields = SynthesisRequest.__dataclass_fields__
     return {"plan": plan} if "plan" in fields else {"schedule": plan}

@@ -460,7 +460,7 @@ class Section(QWidget):
 
 def grid_of(card_or_info) -> int:
     """Canvas sides must be multiples of this (px): the latent factor times 8."""
-    from src_models.api import LATENT_MULTIPLE
+    from src_models.synthesis.canvases import LATENT_MULTIPLE
 
     factor = card_or_info["factor"] if isinstance(card_or_info, dict) else card_or_info.factor
     return int(factor) * LATENT_MULTIPLE

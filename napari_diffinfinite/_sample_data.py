@@ -63,7 +63,7 @@ def demo_path(folder=None) -> Path:
 
 
 def make_demo_canvas(folder=None, seed: int = 0) -> Path:
-    from src_models.api import new_canvas, put_mask
+    from src_models.synthesis.canvases import new_canvas, put_mask
     from src_models.io.masks import procedural_mask
 
     from ._worker import default_model_spec, model_card

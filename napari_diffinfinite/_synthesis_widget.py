@@ -52,7 +52,7 @@ DEVICES = ("auto", "cpu", "cuda", "cuda:0", "cuda:1", "mps")
 def _sampling_choices() -> dict:
     """Sampling choices passed to SynthesisRequest: request field -> (choices, tooltip), read from
     the plan and solver registries (numpy only, no torch).  "auto" is the model's default plan."""
-    from src_models.request import PLANS, SOLVERS
+    from src_models.synthesis.request import PLANS, SOLVERS
 
     return {
         "plan": (("auto", *PLANS), "\n".join(["auto: the model's default"] + [f"{k}: {v.description}" for k, v in PLANS.items()])),
@@ -63,7 +63,7 @@ def _sampling_choices() -> dict:
 def _warm_up():
     """Import the core (and torch) in the background so the first Run does not wait for it."""
     try:
-        import src_models.synthesis  # noqa: F401
+        import src_models.synthesis.regions  # noqa: F401
     except Exception:  # the error shows up, with its message, when a run starts
         pass
 
@@ -233,7 +233,7 @@ class SynthesisWidget(QWidget):
     # ------------------------------------------------------------------ request
     def build_request(self, image_layer):
         """Every widget value, read now on the GUI thread, as one SynthesisRequest."""
-        from src_models.request import SynthesisRequest
+        from src_models.synthesis.request import SynthesisRequest
 
         region = self.region_box.currentText()
         area = None

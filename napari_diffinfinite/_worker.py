@@ -5,7 +5,7 @@ Worker side (runs in a napari worker thread, may import torch):
     :func:`create_canvas_job` makes a canvas; :func:`synthesis_job` is the generator a run executes:
     it opens the canvas for writing (the store's lock: one writer at a time), writes the mask
     snapshot taken on the GUI thread, loads the model, then yields every ``RegionDone`` of
-    :func:`src_models.synthesis.synthesise`.  Level progress and low-resolution previews of the
+    :func:`src_models.synthesis.regions.synthesise`.  Level progress and low-resolution previews of the
     region in flight go into a queue; the worker never touches a widget or a layer.
 
 A forward pre-hook on the model's network stops a cancelled run before its next network call
@@ -66,7 +66,7 @@ class ModelCache:
 
     def get(self, spec: str, device: str = "auto"):
         from src_models.models.loading import load_model
-        from src_models.synthesis import resolve_device
+        from src_models.models.device import resolve_device
 
         dev = resolve_device(device)
         key = (str(spec), str(dev))
@@ -83,7 +83,7 @@ class ModelCache:
 
     def has(self, spec: str, device: str = "auto") -> bool:
         """Whether ``spec`` is already loaded for ``device``."""
-        from src_models.synthesis import resolve_device
+        from src_models.models.device import resolve_device
 
         try:
             key = (str(spec), str(resolve_device(device)))
@@ -114,8 +114,8 @@ def model_card(spec: str):
 def device_region_size(spec: str, device: str = "auto") -> int:
     """The default region side for model ``spec`` on ``device`` (``api.region_size_for_device``):
     256 px on the CPU; on CUDA from the batch that fits the free memory."""
-    from src_models.api import region_size_for_device
-    from src_models.synthesis import resolve_device
+    from src_models.synthesis.canvases import region_size_for_device
+    from src_models.models.device import resolve_device
 
     card = model_card(spec)
     dev = resolve_device(device)
@@ -131,7 +131,7 @@ def create_canvas_job(spec: str, path: str, height: int, width: int, region_size
                       device: str = "auto") -> str:
     """Make an empty canvas for model ``spec`` (regions sized for ``device`` unless ``region_size``);
     returns its resolved path."""
-    from src_models.api import new_canvas
+    from src_models.synthesis.canvases import new_canvas
 
     card = model_card(spec)
     region_size = region_size or device_region_size(spec, device)
@@ -144,7 +144,7 @@ def create_canvas_job(spec: str, path: str, height: int, width: int, region_size
 
 def import_slide_job(spec: str, slide: str, path: str, region_size: int | None, overwrite: bool) -> str:
     """Copy a slide (SVS, OME-TIFF, OME-Zarr, PNG) into a new canvas as finished context."""
-    from src_models.editing import import_slide
+    from src_models.synthesis.editing import import_slide
 
     canvas, _ = import_slide(slide, MODELS.get(spec, "cpu"), path, region_size or None, overwrite)
     canvas.close()
@@ -155,7 +155,7 @@ def outpaint_job(spec: str, source: str, path: str, pads: tuple[int, int, int, i
                  overwrite: bool) -> str:
     """A new canvas holding ``source`` padded by ``pads`` (top, right, bottom, left px); the border
     is left pending for the Synthesis widget, under mask ``label``."""
-    from src_models.editing import outpaint
+    from src_models.synthesis.editing import outpaint
 
     canvas = outpaint(source, MODELS.get(spec, "cpu"), path, pads, label=label, overwrite=overwrite)
     canvas.close()
@@ -315,7 +315,7 @@ def _is_expected(e: BaseException) -> bool:
         from src_models.store.canvas import CanvasError
         from src_models.models.card import ModelError
         from src_models.io.masks import MaskError
-        from src_models.synthesis import SynthesisError
+        from src_models.synthesis.run import SynthesisError
     except Exception:
         return False
     return isinstance(e, (CanvasError, ModelError, MaskError, SynthesisError, ValueError))
@@ -392,7 +392,7 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
     _TLS.cancel = cancel
     try:
         from src_models.store.canvas import Canvas
-        from src_models.synthesis import pending_regions, synthesise
+        from src_models.synthesis.regions import pending_regions, synthesise
 
         canvas = Canvas.open(path, "r+")
         if mask is not None:
@@ -408,7 +408,7 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
         _limit_cpu_threads(model.device)
         if redo:
             if request.area is not None:
-                from src_models.editing import align_rect
+                from src_models.synthesis.editing import align_rect
 
                 y0, y1, x0, x1 = align_rect(canvas, request.area)
                 f = canvas.factor

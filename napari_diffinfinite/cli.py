@@ -90,7 +90,7 @@ def _parse_pads(text: str) -> tuple[int, int, int, int]:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    from src_models.request import PLANS, SOLVERS  # numpy only: no torch at start-up
+    from src_models.synthesis.request import PLANS, SOLVERS  # numpy only: no torch at start-up
 
     p.add_argument("--model", default="default", help="built-in name (default, tiny-test) or a model directory")
     p.add_argument("--steps", type=int, default=None,
@@ -223,7 +223,7 @@ def _progress_bar(total_levels: int, desc: str):
 
 
 def _run(model, canvas, request, preview_path: Path) -> int:
-    from src_models.synthesis import pending_regions, synthesise
+    from src_models.synthesis.regions import pending_regions, synthesise
 
     todo = pending_regions(canvas, request)
     if request.sweep:
@@ -247,15 +247,15 @@ def _run(model, canvas, request, preview_path: Path) -> int:
             bar.set_postfix_str(f"region {ev.done}/{ev.total}", refresh=False)
     finally:
         bar.close()
-    from src_models.api import save_preview
+    from src_models.synthesis.canvases import save_preview
 
     save_preview(canvas, preview_path)
     return len(todo)
 
 
 def _request(args, card, device, area=None):
-    from src_models.request import LEGACY_SCHEDULES
-    from src_models.synthesis import SynthesisRequest
+    from src_models.synthesis.request import LEGACY_SCHEDULES
+    from src_models.synthesis.request import SynthesisRequest
 
     plan = args.plan
     if args.schedule is not None:
@@ -314,7 +314,7 @@ def _check_run_args(args) -> None:
 
 
 def _device(name):
-    from src_models.synthesis import resolve_device
+    from src_models.models.device import resolve_device
 
     return resolve_device(name)
 
@@ -392,10 +392,10 @@ def _generate_mask(args, card):
 
 
 def cmd_generate(args) -> int:
-    from src_models.api import (check_region_size, check_size, mask_signature, mask_unwritten, new_canvas_with_mask,
+    from src_models.synthesis.canvases import (check_region_size, check_size, mask_signature, mask_unwritten, new_canvas_with_mask,
                                 store_mask)
     from src_models.store.canvas import Canvas
-    from src_models.request import settings_diff
+    from src_models.synthesis.request import settings_diff
 
     # 1. the arguments alone; 2. with the model card (no weights); 3. against the canvas on
     # disk (read only); then the model loads, and only then is anything written
@@ -466,16 +466,17 @@ def cmd_generate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from src_models.api import mask_rgb, new_canvas, put_mask
+    from src_models.synthesis.canvases import mask_rgb, new_canvas, put_mask
     from src_models.io.masks import procedural_mask
     from src_models.models.loading import load_model
-    from src_models.synthesis import SynthesisRequest, resolve_device
+    from src_models.models.device import resolve_device
+    from src_models.synthesis.request import SynthesisRequest
 
     _check_steps(args.steps)
     device = resolve_device(args.device)
     card, _ = _card(args.model)
     width, height = args.size
-    from src_models.api import check_size
+    from src_models.synthesis.canvases import check_size
 
     check_size(card, height, width)
     model = load_model(args.model, device)
@@ -504,9 +505,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_import_slide(args) -> int:
-    from src_models.editing import import_slide
+    from src_models.synthesis.editing import import_slide
     from src_models.models.loading import load_model
-    from src_models.synthesis import resolve_device
+    from src_models.models.device import resolve_device
     from tqdm import tqdm
 
     if not args.slide.exists():
@@ -539,7 +540,7 @@ def _check_canvas_model(canvas, card):
 
 def cmd_inpaint(args) -> int:
     from src_models.store.canvas import Canvas
-    from src_models.editing import prepare_inpaint
+    from src_models.synthesis.editing import prepare_inpaint
     from src_models.io.masks import check_labels, load_mask
 
     _check_run_args(args)
@@ -561,7 +562,7 @@ def cmd_inpaint(args) -> int:
     with Canvas.open(args.canvas, "r+") as canvas:
         if args.resume:
             _check_and_repair(canvas)
-            from src_models.editing import align_rect
+            from src_models.synthesis.editing import align_rect
 
             rect = align_rect(canvas, args.rect)
         else:
@@ -575,7 +576,7 @@ def cmd_inpaint(args) -> int:
 
 
 def cmd_outpaint(args) -> int:
-    from src_models.editing import outpaint
+    from src_models.synthesis.editing import outpaint
 
     _check_run_args(args)
     device = _device(args.device)
@@ -661,10 +662,10 @@ def cmd_convert(args) -> int:
 def cmd_make_mask(args) -> int:
     from skimage import io
 
-    from src_models.api import mask_rgb
+    from src_models.synthesis.canvases import mask_rgb
     from src_models.io.masks import procedural_mask
     from src_models.models.loading import load_model
-    from src_models.synthesis import resolve_device
+    from src_models.models.device import resolve_device
 
     width, height = args.size
     model = load_model(args.model, resolve_device(args.device))
@@ -739,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
     from src_models.models.card import ModelError
     from src_models.io.masks import MaskError
     from src_models.io.slides import SlideError
-    from src_models.synthesis import SynthesisError
+    from src_models.synthesis.run import SynthesisError
 
     def show(message, category, *args, **kwargs):
         print(f"diffinfinite: warning: {message}", file=sys.stderr)

@@ -99,11 +99,11 @@ def _check_request(r, card, where: str) -> None:
 
 def build_jobs(args) -> list:
     """Every job, checked (masks read, labels, sizes, settings against canvases already on disk)."""
-    from src_models.api import check_region_size, check_size, mask_signature
+    from src_models.synthesis.canvases import check_region_size, check_size, mask_signature
     from src_models.store.canvas import Canvas, CanvasError
-    from src_models.many import Job, JobError, _check_same, job_overrides, read_job_rows
+    from src_models.synthesis.many import Job, JobError, _check_same, job_overrides, read_job_rows
     from src_models.io.masks import check_labels, load_mask
-    from src_models.request import SynthesisRequest
+    from src_models.synthesis.request import SynthesisRequest
 
     try:
         rows, base = read_job_rows(args.jobs)
@@ -285,7 +285,7 @@ class _Printer:
 
 
 def run(args) -> int:
-    from src_models.many import run_jobs
+    from src_models.synthesis.many import run_jobs
 
     _check_run_args(args)
     if args.preview is not None:
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     from src_models.store.canvas import CanvasError
     from src_models.models.card import ModelError
     from src_models.io.masks import MaskError
-    from src_models.synthesis import SynthesisError
+    from src_models.synthesis.run import SynthesisError
 
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     import threading

@@ -12,12 +12,12 @@ import importlib
 # public name -> module that defines it
 _API = {
     "load_model": "src_models.models.loading",
-    "new_canvas": "src_models.api",
-    "put_mask": "src_models.api",
-    "save_preview": "src_models.api",
+    "new_canvas": "src_models.synthesis.canvases",
+    "put_mask": "src_models.synthesis.canvases",
+    "save_preview": "src_models.synthesis.canvases",
     "load_mask": "src_models.io.masks",
-    "synthesise": "src_models.synthesis",
-    "SynthesisRequest": "src_models.request",
+    "synthesise": "src_models.synthesis.regions",
+    "SynthesisRequest": "src_models.synthesis.request",
 }
 
 __all__ = sorted(_API)

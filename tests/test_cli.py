@@ -385,7 +385,7 @@ def test_disk_full_or_read_only_stops_with_finished_regions_intact(tmp_path, mas
 
 
 def test_ctrl_c_keeps_finished_regions(tmp_path, mask_png, monkeypatch, capsys):
-    import src_models.synthesis as syn
+    import src_models.synthesis.regions as syn
 
     real = syn.synthesise
 
@@ -529,8 +529,8 @@ def test_damaged_canvas_never_gives_a_traceback(tmp_path, mask_png, capsys, dama
 
 
 def test_resume_after_a_kill_while_the_mask_was_written(tmp_path, mask_png, capsys):
-    from src_models.api import new_canvas
-    from src_models.synthesis import SynthesisRequest
+    from src_models.synthesis.canvases import new_canvas
+    from src_models.synthesis.request import SynthesisRequest
     from src_models.models.tiny import tiny_test_card
 
     # what a kill -9 between creating the canvas and recording the mask leaves

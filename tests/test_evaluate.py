@@ -122,9 +122,10 @@ def test_pixel_size_from_png_metadata_and_common_scale(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_canvas(tmp_path_factory):
-    from src_models.api import new_canvas, put_mask
+    from src_models.synthesis.canvases import new_canvas, put_mask
     from src_models.models.loading import load_model
-    from src_models.synthesis import SynthesisRequest, synthesise
+    from src_models.synthesis.regions import synthesise
+    from src_models.synthesis.request import SynthesisRequest
 
     model = load_model("tiny-test", "cpu")
     path = tmp_path_factory.mktemp("canvas") / "c.zarr"

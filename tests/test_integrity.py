@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import zarr
 
-from src_models.api import new_canvas, put_mask
+from src_models.synthesis.canvases import new_canvas, put_mask
 from src_models.store.canvas import Canvas, CanvasDamagedError, CanvasError, CanvasLockedError, lock_path
 from src_models.io.masks import resize_labels
-from src_models.synthesis import SynthesisRequest, synthesise
+from src_models.synthesis.regions import synthesise
+from src_models.synthesis.request import SynthesisRequest
 from src_models.store.verify import repair, verify_canvas
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -131,7 +132,7 @@ def test_deleted_chunk_is_found_and_the_region_generated_again(tiny, finished, t
 
 
 def test_truncated_chunk_is_damage_not_a_traceback(finished, tmp_path):
-    from src_models.api import save_preview
+    from src_models.synthesis.canvases import save_preview
 
     path = _copy(finished, tmp_path / "c.zarr")
     chunk = path / "0" / "c" / "0" / "0" / "0"

@@ -15,9 +15,9 @@ import pytest
 from skimage import io
 
 from napari_diffinfinite.cli import main
-import src_models.many as many
+import src_models.synthesis.many as many
 from src_models.store.canvas import Canvas, CanvasError
-from src_models.request import SynthesisRequest
+from src_models.synthesis.request import SynthesisRequest
 
 pytest.importorskip("distributed")
 

@@ -2,7 +2,7 @@
 shows soon, from the batch budget on a GPU."""
 from __future__ import annotations
 
-from src_models.api import default_region_size, region_size_for_device
+from src_models.synthesis.canvases import default_region_size, region_size_for_device
 from src_models.models.card import BUILTIN_DIRS, ModelCard
 
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from src_models.models.card import ModelCard
-from src_models.request import PLANS, SOLVERS, SynthesisRequest, default_plan, normalise_settings
+from src_models.synthesis.request import PLANS, SOLVERS, SynthesisRequest, default_plan, normalise_settings
 
 
 def _card(arch: str, steps: int = 50) -> ModelCard:
@@ -49,7 +49,7 @@ def test_settings_of_a_canvas_made_before_plans_and_solvers():
 
 
 def test_the_registries_need_no_torch():
-    code = ("import sys; from src_models.request import PLANS, SOLVERS, SynthesisRequest; "
+    code = ("import sys; from src_models.synthesis.request import PLANS, SOLVERS, SynthesisRequest; "
             "SynthesisRequest(plan='release', solver='dpmpp-2m').check(); "
             "assert 'torch' not in sys.modules, 'torch imported'; print(','.join(PLANS), ','.join(SOLVERS))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from src_models.api import new_canvas, put_mask
-from src_models.synthesis import SynthesisRequest, synthesise
+from src_models.synthesis.canvases import new_canvas, put_mask
+from src_models.synthesis.regions import synthesise
+from src_models.synthesis.request import SynthesisRequest
 
 
 def seam_ratio(img: np.ndarray, region: int, factor: int, shift: int = 0) -> float:

@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from src_models.api import new_canvas, put_mask
+from src_models.synthesis.canvases import new_canvas, put_mask
 from src_models.store.canvas import Canvas
-from src_models.editing import prepare_inpaint
+from src_models.synthesis.editing import prepare_inpaint
 from src_models.sampling.plan import PLANS
 from src_models.sampling.sampler import LabelCounter
-from src_models.sweep import SweepStore, chunk_noise, discard_sweep, level_rng
-from src_models.synthesis import SynthesisError, SynthesisRequest, synthesise
+from src_models.synthesis.sweep import SweepStore, chunk_noise, discard_sweep, level_rng
+from src_models.synthesis.regions import synthesise
+from src_models.synthesis.request import SynthesisRequest
+from src_models.synthesis.run import SynthesisError
 
 
 def _canvas(tiny, path, mask, size=128, region=32):
@@ -143,7 +145,7 @@ def test_disk_full_during_a_sweep_is_one_clear_error_and_resumable(tiny, tmp_pat
     import errno
     import os
 
-    import src_models.sweep as sweep_mod
+    import src_models.synthesis.sweep as sweep_mod
 
     req = SynthesisRequest(model="tiny-test", steps=3, seed=3, sweep=True)
     a = _canvas(tiny, tmp_path / "a.zarr", two_class_mask)

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from src_models.api import new_canvas, put_mask
+from src_models.synthesis.canvases import new_canvas, put_mask
 from src_models.store.canvas import Canvas
-from src_models.editing import import_slide, outpaint, prepare_inpaint
-from src_models.synthesis import SynthesisError, SynthesisRequest, pending_regions, synthesise
+from src_models.synthesis.editing import import_slide, outpaint, prepare_inpaint
+from src_models.synthesis.regions import pending_regions, synthesise
+from src_models.synthesis.request import SynthesisRequest
+from src_models.synthesis.run import SynthesisError
 
 
 def _canvas(tiny, path, mask, size=128, region=32):

@@ -14,7 +14,7 @@ def dock(viewer, name: str):
 
 def make_canvas(card, path, size=256, region=64, mask=True, seed=0):
     """A tiny-test canvas on disk (closed), with a procedural mask unless ``mask`` is False."""
-    from src_models.api import new_canvas, put_mask
+    from src_models.synthesis.canvases import new_canvas, put_mask
     from src_models.io.masks import procedural_mask
 
     settings = {"model": "tiny-test", "steps": 4, "omega": 1.0}

@@ -159,7 +159,7 @@ def test_mask_tools_generate_load_clear_undo_save(viewer, qtbot, tiny_card, tmp_
     assert (mask.data[:, :128] == 0).all() and (mask.data[:, 128:] == 2).all()  # fitted 64 -> 256
     from skimage import io
 
-    from src_models.api import mask_rgb
+    from src_models.synthesis.canvases import mask_rgb
 
     rgb = mask_rgb(np.where(labels == 2, 3, 1).astype(np.uint8), tiny_card.colours)
     io.imsave(tmp_path / "m.png", rgb, check_contrast=False)

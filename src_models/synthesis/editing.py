@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from src_models.api import LATENT_MULTIPLE, check_size, new_canvas
+from src_models.synthesis.canvases import LATENT_MULTIPLE, check_size, new_canvas
 from src_models.store.canvas import Canvas, CanvasError
 from src_models.models.codec import encode_rgb
 from src_models.models.card import ModelCard

@@ -1,7 +1,7 @@
 """Whole-canvas sweep: every pending region of a canvas sampled together, level by level over
 the whole area (the paper's scheme at any size), with the latent state on disk.
 
-Region by region (the default, :func:`src_models.synthesis.synthesise`) finishes one region at a
+Region by region (the default, :func:`src_models.synthesis.regions.synthesise`) finishes one region at a
 time, with finished neighbours re-noised as context: right for interactive work, where the region
 under the view appears first.  A sweep instead takes every latent pixel of the area through level
 n before any goes to level n + 1, so long-range structure can cross region borders and the result
@@ -44,11 +44,11 @@ from src_models.store.canvas import Canvas, Region
 from src_models.models.codec import decode_latent
 from src_models.sampling.guidance import PER_CLASS, host_to_device
 from src_models.sampling.plan import check_plan, owner_local
-from src_models.request import RegionDone, SweepProgress
+from src_models.synthesis.request import RegionDone, SweepProgress
 from src_models.sampling.sampler import LabelCounter, SampleStats, Guided, gather, is_cancelled, pass_labels, scatter, window_index
 from src_models.sampling.schedule import q_sample
 from src_models.sampling.solvers import make_solver
-from src_models.synthesis import Run, SynthesisError, _expand, check_labels_fit, refresh_borders
+from src_models.synthesis.run import Run, SynthesisError, check_labels_fit, expand, refresh_borders
 
 NOISE_TILE = 64  # latent px: noise is drawn per chunk of this side, seeded by its position
 INITIAL, LEVEL_NOISE, CONTEXT_NOISE = 0, 1, 2  # the kinds of noise
@@ -186,11 +186,11 @@ def _start(run: Run, todo: list[Region]) -> dict:
             diffs = ", ".join(f"{k}: {progress['settings'].get(k)!r} vs {v!r}" for k, v in settings.items()
                               if progress["settings"].get(k) != v)
             raise SynthesisError(f"{run.canvas.path} holds an unfinished sweep with other settings ({diffs}); "
-                                 "finish it with its settings or discard it (src_models.sweep.discard_sweep)")
+                                 "finish it with its settings or discard it (src_models.synthesis.sweep.discard_sweep)")
         return progress
     lh, lw = run.canvas.latent_shape
-    y0, y1 = _expand(min(r.y0 for r in todo), max(r.y1 for r in todo), lh, run.halo, run.window)
-    x0, x1 = _expand(min(r.x0 for r in todo), max(r.x1 for r in todo), lw, run.halo, run.window)
+    y0, y1 = expand(min(r.y0 for r in todo), max(r.y1 for r in todo), lh, run.halo, run.window)
+    x0, x1 = expand(min(r.x0 for r in todo), max(r.x1 for r in todo), lw, run.halo, run.window)
     tile = max(run.window, run.canvas.region_grid[0])
     solver = make_solver(run.request.solver, run.alphas, run.pairs, run.request.eta)
     state = solver.init(torch.zeros(run.channels, 1, 1))
@@ -299,8 +299,8 @@ def _decode_region(sw: _Sweep, r: Region) -> None:
     """Decode one region with a halo of final latents around it; write its pixels; mark it done."""
     canvas, run, f = sw.canvas, sw.run, sw.canvas.factor
     lh, lw = canvas.latent_shape
-    y0, y1 = _expand(r.y0, r.y1, lh, run.halo, 1)
-    x0, x1 = _expand(r.x0, r.x1, lw, run.halo, 1)
+    y0, y1 = expand(r.y0, r.y1, lh, run.halo, 1)
+    x0, x1 = expand(r.x0, r.x1, lw, run.halo, 1)
     z = torch.from_numpy(canvas.read_latent(y0, y1, x0, x1)).to(run.device)
     rgb = decode_latent(run.model.codec, z)
     target = canvas.target_map(r)

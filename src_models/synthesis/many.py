@@ -1,14 +1,14 @@
 """Many canvases over many workers with dask.distributed (``diffinfinite generate-many``).
 
 One *job* is one canvas: a mask, a size, a seed, a model and the settings of a
-:class:`~src_models.request.SynthesisRequest`.  Each job runs as one dask task,
+:class:`~src_models.synthesis.request.SynthesisRequest`.  Each job runs as one dask task,
 :func:`generate_canvas`, which does what ``diffinfinite generate`` does (and ``--resume`` when
 the canvas exists): the canvas store's region state decides what is left, finished regions are
 checked against their checksums and never sampled again, and the writer lock beside the store
 keeps a second writer out.  A task that dies with its worker is run again by the scheduler on
 another worker and picks the canvas up where its region state says it stopped.
 
-Why one task per canvas, not per batch of regions: :func:`~src_models.synthesis.synthesise`
+Why one task per canvas, not per batch of regions: :func:`~src_models.synthesis.regions.synthesise`
 samples each region with its finished neighbours as context and rewrites their border pixels,
 so the regions of one canvas depend on the order they are done in; spread over workers they
 would give another canvas than ``generate`` with the same seed, and they would need several
@@ -77,8 +77,8 @@ class Job:
 # ------------------------------------------------------------------------------------------------
 def request_fields() -> dict[str, object]:
     """The SynthesisRequest fields a job table may set, with their type (or None where unknown)."""
-    import src_models.request as request_module
-    from src_models.request import SynthesisRequest
+    import src_models.synthesis.request as request_module
+    from src_models.synthesis.request import SynthesisRequest
 
     out = {}
     for f in dataclasses.fields(SynthesisRequest):
@@ -367,7 +367,7 @@ def generate_canvas(job: Job, sink=None) -> dict:
     from src_models.store.canvas import CanvasError, CanvasLockedError
     from src_models.models.card import ModelError
     from src_models.io.masks import MaskError
-    from src_models.synthesis import SynthesisError
+    from src_models.synthesis.run import SynthesisError
 
     state, worker = _state()
     events = _Events(worker, job, sink)
@@ -401,7 +401,7 @@ def generate_canvas(job: Job, sink=None) -> dict:
 
 def _device_for(job: Job, state: _WorkerState) -> str:
     """``auto``: the GPU the worker is pinned to, the CPU for a worker without GPUs."""
-    from src_models.synthesis import resolve_device
+    from src_models.models.device import resolve_device
 
     wanted = str(job.request.get("device") or "auto")
     if wanted == "auto":
@@ -410,12 +410,12 @@ def _device_for(job: Job, state: _WorkerState) -> str:
 
 
 def _make(job: Job, state: _WorkerState, events: _Events) -> dict:
-    from src_models.api import (check_region_size, check_size, mask_signature, mask_unwritten, new_canvas_with_mask,
+    from src_models.synthesis.canvases import (check_region_size, check_size, mask_signature, mask_unwritten, new_canvas_with_mask,
                       save_preview, store_mask)
     from src_models.store.canvas import Canvas
     from src_models.io.masks import check_labels, load_mask
-    from src_models.request import SynthesisRequest
-    from src_models.synthesis import pending_regions, synthesise
+    from src_models.synthesis.request import SynthesisRequest
+    from src_models.synthesis.regions import pending_regions, synthesise
 
     out = Path(job.out)
     device = _device_for(job, state)
@@ -484,7 +484,7 @@ def _check_same(canvas, job: Job, settings: dict, signature: str | None = None) 
         raise CanvasError(f"{job.out} is {canvas.width}x{canvas.height} px, the job asks for {job.width}x{job.height}")
     if job.region_size and job.region_size != canvas.region_size:
         raise CanvasError(f"{job.out} uses regions of {canvas.region_size} px, the job asks for {job.region_size}")
-    from src_models.request import settings_diff
+    from src_models.synthesis.request import settings_diff
 
     diffs = settings_diff(canvas.settings, settings)
     if diffs:

@@ -50,7 +50,7 @@ class SynthesisRequest:
     seed: int = 0
     plan: str | None = None
     solver: str = "ddim"
-    sweep: bool = False  # whole canvas level by level (src_models/sweep.py) instead of region by region
+    sweep: bool = False  # whole canvas level by level (src_models/synthesis/sweep.py) instead of region by region
     device: str = "auto"
     area: tuple[int, int, int, int] | None = None  # (y0, y1, x0, x1) px: only regions touching it
     centre: tuple[float, float] | None = None  # (y, x) px: nearest regions go first
