@@ -27,8 +27,8 @@ def main() -> int:
 
     from src_models.io.annotations import labels_for, mask_to_geojson, parse_geojson, parse_class_map, rasterise
     from src_models.store.canvas import Canvas
-    from src_models.dataset import SlideInput, make_dataset
-    from src_models.export import export_ome_tiff
+    from src_models.data.dataset import SlideInput, make_dataset
+    from src_models.data.export import export_ome_tiff
     from src_models.io.masks import procedural_mask
 
     slide = ROOT / "data" / "cmu_small_region" / "cmu_small_region.png"

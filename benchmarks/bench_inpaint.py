@@ -36,7 +36,7 @@ LUNG = ROOT.parent / "shared" / "data" / "release_patches" / "real"
 def sources(n_lung: int) -> list[tuple[str, np.ndarray, float]]:
     from PIL import Image
 
-    from src_models.masks_from_he import HELDOUT_FROM_ROW
+    from src_models.data.masks_from_he import HELDOUT_FROM_ROW
 
     img = np.asarray(Image.open(SLIDE).convert("RGB"))
     out = [("cmu_heldout", img[HELDOUT_FROM_ROW + 64 : HELDOUT_FROM_ROW + 832, 700:1468], 0.499)]
@@ -69,7 +69,7 @@ def inpaint_once(model, rgb: np.ndarray, mpp: float, square: int, steps: int, se
 
     from src_models.store.canvas import Canvas
     from src_models.synthesis.editing import import_slide, prepare_inpaint
-    from src_models.masks_from_he import derive_mask
+    from src_models.data.masks_from_he import derive_mask
     from src_models.synthesis.regions import synthesise
     from src_models.synthesis.request import SynthesisRequest
 

@@ -34,7 +34,7 @@ def heldout_folder(root: Path) -> tuple[Path, np.ndarray]:
     """The held-out band as a training-style folder (images/ + masks/), and its label map."""
     from PIL import Image
 
-    from src_models.masks_from_he import HELDOUT_FROM_ROW, derive_mask
+    from src_models.data.masks_from_he import HELDOUT_FROM_ROW, derive_mask
 
     rgb = np.asarray(Image.open(SLIDE).convert("RGB"))[HELDOUT_FROM_ROW:]
     labels = derive_mask(rgb, pixel_um=SLIDE_MPP)

@@ -633,7 +633,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from src_models.train import main as train_main
+    from src_models.training.train import main as train_main
 
     return int(train_main(args.args) or 0)
 

@@ -206,7 +206,7 @@ def _warn(text: str) -> None:
 
 def cmd_make_dataset(a) -> dict:
     from src_models.io.annotations import parse_class_map
-    from src_models.dataset import SlideInput, make_dataset
+    from src_models.data.dataset import SlideInput, make_dataset
 
     if a.annotations and len(a.annotations) != len(a.slide):
         raise UserError(f"{len(a.slide)} --slide but {len(a.annotations)} --annotations; give one per slide "
@@ -231,7 +231,7 @@ def cmd_make_dataset(a) -> dict:
 
 
 def cmd_export_tiles(a) -> dict:
-    from src_models.export import export_tiles
+    from src_models.data.export import export_tiles
 
     progress, close = _bar(a.quiet)
     try:
@@ -244,7 +244,7 @@ def cmd_export_tiles(a) -> dict:
 
 
 def cmd_export_annotations(a) -> dict:
-    from src_models.export import export_annotations
+    from src_models.data.export import export_annotations
 
     if a.out.exists() and not a.overwrite:
         raise UserError(f"{a.out} exists; pass --overwrite to replace it")
@@ -252,7 +252,7 @@ def cmd_export_annotations(a) -> dict:
 
 
 def cmd_export_ome_tiff(a) -> dict:
-    from src_models.export import export_ome_tiff
+    from src_models.data.export import export_ome_tiff
 
     progress, close = _bar(a.quiet)
     try:
@@ -277,7 +277,7 @@ def cmd_annotations_to_mask(a) -> dict:
         raise UserError(f"--downsample must be a positive number, got {a.downsample}")
     class_map = parse_class_map(a.class_map)
     if a.like is not None:
-        from src_models.dataset import open_levels
+        from src_models.data.dataset import open_levels
 
         s = open_levels(a.like)
         width, height = s.width, s.height
@@ -332,8 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     from src_models.io.annotations import AnnotationError
     from src_models.store.canvas import CanvasError
-    from src_models.dataset import DatasetError
-    from src_models.export import ExportError
+    from src_models.data.dataset import DatasetError
+    from src_models.data.export import ExportError
     from src_models.io.slides import SlideError
 
     previous = None

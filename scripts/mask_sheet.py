@@ -27,7 +27,7 @@ MPP = 0.499
 def _panel(labels: np.ndarray, colours: list[str], title: str, width: int):
     from PIL import Image, ImageDraw
 
-    from src_models.masks_from_he import colourise
+    from src_models.data.masks_from_he import colourise
 
     img = Image.fromarray(colourise(labels, colours))
     scale = width / img.width
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     from PIL import Image
 
     from src_models.models.native.mask_model import generate_layout
-    from src_models.masks_from_he import HELDOUT_FROM_ROW, derive_mask
+    from src_models.data.masks_from_he import HELDOUT_FROM_ROW, derive_mask
     from src_models.models.loading import load_model
 
     model = load_model(a.model, "cpu")

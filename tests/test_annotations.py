@@ -222,7 +222,7 @@ def test_vectoriser_round_trips_masks_exactly():
 
 def test_cc0_annotations_match_the_slide():
     """The shipped hand-drawn file: its classes, a hole and MultiPolygons, nothing in the held-out band."""
-    from src_models.masks_from_he import HELDOUT_FROM_ROW
+    from src_models.data.masks_from_he import HELDOUT_FROM_ROW
 
     ann = read_geojson(CC0_GEOJSON)
     assert ann.names() == {"Glass": 4, "Epidermis": 3, "Dermis": 2}

@@ -13,7 +13,7 @@ from PIL import Image
 
 from napari_diffinfinite.cli import main
 from src_models.io.annotations import labels_for, rasterise, read_geojson
-from src_models.masks_from_he import HELDOUT_FROM_ROW
+from src_models.data.masks_from_he import HELDOUT_FROM_ROW
 
 ROOT = Path(__file__).resolve().parents[1]
 SLIDE = ROOT / "data" / "cmu_small_region" / "cmu_small_region.png"
@@ -101,7 +101,7 @@ def test_train_runs_on_the_made_dataset(dataset, tmp_path):
 
 def test_interrupted_run_resumes_to_the_same_folder(dataset, tmp_path, capsys):
     from src_models.io.annotations import parse_class_map
-    from src_models.dataset import SlideInput, make_dataset
+    from src_models.data.dataset import SlideInput, make_dataset
 
     out = tmp_path / "part"
     calls = {"n": 0}
@@ -172,7 +172,7 @@ def test_levels_offsets_and_pyramidal_ome_tiff(tmp_path, capsys):
     level, --mpp resamples, --annotation-offset moves the slide's annotations onto the crop."""
     import tifffile
 
-    from src_models.dataset import open_levels
+    from src_models.data.dataset import open_levels
 
     rgb = np.asarray(Image.open(SLIDE).convert("RGB"))[1000:1512, 800:1312]
     half = rgb.reshape(256, 2, 256, 2, 3).mean(axis=(1, 3)).round().astype(np.uint8)

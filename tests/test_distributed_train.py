@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import src_models.train as T
-from src_models.distributed import Parallel, micro_ranges
+import src_models.training.train as T
+from src_models.training.distributed import Parallel, micro_ranges
 
 
 def _folder(root):
@@ -80,7 +80,7 @@ def test_two_gloo_processes_match_one_process_and_resume_with_another_world_size
     shutil.rmtree(tmp_path / "two.train" / "codec_final")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "src_models.train", *_args(data, two), "--resume"]
+           "-m", "src_models.training.train", *_args(data, two), "--resume"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 processes (gloo" in proc.stderr

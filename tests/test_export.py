@@ -192,7 +192,7 @@ def test_ome_tiff_is_pyramidal_tiled_and_carries_scale_and_provenance(tmp_path, 
     assert main(["export-ome-tiff", str(path), "--out", str(out), "--quiet"]) == 2
     assert "exists" in capsys.readouterr().err
     # it reads back as a slide: make-dataset and evaluate take it like an SVS
-    from src_models.dataset import open_levels
+    from src_models.data.dataset import open_levels
 
     s = open_levels(out)
     assert s.mpp == 0.5 and s.downsamples == [1.0, 2.0]

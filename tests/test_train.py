@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-import src_models.train as T
+import src_models.training.train as T
 from src_models.models.codec import IdentityCodec
 from src_models.models.loading import load_model
 
@@ -181,7 +181,7 @@ def test_unet_stop_at_ends_a_longer_schedule_with_its_learning_rate(tmp_path):
 
 def test_layout_image_is_the_majority_class_per_cell_with_ink_as_glass(tmp_path):
     from src_models.models.native.mask_model import codes_to_rgb
-    from src_models.masks_from_he import layout_labels
+    from src_models.data.masks_from_he import layout_labels
 
     labels = np.full((32, 48), 3, np.uint8)
     labels[:16, :16] = 2  # a whole cell of epidermis

@@ -10,6 +10,7 @@ import numpy as np
 # MAX_IMAGE_PIXELS warning), applied to TIFF and NPY as well
 MAX_MASK_PIXELS = 2 * 89_478_485
 JPEG_SUFFIXES = (".jpg", ".jpeg")
+MASK_EXTS = (".png", ".tif", ".tiff", ".npy")  # the label-mask files a folder is searched for
 
 
 class MaskError(ValueError):

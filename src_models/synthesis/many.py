@@ -150,7 +150,7 @@ def read_job_rows(spec: str | Path) -> tuple[list[dict], Path]:
     Returns the rows (column -> text) and the folder relative mask paths are taken from."""
     import csv
 
-    from src_models.train import MASK_EXTS
+    from src_models.io.masks import MASK_EXTS
 
     spec = Path(spec)
     if spec.is_dir():

@@ -1,4 +1,4 @@
-"""Data-parallel training across processes: what :mod:`src_models.train` needs under ``torchrun``.
+"""Data-parallel training across processes: what :mod:`src_models.training.train` needs under ``torchrun``.
 
 One process per GPU (or per CPU worker), started by ``torchrun`` (single node or multi-node
 rendezvous); each reads ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` from its environment, joins

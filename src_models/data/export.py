@@ -6,7 +6,7 @@ Tiles are cut on a grid of ``tile`` px with ``stride`` (default ``tile``) at pyr
 ``level`` (default 0); only whole tiles whose regions are all finished are written.  The mask of
 a tile is the canvas's class mask (latent resolution) brought to the tile's pixels by nearest
 neighbour (each pixel takes the label under its centre).  The folder is the one ``make-dataset``
-writes (:class:`src_models.dataset.TileSetWriter`): ``images/``, ``masks/``, ``classes.json``,
+writes (:class:`src_models.data.dataset.TileSetWriter`): ``images/``, ``masks/``, ``classes.json``,
 ``manifest.csv``, ``dataset.json`` with provenance.
 
 numpy, zarr, tifffile and PIL: no torch.
@@ -22,7 +22,7 @@ import numpy as np
 
 from src_models.io.annotations import mask_to_geojson, write_geojson
 from src_models.store.canvas import PENDING, Canvas, CanvasError
-from src_models.dataset import DatasetError, TileSetWriter, _fraction_in, tissue_map
+from src_models.data.dataset import DatasetError, TileSetWriter, _fraction_in, tissue_map
 from src_models.store.provenance import code_version, provenance, utc_now
 
 

@@ -6,7 +6,7 @@ sheet (mask beside image).  Used for ``docs/sample_sheet.png`` and by the traini
 the model's patch size.  ``sample_image`` runs the project's sampler (random patch diffusion,
 grid plan) over a larger image; the sheet uses it.
 
-    python -m src_models.sample_sheet --model default --out docs/sample_sheet.png
+    python -m src_models.evaluation.sample_sheet --model default --out docs/sample_sheet.png
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def make_sheet(model, size: int = 256, steps: int = 50, omega: float = 3.0, seed
     """RGB sheet: one row per layout, the coloured mask then one image per seed."""
     from PIL import Image, ImageDraw
 
-    from src_models.masks_from_he import colourise
+    from src_models.data.masks_from_he import colourise
 
     card = model.card
     rows = []
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from src_models.models.loading import load_model
 
-    p = argparse.ArgumentParser(prog="python -m src_models.sample_sheet", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m src_models.evaluation.sample_sheet", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default")
     p.add_argument("--out", required=True)
     p.add_argument("--size", type=int, default=256, help="image side in px")

@@ -188,7 +188,7 @@ def load_rgb(path: str | Path, downsample: int = 1) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m src_models.masks_from_he",
+        prog="python -m src_models.data.masks_from_he",
         description="Derive glass/epidermis/dermis labels from an H&E image and write a training folder.",
     )
     p.add_argument("image", help="H&E RGB image (PNG/TIFF/JPG)")

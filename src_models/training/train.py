@@ -30,7 +30,7 @@ containers, loaded with ``weights_only=True``, and ``state.json``), ``logs/<stag
 ``step,loss,lr,seconds``, and ``codec_final/``.  The model directory ``OUT`` is written at the end
 with :func:`src_models.models.loading.save_model`.
 
-Under ``torchrun`` the same command trains data-parallel (:mod:`src_models.distributed`): ``--batch``
+Under ``torchrun`` the same command trains data-parallel (:mod:`src_models.training.distributed`): ``--batch``
 and ``--codec-batch`` are global batches, each process trains its shard (in micro-batches of
 ``--micro-batch`` with gradient accumulation), and rank 0 alone writes logs, checkpoints and the
 model; checkpoints resume exactly with any number of processes.
@@ -54,9 +54,9 @@ import torch.nn.functional as F
 
 from src_models.models.card import ModelCard, ModelError
 from src_models.durable import fsync_dir, fsync_file
+from src_models.io.masks import MASK_EXTS
 
 IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
-MASK_EXTS = (".png", ".tif", ".tiff", ".npy")
 DEFAULT_COLOURS = ["#000000", "#e8e8e8", "#6a2d8f", "#e87ab0", "#f4a300", "#2a9d8f", "#c1121f", "#3a86ff", "#8ac926", "#6d597a"]
 DEFAULT_UNET = {"base": 32, "mults": [1, 2, 3], "blocks": 2, "cond_dim": 32, "heads": 4, "groups": 8, "mid_attention": True}
 DEFAULT_CODEC = {"widths": [32, 64, 96], "latent_channels": 4, "mid_blocks": 2}
@@ -526,7 +526,7 @@ def run_loop(
 
     ``stop_at`` ends the run (with a checkpoint) at that step of the ``steps``-step schedule.
 
-    ``par`` (a :class:`~src_models.distributed.Parallel`) and ``micro_batch``: with more than one
+    ``par`` (a :class:`~src_models.training.distributed.Parallel`) and ``micro_batch``: with more than one
     process, or micro-batches smaller than a rank's shard, ``loss_fn`` must be a
     :class:`StepLoss`; each rank trains its shard of the global batch in micro-batches of at most
     ``micro_batch`` (gradient accumulation) under DistributedDataParallel, and only rank 0 keeps
@@ -536,7 +536,7 @@ def run_loop(
     than before (the rest is accumulated)."""
     from tqdm import tqdm
 
-    from src_models.distributed import Parallel, micro_ranges, no_sync
+    from src_models.training.distributed import Parallel, micro_ranges, no_sync
 
     par = par or Parallel()
     main = par.main
@@ -995,8 +995,8 @@ def _ints(s: str) -> list[int]:
 
 def main(argv: list[str] | None = None, prog: str = "diffinfinite train") -> int:
     """The command.  Under ``torchrun`` (``WORLD_SIZE`` > 1) every process runs it with the same
-    arguments; they train one model data-parallel (see :mod:`src_models.distributed`)."""
-    from src_models.distributed import ParallelError
+    arguments; they train one model data-parallel (see :mod:`src_models.training.distributed`)."""
+    from src_models.training.distributed import ParallelError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     a = build_parser(prog).parse_args(argv)
@@ -1020,7 +1020,7 @@ def main(argv: list[str] | None = None, prog: str = "diffinfinite train") -> int
 def _setup_parallel(a):
     """The process group under torchrun (None for a single process, which keeps the device
     handling below exactly as it was)."""
-    from src_models.distributed import launched, setup
+    from src_models.training.distributed import launched, setup
 
     if not launched():
         return None
@@ -1171,4 +1171,4 @@ def _main(a, argv: list[str], prog: str, par=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m src_models.train"))
+    sys.exit(main(prog="python -m src_models.training.train"))
