@@ -80,30 +80,28 @@ def fit_mask_job(labels: np.ndarray, mapping: dict | None, classes: list[str], s
 def layout_job(spec: str | None, shape: tuple[int, int], image_px: tuple[int, int], labels: list[int],
                seed: int, learned: bool) -> tuple[np.ndarray, str]:
     """A layout for ``shape`` mask px covering ``image_px`` image px: drawn by the canvas model's
-    layout diffusion model when asked and the model has one, else procedural.  Returns (labels, how)."""
-    if learned and spec:
-        from src_models.models.native.mask_model import generate_layout, is_layout_model
+    layout diffusion model when asked and the model has one, else procedural
+    (:mod:`src_models.synthesis.layouts` decides which).  Returns (labels, how)."""
+    from src_models.synthesis.layouts import LEARNED, draw_layout, layout_source
 
+    if learned and spec:
         from ._worker import MODELS, model_card
 
         try:
             card = model_card(spec)
         except Exception:  # the canvas's model is not on this machine: a procedural layout
             card = None
-        if card is not None and is_layout_model(card):
-            model = MODELS.get(spec, "cpu")
-            return generate_layout(model, shape, seed=seed, image_px=image_px), "learned layout model"
+        if card is not None and layout_source(card) == LEARNED:
+            mask, _ = draw_layout(MODELS.get(spec, "cpu"), shape, seed=seed, image_px=image_px)
+            return mask, "learned layout model"
     return procedural_job(shape, labels, seed), "procedural; the model has no layout model" if learned else "procedural"
 
 
 def procedural_job(shape: tuple[int, int], labels: list[int], seed: int) -> np.ndarray:
     """A procedural layout of ``labels`` over ``shape`` (drawn at most GENERATE_MAX_SIDE, then fitted)."""
-    from src_models.io.masks import procedural_mask, resize_labels
+    from src_models.synthesis.layouts import procedural_layout
 
-    h, w = shape
-    scale = min(1.0, GENERATE_MAX_SIDE / max(h, w))
-    small = procedural_mask(max(1, round(h * scale)), max(1, round(w * scale)), labels, seed=seed)
-    return resize_labels(small, (h, w)) if small.shape != (h, w) else small
+    return procedural_layout(shape, labels, seed, max_side=GENERATE_MAX_SIDE)
 
 
 def apply_to_mask(layer, values: np.ndarray, rect: tuple[int, int, int, int]) -> tuple[int, bool]:

@@ -30,6 +30,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from src_models.models.card import DEFAULT_OMEGA, DEFAULT_STEPS  # plain values, no torch
+
 from ._common import (
     CanvasPicker,
     ModelPicker,
@@ -89,12 +91,12 @@ class SynthesisWidget(QWidget):
         self.device_box.setToolTip("auto: CUDA, then MPS, then the CPU; or type cuda:N")
         self.steps_box = QSpinBox()
         self.steps_box.setRange(1, 1000)
-        self.steps_box.setValue(50)
+        self.steps_box.setValue(DEFAULT_STEPS)
         self.steps_box.setToolTip("denoising steps (levels) per region")
         self.omega_box = QDoubleSpinBox()
         self.omega_box.setRange(0.0, 50.0)
         self.omega_box.setSingleStep(0.5)
-        self.omega_box.setValue(3.0)
+        self.omega_box.setValue(DEFAULT_OMEGA)  # until a canvas gives its model's (settings recorded at creation)
         self.omega_box.setToolTip("classifier-free guidance ω for every class (scale ω + 1)")
         self.seed_box = QSpinBox()
         self.seed_box.setRange(0, 2**31 - 1)

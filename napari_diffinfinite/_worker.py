@@ -101,30 +101,31 @@ MODELS = ModelCache()
 
 
 def model_card(spec: str):
-    """The model card of ``spec``; reads card.json alone where it can (no weights, no torch)."""
-    from src_models.models.card import ModelCard
-
+    """The model card of ``spec`` (:func:`src_models.models.loading.find_card`: card.json alone where
+    it can); a published checkpoint file is loaded once, through :data:`MODELS`."""
     directory = _builtin_dir(spec) or Path(spec)
     if str(spec) != "tiny-test" and (directory / "card.json").is_file():
+        from src_models.models.card import ModelCard  # no torch: the widgets ask on the GUI thread
+
         return ModelCard.load(directory)
-    return MODELS.get(spec, "cpu").card  # tiny-test, release checkpoints, or a clear error
+    if Path(str(spec)).is_file():
+        return MODELS.get(spec, "cpu").card
+    from src_models.models.loading import find_card
+
+    return find_card(spec)[0]  # tiny-test, or a clear error
 
 
 # ============================================================================ worker jobs
 def device_region_size(spec: str, device: str = "auto") -> int:
-    """The default region side for model ``spec`` on ``device`` (``api.region_size_for_device``):
-    256 px on the CPU; on CUDA from the batch that fits the free memory."""
-    from src_models.synthesis.canvases import region_size_for_device
+    """The region side the dock's "auto for the device" means for model ``spec`` on ``device``:
+    the core's :func:`~src_models.synthesis.canvases.auto_region_size` (as ``generate
+    --region-size auto``): 256 px on the CPU; on CUDA from the batch that fits the free memory."""
     from src_models.models.device import resolve_device
+    from src_models.synthesis.canvases import auto_region_size
 
     card = model_card(spec)
     dev = resolve_device(device)
-    rows = None
-    if dev.type == "cuda":
-        from src_models.models.fast import batch_budget
-
-        rows = batch_budget(MODELS.get(spec, device).unet, card.patch_size, dev)
-    return region_size_for_device(card, dev.type, rows)
+    return auto_region_size(card, dev, MODELS.get(spec, device).unet if dev.type == "cuda" else None)
 
 
 def create_canvas_job(spec: str, path: str, height: int, width: int, region_size: int | None, overwrite: bool,
@@ -169,12 +170,12 @@ def store_mask(canvas, mask: np.ndarray, step: int) -> bool:
     ``step`` x ``step`` latent pixels; only blocks of rows whose layer pixels changed are rewritten,
     so a finer stored mask survives where the user did not edit.  Returns whether anything changed.
     """
-    from src_models.io.masks import check_labels
+    from src_models.io.masks import MaskError, check_labels
 
     lh, lw = canvas.latent_shape
     grid = (-(-lh // step), -(-lw // step))
     if mask.shape != grid:
-        raise ValueError(f"the mask layer is {mask.shape[1]}x{mask.shape[0]} px; this canvas needs {grid[1]}x{grid[0]}")
+        raise MaskError(f"the mask layer is {mask.shape[1]}x{mask.shape[0]} px; this canvas needs {grid[1]}x{grid[0]}")
     check_labels(mask, canvas.classes, name="the mask layer")
     if step == 1:
         if np.array_equal(np.asarray(canvas.mask[:]), mask):
@@ -310,15 +311,11 @@ def _preview_rgb(model, x0, p, factor: int, latent_shape) -> np.ndarray:
 
 
 def _is_expected(e: BaseException) -> bool:
-    """Errors the core raises for bad input, with messages written for users."""
-    try:
-        from src_models.store.canvas import CanvasError
-        from src_models.models.card import ModelError
-        from src_models.io.masks import MaskError
-        from src_models.synthesis.run import SynthesisError
-    except Exception:
-        return False
-    return isinstance(e, (CanvasError, ModelError, MaskError, SynthesisError, ValueError))
+    """Errors the core raises for bad input, with messages written for users (the base class every
+    interface handles alike); anything else is a bug and keeps its traceback."""
+    from src_models.errors import DiffInfiniteError
+
+    return isinstance(e, DiffInfiniteError)
 
 
 def _clear_message(e: BaseException, request) -> str:
@@ -392,12 +389,16 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
     _TLS.cancel = cancel
     try:
         from src_models.store.canvas import Canvas
+        from src_models.synthesis.canvases import repair_finished
         from src_models.synthesis.regions import pending_regions, synthesise
 
         canvas = Canvas.open(path, "r+")
         if mask is not None:
             yield Stage("saving the mask")
             store_mask(canvas, mask, step)
+        if canvas.done_indices():  # as every resume does (generate --resume, generate-many)
+            yield Stage("checking finished regions")
+            repair_finished(canvas, notice=lambda text: events.put(Notice(text)))
         if not MODELS.has(request.model, request.device):
             yield Stage(f"loading model {request.model!r}")
         model = MODELS.get(request.model, request.device)

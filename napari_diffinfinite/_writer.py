@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from src_models.errors import DiffInfiniteError
+
 BLOCK = 1024  # px per side of the blocks copied at a time
 
 
-class WriterError(RuntimeError):
+class WriterError(DiffInfiniteError, RuntimeError):
     """Layers this writer does not save (not a ValueError: napari takes that for "no writer" and
     drops the message)."""
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_diffinfinite.cli import main
+from src_models.cli.main import main
 from src_models.io.annotations import (
     AnnotationError,
     labels_for,

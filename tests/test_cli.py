@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from skimage import io
 
-from napari_diffinfinite.cli import build_parser, main
+from src_models.cli.main import build_parser, main
 from src_models.store.canvas import Canvas
 
 
@@ -52,7 +52,7 @@ def test_generate_writes_canvas_and_preview_and_is_reproducible(tmp_path, mask_p
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, mask_png):
     args = ["--size", "128x128", "--region-size", "32", "--steps", "20", "--seed", "5"]
     assert main(_gen(tmp_path / "full.zarr", mask_png, *args)) == 0
-    cmd = [sys.executable, "-m", "napari_diffinfinite.cli", *_gen(tmp_path / "k.zarr", mask_png, *args)]
+    cmd = [sys.executable, "-m", "src_models.cli.main", *_gen(tmp_path / "k.zarr", mask_png, *args)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -270,7 +270,7 @@ def test_sweep_killed_mid_level_resumes_to_the_same_canvas(tmp_path, mask_png):
     last finished level and ends on the canvas of an uninterrupted sweep (4 x 4 regions)."""
     args = ["--size", "128x128", "--region-size", "32", "--steps", "8", "--seed", "5", "--sweep"]
     assert main(_gen(tmp_path / "full.zarr", mask_png, *args)) == 0
-    cmd = [sys.executable, "-m", "napari_diffinfinite.cli", *_gen(tmp_path / "k.zarr", mask_png, *args)]
+    cmd = [sys.executable, "-m", "src_models.cli.main", *_gen(tmp_path / "k.zarr", mask_png, *args)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = tmp_path / "k.zarr" / "diffinfinite" / "sweep" / "progress.json"
     deadline, levels = time.time() + 120, -1
@@ -402,7 +402,7 @@ def test_ctrl_c_keeps_finished_regions(tmp_path, mask_png, monkeypatch, capsys):
 
 
 def _spawn(out, mask, *extra):
-    cmd = [sys.executable, "-m", "napari_diffinfinite.cli", *_gen(out, mask, *extra)]
+    cmd = [sys.executable, "-m", "src_models.cli.main", *_gen(out, mask, *extra)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -460,7 +460,7 @@ def test_two_fresh_runs_on_one_path_one_wins_the_other_says_why(tmp_path, mask_p
 
 def test_a_run_that_finds_out_made_while_its_model_loaded_says_so(tmp_path, mask_png, capsys, monkeypatch):
     # the slow half of the race above, made certain: another run makes OUT after this one checked
-    import napari_diffinfinite.cli as cli
+    import src_models.cli.main as cli
 
     out = tmp_path / "r.zarr"
     args = ["--size", "64x64", "--region-size", "32", "--steps", "1"]

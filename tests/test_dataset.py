@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_diffinfinite.cli import main
+from src_models.cli.main import main
 from src_models.io.annotations import labels_for, rasterise, read_geojson
 from src_models.data.masks_from_he import HELDOUT_FROM_ROW
 

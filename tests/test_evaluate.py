@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from napari_diffinfinite.cli import main
+from src_models.cli.main import main
 from src_models.evaluation import EvaluationError, evaluate
 from src_models.evaluation.c2st import c2st
 from src_models.evaluation.metrics import (authenticity, ct_score, frechet_distance, precision_recall, seam_score,

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from skimage import io
 
-from napari_diffinfinite.cli import main
+from src_models.cli.main import main
 from src_models.io.annotations import labels_for, rasterise, read_geojson
 from src_models.store.canvas import Canvas
 from src_models.io.masks import procedural_mask

@@ -89,7 +89,7 @@ def test_load_for_model_applies_the_map_and_explains_a_missing_one():
 
 
 def test_generate_with_a_class_map(tmp_path, capsys):
-    from napari_diffinfinite.cli import main
+    from src_models.cli.main import main
 
     out = tmp_path / "c.zarr"
     argv = ["generate", "--mask", str(LABEL_MAP), "--out", str(out), "--model", "tiny-test", "--scale", "0.125",

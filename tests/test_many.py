@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from skimage import io
 
-from napari_diffinfinite.cli import main
+from src_models.cli.main import main
 import src_models.synthesis.many as many
 from src_models.store.canvas import Canvas, CanvasError
 from src_models.synthesis.request import SynthesisRequest
@@ -238,8 +238,8 @@ def test_a_worker_killed_mid_canvas_loses_no_finished_region(tmp_path, cluster):
 def test_generate_many_finishes_a_canvas_that_generate_started(tmp_path):
     """Both commands store settings resolved against the card (plan, steps, eta named), so the
     jobs of generate-many match a canvas that generate left half done."""
-    from napari_diffinfinite.cli import UserError
-    from napari_diffinfinite.cli_many import build_jobs, build_parser
+    from src_models.cli.main import UserError
+    from src_models.cli.many import build_jobs, build_parser
 
     masks = _masks(tmp_path / "masks", n=1)
     out = tmp_path / "out"

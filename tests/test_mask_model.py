@@ -66,7 +66,7 @@ def test_generate_layout_any_size_deterministic(tmp_path):
 def test_make_mask_cli_uses_the_layout_model(tmp_path, capsys):
     from skimage import io
 
-    from napari_diffinfinite.cli import main
+    from src_models.cli.main import main
 
     model = _layout_model(tmp_path)
     assert main(["make-mask", "--out", str(tmp_path / "m.png"), "--size", "200x120", "--model", str(model.path),

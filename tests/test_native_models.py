@@ -166,7 +166,7 @@ def test_default_model_card(default_model):
     assert card.conditioning == "label_map" and card.codec["type"] == "native" and card.factor == 4
     assert card.codec["scale"] == pytest.approx(float(default_model.codec.latent_scale))
     assert "CC0" in card.training_data + card.licence and "MIT" in card.licence
-    assert "src_models.training.train" in card.extra["command"] or "diffinfinite train" in card.extra["command"]
+    assert "src_models.train" in card.extra["command"] or "diffinfinite train" in card.extra["command"]
     size = sum(p.stat().st_size for p in default_model.path.iterdir())
     assert size <= 40e6  # the limit for the shipped weights
 

@@ -34,7 +34,7 @@ def test_manifest_is_inside_the_built_wheel(tmp_path):
         names = z.namelist()
         entry = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
         assert "napari-diffinfinite = napari_diffinfinite:napari.yaml" in entry
-        assert "diffinfinite = napari_diffinfinite.cli:main" in entry
+        assert "diffinfinite = src_models.cli.main:main" in entry
         packed = z.read("napari_diffinfinite/napari.yaml")
         assert any(n.startswith("src_models/") for n in names)
     assert yaml.safe_load(packed) == yaml.safe_load((ROOT / "napari.yaml").read_bytes())

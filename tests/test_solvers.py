@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_step, ddim_time_pairs
+from reference_ddim import ddim_step
+from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_time_pairs
 from src_models.sampling.solvers import SOLVERS, check_solver, make_solver
 
 A = cosine_alphas_cumprod()

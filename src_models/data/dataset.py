@@ -48,6 +48,7 @@ import numpy as np
 from src_models.io.annotations import AnnotationError, AnnotationSet, labels_for, paint_order, rasterise, read_geojson
 from src_models.durable import fsync_file
 from src_models.store.provenance import provenance, source_entry
+from src_models.errors import DiffInfiniteError
 
 FORMAT = "diffinfinite-tiles/1"
 DEFAULT_COLOURS = ["#000000", "#e8e8e8", "#6a2d8f", "#e87ab0", "#f4a300", "#2a9d8f", "#c1121f", "#3a86ff", "#8ac926", "#6d597a"]
@@ -56,7 +57,7 @@ BASE_COLUMNS = ["name", "image", "mask", "source", "level", "mpp", "x", "y", "wi
 TISSUE_THRESHOLD_RANGE = (0.04, 0.15)
 
 
-class DatasetError(ValueError):
+class DatasetError(DiffInfiniteError, ValueError):
     """Bad input for a data set (the message says what and where)."""
 
 

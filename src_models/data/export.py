@@ -24,9 +24,10 @@ from src_models.io.annotations import mask_to_geojson, write_geojson
 from src_models.store.canvas import PENDING, Canvas, CanvasError
 from src_models.data.dataset import DatasetError, TileSetWriter, _fraction_in, tissue_map
 from src_models.store.provenance import code_version, provenance, utc_now
+from src_models.errors import DiffInfiniteError
 
 
-class ExportError(ValueError):
+class ExportError(DiffInfiniteError, ValueError):
     """Bad input for an export (the message says what and where)."""
 
 

@@ -78,12 +78,12 @@ def _num(v, nd: int = 4):
 
 def _window_px(canvas) -> int | None:
     """The sampling window of the model that made a canvas (from its card), if it can be found."""
-    from ..card import BUILTIN_DIRS, ModelCard
+    from ..models.card import BUILTIN_DIRS, ModelCard
 
     name = str(canvas.settings.get("model") or "")
     try:
         if name == "tiny-test":
-            from ..tiny import tiny_test_card
+            from ..models.tiny import tiny_test_card
 
             return int(tiny_test_card().patch_px)
         directory = BUILTIN_DIRS.get(name, Path(name))

@@ -2,7 +2,7 @@
 sheet (mask beside image).  Used for ``docs/sample_sheet.png`` and by the training checks.
 
 ``sample_window`` is a deliberately plain DDIM loop over whole windows (no patch plan), built from
-:func:`src_models.sampling.schedule.ddim_step` and :func:`src_models.sampling.guidance.guided_eps`, for one window of
+the DDIM solver (:class:`src_models.sampling.solvers.DDIM`) and :func:`src_models.sampling.guidance.guided_eps`, for one window of
 the model's patch size.  ``sample_image`` runs the project's sampler (random patch diffusion,
 grid plan) over a larger image; the sheet uses it.
 
@@ -18,14 +18,15 @@ import torch
 
 
 @torch.no_grad()
-def sample_window(model, mask: torch.Tensor, steps: int = 50, omega: float = 3.0, seed: int = 0, eta: float = 1.0,
+def sample_window(model, mask: torch.Tensor, steps: int = 50, omega: float | None = None, seed: int = 0, eta: float = 1.0,
                   max_batch: int = 16) -> torch.Tensor:
     """Images (B, 3, H, W) in [0, 1] for label masks ``mask`` (B, 1, H, W) long at pixel size.
 
     H and W must be multiples of the codec factor times the network's size multiple.
     """
-    from src_models.sampling.guidance import guided_eps, omega_vector
-    from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_step, ddim_time_pairs
+    from src_models.sampling.guidance import guided_eps
+    from src_models.sampling.setup import sampling_setup
+    from src_models.sampling.solvers import make_solver
 
     card, net, codec = model.card, model.unet, model.codec
     device = next(net.parameters()).device
@@ -38,24 +39,24 @@ def sample_window(model, mask: torch.Tensor, steps: int = 50, omega: float = 3.0
         raise ValueError(f"mask size {H}x{W} is not a multiple of the codec factor {f}")
     gen = torch.Generator().manual_seed(int(seed))
     x = torch.randn(b, codec.channels, H // f, W // f, generator=gen).to(device)
-    alphas = cosine_alphas_cumprod()
-    om = omega_vector(card.num_classes, omega).to(device)
-    for t, t_next in ddim_time_pairs(steps):
+    setup = sampling_setup(steps, card.num_classes, card.default_omega if omega is None else omega)
+    ddim = make_solver("ddim", setup.alphas, setup.pairs, eta)
+    om = setup.omega.to(device)
+    for t, t_next in setup.pairs:
         tt = torch.full((b,), t, dtype=torch.long, device=device)
         eps = guided_eps(net, x, tt, mask, om, conditioning=card.conditioning, max_batch=max_batch)
         noise = torch.randn(x.shape, generator=gen).to(device) if eta > 0 else None
-        x, _ = ddim_step(x, eps, t, t_next, alphas, eta=eta, noise=noise)
+        x, _, _ = ddim.step(x, eps, t, t_next, {}, noise if ddim.needs_noise(t_next) else None)
     return codec.decode(x.float()).clamp(0, 1).cpu()
 
 
 @torch.no_grad()
-def sample_image(model, mask: torch.Tensor, steps: int = 50, omega: float = 3.0, seed: int = 0, eta: float = 1.0,
+def sample_image(model, mask: torch.Tensor, steps: int = 50, omega: float | None = None, seed: int = 0, eta: float = 1.0,
                  plan: str = "grid") -> torch.Tensor:
     """Image (3, H, W) in [0, 1] for one label mask (H, W) or (1, H, W) at pixel size, through
     :func:`src_models.sampling.sampler.sample_area` with windows of the card's patch size."""
-    from src_models.sampling.guidance import omega_vector
     from src_models.sampling.sampler import sample_area
-    from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_time_pairs
+    from src_models.sampling.setup import sampling_setup
 
     card, net, codec = model.card, model.unet, model.codec
     device = next(net.parameters()).device
@@ -64,8 +65,9 @@ def sample_image(model, mask: torch.Tensor, steps: int = 50, omega: float = 3.0,
     H, W = mask.shape[-2] // f, mask.shape[-1] // f
     gen = torch.Generator().manual_seed(int(seed))
     noise = torch.randn(codec.channels, H, W, generator=gen).to(device)
-    z = sample_area(net, noise, mask.to(device), cosine_alphas_cumprod(), ddim_time_pairs(steps),
-                    omega_vector(card.num_classes, omega), window=min(card.patch_size, H, W), plan=plan,
+    setup = sampling_setup(steps, card.num_classes, card.default_omega if omega is None else omega)
+    z = sample_area(net, noise, mask.to(device), setup.alphas, setup.pairs, setup.omega,
+                    window=min(card.patch_size, H, W), plan=plan,
                     eta=eta, generator=gen, rng=np.random.default_rng(seed), conditioning=card.conditioning)
     return codec.decode(z[None].float()).clamp(0, 1)[0].cpu()
 
@@ -90,7 +92,7 @@ def layouts(size: int) -> dict[str, np.ndarray]:
     return out
 
 
-def make_sheet(model, size: int = 256, steps: int = 50, omega: float = 3.0, seeds=(0, 1), eta: float = 1.0) -> np.ndarray:
+def make_sheet(model, size: int = 256, steps: int = 50, omega: float | None = None, seeds=(0, 1), eta: float = 1.0) -> np.ndarray:
     """RGB sheet: one row per layout, the coloured mask then one image per seed."""
     from PIL import Image, ImageDraw
 
@@ -115,6 +117,7 @@ def make_sheet(model, size: int = 256, steps: int = 50, omega: float = 3.0, seed
         d.rectangle([x, 5, x + 12, 17], fill=col, outline=(0, 0, 0))
         d.text((x + 16, 5), name, fill=(0, 0, 0))
         x += 26 + 7 * len(name)
+    omega = card.default_omega if omega is None else omega
     d.text((4, 24), f"model {card.name}: {steps} DDIM steps, eta {eta}, omega {omega}, seeds {list(seeds)}, "
                     f"{card.patch_px} px windows", fill=(0, 0, 0))
     return np.concatenate([np.asarray(legend)] + rows, axis=0)
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--size", type=int, default=256, help="image side in px")
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--omega", type=float, default=3.0)
+    p.add_argument("--omega", type=float, default=None, help="guidance ω (default: the model card's)")
     p.add_argument("--eta", type=float, default=1.0)
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--device", default="cpu")

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from src_models.errors import DiffInfiniteError
+
 UNCLASSIFIED = "Unclassified"
 AREA_TYPES = ("Polygon", "MultiPolygon")
 OTHER_TYPES = ("Point", "MultiPoint", "LineString", "MultiLineString")
@@ -48,7 +50,7 @@ OVERLAP_RULES = ("last", "class-map")
 MAX_RASTER_PIXELS = 2 * 89_478_485  # one rasterised window at most (as for mask files)
 
 
-class AnnotationError(ValueError):
+class AnnotationError(DiffInfiniteError, ValueError):
     """Annotations that cannot be used (the message says what and where)."""
 
 

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from src_models.errors import DiffInfiniteError
+
 
 # the most pixels a mask file may decode to: Pillow's own refusal threshold for PNG (twice its
 # MAX_IMAGE_PIXELS warning), applied to TIFF and NPY as well
@@ -13,7 +15,7 @@ JPEG_SUFFIXES = (".jpg", ".jpeg")
 MASK_EXTS = (".png", ".tif", ".tiff", ".npy")  # the label-mask files a folder is searched for
 
 
-class MaskError(ValueError):
+class MaskError(DiffInfiniteError, ValueError):
     """A mask file that cannot be used (message says why)."""
 
 

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from src_models.errors import DiffInfiniteError
 
-class SlideError(ValueError):
+
+class SlideError(DiffInfiniteError, ValueError):
     """A slide that cannot be read (message says why)."""
 
 

@@ -7,13 +7,17 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from src_models.errors import DiffInfiniteError
+
 CARD_FILE = "card.json"
 # built-in model directories shipped inside the package (name -> directory)
 BUILTIN_DIRS = {"default": Path(__file__).resolve().parents[1] / "weights" / "default"}  # src_models/weights/
 CARD_VERSION = 1
+DEFAULT_STEPS = 50  # a card that does not say: DDIM levels ...
+DEFAULT_OMEGA = 3.0  # ... and the guidance weight ω (scale ω + 1, as the release samples)
 
 
-class ModelError(ValueError):
+class ModelError(DiffInfiniteError, ValueError):
     """A model directory, card or weights file that cannot be used (message says why)."""
 
 
@@ -29,8 +33,8 @@ class ModelCard:
     training_data: str = ""
     licence: str = ""
     description: str = ""
-    default_steps: int = 50
-    default_omega: float = 3.0
+    default_steps: int = DEFAULT_STEPS
+    default_omega: float = DEFAULT_OMEGA
     mask_model: dict | None = None  # optional mask diffusion model (same layout as ``unet``)
     pixel_size_um: float | None = None  # µm per image pixel of the training data (None: not stated)
     extra: dict = field(default_factory=dict)

@@ -5,7 +5,7 @@ computed, so they cost nothing even for the published 172 M-parameter network.
 
 :class:`FastDenoiser` wraps a network (``net(x, t, mask) -> eps``) and is a denoiser in its own
 right: the samplers take it in place of the raw network.  What stays float32 is decided outside
-it: the latent state, the schedule math and the DDIM update (``schedule.ddim_step`` casts ε to
+it: the latent state, the schedule math and the solvers' updates (``solvers.DDIM.step`` casts ε to
 float32) never enter the autocast region, and guidance composites the passes in float32
 (``guidance.guided_eps`` casts every network output with ``.float()``).
 

@@ -46,3 +46,27 @@ def load_model(spec: str | Path = "default", device: str | torch.device = "cpu")
         load_safetensors_into(mask_unet, directory / "mask_unet.safetensors")
         mask_unet.eval()
     return Model(card, unet, codec, directory, mask_unet).to(device)
+
+
+def find_card(spec: str | Path) -> tuple[ModelCard, Model | None]:
+    """The model card of ``spec``, without loading weights where it can (built-in names, model
+    directories: ``card.json`` alone, no torch work); a published checkpoint is loaded whole on
+    the CPU and returned with its card, so it is not read twice.  Returns (card, model or None)."""
+    if str(spec) == "tiny-test":
+        from src_models.models.tiny import tiny_test_card
+
+        return tiny_test_card(), None
+    directory = BUILTIN_DIRS.get(str(spec), Path(spec))
+    if directory.is_dir():
+        return ModelCard.load(directory), None
+    if not directory.exists():
+        raise ModelError(f"model {str(spec)!r} not found (expected a model directory with card.json)")
+    model = load_model(spec, "cpu")
+    return model.card, model
+
+
+def load_for_run(spec: str | Path, device, preloaded: Model | None = None) -> Model:
+    """The model of ``spec`` on ``device``; ``preloaded`` (from :func:`find_card`) is moved there."""
+    if preloaded is not None:
+        return preloaded.to(device)
+    return load_model(spec, device)

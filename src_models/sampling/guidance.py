@@ -144,7 +144,7 @@ def guided_eps(
     return eps.index_add_(0, win, scale * diff)
 
 
-def omega_vector(num_classes: int, omega: float = 3.0, per_class: dict[int, float] | None = None) -> torch.Tensor:
+def omega_vector(num_classes: int, omega: float, per_class: dict[int, float] | None = None) -> torch.Tensor:
     """ω for every class: ``omega`` everywhere, overridden per class; class 0 is never guided."""
     w = torch.full((num_classes,), float(omega))
     for k, v in (per_class or {}).items():

@@ -41,6 +41,7 @@ import zarr
 from src_models.durable import fsync_dir as _fsync_dir
 from src_models.durable import fsync_file as _fsync_file
 from src_models.durable import fsync_tree as _fsync_tree
+from src_models.errors import DiffInfiniteError
 
 CHUNK = 512
 FORMAT = "diffinfinite-canvas/1"
@@ -56,7 +57,7 @@ STATE_CHUNK = 64  # regions per side of one region_state chunk
 PENDING, SAMPLED, COPIED, SKIPPED = 0, 1, 2, 3
 
 
-class CanvasError(RuntimeError):
+class CanvasError(DiffInfiniteError, RuntimeError):
     """A canvas that cannot be created, opened or written (message says why)."""
 
 

@@ -1,4 +1,6 @@
-"""The headless Python API: the same steps the CLI and the napari widgets take.
+"""Canvases and their use cases: the steps every interface takes, written once.
+
+The documented Python API (also importable from :mod:`src_models`)::
 
     model = load_model("default")
     canvas = new_canvas(model.card, "out.zarr", 1024, 1024)
@@ -6,17 +8,26 @@
     for event in synthesise(model, canvas, SynthesisRequest(seed=1)):
         print(event)
     save_preview(canvas, "out.png")
+
+The use cases behind ``generate``, ``generate-many`` and the napari dock's Run: a
+:class:`CanvasSpec` says what a run makes (path, size, regions, mask, settings);
+:func:`read_mask_for_model` reads its mask the one way (the release's grey codes decoded, a class
+map applied); :func:`check_existing` compares it with a canvas on disk, read-only, before any
+model loads; :func:`open_for_run` then makes the canvas anew or opens it to finish, storing a
+mask the run that made it did not finish writing and repairing damaged regions
+(:func:`repair_finished`).  Region sizes come from :func:`resolve_region_size`.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from src_models.store.canvas import Canvas, CanvasError
-from src_models.models.card import ModelCard
 from src_models.io.masks import MaskError, check_labels
+from src_models.models.card import ModelCard
+from src_models.store.canvas import Canvas, CanvasError, CanvasLockedError
 
 LATENT_MULTIPLE = 8  # canvas latent sides are kept a multiple of this
 
@@ -75,10 +86,39 @@ def card_pixel_size_um(card: ModelCard) -> float | None:
     return value if value > 0 else None
 
 
-def check_region_size(card: ModelCard, region_size: int) -> None:
+def check_region_size(card: ModelCard, region_size: int, name: str = "region size") -> None:
+    """A region side (px) must be a positive multiple of the model's latent factor."""
     if region_size <= 0 or region_size % card.factor:
-        raise CanvasError(f"region size {region_size} px must be a positive multiple of {card.factor} "
+        raise CanvasError(f"{name} {region_size} px must be a positive multiple of {card.factor} "
                           f"(the model's latent factor)")
+
+
+AUTO = "auto"  # a region size picked for the device (the napari dock's default)
+
+
+def resolve_region_size(card: ModelCard, requested: int | str | None = None, device_type: str = "cpu",
+                        batch_rows: int | None = None, name: str = "region size") -> int:
+    """The one place a region size is decided: ``requested`` px (checked), ``None`` for the
+    card's default (:func:`default_region_size`, eight windows: ``generate``, ``generate-many``,
+    the API), or ``"auto"`` for the device (:func:`region_size_for_device`: the napari dock,
+    ``generate --region-size auto``).  The same inputs give the same regions, so the same canvas."""
+    if requested is None:
+        return default_region_size(card)
+    if str(requested) == AUTO:
+        return region_size_for_device(card, device_type, batch_rows)
+    check_region_size(card, int(requested), name)
+    return int(requested)
+
+
+def auto_region_size(card: ModelCard, device, unet=None) -> int:
+    """:func:`resolve_region_size` for ``"auto"`` on a torch ``device``: on CUDA from the batch of
+    ``unet`` that fits the free memory (``fast.batch_budget``), elsewhere 256 px."""
+    rows = None
+    if getattr(device, "type", str(device)) == "cuda" and unet is not None:
+        from src_models.models.fast import batch_budget
+
+        rows = batch_budget(unet, card.patch_size, device)
+    return resolve_region_size(card, AUTO, getattr(device, "type", str(device)), rows)
 
 
 def new_canvas(card: ModelCard, path, height: int, width: int, region_size: int | None = None,
@@ -90,8 +130,7 @@ def new_canvas(card: ModelCard, path, height: int, width: int, region_size: int 
     from src_models.store.provenance import provenance
 
     check_size(card, height, width)
-    region_size = region_size or default_region_size(card)
-    check_region_size(card, region_size)
+    region_size = resolve_region_size(card, region_size or None)
     canvas = Canvas.create(
         path, height, width, factor=card.factor, latent_channels=int(card.codec.get("channels", 4)),
         region_size=region_size, classes=card.classes, colours=card.colours, overwrite=overwrite,
@@ -153,6 +192,149 @@ def new_canvas_with_mask(card: ModelCard, path, height: int, width: int, mask: n
     return canvas
 
 
+# ------------------------------------------------------------------------------------------------
+# use cases: every interface makes, resumes and repairs a canvas through these
+# ------------------------------------------------------------------------------------------------
+def read_mask_for_model(path, card: ModelCard, class_map: dict[int, int] | None = None, warn=None) -> np.ndarray:
+    """The one way a mask file becomes a run's labels: PNG/TIFF/NPY (or the card's colours), the
+    DiffInfinite release's grey codes decoded, ``class_map`` applied, labels checked against the
+    card's classes.  ``warn(text)`` hears what a foreign mask was read as."""
+    from src_models.io.foreign_masks import load_for_model
+
+    mask, found = load_for_model(path, card.colours, card.classes, class_map)
+    if found.kind == "grey" and warn is not None:
+        warn(f"{path} is a {found.describe()}")
+    return mask
+
+
+@dataclass
+class CanvasSpec:
+    """What a run makes or finishes: the canvas at ``path``, its size, regions and mask, and the
+    settings of the run (``SynthesisRequest.settings()`` of a resolved request)."""
+
+    path: Path
+    height: int
+    width: int
+    mask: np.ndarray
+    settings: dict
+    region_size: int | None = None  # px; None: the card's default (an existing canvas keeps its own)
+    sources: list[dict] | None = None  # provenance of the inputs (the mask file)
+    mask_name: str = "the mask"  # how messages name the mask (its file)
+    signature: str = field(init=False)
+
+    def __post_init__(self):
+        self.path = Path(self.path)
+        self.signature = mask_signature(self.mask)
+
+
+class CanvasMismatchError(CanvasError):
+    """A canvas on disk that the run's size, regions, settings or mask do not fit."""
+
+
+@dataclass
+class Existing:
+    """A canvas on disk that a run may finish (see :func:`check_existing`)."""
+
+    done: int  # finished regions
+    total: int  # regions
+    complete: bool  # every region done, no inpaint pending, every chunk file present
+    mask_unwritten: bool  # the run that made it stopped while writing the mask
+
+
+def check_spec(card: ModelCard, spec: CanvasSpec) -> None:
+    """The size and regions of ``spec`` fit the model's grid."""
+    check_size(card, spec.height, spec.width)
+    if spec.region_size is not None:
+        check_region_size(card, spec.region_size)
+
+
+def mismatch(canvas: Canvas, spec: CanvasSpec, card: ModelCard | None) -> str | None:
+    """Why ``canvas`` cannot be finished with ``spec`` (size, regions, settings, mask), or None."""
+    from src_models.synthesis.request import settings_diff
+
+    if (canvas.height, canvas.width) != (spec.height, spec.width):
+        return f"{spec.path} is {canvas.width}x{canvas.height} px, not {spec.width}x{spec.height}"
+    if spec.region_size and spec.region_size != canvas.region_size:
+        return f"{spec.path} uses regions of {canvas.region_size} px, not {spec.region_size}"
+    diffs = settings_diff(canvas.settings, spec.settings, card)
+    if diffs:
+        text = ", ".join(f"{k}: canvas {a!r} vs now {b!r}" for k, (a, b) in diffs.items())
+        return f"settings differ from the run that made {spec.path} ({text})"
+    # no signature and nothing sampled: the run that made it stopped while writing the mask
+    if not mask_unwritten(canvas) and canvas.info.get("mask_signature") != spec.signature:
+        return f"{spec.mask_name} is not the mask {spec.path} was made with"
+    return None
+
+
+def check_existing(spec: CanvasSpec, card: ModelCard) -> Existing:
+    """Read-only, before any model loads: can the canvas at ``spec.path`` be finished with
+    ``spec``?  Raises :class:`CanvasMismatchError` saying why not."""
+    with Canvas.open(spec.path, "r") as canvas:
+        problem = mismatch(canvas, spec, card)
+        if problem:
+            raise CanvasMismatchError(problem)
+        done, total = len(canvas.done_indices()), len(canvas.regions())
+        complete = done == total and not canvas.jobs()
+        if complete:
+            from src_models.store.verify import verify_canvas
+
+            complete = verify_canvas(canvas, deep=False).ok
+        return Existing(done, total, complete, mask_unwritten(canvas))
+
+
+def open_for_run(spec: CanvasSpec, card: ModelCard, *, resume: bool, overwrite: bool = False, progress=None,
+                 notice=None, repaired: list | None = None) -> Canvas:
+    """The canvas a run writes, open for writing: made anew with its mask, or (``resume``) the
+    one on disk, checked again against ``spec`` (another process may have changed it since
+    :func:`check_existing`), its mask stored if the run that made it stopped while writing it, and
+    its finished regions checked and repaired (:func:`repair_finished`, ``progress(n, total)`` and
+    ``notice(text)`` as there; the regions it repaired are added to ``repaired``)."""
+    if not resume:
+        return new_canvas_with_mask(card, spec.path, spec.height, spec.width, spec.mask, spec.region_size,
+                                    overwrite=overwrite, settings=spec.settings, sources=spec.sources)
+    canvas = Canvas.open(spec.path, "r+")
+    try:
+        problem = mismatch(canvas, spec, card)
+        if problem:
+            raise CanvasMismatchError(problem)
+        if mask_unwritten(canvas):
+            store_mask(canvas, spec.mask)
+        touched = repair_finished(canvas, progress=progress, notice=notice)
+        if repaired is not None:
+            repaired.extend(touched)
+    except BaseException:
+        canvas.close()
+        raise
+    return canvas
+
+
+def repair_finished(canvas: Canvas, progress=None, notice=None) -> list[int]:
+    """Before a run goes on with a canvas: check every finished region against its checksums,
+    rebuild damaged pyramid tiles and forget damaged sampled regions so the run samples them
+    again.  ``notice(text)`` hears each kind of repair in one line; returns the regions touched."""
+    from src_models.store.verify import repair, verify_canvas
+
+    report = verify_canvas(canvas, deep=True, progress=progress)
+    if report.ok:
+        return []
+    rebuilt, forgotten = repair(canvas, report)
+    notes = []
+    if rebuilt:
+        notes.append(f"pyramid tiles of {len(rebuilt)} region(s) were damaged and are rebuilt from level 0 "
+                     f"({', '.join(map(str, rebuilt[:20]))})")
+    if forgotten:
+        first = report.damaged[forgotten[0]][0]
+        notes.append(f"{len(forgotten)} damaged region(s) will be generated again "
+                     f"({', '.join(map(str, forgotten[:20]))}; region {forgotten[0]}: {first})")
+    if report.copied:
+        notes.append(f"{len(report.copied)} damaged region(s) hold copied content that cannot be generated again "
+                     f"({', '.join(map(str, sorted(report.copied)[:20]))}); import the source again")
+    for text in notes:
+        if notice is not None:
+            notice(text)
+    return sorted(set(rebuilt) | set(forgotten))
+
+
 def preview_level(canvas: Canvas, max_side: int = 2048) -> int:
     for level in range(canvas.levels):
         shape = canvas.image(level).shape
@@ -177,4 +359,6 @@ def mask_rgb(mask: np.ndarray, colours: list[str]) -> np.ndarray:
     return lut[mask]
 
 
-__all__ = ["new_canvas", "put_mask", "save_preview", "check_size", "default_region_size", "mask_rgb", "MaskError"]
+__all__ = ["new_canvas", "put_mask", "save_preview", "check_size", "default_region_size", "resolve_region_size",
+           "mask_rgb", "MaskError", "CanvasSpec", "read_mask_for_model", "check_existing", "open_for_run",
+           "repair_finished", "CanvasMismatchError", "CanvasLockedError"]

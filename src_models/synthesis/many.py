@@ -38,6 +38,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from src_models.errors import DiffInfiniteError
+
 TOPIC = "diffinfinite"
 KEY_PREFIX = "diffinfinite-canvas"
 PLUGIN_NAME = "diffinfinite-canvas-worker"
@@ -47,7 +49,7 @@ SUMMARY_COLUMNS = ["name", "status", "canvas", "preview", "regions", "sampled", 
 NOT_JOB_FIELDS = ("device", "area")
 
 
-class JobError(ValueError):
+class JobError(DiffInfiniteError, ValueError):
     """A job that cannot run as given (message names the job and says why)."""
 
 
@@ -208,6 +210,7 @@ class _WorkerState:
         self.gpus, self.threads = int(gpus), threads
         self.device = "cpu"
         self.models: dict = {}
+        self.cards: dict = {}  # spec -> (card, model loaded for the card or None)
         self.loads = 0  # models loaded by this worker (one per model and device)
         self.lock_fds: list[int] = []
         self.error: str | None = None
@@ -245,6 +248,7 @@ class _WorkerState:
 
     def stop(self) -> None:
         self.models.clear()
+        self.cards.clear()
         for fd in self.lock_fds:
             try:
                 os.close(fd)
@@ -252,14 +256,28 @@ class _WorkerState:
                 pass
         self.lock_fds = []
 
+    def card(self, spec: str):
+        """The model card of ``spec`` (read once per worker; a published checkpoint is loaded on
+        the CPU for it, and kept for :meth:`model`)."""
+        key = str(spec)
+        with self._loading:
+            if key not in self.cards:
+                from src_models.models.loading import find_card
+
+                self.cards[key] = find_card(spec)
+            return self.cards[key][0]
+
     def model(self, spec: str, device: str):
         """The model, loaded once per worker and device."""
         key = (str(spec), str(device))
         with self._loading:  # a worker with several threads loads a model once all the same
             if key not in self.models:
-                from src_models.models.loading import load_model
+                from src_models.models.loading import load_for_run
 
-                self.models[key] = load_model(spec, device)
+                card, preloaded = self.cards.get(str(spec), (None, None))
+                self.models[key] = load_for_run(spec, device, preloaded)
+                if preloaded is not None:  # handed over: the card stays, the model is this one
+                    self.cards[str(spec)] = (card, None)
                 self.loads += 1
             return self.models[key]
 
@@ -364,10 +382,8 @@ def generate_canvas(job: Job, sink=None) -> dict:
     disk) comes back as a row with status ``failed`` and the reason: running it again would not
     help.  A canvas another process is writing is waited for up to ``job.lock_wait_s``, then
     the task fails with an exception, which dask retries."""
-    from src_models.store.canvas import CanvasError, CanvasLockedError
-    from src_models.models.card import ModelError
-    from src_models.io.masks import MaskError
-    from src_models.synthesis.run import SynthesisError
+    from src_models.errors import DiffInfiniteError
+    from src_models.store.canvas import CanvasLockedError
 
     state, worker = _state()
     events = _Events(worker, job, sink)
@@ -390,7 +406,7 @@ def generate_canvas(job: Job, sink=None) -> dict:
                 time.sleep(1.0)
     except CanvasLockedError:
         raise
-    except (JobError, CanvasError, ModelError, MaskError, SynthesisError) as e:
+    except DiffInfiniteError as e:
         row.update(status="failed", error=str(e), seconds=round(time.perf_counter() - started, 2))
         events.send("failed", error=str(e))
         return row
@@ -409,101 +425,59 @@ def _device_for(job: Job, state: _WorkerState) -> str:
     return str(resolve_device(wanted))
 
 
+def job_spec(job: Job, card, settings: dict):
+    """The :class:`~src_models.synthesis.canvases.CanvasSpec` of a job (its mask read the one way)."""
+    from src_models.synthesis.canvases import CanvasSpec, read_mask_for_model
+
+    mask = read_mask_for_model(job.mask, card)
+    return CanvasSpec(Path(job.out), job.height, job.width, mask, settings, job.region_size, mask_name=job.mask)
+
+
 def _make(job: Job, state: _WorkerState, events: _Events) -> dict:
-    from src_models.synthesis.canvases import (check_region_size, check_size, mask_signature, mask_unwritten, new_canvas_with_mask,
-                      save_preview, store_mask)
-    from src_models.store.canvas import Canvas
-    from src_models.io.masks import check_labels, load_mask
+    """One canvas through the use cases ``generate`` runs (check, open or make, repair, sample)."""
+    from src_models.models.loading import find_card
+    from src_models.synthesis import regions
+    from src_models.synthesis.canvases import (CanvasMismatchError, check_existing, check_spec, open_for_run,
+                                               save_preview)
     from src_models.synthesis.request import SynthesisRequest
-    from src_models.synthesis.regions import pending_regions, synthesise
 
     out = Path(job.out)
     device = _device_for(job, state)
     request = SynthesisRequest(**{**job.request, "device": device})
-    settings = request.settings()
-    done_before, fresh = 0, True
-    if out.exists() and not job.overwrite:
-        fresh = False
-        with Canvas.open(out, "r") as canvas:
-            _check_same(canvas, job, settings)
-            done_before = len(canvas.done_indices())
-            total = len(canvas.regions())
-            complete = done_before == total and not canvas.jobs()
-            if complete:
-                from src_models.store.verify import verify_canvas
-
-                complete = verify_canvas(canvas, deep=False).ok
-        if complete:
+    card = state.card(request.model)
+    spec = job_spec(job, card, request.settings())
+    check_spec(card, spec)
+    resume = out.exists() and not job.overwrite
+    if resume:
+        try:
+            existing = check_existing(spec, card)
+        except CanvasMismatchError as e:
+            raise CanvasMismatchError(f"{e}; pass --overwrite to make it anew") from None
+        if existing.complete:
             if job.preview and not Path(job.preview).exists():
+                from src_models.store.canvas import Canvas
+
                 with Canvas.open(out, "r") as canvas:
                     save_preview(canvas, job.preview)
-            return {"status": "already done", "regions": total, "sampled": 0, "done_before": done_before,
+            return {"status": "already done", "regions": existing.total, "sampled": 0, "done_before": existing.done,
                     "device": device}
     model = state.model(request.model, device)  # loads once per worker
-    card = model.card
-    mask = load_mask(job.mask, card.colours)
-    check_labels(mask, card.classes, job.mask)
-    check_size(card, job.height, job.width)
-    if job.region_size:
-        check_region_size(card, job.region_size)
-    signature = mask_signature(mask)
-    if fresh:
-        canvas = new_canvas_with_mask(card, out, job.height, job.width, mask, job.region_size,
-                                      overwrite=job.overwrite, settings=settings)
-    else:
-        canvas = Canvas.open(out, "r+")
-        try:
-            _check_same(canvas, job, settings, signature)
-            if mask_unwritten(canvas):
-                store_mask(canvas, mask)
-            repaired = _check_and_repair(canvas)
-            if repaired:
-                events.send("repaired", regions=repaired)
-        except BaseException:
-            canvas.close()
-            raise
+    repaired: list[int] = []
+    canvas = open_for_run(spec, model.card, resume=resume, overwrite=job.overwrite, repaired=repaired)
+    if repaired:
+        events.send("repaired", regions=len(repaired))
     with canvas:
         done_before = len(canvas.done_indices())
-        todo = len(pending_regions(canvas, request))
+        todo = len(regions.pending_regions(canvas, request))
         total = len(canvas.regions())
         events.send("start", regions=total, todo=todo, done_before=done_before, device=device)
         sampled = 0
-        for ev in synthesise(model, canvas, request):
+        for ev in regions.synthesise(model, canvas, request):
             sampled += 1
             events.send("region", force=sampled == todo, done=done_before + sampled, regions=total)
         if job.preview:
             save_preview(canvas, job.preview)
     return {"status": "done", "regions": total, "sampled": sampled, "done_before": done_before, "device": device}
-
-
-def _check_same(canvas, job: Job, settings: dict, signature: str | None = None) -> None:
-    """An existing canvas is finished only with the size, regions, settings and mask that made it."""
-    from src_models.store.canvas import CanvasError
-
-    if (canvas.height, canvas.width) != (job.height, job.width):
-        raise CanvasError(f"{job.out} is {canvas.width}x{canvas.height} px, the job asks for {job.width}x{job.height}")
-    if job.region_size and job.region_size != canvas.region_size:
-        raise CanvasError(f"{job.out} uses regions of {canvas.region_size} px, the job asks for {job.region_size}")
-    from src_models.synthesis.request import settings_diff
-
-    diffs = settings_diff(canvas.settings, settings)
-    if diffs:
-        text = ", ".join(f"{k}: canvas {a!r} vs job {b!r}" for k, (a, b) in diffs.items())
-        raise CanvasError(f"settings differ from the run that made {job.out} ({text}); pass --overwrite to make it anew")
-    if signature is not None and "mask_signature" in canvas.info and canvas.info["mask_signature"] != signature:
-        raise CanvasError(f"{job.mask} is not the mask {job.out} was made with; pass --overwrite to make it anew")
-
-
-def _check_and_repair(canvas) -> int:
-    """Before finishing a canvas: check its finished regions against their checksums (what
-    ``generate --resume`` does); damaged ones are generated again.  Returns how many."""
-    from src_models.store.verify import repair, verify_canvas
-
-    report = verify_canvas(canvas, deep=True)
-    if report.ok:
-        return 0
-    rebuilt, forgotten = repair(canvas, report)
-    return len(set(rebuilt) | set(forgotten))
 
 
 # ------------------------------------------------------------------------------------------------

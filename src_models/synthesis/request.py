@@ -1,27 +1,53 @@
 """The plain values that describe a run and the events it yields (no torch here, so a GUI can
 build a request without importing it).
 
-Options of a run are checked in one place each: the plan by :func:`src_models.sampling.plan.check_plan`,
-the solver and η by :func:`src_models.sampling.solvers.check_solver`, all of them together by
-:meth:`SynthesisRequest.check`.  The CLI and the widgets list :data:`PLANS` and :data:`SOLVERS`.
+This is the one place that checks the options of a run and fills in their defaults:
+:meth:`SynthesisRequest.check` checks every field (the plan through
+:func:`src_models.sampling.plan.check_plan`, the solver and η through
+:func:`src_models.sampling.solvers.check_solver`, the numbers through :func:`check_number`), and
+:meth:`SynthesisRequest.resolved` fills in what was left open from the model card (plan, steps, η,
+ω).  The interfaces only translate their input into a request: the CLI names its options
+(``--steps``) through ``check(option=...)``, a job table its columns.  The CLI and the widgets list
+:data:`PLANS` and :data:`SOLVERS`.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
+from src_models.errors import DiffInfiniteError
+from src_models.models.card import DEFAULT_OMEGA, DEFAULT_STEPS
 from src_models.sampling.plan import PLANS, check_plan
 from src_models.sampling.solvers import SOLVERS, check_solver
 
 if TYPE_CHECKING:  # annotations only
     import torch
 
-__all__ = ["PLANS", "SOLVERS", "SynthesisRequest", "RegionDone", "RegionProgress", "SweepProgress",
-           "default_plan", "normalise_settings", "settings_diff", "MAX_STEPS"]
+__all__ = ["PLANS", "SOLVERS", "SynthesisRequest", "RegionDone", "RegionProgress", "SweepProgress", "RequestError",
+           "default_plan", "normalise_settings", "settings_diff", "check_number", "MAX_STEPS"]
 
 MAX_STEPS = 1000  # the models' training steps
 MAX_RESAMPLE = 20
+MAX_ETA = 1.0  # DDIM's η: 0 deterministic, 1 the release's stochastic sampler
+
+
+class RequestError(DiffInfiniteError, ValueError):
+    """An option of a run that no run can use (message names the option and says why)."""
+
+
+def check_number(name: str, value, low: float | None = None, high: float | None = None) -> None:
+    """``value`` (None: not given) must be a finite number within [``low``, ``high``]; ``name`` is the
+    option as the user wrote it (``--omega``, a job table's ``omega``)."""
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise RequestError(f"{name} must be a finite number, got {value}")
+    if low is not None and value < low:
+        raise RequestError(f"{name} must be at least {low:g}, got {value:g}")
+    if high is not None and value > high:
+        raise RequestError(f"{name} must be at most {high:g}, got {value:g}")
 # the patch-order option was called "schedule" before plans and solvers were apart
 LEGACY_SCHEDULES = {"parallel": "grid", "sequential": "sequential"}
 
@@ -39,12 +65,13 @@ class SynthesisRequest:
 
     ``plan`` None means the model's default (:func:`default_plan`); ``steps`` None the solver's
     default (for ``ddim`` the model card's); ``eta`` None the solver's (``ddim`` 1, as the release;
-    ``dpmpp-2m`` 0).  :meth:`resolved` fills them in for a model card.
+    ``dpmpp-2m`` 0); ``omega`` None the card's ``default_omega``.  :meth:`resolved` fills them in
+    for a model card.
     """
 
     model: str = "default"
     steps: int | None = None
-    omega: float = 3.0
+    omega: float | None = None
     omega_per_class: dict[int, float] = field(default_factory=dict)
     eta: float | None = None
     seed: int = 0
@@ -60,35 +87,58 @@ class SynthesisRequest:
     halo: int | None = None  # latent px of context around each region (default: half a window)
     resample: int = 1  # where there is context: each level run this many times, re-noised in between (RePaint)
 
-    def check(self) -> None:
-        """Raise ValueError (one line, naming the option) for values no run can use."""
-        if self.plan is not None:
-            check_plan(self.plan)
-        check_solver(self.solver, self.eta)
-        if self.steps is not None and not 1 <= int(self.steps) <= MAX_STEPS:
-            raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
-        if not 1 <= int(self.resample) <= MAX_RESAMPLE:
-            raise ValueError(f"resample must be between 1 and {MAX_RESAMPLE}, got {self.resample}")
-        if int(self.resample) > 1 and self.solver != "ddim":
-            raise ValueError(f"resample needs the ddim solver (a multistep solver's history does not survive "
-                             f"re-noising); got {self.solver}")
+    def check(self, card=None, option: Callable[[str], str] | None = None) -> None:
+        """Raise :class:`RequestError` (one line, naming the option) for values no run can use.
 
-    def resolved(self, card=None) -> "SynthesisRequest":
-        """A checked copy with plan, steps and η filled in for ``card`` (a model card)."""
-        self.check()
+        ``option(field)`` names a field as the interface calls it (the CLI: ``--steps``,
+        ``--omega-class 2``); each bound is then reported on its own ("at least", "at most").
+        With a model ``card`` the labels of per-class ω are checked against its classes too.
+        """
+        name = option or (lambda f: f)
+        if option is not None or self.steps is None or 1 <= int(self.steps) <= MAX_STEPS:
+            check_number(name("steps"), self.steps, 1, MAX_STEPS)
+        else:  # the API's words for the steps range
+            raise RequestError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
+        check_number(name("omega"), self.omega, 0.0)
+        for k, v in self.omega_per_class.items():
+            check_number(name(f"omega_per_class {k}"), v, 0.0)
+            if card is not None and not 0 <= int(k) < card.num_classes:
+                raise RequestError(f"ω given for class {k}, but the model has classes 0..{card.num_classes - 1}")
+        if option is not None:  # the API's words for a negative η are check_solver's, below
+            check_number(name("eta"), self.eta, 0.0, MAX_ETA)
+        check_number(name("max_batch"), self.max_batch, 1)
+        if self.centre is not None and not all(math.isfinite(v) for v in self.centre):
+            raise RequestError(f"{name('centre')} must be two finite numbers, got {self.centre}")
+        try:
+            if self.plan is not None:
+                check_plan(self.plan)
+            check_solver(self.solver, self.eta)
+        except ValueError as e:
+            raise RequestError(str(e)) from None
+        check_number(name("eta"), self.eta, None, MAX_ETA)
+        if not 1 <= int(self.resample) <= MAX_RESAMPLE:
+            raise RequestError(f"resample must be between 1 and {MAX_RESAMPLE}, got {self.resample}")
+        if int(self.resample) > 1 and self.solver != "ddim":
+            raise RequestError(f"resample needs the ddim solver (a multistep solver's history does not survive "
+                               f"re-noising); got {self.solver}")
+
+    def resolved(self, card=None, option: Callable[[str], str] | None = None) -> "SynthesisRequest":
+        """A checked copy with plan, steps, η and ω filled in for ``card`` (a model card)."""
+        self.check(card, option)
         plan = self.plan or (default_plan(card) if card is not None else "grid")
         steps = self.steps
         if steps is None:
-            steps = SOLVERS[self.solver].default_steps or int(getattr(card, "default_steps", 50))
+            steps = SOLVERS[self.solver].default_steps or int(getattr(card, "default_steps", DEFAULT_STEPS))
         eta = check_solver(self.solver, self.eta)
-        return dataclasses.replace(self, plan=plan, steps=int(steps), eta=eta)
+        omega = self.omega if self.omega is not None else float(getattr(card, "default_omega", DEFAULT_OMEGA))
+        return dataclasses.replace(self, plan=plan, steps=int(steps), eta=eta, omega=float(omega))
 
     def settings(self) -> dict:
         """The values that decide the pixels (device and batch size do not)."""
         return {
             "model": str(self.model),
             "steps": None if self.steps is None else int(self.steps),
-            "omega": float(self.omega),
+            "omega": None if self.omega is None else float(self.omega),
             "omega_per_class": {str(k): float(v) for k, v in sorted(self.omega_per_class.items())},
             "eta": None if self.eta is None else float(self.eta),
             "seed": int(self.seed),
@@ -117,7 +167,9 @@ def normalise_settings(stored: dict, card=None) -> dict:
         if out.get("eta") is None and solver in SOLVERS:
             out["eta"] = check_solver(solver, None)
         if out.get("steps") is None and solver in SOLVERS:
-            out["steps"] = int(SOLVERS[solver].default_steps or getattr(card, "default_steps", 50))
+            out["steps"] = int(SOLVERS[solver].default_steps or getattr(card, "default_steps", DEFAULT_STEPS))
+        if out.get("omega") is None:
+            out["omega"] = float(getattr(card, "default_omega", DEFAULT_OMEGA))
     return out
 
 

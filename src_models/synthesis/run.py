@@ -11,9 +11,7 @@ import numpy as np
 import torch
 
 from src_models.errors import DiffInfiniteError
-from src_models.sampling.guidance import omega_vector
-from src_models.sampling.sampler import effective_window
-from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_time_pairs
+from src_models.sampling.setup import effective_window, sampling_setup
 from src_models.store.canvas import Canvas, Region
 from src_models.synthesis.request import SynthesisRequest
 
@@ -83,18 +81,17 @@ def prepare_run(model, canvas: Canvas, request: SynthesisRequest) -> Run:
         raise SynthesisError(f"the canvas was made for a model with factor {canvas.factor}, this model has {card.factor}")
     if canvas.latent.shape[0] != _latent_channels(model):
         raise SynthesisError(f"the canvas holds {canvas.latent.shape[0]}-channel latents, this model makes {_latent_channels(model)}")
+    lh, lw = canvas.latent_shape
     try:
         request = request.resolved(card)
-        pairs = ddim_time_pairs(request.steps)
-        omega = omega_vector(card.num_classes, request.omega, request.omega_per_class)
+        setup = sampling_setup(request.steps, card.num_classes, request.omega, request.omega_per_class)
+        window = effective_window(card.patch_size, lh, lw, multiple=_multiple(model))
     except ValueError as e:
         raise SynthesisError(str(e)) from None
-    lh, lw = canvas.latent_shape
-    window = effective_window(card.patch_size, lh, lw, multiple=_multiple(model))
     halo = request.halo if request.halo is not None else window // 2
     denoiser, budget = _denoiser_for(model, model.device, window, request)
     max_batch = max(1, int(request.max_batch)) if request.max_batch else budget
-    return Run(model, canvas, request, pairs, omega, cosine_alphas_cumprod(), window, halo, denoiser, max_batch)
+    return Run(model, canvas, request, setup.pairs, setup.omega, setup.alphas, window, halo, denoiser, max_batch)
 
 
 def check_labels_fit(run: Run, mask_np: np.ndarray, where: str) -> None:

@@ -34,8 +34,10 @@ from dataclasses import dataclass
 
 import torch
 
+from src_models.errors import DiffInfiniteError
 
-class ParallelError(ValueError):
+
+class ParallelError(DiffInfiniteError, ValueError):
     """A distributed launch that cannot work as asked (message says why)."""
 
 

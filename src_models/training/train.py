@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from src_models.models.card import ModelCard, ModelError
 from src_models.durable import fsync_dir, fsync_file
 from src_models.io.masks import MASK_EXTS
+from src_models.errors import DiffInfiniteError
 
 IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 DEFAULT_COLOURS = ["#000000", "#e8e8e8", "#6a2d8f", "#e87ab0", "#f4a300", "#2a9d8f", "#c1121f", "#3a86ff", "#8ac926", "#6d597a"]
@@ -62,7 +63,7 @@ DEFAULT_UNET = {"base": 32, "mults": [1, 2, 3], "blocks": 2, "cond_dim": 32, "he
 DEFAULT_CODEC = {"widths": [32, 64, 96], "latent_channels": 4, "mid_blocks": 2}
 
 
-class TrainError(ValueError):
+class TrainError(DiffInfiniteError, ValueError):
     """Bad training input (message says what and where)."""
 
 

@@ -70,8 +70,8 @@ def layout_grid(card, height: int, width: int, multiple: int = 8) -> tuple[int, 
 def sample_layout_codes(model, grid: tuple[int, int], seed: int = 0, steps: int | None = None, eta: float = 1.0,
                         callback=None, cancel=None) -> torch.Tensor:
     """The model's continuous one-hot output (C, h, w) on a coarse grid of ``grid`` layout pixels."""
-    from src_models.sampling.sampler import effective_window, sample_area
-    from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_time_pairs
+    from src_models.sampling.sampler import sample_area
+    from src_models.sampling.setup import effective_window, sampling_setup
 
     spec = model.card.mask_model
     unet = model.mask_unet
@@ -80,10 +80,10 @@ def sample_layout_codes(model, grid: tuple[int, int], seed: int = 0, steps: int 
     gen = torch.Generator().manual_seed(int(seed))
     noise = torch.randn((len(spec["classes"]), h, w), generator=gen).to(device)
     window = effective_window(int(spec.get("patch_size", 32)), h, w, int(getattr(unet, "size_multiple", 8)))
+    setup = sampling_setup(int(steps or spec.get("steps", 50)), int(getattr(unet, "num_classes", 2)))  # unguided
     return sample_area(
         _Unconditional(unet), noise, torch.zeros((1, h, w), dtype=torch.long, device=device),
-        cosine_alphas_cumprod(), ddim_time_pairs(int(steps or spec.get("steps", 50))),
-        torch.zeros(int(getattr(unet, "num_classes", 2))), window=window, eta=eta, generator=gen,
+        setup.alphas, setup.pairs, setup.omega, window=window, eta=eta, generator=gen,
         rng=np.random.default_rng(int(seed)), callback=callback, cancel=cancel,
     ).float().cpu()
 

@@ -199,8 +199,8 @@ def generate_release_mask(model, size, subtype=0, seed: int = 0, *, steps: int =
     skips the last one).  Returns uint8 labels (H, W); with ``return_low_res`` also the cleaned
     quarter-size mask.  ``callback`` and ``cancel`` are handed to the sampler.
     """
-    from src_models.sampling.sampler import effective_window, sample_area
-    from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_time_pairs
+    from src_models.sampling.sampler import sample_area
+    from src_models.sampling.setup import effective_window, sampling_setup
 
     if model.mask_unet is None or not model.card.mask_model:
         raise ValueError(f"model {model.card.name!r} has no mask model")
@@ -218,8 +218,9 @@ def generate_release_mask(model, size, subtype=0, seed: int = 0, *, steps: int =
     gen = torch.Generator().manual_seed(int(seed))
     noise = torch.randn((model.mask_unet.channels, h, w), generator=gen).to(device)
     denoiser = SubtypeDenoiser(model.mask_unet, sub, cond_drop, torch.Generator().manual_seed(int(seed) + 1))
-    z = sample_area(denoiser, noise, torch.zeros((1, h, w), dtype=torch.long, device=device), cosine_alphas_cumprod(),
-                    ddim_time_pairs(steps), torch.zeros(model.mask_unet.num_classes),
+    setup = sampling_setup(steps, model.mask_unet.num_classes)  # unguided: ω 0 for every class
+    z = sample_area(denoiser, noise, torch.zeros((1, h, w), dtype=torch.long, device=device), setup.alphas,
+                    setup.pairs, setup.omega,
                     window=effective_window(window, h, w, 8), plan=plan, solver=solver, eta=eta, generator=gen,
                     rng=np.random.default_rng(int(seed)), max_batch=max_batch, callback=callback, cancel=cancel)
     with torch.inference_mode():

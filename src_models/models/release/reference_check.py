@@ -39,7 +39,8 @@ from src_models.models.card import ModelError
 from src_models.sampling.guidance import guided_eps
 from src_models.models.base import check_state_dict
 from src_models.models.release.unet import ATTENTION_MODES, ImageUNet, MaskUNet
-from src_models.sampling.schedule import cosine_alphas_cumprod, ddim_step
+from src_models.sampling.schedule import cosine_alphas_cumprod
+from src_models.sampling.solvers import make_solver
 
 TOLERANCE = 1e-5
 REL_ERR_DEFINITION = "max|ours - reference| / max|reference| over the whole tensor"
@@ -215,7 +216,7 @@ def _image_output(unet: ImageUNet, key: str, tensors: dict, alphas_cumprod, devi
     omega = torch.full((unet.num_classes,), scale - 1.0)
     tt = torch.full((x.shape[0],), t, dtype=torch.long, device=device)
     eps = guided_eps(unet, x, tt, mask, omega, conditioning="per_class")
-    x_next, _ = ddim_step(x, eps, t, t_next, alphas_cumprod, eta=0.0)
+    x_next, _, _ = make_solver("ddim", alphas_cumprod, [(t, t_next)], 0.0).step(x, eps, t, t_next, {})
     return x_next
 
 

@@ -21,8 +21,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .cli import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, UserError, _add_run_options, _card,
-                  _check_run_args, _check_steps, _finite, _on_sigterm, _parse_size, _request)
+from src_models.cli.common import UserError, add_run_options, check_run_args, parse_size, resolve_request, run_command
 
 
 def build_parser(prog: str = "diffinfinite generate-many") -> argparse.ArgumentParser:
@@ -46,14 +45,14 @@ def build_parser(prog: str = "diffinfinite generate-many") -> argparse.ArgumentP
                    help="GPUs each canvas task reserves (dask resource GPU) and each worker is pinned to "
                    "(default: 1 when the workers have GPUs, else 0 = CPU)")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--size", type=_parse_size, default=None, metavar="WxH", help="canvas size for jobs without one")
+    size.add_argument("--size", type=parse_size, default=None, metavar="WxH", help="canvas size for jobs without one")
     size.add_argument("--scale", type=float, default=None, help="canvas px per mask px for jobs without a size (default 1)")
     p.add_argument("--overwrite", action="store_true", help="make every canvas anew (default: finish existing ones)")
     p.add_argument("--retries", type=int, default=2, help="times a failed canvas task is run again (default 2)")
     p.add_argument("--summary", type=Path, default=None, help="summary CSV (default: OUT/summary.csv)")
     p.add_argument("--dashboard-address", default=":8787", help="dashboard of the local cluster (default :8787; "
                    "'none' for none)")
-    _add_run_options(p)
+    add_run_options(p)
     for action in p._actions:  # each canvas's preview is OUT/NAME.png
         if "--preview" in action.option_strings:
             action.help = argparse.SUPPRESS
@@ -64,7 +63,7 @@ def _scale_size(row: dict, args, mask_shape, where: str) -> tuple[int, int]:
     text = row.get("size", "").strip()
     if text:
         try:
-            return _parse_size(text)
+            return parse_size(text)
         except argparse.ArgumentTypeError as e:
             raise UserError(f"{where}: {e}") from None
     scale_text = row.get("scale", "").strip()
@@ -82,29 +81,27 @@ def _scale_size(row: dict, args, mask_shape, where: str) -> tuple[int, int]:
     return int(round(mask_shape[1] * scale)), int(round(mask_shape[0] * scale))
 
 
-def _check_request(r, card, where: str) -> None:
-    try:
-        _check_steps(r.steps)
-        _finite("omega", r.omega)
-        _finite("eta", r.eta, 0.0, 1.0)
-        for k, v in r.omega_per_class.items():
-            _finite(f"omega for class {k}", v)
-            if not 0 <= k < card.num_classes:
-                raise UserError(f"ω given for class {k}, but the model has classes 0..{card.num_classes - 1}")
-        if r.max_batch is not None and r.max_batch < 1:
-            raise UserError(f"max_batch must be at least 1, got {r.max_batch}")
-    except UserError as e:
-        raise UserError(f"{where}: {e}") from None
+def table_option(field: str) -> str:
+    """A request field as a job table names it (``omega_per_class 2`` -> ``omega for class 2``)."""
+    if field.startswith("omega_per_class "):
+        return "omega for class " + field.split(" ", 1)[1]
+    return field
+
+
+def _warn(text: str) -> None:
+    warnings.warn(text, RuntimeWarning, stacklevel=2)
 
 
 def build_jobs(args) -> list:
     """Every job, checked (masks read, labels, sizes, settings against canvases already on disk)."""
-    from src_models.synthesis.canvases import check_region_size, check_size, mask_signature
-    from src_models.store.canvas import Canvas, CanvasError
-    from src_models.synthesis.many import Job, JobError, _check_same, job_overrides, read_job_rows
-    from src_models.io.masks import check_labels, load_mask
-    from src_models.synthesis.request import SynthesisRequest
+    from src_models.models.loading import find_card
+    from src_models.store.canvas import CanvasError
+    from src_models.synthesis.canvases import CanvasSpec, check_existing, check_spec, read_mask_for_model
+    from src_models.synthesis.many import Job, JobError, job_overrides, read_job_rows
+    from src_models.synthesis.request import RequestError, SynthesisRequest
 
+    if args.region_size == "auto":
+        raise UserError("--region-size auto is for generate (give generate-many regions in px)")
     try:
         rows, base = read_job_rows(args.jobs)
     except JobError as e:
@@ -130,50 +127,39 @@ def build_jobs(args) -> list:
         names[name] = where
         if not mask_path.exists():
             raise UserError(f"{where}: mask file {mask_path} does not exist")
-        spec = str(fields.get("model", args.model))
-        if spec not in cards:
-            cards[spec] = _card(spec)[0]
-        card = cards[spec]
+        model = str(fields.get("model", args.model))
+        if model not in cards:
+            cards[model] = find_card(model)[0]
+        card = cards[model]
         job_args = copy.copy(args)
-        job_args.model = spec
-        base_request = _request(job_args, card, args.device)
-        values = {k: v for k, v in dataclasses.asdict(base_request).items() if k != "area"}
+        job_args.model = model
+        values = {k: v for k, v in dataclasses.asdict(resolve_request(job_args, card, args.device)).items() if k != "area"}
         values["seed"] = args.seed + index
         values.update(fields)
         try:
-            request = SynthesisRequest(**values)
-        except TypeError as e:
+            request = SynthesisRequest(**values).resolved(card, option=table_option)
+        except (TypeError, RequestError) as e:
             raise UserError(f"{where}: {e}") from None
-        _check_request(request, card, where)
-        mask = load_mask(mask_path, card.colours)
-        check_labels(mask, card.classes, str(mask_path))
+        mask = read_mask_for_model(mask_path, card, warn=_warn)
         width, height = _scale_size(row, args, mask.shape, where)
-        try:
-            check_size(card, height, width)
-        except CanvasError as e:
-            raise UserError(f"{where}: {e}") from None
         region_size = args.region_size
         if row.get("region_size", "").strip():
             try:
                 region_size = int(row["region_size"])
             except ValueError:
                 raise UserError(f"{where}: region_size must be an integer, got {row['region_size']!r}") from None
-        if region_size is not None:
-            try:
-                check_region_size(card, region_size)
-            except CanvasError as e:
-                raise UserError(f"{where}: {e}") from None
         out = args.out / f"{name}.zarr"
-        job = Job(name=name, mask=str(mask_path), out=str(out), width=width, height=height,
-                  request=dataclasses.asdict(request), region_size=region_size,
-                  preview=str(args.out / f"{name}.png"), overwrite=args.overwrite)
-        if out.exists() and not args.overwrite:
-            try:
-                with Canvas.open(out, "r") as canvas:
-                    _check_same(canvas, job, request.settings(), mask_signature(mask))
-            except CanvasError as e:
-                raise UserError(f"{where}: {e}") from None
-        jobs.append(job)
+        spec = CanvasSpec(out, height, width, mask, request.settings(), region_size, mask_name=str(mask_path))
+        try:
+            check_spec(card, spec)
+            if out.exists() and not args.overwrite:
+                check_existing(spec, card)
+        except CanvasError as e:
+            text = f"{e}; pass --overwrite to make it anew" if out.exists() and not args.overwrite else str(e)
+            raise UserError(f"{where}: {text}") from None
+        jobs.append(Job(name=name, mask=str(mask_path), out=str(out), width=width, height=height,
+                        request=dataclasses.asdict(request), region_size=region_size,
+                        preview=str(args.out / f"{name}.png"), overwrite=args.overwrite))
     return jobs
 
 
@@ -287,7 +273,7 @@ class _Printer:
 def run(args) -> int:
     from src_models.synthesis.many import run_jobs
 
-    _check_run_args(args)
+    check_run_args(args)
     if args.preview is not None:
         raise UserError("--preview: generate-many writes OUT/NAME.png beside each canvas")
     if args.local_workers is not None and args.local_workers < 1:
@@ -337,37 +323,5 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from src_models.store.canvas import CanvasError
-    from src_models.models.card import ModelError
-    from src_models.io.masks import MaskError
-    from src_models.synthesis.run import SynthesisError
-
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    import threading
-
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
-
-    def show(message, category, *a, **k):
-        print(f"diffinfinite: warning: {message}", file=sys.stderr)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", RuntimeWarning)
-        warnings.showwarning = show
-        try:
-            return run(args)
-        except (UserError, CanvasError, ModelError, MaskError, SynthesisError) as e:
-            print(f"diffinfinite: error: {e}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        except Terminated:
-            print("diffinfinite: terminated (SIGTERM); finished regions are kept (run the same command again to "
-                  "finish)", file=sys.stderr)
-            return EXIT_TERMINATED
-        except KeyboardInterrupt:
-            print("diffinfinite: interrupted; finished regions are kept (run the same command again to finish)",
-                  file=sys.stderr)
-            return EXIT_INTERRUPTED
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+    return run_command(run, args, kept="finished regions are kept (run the same command again to finish)")

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
 from pathlib import Path
 
-from .cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, UserError, _on_sigterm
+from src_models.cli.common import EXIT_BAD_INPUT, UserError, run_command
 
 HELP = {
     "make-dataset": "annotated slides (QuPath GeoJSON) to a training folder of tiles (see its --help)",
@@ -330,34 +328,12 @@ def main(argv: list[str] | None = None) -> int:
         a = build_parser(argv[0]).parse_args(argv[1:])
     except SystemExit as e:
         return int(e.code or 0)
-    from src_models.io.annotations import AnnotationError
-    from src_models.store.canvas import CanvasError
-    from src_models.data.dataset import DatasetError
-    from src_models.data.export import ExportError
-    from src_models.io.slides import SlideError
 
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        result = COMMANDS[argv[0]](a)
-    except (UserError, AnnotationError, DatasetError, ExportError, CanvasError, SlideError) as e:
-        print(f"diffinfinite: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except OSError as e:
-        print(f"diffinfinite: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except Terminated:
-        print("diffinfinite: terminated (SIGTERM); what was written is kept (run again with --resume)", file=sys.stderr)
-        return EXIT_TERMINATED
-    except KeyboardInterrupt:
-        print("diffinfinite: interrupted; what was written is kept (run again with --resume)", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    print(json.dumps(result))
-    return 0
+    def command():
+        print(json.dumps(COMMANDS[argv[0]](a)))
+        return 0
+
+    return run_command(command, kept="what was written is kept (run again with --resume)")
 
 
 if __name__ == "__main__":

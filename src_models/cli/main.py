@@ -1,0 +1,486 @@
+"""``diffinfinite``: the command line.
+
+    diffinfinite generate --mask MASK --out OUT.zarr [options]
+    diffinfinite demo [--out DIR]
+    diffinfinite train ...              (see ``diffinfinite train --help``)
+    diffinfinite check-reference FILE   (conformance with the published release)
+    diffinfinite convert CKPT OUT_DIR   (published checkpoint -> project model directory)
+    diffinfinite import-slide SLIDE --out OUT.zarr
+    diffinfinite inpaint CANVAS --rect X,Y,W,H [--mask M | --label L]
+    diffinfinite outpaint CANVAS --out NEW.zarr --pad T,R,B,L
+    diffinfinite make-mask --out MASK.png --size WxH [--model M]
+    diffinfinite evaluate --real PATH.. --synthetic PATH.. [--out DIR]   (see its --help)
+    diffinfinite generate-many --jobs JOBS.csv|DIR --out DIR [--scheduler ADDR | --local-workers N]   (see its --help)
+    diffinfinite verify CANVAS          (are the finished regions really on disk?)
+    diffinfinite make-dataset | export-tiles | export-annotations | export-ome-tiff | annotations-to-mask
+                                        (annotations in, data sets out: see data.py)
+
+Bad input ends with one line on stderr and exit status 2, never a traceback (every command runs
+under :func:`src_models.cli.common.run_command`).  The commands translate their arguments and call
+the core's use cases (:mod:`src_models.synthesis.canvases`); they decide nothing themselves.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+
+from src_models.cli.common import (UserError, add_run_options, check_run_args, parse_pads, parse_rect, parse_size,
+                                   progress_bar, resolve_request, run_and_preview, run_command)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffinfinite", description="DiffInfinite: mask-guided synthesis of large H&E images")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="synthesise an OME-Zarr canvas under a label mask")
+    g.add_argument("--mask", required=True, type=Path, help="label image: PNG, TIFF or NPY (one class per pixel)")
+    g.add_argument("--out", required=True, type=Path, help="output canvas (.zarr directory)")
+    g.add_argument("--class-map", default=None, metavar="S=T,...",
+                   help="send mask label S to the model's class T, e.g. 1=2,4=3 (for masks made for other models, "
+                        "such as the DiffInfinite release's grey-coded PNGs and 5/10-class label maps)")
+    size = g.add_mutually_exclusive_group()
+    size.add_argument("--size", type=parse_size, default=None, metavar="WxH", help="canvas size in px")
+    size.add_argument("--scale", type=float, default=None, help="canvas px per mask px (default 1)")
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    mode.add_argument("--resume", action="store_true", help="finish the regions of OUT not done yet")
+    add_run_options(g)
+
+    d = sub.add_parser("demo", help="run the shipped default model on a built-in mask")
+    d.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for demo.zarr and demo.png")
+    d.add_argument("--size", type=parse_size, default=(512, 512), metavar="WxH")
+    d.add_argument("--steps", type=int, default=None)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", default="auto")
+    d.add_argument("--model", default="default")
+
+    s = sub.add_parser("import-slide", help="copy a real slide (SVS, OME-TIFF, OME-Zarr) into a canvas for inpainting")
+    s.add_argument("slide", type=Path)
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--model", default="default")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--region-size", type=int, default=None, metavar="PX")
+    s.add_argument("--overwrite", action="store_true")
+
+    i = sub.add_parser("inpaint", help="regenerate a rectangle of a canvas with its surroundings as context")
+    i.add_argument("canvas", type=Path)
+    i.add_argument("--rect", type=parse_rect, required=True, metavar="X,Y,W,H", help="rectangle in px")
+    src = i.add_mutually_exclusive_group()
+    src.add_argument("--mask", type=Path, default=None, help="new labels for the rectangle (resized to it)")
+    src.add_argument("--label", type=int, default=None, help="fill the rectangle with one label")
+    i.add_argument("--resume", action="store_true", help="finish an interrupted inpaint (no new rectangle)")
+    add_run_options(i)
+
+    o = sub.add_parser("outpaint", help="extend a canvas beyond its border into a new canvas")
+    o.add_argument("canvas", type=Path)
+    o.add_argument("--out", required=True, type=Path)
+    o.add_argument("--pad", type=parse_pads, required=True, metavar="TOP,RIGHT,BOTTOM,LEFT", help="px to add per side")
+    o.add_argument("--label", type=int, default=0, help="mask label of the new border (default 0, unknown)")
+    o.add_argument("--overwrite", action="store_true")
+    add_run_options(o)
+
+    t = sub.add_parser("train", help="train a codec and image model from tiles (see its --help)", add_help=False)
+    t.add_argument("args", nargs=argparse.REMAINDER)
+    e = sub.add_parser("evaluate", help="compare synthetic with real tissue (see its --help); prints JSON", add_help=False)
+    e.add_argument("args", nargs=argparse.REMAINDER)
+    from src_models.cli.data import HELP as DATA_HELP  # annotations in, data sets out (cli_data.py)
+
+    for name, text in DATA_HELP.items():
+        sub.add_parser(name, help=text, add_help=False).add_argument("args", nargs=argparse.REMAINDER)
+    m = sub.add_parser("generate-many", help="many canvases on a dask.distributed cluster (see its --help)", add_help=False)
+    m.add_argument("args", nargs=argparse.REMAINDER)
+    c = sub.add_parser("check-reference", help="compare with the release's reference vectors")
+    c.add_argument("file", type=Path)
+    c.add_argument("--tolerance", type=float, default=None, help="maximum relative error (default 1e-5)")
+    c.add_argument("--device", default=None, help="torch device (default cpu)")
+    v = sub.add_parser("convert", help="convert a published model-N.pt checkpoint to a model directory")
+    v.add_argument("checkpoint", type=Path)
+    v.add_argument("out", type=Path)
+    v.add_argument("--vae", type=Path, default=None, help="folder of the SD-2 VAE (diffusers layout)")
+    v.add_argument("--mask-checkpoint", type=Path, default=None, help="the published mask model's model-N.pt")
+    v.add_argument("--classes", default=None, help="class names, comma separated (default: the release's)")
+
+    y = sub.add_parser("verify", help="check that a canvas's finished regions are on disk as they were written")
+    y.add_argument("canvas", type=Path)
+    y.add_argument("--quick", action="store_true", help="only check that chunk files are present (no decoding)")
+    y.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
+    k = sub.add_parser("make-mask", help="make a label mask: with the model's mask diffusion model, or procedurally")
+    k.add_argument("--out", required=True, type=Path, help="label PNG to write (with a colour preview beside it)")
+    k.add_argument("--size", type=parse_size, required=True, metavar="WxH")
+    k.add_argument("--model", default="default")
+    k.add_argument("--subtype", type=int, default=0, help="mask model condition (release: 0 adenocarcinoma, 1 squamous)")
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--steps", type=int, default=50)
+    k.add_argument("--cond-drop", type=float, default=None, metavar="P",
+                   help="mask model: probability that a window is denoised without its subtype condition "
+                   "(default 0.5, as the release samples; 0 always conditions)")
+    k.add_argument("--device", default="auto")
+    return parser
+
+
+def _repair(canvas) -> None:
+    """Before a resume: the core's check and repair of the finished regions, with a progress bar
+    and its notices as warnings."""
+    from src_models.synthesis.canvases import repair_finished
+
+    done = len(canvas.done_indices())
+    bar = progress_bar(done, "checking finished regions") if done else None
+
+    def progress(n, total):
+        bar.update(n - bar.n)
+
+    def notice(text):
+        warnings.warn(text, RuntimeWarning, stacklevel=2)
+
+    try:
+        repair_finished(canvas, progress=progress if bar else None, notice=notice)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _warn(text: str) -> None:
+    warnings.warn(text, RuntimeWarning, stacklevel=2)
+
+
+def _model(spec, device, preloaded):
+    """The run's model, loaded after every check that needs none (the tests hook in here)."""
+    from src_models.models.loading import load_for_run
+
+    return load_for_run(spec, device, preloaded)
+
+
+def _size(args, mask_shape) -> tuple[int, int]:
+    """(height, width) px: ``--size``, else the mask's size times ``--scale``."""
+    if args.size is not None:
+        width, height = args.size
+        return height, width
+    scale = args.scale if args.scale is not None else 1.0
+    return int(round(mask_shape[0] * scale)), int(round(mask_shape[1] * scale))
+
+
+def cmd_generate(args) -> int:
+    from src_models.models.device import resolve_device
+    from src_models.models.loading import find_card
+    from src_models.store.canvas import CanvasError, CanvasLockedError
+    from src_models.store.provenance import source_entry
+    from src_models.synthesis.canvases import (AUTO, CanvasMismatchError, CanvasSpec, auto_region_size, check_existing,
+                                               check_spec, open_for_run, read_mask_for_model)
+
+    # 1. the arguments alone; 2. with the model card (no weights); 3. against the canvas on
+    # disk (read only); then the model loads, and only then is anything written
+    check_run_args(args)
+    if args.scale is not None and not (math.isfinite(args.scale) and args.scale > 0):
+        raise UserError(f"--scale must be a positive number, got {args.scale}")
+    if args.out.exists() and not (args.overwrite or args.resume):
+        raise UserError(f"{args.out} exists; pass --overwrite to replace it or --resume to finish it")
+    if args.resume and not args.out.exists():
+        raise UserError(f"--resume: {args.out} does not exist")
+    device = resolve_device(args.device)
+    card, preloaded = find_card(args.model)
+    class_map = None
+    if args.class_map is not None:
+        from src_models.io.foreign_masks import parse_class_map
+
+        class_map = parse_class_map(args.class_map)
+    mask = read_mask_for_model(args.mask, card, class_map, warn=_warn)
+    height, width = _size(args, mask.shape)
+    request = resolve_request(args, card, device)
+    region_size = None if args.region_size == AUTO else args.region_size
+    spec = CanvasSpec(args.out, height, width, mask, request.settings(), region_size,
+                      sources=None if args.resume else [source_entry(args.mask, "mask")], mask_name=str(args.mask))
+    check_spec(card, spec)
+    done = 0
+    if args.resume:
+        try:
+            done = check_existing(spec, card).done
+        except CanvasMismatchError as e:
+            raise UserError(f"--resume: {e}") from None
+    model = _model(args.model, device, preloaded)
+    if args.region_size == AUTO and not args.resume:
+        spec.region_size = auto_region_size(card, device, model.unet)
+    bar = progress_bar(done, "checking finished regions") if done else None
+    try:
+        canvas = open_for_run(spec, card, resume=args.resume, overwrite=args.overwrite, notice=_warn,
+                              progress=(lambda n, total: bar.update(n - bar.n)) if bar else None)
+    except CanvasMismatchError as e:
+        raise UserError(f"--resume: {e}") from None
+    except CanvasError as e:
+        # another run made OUT while this one loaded its model: the same words as the early check
+        if args.resume or isinstance(e, CanvasLockedError) or args.overwrite or not args.out.exists():
+            raise
+        raise UserError(f"{args.out} exists; pass --overwrite to replace it or --resume to finish it") from None
+    finally:
+        if bar is not None:
+            bar.close()
+    with canvas:
+        preview = args.preview or args.out.with_suffix(".png")
+        n = run_and_preview(model, canvas, request, preview)
+    print(f"canvas: {args.out}  ({width}x{height} px, {n} regions sampled, model {card.name}, device {device})")
+    print(f"preview: {preview}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from src_models.cli.common import cli_option
+    from src_models.io.masks import procedural_mask
+    from src_models.models.device import resolve_device
+    from src_models.models.loading import find_card, load_for_run
+    from src_models.synthesis.canvases import check_size, mask_rgb, new_canvas, put_mask
+    from src_models.synthesis.request import SynthesisRequest
+
+    request = SynthesisRequest(model=str(args.model), steps=args.steps, seed=args.seed)
+    request.check(option=cli_option)
+    device = resolve_device(args.device)
+    card, preloaded = find_card(args.model)
+    width, height = args.size
+    check_size(card, height, width)
+    model = load_for_run(args.model, device, preloaded)
+    card = model.card
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / "demo.zarr"
+    request = SynthesisRequest(model=str(args.model), steps=args.steps, seed=args.seed, device=str(device)).resolved(card)
+    canvas = new_canvas(card, out, height, width, overwrite=True, settings=request.settings())
+    lh, lw = canvas.latent_shape
+    mask = procedural_mask(lh, lw, list(range(1, card.num_classes)), seed=args.seed)
+    put_mask(canvas, mask)
+    from skimage import io
+
+    mask_png = args.out / "demo_mask.png"
+    io.imsave(mask_png, mask_rgb(mask, card.colours), check_contrast=False)
+    with canvas:
+        n = run_and_preview(model, canvas, request, args.out / "demo.png")
+    print(f"canvas: {out}  ({width}x{height} px, {n} regions, model {card.name}, device {device})")
+    print(f"preview: {args.out / 'demo.png'}")
+    print(f"mask: {mask_png}  (procedural layout of classes {', '.join(card.classes[1:])})")
+    return 0
+
+
+def cmd_import_slide(args) -> int:
+    from tqdm import tqdm
+
+    from src_models.models.device import resolve_device
+    from src_models.models.loading import load_model
+    from src_models.synthesis.editing import import_slide
+    from src_models.synthesis.request import check_number
+
+    if not args.slide.exists():
+        raise UserError(f"slide {args.slide} does not exist")
+    if args.out.exists() and not args.overwrite:
+        raise UserError(f"{args.out} exists; pass --overwrite to replace it")
+    check_number("--region-size", args.region_size, 1)
+    model = load_model(args.model, resolve_device(args.device))
+    bar = tqdm(desc="importing", unit="region", file=sys.stderr, disable=None)
+
+    def progress(n, total):
+        bar.total = total
+        bar.update(n - bar.n)
+
+    try:
+        canvas, report = import_slide(args.slide, model, args.out, args.region_size, args.overwrite, progress)
+    finally:
+        bar.close()
+    canvas.close()
+    print(json.dumps({"canvas": str(args.out), **report}))
+    return 0
+
+
+def _check_canvas_model(canvas, card):
+    if canvas.factor != card.factor or canvas.latent.shape[0] != int(card.codec.get("channels", 4)):
+        raise UserError(f"{canvas.path} was made for a model with factor {canvas.factor} and "
+                        f"{canvas.latent.shape[0]} latent channels; model {card.name!r} does not fit it")
+
+
+def cmd_inpaint(args) -> int:
+    from src_models.io.masks import check_labels
+    from src_models.models.device import resolve_device
+    from src_models.models.loading import find_card, load_for_run
+    from src_models.store.canvas import Canvas
+    from src_models.synthesis.canvases import read_mask_for_model
+    from src_models.synthesis.editing import align_rect, prepare_inpaint
+
+    check_run_args(args)
+    device = resolve_device(args.device)
+    card, preloaded = find_card(args.model)
+    mask = read_mask_for_model(args.mask, card, warn=_warn) if args.mask else None
+    if args.label is not None:
+        import numpy as np
+
+        check_labels(np.array([[args.label]]), card.classes, name=f"--label {args.label}")
+    with Canvas.open(args.canvas, "r") as canvas:
+        _check_canvas_model(canvas, card)
+        if args.resume and not canvas.jobs():
+            raise UserError(f"--resume: {args.canvas} has no unfinished inpaint")
+    resolve_request(args, card, device)
+    model = load_for_run(args.model, device, preloaded)
+    with Canvas.open(args.canvas, "r+") as canvas:
+        if args.resume:
+            _repair(canvas)
+            rect = align_rect(canvas, args.rect)
+        else:
+            rect = prepare_inpaint(canvas, args.rect, mask=mask, label=args.label)
+        request = resolve_request(args, card, device, area=rect)
+        preview = args.preview or args.canvas.with_suffix(".png")
+        n = run_and_preview(model, canvas, request, preview)
+    print(f"canvas: {args.canvas}  (rectangle y {rect[0]}:{rect[1]}, x {rect[2]}:{rect[3]} px; {n} regions sampled)")
+    print(f"preview: {preview}")
+    return 0
+
+
+def cmd_outpaint(args) -> int:
+    from src_models.models.device import resolve_device
+    from src_models.models.loading import find_card, load_for_run
+    from src_models.synthesis.editing import outpaint
+
+    check_run_args(args)
+    device = resolve_device(args.device)
+    card, preloaded = find_card(args.model)
+    request = resolve_request(args, card, device)
+    if args.out.exists() and not args.overwrite:
+        raise UserError(f"{args.out} exists; pass --overwrite to replace it")
+    if not args.canvas.exists():
+        raise UserError(f"{args.canvas} does not exist")
+    model = load_for_run(args.model, device, preloaded)
+    canvas = outpaint(args.canvas, model, args.out, args.pad, label=args.label, overwrite=args.overwrite)
+    with canvas:
+        preview = args.preview or args.out.with_suffix(".png")
+        n = run_and_preview(model, canvas, request, preview)
+    print(f"canvas: {args.out}  ({canvas.width}x{canvas.height} px; {n} regions sampled)")
+    print(f"preview: {preview}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from src_models.store.canvas import Canvas, CanvasDamagedError
+    from src_models.store.verify import verify_canvas
+
+    if not args.canvas.exists():
+        raise UserError(f"{args.canvas} does not exist")
+    try:
+        canvas = Canvas.open(args.canvas, "r")
+        canvas.check()
+    except CanvasDamagedError as e:
+        if args.json:
+            print(json.dumps({"canvas": str(args.canvas), "ok": False, "error": str(e)}))
+        else:
+            print(str(e))
+        return 1
+    with canvas:
+        bar = progress_bar(len(canvas.done_indices()), "checking regions")
+
+        def progress(n, total):
+            bar.update(n - bar.n)
+
+        try:
+            report = verify_canvas(canvas, deep=not args.quick, progress=progress)
+        finally:
+            bar.close()
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(report.summary())
+        for index, problems in sorted(report.damaged.items()):
+            print(f"  region {index}: {'; '.join(problems)}")
+        if not report.ok:
+            print("  run `diffinfinite generate ... --resume` (or inpaint --resume) to generate them again")
+    return 0 if report.ok else 1
+
+
+def cmd_train(args) -> int:
+    from src_models.training.train import main as train_main
+
+    return int(train_main(args.args) or 0)
+
+
+def cmd_check_reference(args) -> int:
+    from src_models.models.release.reference_check import main as check_main
+
+    argv = [str(args.file)]
+    if args.tolerance is not None:
+        argv += ["--tolerance", str(args.tolerance)]
+    if args.device is not None:
+        argv += ["--device", args.device]
+    return int(check_main(argv))
+
+
+def cmd_convert(args) -> int:
+    from src_models.models.release.checkpoint import convert_release_checkpoint
+
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    out = convert_release_checkpoint(args.checkpoint, args.out, vae_dir=args.vae, classes=classes,
+                                     mask_checkpoint=args.mask_checkpoint)
+    print(json.dumps({"model_dir": str(out)}))
+    return 0
+
+
+def cmd_make_mask(args) -> int:
+    from skimage import io
+
+    from src_models.models.device import resolve_device
+    from src_models.models.loading import load_model
+    from src_models.synthesis.canvases import mask_rgb
+    from src_models.synthesis.layouts import LEARNED, RELEASE, draw_layout
+
+    width, height = args.size
+    model = load_model(args.model, resolve_device(args.device))
+    card = model.card
+    mask, source = draw_layout(model, (height, width), seed=args.seed, steps=args.steps, subtype=args.subtype,
+                               cond_drop=args.cond_drop)
+    how = {LEARNED: f"layout diffusion model of {card.name}",
+           RELEASE: f"mask diffusion model of {card.name}, subtype {args.subtype}"}.get(
+        source, f"procedural layout (model {card.name} has no mask model)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    io.imsave(args.out, mask, check_contrast=False)
+    colour = args.out.with_name(args.out.stem + "_colour.png")
+    io.imsave(colour, mask_rgb(mask, card.colours), check_contrast=False)
+    print(json.dumps({"mask": str(args.out), "preview": str(colour), "size": [width, height], "made_by": how}))
+    return 0
+
+
+COMMANDS = {
+    "generate": cmd_generate,
+    "demo": cmd_demo,
+    "import-slide": cmd_import_slide,
+    "inpaint": cmd_inpaint,
+    "outpaint": cmd_outpaint,
+    "train": cmd_train,
+    "check-reference": cmd_check_reference,
+    "convert": cmd_convert,
+    "make-mask": cmd_make_mask,
+    "verify": cmd_verify,
+}
+
+
+def _data_commands():
+    from src_models.cli.data import HELP
+
+    return HELP
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # everything after "train" belongs to the training module's parser
+        ns = argparse.Namespace(command="train", args=argv[1:])
+    elif argv[:1] == ["evaluate"]:  # likewise for the evaluation tool's
+        from napari_diffinfinite.cli_evaluate import main as evaluate_main
+
+        return evaluate_main(argv[1:])
+    elif argv[:1] and argv[0] in _data_commands():  # and for the data-set commands (data.py)
+        from src_models.cli.data import main as data_main
+
+        return data_main(argv)
+    elif argv[:1] == ["generate-many"]:  # and the many-canvas runner's
+        from src_models.cli.many import main as many_main
+
+        return many_main(argv[1:])
+    else:
+        ns = build_parser().parse_args(argv)
+    return run_command(COMMANDS[ns.command], ns)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
