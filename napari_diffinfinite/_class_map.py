@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from src_models.durable import write_text_atomic
 from src_models.io.foreign_masks import RELEASE_CLASSES, ForeignMask, default_class_map, interpret
 
 
@@ -55,10 +56,7 @@ def remember(model: str, mask: ForeignMask, mapping: dict[int, int]) -> None:
         data = {}
     entry = data.setdefault(str(model), {})
     entry[scheme_key(mask)] = {**entry.get(scheme_key(mask), {}), **{str(k): int(v) for k, v in mapping.items()}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def initial_map(model: str, mask: ForeignMask, classes: list[str]) -> dict[int, int]:

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from src_models.io.annotations import AnnotationError, AnnotationSet, labels_for, paint_order, rasterise, read_geojson
-from src_models.durable import fsync_file
+from src_models.durable import atomic_path, atomic_write, write_text_atomic
 from src_models.store.provenance import provenance, source_entry
 from src_models.errors import DiffInfiniteError
 
@@ -65,10 +65,9 @@ class DatasetError(DiffInfiniteError, ValueError):
 def _save_png(path: Path, array: np.ndarray, mpp: float | None) -> None:
     from PIL import Image
 
-    tmp = path.with_name(path.name + ".part")
     kwargs = {"dpi": (25400.0 / mpp, 25400.0 / mpp)} if mpp else {}
-    Image.fromarray(array).save(tmp, format="PNG", **kwargs)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG", **kwargs)
 
 
 class TileSetWriter:
@@ -147,20 +146,14 @@ class TileSetWriter:
                 if not (self.out / row["image"]).is_file() or (row["mask"] and not (self.out / row["mask"]).is_file()):
                     continue
                 rows.append(row)
-        tmp = path.with_name("manifest.csv.part")
-        with open(tmp, "w", newline="") as f:
+        with atomic_write(path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.columns)
             w.writeheader()
             w.writerows(rows)
-        tmp.replace(path)
         self.done = {r["name"]: r for r in rows}
 
     def _write_meta(self) -> None:
-        path = self.out / "dataset.json"
-        tmp = path.with_name("dataset.json.part")
-        tmp.write_text(json.dumps(self.meta, indent=2) + "\n")
-        fsync_file(tmp)
-        tmp.replace(path)
+        write_text_atomic(self.out / "dataset.json", json.dumps(self.meta, indent=2) + "\n")
 
     def has(self, name: str) -> bool:
         return name in self.done

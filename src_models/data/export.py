@@ -23,6 +23,7 @@ import numpy as np
 from src_models.io.annotations import mask_to_geojson, write_geojson
 from src_models.store.canvas import PENDING, Canvas, CanvasError
 from src_models.data.dataset import DatasetError, TileSetWriter, _fraction_in, tissue_map
+from src_models.durable import atomic_path
 from src_models.store.provenance import code_version, provenance, utc_now
 from src_models.errors import DiffInfiniteError
 
@@ -266,22 +267,15 @@ def export_ome_tiff(canvas_path, out, *, tile: int = 256, compression: str = "de
                 "dtype": np.uint8, "software": code_version()}
         if compression == "jpeg":
             opts["compressionargs"] = {"level": 90}
-        part = out.with_name(out.name + ".part")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with tifffile.TiffWriter(part, bigtiff=True, ome=True) as tif:
-                h, w = levels[0].shape[1:]
-                res = {"resolution": (1e4 / px, 1e4 / px), "resolutionunit": "CENTIMETER"} if px else {}
-                tif.write(tiles(levels[0]), shape=(h, w, 3), subifds=len(levels) - 1, metadata=meta, **res, **opts)
-                for i, arr in enumerate(levels[1:], 1):
-                    lh, lw = arr.shape[1:]
-                    res = ({"resolution": (1e4 / (px * 2**i), 1e4 / (px * 2**i)), "resolutionunit": "CENTIMETER"}
-                           if px else {})
-                    tif.write(tiles(arr), shape=(lh, lw, 3), subfiletype=1, metadata=None, **res, **opts)
-            part.replace(out)
-        except BaseException:
-            part.unlink(missing_ok=True)
-            raise
+        with atomic_path(out) as part, tifffile.TiffWriter(part, bigtiff=True, ome=True) as tif:
+            h, w = levels[0].shape[1:]
+            res = {"resolution": (1e4 / px, 1e4 / px), "resolutionunit": "CENTIMETER"} if px else {}
+            tif.write(tiles(levels[0]), shape=(h, w, 3), subifds=len(levels) - 1, metadata=meta, **res, **opts)
+            for i, arr in enumerate(levels[1:], 1):
+                lh, lw = arr.shape[1:]
+                res = ({"resolution": (1e4 / (px * 2**i), 1e4 / (px * 2**i)), "resolutionunit": "CENTIMETER"}
+                       if px else {})
+                tif.write(tiles(arr), shape=(lh, lw, 3), subfiletype=1, metadata=None, **res, **opts)
         return {"ome_tiff": str(out), "levels": len(levels), "size": [canvas.width, canvas.height],
                 "pixel_size_um": px, "bytes": out.stat().st_size, "created_utc": utc_now()}
     finally:

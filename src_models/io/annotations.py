@@ -580,15 +580,14 @@ def mask_to_geojson(labels: np.ndarray, classes: list[str], colours: list[str] |
 
 def write_geojson(path: str | Path, collection: dict) -> Path:
     """Write a FeatureCollection (compact JSON, one feature per line), through a temporary file."""
+    from src_models.durable import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
     meta = {k: v for k, v in collection.items() if k != "features"}
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:
         head = json.dumps(meta, separators=(",", ":"))[:-1]
         f.write(head + ',"features":[\n')
         for i, feat in enumerate(collection["features"]):
             f.write(("," if i else "") + json.dumps(feat, separators=(",", ":")) + "\n")
         f.write("]}\n")
-    tmp.replace(path)
     return path

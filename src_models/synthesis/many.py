@@ -497,16 +497,14 @@ def write_summary(rows: list[dict], path: Path) -> Path:
     """The summary CSV, replaced atomically (a reader never sees half a file)."""
     import csv
 
+    from src_models.durable import atomic_write
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="") as fh:
+    with atomic_write(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: r.get(k, "") for k in SUMMARY_COLUMNS})
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
     return path
 
 

@@ -40,6 +40,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from src_models.durable import write_text_atomic
 from src_models.store.canvas import Canvas, Region
 from src_models.models.codec import decode_latent
 from src_models.sampling.guidance import PER_CLASS, host_to_device
@@ -95,12 +96,7 @@ class SweepStore:
             return None
 
     def save(self, progress: dict) -> None:
-        tmp = self.dir / (PROGRESS + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(progress, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.dir / PROGRESS)
+        write_text_atomic(self.dir / PROGRESS, json.dumps(progress))
 
     def create(self, meta: dict, channels: int, state_channels: dict[str, int], tile: int) -> dict:
         y0, y1, x0, x1 = meta["area"]

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from src_models.models.card import ModelCard, ModelError
-from src_models.durable import fsync_dir, fsync_file
+from src_models.durable import atomic_dir
 from src_models.io.masks import MASK_EXTS
 from src_models.errors import DiffInfiniteError
 
@@ -406,20 +406,13 @@ def save_checkpoint(stage_dir: Path, step: int, model, ema, opt, gen: torch.Gene
     from safetensors.torch import save_file
 
     final = stage_dir / f"step_{step:07d}"
-    tmp = stage_dir / f".tmp_step_{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(_state_cpu(model), str(tmp / "model.safetensors"))
-    if ema is not None:
-        save_file(_state_cpu(ema), str(tmp / "ema.safetensors"))
-    torch.save({"optimizer": opt.state_dict(), "data_rng": gen.get_state(), "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
-    for f in tmp.iterdir():
-        fsync_file(f)
-    fsync_dir(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    fsync_dir(stage_dir)
+    with atomic_dir(final) as tmp:
+        save_file(_state_cpu(model), str(tmp / "model.safetensors"))
+        if ema is not None:
+            save_file(_state_cpu(ema), str(tmp / "ema.safetensors"))
+        torch.save({"optimizer": opt.state_dict(), "data_rng": gen.get_state(), "torch_rng": torch.get_rng_state()},
+                   tmp / "optim.pt")
+        (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
     for old in checkpoints(stage_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
