@@ -67,8 +67,10 @@ def mask_step(latent_shape: tuple[int, int]) -> int:
 
 
 def hex_rgba(colour: str, alpha: float = 1.0) -> np.ndarray:
-    c = colour.lstrip("#")
-    return np.array([int(c[i : i + 2], 16) / 255 for i in (0, 2, 4)] + [alpha], dtype=np.float32)
+    """A class colour as napari wants it: float RGBA in 0..1."""
+    from src_models.io.colours import hex_rgb
+
+    return np.array([v / 255 for v in hex_rgb(colour)] + [alpha], dtype=np.float32)
 
 
 def display_colours(colours: list[str], mode: str = MASK_MODES[0]) -> list[str]:

@@ -65,8 +65,9 @@ def _label_classes(meta: dict) -> tuple[list[dict], list[dict]]:
     """``image-label`` colors and properties from our metadata, or from the layer's colormap/features."""
     info = (meta.get("metadata") or {}).get("diffinfinite")
     if info and info.get("classes"):
-        colours = [{"label-value": i, "rgba": [int(c.lstrip("#")[k : k + 2], 16) for k in (0, 2, 4)] + [255]}
-                   for i, c in enumerate(info["colours"])]
+        from src_models.io.colours import hex_rgba
+
+        colours = [{"label-value": i, "rgba": hex_rgba(c)} for i, c in enumerate(info["colours"])]
         props = [{"label-value": i, "name": n} for i, n in enumerate(info["classes"])]
         return colours, props
     colours = []

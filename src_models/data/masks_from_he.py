@@ -110,8 +110,9 @@ def derive_mask(rgb: np.ndarray, pixel_um: float = 1.0, tissue_od: float = 0.3) 
 
 def colourise(labels: np.ndarray, colours=COLOURS) -> np.ndarray:
     """RGB picture of a label map with the given '#rrggbb' colours."""
-    lut = np.array([[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in colours], np.uint8)
-    return lut[np.clip(labels, 0, len(colours) - 1)]
+    from src_models.io.colours import labels_rgb
+
+    return labels_rgb(np.clip(labels, 0, len(colours) - 1), colours)
 
 
 def tile_positions(size: int, tile: int) -> list[int]:

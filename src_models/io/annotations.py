@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from src_models.errors import DiffInfiniteError
+from src_models.io.colours import hex_rgb
 
 UNCLASSIFIED = "Unclassified"
 AREA_TYPES = ("Polygon", "MultiPolygon")
@@ -535,11 +536,6 @@ def mask_polygons(binary: np.ndarray) -> list[list[np.ndarray]]:
     return out
 
 
-def _hex_rgb(colour: str) -> list[int]:
-    c = colour.lstrip("#")
-    return [int(c[i : i + 2], 16) for i in (0, 2, 4)]
-
-
 def mask_to_geojson(labels: np.ndarray, classes: list[str], colours: list[str] | None = None, *,
                     pixel_size: float = 1.0, origin: tuple[float, float] = (0.0, 0.0),
                     skip: tuple[int, ...] = (0,), only: list[int] | None = None, properties: dict | None = None,
@@ -566,7 +562,7 @@ def mask_to_geojson(labels: np.ndarray, classes: list[str], colours: list[str] |
         name = classes[k] if k < len(classes) else f"class_{k}"
         cls = {"name": name}
         if colours is not None and k < len(colours):
-            cls["color"] = _hex_rgb(colours[k])
+            cls["color"] = list(hex_rgb(colours[k]))
         features.append({
             "type": "Feature",
             "geometry": {"type": "MultiPolygon", "coordinates": coords},

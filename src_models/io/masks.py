@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from src_models.errors import DiffInfiniteError
+from src_models.io.colours import hex_rgb
 
 
 # the most pixels a mask file may decode to: Pillow's own refusal threshold for PNG (twice its
@@ -32,11 +33,6 @@ def _check_pixels(path: Path, shape) -> None:
     if n > MAX_MASK_PIXELS:
         raise MaskError(f"mask {path} has shape {tuple(int(v) for v in shape)} ({n / 1e6:,.0f} M values), more than "
                         f"the {MAX_MASK_PIXELS / 1e6:,.0f} M limit; give a smaller mask and stretch it with --scale or --size")
-
-
-def _hex(c: str) -> tuple[int, int, int]:
-    c = c.lstrip("#")
-    return tuple(int(c[i : i + 2], 16) for i in (0, 2, 4))
 
 
 def load_mask(path: str | Path, colours: list[str] | None = None) -> np.ndarray:
@@ -91,7 +87,7 @@ def as_labels(arr: np.ndarray, colours: list[str] | None = None, name: str = "ma
         if (rgb == rgb[..., :1]).all():
             arr = rgb[..., 0]
         elif colours:
-            lut = {_hex(c): i for i, c in enumerate(colours)}
+            lut = {hex_rgb(c): i for i, c in enumerate(colours)}
             flat = rgb.reshape(-1, 3)
             uniq, inv = np.unique(flat, axis=0, return_inverse=True)
             missing = [tuple(int(v) for v in u) for u in uniq if tuple(int(v) for v in u) not in lut]

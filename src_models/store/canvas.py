@@ -42,6 +42,7 @@ from src_models.durable import fsync_dir as _fsync_dir
 from src_models.durable import fsync_file as _fsync_file
 from src_models.durable import fsync_tree as _fsync_tree
 from src_models.errors import DiffInfiniteError
+from src_models.io.colours import hex_rgba
 
 CHUNK = 512
 FORMAT = "diffinfinite-canvas/1"
@@ -127,11 +128,6 @@ def _stretch(src: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
 
 def crc(arr: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(arr).data) & 0xFFFFFFFF
-
-
-def _hex_to_rgba(colour: str) -> list[int]:
-    c = colour.lstrip("#")
-    return [int(c[i : i + 2], 16) for i in (0, 2, 4)] + [255]
 
 
 def lock_path(path: str | os.PathLike) -> Path:
@@ -357,7 +353,7 @@ class Canvas:
                 }],
                 "image-label": {
                     "version": "0.5",
-                    "colors": [{"label-value": i, "rgba": _hex_to_rgba(c)} for i, c in enumerate(colours)],
+                    "colors": [{"label-value": i, "rgba": hex_rgba(c)} for i, c in enumerate(colours)],
                     "properties": [{"label-value": i, "name": n} for i, n in enumerate(classes)],
                     "source": {"image": "../../"},
                 },

@@ -355,8 +355,10 @@ def save_preview(canvas: Canvas, path, max_side: int = 2048) -> Path:
 
 
 def mask_rgb(mask: np.ndarray, colours: list[str]) -> np.ndarray:
-    lut = np.array([[int(c.lstrip("#")[i : i + 2], 16) for i in (0, 2, 4)] for c in colours], dtype=np.uint8)
-    return lut[mask]
+    """A label mask in its classes' colours (the colour preview beside a mask file)."""
+    from src_models.io.colours import labels_rgb
+
+    return labels_rgb(mask, colours)
 
 
 __all__ = ["new_canvas", "put_mask", "save_preview", "check_size", "default_region_size", "resolve_region_size",
