@@ -54,22 +54,13 @@ def _copy(src, dst, channel_last: bool) -> None:
                 dst[y : y + block.shape[0], x : x + block.shape[1]] = block
 
 
-def _transforms(scale, translate) -> list[dict]:
-    out = [{"type": "scale", "scale": [float(v) for v in scale]}]
-    if translate is not None and any(float(v) != 0 for v in translate):
-        out.append({"type": "translation", "translation": [float(v) for v in translate]})
-    return out
-
-
 def _label_classes(meta: dict) -> tuple[list[dict], list[dict]]:
     """``image-label`` colors and properties from our metadata, or from the layer's colormap/features."""
     info = (meta.get("metadata") or {}).get("diffinfinite")
     if info and info.get("classes"):
-        from src_models.io.colours import hex_rgba
+        from src_models.store import ngff
 
-        colours = [{"label-value": i, "rgba": hex_rgba(c)} for i, c in enumerate(info["colours"])]
-        props = [{"label-value": i, "name": n} for i, n in enumerate(info["classes"])]
-        return colours, props
+        return ngff.class_colours(info["colours"]), ngff.class_properties(info["classes"])
     colours = []
     cmap = meta.get("colormap")
     color_dict = getattr(cmap, "color_dict", None)
@@ -134,6 +125,8 @@ def write_layers(path: str, layer_data: list[tuple]) -> list[str]:
 def _write(out: Path, image: tuple, labels: list[tuple]) -> None:
     import zarr
 
+    from src_models.store import ngff
+
     data, meta, _ = image
     levels = list(data) if meta.get("multiscale") else [data]
     rgb = bool(meta.get("rgb"))
@@ -154,19 +147,9 @@ def _write(out: Path, image: tuple, labels: list[tuple]) -> None:
                               dimension_names=("c", "y", "x") if rgb else ("y", "x"))
         _copy(arr, z, rgb)
         scale = lead + [base_scale[0] * shape0[0] / h, base_scale[1] * shape0[1] / w]
-        datasets.append({"path": str(i), "coordinateTransformations": _transforms(scale, translate)})
-    axes = [{"name": "c", "type": "channel"}] if rgb else []
-    axes += [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
-    ome = {"version": "0.5",
-           "multiscales": [{"name": str(meta.get("name", "image")), "axes": axes, "datasets": datasets}]}
-    if rgb and levels[0].shape[2] == 3:
-        window = {"start": 0, "end": 255, "min": 0, "max": 255}
-        ome["omero"] = {
-            "channels": [{"label": n, "color": c, "window": window, "active": True}
-                         for n, c in (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"))],
-            "rdefs": {"model": "color"},
-        }
-    root.attrs["ome"] = ome
+        datasets.append({"path": str(i), "coordinateTransformations": ngff.transforms(scale, translate)})
+    extra = {"omero": ngff.OMERO_RGB} if rgb and levels[0].shape[2] == 3 else {}
+    root.attrs["ome"] = ngff.multiscales(str(meta.get("name", "image")), ngff.image_axes(rgb), datasets, **extra)
 
     if labels:
         lgroup = root.create_group("labels")
@@ -184,19 +167,7 @@ def _write(out: Path, image: tuple, labels: list[tuple]) -> None:
             lscale = [float(v) for v in (lmeta.get("scale") if lmeta.get("scale") is not None else (1.0, 1.0))][-2:]
             ltrans = lmeta.get("translate")
             colours, props = _label_classes(lmeta)
-            image_label = {"version": "0.5", "source": {"image": "../../"}}
-            if colours:
-                image_label["colors"] = colours
-            if props:
-                image_label["properties"] = props
-            g.attrs["ome"] = {
-                "version": "0.5",
-                "multiscales": [{
-                    "name": name,
-                    "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
-                    "datasets": [{"path": "0", "coordinateTransformations": _transforms(
-                        lscale, [float(v) for v in ltrans][-2:] if ltrans is not None else None)}],
-                }],
-                "image-label": image_label,
-            }
-        lgroup.attrs["ome"] = {"version": "0.5", "labels": names}
+            datasets = [{"path": "0", "coordinateTransformations": ngff.transforms(
+                lscale, [float(v) for v in ltrans][-2:] if ltrans is not None else None)}]
+            g.attrs["ome"] = ngff.label_image(name, datasets, colors=colours, properties=props)
+        lgroup.attrs["ome"] = ngff.labels_index(names)

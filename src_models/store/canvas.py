@@ -42,7 +42,7 @@ from src_models.durable import fsync_dir as _fsync_dir
 from src_models.durable import fsync_file as _fsync_file
 from src_models.durable import fsync_tree as _fsync_tree
 from src_models.errors import DiffInfiniteError
-from src_models.io.colours import hex_rgba
+from src_models.store import ngff
 
 CHUNK = 512
 FORMAT = "diffinfinite-canvas/1"
@@ -320,44 +320,13 @@ class Canvas:
                                dtype="uint64", fill_value=0, config={"write_empty_chunks": True})
             state.attrs["jobs"] = {}
             _create_mask_arrays(group, (lh, lw), len(shapes), chunk)
-            if pixel_size_um is None:
-                unit, px = {"type": "space"}, 1.0
-            else:
-                unit, px = {"type": "space", "unit": "micrometer"}, float(pixel_size_um)
-            axes = [{"name": "c", "type": "channel"}, {"name": "y", **unit}, {"name": "x", **unit}]
-            datasets = [
-                {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [1.0, px * 2**i, px * 2**i]}]}
-                for i in range(len(shapes))
-            ]
-            group.attrs["ome"] = {
-                "version": "0.5",
-                "multiscales": [{"name": "synthetic H&E", "axes": axes, "datasets": datasets}],
-                "omero": {
-                    "channels": [
-                        {"label": n, "color": c, "window": {"start": 0, "end": 255, "min": 0, "max": 255}, "active": True}
-                        for n, c in (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"))
-                    ],
-                    "rdefs": {"model": "color"},
-                },
-            }
-            labels.attrs["ome"] = {"version": "0.5", "labels": ["mask"]}
-            mask_g.attrs["ome"] = {
-                "version": "0.5",
-                "multiscales": [{
-                    "name": "mask",
-                    "axes": axes[1:],
-                    "datasets": [
-                        {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [px * factor * 2**i] * 2}]}
-                        for i in range(len(shapes))
-                    ],
-                }],
-                "image-label": {
-                    "version": "0.5",
-                    "colors": [{"label-value": i, "rgba": hex_rgba(c)} for i, c in enumerate(colours)],
-                    "properties": [{"label-value": i, "name": n} for i, n in enumerate(classes)],
-                    "source": {"image": "../../"},
-                },
-            }
+            group.attrs["ome"] = ngff.rgb_pyramid("synthetic H&E", len(shapes), pixel_size_um)
+            labels.attrs["ome"] = ngff.labels_index(["mask"])
+            px = 1.0 if pixel_size_um is None else float(pixel_size_um)
+            mask_g.attrs["ome"] = ngff.label_image(
+                "mask", ngff.pyramid_datasets(len(shapes), [px * factor] * 2),
+                unit=None if pixel_size_um is None else ngff.MICROMETER,
+                colors=ngff.class_colours(colours), properties=ngff.class_properties(classes))
             group.attrs["diffinfinite"] = {
                 "format": FORMAT,
                 "height": height,
@@ -529,21 +498,9 @@ class Canvas:
             raise CanvasError(f"pixel size must be a positive number of µm, got {pixel_size_um}")
         px, f = float(pixel_size_um), self.factor
         try:
-            ome = self.group.attrs.asdict()["ome"]
-            ms = ome["multiscales"][0]
-            for a in ms["axes"][1:]:
-                a["unit"] = "micrometer"
-            for i, ds in enumerate(ms["datasets"]):
-                ds["coordinateTransformations"] = [{"type": "scale", "scale": [1.0, px * 2**i, px * 2**i]}]
-            self.group.attrs["ome"] = ome
+            self.group.attrs["ome"] = ngff.set_pixel_size(self.group.attrs.asdict()["ome"], px)
             mask_g = self.group["labels/mask"]
-            mome = mask_g.attrs.asdict()["ome"]
-            mms = mome["multiscales"][0]
-            for a in mms["axes"]:
-                a["unit"] = "micrometer"
-            for i, ds in enumerate(mms["datasets"]):
-                ds["coordinateTransformations"] = [{"type": "scale", "scale": [px * f * 2**i] * 2}]
-            mask_g.attrs["ome"] = mome
+            mask_g.attrs["ome"] = ngff.set_pixel_size(mask_g.attrs.asdict()["ome"], px, f)
         except OSError as e:
             raise _io_error(self.path, e) from None
         self.set_info(pixel_size_um=px)
@@ -1168,12 +1125,8 @@ class Canvas:
             self._arrays.clear()
             mask_g = self.group["labels/mask"]
             ome = mask_g.attrs.asdict()["ome"]
-            ds = ome["multiscales"][0]["datasets"]
-            base = ds[0]["coordinateTransformations"][0]["scale"]
-            ome["multiscales"][0]["datasets"] = [
-                {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [v * 2**i for v in base]}]}
-                for i in range(self.levels)
-            ]
+            base = ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+            ome["multiscales"][0]["datasets"] = ngff.pyramid_datasets(self.levels, base)
             mask_g.attrs["ome"] = ome
             self.legacy = False
             self._state = np.zeros((ny, nx, 4), dtype=np.uint64)
