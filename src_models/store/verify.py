@@ -74,7 +74,7 @@ def _quick(canvas: Canvas, report: VerifyReport, done_grid: np.ndarray) -> None:
     arrays = [(str(level), canvas.factor / 2**level, level > 0) for level in range(canvas.levels)]
     arrays.append((LATENT, 1.0, False))
     for name, scale, pyramid in arrays:
-        arr = canvas._array(name)
+        arr = canvas.array(name)
         (_, h, w), (_, ch, cw) = arr.shape, arr.chunks
         ncy, ncx = -(-h // ch), -(-w // cw)
         ylo, yhi = _spans(ny, size, lh, scale, ch, ncy)
@@ -131,13 +131,13 @@ def verify_canvas(canvas: Canvas, deep: bool = True, progress=None) -> VerifyRep
                 pyramid.append(f"missing chunk {rel(p)}")
         if deep:  # (a canvas of the marker-file layout opened read-only has no checksums yet)
             try:
-                pixels = crc(canvas._read("0", (slice(None), slice(py0, py1), slice(px0, px1))))
+                pixels = crc(canvas.read_array("0", (slice(None), slice(py0, py1), slice(px0, px1))))
                 if pixels != rgb_crc and not canvas.legacy:
                     own.append("level-0 pixels differ from what was written")
             except CanvasDamagedError:
                 own.append("level-0 pixels cannot be read (damaged chunk)")
             try:
-                latents = crc(canvas._read(LATENT, (slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1))))
+                latents = crc(canvas.read_array(LATENT, (slice(None), slice(r.y0, r.y1), slice(r.x0, r.x1))))
                 if latents != lat_crc and not canvas.legacy:
                     own.append("latents differ from what was written")
             except CanvasDamagedError:
@@ -145,7 +145,7 @@ def verify_canvas(canvas: Canvas, deep: bool = True, progress=None) -> VerifyRep
             for level in range(1, canvas.levels):
                 a, b, c, d = rects[level]
                 try:
-                    canvas._read(str(level), (slice(None), slice(a, b), slice(c, d)))
+                    canvas.read_array(str(level), (slice(None), slice(a, b), slice(c, d)))
                 except CanvasDamagedError:
                     pyramid.append(f"pyramid level {level} cannot be read (damaged chunk)")
         if own or pyramid:
@@ -173,44 +173,14 @@ def repair(canvas: Canvas, report: VerifyReport) -> tuple[list[int], list[int]]:
             a, b, c, d = rects[level]
             for p in canvas.chunk_files(str(level), [(0, 3), (a, b), (c, d)]):
                 p.unlink(missing_ok=True)
-        _rebuild_levels(canvas, py0, py1, px0, px1)
+        canvas.rebuild_pyramid(py0, py1, px0, px1)
     forgotten = sorted(set(report.damaged) - report.pyramid_only - report.copied)
     for index in forgotten:  # chunks that cannot be decoded would stop the new write: drop them
         r = canvas.region(index)
         py0, py1, px0, px1 = r.px(canvas.factor)
-        _drop_undecodable(canvas, LATENT, [(0, canvas.latent.shape[0]), (r.y0, r.y1), (r.x0, r.x1)])
+        canvas.drop_undecodable(LATENT, [(0, canvas.latent.shape[0]), (r.y0, r.y1), (r.x0, r.x1)])
         for level, (a, b, c, d) in enumerate(canvas.pyramid_rects(py0, py1, px0, px1)):
-            _drop_undecodable(canvas, str(level), [(0, 3), (a, b), (c, d)])
+            canvas.drop_undecodable(str(level), [(0, 3), (a, b), (c, d)])
     if forgotten:
         canvas.clear_done(forgotten)
     return rebuilt, forgotten
-
-
-def _drop_undecodable(canvas: Canvas, name: str, bounds) -> None:
-    arr = canvas._array(name)
-    for p in canvas.chunk_files(name, bounds):
-        if not p.exists():
-            continue
-        idx = [int(v) for v in p.relative_to(canvas.path / name / "c").parts]
-        box = tuple(slice(i * c, min(n, (i + 1) * c)) for i, c, n in zip(idx, arr.chunks, arr.shape))
-        try:
-            canvas._read(name, box)
-        except CanvasDamagedError:
-            p.unlink()
-
-
-def _rebuild_levels(canvas: Canvas, py0: int, py1: int, px0: int, px1: int) -> None:
-    """Recompute the pyramid over the level-0 rectangle grown to whole chunks of every level, so
-    the parts of a replaced chunk outside the region are refilled too."""
-    rects = canvas.pyramid_rects(py0, py1, px0, px1)
-    y0, y1, x0, x1 = py0, py1, px0, px1
-    for level in range(1, canvas.levels):
-        ch = canvas.image(level).chunks
-        a, b, c, d = rects[level]
-        s = 2**level
-        y0, x0 = min(y0, (a // ch[1]) * ch[1] * s), min(x0, (c // ch[2]) * ch[2] * s)
-        y1 = max(y1, min(canvas.height, -(-b // ch[1]) * ch[1] * s))
-        x1 = max(x1, min(canvas.width, -(-d // ch[2]) * ch[2] * s))
-    canvas.update_pyramid(y0, y1, x0, x1)
-    canvas._sync_image(y0, y1, x0, x1)
-    canvas.flush()

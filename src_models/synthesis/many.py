@@ -435,7 +435,6 @@ def job_spec(job: Job, card, settings: dict):
 
 def _make(job: Job, state: _WorkerState, events: _Events) -> dict:
     """One canvas through the use cases ``generate`` runs (check, open or make, repair, sample)."""
-    from src_models.models.loading import find_card
     from src_models.synthesis import regions
     from src_models.synthesis.canvases import (CanvasMismatchError, check_existing, check_spec, open_for_run,
                                                save_preview)
