@@ -79,8 +79,25 @@ class CanvasWidget(QWidget):
 
         prefer_this_reader()
 
-        # ------------------------------------------------------------ current canvas
         self.picker = picker or CanvasPicker(self.viewer)
+        current = self._build_current(layout, compact)
+        new, form = self._build_new(compact)
+        self._build_open(form, compact)
+        more = self._build_more(compact)
+        self._arrange(layout, new, more, current, compact)
+
+        self._info_timer = QTimer(self)
+        self._info_timer.setSingleShot(True)
+        self._info_timer.setInterval(1500)  # a glob of the done markers: not too often
+        self._info_timer.timeout.connect(self.update_info)
+        self._watched = None
+        self.picker.changed.connect(self._on_canvas_changed)
+        self._on_canvas_changed(self.picker.image_layer())
+        self._load_grid()
+
+    # ------------------------------------------------------------------ building the widget
+    def _build_current(self, layout, compact: bool):
+        """The canvas in use: picker, its description and the class legend (a group unless compact)."""
         self.info_label = QLabel()
         self.info_label.setWordWrap(True)
         self.legend = Legend()
@@ -93,8 +110,11 @@ class CanvasWidget(QWidget):
             clay.addWidget(self.legend)
         else:
             layout.addWidget(self.info_label)
+            return None
+        return current
 
-        # ------------------------------------------------------------ new canvas
+    def _build_new(self, compact: bool):
+        """The new-canvas form: size, model, store, regions; returns (its widget, its form)."""
         new = QWidget() if compact else QGroupBox("New canvas")
         form = QFormLayout(new)
         if compact:
@@ -136,8 +156,10 @@ class CanvasWidget(QWidget):
         form.addRow("size", size_row)
         form.addRow("model", self.model_picker)
         form.addRow("store", row)
+        return new, form
 
-        # ------------------------------------------------------------ open
+    def _build_open(self, form, compact: bool) -> None:
+        """The open row (compact: buttons under the new-canvas form)."""
         self.open_edit = QLineEdit()
         self.open_edit.setPlaceholderText("canvas .zarr folder")
         self.open_button = QPushButton("Open…" if compact else "Open")
@@ -154,7 +176,8 @@ class CanvasWidget(QWidget):
             form.addRow(self.create_button)
             self.open_button.clicked.connect(lambda: self.open(self.open_edit.text()))
 
-        # ------------------------------------------------------------ from a slide, or grown
+    def _build_more(self, compact: bool):
+        """Import a slide as a new canvas, or extend (outpaint) the chosen one."""
         more = QWidget() if compact else QGroupBox("From a slide, or extend a canvas")
         mform = QFormLayout(more)
         if compact:
@@ -187,7 +210,10 @@ class CanvasWidget(QWidget):
         mform.addRow("pad (t, r, b, l)", prow)
         mform.addRow("border label", self.pad_label_box)
         mform.addRow(self.outpaint_button)
+        return more
 
+    def _arrange(self, layout, new, more, current, compact: bool) -> None:
+        """Sections in the compact dock, group boxes in the full widget."""
         self.status = status_label()
         if compact:
             self.new_section = Section("New or open", expanded=True)
@@ -212,15 +238,6 @@ class CanvasWidget(QWidget):
             layout.addWidget(current)
             layout.addWidget(self.status)
             layout.addStretch(1)
-
-        self._info_timer = QTimer(self)
-        self._info_timer.setSingleShot(True)
-        self._info_timer.setInterval(1500)  # a glob of the done markers: not too often
-        self._info_timer.timeout.connect(self.update_info)
-        self._watched = None
-        self.picker.changed.connect(self._on_canvas_changed)
-        self._on_canvas_changed(self.picker.image_layer())
-        self._load_grid()
 
     # ------------------------------------------------------------------ model grid
     def _load_grid(self):

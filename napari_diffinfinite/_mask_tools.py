@@ -193,6 +193,17 @@ class MaskToolsWidget(QWidget):
         buttons.addWidget(self.load_button)
         buttons.addWidget(self.clear_button)
 
+        self._arrange(layout, target_row, buttons, compact)
+        self.status = status_label()
+        layout.addWidget(self.status)
+        if not compact:
+            layout.addStretch(1)
+        self._actions = [self.generate_button, self.load_button, self.clear_button, self.save_button]
+        self.picker.changed.connect(self._on_canvas_changed)
+        self._on_canvas_changed(self.picker.image_layer())
+
+    def _arrange(self, layout, target_row, buttons, compact: bool) -> None:
+        """The controls in sections (the compact dock) or a group box (the full widget)."""
         if compact:
             form = QFormLayout()
             form.setContentsMargins(0, 0, 0, 0)
@@ -219,13 +230,6 @@ class MaskToolsWidget(QWidget):
             form.addRow(buttons)
             form.addRow(self.save_button)
             layout.addWidget(box)
-        self.status = status_label()
-        layout.addWidget(self.status)
-        if not compact:
-            layout.addStretch(1)
-        self._actions = [self.generate_button, self.load_button, self.clear_button, self.save_button]
-        self.picker.changed.connect(self._on_canvas_changed)
-        self._on_canvas_changed(self.picker.image_layer())
 
     # ------------------------------------------------------------------ helpers
     def _on_canvas_changed(self, _layer=None):

@@ -141,6 +141,14 @@ class SynthesisWidget(QWidget):
         self.progress_label.setWordWrap(True)
         self.status = status_label()
 
+        self._arrange(layout, region_row, compact)
+
+        self.picker.changed.connect(self._on_canvas_changed)
+        self._on_canvas_changed(self.picker.image_layer())
+        threading.Thread(target=_warm_up, name="diffinfinite-warm-up", daemon=True).start()
+
+    def _arrange(self, layout, region_row, compact: bool) -> None:
+        """The controls in sections (the compact dock) or group boxes (the full widget)."""
         if compact:
             main = QFormLayout()
             main.setContentsMargins(0, 0, 0, 0)
@@ -186,10 +194,6 @@ class SynthesisWidget(QWidget):
             layout.addWidget(self.progress_label)
             layout.addWidget(self.status)
             layout.addStretch(1)
-
-        self.picker.changed.connect(self._on_canvas_changed)
-        self._on_canvas_changed(self.picker.image_layer())
-        threading.Thread(target=_warm_up, name="diffinfinite-warm-up", daemon=True).start()
 
     # ------------------------------------------------------------------ canvas
     def _on_canvas_changed(self, _layer=None):

@@ -9,6 +9,39 @@ import torch
 torch.set_num_threads(1)
 
 
+# ``make test-fast`` runs ``-m "not slow and not gui"``.  The GUI tests (tests/gui) are marked
+# ``gui`` here; ``slow`` marks what starts processes or clusters (the CLI killed and resumed, dask
+# workers, torchrun), runs the shipped model for long (seams, evaluation sets) or builds a wheel:
+# listed here, by node id prefix, so the fast set is decided in one place.
+SLOW = (
+    "tests/test_seams.py",
+    "tests/test_distributed_train.py",
+    "tests/test_evaluate.py::test_real_against_another_part_of_itself_reads_as_alike",
+    "tests/test_evaluate.py::test_real_against_a_blurred_copy_reads_as_different",
+    "tests/test_evaluate.py::test_cli_prints_one_json_object_and_writes_the_report",
+    "tests/test_evaluate.py::test_c2st_is_deterministic_for_a_seed_and_balanced",
+    "tests/test_many.py::test_two_workers_make_the_canvases_of_sequential_generate_runs",
+    "tests/test_many.py::test_a_worker_killed_mid_canvas_loses_no_finished_region",
+    "tests/test_cli.py::test_two_fresh_runs_on_one_path_one_wins_the_other_says_why",
+    "tests/test_cli.py::test_sweep_killed_mid_level_resumes_to_the_same_canvas",
+    "tests/test_cli.py::test_resume_after_sigkill_equals_an_uninterrupted_run",
+    "tests/test_cli.py::test_sigterm_is_handled_like_ctrl_c",
+    "tests/test_cli.py::test_overwrite_of_a_canvas_being_written_is_refused_and_destroys_nothing",
+    "tests/test_cli.py::test_every_plan_and_solver_runs_and_the_old_schedule_option_still_works",
+    "tests/test_sd_vae.py::test_256_latent_decodes_without_seams",
+    "tests/test_packaging.py::test_manifest_is_inside_the_built_wheel",
+    "tests/test_sweep.py::test_sweep_killed_mid_level_resumes_to_the_same_canvas",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.startswith("tests/gui/"):
+            item.add_marker(pytest.mark.gui)
+        if item.nodeid.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny():
     from src_models.models.loading import load_model

@@ -51,3 +51,53 @@ def test_every_import_of_the_package_resolves():
                 except ModuleNotFoundError:
                     broken.append(f"{where}: {name} from {target}")
     assert not broken, "\n".join(broken)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Which package module imports which (anywhere in it, inside functions too)."""
+    known = set()
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            known.add(name[: -len(".__init__")] if name.endswith(".__init__") else name)
+    graph: dict[str, set[str]] = {m: set() for m in known}
+    for where, target, names in _imports():
+        for name in names or [None]:
+            sub = f"{target}.{name}" if name else None
+            dest = sub if sub in known else target
+            if dest in known and dest != where:
+                graph[where].add(dest)
+    return graph
+
+
+def test_the_package_modules_import_each_other_in_no_circle():
+    graph = _module_graph()
+    seen, stack, on_stack, circles = {}, [], set(), []
+
+    def visit(m):  # Tarjan's strongly connected components
+        seen[m] = low = len(seen)
+        stack.append(m)
+        on_stack.add(m)
+        lows = [low]
+        for n in graph[m]:
+            if n not in seen:
+                lows.append(visit(n))
+            elif n in on_stack:
+                lows.append(seen[n])
+        low = min(lows)
+        if low == seen[m]:
+            component = []
+            while True:
+                n = stack.pop()
+                on_stack.discard(n)
+                component.append(n)
+                if n == m:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+        return low
+
+    for m in sorted(graph):
+        if m not in seen:
+            visit(m)
+    assert not circles, circles

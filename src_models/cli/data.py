@@ -86,91 +86,105 @@ def _annotation_options(p) -> None:
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:
-    prog = f"diffinfinite {command}"
-    if command == "make-dataset":
-        p = _Parser(prog=prog, description=(
-            "Cut annotated slides into a training folder (images/, masks/, classes.json, manifest.csv, dataset.json) "
-            "that `diffinfinite train --data DIR` reads. Tiles with at least --min-annotated of their area annotated "
-            "are labelled (mask saved); other tissue tiles are unlabelled (class 0, the semi-supervised recipe)."))
-        p.add_argument("--slide", type=Path, action="append", required=True,
-                       help="slide (SVS, OME-TIFF, TIFF, OME-Zarr, PNG); repeat for several slides")
-        p.add_argument("--annotations", action="append", default=[],
-                       help="QuPath GeoJSON of the slide given at the same position ('-' for none); "
-                       "omit for unlabelled slides")
-        p.add_argument("--class-map", required=True, metavar="NAME=LABEL,...",
-                       help="class names to labels, e.g. 'Tumor=1,Stroma=2,Necrosis=3' (names match without case)")
-        p.add_argument("--out", type=Path, required=True, help="folder to write")
-        p.add_argument("--tile", type=int, default=512, help="tile side in output px (default 512)")
-        p.add_argument("--stride", type=int, default=None, help="tile step in output px (default: --tile)")
-        scale = p.add_mutually_exclusive_group()
-        scale.add_argument("--level", type=int, default=None, help="read this pyramid level (default 0)")
-        scale.add_argument("--mpp", type=float, default=None, help="output µm/px (box-averaged from a finer level)")
-        p.add_argument("--slide-mpp", type=float, default=None, help="µm/px of level 0 when the slide does not say")
-        p.add_argument("--unlabelled-fraction", type=float, default=1.0, metavar="F",
-                       help="share of the unlabelled tissue tiles to keep (seeded; default 1)")
-        p.add_argument("--min-tissue", type=float, default=0.25, help="tissue share an unlabelled tile needs (default 0.25)")
-        p.add_argument("--min-annotated", type=float, default=0.1,
-                       help="annotated share that makes a tile labelled (default 0.1)")
-        p.add_argument("--exclude-rect", type=_rect, action="append", default=[], metavar="X,Y,W,H",
-                       help="level-0 rectangle no tile may touch (e.g. a held-out band); repeatable, every slide")
-        _annotation_options(p)
-        p.add_argument("--seed", type=int, default=0, help="seed of the unlabelled subsample (default 0)")
-        mode = p.add_mutually_exclusive_group()
-        mode.add_argument("--resume", action="store_true", help="finish an interrupted run into the same folder")
-        mode.add_argument("--overwrite", action="store_true", help="replace an existing data set folder")
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
-        return p
-    if command == "export-tiles":
-        p = _Parser(prog=prog, description=(
-            "Cut finished canvases into image + mask tiles (images/, masks/, classes.json, manifest.csv, "
-            "dataset.json with provenance) for a segmentation trainer; tiles touching unfinished regions are skipped."))
-        p.add_argument("canvas", type=Path, nargs="+")
-        p.add_argument("--out", type=Path, required=True)
-        p.add_argument("--tile", type=int, default=512, help="tile side in px (default 512)")
-        p.add_argument("--stride", type=int, default=None, help="tile step in px (default: --tile)")
-        p.add_argument("--level", type=int, default=0, help="pyramid level to cut (default 0)")
-        p.add_argument("--classes", type=_labels, default=None, metavar="1,2",
-                       help="only tiles at least --min-class-fraction of these classes")
-        p.add_argument("--min-class-fraction", type=float, default=0.5)
-        p.add_argument("--min-tissue", type=float, default=0.0, help="only tiles with this tissue share (default 0)")
-        mode = p.add_mutually_exclusive_group()
-        mode.add_argument("--resume", action="store_true")
-        mode.add_argument("--overwrite", action="store_true")
-        p.add_argument("--quiet", action="store_true")
-        return p
-    if command == "export-annotations":
-        p = _Parser(prog=prog, description="Write a canvas's class mask as QuPath GeoJSON (one MultiPolygon "
-                    "annotation per class, coordinates in canvas px); rasterising it again gives the same mask.")
-        p.add_argument("canvas", type=Path)
-        p.add_argument("--out", type=Path, required=True, help="GeoJSON file to write")
-        p.add_argument("--classes", type=_labels, default=None, metavar="1,2", help="only these classes")
-        p.add_argument("--include-unknown", action="store_true", help="also write class 0 (unknown)")
-        p.add_argument("--overwrite", action="store_true")
-        return p
-    if command == "export-ome-tiff":
-        p = _Parser(prog=prog, description="Write a canvas as a pyramidal, tiled OME-TIFF (sub-resolutions in "
-                    "SubIFDs, µm/px and provenance in the OME-XML).")
-        p.add_argument("canvas", type=Path)
-        p.add_argument("--out", type=Path, required=True)
-        p.add_argument("--tile", type=int, default=256, help="TIFF tile side (multiple of 16; default 256)")
-        p.add_argument("--compression", default="deflate", help="deflate (default, lossless), lzw, jpeg (quality 90), none")
-        p.add_argument("--overwrite", action="store_true")
-        p.add_argument("--quiet", action="store_true")
-        return p
-    if command == "annotations-to-mask":
-        p = _Parser(prog=prog, description="Rasterise QuPath GeoJSON to a label image (PNG, TIFF or NPY); "
-                    "a mask pixel takes the label of the polygon under its centre.")
-        p.add_argument("annotations", type=Path)
-        p.add_argument("--class-map", required=True, metavar="NAME=LABEL,...")
-        p.add_argument("--out", type=Path, required=True, help="label image to write (.png, .tif or .npy)")
-        size = p.add_mutually_exclusive_group(required=True)
-        size.add_argument("--size", type=_size, metavar="WxH", help="level-0 size the mask covers (px)")
-        size.add_argument("--like", type=Path, metavar="SLIDE", help="cover this slide's level 0")
-        p.add_argument("--downsample", type=float, default=1.0, help="level-0 px per mask px (default 1)")
-        _annotation_options(p)
-        p.add_argument("--overwrite", action="store_true")
-        return p
-    raise KeyError(command)
+    if command not in _PARSERS:
+        raise KeyError(command)
+    return _PARSERS[command](f"diffinfinite {command}")
+
+
+def _make_dataset_parser(prog: str) -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description=(
+        "Cut annotated slides into a training folder (images/, masks/, classes.json, manifest.csv, dataset.json) "
+        "that `diffinfinite train --data DIR` reads. Tiles with at least --min-annotated of their area annotated "
+        "are labelled (mask saved); other tissue tiles are unlabelled (class 0, the semi-supervised recipe)."))
+    p.add_argument("--slide", type=Path, action="append", required=True,
+                   help="slide (SVS, OME-TIFF, TIFF, OME-Zarr, PNG); repeat for several slides")
+    p.add_argument("--annotations", action="append", default=[],
+                   help="QuPath GeoJSON of the slide given at the same position ('-' for none); "
+                   "omit for unlabelled slides")
+    p.add_argument("--class-map", required=True, metavar="NAME=LABEL,...",
+                   help="class names to labels, e.g. 'Tumor=1,Stroma=2,Necrosis=3' (names match without case)")
+    p.add_argument("--out", type=Path, required=True, help="folder to write")
+    p.add_argument("--tile", type=int, default=512, help="tile side in output px (default 512)")
+    p.add_argument("--stride", type=int, default=None, help="tile step in output px (default: --tile)")
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--level", type=int, default=None, help="read this pyramid level (default 0)")
+    scale.add_argument("--mpp", type=float, default=None, help="output µm/px (box-averaged from a finer level)")
+    p.add_argument("--slide-mpp", type=float, default=None, help="µm/px of level 0 when the slide does not say")
+    p.add_argument("--unlabelled-fraction", type=float, default=1.0, metavar="F",
+                   help="share of the unlabelled tissue tiles to keep (seeded; default 1)")
+    p.add_argument("--min-tissue", type=float, default=0.25, help="tissue share an unlabelled tile needs (default 0.25)")
+    p.add_argument("--min-annotated", type=float, default=0.1,
+                   help="annotated share that makes a tile labelled (default 0.1)")
+    p.add_argument("--exclude-rect", type=_rect, action="append", default=[], metavar="X,Y,W,H",
+                   help="level-0 rectangle no tile may touch (e.g. a held-out band); repeatable, every slide")
+    _annotation_options(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the unlabelled subsample (default 0)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="finish an interrupted run into the same folder")
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing data set folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _export_tiles_parser(prog: str) -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description=(
+        "Cut finished canvases into image + mask tiles (images/, masks/, classes.json, manifest.csv, "
+        "dataset.json with provenance) for a segmentation trainer; tiles touching unfinished regions are skipped."))
+    p.add_argument("canvas", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tile", type=int, default=512, help="tile side in px (default 512)")
+    p.add_argument("--stride", type=int, default=None, help="tile step in px (default: --tile)")
+    p.add_argument("--level", type=int, default=0, help="pyramid level to cut (default 0)")
+    p.add_argument("--classes", type=_labels, default=None, metavar="1,2",
+                   help="only tiles at least --min-class-fraction of these classes")
+    p.add_argument("--min-class-fraction", type=float, default=0.5)
+    p.add_argument("--min-tissue", type=float, default=0.0, help="only tiles with this tissue share (default 0)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true")
+    mode.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def _export_annotations_parser(prog: str) -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="Write a canvas's class mask as QuPath GeoJSON (one MultiPolygon "
+                "annotation per class, coordinates in canvas px); rasterising it again gives the same mask.")
+    p.add_argument("canvas", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="GeoJSON file to write")
+    p.add_argument("--classes", type=_labels, default=None, metavar="1,2", help="only these classes")
+    p.add_argument("--include-unknown", action="store_true", help="also write class 0 (unknown)")
+    p.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def _export_ome_tiff_parser(prog: str) -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="Write a canvas as a pyramidal, tiled OME-TIFF (sub-resolutions in "
+                "SubIFDs, µm/px and provenance in the OME-XML).")
+    p.add_argument("canvas", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tile", type=int, default=256, help="TIFF tile side (multiple of 16; default 256)")
+    p.add_argument("--compression", default="deflate", help="deflate (default, lossless), lzw, jpeg (quality 90), none")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def _annotations_to_mask_parser(prog: str) -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="Rasterise QuPath GeoJSON to a label image (PNG, TIFF or NPY); "
+                "a mask pixel takes the label of the polygon under its centre.")
+    p.add_argument("annotations", type=Path)
+    p.add_argument("--class-map", required=True, metavar="NAME=LABEL,...")
+    p.add_argument("--out", type=Path, required=True, help="label image to write (.png, .tif or .npy)")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--size", type=_size, metavar="WxH", help="level-0 size the mask covers (px)")
+    size.add_argument("--like", type=Path, metavar="SLIDE", help="cover this slide's level 0")
+    p.add_argument("--downsample", type=float, default=1.0, help="level-0 px per mask px (default 1)")
+    _annotation_options(p)
+    p.add_argument("--overwrite", action="store_true")
+    return p
+
+
+_PARSERS = {"make-dataset": _make_dataset_parser, "export-tiles": _export_tiles_parser, "export-annotations": _export_annotations_parser, "export-ome-tiff": _export_ome_tiff_parser, "annotations-to-mask": _annotations_to_mask_parser}
 
 
 def _bar(quiet: bool):

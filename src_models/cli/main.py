@@ -34,7 +34,15 @@ from src_models.cli.common import (UserError, add_run_options, check_run_args, p
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffinfinite", description="DiffInfinite: mask-guided synthesis of large H&E images")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    _add_editing(sub)
+    _add_passthrough(sub)
+    _add_model_commands(sub)
+    return parser
 
+
+def _add_generate(sub) -> None:
+    """generate and demo."""
     g = sub.add_parser("generate", help="synthesise an OME-Zarr canvas under a label mask")
     g.add_argument("--mask", required=True, type=Path, help="label image: PNG, TIFF or NPY (one class per pixel)")
     g.add_argument("--out", required=True, type=Path, help="output canvas (.zarr directory)")
@@ -57,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto")
     d.add_argument("--model", default="default")
 
+
+def _add_editing(sub) -> None:
+    """import-slide, inpaint, outpaint."""
     s = sub.add_parser("import-slide", help="copy a real slide (SVS, OME-TIFF, OME-Zarr) into a canvas for inpainting")
     s.add_argument("slide", type=Path)
     s.add_argument("--out", required=True, type=Path)
@@ -82,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--overwrite", action="store_true")
     add_run_options(o)
 
+
+def _add_passthrough(sub) -> None:
+    """Commands with a parser of their own (train, evaluate, the data-set commands, generate-many):
+    listed here for --help, parsed where they live."""
     t = sub.add_parser("train", help="train a codec and image model from tiles (see its --help)", add_help=False)
     t.add_argument("args", nargs=argparse.REMAINDER)
     e = sub.add_parser("evaluate", help="compare synthetic with real tissue (see its --help); prints JSON", add_help=False)
@@ -92,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=text, add_help=False).add_argument("args", nargs=argparse.REMAINDER)
     m = sub.add_parser("generate-many", help="many canvases on a dask.distributed cluster (see its --help)", add_help=False)
     m.add_argument("args", nargs=argparse.REMAINDER)
+
+
+def _add_model_commands(sub) -> None:
+    """check-reference, convert, verify, make-mask."""
     c = sub.add_parser("check-reference", help="compare with the release's reference vectors")
     c.add_argument("file", type=Path)
     c.add_argument("--tolerance", type=float, default=None, help="maximum relative error (default 1e-5)")
@@ -119,7 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mask model: probability that a window is denoised without its subtype condition "
                    "(default 0.5, as the release samples; 0 always conditions)")
     k.add_argument("--device", default="auto")
-    return parser
 
 
 def _repair(canvas) -> None:

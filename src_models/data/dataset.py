@@ -419,72 +419,16 @@ def make_dataset(inputs: list[SlideInput], out: str | Path, class_map: dict[str,
     geometries skipped).  Returns the summary written to ``dataset.json``."""
     stride = stride or tile
     exclude = list(exclude or [])
-    if tile < 8:
-        raise DatasetError(f"--tile must be at least 8 px, got {tile}")
-    if stride < 1:
-        raise DatasetError(f"--stride must be positive, got {stride}")
-    if level is not None and mpp is not None:
-        raise DatasetError("give --level or --mpp, not both")
-    for name, v, lo, hi in (("--unlabelled-fraction", unlabelled_fraction, 0, 1), ("--min-tissue", min_tissue, 0, 1),
-                            ("--min-annotated", min_annotated, 0, 1)):
-        if not (math.isfinite(v) and lo <= v <= hi):
-            raise DatasetError(f"{name} must lie in [{lo}, {hi}], got {v}")
-    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
-        raise DatasetError(f"--mpp must be a positive number of µm, got {mpp}")
-    if slide_mpp is not None and not (math.isfinite(slide_mpp) and slide_mpp > 0):
-        raise DatasetError(f"--slide-mpp must be a positive number of µm, got {slide_mpp}")
-    if not inputs:
-        raise DatasetError("give at least one --slide")
-    if not class_map:
-        raise DatasetError("give a --class-map")
+    _check_options(inputs, class_map, tile, stride, level, mpp, slide_mpp, unlabelled_fraction, min_tissue,
+                   min_annotated)
     warn = warn or (lambda text: None)
     progress = progress or (lambda stage, done, total: None)
 
     # 1. everything that can be checked before writing: slides open, annotations read and map
     opened, annotations = [], []
     try:
-        colours_found: dict = {}
-        for inp in inputs:
-            if inp.annotations is None:
-                ann = AnnotationSet([], "")
-            else:
-                ann = read_geojson(inp.annotations, offset, downsample)
-                labels_for(ann, class_map)  # unknown names are refused here
-                colours_found.update({k: v for k, v in ann.colours().items() if k not in colours_found})
-            s = open_levels(inp.slide)
-            opened.append(s)
-            if ann.features:
-                wholly, partly = ann.outside(s.width, s.height)
-                if len(wholly) == len(ann.features):
-                    x0, y0, x1, y1 = ann.bbox
-                    raise DatasetError(
-                        f"{inp.annotations}: every feature lies outside the slide {inp.slide} ({s.width}x{s.height} px; "
-                        f"the annotations span x {x0:g}..{x1:g}, y {y0:g}..{y1:g}); check "
-                        "--annotation-offset/--annotation-downsample")
-                if wholly or partly:
-                    warn(f"{inp.annotations}: {len(wholly) + len(partly)} of {len(ann.features)} feature(s) reach "
-                         f"beyond the slide's {s.width}x{s.height} px ({len(wholly)} wholly); the parts outside are ignored")
-                if ann.skipped:
-                    warn(f"{inp.annotations}: skipped features without area: "
-                         + ", ".join(f"{n} {k}" for k, n in ann.skipped.items()))
-            annotations.append(ann)
-        plans = []
-        for inp, s in zip(inputs, opened):
-            m0 = slide_mpp if slide_mpp is not None else s.mpp
-            if level is not None:
-                if not 0 <= level < len(s.levels):
-                    raise DatasetError(f"--level {level}: {inp.slide} has levels 0..{len(s.levels) - 1}")
-                lev, ds = level, s.downsamples[level]
-            elif mpp is not None:
-                if m0 is None:
-                    raise DatasetError(f"{inp.slide} does not say its pixel size; give --slide-mpp (µm/px of level 0)")
-                ds = mpp / m0
-                if ds < 1 - 1e-6:
-                    raise DatasetError(f"--mpp {mpp:g} is finer than {inp.slide}'s level 0 ({m0:g} µm/px)")
-                lev = max(i for i, d in enumerate(s.downsamples) if d <= ds * (1 + 1e-6))
-            else:
-                lev, ds = 0, 1.0
-            plans.append((lev, ds, (m0 * ds) if m0 else None))
+        colours_found = _open_inputs(inputs, offset, downsample, class_map, warn, opened, annotations)
+        plans = [_level_plan(inp, sl, level, mpp, slide_mpp) for inp, sl in zip(inputs, opened)]
         classes, colours = class_table(class_map, colours_found)
 
         # 2. provenance: every source hashed (a changed file is a changed setting: no resume)
@@ -518,6 +462,80 @@ def make_dataset(inputs: list[SlideInput], out: str | Path, class_map: dict[str,
     finally:
         for s in opened:
             s.close()
+
+
+def _check_options(inputs, class_map, tile, stride, level, mpp, slide_mpp, unlabelled_fraction, min_tissue,
+                   min_annotated) -> None:
+    """The options of :func:`make_dataset` that need nothing read."""
+    if tile < 8:
+        raise DatasetError(f"--tile must be at least 8 px, got {tile}")
+    if stride < 1:
+        raise DatasetError(f"--stride must be positive, got {stride}")
+    if level is not None and mpp is not None:
+        raise DatasetError("give --level or --mpp, not both")
+    for name, v, lo, hi in (("--unlabelled-fraction", unlabelled_fraction, 0, 1), ("--min-tissue", min_tissue, 0, 1),
+                            ("--min-annotated", min_annotated, 0, 1)):
+        if not (math.isfinite(v) and lo <= v <= hi):
+            raise DatasetError(f"{name} must lie in [{lo}, {hi}], got {v}")
+    if mpp is not None and not (math.isfinite(mpp) and mpp > 0):
+        raise DatasetError(f"--mpp must be a positive number of µm, got {mpp}")
+    if slide_mpp is not None and not (math.isfinite(slide_mpp) and slide_mpp > 0):
+        raise DatasetError(f"--slide-mpp must be a positive number of µm, got {slide_mpp}")
+    if not inputs:
+        raise DatasetError("give at least one --slide")
+    if not class_map:
+        raise DatasetError("give a --class-map")
+
+
+def _open_inputs(inputs, offset, downsample, class_map, warn, opened: list, annotations: list) -> dict:
+    """Open every slide (into ``opened``, closed by the caller) and read its annotations (into
+    ``annotations``), checked against the class map and the slide; returns the colours the
+    annotations give their classes."""
+    colours_found: dict = {}
+    for inp in inputs:
+        if inp.annotations is None:
+            ann = AnnotationSet([], "")
+        else:
+            ann = read_geojson(inp.annotations, offset, downsample)
+            labels_for(ann, class_map)  # unknown names are refused here
+            colours_found.update({k: v for k, v in ann.colours().items() if k not in colours_found})
+        s = open_levels(inp.slide)
+        opened.append(s)
+        if ann.features:
+            wholly, partly = ann.outside(s.width, s.height)
+            if len(wholly) == len(ann.features):
+                x0, y0, x1, y1 = ann.bbox
+                raise DatasetError(
+                    f"{inp.annotations}: every feature lies outside the slide {inp.slide} ({s.width}x{s.height} px; "
+                    f"the annotations span x {x0:g}..{x1:g}, y {y0:g}..{y1:g}); check "
+                    "--annotation-offset/--annotation-downsample")
+            if wholly or partly:
+                warn(f"{inp.annotations}: {len(wholly) + len(partly)} of {len(ann.features)} feature(s) reach "
+                     f"beyond the slide's {s.width}x{s.height} px ({len(wholly)} wholly); the parts outside are ignored")
+            if ann.skipped:
+                warn(f"{inp.annotations}: skipped features without area: "
+                     + ", ".join(f"{n} {k}" for k, n in ann.skipped.items()))
+        annotations.append(ann)
+    return colours_found
+
+
+def _level_plan(inp, s, level, mpp, slide_mpp) -> tuple:
+    """(pyramid level to read, its downsample, output µm/px or None) of one slide."""
+    m0 = slide_mpp if slide_mpp is not None else s.mpp
+    if level is not None:
+        if not 0 <= level < len(s.levels):
+            raise DatasetError(f"--level {level}: {inp.slide} has levels 0..{len(s.levels) - 1}")
+        lev, ds = level, s.downsamples[level]
+    elif mpp is not None:
+        if m0 is None:
+            raise DatasetError(f"{inp.slide} does not say its pixel size; give --slide-mpp (µm/px of level 0)")
+        ds = mpp / m0
+        if ds < 1 - 1e-6:
+            raise DatasetError(f"--mpp {mpp:g} is finer than {inp.slide}'s level 0 ({m0:g} µm/px)")
+        lev = max(i for i, d in enumerate(s.downsamples) if d <= ds * (1 + 1e-6))
+    else:
+        lev, ds = 0, 1.0
+    return lev, ds, (m0 * ds) if m0 else None
 
 
 def _cut(inputs, opened, annotations, plans, writer: TileSetWriter, class_map, *, tile, stride, unlabelled_fraction,

@@ -89,6 +89,51 @@ def _thumb_level(canvas: Canvas, max_side: int = 2048) -> int:
     return canvas.levels - 1
 
 
+def _export_canvas(c, stem: str, ys: list[int], xs: list[int], writer: TileSetWriter, summary: dict, count: dict,
+                   progress, *, tile: int, level: int, wanted, min_class_fraction: float, min_tissue: float) -> dict:
+    """The tiles of one canvas on its grid (``ys`` x ``xs`` at ``level``): finished, of the wanted
+    classes, with enough tissue; counts go into ``summary``, returns the canvas's own row."""
+    done = c.state_table()[..., 0] != PENDING
+    rpx = c.region_size
+    s = 2**level
+    mpp = c.pixel_size_um * s if c.pixel_size_um else None
+    tl = _thumb_level(c)
+    tmap, _ = tissue_map(c.read_rgb(0, c.image(tl).shape[1], 0, c.image(tl).shape[2], level=tl))
+    ds_t = c.width / c.image(tl).shape[2]
+    per = {"canvas": str(c.path), "tiles": 0}
+    for y in ys:
+        for x in xs:
+            count["done"] += 1
+            progress("tiles", count["done"], count["total"])
+            X0, Y0, W0 = x * s, y * s, tile * s
+            name = f"{stem}_x{X0:06d}_y{Y0:06d}"
+            if writer.has(name):
+                summary["tiles"] += 1
+                per["tiles"] += 1
+                continue
+            ry0, ry1 = Y0 // rpx, min(done.shape[0], -(-(Y0 + W0) // rpx))
+            rx0, rx1 = X0 // rpx, min(done.shape[1], -(-(X0 + W0) // rpx))
+            if not done[ry0:ry1, rx0:rx1].all():
+                summary["unfinished"] += 1
+                continue
+            mask = _tile_mask(c, level, y, x, tile)
+            if wanted is not None and np.isin(mask, wanted).mean() < min_class_fraction:
+                summary["other_classes"] += 1
+                continue
+            tissue = _fraction_in(tmap, ds_t, X0, Y0, W0, W0)
+            if tissue < min_tissue:
+                summary["background"] += 1
+                continue
+            rgb = c.read_rgb(y, y + tile, x, x + tile, level=level)
+            row = {"source": str(c.path), "level": level, "mpp": "" if mpp is None else round(mpp, 6),
+                   "x": X0, "y": Y0, "width": W0, "height": W0, "tissue_fraction": round(tissue, 4),
+                   "annotated_fraction": 1.0}
+            writer.add(name, rgb, mask, row, mpp)
+            summary["tiles"] += 1
+            per["tiles"] += 1
+    return per
+
+
 def export_tiles(canvas_paths: list, out, *, tile: int = 512, stride: int | None = None, level: int = 0,
                  classes: list[int] | None = None, min_class_fraction: float = 0.5, min_tissue: float = 0.0,
                  overwrite: bool = False, resume: bool = False, progress=None) -> dict:
@@ -139,48 +184,11 @@ def export_tiles(canvas_paths: list, out, *, tile: int = 512, stride: int | None
                 grids.append((ys, xs))
             total = sum(len(ys) * len(xs) for ys, xs in grids)
             summary["grid_tiles"] = total
-            done_n = 0
-            stems = _stems(canvases)
-            for c, stem, (ys, xs) in zip(canvases, stems, grids):
-                done = c.state_table()[..., 0] != PENDING
-                rpx = c.region_size
-                s = 2**level
-                mpp = c.pixel_size_um * s if c.pixel_size_um else None
-                tl = _thumb_level(c)
-                tmap, _ = tissue_map(c.read_rgb(0, c.image(tl).shape[1], 0, c.image(tl).shape[2], level=tl))
-                ds_t = c.width / c.image(tl).shape[2]
-                per = {"canvas": str(c.path), "tiles": 0}
-                for y in ys:
-                    for x in xs:
-                        done_n += 1
-                        progress("tiles", done_n, total)
-                        X0, Y0, W0 = x * s, y * s, tile * s
-                        name = f"{stem}_x{X0:06d}_y{Y0:06d}"
-                        if writer.has(name):
-                            summary["tiles"] += 1
-                            per["tiles"] += 1
-                            continue
-                        ry0, ry1 = Y0 // rpx, min(done.shape[0], -(-(Y0 + W0) // rpx))
-                        rx0, rx1 = X0 // rpx, min(done.shape[1], -(-(X0 + W0) // rpx))
-                        if not done[ry0:ry1, rx0:rx1].all():
-                            summary["unfinished"] += 1
-                            continue
-                        mask = _tile_mask(c, level, y, x, tile)
-                        if wanted is not None and np.isin(mask, wanted).mean() < min_class_fraction:
-                            summary["other_classes"] += 1
-                            continue
-                        tissue = _fraction_in(tmap, ds_t, X0, Y0, W0, W0)
-                        if tissue < min_tissue:
-                            summary["background"] += 1
-                            continue
-                        rgb = c.read_rgb(y, y + tile, x, x + tile, level=level)
-                        row = {"source": str(c.path), "level": level, "mpp": "" if mpp is None else round(mpp, 6),
-                               "x": X0, "y": Y0, "width": W0, "height": W0, "tissue_fraction": round(tissue, 4),
-                               "annotated_fraction": 1.0}
-                        writer.add(name, rgb, mask, row, mpp)
-                        summary["tiles"] += 1
-                        per["tiles"] += 1
-                summary["canvases"].append(per)
+            count = {"done": 0, "total": total}
+            for c, stem, (ys, xs) in zip(canvases, _stems(canvases), grids):
+                summary["canvases"].append(_export_canvas(c, stem, ys, xs, writer, summary, count, progress, tile=tile,
+                                                          level=level, wanted=wanted,
+                                                          min_class_fraction=min_class_fraction, min_tissue=min_tissue))
             writer.finish(summary)
         finally:
             writer.close()

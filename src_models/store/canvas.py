@@ -114,14 +114,7 @@ class Canvas(RegionState, Pyramid, MaskSource, LegacyLayout):
         made, so ``overwrite`` never touches a canvas another process is writing.
         """
         path = Path(path)
-        if height <= 0 or width <= 0:
-            raise CanvasError(f"canvas size must be positive, got {width}x{height}")
-        if height % factor or width % factor:
-            raise CanvasError(f"canvas size {width}x{height} px is not a multiple of the model's factor {factor}")
-        if region_size <= 0 or region_size % factor:
-            raise CanvasError(f"region size {region_size} px must be a positive multiple of {factor}")
-        if pixel_size_um is not None and not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
-            raise CanvasError(f"pixel size must be a positive number of µm, got {pixel_size_um}")
+        _check_layout(height, width, factor, region_size, pixel_size_um)
         _check_json(settings or {}, "settings")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,45 +129,9 @@ class Canvas(RegionState, Pyramid, MaskSource, LegacyLayout):
                 shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
             path.mkdir()
             group = zarr.open_group(str(path), mode="w", zarr_format=3)
-            shapes = pyramid_shapes(height, width)
-            for level, (h, w) in enumerate(shapes):
-                group.create_array(
-                    str(level), shape=(3, h, w), chunks=(3, min(chunk, h), min(chunk, w)),
-                    dtype="uint8", fill_value=0, dimension_names=("c", "y", "x"),
-                    config={"write_empty_chunks": True},
-                )
-            lh, lw = height // factor, width // factor
-            lchunk = max(1, min(chunk, lh, lw))
-            labels = group.create_group("labels")
-            mask_g = labels.create_group("mask")
-            state = group.create_group("diffinfinite")
-            state.create_array("latent", shape=(latent_channels, lh, lw), chunks=(latent_channels, lchunk, lchunk),
-                               dtype="float32", fill_value=0.0, config={"write_empty_chunks": True})
-            size = region_size // factor
-            ny, nx = math.ceil(lh / size), math.ceil(lw / size)
-            state.create_array("region_state", shape=(ny, nx, 4), chunks=(min(STATE_CHUNK, ny), min(STATE_CHUNK, nx), 4),
-                               dtype="uint64", fill_value=0, config={"write_empty_chunks": True})
-            state.attrs["jobs"] = {}
-            _create_mask_arrays(group, (lh, lw), len(shapes), chunk)
-            group.attrs["ome"] = ngff.rgb_pyramid("synthetic H&E", len(shapes), pixel_size_um)
-            labels.attrs["ome"] = ngff.labels_index(["mask"])
-            px = 1.0 if pixel_size_um is None else float(pixel_size_um)
-            mask_g.attrs["ome"] = ngff.label_image(
-                "mask", ngff.pyramid_datasets(len(shapes), [px * factor] * 2),
-                unit=None if pixel_size_um is None else ngff.MICROMETER,
-                colors=ngff.class_colours(colours), properties=ngff.class_properties(classes))
-            group.attrs["diffinfinite"] = {
-                "format": FORMAT,
-                "height": height,
-                "width": width,
-                "factor": factor,
-                "latent_channels": latent_channels,
-                "region_size": region_size,
-                "classes": list(classes),
-                "colours": list(colours),
-                "pixel_size_um": pixel_size_um,
-                "settings": settings or {},
-            }
+            _lay_out(group, height, width, factor, latent_channels, region_size, chunk)
+            _describe(group, height, width, factor, latent_channels, region_size, classes, colours, pixel_size_um,
+                      settings)
             _fsync_tree(path)
         except CanvasError:
             _release_lock(lock_fd, path)
@@ -405,3 +362,62 @@ class Canvas(RegionState, Pyramid, MaskSource, LegacyLayout):
     def _check_writable(self):
         if not self.writable:
             raise CanvasError(f"{self.path} is open read-only")
+
+
+def _check_layout(height: int, width: int, factor: int, region_size: int, pixel_size_um: float | None) -> None:
+    if height <= 0 or width <= 0:
+        raise CanvasError(f"canvas size must be positive, got {width}x{height}")
+    if height % factor or width % factor:
+        raise CanvasError(f"canvas size {width}x{height} px is not a multiple of the model's factor {factor}")
+    if region_size <= 0 or region_size % factor:
+        raise CanvasError(f"region size {region_size} px must be a positive multiple of {factor}")
+    if pixel_size_um is not None and not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
+        raise CanvasError(f"pixel size must be a positive number of µm, got {pixel_size_um}")
+
+
+def _lay_out(group: zarr.Group, height: int, width: int, factor: int, latent_channels: int, region_size: int,
+             chunk: int) -> None:
+    """The empty arrays of a new canvas: image pyramid, latents, region state, mask pyramid."""
+    for level, (h, w) in enumerate(pyramid_shapes(height, width)):
+        group.create_array(
+            str(level), shape=(3, h, w), chunks=(3, min(chunk, h), min(chunk, w)),
+            dtype="uint8", fill_value=0, dimension_names=("c", "y", "x"),
+            config={"write_empty_chunks": True},
+        )
+    lh, lw = height // factor, width // factor
+    lchunk = max(1, min(chunk, lh, lw))
+    group.create_group("labels").create_group("mask")
+    state = group.create_group("diffinfinite")
+    state.create_array("latent", shape=(latent_channels, lh, lw), chunks=(latent_channels, lchunk, lchunk),
+                       dtype="float32", fill_value=0.0, config={"write_empty_chunks": True})
+    size = region_size // factor
+    ny, nx = math.ceil(lh / size), math.ceil(lw / size)
+    state.create_array("region_state", shape=(ny, nx, 4), chunks=(min(STATE_CHUNK, ny), min(STATE_CHUNK, nx), 4),
+                       dtype="uint64", fill_value=0, config={"write_empty_chunks": True})
+    state.attrs["jobs"] = {}
+    _create_mask_arrays(group, (lh, lw), len(pyramid_shapes(height, width)), chunk)
+
+
+def _describe(group: zarr.Group, height: int, width: int, factor: int, latent_channels: int, region_size: int,
+              classes: list[str], colours: list[str], pixel_size_um: float | None, settings: dict | None) -> None:
+    """The attributes of a new canvas: NGFF metadata of the image and its mask, and the store's own."""
+    levels = len(pyramid_shapes(height, width))
+    group.attrs["ome"] = ngff.rgb_pyramid("synthetic H&E", levels, pixel_size_um)
+    group["labels"].attrs["ome"] = ngff.labels_index(["mask"])
+    px = 1.0 if pixel_size_um is None else float(pixel_size_um)
+    group["labels/mask"].attrs["ome"] = ngff.label_image(
+        "mask", ngff.pyramid_datasets(levels, [px * factor] * 2),
+        unit=None if pixel_size_um is None else ngff.MICROMETER,
+        colors=ngff.class_colours(colours), properties=ngff.class_properties(classes))
+    group.attrs["diffinfinite"] = {
+        "format": FORMAT,
+        "height": height,
+        "width": width,
+        "factor": factor,
+        "latent_channels": latent_channels,
+        "region_size": region_size,
+        "classes": list(classes),
+        "colours": list(colours),
+        "pixel_size_um": pixel_size_um,
+        "settings": settings or {},
+    }

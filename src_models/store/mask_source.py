@@ -7,7 +7,6 @@ given, of any size, stretched over the latent grid) chunk by chunk as regions ar
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import zarr
@@ -16,8 +15,6 @@ from src_models.durable import fsync_tree
 from src_models.store.base import MASK_SOURCE, MASK_WRITTEN, CanvasError, _io_error
 from src_models.store.pyramid import halvings
 
-if TYPE_CHECKING:  # annotations only
-    from src_models.store.canvas import Canvas
 
 
 def nearest_index(positions: np.ndarray, n_out: int, n_in: int) -> np.ndarray:
@@ -37,7 +34,7 @@ class MaskView:
     wherever they are stored (written chunks, or the resized source of a lazily written mask);
     assignment writes them without the label check of :meth:`Canvas.write_mask`."""
 
-    def __init__(self, canvas: "Canvas"):
+    def __init__(self, canvas: "MaskSource"):
         self._c = canvas
 
     shape = property(lambda self: self._c.latent_shape)
