@@ -484,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["train"]:  # everything after "train" belongs to the training module's parser
         ns = argparse.Namespace(command="train", args=argv[1:])
     elif argv[:1] == ["evaluate"]:  # likewise for the evaluation tool's
-        from napari_diffinfinite.cli_evaluate import main as evaluate_main
+        from src_models.cli.evaluate import main as evaluate_main
 
         return evaluate_main(argv[1:])
     elif argv[:1] and argv[0] in _data_commands():  # and for the data-set commands (data.py)
