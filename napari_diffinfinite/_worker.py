@@ -4,12 +4,14 @@ Worker side (runs in a napari worker thread, may import torch):
     :data:`MODELS` loads each model once per (spec, device) and keeps it;
     :func:`create_canvas_job` makes a canvas; :func:`synthesis_job` is the generator a run executes:
     it opens the canvas for writing (the store's lock: one writer at a time), writes the mask
-    snapshot taken on the GUI thread, loads the model, then yields every ``RegionDone`` of
-    :func:`src_models.synthesis.regions.synthesise`.  Level progress and low-resolution previews of the
+    snapshot taken on the GUI thread, checks and repairs the finished regions as every resume does,
+    loads the model, then yields every ``RegionDone`` of :func:`src_models.synthesis.regions.synthesise`
+    (the core's use cases in :mod:`src_models.synthesis.canvases`; this module only carries them
+    to a thread).  Level progress and low-resolution previews of the
     region in flight go into a queue; the worker never touches a widget or a layer.
 
-A forward pre-hook on the model's network stops a cancelled run before its next network call
-(within one window batch).  While runs are in flight the interpreter hands the GIL over every
+A forward pre-hook on the model's network (:mod:`src_models.synthesis.cancel`) stops a cancelled run
+before its next network call (within one window batch).  While runs are in flight the interpreter hands the GIL over every
 millisecond (instead of every 5 ms), so the GUI thread waits less for the worker's Python glue.
 
 GUI side (runs on the GUI thread): :class:`SynthesisRun` starts the worker, refreshes only the
@@ -163,43 +165,14 @@ def outpaint_job(spec: str, source: str, path: str, pads: tuple[int, int, int, i
     return str(Path(path).resolve())
 
 
-def store_mask(canvas, mask: np.ndarray, step: int) -> bool:
-    """Write a mask-layer array to the store where it differs from what is stored.
-
-    ``step`` 1: the layer is the latent grid.  ``step`` > 1: each layer pixel stands for
-    ``step`` x ``step`` latent pixels; only blocks of rows whose layer pixels changed are rewritten,
-    so a finer stored mask survives where the user did not edit.  Returns whether anything changed.
-    """
-    from src_models.io.masks import MaskError, check_labels
-
-    lh, lw = canvas.latent_shape
-    grid = (-(-lh // step), -(-lw // step))
-    if mask.shape != grid:
-        raise MaskError(f"the mask layer is {mask.shape[1]}x{mask.shape[0]} px; this canvas needs {grid[1]}x{grid[0]}")
-    check_labels(mask, canvas.classes, name="the mask layer")
-    if step == 1:
-        if np.array_equal(np.asarray(canvas.mask[:]), mask):
-            return False
-        canvas.write_mask(mask)
-        return True
-    changed = (np.asarray(canvas.mask[::step, ::step]) != mask).any(axis=1)
-    if not changed.any():
-        return False
-    xs = np.arange(lw) // step
-    block = max(1, 512 // step)  # layer rows per write
-    for r0 in range(0, grid[0], block):
-        if changed[r0 : r0 + block].any():
-            ys = np.arange(r0 * step, min(lh, (r0 + block) * step)) // step
-            canvas.write_mask(mask[ys[:, None], xs[None, :]], r0 * step, 0)
-    return True
-
-
 def save_mask_job(path: str, mask: np.ndarray, step: int) -> bool:
     """Write a mask-layer snapshot into the canvas at ``path`` (takes the writer lock briefly)."""
     from src_models.store.canvas import Canvas
 
+    from src_models.synthesis.canvases import store_mask_grid
+
     with Canvas.open(path, "r+") as canvas:
-        return store_mask(canvas, mask, step)
+        return store_mask_grid(canvas, mask, step)
 
 
 BUSY: set[str] = set()  # canvases a run of this process is writing (GUI thread only)
@@ -288,26 +261,11 @@ class Preview:
     index: int = -1  # the region in flight
 
 
-def _region_offset(p, factor: int) -> tuple[int, int]:
-    """Where the region in flight starts inside the sampled area (latent px)."""
-    return (p.bbox[0] - p.area[0]) // factor, (p.bbox[2] - p.area[2]) // factor
-
-
 def _preview_rgb(model, x0, p, factor: int, latent_shape) -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
+    """The live preview of the region in flight (:func:`src_models.synthesis.regions.region_preview`)."""
+    from src_models.synthesis.regions import region_preview
 
-    oy, ox = _region_offset(p, factor)
-    y0, y1, x0_, x1 = (v // factor for v in p.bbox)
-    z = x0[:, oy : oy + (y1 - y0), ox : ox + (x1 - x0_)].float()
-    side = max(z.shape[-2:])
-    limit = max(8, PREVIEW_PX // factor)
-    if side > limit:
-        size = (max(1, round(z.shape[-2] * limit / side)), max(1, round(z.shape[-1] * limit / side)))
-        z = F.interpolate(z[None], size=size, mode="area")[0]
-    with torch.inference_mode():
-        img = model.codec.decode(z[None].to(model.device))[0]
-    return np.rint(img.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
+    return region_preview(model, x0, p, factor, PREVIEW_PX)
 
 
 def _is_expected(e: BaseException) -> bool:
@@ -337,27 +295,6 @@ class Failed:
     expected: bool  # a known kind of bad input (no traceback needed)
 
 
-_TLS = threading.local()  # per worker thread: the cancel token its run checks before every network call
-
-
-def _stop_if_cancelled(module, args) -> None:
-    """Forward pre-hook of a model's network: a cancelled run stops before its next network call."""
-    cancel = getattr(_TLS, "cancel", None)
-    if cancel is not None and cancel.is_set():
-        from src_models.sampling.sampler import Cancelled
-
-        raise Cancelled()
-
-
-def _install_cancel_hook(model) -> None:
-    """Once per loaded model: the hook reads the calling thread's token, so runs on other canvases
-    sharing the model are not affected."""
-    net = model.unet
-    if not getattr(net, "_diffinfinite_cancel_hook", False):
-        net.register_forward_pre_hook(_stop_if_cancelled)
-        net._diffinfinite_cancel_hook = True
-
-
 def _device_notice(requested: str, device) -> str | None:
     """What to tell the user when the device asked for is not the one used."""
     name = (requested or "auto").strip().lower()
@@ -385,17 +322,19 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
     it is shown.  The canvas lock is released however the run ends.
     """
     yield Stage("opening the canvas")
+    from src_models.synthesis.cancel import set_cancel_token, stop_on_cancel  # no torch
+
     canvas = None
-    _TLS.cancel = cancel
+    set_cancel_token(cancel)
     try:
         from src_models.store.canvas import Canvas
-        from src_models.synthesis.canvases import repair_finished
+        from src_models.synthesis.canvases import repair_finished, store_mask_grid
         from src_models.synthesis.regions import pending_regions, synthesise
 
         canvas = Canvas.open(path, "r+")
         if mask is not None:
             yield Stage("saving the mask")
-            store_mask(canvas, mask, step)
+            store_mask_grid(canvas, mask, step)
         if canvas.done_indices():  # as every resume does (generate --resume, generate-many)
             yield Stage("checking finished regions")
             repair_finished(canvas, notice=lambda text: events.put(Notice(text)))
@@ -405,7 +344,7 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
         notice = _device_notice(request.device, model.device)
         if notice:
             events.put(Notice(notice))
-        _install_cancel_hook(model)
+        stop_on_cancel(model)
         _limit_cpu_threads(model.device)
         if redo:
             if request.area is not None:
@@ -447,7 +386,7 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
         known = _is_expected(e)
         yield Failed(str(e) if known else _clear_message(e, request), e, known)
     finally:
-        _TLS.cancel = None
+        set_cancel_token(None)
         if canvas is not None:
             canvas.close()
 

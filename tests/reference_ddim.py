@@ -5,16 +5,7 @@ from __future__ import annotations
 
 import torch
 
-
-def _alpha(alphas_cumprod: torch.Tensor, t, like: torch.Tensor) -> torch.Tensor:
-    """ᾱ_t as a float32 tensor broadcastable against ``like`` (B, C, H, W); t may be int or (B,)."""
-    t = torch.as_tensor(t, dtype=torch.long)
-    if t.dim() == 0 and t.device.type == "cpu":  # a plain step number: no device round trip
-        a = alphas_cumprod.to(device="cpu", dtype=torch.float32)[t.clamp(min=0)]
-        return torch.where(t < 0, torch.ones_like(a), a)
-    a = alphas_cumprod.to(torch.float32)[t.clamp(min=0).cpu()].to(like.device)
-    a = torch.where(t.to(a.device) < 0, torch.ones_like(a), a)
-    return a.reshape(-1, *([1] * (like.dim() - 1))) if a.dim() else a
+from src_models.sampling.schedule import _alpha  # ᾱ_t looked up as the schedule does
 
 
 def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_t: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ import pytest
 from skimage import io
 
 from src_models.cli.main import build_parser, main
+from canvas_helpers import finished_regions as _finished
 from src_models.store.canvas import Canvas
 
 
@@ -23,17 +24,6 @@ def mask_png(tmp_path, two_class_mask):
 
 def _gen(out, mask, *extra):
     return ["generate", "--mask", str(mask), "--out", str(out), "--model", "tiny-test", "--device", "cpu", *extra]
-
-
-def _finished(path) -> int:
-    """Finished regions of a canvas another process may be writing (0 while it is being made)."""
-    from src_models.store.canvas import CanvasError
-
-    try:
-        with Canvas.open(path) as c:
-            return len(c.done_indices())
-    except CanvasError:
-        return 0
 
 
 def test_generate_writes_canvas_and_preview_and_is_reproducible(tmp_path, mask_png, capsys):

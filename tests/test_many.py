@@ -16,7 +16,8 @@ from skimage import io
 
 from src_models.cli.main import main
 import src_models.synthesis.many as many
-from src_models.store.canvas import Canvas, CanvasError
+from canvas_helpers import finished_regions as _finished
+from src_models.store.canvas import Canvas
 from src_models.synthesis.request import SynthesisRequest
 
 pytest.importorskip("distributed")
@@ -46,14 +47,6 @@ def _same(a_path, b_path):
 
 def _rows(path):
     return {r["name"]: r for r in csv.DictReader(open(path))}
-
-
-def _finished(path) -> int:
-    try:
-        with Canvas.open(path) as c:
-            return len(c.done_indices())
-    except CanvasError:
-        return 0
 
 
 @pytest.fixture(scope="module")

@@ -57,13 +57,20 @@ def parse_centre(text: str) -> tuple[float, float]:
     return y, x
 
 
-def parse_rect(text: str) -> tuple[int, int, int, int]:
+def parse_xywh(text: str, number=int, what: str = "X,Y,W,H in px") -> tuple:
+    """``X,Y,W,H`` with a positive width and height (``number``: int or float)."""
     try:
-        x, y, w, h = (int(v) for v in text.split(","))
+        x, y, w, h = (number(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--rect takes X,Y,W,H in px, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"takes {what}, got {text!r}") from None
     if w <= 0 or h <= 0:
-        raise argparse.ArgumentTypeError(f"--rect needs a positive width and height, got {text!r}")
+        raise argparse.ArgumentTypeError(f"needs a positive width and height, got {text!r}")
+    return x, y, w, h
+
+
+def parse_rect(text: str) -> tuple[int, int, int, int]:
+    """``--rect X,Y,W,H`` (px) as (y0, y1, x0, x1)."""
+    x, y, w, h = parse_xywh(text)
     return y, y + h, x, x + w
 
 

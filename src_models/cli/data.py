@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from src_models.cli.common import EXIT_BAD_INPUT, UserError, run_command
+from src_models.cli.common import EXIT_BAD_INPUT, UserError, parse_xywh, run_command
 
 HELP = {
     "make-dataset": "annotated slides (QuPath GeoJSON) to a training folder of tiles (see its --help)",
@@ -37,13 +37,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _rect(text: str) -> tuple[float, float, float, float]:
-    try:
-        x, y, w, h = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"takes X,Y,W,H in level-0 px, got {text!r}") from None
-    if w <= 0 or h <= 0:
-        raise argparse.ArgumentTypeError(f"needs a positive width and height, got {text!r}")
-    return x, y, w, h
+    return parse_xywh(text, float, "X,Y,W,H in level-0 px")
 
 
 def _pair(text: str) -> tuple[float, float]:

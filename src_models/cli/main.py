@@ -161,6 +161,13 @@ def _repair(canvas) -> None:
             bar.close()
 
 
+def _said(canvas: str, preview) -> int:
+    """The two lines a run ends with: the canvas (and what was done) and its preview."""
+    print(f"canvas: {canvas}")
+    print(f"preview: {preview}")
+    return 0
+
+
 def _warn(text: str) -> None:
     warnings.warn(text, RuntimeWarning, stacklevel=2)
 
@@ -238,9 +245,7 @@ def cmd_generate(args) -> int:
     with canvas:
         preview = args.preview or args.out.with_suffix(".png")
         n = run_and_preview(model, canvas, request, preview)
-    print(f"canvas: {args.out}  ({width}x{height} px, {n} regions sampled, model {card.name}, device {device})")
-    print(f"preview: {preview}")
-    return 0
+    return _said(f"{args.out}  ({width}x{height} px, {n} regions sampled, model {card.name}, device {device})", preview)
 
 
 def cmd_demo(args) -> int:
@@ -272,8 +277,7 @@ def cmd_demo(args) -> int:
     io.imsave(mask_png, mask_rgb(mask, card.colours), check_contrast=False)
     with canvas:
         n = run_and_preview(model, canvas, request, args.out / "demo.png")
-    print(f"canvas: {out}  ({width}x{height} px, {n} regions, model {card.name}, device {device})")
-    print(f"preview: {args.out / 'demo.png'}")
+    _said(f"{out}  ({width}x{height} px, {n} regions, model {card.name}, device {device})", args.out / "demo.png")
     print(f"mask: {mask_png}  (procedural layout of classes {', '.join(card.classes[1:])})")
     return 0
 
@@ -344,9 +348,8 @@ def cmd_inpaint(args) -> int:
         request = resolve_request(args, card, device, area=rect)
         preview = args.preview or args.canvas.with_suffix(".png")
         n = run_and_preview(model, canvas, request, preview)
-    print(f"canvas: {args.canvas}  (rectangle y {rect[0]}:{rect[1]}, x {rect[2]}:{rect[3]} px; {n} regions sampled)")
-    print(f"preview: {preview}")
-    return 0
+    return _said(f"{args.canvas}  (rectangle y {rect[0]}:{rect[1]}, x {rect[2]}:{rect[3]} px; {n} regions sampled)",
+                 preview)
 
 
 def cmd_outpaint(args) -> int:
@@ -367,9 +370,7 @@ def cmd_outpaint(args) -> int:
     with canvas:
         preview = args.preview or args.out.with_suffix(".png")
         n = run_and_preview(model, canvas, request, preview)
-    print(f"canvas: {args.out}  ({canvas.width}x{canvas.height} px; {n} regions sampled)")
-    print(f"preview: {preview}")
-    return 0
+    return _said(f"{args.out}  ({canvas.width}x{canvas.height} px; {n} regions sampled)", preview)
 
 
 def cmd_verify(args) -> int:

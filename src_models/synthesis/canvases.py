@@ -192,6 +192,36 @@ def new_canvas_with_mask(card: ModelCard, path, height: int, width: int, mask: n
     return canvas
 
 
+def store_mask_grid(canvas: Canvas, mask: np.ndarray, step: int) -> bool:
+    """Write a mask painted on a coarser grid (the napari dock's Labels layer) into the canvas, where
+    it differs from what is stored.
+
+    ``step`` 1: the layer is the latent grid.  ``step`` > 1: each layer pixel stands for
+    ``step`` x ``step`` latent pixels; only blocks of rows whose layer pixels changed are rewritten,
+    so a finer stored mask survives where the user did not edit.  Returns whether anything changed.
+    """
+    lh, lw = canvas.latent_shape
+    grid = (-(-lh // step), -(-lw // step))
+    if mask.shape != grid:
+        raise MaskError(f"the mask layer is {mask.shape[1]}x{mask.shape[0]} px; this canvas needs {grid[1]}x{grid[0]}")
+    check_labels(mask, canvas.classes, name="the mask layer")
+    if step == 1:
+        if np.array_equal(np.asarray(canvas.mask[:]), mask):
+            return False
+        canvas.write_mask(mask)
+        return True
+    changed = (np.asarray(canvas.mask[::step, ::step]) != mask).any(axis=1)
+    if not changed.any():
+        return False
+    xs = np.arange(lw) // step
+    block = max(1, 512 // step)  # layer rows per write
+    for r0 in range(0, grid[0], block):
+        if changed[r0 : r0 + block].any():
+            ys = np.arange(r0 * step, min(lh, (r0 + block) * step)) // step
+            canvas.write_mask(mask[ys[:, None], xs[None, :]], r0 * step, 0)
+    return True
+
+
 # ------------------------------------------------------------------------------------------------
 # use cases: every interface makes, resumes and repairs a canvas through these
 # ------------------------------------------------------------------------------------------------

@@ -160,3 +160,22 @@ def _synthesise_region(run: Run, region: Region, cancel, progress) -> int | None
 
 def _cancelled(cancel) -> bool:
     return cancel is not None and (cancel() if callable(cancel) else cancel.is_set())
+
+
+def region_preview(model, x0: torch.Tensor, progress: RegionProgress, factor: int, max_px: int = 256) -> np.ndarray:
+    """A quick look at the region in flight: its part of the predicted clean latent ``x0`` (of
+    ``progress.area``), area-downscaled to at most ``max_px`` image px a side and decoded, as
+    (h, w, 3) uint8.  The napari dock shows it over the region while the region samples."""
+    import torch.nn.functional as F
+
+    oy, ox = (progress.bbox[0] - progress.area[0]) // factor, (progress.bbox[2] - progress.area[2]) // factor
+    y0, y1, x0_, x1 = (v // factor for v in progress.bbox)
+    z = x0[:, oy : oy + (y1 - y0), ox : ox + (x1 - x0_)].float()
+    side = max(z.shape[-2:])
+    limit = max(8, max_px // factor)
+    if side > limit:
+        size = (max(1, round(z.shape[-2] * limit / side)), max(1, round(z.shape[-1] * limit / side)))
+        z = F.interpolate(z[None], size=size, mode="area")[0]
+    with torch.inference_mode():
+        img = model.codec.decode(z[None].to(model.device))[0]
+    return np.rint(img.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
