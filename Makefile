@@ -14,7 +14,7 @@ test:
 # the unit tests only (no GUI, nothing slow: see SLOW in tests/conftest.py); `make test` runs everything
 test-fast:
 	bash scripts/setup.sh
-	.venv/bin/python -m pytest -p no:cacheprovider -m "not slow and not gui" tests
+	.venv/bin/python -m pytest -p no:cacheprovider -m "not slow and not gui" --ignore=tests/gui tests
 
 napari:
 	bash scripts/setup.sh --gui

@@ -31,6 +31,17 @@ SLOW = (
     "tests/test_sd_vae.py::test_256_latent_decodes_without_seams",
     "tests/test_packaging.py::test_manifest_is_inside_the_built_wheel",
     "tests/test_sweep.py::test_sweep_killed_mid_level_resumes_to_the_same_canvas",
+    "tests/test_sweep.py::test_sweep_cancelled_between_tiles_and_during_decoding_resumes",
+    "tests/test_sweep.py::test_disk_full_during_a_sweep_is_one_clear_error_and_resumable",
+    "tests/test_sweep.py::test_sweep_inpaints_a_rectangle_with_the_rest_as_context",
+    "tests/test_sweep.py::test_an_unfinished_sweep_of_other_settings_is_refused_then_discarded",
+    "tests/test_many.py::test_each_worker_loads_the_model_once_for_all_its_canvases",
+    "tests/test_synthesis.py::test_import_real_slide",
+    "tests/test_synthesis.py::test_cancel_then_resume_equals_an_uninterrupted_run",
+    "tests/test_release_unet.py::test_no_gui_imports",
+    "tests/test_evaluate.py::test_classes_select_tiles_by_mask",
+    "tests/test_dataset.py::test_interrupted_run_resumes_to_the_same_folder",
+    "tests/test_integrity.py::test_region_state_is_one_array_with_checksums_not_one_file_per_region",
 )
 
 

@@ -117,8 +117,22 @@ def _tiles(n, side):
         yield np.zeros((side, side), np.uint8)
 
 
+@pytest.fixture(scope="module")
+def tiff_bomb(tmp_path_factory):
+    """14,336² px of zeros, zlib-compressed tiles: a few hundred kB that would decode to 205 MB
+    (written once for the module: it takes a while)."""
+    import tifffile
+
+    path = tmp_path_factory.mktemp("bomb") / "bomb.tif"
+    tifffile.imwrite(path, data=_tiles(14 * 14, 1024), shape=(14336, 14336), dtype=np.uint8,
+                     tile=(1024, 1024), compression="zlib")
+    return path
+
+
 @pytest.fixture
-def bad_inputs(tmp_path, mask_png, tiny):
+def bad_inputs(tmp_path, mask_png, tiny, tiff_bomb):
+    import shutil
+
     from src_models.models.base import save_model
 
     (tmp_path / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
@@ -131,12 +145,9 @@ def bad_inputs(tmp_path, mask_png, tiny):
     (tmp_path / "exists.zarr").mkdir()
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "adir").mkdir()
-    import tifffile
     import torch
 
-    # 14,336² px of zeros, zlib-compressed tiles: a few hundred kB that would decode to 205 MB
-    tifffile.imwrite(tmp_path / "bomb.tif", data=_tiles(14 * 14, 1024), shape=(14336, 14336), dtype=np.uint8,
-                     tile=(1024, 1024), compression="zlib")
+    shutil.copyfile(tiff_bomb, tmp_path / "bomb.tif")
     jpeg = (np.random.default_rng(0).random((64, 64)) > 0.5).astype(np.uint8) * 3
     io.imsave(tmp_path / "m.jpg", jpeg, check_contrast=False)
     assert io.imread(tmp_path / "m.jpg").max() > 3  # compression made labels the model lacks
