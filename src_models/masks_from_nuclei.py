@@ -43,7 +43,9 @@ a region's border lies up to about one sigma (15 µm) outside its outermost nucl
 is lobulated at the scale of single peripheral cells; stroma crowded with inflammatory cells is
 infiltrate (there is no 'inflamed stroma'); a mixed zone narrower than the smoothing goes to the
 majority; eosin is not used to tell stroma from other tissue poor in nuclei (necrosis, mucin and
-fibrin would be stroma if they held a few labelled nuclei); there is no necrosis class.
+fibrin would be stroma if they held a few labelled nuclei, acellular stroma far from any labelled
+nucleus is unknown); there is no necrosis class; at the held-out line a border can step, since each
+part is labelled without the other.  ``docs/tumour_model.md`` shows the labels and says more.
 
 The held-out split is fixed here (``SOURCES``, :func:`heldout_from_row`): the bottom third of every
 image is never written to the training or layout folders, and its labels are derived from the
