@@ -4,7 +4,7 @@
                                            [--detail-out docs/tumour_labels_detail.png]
 
 One panel per image of ``data/more_he``: the H&E with the label map that
-``python -m src_models.masks_from_nuclei`` derives (a light fill in the class colour, unknown
+``python -m src_models.data.masks_from_nuclei`` derives (a light fill in the class colour, unknown
 darkened, the class borders drawn), the training rows and the held-out bottom third labelled
 separately as the command does, the held-out line dashed, and a 100 µm scale bar; all panels at
 the same scale.  The tiatoolbox image has no nuclei types: it is shown without labels (all of it
@@ -22,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src_models import masks_from_nuclei as M  # noqa: E402
+import src_models.data.masks_from_nuclei as M  # noqa: E402
 
 DATA = ROOT / "data" / "more_he"
 TITLES = {

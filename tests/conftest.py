@@ -42,6 +42,7 @@ SLOW = (
     "tests/test_evaluate.py::test_classes_select_tiles_by_mask",
     "tests/test_dataset.py::test_interrupted_run_resumes_to_the_same_folder",
     "tests/test_integrity.py::test_region_state_is_one_array_with_checksums_not_one_file_per_region",
+    "tests/test_masks_from_nuclei.py::test_the_command_on_the_real_images",
 )
 
 

@@ -1,4 +1,4 @@
-"""Tumour-model labels from nuclei types and colour (src_models/masks_from_nuclei.py): the rules on
+"""Tumour-model labels from nuclei types and colour (src_models/data/masks_from_nuclei.py): the rules on
 small synthetic scenes, the held-out split, determinism, and the command on the real copies in
 data/more_he."""
 import json
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src_models import masks_from_nuclei as M
+import src_models.data.masks_from_nuclei as M
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "more_he"
@@ -178,7 +178,7 @@ def test_sizes_scale_with_the_pixel_size():
 
 
 def test_layout_cells_follow_the_trainers_one_hot_convention():
-    from src_models.mask_model import codes_to_rgb
+    from src_models.models.native.mask_model import codes_to_rgb
 
     labels = np.full((64, 96), M.STROMA, np.uint8)
     labels[:32, :32] = M.TUMOUR
@@ -314,7 +314,7 @@ def test_the_command_on_the_real_images(real_run):
 
 
 def test_the_trainer_reads_the_folders(real_run):
-    from src_models.train import load_training_set
+    from src_models.training.train import load_training_set
 
     out, summary = real_run
     train = load_training_set(out / "train")

@@ -51,7 +51,7 @@ The held-out split is fixed here (``SOURCES``, :func:`heldout_from_row`): the bo
 image is never written to the training or layout folders, and its labels are derived from the
 held-out rows alone (and the training labels from the training rows alone).
 
-Command: ``python -m src_models.masks_from_nuclei --out OUT`` (see :func:`main`); the same inputs give
+Command: ``python -m src_models.data.masks_from_nuclei --out OUT`` (see :func:`main`); the same inputs give
 byte-identical outputs.  Nothing here needs torch; numpy, scipy, scikit-image and PIL only.
 """
 from __future__ import annotations
@@ -417,7 +417,7 @@ def build(data_dir: str | Path, out: str | Path, pixel_um: float = PIXEL_UM, til
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m src_models.masks_from_nuclei",
+        prog="python -m src_models.data.masks_from_nuclei",
         description="Derive tumour/stroma/infiltrate/background labels from H&E images and their nuclei type masks, "
                     "and write the tumour model's training, held-out and layout folders.",
     )
