@@ -52,12 +52,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from src_models.models.card import ModelCard, ModelError
+from src_models.models.card import ModelCard
 from src_models.durable import atomic_dir
+from src_models.io.images import IMAGE_EXTS, read_rgb
 from src_models.io.masks import MASK_EXTS
 from src_models.errors import DiffInfiniteError
 
-IMAGE_EXTS = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 DEFAULT_COLOURS = ["#000000", "#e8e8e8", "#6a2d8f", "#e87ab0", "#f4a300", "#2a9d8f", "#c1121f", "#3a86ff", "#8ac926", "#6d597a"]
 DEFAULT_UNET = {"base": 32, "mults": [1, 2, 3], "blocks": 2, "cond_dim": 32, "heads": 4, "groups": 8, "mid_attention": True}
 DEFAULT_CODEC = {"widths": [32, 64, 96], "latent_channels": 4, "mid_blocks": 2}
@@ -92,29 +92,6 @@ class TrainingSet:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
-
-
-def _read_image(path: Path) -> np.ndarray:
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        arr = np.asarray(tifffile.imread(str(path)))
-    else:
-        from PIL import Image
-
-        Image.MAX_IMAGE_PIXELS = None
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] < 3:
-        raise TrainError(f"{path}: not an RGB image (shape {arr.shape})")
-    arr = arr[..., :3]
-    if arr.dtype != np.uint8:
-        if np.issubdtype(arr.dtype, np.floating) and arr.max() <= 1.0:
-            arr = (arr * 255).round()
-        arr = np.clip(arr, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(arr)
 
 
 def _read_mask(path: Path) -> np.ndarray:
@@ -167,7 +144,7 @@ def load_training_set(data_dir: str | Path, classes: list[str] | None = None, co
     data_dir = Path(data_dir)
     tiles = []
     for img_path, mask_path in find_pairs(data_dir):
-        img = _read_image(img_path)
+        img = read_rgb(img_path)
         mask = None
         if mask_path is not None:
             mask = _read_mask(mask_path)
@@ -495,6 +472,64 @@ def _part(t, i: int, j: int):
     return t[i:j]
 
 
+def _resume_state(stage_dir: Path, model, ema, opt, gen, resume: bool, par) -> dict:
+    """The loop's state: fresh, or (``resume``) the last checkpoint of the stage loaded into
+    ``model``, ``ema``, ``opt`` and ``gen``; every process agrees on which checkpoint that is."""
+    existing = checkpoints(stage_dir)
+    par.agree(existing[-1].name if existing else None, f"the last checkpoint in {stage_dir}")
+    if not existing:
+        return {"step": 0, "seconds": 0.0, "loss": float("nan")}
+    if not resume:
+        raise TrainError(f"{stage_dir} already holds checkpoints: pass --resume to continue or --overwrite to start over")
+    return load_checkpoint(existing[-1], model, ema, opt, gen)
+
+
+def _shards(stage: str, loss_fn, batch, par, micro_batch, before: dict):
+    """How a step's batch is split: (lo, hi) of this rank's shard and the micro-batch ranges inside
+    it, or ranges None when the whole batch runs as one (one process, no micro-batches).  Without
+    ``micro_batch`` a resumed run takes its checkpoint's (``before``)."""
+    from src_models.training.distributed import micro_ranges
+
+    if micro_batch is None and before.get("micro_batch") and batch:
+        micro_batch = int(before["micro_batch"])
+    lo, hi = par.shard(batch) if batch else (0, 0)
+    if not (par.world > 1 or bool(batch and micro_batch and micro_batch < hi - lo)):
+        return lo, hi, None
+    if not isinstance(loss_fn, StepLoss):
+        raise TypeError("more than one process or micro-batches need a StepLoss")
+    if hi - lo < 1:
+        raise TrainError(f"the batch of {batch} is smaller than the {par.world} processes: each needs at least one sample")
+    if micro_batch is not None and micro_batch < 1:
+        raise TrainError(f"the micro-batch must be at least 1, got {micro_batch}")
+    ranges = micro_ranges(hi - lo, micro_batch)
+    loss_fn.sharded = True
+    if par.main and before.get("batch") not in (None, batch):
+        print(f"warning: {stage} resumes with a global batch of {batch}; its checkpoint was trained with "
+              f"{before['batch']} (the run goes on, but not as one uninterrupted run)", file=sys.stderr)
+    return lo, hi, ranges
+
+
+def _backward(loss_fn, step: int, opt, ddp, ranges, lo: int, hi: int, batch, par) -> float:
+    """The gradients of one step (gradient accumulation over the micro-batches of this rank's
+    shard when ``ranges`` is given); returns the step's loss over the global batch."""
+    from src_models.training.distributed import no_sync
+
+    opt.zero_grad(set_to_none=True)
+    if ranges is None:
+        loss = loss_fn(step)
+        loss.backward()
+        return float(loss.detach())
+    data = loss_fn.draw(step, lo, hi)
+    value = 0.0
+    for k, (i, j) in enumerate(ranges):
+        with no_sync(ddp, k == len(ranges) - 1):
+            loss = ddp(loss_fn.loss, data, i, j) if ddp is not None else loss_fn.loss(data, i, j)
+            # DDP averages over the ranks: weight each part by its share of the global batch
+            (loss * ((j - i) * par.world / batch)).backward()
+        value += float(loss.detach()) * (j - i) / batch
+    return value
+
+
 def run_loop(
     stage: str,
     model,
@@ -528,40 +563,22 @@ def run_loop(
     global batch and micro-batch; resuming with another world size keeps the global batch, and
     without ``micro_batch`` uses the checkpoint's, so each process holds no more samples at once
     than before (the rest is accumulated)."""
+    # Long on purpose: one optimiser step is schedule, accumulation, clipping, EMA, logging and
+    # checkpoint, in the order a resume relies on (a checkpoint holds exactly the steps before it);
+    # the parts that stand alone are _resume_state, _shards and _backward.
     from tqdm import tqdm
 
-    from src_models.training.distributed import Parallel, micro_ranges, no_sync
+    from src_models.training.distributed import Parallel
 
     par = par or Parallel()
     main = par.main
     stage_dir = work_dir / "checkpoints" / stage
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
-    state = {"step": 0, "seconds": 0.0, "loss": float("nan")}
-    existing = checkpoints(stage_dir)
-    par.agree(existing[-1].name if existing else None, f"the last checkpoint in {stage_dir}")
-    if existing:
-        if not resume:
-            raise TrainError(f"{stage_dir} already holds checkpoints: pass --resume to continue or --overwrite to start over")
-        state = load_checkpoint(existing[-1], model, ema if main else None, opt, gen)
+    state = _resume_state(stage_dir, model, ema if main else None, opt, gen, resume, par)
     start = int(state["step"])
     batch = getattr(loss_fn, "batch", None)
-    before = state.get("parallel") or {}
-    if micro_batch is None and before.get("micro_batch") and batch:
-        micro_batch = int(before["micro_batch"])
-    lo, hi = par.shard(batch) if batch else (0, 0)
-    sharded = par.world > 1 or bool(batch and micro_batch and micro_batch < hi - lo)
-    if sharded:
-        if not isinstance(loss_fn, StepLoss):
-            raise TypeError("more than one process or micro-batches need a StepLoss")
-        if hi - lo < 1:
-            raise TrainError(f"the batch of {batch} is smaller than the {par.world} processes: each needs at least one sample")
-        if micro_batch is not None and micro_batch < 1:
-            raise TrainError(f"the micro-batch must be at least 1, got {micro_batch}")
-        ranges = micro_ranges(hi - lo, micro_batch)
-        loss_fn.sharded = True
-        if main and before.get("batch") not in (None, batch):
-            print(f"warning: {stage} resumes with a global batch of {batch}; its checkpoint was trained with "
-                  f"{before['batch']} (the run goes on, but not as one uninterrupted run)", file=sys.stderr)
+    lo, hi, ranges = _shards(stage, loss_fn, batch, par, micro_batch, state.get("parallel") or {})
+    sharded = ranges is not None
     ddp = par.wrap(model, find_unused) if sharded else None
     log = CsvLog(work_dir / "logs" / f"{stage}.csv", start) if main else None
     seconds0, t0 = float(state.get("seconds", 0.0)), time.perf_counter()
@@ -575,21 +592,7 @@ def run_loop(
             cur_lr = lr_at(step, steps, lr, warmup)
             for g in opt.param_groups:
                 g["lr"] = cur_lr
-            if sharded:
-                data = loss_fn.draw(step, lo, hi)
-                opt.zero_grad(set_to_none=True)
-                value = 0.0
-                for k, (i, j) in enumerate(ranges):
-                    with no_sync(ddp, k == len(ranges) - 1):
-                        loss = ddp(loss_fn.loss, data, i, j) if ddp is not None else loss_fn.loss(data, i, j)
-                        # DDP averages over the ranks: weight each part by its share of the global batch
-                        (loss * ((j - i) * par.world / batch)).backward()
-                    value += float(loss.detach()) * (j - i) / batch
-            else:
-                loss = loss_fn(step)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                value = float(loss.detach())
+            value = _backward(loss_fn, step, opt, ddp, ranges, lo, hi, batch, par)
             if grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
@@ -715,6 +718,9 @@ def train_codec(
     codec ``.safetensors`` file to start from instead of random weights (ignored on resume, where the
     checkpoint holds the weights).
     """
+    # Long on purpose: the codec's draw and loss are closures over this stage's options (crop, noise,
+    # critic, frozen encoder) that run_loop calls per step and per micro-batch; split apart they
+    # would pass a dozen values back and forth and read worse.
     from safetensors.torch import load_file, save_file
 
     from src_models.models.native.autoencoder import NativeAutoencoder
@@ -843,6 +849,8 @@ def train_unet(
     by min(SNR, γ)/SNR (min-SNR weighting, Hang et al. 2023), which takes weight off the nearly
     clean timesteps; None keeps the plain L2.  ``balance``: crops favour tiles of rare classes
     (:func:`class_balance`)."""
+    # Long on purpose: as train_codec, the draw and the loss (noise, class-drop for guidance, min-SNR
+    # weights) are closures over this stage's options that run_loop calls per micro-batch.
     import copy
 
     from src_models.sampling.schedule import TRAIN_STEPS, cosine_alphas_cumprod
@@ -990,15 +998,13 @@ def _ints(s: str) -> list[int]:
 def main(argv: list[str] | None = None, prog: str = "diffinfinite train") -> int:
     """The command.  Under ``torchrun`` (``WORLD_SIZE`` > 1) every process runs it with the same
     arguments; they train one model data-parallel (see :mod:`src_models.training.distributed`)."""
-    from src_models.training.distributed import ParallelError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     a = build_parser(prog).parse_args(argv)
     par = None
     try:
         par = _setup_parallel(a)
         return _main(a, argv, prog, par)
-    except (TrainError, ModelError, ParallelError) as e:
+    except DiffInfiniteError as e:  # TrainError, ModelError, ParallelError, MaskError ...
         if par is None or par.main:
             print(f"error: {e}", file=sys.stderr)
         return 2
@@ -1025,18 +1031,9 @@ def _setup_parallel(a):
     return setup(a.device)
 
 
-def _main(a, argv: list[str], prog: str, par=None) -> int:
-    from src_models.models.codec import IdentityCodec
-    from src_models.models.base import Model, save_model
-    from src_models.models.loading import load_model
-
-    main = par is None or par.main
-    out = Path(a.out)
-    work = Path(a.work) if a.work else out.with_name(out.name + ".train")
-    # model directories to start from: checked before any data is read or anything is written
-    unet_init = _weights_file(a.init, "unet") if a.init else None
-    codec_init = _weights_file(a.codec_init, "codec") if a.codec_init else None
-
+def _prepare(a, par, out: Path, work: Path, main: bool):
+    """Before any data is read: what ``--overwrite``/``--resume`` allow with the folders as they are,
+    the device, and the step and batch options; returns the torch device."""
     if par is not None:
         par.agree(((out / "card.json").is_file(), work.is_dir()), f"whether {out} and {work} exist")
     if a.overwrite:
@@ -1070,6 +1067,62 @@ def _main(a, argv: list[str], prog: str, par=None) -> int:
         if getattr(a, name) < world:
             raise TrainError(f"--{name.replace('_', '-')} {getattr(a, name)} is smaller than the {world} processes "
                              f"(it is the global batch: each process needs at least one sample)")
+    return device
+
+
+def _trained_card(a, prog: str, argv: list[str], data, codec, info: dict, codec_info: dict, n_lab: int) -> ModelCard:
+    """The card of the trained model: what it knows, how it was trained and how to do it again."""
+    command = " ".join([prog] + [shlex.quote(v) for v in argv])
+    description = (a.description + "\n\n" if a.description else "") + f"Reproduce with: {command}"
+    card = ModelCard(
+        name=a.name,
+        classes=data.classes,
+        colours=data.colours,
+        conditioning="label_map",
+        unet={"arch": "native", "config": info["config"]},
+        codec=codec_card_entry(codec),
+        patch_size=a.crop // codec.factor,
+        pixel_size_um=a.pixel_size_um,
+        training_data=a.training_data or f"{len(data.tiles)} tiles from {data.source} ({n_lab} labelled)",
+        licence=a.licence,
+        description=description,
+        extra={
+            "command": command,
+            "unet_steps": min(a.steps, a.stop_at) if a.stop_at else a.steps,
+            "unet_schedule_steps": a.steps,
+            "unet_final_loss": info["loss"],
+            "unet_train_seconds": round(info["seconds"], 1),
+            "codec_steps": codec_info.get("steps"),
+            "codec_final_loss": codec_info.get("loss"),
+            "codec_train_seconds": round(codec_info["seconds"], 1) if codec_info else None,
+            "latent_std": codec_info.get("latent_std"),
+            "p_uncond": a.p_uncond,
+            "ema": a.ema,
+            "seed": a.seed,
+            "tiles": len(data.tiles),
+            "labelled_tiles": n_lab,
+            "init": a.init,
+            "codec_init": a.codec_init,
+            "snr_gamma": a.snr_gamma,
+            "balance": a.balance,
+        },
+    )
+    return card
+
+
+def _main(a, argv: list[str], prog: str, par=None) -> int:
+    from src_models.models.codec import IdentityCodec
+    from src_models.models.base import Model, save_model
+    from src_models.models.loading import load_model
+
+    main = par is None or par.main
+    out = Path(a.out)
+    work = Path(a.work) if a.work else out.with_name(out.name + ".train")
+    # model directories to start from: checked before any data is read or anything is written
+    unet_init = _weights_file(a.init, "unet") if a.init else None
+    codec_init = _weights_file(a.codec_init, "codec") if a.codec_init else None
+
+    device = _prepare(a, par, out, work, main)
     classes = colours = None
     if a.classes:
         classes = ["unknown"] + [c.strip() for c in a.classes.split(",") if c.strip()]
@@ -1115,41 +1168,7 @@ def _main(a, argv: list[str], prog: str, par=None) -> int:
     if not main:
         par.barrier()  # wait for rank 0 to write the model directory
         return 0
-    command = " ".join([prog] + [shlex.quote(v) for v in argv])
-    description = (a.description + "\n\n" if a.description else "") + f"Reproduce with: {command}"
-    card = ModelCard(
-        name=a.name,
-        classes=data.classes,
-        colours=data.colours,
-        conditioning="label_map",
-        unet={"arch": "native", "config": info["config"]},
-        codec=codec_card_entry(codec),
-        patch_size=a.crop // codec.factor,
-        pixel_size_um=a.pixel_size_um,
-        training_data=a.training_data or f"{len(data.tiles)} tiles from {data.source} ({n_lab} labelled)",
-        licence=a.licence,
-        description=description,
-        extra={
-            "command": command,
-            "unet_steps": min(a.steps, a.stop_at) if a.stop_at else a.steps,
-            "unet_schedule_steps": a.steps,
-            "unet_final_loss": info["loss"],
-            "unet_train_seconds": round(info["seconds"], 1),
-            "codec_steps": codec_info.get("steps"),
-            "codec_final_loss": codec_info.get("loss"),
-            "codec_train_seconds": round(codec_info["seconds"], 1) if codec_info else None,
-            "latent_std": codec_info.get("latent_std"),
-            "p_uncond": a.p_uncond,
-            "ema": a.ema,
-            "seed": a.seed,
-            "tiles": len(data.tiles),
-            "labelled_tiles": n_lab,
-            "init": a.init,
-            "codec_init": a.codec_init,
-            "snr_gamma": a.snr_gamma,
-            "balance": a.balance,
-        },
-    )
+    card = _trained_card(a, prog, argv, data, codec, info, codec_info, n_lab)
     if par is not None:
         card.extra["processes"] = par.world
     try:
