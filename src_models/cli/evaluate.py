@@ -47,7 +47,14 @@ def _classes(text: str | None) -> list[int] | None:
 
 
 def main(argv: list[str] | None = None, prog: str = "diffinfinite evaluate") -> int:
+    from src_models.cli.common import run_command
+
     a = build_parser(prog).parse_args(argv)
+    # ValueError too: the evaluation's numeric checks raise it with messages written for users
+    return run_command(_evaluate, a, kept="nothing was written (run the same command again)", also=(ValueError,))
+
+
+def _evaluate(a) -> int:
     from src_models.evaluation import EvaluationError, evaluate, write_report
 
     last = {"stage": None}
@@ -60,26 +67,19 @@ def main(argv: list[str] | None = None, prog: str = "diffinfinite evaluate") -> 
             print(f"evaluate: {stage} {done}/{total}", end=end, file=sys.stderr, flush=True)
             last["stage"] = stage
 
-    try:
-        if a.tile <= 0 or a.max_tiles <= 0:
-            raise EvaluationError("--tile and --max-tiles must be positive")
-        if not 0.0 <= a.min_tissue <= 1.0:
-            raise EvaluationError(f"--min-tissue must lie in [0, 1], got {a.min_tissue}")
-        result, extras = evaluate(
-            a.real, a.synthetic, real_test=a.real_test, tile=a.tile, classes=_classes(a.classes),
-            features=a.features, seed=a.seed, real_mpp=a.real_mpp, synthetic_mpp=a.synthetic_mpp,
-            min_tissue=a.min_tissue, max_tiles=a.max_tiles, run_c2st=not a.no_c2st, progress=progress,
-        )
-        if a.out:
-            written = write_report(a.out, result, extras)
-            if not a.quiet:
-                print(f"evaluate: report in {', '.join(str(p) for p in written)}", file=sys.stderr)
-    except (EvaluationError, ValueError) as e:
-        print(f"diffinfinite: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"diffinfinite: error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
-        return 2
+    if a.tile <= 0 or a.max_tiles <= 0:
+        raise EvaluationError("--tile and --max-tiles must be positive")
+    if not 0.0 <= a.min_tissue <= 1.0:
+        raise EvaluationError(f"--min-tissue must lie in [0, 1], got {a.min_tissue}")
+    result, extras = evaluate(
+        a.real, a.synthetic, real_test=a.real_test, tile=a.tile, classes=_classes(a.classes),
+        features=a.features, seed=a.seed, real_mpp=a.real_mpp, synthetic_mpp=a.synthetic_mpp,
+        min_tissue=a.min_tissue, max_tiles=a.max_tiles, run_c2st=not a.no_c2st, progress=progress,
+    )
+    if a.out:
+        written = write_report(a.out, result, extras)
+        if not a.quiet:
+            print(f"evaluate: report in {', '.join(str(p) for p in written)}", file=sys.stderr)
     print(json.dumps(result))
     return 0
 

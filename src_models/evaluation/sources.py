@@ -19,6 +19,8 @@ from typing import Iterator
 
 import numpy as np
 
+from src_models.errors import DiffInfiniteError
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 SLIDE_EXTS = (".svs", ".ndpi", ".scn")
 MASK_EXTS = (".png", ".tif", ".tiff", ".npy")
@@ -26,7 +28,7 @@ MASK_EXTS = (".png", ".tif", ".tiff", ".npy")
 MAX_WHOLE_IMAGE_PX = 30_000 * 30_000
 
 
-class EvaluationError(ValueError):
+class EvaluationError(DiffInfiniteError, ValueError):
     """Input that cannot be evaluated (the message says what and where)."""
 
 
