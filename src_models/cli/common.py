@@ -33,11 +33,14 @@ def on_sigterm(signum, frame):
     raise Terminated()
 
 
-def parse_size(text: str) -> tuple[int, int]:
+def parse_size(text: str, positive: bool = False) -> tuple[int, int]:
+    """``WxH`` as (width, height); ``positive``: both above 0 (else the command checks them)."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must look like 2048x1024 (width x height), got {text!r}") from None
+    if positive and (w <= 0 or h <= 0):
+        raise argparse.ArgumentTypeError(f"needs a positive width and height, got {text!r}")
     return w, h
 
 
@@ -49,12 +52,17 @@ def parse_omega_class(text: str) -> tuple[int, float]:
         raise argparse.ArgumentTypeError(f"--omega-class takes LABEL=OMEGA, e.g. 2=6, got {text!r}") from None
 
 
-def parse_centre(text: str) -> tuple[float, float]:
+def parse_pair(text: str, what: str) -> tuple[float, float]:
+    """Two comma-separated numbers; ``what`` says what they are in the message."""
     try:
-        y, x = (float(v) for v in text.split(","))
+        a, b = (float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--centre takes Y,X in pixels, got {text!r}") from None
-    return y, x
+        raise argparse.ArgumentTypeError(f"{what}, got {text!r}") from None
+    return a, b
+
+
+def parse_centre(text: str) -> tuple[float, float]:
+    return parse_pair(text, "--centre takes Y,X in pixels")
 
 
 def parse_xywh(text: str, number=int, what: str = "X,Y,W,H in px") -> tuple:

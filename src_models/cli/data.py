@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from src_models.cli.common import EXIT_BAD_INPUT, UserError, parse_xywh, run_command
+from src_models.cli.common import EXIT_BAD_INPUT, UserError, parse_pair, parse_size, parse_xywh, run_command
 
 HELP = {
     "make-dataset": "annotated slides (QuPath GeoJSON) to a training folder of tiles (see its --help)",
@@ -41,21 +41,11 @@ def _rect(text: str) -> tuple[float, float, float, float]:
 
 
 def _pair(text: str) -> tuple[float, float]:
-    try:
-        x, y = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"takes X,Y, got {text!r}") from None
-    return x, y
+    return parse_pair(text, "takes X,Y")
 
 
 def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"takes WxH, e.g. 2048x1024, got {text!r}") from None
-    if w <= 0 or h <= 0:
-        raise argparse.ArgumentTypeError(f"needs a positive width and height, got {text!r}")
-    return w, h
+    return parse_size(text, positive=True)
 
 
 def _labels(text: str) -> list[int]:
