@@ -43,6 +43,12 @@ SLOW = (
     "tests/test_dataset.py::test_interrupted_run_resumes_to_the_same_folder",
     "tests/test_integrity.py::test_region_state_is_one_array_with_checksums_not_one_file_per_region",
     "tests/test_masks_from_nuclei.py::test_the_command_on_the_real_images",
+    "tests/test_masks_from_nuclei.py::test_no_heldout_row_reaches_the_training_folder",
+    "tests/test_sweep.py::test_sweep_fills_every_region_running_each_window_of_a_level_once[release]",
+    "tests/test_many.py::test_generate_many_finishes_a_canvas_that_generate_started",
+    "tests/test_fast_path.py::test_memory_budget",
+    "tests/test_fast_path.py::test_a_level_never_waits_for_the_device",
+    "tests/test_dataset.py::test_several_slides_in_one_run",
 )
 
 
