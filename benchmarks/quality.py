@@ -65,8 +65,8 @@ def canvas_rim(path: Path) -> dict:
         return rim(rgb, labels, float(c.info.get("pixel_size_um") or SLIDE_MPP))
 
 
-def make_canvas(model, labels: np.ndarray, path: Path, plan: str, seed: int, steps: int, region: int | None,
-                solver: str | None = None):
+def make_canvas(model, labels: np.ndarray, path: Path, plan: str | None, seed: int, steps: int | None,
+                region: int | None, solver: str | None = None, omega: float | None = None):
     """Paint a canvas of the band's physical size under its labels; returns seconds and forwards."""
     from PIL import Image
 
@@ -81,7 +81,9 @@ def make_canvas(model, labels: np.ndarray, path: Path, plan: str, seed: int, ste
     w = int(labels.shape[1] * SLIDE_MPP / mpp) // grid * grid
     lat = Image.fromarray(labels).resize((w // card.factor, h // card.factor), Image.Resampling.NEAREST)
     extra = {"solver": solver} if solver else {}
-    request = SynthesisRequest(model=card.name, steps=steps, seed=seed, **_plan_kwargs(plan), **extra)
+    if omega is not None:
+        extra["omega"] = float(omega)
+    request = SynthesisRequest(model=card.name, steps=steps, seed=seed, **(_plan_kwargs(plan) if plan else {}), **extra)
     canvas = new_canvas(card, path, h, w, region, overwrite=True, settings=request.settings())
     put_mask(canvas, np.asarray(lat))
     t0, forwards = time.perf_counter(), 0

