@@ -7,7 +7,6 @@ remapping themselves live in ``src_models.io.foreign_masks``.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from qtpy.QtWidgets import (
@@ -26,11 +25,9 @@ from src_models.io.foreign_masks import RELEASE_CLASSES, ForeignMask, default_cl
 
 def config_dir() -> Path:
     """``$NAPARI_DIFFINFINITE_CONFIG``, else ``$XDG_CONFIG_HOME/napari-diffinfinite`` (``~/.config/…``)."""
-    env = os.environ.get("NAPARI_DIFFINFINITE_CONFIG")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "napari-diffinfinite"
+    from ._paths import user_dir
+
+    return user_dir("config")
 
 
 def scheme_key(mask: ForeignMask) -> str:

@@ -12,7 +12,6 @@ and so on).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 DEMO_REGION_PX = 256
@@ -20,11 +19,9 @@ MAX_DEMOS = 8
 
 
 def cache_dir() -> Path:
-    env = os.environ.get("NAPARI_DIFFINFINITE_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "napari-diffinfinite"
+    from ._paths import user_dir
+
+    return user_dir("cache")
 
 
 def demo_side(factor: int) -> int:

@@ -115,6 +115,14 @@ def _need(tensors: dict, key: str, out_key: str) -> torch.Tensor:
     return tensors[key]
 
 
+def _from_meta(cls, meta: dict, tensors: dict, name: str, device):
+    """The network ``name`` of the file, built from the config its metadata records."""
+    cfg = meta.get(f"{name}_config")
+    if cfg is None:
+        raise ModelError(f"meta has no {name}_config")
+    return _build(cls, cfg, tensors, name, device)
+
+
 def check_reference(
     path: str | Path,
     tolerance: float = TOLERANCE,
@@ -157,10 +165,7 @@ def check_reference(
     with _strict_float32(), torch.no_grad():
         if image_keys:
             try:
-                cfg = meta.get("image_unet_config")
-                if cfg is None:
-                    raise ModelError("meta has no image_unet_config")
-                unet = _build(ImageUNet, cfg, tensors, "image_unet", device)
+                unet = _from_meta(ImageUNet, meta, tensors, "image_unet", device)
                 for key in image_keys:
                     for mode in attention:
                         unet.attention = mode
@@ -170,10 +175,7 @@ def check_reference(
                 report["errors"].append(f"image UNet: {e}")
         if mask_keys:
             try:
-                cfg = meta.get("mask_unet_config")
-                if cfg is None:
-                    raise ModelError("meta has no mask_unet_config")
-                net = _build(MaskUNet, cfg, tensors, "mask_unet", device)
+                net = _from_meta(MaskUNet, meta, tensors, "mask_unet", device)
                 for key in mask_keys:
                     x, t, classes = (_need(tensors, n, key).to(device) for n in ("in.x", "in.t", "in.mask_classes"))
                     drop = 0.0 if _MASK_UNET.match(key)["which"] == "cond" else 1.0
