@@ -49,6 +49,12 @@ SLOW = (
     "tests/test_fast_path.py::test_memory_budget",
     "tests/test_fast_path.py::test_a_level_never_waits_for_the_device",
     "tests/test_dataset.py::test_several_slides_in_one_run",
+    "tests/test_segmentation.py::test_true_masks_beat_shuffled_masks_by_far",
+    "tests/test_segmentation.py::test_cli_prints_json_and_writes_the_sheet",
+    "tests/test_evaluate.py::test_real_tiles_from_the_models_training_rows_are_named",
+    "tests/test_evaluate.py::test_c2st_that_learns_nothing_says_so",
+    "tests/test_densenet.py::test_evaluate_takes_pathmnist_features",
+    "tests/test_densenet.py::test_every_container_gives_the_same_weights_in_torch_layout",
 )
 
 
