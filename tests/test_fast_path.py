@@ -114,7 +114,8 @@ def test_fast_denoiser_contract():
     # on the CPU bf16 autocast is off unless asked for: the float32 function, channels_last output
     out = fast(x, t, mask)
     assert out.dtype == torch.float32
-    assert relative_error(out, raw(x, t, mask)) < 1e-6
+    # float32 throughout: channels_last convolutions only add up in another order (bf16 would be ~1e-3)
+    assert relative_error(out, raw(x, t, mask)) < 5e-6
     assert fast.describe()["dtype"] == "bfloat16" and fast.describe()["float32_norms"] is True
     # the cached standardised weights follow a change of the weights
     gen = torch.Generator().manual_seed(1)
@@ -122,7 +123,7 @@ def test_fast_denoiser_contract():
              for k, v in raw.state_dict().items()}
     raw.load_state_dict(state)
     fast.unet.load_state_dict(state)
-    assert relative_error(fast(x, t, mask), raw(x, t, mask)) < 1e-6
+    assert relative_error(fast(x, t, mask), raw(x, t, mask)) < 5e-6
     assert set(fast.unet.state_dict()) == set(raw.state_dict())  # no new keys to save
     with pytest.raises(ValueError):
         FastDenoiser(small_unet(), compile="fastest")

@@ -106,7 +106,7 @@ def build_segmentation_parser(prog: str = "diffinfinite evaluate-segmentation") 
     p.add_argument("--train", nargs="+", required=True, metavar="DIR", help="training tile folders (real, synthetic, or both)")
     p.add_argument("--test", required=True, metavar="DIR", help="held-out real tiles with masks")
     p.add_argument("--epochs", type=int, default=None, metavar="N",
-                   help="passes over the labelled training pixels (default 20; never fewer than 50 steps)")
+                   help="passes over the labelled training pixels (default 8; never fewer than 50 steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, metavar="DIR", help="also write segmentation.json and segmentation.png "
                    "(test tiles: image, truth, prediction)")
