@@ -47,7 +47,19 @@ def tile_folder(rgb: np.ndarray, labels: np.ndarray, out: Path, tile: int = 256)
     return info["tiles"]
 
 
-def synthetic_rgb(model, labels: np.ndarray, work: Path, seed: int, steps, solver, omega) -> tuple[np.ndarray, dict]:
+def _finished(path: Path) -> bool:
+    from src_models.store.canvas import Canvas
+
+    try:
+        with Canvas.open(path) as c:
+            _, ny, nx = c.region_grid
+            return len(c.done_indices()) == ny * nx
+    except Exception:  # not a canvas, or damaged: paint a new one
+        return False
+
+
+def synthetic_rgb(model, labels: np.ndarray, work: Path, seed: int, steps, solver, omega,
+                  reuse: bool = False) -> tuple[np.ndarray, dict]:
     """The model's painting of a canvas under ``labels`` (cropped back to the label map's size)."""
     from quality import make_canvas
 
@@ -57,11 +69,15 @@ def synthetic_rgb(model, labels: np.ndarray, work: Path, seed: int, steps, solve
     h, w = -(-labels.shape[0] // grid) * grid, -(-labels.shape[1] // grid) * grid
     padded = np.pad(labels, ((0, h - labels.shape[0]), (0, w - labels.shape[1])), mode="edge")
     path = work / f"synthetic-seed{seed}.zarr"
-    seconds, forwards = make_canvas(model, padded, path, None, seed, steps, None, solver, omega=omega)
+    if reuse and _finished(path):
+        seconds, forwards = None, None
+        print(f"reusing the finished canvas {path}", file=sys.stderr)
+    else:
+        seconds, forwards = make_canvas(model, padded, path, None, seed, steps, None, solver, omega=omega)
     with Canvas.open(path) as c:
         rgb = c.read_rgb(0, labels.shape[0], 0, labels.shape[1])
         settings = dict(c.settings)
-    return rgb, {"sample_seconds": round(seconds, 1), "forwards": forwards,
+    return rgb, {"sample_seconds": None if seconds is None else round(seconds, 1), "forwards": forwards,
                  "settings": {k: settings.get(k) for k in ("solver", "steps", "omega", "plan", "eta")}}
 
 
@@ -76,6 +92,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--keep", type=Path, default=None, help="keep folders and canvases here")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--reuse", action="store_true",
+                   help="use a finished synthetic canvas already in --keep instead of painting it again")
     a = p.parse_args(argv)
 
     import torch
@@ -97,7 +115,8 @@ def main(argv=None) -> int:
     train_lab, test_lab = derive_mask(train_rgb, pixel_um=SLIDE_MPP), derive_mask(test_rgb, pixel_um=SLIDE_MPP)
     folders = {"real": work / "real", "test": work / "test", "synthetic": work / "synthetic"}
     tiles = {"real": tile_folder(train_rgb, train_lab, folders["real"]), "test": tile_folder(test_rgb, test_lab, folders["test"])}
-    syn_rgb, sampling = synthetic_rgb(model, train_lab, work, a.seeds[0], a.steps, a.solver, a.omega)
+    syn_rgb, sampling = synthetic_rgb(model, train_lab, work, a.seeds[0], a.steps, a.solver, a.omega,
+                                   reuse=a.reuse and a.keep is not None)
     tiles["synthetic"] = tile_folder(syn_rgb, train_lab, folders["synthetic"])
     sets = {"a_real": [folders["real"]], "b_synthetic": [folders["synthetic"]],
             "c_both": [folders["real"], folders["synthetic"]], "control_real_shuffled_masks": [folders["real"]]}
