@@ -1,0 +1,244 @@
+"""Sampling defaults by measurement: sweep guidance ω, solver, steps (and η) for one model on held-out
+real tissue, and write one row per setting and seed.
+
+    python benchmarks/sweep_sampling.py --model default --heldout skin \
+        --omegas 0 0.5 1 1.5 2 3 --solvers dpmpp-2m:20 dpmpp-2m:30 ddim:50:0 ddim:50:1 --seeds 0 1 2
+
+``--heldout skin`` is the CC0 slide's held-out band (rows >= 2048, labels from ``masks_from_he``);
+``--heldout DIR`` is any folder with ``images/`` and ``masks/`` (label maps) of held-out real tissue,
+such as the tumour model's (``masks_from_nuclei``'s ``heldout/``); images without a mask are used as
+real tissue only.  For each setting and seed the model paints one canvas per labelled held-out image
+under that image's own label map (same physical size, the model's pixel size), and every canvas
+together is compared with every real image by ``src_models.evaluation.evaluate`` at ``--tile`` px
+every ``--stride`` px: C2ST with its interval, KID ± error, FD, nuclei per mm² and median nuclear area
+for all tissue and per class, the seam score, the dark-rim statistic along the background class, and
+the sampling seconds and network calls.
+
+The output JSON is rewritten after every row, and a rerun skips the rows it already holds, so a sweep
+can be stopped and continued (also in another session).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SKIN_SLIDE = ROOT / "data" / "cmu_small_region" / "cmu_small_region.png"
+SKIN_MPP = 0.499
+RIM_UM = 4.0
+
+
+def skin_heldout(root: Path, crop: tuple[int, int] | None = None) -> Path:
+    """The held-out band (or its centre ``crop`` of (h, w) px) as a folder with ``images/`` and ``masks/``."""
+    from PIL import Image
+
+    from src_models.data.masks_from_he import HELDOUT_FROM_ROW, derive_mask
+
+    if (root / "masks" / "heldout.png").is_file():
+        return root
+    rgb = np.asarray(Image.open(SKIN_SLIDE).convert("RGB"))[HELDOUT_FROM_ROW:]
+    if crop:
+        h, w = min(crop[0], rgb.shape[0]), min(crop[1], rgb.shape[1])
+        y0, x0 = (rgb.shape[0] - h) // 2, (rgb.shape[1] - w) // 2
+        rgb = rgb[y0:y0 + h, x0:x0 + w]
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    dpi = 25400 / SKIN_MPP
+    Image.fromarray(rgb).save(root / "images" / "heldout.png", dpi=(dpi, dpi))
+    Image.fromarray(derive_mask(rgb, pixel_um=SKIN_MPP)).save(root / "masks" / "heldout.png")
+    return root
+
+
+def parse_solver(text: str) -> dict:
+    """'dpmpp-2m:20' or 'ddim:50:1' (solver, steps, optional η)."""
+    parts = text.split(":")
+    out = {"solver": parts[0], "steps": int(parts[1]) if len(parts) > 1 else None}
+    if len(parts) > 2:
+        out["eta"] = float(parts[2])
+    return out
+
+
+def key_of(setting: dict, seed: int) -> str:
+    return json.dumps({**setting, "seed": seed}, sort_keys=True)
+
+
+def paint(model, labels: np.ndarray, src_mpp: float, path: Path, setting: dict, seed: int) -> tuple[float, int]:
+    """A canvas of the labels' physical size under them; (seconds, network calls)."""
+    from PIL import Image
+
+    from src_models.synthesis.canvases import new_canvas, put_mask
+    from src_models.synthesis.regions import synthesise
+    from src_models.synthesis.request import SynthesisRequest
+
+    card = model.card
+    mpp = float(card.pixel_size_um or src_mpp)
+    grid = card.factor * 8
+    h = max(grid, int(labels.shape[0] * src_mpp / mpp) // grid * grid)
+    w = max(grid, int(labels.shape[1] * src_mpp / mpp) // grid * grid)
+    lat = Image.fromarray(labels.astype(np.uint8)).resize((w // card.factor, h // card.factor), Image.Resampling.NEAREST)
+    request = SynthesisRequest(model=card.name, seed=seed, **setting)
+    canvas = new_canvas(card, path, h, w, None, overwrite=True, settings=request.settings())
+    put_mask(canvas, np.asarray(lat))
+    t0, forwards = time.perf_counter(), 0
+    for ev in synthesise(model, canvas, request):
+        forwards += ev.forwards
+    canvas.close()
+    return time.perf_counter() - t0, forwards
+
+
+def rim_of(paths: list[Path], background: int, tissue: list[int]) -> float | None:
+    """Mean optical density of the tissue within RIM_UM of the background class, over canvases."""
+    from src_models.evaluation.metrics import border_darkness
+    from src_models.store.canvas import Canvas
+
+    num = den = 0.0
+    for p in paths:
+        with Canvas.open(p) as c:
+            rgb = c.read_rgb(0, c.height, 0, c.width)
+            labels = np.asarray(c.mask[:]).repeat(c.factor, 0).repeat(c.factor, 1)
+            mpp = float(c.info.get("pixel_size_um") or SKIN_MPP)
+        r = border_darkness(rgb, labels, max(1, round(RIM_UM / mpp)), glass=(background,), tissue=tuple(tissue))
+        if r.get("inner") is not None:
+            num += r["inner"] * r["inner_px"]
+            den += r["inner_px"]
+    return round(num / den, 4) if den else None
+
+
+def real_rim(folder: Path, mpp: float, background: int, tissue: list[int]) -> float | None:
+    from PIL import Image
+
+    from src_models.evaluation.metrics import border_darkness
+
+    num = den = 0.0
+    for m in sorted((folder / "masks").iterdir()):
+        img = next((folder / "images" / (m.stem + e) for e in (".png", ".jpg", ".tif") if (folder / "images" / (m.stem + e)).is_file()), None)
+        if img is None:
+            continue
+        rgb = np.asarray(Image.open(img).convert("RGB"))
+        r = border_darkness(rgb, np.asarray(Image.open(m)), max(1, round(RIM_UM / mpp)), glass=(background,),
+                            tissue=tuple(tissue))
+        if r.get("inner") is not None:
+            num += r["inner"] * r["inner_px"]
+            den += r["inner_px"]
+    return round(num / den, 4) if den else None
+
+
+def summary(res: dict) -> dict:
+    """The figures of one evaluation that the sweep keeps."""
+    def c2st(c):
+        if not c:
+            return None
+        return {k: c.get(k) for k in ("accuracy", "ci95", "p_value", "n_per_side", "n_effective")}
+
+    out = {k: res.get(k) for k in ("n_real", "n_synthetic", "kid", "kid_stderr", "fd", "fd_real_halves", "precision",
+                                   "recall", "seam_score")}
+    out["c2st"] = c2st(res.get("c2st"))
+    out["nuclei_per_mm2"] = res.get("nuclei_per_mm2")
+    out["nuclear_area_um2"] = res.get("nuclear_area_um2")
+    out["per_class"] = {
+        name: {"n_real": e["n_real"], "n_synthetic": e["n_synthetic"], "kid": e.get("kid"), "kid_stderr": e.get("kid_stderr"),
+               "c2st": c2st(e.get("c2st")),
+               "nuclei_per_mm2": [e["real"]["nuclei_per_mm2"], e["synthetic"]["nuclei_per_mm2"]],
+               "nuclear_area_um2": [e["real"]["nuclear_area_um2"], e["synthetic"]["nuclear_area_um2"]]}
+        for name, e in res.get("per_class", {}).items()
+    }
+    out["warnings"] = res.get("warnings")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="default")
+    p.add_argument("--heldout", default="skin", help="'skin' (the CC0 band) or a folder with images/ and masks/")
+    p.add_argument("--heldout-mpp", type=float, default=None, help="µm/px of a --heldout folder (default: the model's)")
+    p.add_argument("--omegas", type=float, nargs="+", default=[0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
+    p.add_argument("--solvers", nargs="+", default=["dpmpp-2m:20"], help="SOLVER:STEPS[:ETA]")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--tile", type=int, default=64)
+    p.add_argument("--stride", type=int, default=32)
+    p.add_argument("--background", type=int, default=1, help="the class whose border the rim statistic follows")
+    p.add_argument("--crop", default=None, help="HxW: only the centre of the skin band (a quicker sweep)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-c2st", action="store_true")
+    p.add_argument("--keep", type=Path, default=None, help="keep canvases here (default: a temporary folder)")
+    p.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/sweep-<model>.json)")
+    a = p.parse_args(argv)
+
+    import torch
+
+    from src_models.evaluation import evaluate
+    from src_models.models.loading import load_model
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    model = load_model(a.model, "cpu")
+    card = model.card
+    work = a.keep or Path(tempfile.mkdtemp(prefix="sweep-"))
+    work.mkdir(parents=True, exist_ok=True)
+    crop = tuple(int(v) for v in a.crop.lower().split("x")) if a.crop else None
+    if a.heldout == "skin":
+        real, src_mpp = skin_heldout(work / (f"heldout-{a.crop}" if crop else "heldout"), crop), SKIN_MPP
+    else:
+        if crop:
+            raise SystemExit("--crop applies to --heldout skin only")
+        real, src_mpp = Path(a.heldout), float(a.heldout_mpp or card.pixel_size_um or 0.5)
+    tissue = [c for c in range(1, len(card.classes)) if c != a.background]
+    out_path = a.out or ROOT / "benchmarks" / "results" / f"sweep-{a.model}.json"
+    data = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    rows = data.get("rows", [])
+    done = {key_of(r["setting"], r["seed"]) for r in rows}
+    from PIL import Image
+
+    labelled = [(m, np.asarray(Image.open(m))) for m in sorted((real / "masks").iterdir())]
+    header = {"model": a.model, "heldout": str(a.heldout), "crop": a.crop, "tile": a.tile, "stride": a.stride,
+              "real_rim_od": real_rim(real, src_mpp, a.background, tissue), "rim_um": RIM_UM}
+    for spec in a.solvers:
+        for omega in a.omegas:
+            setting = {**parse_solver(spec), "omega": omega}
+            for seed in a.seeds:
+                if key_of(setting, seed) in done:
+                    continue
+                paths, seconds, forwards = [], 0.0, 0
+                for m, labels in labelled:
+                    path = work / f"{m.stem}-{spec.replace(':', '_')}-w{omega}-s{seed}.zarr"
+                    s, f = paint(model, labels, src_mpp, path, {k: v for k, v in setting.items()}, seed)
+                    paths.append(path)
+                    seconds += s
+                    forwards += f
+                res, _ = evaluate([real], paths, tile=a.tile, stride=a.stride, seed=seed, run_c2st=not a.no_c2st,
+                                  real_mpp=src_mpp)
+                row = {"setting": setting, "seed": seed, "sample_seconds": round(seconds, 1), "forwards": forwards,
+                       "rim_od": rim_of(paths, a.background, tissue), **summary(res),
+                       "threads": torch.get_num_threads(), "load_average": round(os.getloadavg()[0], 2)}
+                rows.append(row)
+                data = {**header, "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
+                        "rows": rows}
+                out_path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = out_path.with_suffix(".tmp.json")
+                tmp.write_text(json.dumps(data, indent=1) + "\n")
+                tmp.replace(out_path)
+                c = row["c2st"] or {}
+                print(json.dumps({"setting": setting, "seed": seed, "c2st": c.get("accuracy"), "kid": row["kid"],
+                                  "nuclei": row["nuclei_per_mm2"], "rim": row["rim_od"], "s": row["sample_seconds"]}),
+                      file=sys.stderr, flush=True)
+                if a.keep is None:
+                    import shutil
+
+                    for path in paths:
+                        shutil.rmtree(path, ignore_errors=True)
+    print(json.dumps({"rows": len(rows), "out": str(out_path)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
