@@ -1,6 +1,6 @@
 """Inpainting into real tissue: does a regenerated square continue its surroundings?
 
-    python benchmarks/bench_inpaint.py [--model default] [--steps 50] [--square 256] [--resample 1 3] [--sheet docs/inpainting.png]
+    python benchmarks/bench_inpaint.py [--model default] [--steps 50] [--square 256] [--resample 1 3] [--omega 0 1 3] [--seed 0 1 2] [--sheet docs/inpainting.png]
 
 Real tissue: a 768² px crop of the CC0 slide's held-out band (never trained on) and, when
 ``../shared`` is there, the DiffInfinite release's real lung patches (512² px, MIT).  Each is
@@ -64,7 +64,8 @@ def seam_and_density(rgb: np.ndarray, rect, factor: int, band: int = 64, ring: i
             "od_inside": round(float(inside), 4), "od_ring": round(float(ring_mean), 4)}
 
 
-def inpaint_once(model, rgb: np.ndarray, mpp: float, square: int, steps: int, seed: int, resample: int, work: Path):
+def inpaint_once(model, rgb: np.ndarray, mpp: float, square: int, steps: int, seed: int, resample: int, work: Path,
+                 omega: float | None = None, solver: str | None = None):
     from PIL import Image
 
     from src_models.store.canvas import Canvas
@@ -84,7 +85,8 @@ def inpaint_once(model, rgb: np.ndarray, mpp: float, square: int, steps: int, se
     cy, cx = canvas.height // 2, canvas.width // 2
     rect = (cy - square // 2, cy + square // 2, cx - square // 2, cx + square // 2)
     rect = prepare_inpaint(canvas, (rect[0], rect[1], rect[2], rect[3]), mask=labels[rect[0]:rect[1], rect[2]:rect[3]])
-    request = SynthesisRequest(model=model.card.name, steps=steps, seed=seed, area=rect, resample=resample)
+    extra = {k: v for k, v in (("omega", omega), ("solver", solver)) if v is not None}
+    request = SynthesisRequest(model=model.card.name, steps=steps, seed=seed, area=rect, resample=resample, **extra)
     t0 = time.perf_counter()
     list(synthesise(model, canvas, request))
     seconds = time.perf_counter() - t0
@@ -98,7 +100,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="default")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--square", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds")
+    p.add_argument("--omega", type=float, nargs="+", default=[None], help="guidance scales (default: the card's)")
+    p.add_argument("--solver", default=None, help="solver (default: the card's)")
     p.add_argument("--resample", type=int, nargs="+", default=[1])
     p.add_argument("--lung", type=int, default=2, help="how many of the release's real lung patches (if present)")
     p.add_argument("--threads", type=int, default=None)
@@ -113,19 +117,20 @@ def main(argv=None) -> int:
     model = load_model(a.model, "cpu")
     rows, pictures = [], []
     for name, rgb, mpp in sources(a.lung):
-        for u in a.resample:
+        for u, omega, seed in ((u, w, s) for u in a.resample for w in a.omega for s in a.seed):
             with tempfile.TemporaryDirectory() as tmp:
-                out, rect, seconds = inpaint_once(model, rgb, mpp, a.square, a.steps, a.seed, u, Path(tmp))
+                out, rect, seconds = inpaint_once(model, rgb, mpp, a.square, a.steps, seed, u, Path(tmp), omega, a.solver)
             h, w = out.shape[:2]
-            entry = {"source": name, "resample": u, "seconds": round(seconds, 1),
+            entry = {"source": name, "resample": u, "omega": omega, "seed": seed, "seconds": round(seconds, 1),
                      "real": seam_and_density(rgb[:h, :w], rect, model.card.factor),
                      "inpainted": seam_and_density(out, rect, model.card.factor)}
             rows.append(entry)
-            print(json.dumps(entry), file=sys.stderr)
-            pictures.append((f"{name}, resample {u}", rgb[:h, :w], out, rect))
+            print(json.dumps(entry), file=sys.stderr, flush=True)
+            if seed == a.seed[0]:
+                pictures.append((f"{name}, resample {u}, omega {omega if omega is not None else 'card'}", rgb[:h, :w], out, rect))
     if a.sheet:
         _sheet(pictures, a.sheet)
-    print(json.dumps({"model": a.model, "steps": a.steps, "square": a.square, "runs": rows,
+    print(json.dumps({"model": a.model, "steps": a.steps, "solver": a.solver, "square": a.square, "runs": rows,
                       "torch_threads": torch.get_num_threads(), "load_average": [round(v, 2) for v in os.getloadavg()]}))
     return 0
 

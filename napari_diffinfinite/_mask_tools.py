@@ -9,10 +9,12 @@ polygon tools (which paint the mask Labels layer directly, with napari's undo).
   to the mask grid with nearest-neighbour sampling.  Masks made for other models (the
   DiffInfinite release's grey-coded PNGs and 5/10-class label maps) go through the class-mapping
   dialog first (``_class_map``; remembered per model).
-* Generate mask: a layout drawn by the canvas model's layout (mask) diffusion model
-  (``src_models.models.native.mask_model``), where the model has one, or procedural: smoothed random fields of
-  the tissue classes, arg-max per pixel (``src_models.io.masks.procedural_mask``); for the whole
-  canvas or the drawn rectangle.  The status line says which of the two made the layout.
+* Generate mask: a layout drawn from the canvas model's anatomy recipe (``src_models.synthesis.anatomy``:
+  a section in glass, nests in stroma, sizes measured on its training masks), by its layout (mask)
+  diffusion model (``src_models.models.native.mask_model``), where the model has them, or procedural:
+  smoothed random fields of the tissue classes, arg-max per pixel
+  (``src_models.io.masks.procedural_mask``); for the whole canvas or the drawn rectangle.  The
+  status line says which made the layout.
 * Clear the whole mask or the drawn rectangle; save the mask into the canvas store now (a run
   also saves it before it starts).
 
@@ -51,7 +53,7 @@ from ._common import (
 )
 from ._reader import MASK_MODES, set_mask_mode
 
-LAYOUTS = ("learned", "procedural")
+LAYOUTS = ("anatomy", "learned", "procedural")
 UNDO_MAX_PX = 128_000_000  # larger edits skip napari's undo history (it keeps 2 bytes a pixel of the rectangle)
 GENERATE_MAX_SIDE = 2048  # procedural layouts are drawn at most this large, then fitted
 
@@ -78,23 +80,34 @@ def fit_mask_job(labels: np.ndarray, mapping: dict | None, classes: list[str], s
 
 
 def layout_job(spec: str | None, shape: tuple[int, int], image_px: tuple[int, int], labels: list[int],
-               seed: int, learned: bool) -> tuple[np.ndarray, str]:
-    """A layout for ``shape`` mask px covering ``image_px`` image px: drawn by the canvas model's
-    layout diffusion model when asked and the model has one, else procedural
-    (:mod:`src_models.synthesis.layouts` decides which).  Returns (labels, how)."""
-    from src_models.synthesis.layouts import LEARNED, draw_layout, layout_source
+               seed: int, kind: str) -> tuple[np.ndarray, str]:
+    """A layout for ``shape`` mask px covering ``image_px`` image px: ``kind`` "anatomy" draws the
+    canvas model's anatomy recipe, "learned" runs its layout diffusion model, where the model has
+    them, else (and for "procedural") smoothed random fields (:mod:`src_models.synthesis.layouts`
+    decides).  Returns (labels, how)."""
+    from src_models.synthesis.layouts import ANATOMY, LEARNED, draw_layout, layout_source, recipe_layout
 
-    if learned and spec:
+    card = None
+    if kind != "procedural" and spec:
         from ._worker import MODELS, model_card
 
         try:
             card = model_card(spec)
         except Exception:  # the canvas's model is not on this machine: a procedural layout
             card = None
-        if card is not None and layout_source(card) == LEARNED:
-            mask, _ = draw_layout(MODELS.get(spec, "cpu"), shape, seed=seed, image_px=image_px)
+    if card is not None:
+        try:
+            source = layout_source(card, kind)
+        except ValueError:  # this model has no such generator
+            source = None
+        if source == ANATOMY:
+            return recipe_layout(card, shape, image_px, seed), "anatomy recipe"
+        if source == LEARNED:
+            mask, _ = draw_layout(MODELS.get(spec, "cpu"), shape, seed=seed, image_px=image_px, kind="learned")
             return mask, "learned layout model"
-    return procedural_job(shape, labels, seed), "procedural; the model has no layout model" if learned else "procedural"
+    why = {"anatomy": "procedural; the model has no anatomy recipe",
+           "learned": "procedural; the model has no layout model"}.get(kind, "procedural")
+    return procedural_job(shape, labels, seed), why
 
 
 def procedural_job(shape: tuple[int, int], labels: list[int], seed: int) -> np.ndarray:
@@ -171,11 +184,13 @@ class MaskToolsWidget(QWidget):
         self.seed_box.setToolTip("seed of the generated layout")
         self.layout_box = QComboBox()
         self.layout_box.addItems(LAYOUTS)
-        self.layout_box.setToolTip("learned: drawn by the model's layout (mask) diffusion model, where it has one; "
-                                   "procedural: smoothed random fields of the tissue classes")
+        self.layout_box.setToolTip("anatomy: the model card's recipe (a section in glass, nests in stroma), measured on "
+                                   "its training masks; learned: drawn by the model's layout (mask) diffusion model, "
+                                   "where it has one; procedural: smoothed random fields of the tissue classes")
         self.generate_button = QPushButton("Generate")
         self.generate_button.setToolTip(
-            "fill the target with a layout of the tissue classes: learned (the model's mask model) or procedural")
+            "fill the target with a layout of the tissue classes: anatomy (the card's recipe), learned (the model's mask "
+            "model) or procedural")
         self.generate_button.clicked.connect(self.generate)
         self.load_button = QPushButton("Load…")
         self.load_button.setToolTip("PNG, TIFF or NPY label image (or RGB in the class colours), fitted to the target; "
@@ -339,10 +354,10 @@ class MaskToolsWidget(QWidget):
         shape = (rect[1] - rect[0], rect[3] - rect[2])
         per_px = int(info["factor"]) * int(info.get("mask_step", 1))
         image_px = (shape[0] * per_px, shape[1] * per_px)
-        learned = self.layout_box.currentText() == "learned"
+        kind = self.layout_box.currentText()
         spec = (info.get("settings") or {}).get("model")
         self.status.setText("generating a layout…")
-        return self._run(layout_job, spec, shape, image_px, labels, self.seed_box.value(), learned,
+        return self._run(layout_job, spec, shape, image_px, labels, self.seed_box.value(), kind,
                          on_result=lambda v: self._apply(mask, rect, v[0], f"generated ({v[1]})"))
 
     def load(self, path: str | None = None):

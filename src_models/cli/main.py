@@ -32,6 +32,11 @@ from pathlib import Path
 from src_models.cli.common import (UserError, add_run_options, check_run_args, parse_pads, parse_rect, parse_size,
                                    progress_bar, resolve_request, run_and_preview, run_command)
 
+# make-mask --layout; the same as src_models.synthesis.layouts.LAYOUT_KINDS (kept here so that the
+# parser is built without importing the layout code; a test checks they agree)
+LAYOUT_CHOICES = ("auto", "anatomy", "learned", "procedural")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffinfinite", description="DiffInfinite: mask-guided synthesis of large H&E images")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,10 +136,14 @@ def _add_model_commands(sub) -> None:
     y.add_argument("--quick", action="store_true", help="only check that chunk files are present (no decoding)")
     y.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
-    k = sub.add_parser("make-mask", help="make a label mask: with the model's mask diffusion model, or procedurally")
+    k = sub.add_parser("make-mask", help="make a label mask: from the model's anatomy recipe, with its mask diffusion "
+                       "model, or procedurally")
     k.add_argument("--out", required=True, type=Path, help="label PNG to write (with a colour preview beside it)")
     k.add_argument("--size", type=parse_size, required=True, metavar="WxH")
     k.add_argument("--model", default="default")
+    k.add_argument("--layout", choices=LAYOUT_CHOICES, default="auto",
+                   help="anatomy: the card's recipe (a section, nests in stroma); learned: the layout diffusion model; "
+                   "procedural: smoothed random fields; auto (default): the first of these the model has")
     k.add_argument("--subtype", type=int, default=0, help="mask model condition (release: 0 adenocarcinoma, 1 squamous)")
     k.add_argument("--seed", type=int, default=0)
     k.add_argument("--steps", type=int, default=50)
@@ -446,16 +455,20 @@ def cmd_make_mask(args) -> int:
     from src_models.models.device import resolve_device
     from src_models.models.loading import load_model
     from src_models.synthesis.canvases import mask_rgb
-    from src_models.synthesis.layouts import LEARNED, RELEASE, draw_layout
+    from src_models.models.loading import find_card
+    from src_models.synthesis.layouts import ANATOMY, LEARNED, RELEASE, draw_layout, layout_source
 
     width, height = args.size
+    card, _ = find_card(args.model)
+    layout_source(card, args.layout)  # a kind the model lacks: one line before anything loads
     model = load_model(args.model, resolve_device(args.device))
     card = model.card
     mask, source = draw_layout(model, (height, width), seed=args.seed, steps=args.steps, subtype=args.subtype,
-                               cond_drop=args.cond_drop)
-    how = {LEARNED: f"layout diffusion model of {card.name}",
+                               cond_drop=args.cond_drop, kind=args.layout)
+    how = {ANATOMY: f"anatomy recipe of {card.name} ({(card.extra.get('layout_recipe') or {}).get('kind')})",
+           LEARNED: f"layout diffusion model of {card.name}",
            RELEASE: f"mask diffusion model of {card.name}, subtype {args.subtype}"}.get(
-        source, f"procedural layout (model {card.name} has no mask model)")
+        source, "procedural layout" if args.layout == "procedural" else f"procedural layout (model {card.name} has no mask model)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     io.imsave(args.out, mask, check_contrast=False)
     colour = args.out.with_name(args.out.stem + "_colour.png")
