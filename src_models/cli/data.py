@@ -204,6 +204,9 @@ def cmd_make_dataset(a) -> dict:
     from src_models.io.annotations import parse_class_map
     from src_models.data.dataset import SlideInput, make_dataset
 
+    from src_models.synthesis.request import check_seed
+
+    check_seed("--seed", a.seed)
     if a.annotations and len(a.annotations) != len(a.slide):
         raise UserError(f"{len(a.slide)} --slide but {len(a.annotations)} --annotations; give one per slide "
                        "('-' for a slide without annotations)")

@@ -35,7 +35,7 @@ import zarr
 from src_models.durable import fsync_dir as _fsync_dir
 from src_models.durable import fsync_file as _fsync_file
 from src_models.durable import fsync_tree as _fsync_tree
-from src_models.store import ngff
+from src_models.store import ngff, safety
 from src_models.store.base import (CHUNK, COPIED, FORMAT, LATENT, LEGACY_LOCK_FILE, LOCK_SUFFIX, MASK_SOURCE,
                                    MASK_WRITTEN, PENDING, SAMPLED, SKIPPED, STATE, STATE_CHUNK, CanvasDamagedError,
                                    CanvasError, CanvasLockedError, _check_json, _io_error, _reason, crc)
@@ -75,6 +75,7 @@ class Canvas(RegionState, Pyramid, MaskSource, LegacyLayout):
         self._dirty: set = set()  # chunk files written and not fsync'd yet
         self._synced_dirs: set = set()
         self._stale: set[int] = set()  # finished regions rewritten since their checksums were taken
+        self._replaces: Path | None = None  # overwrite: the canvas this one replaces at its first region
         try:
             attrs = group.attrs.asdict()
         except Exception as e:
@@ -105,6 +106,10 @@ class Canvas(RegionState, Pyramid, MaskSource, LegacyLayout):
         overwrite: bool = False,
         settings: dict | None = None,
         chunk: int = CHUNK,
+        info: dict | None = None,
+        inputs=(),
+        replace_when_sampled: bool = False,
+        option: str = "--out",
     ) -> "Canvas":
         """Create an empty canvas of ``height`` x ``width`` px (nothing is allocated).
 
@@ -112,34 +117,67 @@ class Canvas(RegionState, Pyramid, MaskSource, LegacyLayout):
         ``pixel_size_um`` (the model's µm per image pixel) goes into the NGFF scales; when it is
         unknown the axes carry no unit.  The writer lock is taken before anything is deleted or
         made, so ``overwrite`` never touches a canvas another process is writing.
+
+        Nothing but a canvas this tool made is ever replaced (:mod:`src_models.store.safety`): not
+        a file, a folder of other things, the current directory or a folder holding one of
+        ``inputs`` (the run's input files).  The canvas is built beside ``path`` and renamed into
+        place whole, its attributes ``info`` included, so a kill at any moment leaves nothing or a
+        canvas that resumes.  ``overwrite`` swaps the new canvas for the old one in one step: at
+        once, or (``replace_when_sampled``) when its first region is finished, so a run stopped
+        before that leaves the old canvas as it was (:meth:`close` then removes the new one).
         """
         path = Path(path)
         _check_layout(height, width, factor, region_size, pixel_size_um)
         _check_json(settings or {}, "settings")
+        _check_json(info or {}, "canvas attributes")
+        safety.check_out_path(path, inputs, option=option)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise _io_error(path, e) from None
-        lock_fd = _acquire_lock(path)
+        real = safety.real_path(path)  # a link is followed: the canvas is made (and locked) where it points
         try:
-            if path.exists() or path.is_symlink():
+            real.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _io_error(path, e) from None
+        lock_fd = _acquire_lock(real)
+        build = None
+        try:
+            replacing = real.exists()
+            if replacing:
                 if not overwrite:
-                    raise CanvasError(f"{path} already exists (use overwrite, or open it to resume)")
-                _acquire_legacy_lock(path)
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-            path.mkdir()
-            group = zarr.open_group(str(path), mode="w", zarr_format=3)
+                    raise CanvasError(f"{path} already exists ({safety.describe(path)}); use overwrite to replace a "
+                                      "canvas, or open it to resume")
+                safety.check_replaceable(path, inputs, option=option)
+                _acquire_legacy_lock(real)
+            for old in safety.leftovers(real):  # what a killed run of this tool left beside it
+                shutil.rmtree(old, ignore_errors=True)
+            build = safety.build_path(real)
+            build.mkdir()
+            group = zarr.open_group(str(build), mode="w", zarr_format=3)
             _lay_out(group, height, width, factor, latent_channels, region_size, chunk)
             _describe(group, height, width, factor, latent_channels, region_size, classes, colours, pixel_size_um,
-                      settings)
-            _fsync_tree(path)
-        except CanvasError:
-            _release_lock(lock_fd, path)
+                      settings, info)
+            _fsync_tree(build)
+            if not replacing:  # the canvas appears whole, or not at all
+                safety.rename_new(build, real)
+                _fsync_dir(real.parent)
+                build = None
+            elif not replace_when_sampled:
+                _swap(build, real)
+                build = None
+        except BaseException as e:
+            if build is not None:
+                shutil.rmtree(build, ignore_errors=True)
+            _release_lock(lock_fd, real)
+            if isinstance(e, OSError):
+                raise _io_error(path, e) from None
             raise
-        except OSError as e:
-            _release_lock(lock_fd, path)
-            raise _io_error(path, e) from None
-        return cls(path, group, True, lock_fd)
+        if build is None:
+            return cls(path, zarr.open_group(str(path), mode="r+"), True, lock_fd)
+        canvas = cls(build, group, True, lock_fd)  # swapped in by its first finished region
+        canvas._replaces = path
+        return canvas
 
 
     @classmethod
@@ -148,7 +186,7 @@ class Canvas(RegionState, Pyramid, MaskSource, LegacyLayout):
         path = Path(path)
         if not (path / "zarr.json").exists():
             raise CanvasError(f"{path} is not a canvas (no zarr.json)")
-        lock_fd = _acquire_lock(path) if mode == "r+" else None
+        lock_fd = _acquire_lock(safety.real_path(path)) if mode == "r+" else None
         try:
             try:
                 group = zarr.open_group(str(path), mode="r+" if mode == "r+" else "r")
@@ -160,7 +198,7 @@ class Canvas(RegionState, Pyramid, MaskSource, LegacyLayout):
                 canvas._migrate()
             return canvas
         except BaseException:
-            _release_lock(lock_fd, path)
+            _release_lock(lock_fd, safety.real_path(path))
             raise
 
 
@@ -169,8 +207,27 @@ class Canvas(RegionState, Pyramid, MaskSource, LegacyLayout):
             if self.writable and (self._dirty or self._stale):
                 self.settle()
         finally:
-            _release_lock(self._lock_fd, self.path)
+            if self._replaces is not None:  # nothing finished: the old canvas stays, the new one goes
+                build, self._replaces, final = self.path, None, self._replaces
+                self.path = final
+                shutil.rmtree(build, ignore_errors=True)
+            _release_lock(self._lock_fd, safety.real_path(self.path))
             self._lock_fd = None
+
+
+    def _swap_in(self) -> None:
+        """Put this canvas (built beside the one it replaces) in place of the old one, in one step."""
+        final, build = self._replaces, self.path
+        self.flush()
+        try:
+            _swap(build, safety.real_path(final))
+        except OSError as e:
+            raise _io_error(final, e) from None
+        self._replaces = None
+        self.path = final
+        self.group = zarr.open_group(str(final), mode="r+")
+        self._arrays.clear()
+        self._synced_dirs.clear()
 
 
     def __enter__(self):
@@ -364,6 +421,14 @@ class Canvas(RegionState, Pyramid, MaskSource, LegacyLayout):
             raise CanvasError(f"{self.path} is open read-only")
 
 
+def _swap(build: Path, real: Path) -> None:
+    """Exchange the canvas built at ``build`` with the old one at ``real``, then delete the old one
+    (now at ``build``'s name; a kill before that leaves it to the next run's clean-up)."""
+    safety.exchange(build, real)
+    _fsync_dir(real.parent)
+    shutil.rmtree(build, ignore_errors=True)
+
+
 def _check_layout(height: int, width: int, factor: int, region_size: int, pixel_size_um: float | None) -> None:
     if height <= 0 or width <= 0:
         raise CanvasError(f"canvas size must be positive, got {width}x{height}")
@@ -399,7 +464,8 @@ def _lay_out(group: zarr.Group, height: int, width: int, factor: int, latent_cha
 
 
 def _describe(group: zarr.Group, height: int, width: int, factor: int, latent_channels: int, region_size: int,
-              classes: list[str], colours: list[str], pixel_size_um: float | None, settings: dict | None) -> None:
+              classes: list[str], colours: list[str], pixel_size_um: float | None, settings: dict | None,
+              info: dict | None = None) -> None:
     """The attributes of a new canvas: NGFF metadata of the image and its mask, and the store's own."""
     levels = len(pyramid_shapes(height, width))
     group.attrs["ome"] = ngff.rgb_pyramid("synthetic H&E", levels, pixel_size_um)
@@ -420,4 +486,5 @@ def _describe(group: zarr.Group, height: int, width: int, factor: int, latent_ch
         "colours": list(colours),
         "pixel_size_um": pixel_size_um,
         "settings": settings or {},
+        **(info or {}),
     }

@@ -188,6 +188,8 @@ class RegionState:
         rows = self._stale_rows(skip=index)
         rows[index] = (state, *self.region_checksums(self.region(index)), seed)
         self._set_rows(rows)
+        if getattr(self, "_replaces", None) is not None:  # overwrite: the new canvas takes the old one's place
+            self._swap_in()
 
 
     def _set_rows(self, rows: dict[int, tuple]) -> None:
