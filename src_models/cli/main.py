@@ -130,6 +130,8 @@ def _add_model_commands(sub) -> None:
     y.add_argument("canvas", type=Path)
     y.add_argument("--quick", action="store_true", help="only check that chunk files are present (no decoding)")
     y.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    y.add_argument("--accept-mask", action="store_true",
+                   help="sign the canvas's mask as it is now (after you changed it outside this tool on purpose)")
 
     k = sub.add_parser("make-mask", help="make a label mask: with the model's mask diffusion model, or procedurally")
     k.add_argument("--out", required=True, type=Path, help="label PNG to write (with a colour preview beside it)")
@@ -392,6 +394,9 @@ def cmd_verify(args) -> int:
 
     if not args.canvas.exists():
         raise UserError(f"{args.canvas} does not exist")
+    if args.accept_mask:
+        with Canvas.open(args.canvas, "r+") as canvas:
+            canvas.accept_mask()
     try:
         canvas = Canvas.open(args.canvas, "r")
         canvas.check()
@@ -417,8 +422,12 @@ def cmd_verify(args) -> int:
         print(report.summary())
         for index, problems in sorted(report.damaged.items()):
             print(f"  region {index}: {'; '.join(problems)}")
-        if not report.ok:
-            print("  run `diffinfinite generate ... --resume` (or inpaint --resume) to generate them again")
+        if report.mask_changed:
+            print("  the mask is yours: restore the canvas from a backup, or accept the mask as it is now with "
+                  f"`diffinfinite verify --accept-mask {args.canvas}`")
+        if report.damaged or report.records or (report.mask and not report.mask_changed):
+            print("  run `diffinfinite generate ... --resume` (or inpaint --resume) to repair it and generate "
+                  "damaged regions again")
     return 0 if report.ok else 1
 
 

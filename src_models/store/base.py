@@ -19,6 +19,9 @@ STATE = "diffinfinite/region_state"
 LATENT = "diffinfinite/latent"
 MASK_SOURCE = "diffinfinite/mask_source"
 MASK_WRITTEN = "diffinfinite/mask_written"
+STATE_COPY = "diffinfinite/region_state_copy"  # the second record of region_state, written after it
+MASK_CRC = "diffinfinite/mask_crc"  # (mask chunks down, across) uint64: 2**32 + CRC-32 of each written mask chunk
+LAYOUT = 2  # info["layout"]: canvases that have region_state_copy and mask_crc
 STATE_CHUNK = 64  # regions per side of one region_state chunk
 
 # region states (column 0 of region_state)

@@ -36,8 +36,9 @@ from src_models.durable import fsync_dir as _fsync_dir
 from src_models.durable import fsync_file as _fsync_file
 from src_models.durable import fsync_tree as _fsync_tree
 from src_models.store import ngff, safety
-from src_models.store.base import (CHUNK, COPIED, FORMAT, LATENT, LEGACY_LOCK_FILE, LOCK_SUFFIX, MASK_SOURCE,
-                                   MASK_WRITTEN, PENDING, SAMPLED, SKIPPED, STATE, STATE_CHUNK, CanvasDamagedError,
+from src_models.store.base import (CHUNK, COPIED, FORMAT, LATENT, LAYOUT, LEGACY_LOCK_FILE, LOCK_SUFFIX, MASK_CRC,
+                                   MASK_SOURCE, MASK_WRITTEN, PENDING, SAMPLED, SKIPPED, STATE, STATE_CHUNK, STATE_COPY,
+                                   CanvasDamagedError,
                                    CanvasError, CanvasLockedError, _check_json, _io_error, _reason, crc)
 from src_models.store.locks import _acquire_legacy_lock, _acquire_lock, _release_lock, lock_path
 from src_models.store.mask_source import MaskSource, MaskView, _create_mask_arrays, nearest_index
@@ -83,8 +84,12 @@ class Canvas(RegionState, Pyramid, MaskSource, LegacyLayout):
         info = attrs.get("diffinfinite")
         if not isinstance(info, dict) or info.get("format") != FORMAT:
             raise CanvasError(f"{path} is not a napari-diffinfinite canvas")
+        _check_info(path, info)
         self.info: dict = info
-        self.legacy = not self._exists(STATE) or not self._exists(MASK_WRITTEN)
+        self.state_problems: list[str] = []  # what reading the region state found and restored
+        self.state_restored: set[int] = set()  # regions whose row was taken from the second record
+        self.restored: list[str] = []  # what opening for writing restored (said by the repair)
+        self.legacy = self._is_legacy()
         if writable:  # a writer meets damaged metadata here, in one line; a reader when it reads
             self.check()
 
@@ -196,6 +201,11 @@ class Canvas(RegionState, Pyramid, MaskSource, LegacyLayout):
             if canvas.writable and canvas.legacy:
                 _acquire_legacy_lock(path)
                 canvas._migrate()
+            elif canvas.writable and canvas.has_state_copy:
+                canvas.state_table()  # a lost or damaged record of the region state is restored from the other
+                canvas.restored = list(canvas.state_problems)
+                if canvas.restored:
+                    canvas.rewrite_state()
             return canvas
         except BaseException:
             _release_lock(lock_fd, safety.real_path(path))
@@ -259,22 +269,67 @@ class Canvas(RegionState, Pyramid, MaskSource, LegacyLayout):
         return (self.path / name / "zarr.json").exists()
 
 
+    def _is_legacy(self) -> bool:
+        """A canvas of the marker-file layout (read as it is, migrated when opened for writing).
+        A canvas of the current layout that lost its region state is not one: :meth:`check`
+        names the loss, or the second record restores it."""
+        if int(self.info.get("layout", 1) or 1) >= LAYOUT:
+            return False
+        has_state, has_written = self._exists(STATE), self._exists(MASK_WRITTEN)
+        if has_state and has_written:
+            return False
+        return (self.path / "diffinfinite" / "regions").is_dir() or not has_written
+
+
+    @property
+    def has_state_copy(self) -> bool:
+        return int(self.info.get("layout", 1) or 1) >= LAYOUT
+
+
     def check(self) -> None:
         """Open every array the canvas needs: damaged metadata becomes one CanvasDamagedError."""
         try:
             levels = len(self.group.attrs["ome"]["multiscales"][0]["datasets"])
         except Exception:
             raise CanvasDamagedError(f"{self.path} is damaged: its zarr.json has no OME multiscales") from None
-        for level in range(levels):
-            self._array(str(level))
-        self._array("labels/mask/0")
-        self._array(LATENT)
+        shapes = pyramid_shapes(self.height, self.width)
+        if levels != len(shapes):
+            raise CanvasDamagedError(f"{self.path} is damaged: its zarr.json lists {levels} pyramid levels, a "
+                                     f"{self.width}x{self.height} canvas has {len(shapes)}; restore zarr.json from a backup")
+        for level, (h, w) in enumerate(shapes):
+            self._expect(str(level), (3, h, w), "uint8")
+        lh, lw = self.latent_shape
+        self._expect("labels/mask/0", (lh, lw), "uint8")
+        channels = int(self.info.get("latent_channels", self._array(LATENT).shape[0]))
+        self._expect(LATENT, (channels, lh, lw), "float32")
         if not self.legacy:
-            self._array(STATE)
-            self._array(MASK_WRITTEN)
+            size, ny, nx = self.region_grid
+            if self.has_state_copy:
+                for name in (STATE, STATE_COPY):  # one of the two may be lost: the other restores it
+                    if self._exists(name):
+                        self._expect(name, (ny, nx, 4), "uint64")
+                if not (self._exists(STATE) or self._exists(STATE_COPY)):
+                    raise CanvasDamagedError(
+                        f"{self.path} is damaged: {STATE} and its second record are both missing, so the finished "
+                        "regions cannot be known; restore them from a backup (nothing was changed)")
+                self._expect(MASK_CRC, None, "uint64")
+            else:
+                self._expect(STATE, (ny, nx, 4), "uint64")
+            self._expect(MASK_WRITTEN, None, "uint8")
         self._jobs_attrs()
         if self.has_mask_source:
             self._array(MASK_SOURCE)
+
+
+    def _expect(self, name: str, shape, dtype: str) -> None:
+        """An array must have the shape and type the canvas's metadata implies (a wrong one in its
+        zarr.json would make a repair write the wrong thing)."""
+        arr = self._array(name)
+        if str(arr.dtype) != dtype or (shape is not None and tuple(arr.shape) != tuple(shape)):
+            want = f"{dtype} {tuple(shape)}" if shape is not None else dtype
+            raise CanvasDamagedError(
+                f"{self.path} is damaged: {name}/zarr.json says {arr.dtype} {tuple(arr.shape)}, this canvas stores "
+                f"{want}; restore {name}/zarr.json from a backup (nothing was changed; its chunks are untouched)")
 
 
     def _read(self, name: str, sel) -> np.ndarray:
@@ -429,6 +484,44 @@ def _swap(build: Path, real: Path) -> None:
     shutil.rmtree(build, ignore_errors=True)
 
 
+def _check_info(path: Path, info: dict) -> None:
+    """The canvas's own metadata, field by field: a damaged value is named in one line (a reader, a
+    resume or a repair never goes on from numbers it cannot trust)."""
+    def bad(field: str, value, want: str) -> CanvasDamagedError:
+        text = repr(value)
+        text = text if len(text) <= 60 else text[:57] + "..."
+        return CanvasDamagedError(f"{path} is damaged: its metadata (zarr.json, diffinfinite.{field}) is {text}, "
+                                  f"expected {want}; restore zarr.json from a backup (nothing was changed)")
+
+    def whole(field: str, low: int = 1) -> int:
+        v = info.get(field)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low or v > 2**40:
+            raise bad(field, v, f"a whole number of at least {low}")
+        return v
+
+    h, w, f = whole("height"), whole("width"), whole("factor")
+    whole("latent_channels")
+    r = info.get("region_size")
+    if isinstance(r, bool) or not isinstance(r, int) or r <= 0 or r % f:
+        raise bad("region_size", r, f"a positive multiple of the latent factor {f}")
+    if h % f or w % f:
+        raise bad("height" if h % f else "width", h if h % f else w, f"a multiple of the latent factor {f}")
+    classes, colours = info.get("classes"), info.get("colours")
+    if not isinstance(classes, list) or not classes or len(classes) > 255 or not all(isinstance(c, str) for c in classes):
+        raise bad("classes", classes, "a list of 1 to 255 class names")
+    if not isinstance(colours, list) or len(colours) != len(classes) or not all(isinstance(c, str) for c in colours):
+        raise bad("colours", colours, f"a list of {len(classes)} colours")
+    px = info.get("pixel_size_um")
+    if px is not None and (isinstance(px, bool) or not isinstance(px, (int, float)) or not math.isfinite(px) or px <= 0):
+        raise bad("pixel_size_um", px, "a positive number of µm or null")
+    if not isinstance(info.get("settings", {}), dict):
+        raise bad("settings", info.get("settings"), "an object of run settings")
+    source = info.get("mask_source")
+    if source and (not isinstance(source, list) or len(source) != 2
+                   or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in source)):
+        raise bad("mask_source", source, "the [height, width] of the mask source")
+
+
 def _check_layout(height: int, width: int, factor: int, region_size: int, pixel_size_um: float | None) -> None:
     if height <= 0 or width <= 0:
         raise CanvasError(f"canvas size must be positive, got {width}x{height}")
@@ -457,8 +550,9 @@ def _lay_out(group: zarr.Group, height: int, width: int, factor: int, latent_cha
                        dtype="float32", fill_value=0.0, config={"write_empty_chunks": True})
     size = region_size // factor
     ny, nx = math.ceil(lh / size), math.ceil(lw / size)
-    state.create_array("region_state", shape=(ny, nx, 4), chunks=(min(STATE_CHUNK, ny), min(STATE_CHUNK, nx), 4),
-                       dtype="uint64", fill_value=0, config={"write_empty_chunks": True})
+    for name in ("region_state", "region_state_copy"):  # the copy: a second record, written after the first
+        state.create_array(name, shape=(ny, nx, 4), chunks=(min(STATE_CHUNK, ny), min(STATE_CHUNK, nx), 4),
+                           dtype="uint64", fill_value=0, config={"write_empty_chunks": True})
     state.attrs["jobs"] = {}
     _create_mask_arrays(group, (lh, lw), len(pyramid_shapes(height, width)), chunk)
 
@@ -486,5 +580,6 @@ def _describe(group: zarr.Group, height: int, width: int, factor: int, latent_ch
         "colours": list(colours),
         "pixel_size_um": pixel_size_um,
         "settings": settings or {},
+        "layout": LAYOUT,
         **(info or {}),
     }

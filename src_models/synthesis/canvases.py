@@ -346,11 +346,17 @@ def repair_finished(canvas: Canvas, progress=None, notice=None) -> list[int]:
     again.  ``notice(text)`` hears each kind of repair in one line; returns the regions touched."""
     from src_models.store.verify import repair, verify_canvas
 
+    notes = [f"region state: {t}; restored from the other record" for t in canvas.restored]
+    canvas.restored = []
     report = verify_canvas(canvas, deep=True, progress=progress)
     if report.ok:
+        for text in notes:
+            if notice is not None:
+                notice(text)
         return []
     rebuilt, forgotten = repair(canvas, report)
-    notes = []
+    notes += [f"region state: {t}" for t in report.records]
+    notes += [f"mask: {t}" for t in report.mask]
     if rebuilt:
         notes.append(f"pyramid tiles of {len(rebuilt)} region(s) were damaged and are rebuilt from level 0 "
                      f"({', '.join(map(str, rebuilt[:20]))})")
