@@ -146,3 +146,26 @@ def test_a_card_nested_100000_deep_is_one_line(tmp_path, capsys):
     (d / "card.json").write_text("[" * 100_000 + "]" * 100_000)
     assert main(["make-mask", "--out", str(tmp_path / "m.png"), "--size", "64x64", "--model", str(d)]) == 2
     _one_line(capsys, "nested too deeply")
+
+
+# ------------------------------------------------------------------------------ advice
+def test_a_refused_mask_lists_its_labels_and_the_models_classes_and_guesses_only_well(tmp_path, capsys):
+    from skimage import io
+
+    from src_models.io.foreign_masks import guess_class_map, interpret
+
+    m = np.zeros((20, 20), np.uint16)
+    m[:, 5:] = 1
+    m[:, 12:] = 3
+    m[15:, :] = 4
+    io.imsave(tmp_path / "plain.png", m, check_contrast=False)
+    assert main(["generate", "--mask", str(tmp_path / "plain.png"), "--out", str(tmp_path / "o.zarr"),
+                 "--model", "default", "--steps", "1", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "(0: 75 px, 1: 105 px, 3: 120 px, 4: 100 px)" in err and "0=unknown, 1=glass, 2=epidermis, 3=dermis" in err
+    assert "perhaps in the DiffInfinite release's 5-class scheme" in err  # a guess, said as one
+    assert "--class-map 0=0" not in err and "SOURCE=TARGET" in err  # no all-to-unknown map
+    # a model with classes of the release's names: the map by name is suggested
+    found = interpret(m, 4)
+    assert guess_class_map(found, ["unknown", "carcinoma", "tumor stroma", "others"]) == {0: 0, 1: 1, 3: 2, 4: 3}
+    assert guess_class_map(found, ["unknown", "glass", "epidermis", "dermis"]) is None

@@ -59,8 +59,8 @@ def _reason(e: Exception) -> str:
 
 
 def _io_error(path: Path, e: OSError, reading: bool = False) -> CanvasError:
-    if e.errno == errno.ENOSPC:
-        return CanvasError(f"disk full while writing {path}; finished regions are kept, free space and resume")
+    if e.errno == errno.ENOSPC:  # (whether any region was finished is not known here: said neutrally)
+        return CanvasError(f"disk full while writing {path}; whatever was finished is kept: free space and resume")
     if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-        return CanvasError(f"{path} is not writable ({e.strerror}); finished regions are kept")
+        return CanvasError(f"{path} is not writable ({e.strerror}); nothing finished there was changed")
     return CanvasError(f"cannot {'read' if reading else 'write'} {path}: {e.strerror or e}")
