@@ -344,3 +344,23 @@ def test_import_slide_says_on_stderr_what_it_cropped(tmp_path, capsys):
     assert json.loads(out)["cropped_px"] == [4, 6]
     lines = [ln for ln in err.splitlines() if "warning" in ln]
     assert len(lines) == 1 and "last 4 column(s) and 6 row(s) were left out" in lines[0] and "96x64" in lines[0]
+
+
+def test_data_commands_never_write_over_the_current_directory_or_an_input(tmp_path, monkeypatch, capsys):
+    import json as json_
+
+    (tmp_path / "a.geojson").write_text(json_.dumps({"type": "Polygon", "coordinates": [[[0, 0], [9, 0], [9, 9]]]}))
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "mine.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    assert main(["annotations-to-mask", "a.geojson", "--out", "keep", "--size", "64x64", "--class-map",
+                 "Unclassified=1", "--overwrite"]) == 2
+    _one_line(capsys, "writes a file")
+    assert main(["make-dataset", "--slide", "s.tif", "--out", ".", "--class-map", "Tumor=1", "--overwrite"]) == 2
+    _one_line(capsys, "is the current directory", "data set folder")
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "s.tif").write_bytes(b"x")
+    (tmp_path / "ds" / "dataset.json").write_text("{}")
+    assert main(["make-dataset", "--slide", "ds/s.tif", "--out", "ds", "--class-map", "Tumor=1", "--overwrite"]) == 2
+    _one_line(capsys, "holds the input ds/s.tif")
+    assert (tmp_path / "ds" / "s.tif").exists() and (tmp_path / "keep" / "mine.txt").exists()

@@ -91,22 +91,23 @@ def _is_within(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def check_out_path(path: str | os.PathLike, inputs=(), option: str = "--out") -> None:
-    """Refuse an output that is the current directory, holds it, or holds (or is) an input."""
+def check_out_path(path: str | os.PathLike, inputs=(), option: str = "--out", what: str = "canvas") -> None:
+    """Refuse an output that is the current directory, holds it, or holds (or is) an input
+    (``what`` names the output in the advice: a canvas, a data set folder, a file)."""
     real = real_path(path)
     cwd = real_path(os.getcwd())
     if _is_within(cwd, real):
         where = "the current directory" if real == cwd else f"a folder above the current directory ({cwd})"
-        raise CanvasError(f"{option} {path} is {where}; name a new canvas inside it instead, e.g. "
-                          f"{option} {Path(path) / 'canvas.zarr'}")
+        example = {"canvas": "canvas.zarr", "data set folder": "tiles"}.get(what, "out")
+        raise CanvasError(f"{option} {path} is {where}; name a new {what} inside it instead, e.g. "
+                          f"{option} {Path(path) / example}")
     for item in inputs:
         if item is None:
             continue
         inp = real_path(item)
         if _is_within(inp, real):
-            what = "is" if inp == real else "holds"
-            raise CanvasError(f"{option} {path} {what} the input {item}; name a new canvas for the output, e.g. "
-                              f"{option} {Path(path).with_name(Path(path).name + '_out.zarr')}")
+            verb = "is" if inp == real else "holds"
+            raise CanvasError(f"{option} {path} {verb} the input {item}; name a new {what} for the output")
 
 
 def check_replaceable(path: str | os.PathLike, inputs=(), option: str = "--out") -> None:
