@@ -184,11 +184,17 @@ def _pyramid_problems(canvas: Canvas, py0: int, py1: int, px0: int, px1: int) ->
     except CanvasDamagedError:
         return []  # level 0 itself is named by the caller
     out = []
-    rects = canvas.pyramid_rects(py0, py1, px0, px1)
     for level in range(1, canvas.levels):
         block = downsample2(block)
-        a, b, c, d = rects[level]
         s = 2**level
+        # the coarse pixels made of this region's pixels only (one that also covers a neighbour still
+        # being written would differ until the neighbour is done: it is checked with the levels below)
+        a = -(-py0 // s)
+        b = py1 // s if py1 < canvas.height else -(-py1 // s)
+        c = -(-px0 // s)
+        d = px1 // s if px1 < canvas.width else -(-px1 // s)
+        if b <= a or d <= c:
+            continue
         try:
             stored = canvas.read_array(str(level), (slice(None), slice(a, b), slice(c, d)))
         except CanvasDamagedError:
