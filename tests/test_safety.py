@@ -364,3 +364,24 @@ def test_data_commands_never_write_over_the_current_directory_or_an_input(tmp_pa
     assert main(["make-dataset", "--slide", "ds/s.tif", "--out", "ds", "--class-map", "Tumor=1", "--overwrite"]) == 2
     _one_line(capsys, "holds the input ds/s.tif")
     assert (tmp_path / "ds" / "s.tif").exists() and (tmp_path / "keep" / "mine.txt").exists()
+
+
+def test_an_import_over_a_canvas_stopped_before_its_first_region_keeps_the_old_one(tmp_path, monkeypatch, capsys):
+    import tifffile
+
+    import src_models.synthesis.editing as editing
+
+    rgb = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "s.tif", rgb, photometric="rgb")
+    cmd = ["import-slide", str(tmp_path / "s.tif"), "--out", str(tmp_path / "s.zarr"), "--model", "tiny-test",
+           "--device", "cpu"]
+    assert main(cmd) == 0
+    old, n = _pixels(tmp_path / "s.zarr")
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(editing, "encode_rgb", stopped)
+    assert main([*cmd, "--overwrite"]) == 130
+    again, n2 = _pixels(tmp_path / "s.zarr")
+    assert n2 == n and np.array_equal(again, old) and leftovers(real_path(tmp_path / "s.zarr")) == []

@@ -31,18 +31,22 @@ def import_slide(slide_path, model, out, region_size: int | None = None, overwri
 
         canvas = new_canvas(card, out, height, width, region_size, overwrite=overwrite,
                             settings={"source": str(slide_path)}, sources=[source_entry(slide_path, "slide")],
-                            inputs=(slide_path,))
-        if slide.mpp:
-            canvas.set_pixel_size(slide.mpp)
-        regions = canvas.regions()
-        device = model.device
-        for n, r in enumerate(regions, 1):
-            y0, y1, x0, x1 = r.px(canvas.factor)
-            rgb = slide.read(y0, y1, x0, x1)
-            canvas.write_region(r, rgb, encode_rgb(model.codec, rgb, device))
-            canvas.mark_done(r.index, {"source": "slide"})
-            if progress is not None:
-                progress(n, len(regions))
+                            inputs=(slide_path,), replace_when_sampled=True)  # the old canvas stays until a region is in
+        try:
+            if slide.mpp:
+                canvas.set_pixel_size(slide.mpp)
+            regions = canvas.regions()
+            device = model.device
+            for n, r in enumerate(regions, 1):
+                y0, y1, x0, x1 = r.px(canvas.factor)
+                rgb = slide.read(y0, y1, x0, x1)
+                canvas.write_region(r, rgb, encode_rgb(model.codec, rgb, device))
+                canvas.mark_done(r.index, {"source": "slide"})
+                if progress is not None:
+                    progress(n, len(regions))
+        except BaseException:
+            canvas.close()  # its finished regions stay (or, replacing a canvas before any, the old one)
+            raise
     report = {"slide": str(slide_path), "slide_size": [slide.width, slide.height], "canvas_size": [width, height],
               "cropped_px": [slide.width - width, slide.height - height], "regions": len(regions)}
     return canvas, report
