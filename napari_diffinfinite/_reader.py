@@ -126,6 +126,8 @@ class ChunkCache:
         self._chunks: OrderedDict = OrderedDict()
         self._bytes = 0
         self.reads = 0  # chunks read from disk (tests and the benchmark look at it)
+        self.unreadable: set = set()  # chunks that could not be read (each warned about once)
+        self.where: dict = {}  # canvas path -> (key -> words naming the regions under a chunk), by image_pyramid
 
     def get(self, key, shape, load):
         with self._lock:
@@ -135,8 +137,12 @@ class ChunkCache:
                 return np.zeros(shape, np.uint8) if hit is None else hit
         try:
             chunk = load()
-        except Exception:  # a chunk being rewritten right now: show nothing, read it again next time
-            return np.zeros(shape, np.uint8)
+        except Exception:  # a chunk being rewritten right now reads at the second try
+            try:
+                chunk = load()
+            except Exception as e:  # damaged: said (a napari notification), never shown as tissue unsaid
+                self._damaged(key, e)
+                return np.zeros(shape, np.uint8)
         stored = chunk if chunk.any() else None
         with self._lock:
             self.reads += 1
@@ -148,6 +154,19 @@ class ChunkCache:
                 _, dropped = self._chunks.popitem(last=False)
                 self._bytes -= 0 if dropped is None else dropped.nbytes
         return chunk
+
+    def _damaged(self, key, error) -> None:
+        """Warn once per chunk that cannot be read, naming the canvas regions under it."""
+        import warnings
+
+        with self._lock:
+            if key in self.unreadable:
+                return
+            self.unreadable.add(key)
+        name = self.where.get(key[0])
+        where = name(key) if name is not None else f"level {key[1]} chunk {key[2]},{key[3]}"
+        warnings.warn(f"{key[0]}: {where} cannot be read ({type(error).__name__}) and is shown black; run "
+                      f"`diffinfinite verify {key[0]}` and resume to generate it again", UserWarning, stacklevel=2)
 
     def invalidate(self, path: str, level: int | None = None, rows=None, cols=None) -> int:
         """Forget the chunks of canvas ``path`` (on ``level``, chunk rows and columns in the given
@@ -228,6 +247,21 @@ def image_pyramid(canvas) -> list:
     import dask.array as da
 
     path = str(Path(canvas.path).resolve())
+    size, ny, nx = canvas.region_grid
+    region_px, chunk = size * canvas.factor, canvas.image(0).chunks[1:]
+
+    def where(key):
+        s = 2 ** key[1]
+        y0, x0 = key[2] * chunk[0] * s, key[3] * chunk[1] * s
+        ys = range(y0 // region_px, min(ny, -(-(y0 + chunk[0] * s) // region_px)))
+        xs = range(x0 // region_px, min(nx, -(-(x0 + chunk[1] * s) // region_px)))
+        regions = [iy * nx + ix for iy in ys for ix in xs]
+        listed = ", ".join(map(str, regions[:12])) + (" ..." if len(regions) > 12 else "")
+        return f"level {key[1]} under region(s) {listed}"
+
+    CHUNKS.where[path] = where
+    with CHUNKS._lock:  # a canvas shown again is read afresh: its damage is said again
+        CHUNKS.unreadable = {k for k in CHUNKS.unreadable if k[0] != path}
     levels = []
     for level in range(canvas.levels):
         src = CanvasLevel(path, level, canvas.image(level))

@@ -67,7 +67,7 @@ BAD = {
     "colour mask": (["generate", "--mask", "{tmp}/rgb.png", "--out", "{tmp}/o.zarr"], "not class colours"),
     "float mask": (["generate", "--mask", "{tmp}/float.npy", "--out", "{tmp}/o.zarr"], "labels must be integers"),
     "3-D mask": (["generate", "--mask", "{tmp}/cube.npy", "--out", "{tmp}/o.zarr"], "2-D label image"),
-    "labels outside the model": (["generate", "--mask", "{tmp}/nine.npy", "--out", "{tmp}/o.zarr"], "labels [0, 9]"),
+    "labels outside the model": (["generate", "--mask", "{tmp}/nine.npy", "--out", "{tmp}/o.zarr"], "(0: 56 px, 9: 8 px)"),
     "size off the grid": (["generate", "--mask", "{mask}", "--size", "100x130", "--out", "{tmp}/o.zarr"], "use 96 or 104"),
     "output exists": (["generate", "--mask", "{mask}", "--out", "{tmp}/exists.zarr"], "--overwrite"),
     "resume of nothing": (["generate", "--mask", "{mask}", "--out", "{tmp}/none.zarr", "--resume"], "does not exist"),

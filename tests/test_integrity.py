@@ -85,7 +85,7 @@ def test_done_lookup_reads_one_state_chunk_not_the_whole_table(tiny, tmp_path, m
 
     monkeypatch.setattr(Canvas, "_read", spy)
     assert not c.is_done(40_000)
-    assert reads == [("diffinfinite/region_state", 4)]
+    assert reads == [("diffinfinite/region_state", 4), ("diffinfinite/region_state_copy", 4)]  # and its second record
 
 
 def test_write_order_data_fsynced_before_state(tiny, tmp_path, monkeypatch):

@@ -200,6 +200,26 @@ def request_from_args(args, device="auto", area=None, plan: str | None = None):
     )
 
 
+def check_output(path: Path, *, overwrite: bool, resume: bool | None = None, inputs=(), option: str = "--out") -> None:
+    """An output path checked before anything loads: never the current directory or a folder
+    holding an input; an existing one only with ``--overwrite`` (and then only a canvas this tool
+    made) or ``--resume`` (``resume`` None: the command has no --resume)."""
+    from src_models.store.base import CanvasError
+    from src_models.store.safety import check_out_path, check_replaceable, exists_message
+
+    try:
+        check_out_path(path, inputs, option)
+        there = path.exists()  # (through a link: what it points at; a dangling link is made there)
+        if there and overwrite:
+            check_replaceable(path, inputs, option)
+        elif there and not resume:
+            raise UserError(exists_message(path, option, resume=resume is not None))
+        elif resume and not there:
+            raise UserError(f"--resume: {path} does not exist")
+    except CanvasError as e:
+        raise UserError(str(e)) from None
+
+
 def check_run_args(args) -> None:
     """The run options checked before any card, model or canvas is read: the request's own
     checks, in the options' names, and the region size's sign."""

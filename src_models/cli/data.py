@@ -204,6 +204,9 @@ def cmd_make_dataset(a) -> dict:
     from src_models.io.annotations import parse_class_map
     from src_models.data.dataset import SlideInput, make_dataset
 
+    from src_models.synthesis.request import check_seed
+
+    check_seed("--seed", a.seed)
     if a.annotations and len(a.annotations) != len(a.slide):
         raise UserError(f"{len(a.slide)} --slide but {len(a.annotations)} --annotations; give one per slide "
                        "('-' for a slide without annotations)")
@@ -307,6 +310,33 @@ def cmd_annotations_to_mask(a) -> dict:
             "covered_fraction": round(float(covered.mean()), 4), "pixels_per_label": {str(k): int(v) for k, v in enumerate(counts) if v}}
 
 
+FOLDER_OUTPUTS = ("make-dataset", "export-tiles")
+
+
+def _check_out(name: str, a) -> None:
+    """Before anything is read: the output is never the current directory, a folder above it or one
+    holding an input; a file output is never an existing folder."""
+    from src_models.store.base import CanvasError
+    from src_models.store.safety import check_out_path, describe
+
+    out = getattr(a, "out", None)
+    if out is None:
+        return
+    inputs = []
+    for key in ("canvas", "slide", "annotations", "like"):
+        v = getattr(a, key, None)
+        for item in v if isinstance(v, list) else [v]:
+            if item is not None and str(item) != "-":
+                inputs.append(Path(item))
+    folder = name in FOLDER_OUTPUTS
+    try:
+        check_out_path(out, inputs, what="data set folder" if folder else "file")
+    except CanvasError as e:
+        raise UserError(str(e)) from None
+    if not folder and out.is_dir():
+        raise UserError(f"--out {out} is {describe(out)}; {name} writes a file: give a file name")
+
+
 COMMANDS = {
     "make-dataset": cmd_make_dataset,
     "export-tiles": cmd_export_tiles,
@@ -328,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
 
     def command():
+        _check_out(argv[0], a)
         print(json.dumps(COMMANDS[argv[0]](a)))
         return 0
 

@@ -29,8 +29,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from src_models.cli.common import (UserError, add_run_options, check_run_args, parse_pads, parse_rect, parse_size,
-                                   progress_bar, resolve_request, run_and_preview, run_command)
+from src_models.cli.common import (UserError, add_run_options, check_output, check_run_args, parse_pads, parse_rect,
+                                   parse_size, progress_bar, resolve_request, run_and_preview, run_command)
 
 # make-mask --layout; the same as src_models.synthesis.layouts.LAYOUT_KINDS (kept here so that the
 # parser is built without importing the layout code; a test checks they agree)
@@ -135,6 +135,8 @@ def _add_model_commands(sub) -> None:
     y.add_argument("canvas", type=Path)
     y.add_argument("--quick", action="store_true", help="only check that chunk files are present (no decoding)")
     y.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    y.add_argument("--accept-mask", action="store_true",
+                   help="sign the canvas's mask as it is now (after you changed it outside this tool on purpose)")
 
     k = sub.add_parser("make-mask", help="make a label mask: from the model's anatomy recipe, with its mask diffusion "
                        "model, or procedurally")
@@ -214,10 +216,7 @@ def cmd_generate(args) -> int:
     check_run_args(args)
     if args.scale is not None and not (math.isfinite(args.scale) and args.scale > 0):
         raise UserError(f"--scale must be a positive number, got {args.scale}")
-    if args.out.exists() and not (args.overwrite or args.resume):
-        raise UserError(f"{args.out} exists; pass --overwrite to replace it or --resume to finish it")
-    if args.resume and not args.out.exists():
-        raise UserError(f"--resume: {args.out} does not exist")
+    check_output(args.out, overwrite=args.overwrite, resume=args.resume, inputs=[args.mask, args.preview])
     device = resolve_device(args.device)
     card, preloaded = find_card(args.model)
     class_map = None
@@ -230,7 +229,8 @@ def cmd_generate(args) -> int:
     request = resolve_request(args, card, device)
     region_size = None if args.region_size == AUTO else args.region_size
     spec = CanvasSpec(args.out, height, width, mask, request.settings(), region_size,
-                      sources=None if args.resume else [source_entry(args.mask, "mask")], mask_name=str(args.mask))
+                      sources=None if args.resume else [source_entry(args.mask, "mask")], mask_name=str(args.mask),
+                      inputs=(args.mask,))
     check_spec(card, spec)
     done = 0
     if args.resume:
@@ -251,7 +251,9 @@ def cmd_generate(args) -> int:
         # another run made OUT while this one loaded its model: the same words as the early check
         if args.resume or isinstance(e, CanvasLockedError) or args.overwrite or not args.out.exists():
             raise
-        raise UserError(f"{args.out} exists; pass --overwrite to replace it or --resume to finish it") from None
+        from src_models.store.safety import exists_message
+
+        raise UserError(exists_message(args.out)) from None
     finally:
         if bar is not None:
             bar.close()
@@ -271,6 +273,10 @@ def cmd_demo(args) -> int:
 
     request = SynthesisRequest(model=str(args.model), steps=args.steps, seed=args.seed)
     request.check(option=cli_option)
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} is a file; demo writes a folder (demo.zarr, demo.png): choose another --out")
+    out = args.out / "demo.zarr"
+    check_output(out, overwrite=True, option="the demo canvas")  # a re-run replaces only its own canvas
     device = resolve_device(args.device)
     card, preloaded = find_card(args.model)
     width, height = args.size
@@ -278,18 +284,19 @@ def cmd_demo(args) -> int:
     model = load_for_run(args.model, device, preloaded)
     card = model.card
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / "demo.zarr"
     request = SynthesisRequest(model=str(args.model), steps=args.steps, seed=args.seed, device=str(device)).resolved(card)
-    canvas = new_canvas(card, out, height, width, overwrite=True, settings=request.settings())
+    # the previous demo canvas stays until the new one has its first region
+    canvas = new_canvas(card, out, height, width, overwrite=True, settings=request.settings(),
+                        replace_when_sampled=True)
     lh, lw = canvas.latent_shape
     mask = procedural_mask(lh, lw, list(range(1, card.num_classes)), seed=args.seed)
     put_mask(canvas, mask)
     from skimage import io
 
-    mask_png = args.out / "demo_mask.png"
-    io.imsave(mask_png, mask_rgb(mask, card.colours), check_contrast=False)
     with canvas:
         n = run_and_preview(model, canvas, request, args.out / "demo.png")
+    mask_png = args.out / "demo_mask.png"
+    io.imsave(mask_png, mask_rgb(mask, card.colours), check_contrast=False)
     _said(f"{out}  ({width}x{height} px, {n} regions, model {card.name}, device {device})", args.out / "demo.png")
     print(f"mask: {mask_png}  (procedural layout of classes {', '.join(card.classes[1:])})")
     return 0
@@ -305,8 +312,7 @@ def cmd_import_slide(args) -> int:
 
     if not args.slide.exists():
         raise UserError(f"slide {args.slide} does not exist")
-    if args.out.exists() and not args.overwrite:
-        raise UserError(f"{args.out} exists; pass --overwrite to replace it")
+    check_output(args.out, overwrite=args.overwrite, inputs=[args.slide])
     check_number("--region-size", args.region_size, 1)
     model = load_model(args.model, resolve_device(args.device))
     bar = tqdm(desc="importing", unit="region", file=sys.stderr, disable=None)
@@ -320,6 +326,11 @@ def cmd_import_slide(args) -> int:
     finally:
         bar.close()
     canvas.close()
+    cx, cy = report["cropped_px"]
+    if cx or cy:
+        _warn(f"the slide is {report['slide_size'][0]}x{report['slide_size'][1]} px; its last {cx} column(s) and "
+              f"{cy} row(s) were left out to fit the model's grid ({report['canvas_size'][0]}x"
+              f"{report['canvas_size'][1]} px canvas)")
     print(json.dumps({"canvas": str(args.out), **report}))
     return 0
 
@@ -336,7 +347,7 @@ def cmd_inpaint(args) -> int:
     from src_models.models.loading import find_card, load_for_run
     from src_models.store.canvas import Canvas
     from src_models.synthesis.canvases import read_mask_for_model
-    from src_models.synthesis.editing import align_rect, prepare_inpaint
+    from src_models.synthesis.editing import check_rect, prepare_inpaint
 
     check_run_args(args)
     device = resolve_device(args.device)
@@ -350,12 +361,13 @@ def cmd_inpaint(args) -> int:
         _check_canvas_model(canvas, card)
         if args.resume and not canvas.jobs():
             raise UserError(f"--resume: {args.canvas} has no unfinished inpaint")
+        check_rect(canvas, args.rect)  # on the grid and inside the canvas, or the nearest that are
     resolve_request(args, card, device)
     model = load_for_run(args.model, device, preloaded)
     with Canvas.open(args.canvas, "r+") as canvas:
         if args.resume:
             _repair(canvas)
-            rect = align_rect(canvas, args.rect)
+            rect = check_rect(canvas, args.rect)
         else:
             rect = prepare_inpaint(canvas, args.rect, mask=mask, label=args.label)
         request = resolve_request(args, card, device, area=rect)
@@ -374,10 +386,9 @@ def cmd_outpaint(args) -> int:
     device = resolve_device(args.device)
     card, preloaded = find_card(args.model)
     request = resolve_request(args, card, device)
-    if args.out.exists() and not args.overwrite:
-        raise UserError(f"{args.out} exists; pass --overwrite to replace it")
     if not args.canvas.exists():
         raise UserError(f"{args.canvas} does not exist")
+    check_output(args.out, overwrite=args.overwrite, inputs=[args.canvas])
     model = load_for_run(args.model, device, preloaded)
     canvas = outpaint(args.canvas, model, args.out, args.pad, label=args.label, overwrite=args.overwrite)
     with canvas:
@@ -392,6 +403,9 @@ def cmd_verify(args) -> int:
 
     if not args.canvas.exists():
         raise UserError(f"{args.canvas} does not exist")
+    if args.accept_mask:
+        with Canvas.open(args.canvas, "r+") as canvas:
+            canvas.accept_mask()
     try:
         canvas = Canvas.open(args.canvas, "r")
         canvas.check()
@@ -417,8 +431,12 @@ def cmd_verify(args) -> int:
         print(report.summary())
         for index, problems in sorted(report.damaged.items()):
             print(f"  region {index}: {'; '.join(problems)}")
-        if not report.ok:
-            print("  run `diffinfinite generate ... --resume` (or inpaint --resume) to generate them again")
+        if report.mask_changed:
+            print("  the mask is yours: restore the canvas from a backup, or accept the mask as it is now with "
+                  f"`diffinfinite verify --accept-mask {args.canvas}`")
+        if report.damaged or report.records or (report.mask and not report.mask_changed):
+            print("  run `diffinfinite generate ... --resume` (or inpaint --resume) to repair it and generate "
+                  "damaged regions again")
     return 0 if report.ok else 1
 
 
@@ -457,7 +475,12 @@ def cmd_make_mask(args) -> int:
     from src_models.synthesis.canvases import mask_rgb
     from src_models.models.loading import find_card
     from src_models.synthesis.layouts import ANATOMY, LEARNED, RELEASE, draw_layout, layout_source
+    from src_models.synthesis.request import check_number, check_seed
 
+    check_seed("--seed", args.seed)
+    check_number("--steps", args.steps, 1, 1000)
+    if args.out.is_dir():
+        raise UserError(f"--out {args.out} is a folder; make-mask writes a PNG file, e.g. --out {args.out / 'mask.png'}")
     width, height = args.size
     card, _ = find_card(args.model)
     layout_source(card, args.layout)  # a kind the model lacks: one line before anything loads

@@ -104,6 +104,7 @@ class TileSetWriter:
                                    "--resume to finish it")
             if not meta_path.is_file():
                 raise DatasetError(f"{self.out} is not a data set folder (no dataset.json); not deleting it")
+            self._read_meta(meta_path)  # made by this tool (its format), or not deleted
             shutil.rmtree(self.out)
         (self.out / "images").mkdir(parents=True, exist_ok=True)
         (self.out / "masks").mkdir(exist_ok=True)

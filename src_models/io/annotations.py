@@ -49,6 +49,12 @@ AREA_TYPES = ("Polygon", "MultiPolygon")
 OTHER_TYPES = ("Point", "MultiPoint", "LineString", "MultiLineString")
 OVERLAP_RULES = ("last", "class-map")
 MAX_RASTER_PIXELS = 2 * 89_478_485  # one rasterised window at most (as for mask files)
+# untrusted vector input, bounded before any work (each limit said in one line when exceeded)
+MAX_GEOJSON_BYTES = 1 << 30  # a GeoJSON file
+MAX_FEATURES = 1_000_000  # features in one file
+MAX_VERTICES = 5_000_000  # vertices of all rings of one file together (80 MB as float64 pairs)
+MAX_COORDINATE = 1e9  # |x|, |y| in px: far beyond any slide (a 1e9 px side is 250 m at 0.25 µm/px)
+CROSSINGS_PER_BATCH = 1 << 19  # edge-row crossings computed at once: rasterising memory stays bounded
 
 
 class AnnotationError(DiffInfiniteError, ValueError):
@@ -143,6 +149,8 @@ def _class_name(props) -> tuple[str, tuple[int, int, int] | None]:
 def _ring(coords, where: str) -> np.ndarray:
     try:
         arr = np.asarray(coords, dtype=np.float64)
+    except OverflowError:
+        raise AnnotationError(f"{where}: a coordinate is beyond {MAX_COORDINATE:g} px") from None
     except (TypeError, ValueError):
         raise AnnotationError(f"{where}: coordinates must be [x, y] number pairs") from None
     if arr.ndim != 2 or arr.shape[1] < 2:
@@ -150,6 +158,8 @@ def _ring(coords, where: str) -> np.ndarray:
     arr = arr[:, :2]
     if not np.isfinite(arr).all():
         raise AnnotationError(f"{where}: coordinates must be finite numbers")
+    if len(arr) and np.abs(arr).max() > MAX_COORDINATE:
+        raise AnnotationError(f"{where}: a coordinate is beyond {MAX_COORDINATE:g} px")
     if len(arr) > 1 and np.array_equal(arr[0], arr[-1]):
         arr = arr[:-1]
     if len(arr) < 3:
@@ -206,7 +216,11 @@ def parse_geojson(data, source: str = "annotations", offset: tuple[float, float]
         kind = data.get("type") if isinstance(data, dict) else type(data).__name__
         raise AnnotationError(f"{source}: not GeoJSON annotations (top level is {kind!r}; expected a "
                               "FeatureCollection, a Feature or a list of Features)")
+    if len(features) > MAX_FEATURES:
+        raise AnnotationError(f"{source}: {len(features):,} features, more than the {MAX_FEATURES:,} one file may "
+                              "hold; split the annotations into several files")
     out, skipped = [], {}
+    vertices = 0
     ox, oy = float(offset[0]), float(offset[1])
     for i, feat in enumerate(features):
         if not isinstance(feat, dict) or feat.get("type", "Feature") != "Feature":
@@ -216,6 +230,10 @@ def parse_geojson(data, source: str = "annotations", offset: tuple[float, float]
         if isinstance(got, str):
             skipped[got] = skipped.get(got, 0) + 1
             continue
+        vertices += sum(len(r) for poly in got for r in poly)
+        if vertices > MAX_VERTICES:
+            raise AnnotationError(f"{source}: more than {MAX_VERTICES:,} vertices (reached at {_describe(i, name)}); "
+                                  "simplify the polygons or split the file")
         if downsample != 1.0 or ox or oy:
             got = [[r * downsample + (ox, oy) for r in poly] for poly in got]
         out.append(Annotation(name, got, i, colour))
@@ -244,6 +262,10 @@ def read_geojson(path: str | Path, offset: tuple[float, float] = (0.0, 0.0), dow
     if path.is_dir():
         raise AnnotationError(f"annotations {path} is a directory; give a GeoJSON file")
     try:
+        size = path.stat().st_size
+        if size > MAX_GEOJSON_BYTES:
+            raise AnnotationError(f"{path} is {size / 2**20:,.0f} MiB, more than the {MAX_GEOJSON_BYTES >> 20:,} MiB "
+                                  "a GeoJSON file may be; split it")
         raw = path.read_bytes()
     except OSError as e:
         raise AnnotationError(f"cannot read {path}: {e.strerror}") from None
@@ -257,6 +279,8 @@ def read_geojson(path: str | Path, offset: tuple[float, float] = (0.0, 0.0), dow
         raise AnnotationError(f"{path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:
         raise AnnotationError(f"{path} is nested too deeply to be GeoJSON") from None
+    except ValueError as e:  # e.g. a number of more digits than Python converts
+        raise AnnotationError(f"{path} is not usable JSON ({str(e).splitlines()[0][:80]})") from None
     ann = parse_geojson(data, str(path), offset, downsample)
     if not ann.features and not allow_empty:
         what = ", ".join(f"{n} {k}" for k, n in ann.skipped.items())
@@ -344,19 +368,32 @@ def _fill_polygon(rings: list[np.ndarray], shape: tuple[int, int]) -> tuple[np.n
     rs = np.clip(np.ceil(ylo - 0.5).astype(np.int64), r_lo, r_hi)
     re = np.clip(np.ceil(yhi - 0.5).astype(np.int64), r_lo, r_hi)
     n = re - rs
-    total = int(n.sum())
-    bh, bw = r_hi - r_lo, c_hi - c_lo
-    if total == 0:
+    keep = n > 0
+    x1, y1, x2, y2, rs, n = x1[keep], y1[keep], x2[keep], y2[keep], rs[keep], n[keep]
+    if not len(n):
         return None
-    e = np.repeat(np.arange(len(n)), n)
-    starts = np.cumsum(n) - n
-    rows = rs[e] + (np.arange(total) - starts[e])
-    yc = rows + 0.5
-    xc = x1[e] + (yc - y1[e]) * (x2[e] - x1[e]) / (y2[e] - y1[e])
-    # a crossing at x toggles every pixel whose centre lies right of it: c + 0.5 > x
-    cols = np.clip(np.floor(xc - 0.5).astype(np.int64) + 1, c_lo, c_hi) - c_lo
-    toggles = np.bincount((rows - r_lo) * (bw + 1) + cols, minlength=bh * (bw + 1)).reshape(bh, bw + 1)
-    inside = (np.cumsum(toggles[:, :bw], axis=1) & 1).astype(bool)
+    bh, bw = r_hi - r_lo, c_hi - c_lo
+    toggles = np.zeros(bh * (bw + 1), dtype=np.uint8)  # parity of the crossings left of each pixel
+    # the crossings in batches of edges, so memory stays bounded by the block, not by edges x rows
+    ends = np.cumsum(n)
+    first = 0
+    while first < len(n):
+        base = int(ends[first - 1]) if first else 0
+        last = max(first + 1, int(np.searchsorted(ends, base + CROSSINGS_PER_BATCH, side="right")))
+        nb = n[first:last]
+        total = int(nb.sum())
+        e = np.repeat(np.arange(first, last), nb)
+        starts = np.repeat(np.cumsum(nb) - nb, nb)
+        rows = rs[e] + (np.arange(total) - starts)
+        yc = rows + 0.5
+        xc = x1[e] + (yc - y1[e]) * (x2[e] - x1[e]) / (y2[e] - y1[e])
+        # a crossing at x toggles every pixel whose centre lies right of it: c + 0.5 > x
+        cols = np.clip(np.floor(xc - 0.5).astype(np.int64) + 1, c_lo, c_hi) - c_lo
+        idx, count = np.unique((rows - r_lo) * (bw + 1) + cols, return_counts=True)
+        toggles[idx] ^= (count & 1).astype(np.uint8)
+        first = last
+    toggles = toggles.reshape(bh, bw + 1)
+    inside = (np.cumsum(toggles[:, :bw], axis=1, dtype=np.uint8) & 1).astype(bool)
     return inside, r_lo, c_lo
 
 

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from src_models.io.masks import MaskError, check_labels, load_mask
+from src_models.io.masks import JPEG_SUFFIXES, MaskError, check_labels, load_mask
+
+
+def _jpeg_note(path) -> str:
+    if str(path).lower().endswith(JPEG_SUFFIXES):
+        return "; JPEG compression changes label values: save label masks as PNG, TIFF or NPY"
+    return ""
 
 # the release's class names, by number of labels (index = label)
 RELEASE_CLASSES: dict[int, list[str]] = {
@@ -54,8 +60,9 @@ class ForeignMask:
             return (f"grey-coded {self.scheme}-class mask of the DiffInfinite release "
                     f"(grey values {', '.join(map(str, self.grey_values))} = labels "
                     f"{', '.join(map(str, self.present))})")
-        if self.kind == "labels" and self.scheme:
-            return f"label map in the release's {self.scheme}-class scheme (labels {', '.join(map(str, self.present))})"
+        if self.kind == "labels" and self.scheme:  # plain labels carry no scheme: it is a guess, said as one
+            return (f"label map with labels {', '.join(map(str, self.present))} (perhaps in the DiffInfinite "
+                    f"release's {self.scheme}-class scheme)")
         if self.kind == "labels":
             return f"label map with labels {', '.join(map(str, self.present))}"
         return f"label map in the model's classes (labels {', '.join(map(str, self.present))})"
@@ -163,6 +170,41 @@ def default_class_map(mask: ForeignMask, model_classes: list[str]) -> dict[int, 
     return mapping
 
 
+def guess_class_map(mask: ForeignMask, model_classes: list[str]) -> dict[int, int] | None:
+    """A class map worth suggesting, or None: only when every tissue label present has a model class
+    of the same name (a map that sends tissue to "unknown" is no suggestion)."""
+    if not mask.source_classes:
+        return None
+    by_name = {name.strip().lower(): i for i, name in enumerate(model_classes)}
+    mapping = {}
+    for label in mask.present:
+        if label == 0:
+            mapping[0] = 0
+            continue
+        names = mask.source_classes
+        target = by_name.get(names[label].strip().lower()) if label < len(names) else None
+        if not target:
+            return None
+        mapping[label] = target
+    return mapping if any(mapping.values()) else None
+
+
+def refusal(path, labels: np.ndarray, mask: ForeignMask, model_classes: list[str]) -> str:
+    """Why a mask does not fit a model, with its labels and their pixel counts, the model's classes by
+    name, and a class map only where one can be guessed well."""
+    values, counts = np.unique(np.asarray(labels), return_counts=True)
+    shown = ", ".join(f"{int(v)}: {int(c):,} px" for v, c in list(zip(values, counts))[:12])
+    shown += " ..." if len(values) > 12 else ""
+    classes = ", ".join(f"{i}={n}" for i, n in enumerate(model_classes))
+    text = (f"{path} has labels the model does not know ({shown}); the model's classes are {classes}; "
+            f"the file is a {mask.describe()}")
+    guess = guess_class_map(mask, model_classes)
+    if guess:
+        return f"{text}; map its labels by class name with --class-map {format_class_map(guess)}"
+    return (f"{text}; say which model class each label is with --class-map SOURCE=TARGET,... "
+            f"(label {int(values[-1])} to one of 1..{len(model_classes) - 1}, 0 only for unknown tissue)")
+
+
 def check_class_map(mapping: dict[int, int], model_classes: list[str]) -> None:
     bad = sorted(dst for dst in mapping.values() if dst >= len(model_classes))
     if bad:
@@ -185,7 +227,7 @@ def load_for_model(path, colours: list[str], classes: list[str], class_map: dict
     except MaskError as e:
         if found.kind == "model":
             raise
-        raise MaskError(f"{e}; it is a {found.describe()}: map its labels to the model's classes "
-                        f"(--class-map SOURCE=TARGET,…, e.g. {format_class_map(default_class_map(found, classes))})"
-                        ) from None
+        if class_map:  # the map given leaves labels the model lacks: name them
+            raise MaskError(f"{e}; the class map {format_class_map(class_map)} leaves them unmapped") from None
+        raise MaskError(refusal(path, labels, found, classes) + _jpeg_note(path)) from None
     return labels, found

@@ -12,6 +12,7 @@ from src_models.io.colours import hex_rgb
 # the most pixels a mask file may decode to: Pillow's own refusal threshold for PNG (twice its
 # MAX_IMAGE_PIXELS warning), applied to TIFF and NPY as well
 MAX_MASK_PIXELS = 2 * 89_478_485
+MAX_MASK_BYTES = 512 * 2**20  # and the most bytes it may decode to (a uint64 or RGBA-16 mask is 8 bytes a pixel)
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 MASK_EXTS = (".png", ".tif", ".tiff", ".npy")  # the label-mask files a folder is searched for
 
@@ -26,13 +27,17 @@ def _jpeg_hint(name: str) -> str:
     return ""
 
 
-def _check_pixels(path: Path, shape) -> None:
+def _check_pixels(path: Path, shape, itemsize: int = 1) -> None:
     n = 1
     for v in shape:
         n *= int(v)
     if n > MAX_MASK_PIXELS:
         raise MaskError(f"mask {path} has shape {tuple(int(v) for v in shape)} ({n / 1e6:,.0f} M values), more than "
                         f"the {MAX_MASK_PIXELS / 1e6:,.0f} M limit; give a smaller mask and stretch it with --scale or --size")
+    if n * int(itemsize) > MAX_MASK_BYTES:
+        raise MaskError(f"mask {path} decodes to {n * int(itemsize) / 2**20:,.0f} MiB ({tuple(int(v) for v in shape)} "
+                        f"values of {int(itemsize)} bytes), more than the {MAX_MASK_BYTES >> 20} MiB limit; save the "
+                        "labels as 8-bit (uint8) or give a smaller mask and stretch it with --scale or --size")
 
 
 def load_mask(path: str | Path, colours: list[str] | None = None) -> np.ndarray:
@@ -56,7 +61,7 @@ def load_mask(path: str | Path, colours: list[str] | None = None) -> np.ndarray:
     try:
         if suffix == ".npy":
             arr = np.load(path, allow_pickle=False, mmap_mode="r")
-            _check_pixels(path, arr.shape)
+            _check_pixels(path, arr.shape, arr.dtype.itemsize)
             arr = np.asarray(arr)
         elif suffix in (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"):
             if suffix in (".tif", ".tiff"):
@@ -65,11 +70,16 @@ def load_mask(path: str | Path, colours: list[str] | None = None) -> np.ndarray:
                 with tifffile.TiffFile(path) as tif:
                     if not tif.series:
                         raise MaskError(f"cannot read mask {path}: no image in the TIFF file")
-                    _check_pixels(path, tif.series[0].shape)
+                    _check_pixels(path, tif.series[0].shape, np.dtype(tif.series[0].dtype).itemsize)
                     arr = tif.series[0].asarray()
             else:
+                from PIL import Image
                 from skimage import io
 
+                with Image.open(path) as im:  # the header only: size and bytes before decoding
+                    bands = len(im.getbands())
+                    depth = 2 if im.mode in ("I;16", "I;16B", "I;16L") else 4 if im.mode in ("I", "F") else 1
+                    _check_pixels(path, (im.height, im.width, bands), depth)
                 arr = io.imread(path)
         else:
             raise MaskError(f"mask {path}: unsupported format {suffix!r} (use PNG, TIFF or NPY)")

@@ -21,6 +21,94 @@ class ModelError(DiffInfiniteError, ValueError):
     """A model directory, card or weights file that cannot be used (message says why)."""
 
 
+MAX_CARD_BYTES = 16 * 2**20
+MAX_CLASSES = 255  # labels are uint8
+MAX_FACTOR = 64  # pixels per latent pixel
+MAX_LATENT_CHANNELS = 64
+MAX_PATCH = 1024  # latent px
+
+
+def _number(v) -> bool:
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_fields(card: "ModelCard") -> None:
+    """Types and ranges, field by field."""
+    name = card.name if isinstance(card.name, str) else "?"
+
+    def bad(field: str, value, want: str) -> ModelError:
+        text = repr(value)
+        return ModelError(f"model card {name!r}: {field} is {text if len(text) <= 60 else text[:57] + '...'}, "
+                          f"expected {want}")
+
+    if not isinstance(card.name, str) or not card.name or len(card.name) > 200:
+        raise bad("name", card.name, "a name of 1 to 200 characters")
+    if (not isinstance(card.classes, list) or not 2 <= len(card.classes) <= MAX_CLASSES
+            or not all(isinstance(c, str) and 0 < len(c) <= 200 for c in card.classes)):
+        raise bad("classes", card.classes, f"a list of 2 to {MAX_CLASSES} class names")
+    if not isinstance(card.colours, list) or not all(isinstance(c, str) for c in card.colours):
+        raise bad("colours", card.colours, "a list of '#rrggbb' colours")
+    from src_models.io.colours import hex_rgb
+
+    for i, c in enumerate(card.colours):
+        try:
+            hex_rgb(c)
+        except Exception:  # noqa: BLE001 - any parse failure is the same mistake
+            raise bad(f"colours[{i}]", c, "a colour like '#rrggbb'") from None
+    for field in ("unet", "codec"):
+        value = getattr(card, field)
+        if not isinstance(value, dict):
+            raise bad(field, value, "an object")
+    for field in ("unet", "mask_model"):
+        value = getattr(card, field)
+        if value is None and field == "mask_model":
+            continue
+        if not isinstance(value, dict) or not isinstance(value.get("arch"), str) or not isinstance(value.get("config", {}), dict):
+            raise bad(field, value, "an object with an 'arch' name and a 'config' object")
+    codec = card.codec
+    if not _whole(codec.get("factor", 1)) or not 1 <= codec.get("factor", 1) <= MAX_FACTOR:
+        raise bad("codec.factor", codec.get("factor"), f"a whole number from 1 to {MAX_FACTOR}")
+    if not _whole(codec.get("channels", 4)) or not 1 <= codec.get("channels", 4) <= MAX_LATENT_CHANNELS:
+        raise bad("codec.channels", codec.get("channels"), f"a whole number from 1 to {MAX_LATENT_CHANNELS}")
+    if "scale" in codec and not (_number(codec["scale"]) and codec["scale"] > 0):
+        raise bad("codec.scale", codec["scale"], "a positive number")
+    lc = (codec.get("config") or {}).get("latent_channels") if isinstance(codec.get("config"), dict) else None
+    if lc is not None and (not _whole(lc) or not 1 <= lc <= MAX_LATENT_CHANNELS):
+        raise bad("codec.config.latent_channels", lc, f"a whole number from 1 to {MAX_LATENT_CHANNELS}")
+    def ints(v):
+        if isinstance(v, dict):
+            for x in v.values():
+                yield from ints(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                yield from ints(x)
+        elif _whole(v):
+            yield v
+
+    big = [v for v in ints(codec.get("config") or {}) if not -4096 <= v <= 4096]
+    if big:
+        raise bad("codec.config", big[0], "widths and counts of at most 4096")
+    if not _whole(card.patch_size) or not 4 <= card.patch_size <= MAX_PATCH:
+        raise bad("patch_size", card.patch_size, f"a whole number from 4 to {MAX_PATCH}")
+    if not _whole(card.default_steps) or not 1 <= card.default_steps <= 1000:
+        raise bad("default_steps", card.default_steps, "a whole number from 1 to 1000")
+    if not _number(card.default_omega) or not 0 <= card.default_omega <= 100:
+        raise bad("default_omega", card.default_omega, "a number from 0 to 100")
+    if card.pixel_size_um is not None and not (_number(card.pixel_size_um) and 0 < card.pixel_size_um < 1000):
+        raise bad("pixel_size_um", card.pixel_size_um, "a positive number of µm below 1000, or null")
+    if not isinstance(card.extra, dict):
+        raise bad("extra", card.extra, "an object")
+    for field in ("training_data", "licence", "description"):
+        if not isinstance(getattr(card, field), str):
+            raise bad(field, getattr(card, field), "text")
+
+
 @dataclass
 class ModelCard:
     name: str
@@ -54,6 +142,9 @@ class ModelCard:
         return self.patch_size * self.factor
 
     def validate(self) -> None:
+        """Every field checked for type and range before anything is built (a card may come from
+        anywhere): one :class:`ModelError` line naming the field."""
+        _check_fields(self)
         if len(self.colours) != len(self.classes):
             raise ModelError(f"model card {self.name!r}: {len(self.classes)} classes but {len(self.colours)} colours")
         if self.num_classes < 2:
@@ -62,7 +153,7 @@ class ModelCard:
             raise ModelError(f"model card {self.name!r}: unknown conditioning {self.conditioning!r}")
         if self.patch_size < 4:
             raise ModelError(f"model card {self.name!r}: patch_size {self.patch_size} is too small")
-        if self.pixel_size_um is not None and not (0 < float(self.pixel_size_um) < 1000):
+        if self.pixel_size_um is not None and not (_number(self.pixel_size_um) and 0 < float(self.pixel_size_um) < 1000):
             raise ModelError(f"model card {self.name!r}: pixel_size_um must be a positive number of µm")
 
     def to_dict(self) -> dict:
@@ -92,11 +183,17 @@ class ModelCard:
     def load(cls, directory: str | Path) -> "ModelCard":
         path = Path(directory) / CARD_FILE
         try:
+            if path.stat().st_size > MAX_CARD_BYTES:
+                raise ModelError(f"{path} is larger than {MAX_CARD_BYTES >> 20} MiB; a model card is a small JSON file")
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise ModelError(f"no {CARD_FILE} in {directory}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ModelError(f"{path} is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ModelError(f"{path} is nested too deeply to be a model card") from None
+        except ValueError as e:  # e.g. a number of more digits than Python converts
+            raise ModelError(f"{path} is not usable JSON ({str(e).splitlines()[0][:80]})") from None
         if not isinstance(data, dict):
             raise ModelError(f"{path} does not hold a JSON object")
         return cls.from_dict(data)

@@ -11,6 +11,7 @@ Model directory layout::
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -35,6 +36,7 @@ def load_model(spec: str | Path = "default", device: str | torch.device = "cpu")
             return load_release_checkpoint(directory).to(device)
         raise ModelError(f"{directory} is a file; a model is a directory with card.json and safetensors weights")
     card = ModelCard.load(directory)
+    check_sizes(card)
     unet = build_network(card.unet)
     load_safetensors_into(unet, directory / "unet.safetensors")
     unet.eval()
@@ -46,6 +48,37 @@ def load_model(spec: str | Path = "default", device: str | torch.device = "cpu")
         load_safetensors_into(mask_unet, directory / "mask_unet.safetensors")
         mask_unet.eval()
     return Model(card, unet, codec, directory, mask_unet).to(device)
+
+
+def _memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def check_sizes(card: ModelCard) -> None:
+    """Build the card's networks on the meta device (nothing allocated) and refuse, in one line,
+    a card whose networks cannot be built or would not fit this machine's memory."""
+    total = 0
+    for field in ("unet", "mask_model"):
+        spec = getattr(card, field)
+        if spec is None:
+            continue
+        try:
+            with torch.device("meta"):
+                net = build_network(spec)
+            total += sum(p.numel() * p.element_size() for p in net.parameters())
+        except ModelError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a config no network accepts
+            text = str(e).strip().splitlines()
+            raise ModelError(f"model card {card.name!r}: {field} config does not build a network "
+                             f"({type(e).__name__}{': ' + text[0][:100] if text else ''})") from None
+    memory = _memory_bytes()
+    if total > memory // 2:
+        raise ModelError(f"model card {card.name!r}: its networks hold {total / 2**30:,.1f} GiB of weights, more "
+                         f"than half this machine's {memory / 2**30:,.0f} GiB of memory; is the card right?")
 
 
 def find_card(spec: str | Path) -> tuple[ModelCard, Model | None]:

@@ -19,6 +19,9 @@ STATE = "diffinfinite/region_state"
 LATENT = "diffinfinite/latent"
 MASK_SOURCE = "diffinfinite/mask_source"
 MASK_WRITTEN = "diffinfinite/mask_written"
+STATE_COPY = "diffinfinite/region_state_copy"  # the second record of region_state, written after it
+MASK_CRC = "diffinfinite/mask_crc"  # (mask chunks down, across) uint64: 2**32 + CRC-32 of each written mask chunk
+LAYOUT = 2  # info["layout"]: canvases that have region_state_copy and mask_crc
 STATE_CHUNK = 64  # regions per side of one region_state chunk
 
 # region states (column 0 of region_state)
@@ -56,8 +59,8 @@ def _reason(e: Exception) -> str:
 
 
 def _io_error(path: Path, e: OSError, reading: bool = False) -> CanvasError:
-    if e.errno == errno.ENOSPC:
-        return CanvasError(f"disk full while writing {path}; finished regions are kept, free space and resume")
+    if e.errno == errno.ENOSPC:  # (whether any region was finished is not known here: said neutrally)
+        return CanvasError(f"disk full while writing {path}; whatever was finished is kept: free space and resume")
     if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-        return CanvasError(f"{path} is not writable ({e.strerror}); finished regions are kept")
+        return CanvasError(f"{path} is not writable ({e.strerror}); nothing finished there was changed")
     return CanvasError(f"cannot {'read' if reading else 'write'} {path}: {e.strerror or e}")

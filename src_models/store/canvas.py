@@ -35,9 +35,10 @@ import zarr
 from src_models.durable import fsync_dir as _fsync_dir
 from src_models.durable import fsync_file as _fsync_file
 from src_models.durable import fsync_tree as _fsync_tree
-from src_models.store import ngff
-from src_models.store.base import (CHUNK, COPIED, FORMAT, LATENT, LEGACY_LOCK_FILE, LOCK_SUFFIX, MASK_SOURCE,
-                                   MASK_WRITTEN, PENDING, SAMPLED, SKIPPED, STATE, STATE_CHUNK, CanvasDamagedError,
+from src_models.store import ngff, safety
+from src_models.store.base import (CHUNK, COPIED, FORMAT, LATENT, LAYOUT, LEGACY_LOCK_FILE, LOCK_SUFFIX, MASK_CRC,
+                                   MASK_SOURCE, MASK_WRITTEN, PENDING, SAMPLED, SKIPPED, STATE, STATE_CHUNK, STATE_COPY,
+                                   CanvasDamagedError,
                                    CanvasError, CanvasLockedError, _check_json, _io_error, _reason, crc)
 from src_models.store.locks import _acquire_legacy_lock, _acquire_lock, _release_lock, lock_path
 from src_models.store.mask_source import MaskSource, MaskView, _create_mask_arrays, nearest_index
@@ -75,6 +76,7 @@ class Canvas(RegionState, Pyramid, MaskSource, LegacyLayout):
         self._dirty: set = set()  # chunk files written and not fsync'd yet
         self._synced_dirs: set = set()
         self._stale: set[int] = set()  # finished regions rewritten since their checksums were taken
+        self._replaces: Path | None = None  # overwrite: the canvas this one replaces at its first region
         try:
             attrs = group.attrs.asdict()
         except Exception as e:
@@ -82,8 +84,12 @@ class Canvas(RegionState, Pyramid, MaskSource, LegacyLayout):
         info = attrs.get("diffinfinite")
         if not isinstance(info, dict) or info.get("format") != FORMAT:
             raise CanvasError(f"{path} is not a napari-diffinfinite canvas")
+        _check_info(path, info)
         self.info: dict = info
-        self.legacy = not self._exists(STATE) or not self._exists(MASK_WRITTEN)
+        self.state_problems: list[str] = []  # what reading the region state found and restored
+        self.state_restored: set[int] = set()  # regions whose row was taken from the second record
+        self.restored: list[str] = []  # what opening for writing restored (said by the repair)
+        self.legacy = self._is_legacy()
         if writable:  # a writer meets damaged metadata here, in one line; a reader when it reads
             self.check()
 
@@ -105,6 +111,10 @@ class Canvas(RegionState, Pyramid, MaskSource, LegacyLayout):
         overwrite: bool = False,
         settings: dict | None = None,
         chunk: int = CHUNK,
+        info: dict | None = None,
+        inputs=(),
+        replace_when_sampled: bool = False,
+        option: str = "--out",
     ) -> "Canvas":
         """Create an empty canvas of ``height`` x ``width`` px (nothing is allocated).
 
@@ -112,34 +122,67 @@ class Canvas(RegionState, Pyramid, MaskSource, LegacyLayout):
         ``pixel_size_um`` (the model's µm per image pixel) goes into the NGFF scales; when it is
         unknown the axes carry no unit.  The writer lock is taken before anything is deleted or
         made, so ``overwrite`` never touches a canvas another process is writing.
+
+        Nothing but a canvas this tool made is ever replaced (:mod:`src_models.store.safety`): not
+        a file, a folder of other things, the current directory or a folder holding one of
+        ``inputs`` (the run's input files).  The canvas is built beside ``path`` and renamed into
+        place whole, its attributes ``info`` included, so a kill at any moment leaves nothing or a
+        canvas that resumes.  ``overwrite`` swaps the new canvas for the old one in one step: at
+        once, or (``replace_when_sampled``) when its first region is finished, so a run stopped
+        before that leaves the old canvas as it was (:meth:`close` then removes the new one).
         """
         path = Path(path)
         _check_layout(height, width, factor, region_size, pixel_size_um)
         _check_json(settings or {}, "settings")
+        _check_json(info or {}, "canvas attributes")
+        safety.check_out_path(path, inputs, option=option)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise _io_error(path, e) from None
-        lock_fd = _acquire_lock(path)
+        real = safety.real_path(path)  # a link is followed: the canvas is made (and locked) where it points
         try:
-            if path.exists() or path.is_symlink():
+            real.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _io_error(path, e) from None
+        lock_fd = _acquire_lock(real)
+        build = None
+        try:
+            replacing = real.exists()
+            if replacing:
                 if not overwrite:
-                    raise CanvasError(f"{path} already exists (use overwrite, or open it to resume)")
-                _acquire_legacy_lock(path)
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-            path.mkdir()
-            group = zarr.open_group(str(path), mode="w", zarr_format=3)
+                    raise CanvasError(f"{path} already exists ({safety.describe(path)}); use overwrite to replace a "
+                                      "canvas, or open it to resume")
+                safety.check_replaceable(path, inputs, option=option)
+                _acquire_legacy_lock(real)
+            for old in safety.leftovers(real):  # what a killed run of this tool left beside it
+                shutil.rmtree(old, ignore_errors=True)
+            build = safety.build_path(real)
+            build.mkdir()
+            group = zarr.open_group(str(build), mode="w", zarr_format=3)
             _lay_out(group, height, width, factor, latent_channels, region_size, chunk)
             _describe(group, height, width, factor, latent_channels, region_size, classes, colours, pixel_size_um,
-                      settings)
-            _fsync_tree(path)
-        except CanvasError:
-            _release_lock(lock_fd, path)
+                      settings, info)
+            _fsync_tree(build)
+            if not replacing:  # the canvas appears whole, or not at all
+                safety.rename_new(build, real)
+                _fsync_dir(real.parent)
+                build = None
+            elif not replace_when_sampled:
+                _swap(build, real)
+                build = None
+        except BaseException as e:
+            if build is not None:
+                shutil.rmtree(build, ignore_errors=True)
+            _release_lock(lock_fd, real)
+            if isinstance(e, OSError):
+                raise _io_error(path, e) from None
             raise
-        except OSError as e:
-            _release_lock(lock_fd, path)
-            raise _io_error(path, e) from None
-        return cls(path, group, True, lock_fd)
+        if build is None:
+            return cls(path, zarr.open_group(str(path), mode="r+"), True, lock_fd)
+        canvas = cls(build, group, True, lock_fd)  # swapped in by its first finished region
+        canvas._replaces = path
+        return canvas
 
 
     @classmethod
@@ -148,7 +191,7 @@ class Canvas(RegionState, Pyramid, MaskSource, LegacyLayout):
         path = Path(path)
         if not (path / "zarr.json").exists():
             raise CanvasError(f"{path} is not a canvas (no zarr.json)")
-        lock_fd = _acquire_lock(path) if mode == "r+" else None
+        lock_fd = _acquire_lock(safety.real_path(path)) if mode == "r+" else None
         try:
             try:
                 group = zarr.open_group(str(path), mode="r+" if mode == "r+" else "r")
@@ -158,9 +201,14 @@ class Canvas(RegionState, Pyramid, MaskSource, LegacyLayout):
             if canvas.writable and canvas.legacy:
                 _acquire_legacy_lock(path)
                 canvas._migrate()
+            elif canvas.writable and canvas.has_state_copy:
+                canvas.state_table()  # a lost or damaged record of the region state is restored from the other
+                canvas.restored = list(canvas.state_problems)
+                if canvas.restored:
+                    canvas.rewrite_state()
             return canvas
         except BaseException:
-            _release_lock(lock_fd, path)
+            _release_lock(lock_fd, safety.real_path(path))
             raise
 
 
@@ -169,8 +217,27 @@ class Canvas(RegionState, Pyramid, MaskSource, LegacyLayout):
             if self.writable and (self._dirty or self._stale):
                 self.settle()
         finally:
-            _release_lock(self._lock_fd, self.path)
+            if self._replaces is not None:  # nothing finished: the old canvas stays, the new one goes
+                build, self._replaces, final = self.path, None, self._replaces
+                self.path = final
+                shutil.rmtree(build, ignore_errors=True)
+            _release_lock(self._lock_fd, safety.real_path(self.path))
             self._lock_fd = None
+
+
+    def _swap_in(self) -> None:
+        """Put this canvas (built beside the one it replaces) in place of the old one, in one step."""
+        final, build = self._replaces, self.path
+        self.flush()
+        try:
+            _swap(build, safety.real_path(final))
+        except OSError as e:
+            raise _io_error(final, e) from None
+        self._replaces = None
+        self.path = final
+        self.group = zarr.open_group(str(final), mode="r+")
+        self._arrays.clear()
+        self._synced_dirs.clear()
 
 
     def __enter__(self):
@@ -202,22 +269,67 @@ class Canvas(RegionState, Pyramid, MaskSource, LegacyLayout):
         return (self.path / name / "zarr.json").exists()
 
 
+    def _is_legacy(self) -> bool:
+        """A canvas of the marker-file layout (read as it is, migrated when opened for writing).
+        A canvas of the current layout that lost its region state is not one: :meth:`check`
+        names the loss, or the second record restores it."""
+        if int(self.info.get("layout", 1) or 1) >= LAYOUT:
+            return False
+        has_state, has_written = self._exists(STATE), self._exists(MASK_WRITTEN)
+        if has_state and has_written:
+            return False
+        return (self.path / "diffinfinite" / "regions").is_dir() or not has_written
+
+
+    @property
+    def has_state_copy(self) -> bool:
+        return int(self.info.get("layout", 1) or 1) >= LAYOUT
+
+
     def check(self) -> None:
         """Open every array the canvas needs: damaged metadata becomes one CanvasDamagedError."""
         try:
             levels = len(self.group.attrs["ome"]["multiscales"][0]["datasets"])
         except Exception:
             raise CanvasDamagedError(f"{self.path} is damaged: its zarr.json has no OME multiscales") from None
-        for level in range(levels):
-            self._array(str(level))
-        self._array("labels/mask/0")
-        self._array(LATENT)
+        shapes = pyramid_shapes(self.height, self.width)
+        if levels != len(shapes):
+            raise CanvasDamagedError(f"{self.path} is damaged: its zarr.json lists {levels} pyramid levels, a "
+                                     f"{self.width}x{self.height} canvas has {len(shapes)}; restore zarr.json from a backup")
+        for level, (h, w) in enumerate(shapes):
+            self._expect(str(level), (3, h, w), "uint8")
+        lh, lw = self.latent_shape
+        self._expect("labels/mask/0", (lh, lw), "uint8")
+        channels = int(self.info.get("latent_channels", self._array(LATENT).shape[0]))
+        self._expect(LATENT, (channels, lh, lw), "float32")
         if not self.legacy:
-            self._array(STATE)
-            self._array(MASK_WRITTEN)
+            size, ny, nx = self.region_grid
+            if self.has_state_copy:
+                for name in (STATE, STATE_COPY):  # one of the two may be lost: the other restores it
+                    if self._exists(name):
+                        self._expect(name, (ny, nx, 4), "uint64")
+                if not (self._exists(STATE) or self._exists(STATE_COPY)):
+                    raise CanvasDamagedError(
+                        f"{self.path} is damaged: {STATE} and its second record are both missing, so the finished "
+                        "regions cannot be known; restore them from a backup (nothing was changed)")
+                self._expect(MASK_CRC, None, "uint64")
+            else:
+                self._expect(STATE, (ny, nx, 4), "uint64")
+            self._expect(MASK_WRITTEN, None, "uint8")
         self._jobs_attrs()
         if self.has_mask_source:
             self._array(MASK_SOURCE)
+
+
+    def _expect(self, name: str, shape, dtype: str) -> None:
+        """An array must have the shape and type the canvas's metadata implies (a wrong one in its
+        zarr.json would make a repair write the wrong thing)."""
+        arr = self._array(name)
+        if str(arr.dtype) != dtype or (shape is not None and tuple(arr.shape) != tuple(shape)):
+            want = f"{dtype} {tuple(shape)}" if shape is not None else dtype
+            raise CanvasDamagedError(
+                f"{self.path} is damaged: {name}/zarr.json says {arr.dtype} {tuple(arr.shape)}, this canvas stores "
+                f"{want}; restore {name}/zarr.json from a backup (nothing was changed; its chunks are untouched)")
 
 
     def _read(self, name: str, sel) -> np.ndarray:
@@ -364,6 +476,52 @@ class Canvas(RegionState, Pyramid, MaskSource, LegacyLayout):
             raise CanvasError(f"{self.path} is open read-only")
 
 
+def _swap(build: Path, real: Path) -> None:
+    """Exchange the canvas built at ``build`` with the old one at ``real``, then delete the old one
+    (now at ``build``'s name; a kill before that leaves it to the next run's clean-up)."""
+    safety.exchange(build, real)
+    _fsync_dir(real.parent)
+    shutil.rmtree(build, ignore_errors=True)
+
+
+def _check_info(path: Path, info: dict) -> None:
+    """The canvas's own metadata, field by field: a damaged value is named in one line (a reader, a
+    resume or a repair never goes on from numbers it cannot trust)."""
+    def bad(field: str, value, want: str) -> CanvasDamagedError:
+        text = repr(value)
+        text = text if len(text) <= 60 else text[:57] + "..."
+        return CanvasDamagedError(f"{path} is damaged: its metadata (zarr.json, diffinfinite.{field}) is {text}, "
+                                  f"expected {want}; restore zarr.json from a backup (nothing was changed)")
+
+    def whole(field: str, low: int = 1) -> int:
+        v = info.get(field)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low or v > 2**40:
+            raise bad(field, v, f"a whole number of at least {low}")
+        return v
+
+    h, w, f = whole("height"), whole("width"), whole("factor")
+    whole("latent_channels")
+    r = info.get("region_size")
+    if isinstance(r, bool) or not isinstance(r, int) or r <= 0 or r % f:
+        raise bad("region_size", r, f"a positive multiple of the latent factor {f}")
+    if h % f or w % f:
+        raise bad("height" if h % f else "width", h if h % f else w, f"a multiple of the latent factor {f}")
+    classes, colours = info.get("classes"), info.get("colours")
+    if not isinstance(classes, list) or not classes or len(classes) > 255 or not all(isinstance(c, str) for c in classes):
+        raise bad("classes", classes, "a list of 1 to 255 class names")
+    if not isinstance(colours, list) or len(colours) != len(classes) or not all(isinstance(c, str) for c in colours):
+        raise bad("colours", colours, f"a list of {len(classes)} colours")
+    px = info.get("pixel_size_um")
+    if px is not None and (isinstance(px, bool) or not isinstance(px, (int, float)) or not math.isfinite(px) or px <= 0):
+        raise bad("pixel_size_um", px, "a positive number of µm or null")
+    if not isinstance(info.get("settings", {}), dict):
+        raise bad("settings", info.get("settings"), "an object of run settings")
+    source = info.get("mask_source")
+    if source and (not isinstance(source, list) or len(source) != 2
+                   or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in source)):
+        raise bad("mask_source", source, "the [height, width] of the mask source")
+
+
 def _check_layout(height: int, width: int, factor: int, region_size: int, pixel_size_um: float | None) -> None:
     if height <= 0 or width <= 0:
         raise CanvasError(f"canvas size must be positive, got {width}x{height}")
@@ -392,14 +550,16 @@ def _lay_out(group: zarr.Group, height: int, width: int, factor: int, latent_cha
                        dtype="float32", fill_value=0.0, config={"write_empty_chunks": True})
     size = region_size // factor
     ny, nx = math.ceil(lh / size), math.ceil(lw / size)
-    state.create_array("region_state", shape=(ny, nx, 4), chunks=(min(STATE_CHUNK, ny), min(STATE_CHUNK, nx), 4),
-                       dtype="uint64", fill_value=0, config={"write_empty_chunks": True})
+    for name in ("region_state", "region_state_copy"):  # the copy: a second record, written after the first
+        state.create_array(name, shape=(ny, nx, 4), chunks=(min(STATE_CHUNK, ny), min(STATE_CHUNK, nx), 4),
+                           dtype="uint64", fill_value=0, config={"write_empty_chunks": True})
     state.attrs["jobs"] = {}
     _create_mask_arrays(group, (lh, lw), len(pyramid_shapes(height, width)), chunk)
 
 
 def _describe(group: zarr.Group, height: int, width: int, factor: int, latent_channels: int, region_size: int,
-              classes: list[str], colours: list[str], pixel_size_um: float | None, settings: dict | None) -> None:
+              classes: list[str], colours: list[str], pixel_size_um: float | None, settings: dict | None,
+              info: dict | None = None) -> None:
     """The attributes of a new canvas: NGFF metadata of the image and its mask, and the store's own."""
     levels = len(pyramid_shapes(height, width))
     group.attrs["ome"] = ngff.rgb_pyramid("synthetic H&E", levels, pixel_size_um)
@@ -420,4 +580,6 @@ def _describe(group: zarr.Group, height: int, width: int, factor: int, latent_ch
         "colours": list(colours),
         "pixel_size_um": pixel_size_um,
         "settings": settings or {},
+        "layout": LAYOUT,
+        **(info or {}),
     }

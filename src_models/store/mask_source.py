@@ -12,7 +12,7 @@ import numpy as np
 import zarr
 
 from src_models.durable import fsync_tree
-from src_models.store.base import MASK_SOURCE, MASK_WRITTEN, CanvasError, _io_error
+from src_models.store.base import MASK_CRC, MASK_SOURCE, MASK_WRITTEN, CanvasDamagedError, CanvasError, _io_error, crc
 from src_models.store.pyramid import halvings
 
 
@@ -103,6 +103,11 @@ def _create_mask_arrays(group: zarr.Group, shape: tuple[int, int], levels: int, 
     grid = (math.ceil(shape[0] / ch[0]), math.ceil(shape[1] / ch[1]))
     group.require_group("diffinfinite").create_array(
         "mask_written", shape=grid, chunks=tuple(min(1024, g) for g in grid), dtype="uint8", fill_value=0,
+        overwrite=overwrite, config={"write_empty_chunks": True})
+    # the signature of every written level-0 mask chunk (2**32 + CRC-32; 0: none written): verify
+    # finds a mask changed behind the tool's back, and it is the second record of mask_written
+    group.require_group("diffinfinite").create_array(
+        "mask_crc", shape=grid, chunks=tuple(min(1024, g) for g in grid), dtype="uint64", fill_value=0,
         overwrite=overwrite, config={"write_empty_chunks": True})
 
 
@@ -230,7 +235,7 @@ class MaskSource:
             levels = self.mask_levels
             lh, lw = self.latent_shape
             _create_mask_arrays(self.group, (lh, lw), levels, self._mask_chunk()[0], overwrite=True)
-            for name in [f"labels/mask/{i}" for i in range(levels)] + [MASK_WRITTEN, MASK_SOURCE]:
+            for name in [f"labels/mask/{i}" for i in range(levels)] + [MASK_WRITTEN, MASK_SOURCE, MASK_CRC]:
                 self._arrays.pop(name, None)
             g = self.group["diffinfinite"]
             g.create_array("mask_source", shape=labels.shape, chunks=tuple(min(1024, s) for s in labels.shape),
@@ -239,7 +244,8 @@ class MaskSource:
             fsync_tree(self.path / MASK_SOURCE)
             self._written = np.zeros(self._array(MASK_WRITTEN).shape, dtype=bool)
             self._source = labels.astype(np.uint8)
-            self.set_info(mask_source=[int(labels.shape[0]), int(labels.shape[1])])
+            self.set_info(mask_source=[int(labels.shape[0]), int(labels.shape[1])],
+                          mask_source_crc=crc(self._source))
         except OSError as e:
             raise _io_error(self.path, e) from None
 
@@ -297,6 +303,103 @@ class MaskSource:
                     break
                 src = self._read(f"labels/mask/{level - 1}", (slice(2 * y0, 2 * y1, 2), slice(2 * x0, 2 * x1, 2)))
                 self.mask_level(level)[y0:y1, x0:x1] = src
+            self._record_mask_crc(cys, cxs)
             self._set_written(cys, cxs)
         except OSError as e:
             raise _io_error(self.path, e) from None
+
+
+    # ---------------------------------------------------------------- the mask's signatures
+    def _mask_chunk_box(self, cy: int, cx: int) -> tuple[slice, slice]:
+        ch, cw = self._mask_chunk()
+        lh, lw = self.latent_shape
+        return slice(cy * ch, min(lh, (cy + 1) * ch)), slice(cx * cw, min(lw, (cx + 1) * cw))
+
+
+    def _record_mask_crc(self, cys: range, cxs: range) -> None:
+        """Record the signature of the level-0 mask chunks just written (durably, after them)."""
+        if not getattr(self, "has_state_copy", False) or not self._exists(MASK_CRC):
+            return
+        lh, lw = self.latent_shape
+        ch, cw = self._mask_chunk()
+        self._sync_chunks("labels/mask/0", [(cys.start * ch, min(lh, cys.stop * ch)),
+                                            (cxs.start * cw, min(lw, cxs.stop * cw))], now=True)
+        sig = np.zeros((len(cys), len(cxs)), dtype=np.uint64)
+        for i, cy in enumerate(cys):
+            for j, cx in enumerate(cxs):
+                sig[i, j] = (1 << 32) + crc(self._read("labels/mask/0", self._mask_chunk_box(cy, cx)))
+        self._array(MASK_CRC)[cys.start : cys.stop, cxs.start : cxs.stop] = sig
+        self._sync_chunks(MASK_CRC, [(cys.start, cys.stop), (cxs.start, cxs.stop)], now=True)
+
+
+    def check_mask(self) -> tuple[list[str], dict]:
+        """The mask against the signatures recorded when it was stored: (problems in words, what
+        can be restored: ``written`` (chunk index pairs whose mask_written flag was lost) and
+        ``unsigned`` (written chunks whose signature was lost)).  A changed or unreadable chunk
+        cannot be restored by the tool (it is the user's mask)."""
+        problems, fix = [], {"written": [], "unsigned": []}
+        if not getattr(self, "has_state_copy", False) or self.legacy:
+            return problems, fix
+        try:
+            sig = self._read(MASK_CRC, slice(None))
+        except CanvasDamagedError:
+            return [f"the mask's signatures ({MASK_CRC}) cannot be read"], fix
+        written = self._read(MASK_WRITTEN, slice(None)).astype(bool)
+        changed, unreadable = [], []
+        for cy, cx in zip(*np.nonzero(sig)):
+            try:
+                block = self._read("labels/mask/0", self._mask_chunk_box(int(cy), int(cx)))
+            except CanvasDamagedError:
+                unreadable.append((int(cy), int(cx)))
+                continue
+            if (1 << 32) + crc(block) != int(sig[cy, cx]):
+                changed.append((int(cy), int(cx)))
+            elif not written[cy, cx]:
+                fix["written"].append((int(cy), int(cx)))
+        fix["unsigned"] = [(int(a), int(b)) for a, b in zip(*np.nonzero(written & (sig == 0)))]
+        ch, cw = self._mask_chunk()
+        where = lambda cells: ", ".join(f"y {a * ch} x {b * cw}" for a, b in cells[:5]) + (" ..." if len(cells) > 5 else "")  # noqa: E731
+        if changed:
+            problems.append(f"{len(changed)} mask chunk(s) differ from the mask that was stored (latent px {where(changed)})")
+        if unreadable:
+            problems.append(f"{len(unreadable)} mask chunk(s) cannot be read (latent px {where(unreadable)})")
+        if fix["written"]:
+            problems.append(f"{len(fix['written'])} mask chunk(s) are not marked written in {MASK_WRITTEN} though "
+                            "their signature matches (restored by a resume)")
+        if fix["unsigned"]:
+            problems.append(f"{len(fix['unsigned'])} written mask chunk(s) lost their signature in {MASK_CRC} "
+                            "(signed again by a resume)")
+        if self.has_mask_source and "mask_source_crc" in self.info:
+            try:
+                if crc(self._read(MASK_SOURCE, slice(None))) != int(self.info["mask_source_crc"]):
+                    problems.append("the mask source differs from the mask that was stored")
+            except CanvasDamagedError:
+                problems.append("the mask source cannot be read")
+        return problems, fix
+
+
+    def restore_mask_records(self, fix: dict) -> None:
+        """Put back what :meth:`check_mask` found restorable: lost written flags, lost signatures."""
+        self._check_writable()
+        for cy, cx in fix.get("written", []):
+            self._set_written(range(cy, cy + 1), range(cx, cx + 1))
+        for cy, cx in fix.get("unsigned", []):
+            self._record_mask_crc(range(cy, cy + 1), range(cx, cx + 1))
+        self._sync_chunks(MASK_WRITTEN, [(0, self._array(MASK_WRITTEN).shape[0]), (0, self._array(MASK_WRITTEN).shape[1])])
+        self.flush()
+
+
+    def accept_mask(self) -> None:
+        """Sign the mask as it is now (the user's own change made outside the tool)."""
+        self._check_writable()
+        if not self._exists(MASK_CRC):
+            return
+        sig = self._read(MASK_CRC, slice(None))
+        written = self._mask_written()
+        cells = sorted({(int(a), int(b)) for a, b in zip(*np.nonzero(sig | written.astype(np.uint64)))})
+        for cy, cx in cells:
+            self._read("labels/mask/0", self._mask_chunk_box(cy, cx))  # unreadable: say so, sign nothing
+        for cy, cx in cells:
+            self._record_mask_crc(range(cy, cy + 1), range(cx, cx + 1))
+        if self.has_mask_source:
+            self.set_info(mask_source_crc=crc(self._read(MASK_SOURCE, slice(None))))

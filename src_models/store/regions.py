@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from src_models.durable import fsync_file
-from src_models.store.base import (COPIED, LATENT, PENDING, SAMPLED, SKIPPED, STATE, STATE_CHUNK, CanvasDamagedError,
-                                   CanvasError, _io_error, _reason, crc)
+from src_models.store.base import (COPIED, LATENT, PENDING, SAMPLED, SKIPPED, STATE, STATE_CHUNK, STATE_COPY,
+                                   CanvasDamagedError, CanvasError, _io_error, _reason, crc)
 
 
 @dataclass(frozen=True)
@@ -112,11 +112,90 @@ class RegionState:
             return self._state
         if self.legacy:
             table = self._legacy_table()
+        elif self.has_state_copy:
+            table = self._reconciled_table()
         else:
             table = self._read(STATE, slice(None))
         if self.writable:
             self._state = table
         return table
+
+
+    def _read_record(self, name: str):
+        """One record of the region state, or (None, why) when it is lost or cannot be read."""
+        if not self._exists(name):
+            return None, f"{name} is missing"
+        try:
+            return self._read(name, slice(None)), None
+        except CanvasDamagedError:
+            return None, f"{name} cannot be read (damaged chunk)"
+
+
+    def _reconciled_table(self) -> np.ndarray:
+        """The region state from its two records.  Where they differ (one lost, zeroed, damaged
+        or a write between them interrupted), each differing region takes the row whose checksums
+        match its data, else the one that says finished (verify then checks that row against the
+        data); ``state_problems`` says what was found, ``state_restored`` which regions."""
+        main, why_main = self._read_record(STATE)
+        copy, why_copy = self._read_record(STATE_COPY)
+        problems = [w for w in (why_main, why_copy) if w]
+        if main is None and copy is None:
+            raise CanvasDamagedError(f"{self.path} is damaged: {why_main} and so is its second record "
+                                     f"({why_copy}); the finished regions cannot be known")
+        if main is None or copy is None:
+            table = (copy if main is None else main).copy()
+            differ = np.flatnonzero(table[..., 0].ravel() != PENDING)
+        else:
+            table = main.copy()
+            differ = np.flatnonzero((main != copy).any(axis=-1).ravel())
+        if len(differ):
+            if main is not None and copy is not None:
+                problems.append(f"{STATE} and its second record disagree on {len(differ)} region(s)")
+            size, ny, nx = self.region_grid
+            restored = set()
+            for index in differ.tolist():
+                iy, ix = divmod(index, nx)
+                rows = [r[iy, ix] for r in (main, copy) if r is not None]
+                done = [r for r in rows if int(r[0]) != PENDING]
+                if not done:
+                    continue
+                pick = done[0]
+                if len(done) > 1 or (main is not None and copy is not None):
+                    try:
+                        sums = self.region_checksums(self.region(index))
+                    except CanvasDamagedError:
+                        sums = None
+                    matching = [r for r in done if sums is not None and (int(r[1]), int(r[2])) == sums]
+                    pick = matching[0] if matching else done[0]
+                if main is None or not np.array_equal(pick, main[iy, ix]):
+                    restored.add(index)
+                table[iy, ix] = pick
+            self.state_restored = restored
+        self.state_problems = problems
+        return table
+
+
+    def rewrite_state(self) -> None:
+        """Write the region state whole to both records (after :meth:`state_table` restored it)."""
+        self._check_writable()
+        table = self.state_table()
+        size, ny, nx = self.region_grid
+        arrays = [STATE, STATE_COPY] if self.has_state_copy else [STATE]
+        try:
+            for name in arrays:
+                if not self._exists(name):
+                    self.group["diffinfinite"].create_array(
+                        name.split("/")[-1], shape=(ny, nx, 4), chunks=(min(STATE_CHUNK, ny), min(STATE_CHUNK, nx), 4),
+                        dtype="uint64", fill_value=0, config={"write_empty_chunks": True})
+                    self._arrays.pop(name, None)
+                else:  # an undecodable chunk would be read before it is rewritten
+                    self.drop_undecodable(name, [(0, ny), (0, nx), (0, 4)])
+                self._array(name)[...] = table
+                self._sync_chunks(name, [(0, ny), (0, nx), (0, 4)])
+                self.flush()
+        except OSError as e:
+            raise _io_error(self.path, e) from None
+        self.state_problems, self.state_restored = [], set()
 
 
     def _row(self, index: int) -> np.ndarray:
@@ -126,6 +205,14 @@ class RegionState:
         iy, ix = divmod(index, nx)
         if self._state is not None or self.legacy:
             return self.state_table()[iy, ix]
+        if self.has_state_copy:
+            try:
+                main = self._read(STATE, (iy, ix))
+                if int(main[0]) != PENDING or np.array_equal(main, self._read(STATE_COPY, (iy, ix))):
+                    return main
+            except CanvasDamagedError:
+                pass
+            return self.state_table()[iy, ix]  # the records disagree, or one is lost: both decide
         return self._read(STATE, (iy, ix))
 
 
@@ -188,6 +275,8 @@ class RegionState:
         rows = self._stale_rows(skip=index)
         rows[index] = (state, *self.region_checksums(self.region(index)), seed)
         self._set_rows(rows)
+        if getattr(self, "_replaces", None) is not None:  # overwrite: the new canvas takes the old one's place
+            self._swap_in()
 
 
     def _set_rows(self, rows: dict[int, tuple]) -> None:
@@ -198,16 +287,18 @@ class RegionState:
             iy, ix = divmod(int(index), nx)
             table[iy, ix] = np.asarray(row, dtype=np.uint64)
             chunks.add((iy // STATE_CHUNK, ix // STATE_CHUNK))
-        arr = self._array(STATE)
-        cy_, cx_ = arr.chunks[0], arr.chunks[1]
         self.flush()  # the data first, then the state that vouches for it
+        names = [STATE, STATE_COPY] if self.has_state_copy else [STATE]
         try:
-            for cy, cx in sorted(chunks):
-                ys = slice(cy * cy_, min(ny, (cy + 1) * cy_))
-                xs = slice(cx * cx_, min(nx, (cx + 1) * cx_))
-                arr[ys, xs, :] = table[ys, xs, :]
-                self._sync_chunks(STATE, [(ys.start, ys.stop), (xs.start, xs.stop), (0, 4)])
-            self.flush()
+            for name in names:  # the second record after the first: one of them is whole at any moment
+                arr = self._array(name)
+                cy_, cx_ = arr.chunks[0], arr.chunks[1]
+                for cy, cx in sorted(chunks):
+                    ys = slice(cy * cy_, min(ny, (cy + 1) * cy_))
+                    xs = slice(cx * cx_, min(nx, (cx + 1) * cx_))
+                    arr[ys, xs, :] = table[ys, xs, :]
+                    self._sync_chunks(name, [(ys.start, ys.stop), (xs.start, xs.stop), (0, 4)])
+                self.flush()
         except OSError as e:
             raise _io_error(self.path, e) from None
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from src_models.store.canvas import COPIED, LATENT, PENDING, Canvas, CanvasDamagedError, CanvasError, crc
+from src_models.store.canvas import (COPIED, LATENT, PENDING, Canvas, CanvasDamagedError, CanvasError, crc,
+                                     downsample2)
 
 
 @dataclass
@@ -25,22 +26,30 @@ class VerifyReport:
     pyramid_only: set[int] = field(default_factory=set)  # damaged only above level 0: rebuildable
     copied: set[int] = field(default_factory=set)  # damaged regions copied from elsewhere (slide, source canvas)
     own: set[int] = field(default_factory=set, repr=False)  # damaged in their level-0 pixels or latents
+    records: list[str] = field(default_factory=list)  # region state records lost or disagreeing (restorable)
+    mask: list[str] = field(default_factory=list)  # the mask against its signatures
+    mask_fix: dict = field(default_factory=dict, repr=False)  # what of the mask's records a resume restores
+    mask_changed: bool = False  # the user's mask itself differs or cannot be read: the tool cannot repair it
 
     @property
     def ok(self) -> bool:
-        return not self.damaged
+        return not self.damaged and not self.records and not self.mask
 
     def summary(self) -> str:
-        if self.ok:
-            how = "checksums and chunks" if self.deep else "chunk files present"
-            return f"{self.path}: {self.done} of {self.regions} regions finished, none damaged ({how})"
-        listed = ", ".join(str(i) for i in sorted(self.damaged)[:20]) + (" ..." if len(self.damaged) > 20 else "")
-        return f"{self.path}: {len(self.damaged)} of {self.done} finished regions damaged ({listed})"
+        how = "checksums, pyramid and mask" if self.deep else "chunk files present"
+        if not self.damaged:
+            head = f"{self.path}: {self.done} of {self.regions} regions finished, none damaged ({how})"
+        else:
+            listed = ", ".join(str(i) for i in sorted(self.damaged)[:20]) + (" ..." if len(self.damaged) > 20 else "")
+            head = f"{self.path}: {len(self.damaged)} of {self.done} finished regions damaged ({listed})"
+        extra = [f"region state: {t}" for t in self.records] + [f"mask: {t}" for t in self.mask]
+        return "; ".join([head, *extra])
 
     def to_dict(self) -> dict:
         return {"canvas": self.path, "ok": self.ok, "regions": self.regions, "finished": self.done, "deep": self.deep,
                 "damaged": {str(k): v for k, v in sorted(self.damaged.items())},
-                "pyramid_only": sorted(self.pyramid_only), "copied": sorted(self.copied)}
+                "pyramid_only": sorted(self.pyramid_only), "copied": sorted(self.copied),
+                "region_state": self.records, "mask": self.mask, "mask_changed": self.mask_changed}
 
 
 def _missing(files, seen: dict) -> list[str]:
@@ -83,9 +92,12 @@ def _quick(canvas: Canvas, report: VerifyReport, done_grid: np.ndarray) -> None:
         base = canvas.path / name / "c" / "0"
         for cy, cx in zip(*np.nonzero(count)):
             p = base / str(cy) / str(cx)
-            if p.exists():
-                continue
-            what = f"missing chunk {p.relative_to(canvas.path).as_posix()}"
+            try:
+                if p.stat().st_size > 0:  # (a stored chunk is never empty: even zeros are compressed)
+                    continue
+                what = f"empty chunk {p.relative_to(canvas.path).as_posix()}"
+            except FileNotFoundError:
+                what = f"missing chunk {p.relative_to(canvas.path).as_posix()}"
             sub = done_grid[ylo[cy] : yhi[cy], xlo[cx] : xhi[cx]]
             for iy, ix in zip(*np.nonzero(sub)):
                 index = int((ylo[cy] + iy) * nx + xlo[cx] + ix)
@@ -103,6 +115,13 @@ def verify_canvas(canvas: Canvas, deep: bool = True, progress=None) -> VerifyRep
     flat = table.reshape(-1, 4)
     done = [int(i) for i in (flat[:, 0] != PENDING).nonzero()[0]]
     report = VerifyReport(str(canvas.path), int(flat.shape[0]), len(done), deep)
+    report.records = list(canvas.state_problems)
+    if canvas.state_restored:
+        report.records.append(f"{len(canvas.state_restored)} finished region(s) known only from the other record "
+                              f"({', '.join(map(str, sorted(canvas.state_restored)[:20]))}); a resume restores them")
+    if deep:
+        report.mask, report.mask_fix = canvas.check_mask()
+        report.mask_changed = any(("differ" in t or "cannot be read" in t) for t in report.mask)
     if not deep:
         _quick(canvas, report, table[..., 0] != PENDING)
         for index in report.damaged:
@@ -142,12 +161,7 @@ def verify_canvas(canvas: Canvas, deep: bool = True, progress=None) -> VerifyRep
                     own.append("latents differ from what was written")
             except CanvasDamagedError:
                 own.append("latents cannot be read (damaged chunk)")
-            for level in range(1, canvas.levels):
-                a, b, c, d = rects[level]
-                try:
-                    canvas.read_array(str(level), (slice(None), slice(a, b), slice(c, d)))
-                except CanvasDamagedError:
-                    pyramid.append(f"pyramid level {level} cannot be read (damaged chunk)")
+            pyramid += _pyramid_problems(canvas, py0, py1, px0, px1)
         if own or pyramid:
             report.damaged[index] = own + pyramid
             if not own:
@@ -159,12 +173,54 @@ def verify_canvas(canvas: Canvas, deep: bool = True, progress=None) -> VerifyRep
     return report
 
 
+def _pyramid_problems(canvas: Canvas, py0: int, py1: int, px0: int, px1: int) -> list[str]:
+    """Every coarser level over a level-0 rectangle against the level computed again from level 0
+    (a box grown to the coarsest level's grid, so each coarse pixel sees all its level-0 pixels)."""
+    top = 2 ** (canvas.levels - 1)
+    y0, x0 = py0 // top * top, px0 // top * top
+    y1, x1 = min(canvas.height, -(-py1 // top) * top), min(canvas.width, -(-px1 // top) * top)
+    try:
+        block = canvas.read_array("0", (slice(None), slice(y0, y1), slice(x0, x1)))
+    except CanvasDamagedError:
+        return []  # level 0 itself is named by the caller
+    out = []
+    for level in range(1, canvas.levels):
+        block = downsample2(block)
+        s = 2**level
+        # the coarse pixels made of this region's pixels only (one that also covers a neighbour still
+        # being written would differ until the neighbour is done: it is checked with the levels below)
+        a = -(-py0 // s)
+        b = py1 // s if py1 < canvas.height else -(-py1 // s)
+        c = -(-px0 // s)
+        d = px1 // s if px1 < canvas.width else -(-px1 // s)
+        if b <= a or d <= c:
+            continue
+        try:
+            stored = canvas.read_array(str(level), (slice(None), slice(a, b), slice(c, d)))
+        except CanvasDamagedError:
+            out.append(f"pyramid level {level} cannot be read (damaged chunk)")
+            continue
+        want = block[:, a - y0 // s : b - y0 // s, c - x0 // s : d - x0 // s]
+        if not np.array_equal(stored, want):
+            out.append(f"pyramid level {level} differs from level 0 ({int((stored != want).sum())} values)")
+    return out
+
+
 def repair(canvas: Canvas, report: VerifyReport) -> tuple[list[int], list[int]]:
     """Rebuild the pyramid of regions damaged only above level 0, and forget the sampled regions
     whose own pixels or latents are damaged (the next run samples them again).  Copied regions
     are left as they are (their source is not in the canvas).  Returns (rebuilt, forgotten)."""
     if not canvas.writable:
         raise CanvasError(f"{canvas.path} is open read-only")
+    if report.mask_changed:  # the user's mask: never guessed, never regenerated
+        raise CanvasDamagedError(
+            f"{canvas.path}: {'; '.join(t for t in report.mask if 'differ' in t or 'cannot be read' in t)}; the tool "
+            "cannot know the labels you meant: restore the canvas from a backup, or if the change is yours accept it "
+            f"with `diffinfinite verify --accept-mask {canvas.path}`, then resume")
+    if canvas.state_problems:
+        canvas.rewrite_state()
+    if report.mask_fix:
+        canvas.restore_mask_records(report.mask_fix)
     rebuilt = sorted(report.pyramid_only)
     for index in rebuilt:
         py0, py1, px0, px1 = canvas.region(index).px(canvas.factor)

@@ -122,26 +122,25 @@ def auto_region_size(card: ModelCard, device, unet=None) -> int:
 
 
 def new_canvas(card: ModelCard, path, height: int, width: int, region_size: int | None = None,
-               overwrite: bool = False, settings: dict | None = None, sources: list[dict] | None = None) -> Canvas:
+               overwrite: bool = False, settings: dict | None = None, sources: list[dict] | None = None,
+               inputs=(), replace_when_sampled: bool = False) -> Canvas:
     """Create a canvas for ``card``'s model.  Its ``provenance`` attribute records the code version,
     the model card's SHA-256, the settings it was created with and its ``sources`` (see
     :mod:`src_models.store.provenance`); later runs keep their settings in ``settings`` and each
-    finished region's seed in the region state."""
+    finished region's seed in the region state.  ``overwrite`` replaces only a canvas this tool
+    made, never a folder holding one of ``inputs``; ``replace_when_sampled`` keeps the old canvas
+    until the new one has its first region (see :meth:`Canvas.create`)."""
     from src_models.store.provenance import provenance
 
     check_size(card, height, width)
     region_size = resolve_region_size(card, region_size or None)
-    canvas = Canvas.create(
+    return Canvas.create(
         path, height, width, factor=card.factor, latent_channels=int(card.codec.get("channels", 4)),
         region_size=region_size, classes=card.classes, colours=card.colours, overwrite=overwrite,
         settings=settings, pixel_size_um=card_pixel_size_um(card),
+        info={"provenance": provenance(settings=settings, sources=sources, card=card)},
+        inputs=inputs, replace_when_sampled=replace_when_sampled,
     )
-    try:
-        canvas.set_info(provenance=provenance(settings=settings, sources=sources, card=card))
-    except BaseException:
-        canvas.close()
-        raise
-    return canvas
 
 
 def put_mask(canvas: Canvas, mask: np.ndarray) -> None:
@@ -180,10 +179,10 @@ def mask_unwritten(canvas: Canvas) -> bool:
 
 def new_canvas_with_mask(card: ModelCard, path, height: int, width: int, mask: np.ndarray,
                          region_size: int | None = None, overwrite: bool = False, settings: dict | None = None,
-                         sources: list[dict] | None = None) -> Canvas:
+                         sources: list[dict] | None = None, inputs=(), replace_when_sampled: bool = False) -> Canvas:
     """:func:`new_canvas` with ``mask`` stored (:func:`store_mask`); closed again if that fails."""
     canvas = new_canvas(card, path, height, width, region_size, overwrite=overwrite, settings=settings,
-                        sources=sources)
+                        sources=sources, inputs=inputs, replace_when_sampled=replace_when_sampled)
     try:
         store_mask(canvas, mask)
     except BaseException:
@@ -250,6 +249,7 @@ class CanvasSpec:
     region_size: int | None = None  # px; None: the card's default (an existing canvas keeps its own)
     sources: list[dict] | None = None  # provenance of the inputs (the mask file)
     mask_name: str = "the mask"  # how messages name the mask (its file)
+    inputs: tuple = ()  # the run's input files: an output never replaces a folder that holds one
     signature: str = field(init=False)
 
     def __post_init__(self):
@@ -320,8 +320,10 @@ def open_for_run(spec: CanvasSpec, card: ModelCard, *, resume: bool, overwrite: 
     its finished regions checked and repaired (:func:`repair_finished`, ``progress(n, total)`` and
     ``notice(text)`` as there; the regions it repaired are added to ``repaired``)."""
     if not resume:
+        # an overwrite keeps the old canvas until the new one has its first region
         return new_canvas_with_mask(card, spec.path, spec.height, spec.width, spec.mask, spec.region_size,
-                                    overwrite=overwrite, settings=spec.settings, sources=spec.sources)
+                                    overwrite=overwrite, settings=spec.settings, sources=spec.sources,
+                                    inputs=spec.inputs, replace_when_sampled=overwrite)
     canvas = Canvas.open(spec.path, "r+")
     try:
         problem = mismatch(canvas, spec, card)
@@ -344,11 +346,17 @@ def repair_finished(canvas: Canvas, progress=None, notice=None) -> list[int]:
     again.  ``notice(text)`` hears each kind of repair in one line; returns the regions touched."""
     from src_models.store.verify import repair, verify_canvas
 
+    notes = [f"region state: {t}; restored from the other record" for t in canvas.restored]
+    canvas.restored = []
     report = verify_canvas(canvas, deep=True, progress=progress)
     if report.ok:
+        for text in notes:
+            if notice is not None:
+                notice(text)
         return []
     rebuilt, forgotten = repair(canvas, report)
-    notes = []
+    notes += [f"region state: {t}" for t in report.records]
+    notes += [f"mask: {t}" for t in report.mask]
     if rebuilt:
         notes.append(f"pyramid tiles of {len(rebuilt)} region(s) were damaged and are rebuilt from level 0 "
                      f"({', '.join(map(str, rebuilt[:20]))})")

@@ -30,18 +30,23 @@ def import_slide(slide_path, model, out, region_size: int | None = None, overwri
         from src_models.store.provenance import source_entry
 
         canvas = new_canvas(card, out, height, width, region_size, overwrite=overwrite,
-                            settings={"source": str(slide_path)}, sources=[source_entry(slide_path, "slide")])
-        if slide.mpp:
-            canvas.set_pixel_size(slide.mpp)
-        regions = canvas.regions()
-        device = model.device
-        for n, r in enumerate(regions, 1):
-            y0, y1, x0, x1 = r.px(canvas.factor)
-            rgb = slide.read(y0, y1, x0, x1)
-            canvas.write_region(r, rgb, encode_rgb(model.codec, rgb, device))
-            canvas.mark_done(r.index, {"source": "slide"})
-            if progress is not None:
-                progress(n, len(regions))
+                            settings={"source": str(slide_path)}, sources=[source_entry(slide_path, "slide")],
+                            inputs=(slide_path,), replace_when_sampled=True)  # the old canvas stays until a region is in
+        try:
+            if slide.mpp:
+                canvas.set_pixel_size(slide.mpp)
+            regions = canvas.regions()
+            device = model.device
+            for n, r in enumerate(regions, 1):
+                y0, y1, x0, x1 = r.px(canvas.factor)
+                rgb = slide.read(y0, y1, x0, x1)
+                canvas.write_region(r, rgb, encode_rgb(model.codec, rgb, device))
+                canvas.mark_done(r.index, {"source": "slide"})
+                if progress is not None:
+                    progress(n, len(regions))
+        except BaseException:
+            canvas.close()  # its finished regions stay (or, replacing a canvas before any, the old one)
+            raise
     report = {"slide": str(slide_path), "slide_size": [slide.width, slide.height], "canvas_size": [width, height],
               "cropped_px": [slide.width - width, slide.height - height], "regions": len(regions)}
     return canvas, report
@@ -56,6 +61,30 @@ def align_rect(canvas: Canvas, rect_px) -> tuple[int, int, int, int]:
     if y1 <= y0 or x1 <= x0:
         raise CanvasError(f"rectangle {rect_px} is empty or outside the {canvas.width}x{canvas.height} canvas")
     return y0, y1, x0, x1
+
+
+def check_rect(canvas: Canvas, rect_px, option: str = "--rect") -> tuple[int, int, int, int]:
+    """A pixel rectangle (y0, y1, x0, x1) that must lie on the canvas's latent grid and inside it:
+    otherwise refused, naming the nearest rectangles that do (as ``generate`` names sizes)."""
+    f = canvas.factor
+    y0, y1, x0, x1 = (int(v) for v in rect_px)
+    fmt = lambda r: f"{r[2]},{r[0]},{r[3] - r[2]},{r[1] - r[0]}"  # noqa: E731 - as X,Y,W,H
+    given = fmt((y0, y1, x0, x1))
+    cy0, cy1, cx0, cx1 = max(0, y0), min(canvas.height, y1), max(0, x0), min(canvas.width, x1)
+    if cy1 <= cy0 or cx1 <= cx0:
+        raise CanvasError(f"{option} {given} lies outside the {canvas.width}x{canvas.height} px canvas")
+    outer = (cy0 // f * f, min(canvas.height, -(-cy1 // f) * f), cx0 // f * f, min(canvas.width, -(-cx1 // f) * f))
+    inner = (-(-cy0 // f) * f, cy1 // f * f, -(-cx0 // f) * f, cx1 // f * f)
+    if (y0, y1, x0, x1) == outer:
+        return outer
+    where = ([] if (cy0, cy1, cx0, cx1) == (y0, y1, x0, x1) else
+             [f"reaches past the {canvas.width}x{canvas.height} px canvas"])
+    if (cy0, cy1, cx0, cx1) != outer:
+        where.append(f"is not on the model's grid of {f} px")
+    options = [fmt(outer)]
+    if inner[1] > inner[0] and inner[3] > inner[2] and inner != outer:
+        options.append(fmt(inner))
+    raise CanvasError(f"{option} {given} {' and '.join(where)}; use {' or '.join(options)}")
 
 
 def prepare_inpaint(canvas: Canvas, rect_px, mask: np.ndarray | None = None, label: int | None = None):
@@ -112,7 +141,8 @@ def outpaint(src_path, model, out, pads, label: int = 0, overwrite: bool = False
                               f"{src.latent.shape[0]} latent channels)")
         H, W = src.height + top + bottom, src.width + left + right
         check_size(card, H, W)
-        dst = new_canvas(card, out, H, W, src.region_size, overwrite=overwrite, settings=src.settings)
+        dst = new_canvas(card, out, H, W, src.region_size, overwrite=overwrite, settings=src.settings,
+                         inputs=(src_path,))
         f = src.factor
         ly, lx = top // f, left // f
         old = (ly, ly + src.latent_shape[0], lx, lx + src.latent_shape[1])

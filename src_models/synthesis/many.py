@@ -430,7 +430,8 @@ def job_spec(job: Job, card, settings: dict):
     from src_models.synthesis.canvases import CanvasSpec, read_mask_for_model
 
     mask = read_mask_for_model(job.mask, card)
-    return CanvasSpec(Path(job.out), job.height, job.width, mask, settings, job.region_size, mask_name=job.mask)
+    return CanvasSpec(Path(job.out), job.height, job.width, mask, settings, job.region_size, mask_name=job.mask,
+                      inputs=(job.mask,))
 
 
 def _make(job: Job, state: _WorkerState, events: _Events) -> dict:

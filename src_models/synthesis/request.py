@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -48,6 +49,19 @@ def check_number(name: str, value, low: float | None = None, high: float | None 
         raise RequestError(f"{name} must be at least {low:g}, got {value:g}")
     if high is not None and value > high:
         raise RequestError(f"{name} must be at most {high:g}, got {value:g}")
+
+
+MAX_SEED = 2**64 - 1  # seeds are stored in the region state as uint64
+
+
+def check_seed(name: str, value) -> None:
+    """A seed must be a whole number in [0, 2**64 - 1] (checked before anything runs)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= int(value) <= MAX_SEED:
+        raise RequestError(f"{name} must be a whole number from 0 to 2**64-1 ({MAX_SEED}), got {value}")
+
+
 # the patch-order option was called "schedule" before plans and solvers were apart
 LEGACY_SCHEDULES = {"parallel": "grid", "sequential": "sequential"}
 
@@ -95,6 +109,7 @@ class SynthesisRequest:
         With a model ``card`` the labels of per-class ω are checked against its classes too.
         """
         name = option or (lambda f: f)
+        check_seed(name("seed"), self.seed)
         if option is not None or self.steps is None or 1 <= int(self.steps) <= MAX_STEPS:
             check_number(name("steps"), self.steps, 1, MAX_STEPS)
         else:  # the API's words for the steps range

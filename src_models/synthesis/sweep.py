@@ -85,8 +85,11 @@ class SweepStore:
 
     def __init__(self, canvas: Canvas):
         self.canvas = canvas
-        self.dir = Path(canvas.path) / "diffinfinite" / "sweep"
         self._arrays: dict = {}  # opened once: a lookup reads the array's metadata from disk
+
+    @property
+    def dir(self) -> Path:  # the canvas's path changes when an overwrite swaps it into place
+        return Path(self.canvas.path) / "diffinfinite" / "sweep"
 
     def progress(self) -> dict | None:
         try:
