@@ -252,6 +252,9 @@ class CanvasPicker(QComboBox):
         self.currentIndexChanged.connect(lambda _: self.changed.emit(self.image_layer()))
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self._on_removed)
+        from ._autosave import watch_viewer
+
+        watch_viewer(viewer)  # every mask edit reaches the store
         self.update_items()
 
     def _on_inserted(self, event) -> None:

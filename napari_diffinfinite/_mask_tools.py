@@ -118,6 +118,12 @@ def apply_to_mask(layer, values: np.ndarray, rect: tuple[int, int, int, int]) ->
         layer._save_history(((slice(r0, r1), slice(c0, c1)), old, new))
     layer.data[r0:r1, c0:c1] = new
     layer.refresh()
+    if not undoable:  # no paint event without a history entry: tell the autosave
+        from ._autosave import autosave
+
+        saver = autosave(layer)
+        if saver is not None:
+            saver.mark_edited()
     return n, undoable
 
 
@@ -186,7 +192,8 @@ class MaskToolsWidget(QWidget):
         self.clear_button.setToolTip("set the target to 0 (unknown)")
         self.clear_button.clicked.connect(self.clear)
         self.save_button = QPushButton("Save mask to canvas")
-        self.save_button.setToolTip("write the mask layer into the canvas store now (Run does it too)")
+        self.save_button.setToolTip("write the mask layer into the canvas store now (every edit is saved on its own "
+                                    "a second later, and when napari closes)")
         self.save_button.clicked.connect(self.save)
         buttons = QHBoxLayout()
         buttons.addWidget(self.generate_button)

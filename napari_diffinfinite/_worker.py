@@ -165,14 +165,38 @@ def outpaint_job(spec: str, source: str, path: str, pads: tuple[int, int, int, i
     return str(Path(path).resolve())
 
 
-def save_mask_job(path: str, mask: np.ndarray, step: int) -> bool:
-    """Write a mask-layer snapshot into the canvas at ``path`` (takes the writer lock briefly)."""
+_WRITERS: dict[str, threading.Lock] = {}  # one in-process writer per canvas (flock refuses a second fd)
+_WRITERS_LOCK = threading.Lock()
+
+
+def _writer_lock(path: str) -> threading.Lock:
+    with _WRITERS_LOCK:
+        return _WRITERS.setdefault(str(Path(path).resolve()), threading.Lock())
+
+
+def open_for_writing(path: str, wait_s: float = 60.0):
+    """``Canvas.open(path, "r+")`` that waits (in this worker thread) for another job of this
+    process writing the same canvas (a mask save) instead of failing on the store's lock."""
     from src_models.store.canvas import Canvas
 
+    lock = _writer_lock(path)
+    if not lock.acquire(timeout=wait_s):
+        return Canvas.open(path, "r+")  # says who holds it
+    try:
+        return Canvas.open(path, "r+")
+    finally:
+        lock.release()
+
+
+def save_mask_job(path: str, mask: np.ndarray, step: int) -> bool:
+    """Write a mask-layer snapshot into the canvas at ``path`` (takes the writer lock briefly)."""
     from src_models.synthesis.canvases import store_mask_grid
 
-    with Canvas.open(path, "r+") as canvas:
-        return store_mask_grid(canvas, mask, step)
+    with _writer_lock(path):
+        from src_models.store.canvas import Canvas
+
+        with Canvas.open(path, "r+") as canvas:
+            return store_mask_grid(canvas, mask, step)
 
 
 BUSY: set[str] = set()  # canvases a run of this process is writing (GUI thread only)
@@ -331,7 +355,7 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
         from src_models.synthesis.canvases import repair_finished, store_mask_grid
         from src_models.synthesis.regions import pending_regions, synthesise
 
-        canvas = Canvas.open(path, "r+")
+        canvas = open_for_writing(path)
         if mask is not None:
             yield Stage("saving the mask")
             store_mask_grid(canvas, mask, step)
