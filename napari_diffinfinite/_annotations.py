@@ -256,12 +256,16 @@ class AnnotationLoader(QObject):
 class AnnotationsWidget(QWidget):
     """Load QuPath annotations onto the chosen canvas's mask, or export its mask as GeoJSON."""
 
-    def __init__(self, napari_viewer, parent=None):
+    def __init__(self, napari_viewer, parent=None, *, compact: bool = False, picker: CanvasPicker | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
+        self.compact = compact
         layout = QVBoxLayout(self)
-        self.picker = CanvasPicker(self.viewer)
-        layout.addWidget(self.picker)
+        if compact:  # a section of the main dock, sharing its canvas picker
+            layout.setContentsMargins(0, 0, 0, 0)
+        self.picker = picker or CanvasPicker(self.viewer)
+        if not compact:
+            layout.addWidget(self.picker)
         hint = QLabel("QuPath GeoJSON (Polygon/MultiPolygon, holes). Polygons paint over the mask; later "
                       "features win where they overlap; Ctrl+Z on the mask layer takes a load back.")
         hint.setWordWrap(True)
@@ -277,11 +281,19 @@ class AnnotationsWidget(QWidget):
         layout.addLayout(row)
         self.status = status_label()
         layout.addWidget(self.status)
-        layout.addStretch(1)
+        if not compact:
+            layout.addStretch(1)
         self.loader = AnnotationLoader(self.viewer, self)
         self.loader.finished.connect(self._done)
         self.loader.failed.connect(self._failed)
         self._export_worker = None
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if not self.compact:
+            from ._common import tab_beside_main_dock
+
+            tab_beside_main_dock(self)
 
     @property
     def dialog(self) -> ClassMapDialog | None:

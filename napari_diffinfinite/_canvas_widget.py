@@ -17,6 +17,7 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -191,14 +192,15 @@ class CanvasWidget(QWidget):
                                       "region counts as finished, so drawn rectangles can be regenerated in it")
         self.import_button.clicked.connect(self.import_slide)
         self.pad_boxes = []
-        prow = QHBoxLayout()
-        for side in ("top", "right", "bottom", "left"):
+        prow = QGridLayout()  # two by two: four boxes in a row made the dock wider than a laptop allows
+        for i, side in enumerate(("top", "right", "bottom", "left")):
             box = QSpinBox()
             box.setRange(0, MAX_SIDE)
             box.setSingleStep(256)
+            box.setPrefix(f"{side[0]} ")
             box.setToolTip(f"px to add at the {side}")
             self.pad_boxes.append(box)
-            prow.addWidget(box)
+            prow.addWidget(box, i // 2, i % 2)
         self.pad_label_box = QSpinBox()
         self.pad_label_box.setRange(0, 255)
         self.pad_label_box.setToolTip("mask label of the new border (0: unknown)")

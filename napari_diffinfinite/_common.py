@@ -461,6 +461,36 @@ class Section(QWidget):
         return self.header.isChecked()
 
 
+def tab_beside_main_dock(widget) -> bool:
+    """Put the napari dock holding ``widget`` into a tab beside the main DiffInfinite dock (when
+    that is open in the same window), so each gets the window's full height instead of half of it
+    (at 1280 x 800 a second dock stacked under the main one left either too little room).  Only
+    the first time the dock is shown; whether it was tabbed."""
+    from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+    if getattr(widget, "_tabbed_once", False):
+        return False
+    dock = widget.parentWidget()
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parentWidget()
+    window = dock.parentWidget() if dock is not None else None
+    if not isinstance(window, QMainWindow) or dock.isFloating():
+        return False
+    widget._tabbed_once = True
+    from ._dock import DiffInfiniteWidget
+
+    for other in window.findChildren(QDockWidget):
+        if other is dock or other.isFloating() or not other.isVisible():
+            continue
+        if other.widget() is not None and other.widget().findChild(DiffInfiniteWidget) is not None \
+                or isinstance(other.widget(), DiffInfiniteWidget):
+            window.tabifyDockWidget(other, dock)
+            dock.show()
+            dock.raise_()
+            return True
+    return False
+
+
 def grid_of(card_or_info) -> int:
     """Canvas sides must be multiples of this (px): the latent factor times 8."""
     from src_models.synthesis.canvases import LATENT_MULTIPLE

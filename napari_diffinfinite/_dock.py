@@ -1,8 +1,9 @@
-"""The one DiffInfinite dock: Canvas, Mask and Synthesis as collapsible sections in a scroll area,
+"""The one DiffInfinite dock: Canvas, Mask, Synthesis and Annotations as collapsible sections in a scroll area,
 with the canvas chooser on top and Run, the progress bar and the progress line in a footer that
 never scrolls away.  It fits a 1280 x 800 napari window.
 
-The sections are the three widgets of this package in their compact form, sharing one canvas
+The Blinded review and a separate Annotations dock open as tabs beside this dock (each then has
+the window's full height).  The sections are the widgets of this package in their compact form, sharing one canvas
 picker; the rarely used parts (region size, slide import, outpaint; layout seed; model, seed,
 sampling order, ω per class, preview) sit under "More" in each.  The three widgets stay in the
 manifest for those who want them as separate docks.
@@ -44,12 +45,17 @@ class DiffInfiniteWidget(QWidget):
         self.mask_section.add(self.mask)
         self.synthesis_section = Section("Synthesis")
         self.synthesis_section.add(self.synthesis)
+        from ._annotations import AnnotationsWidget
+
+        self.annotations = AnnotationsWidget(self.viewer, compact=True, picker=self.picker)
+        self.annotations_section = Section("Annotations: QuPath GeoJSON in and out", expanded=False)
+        self.annotations_section.add(self.annotations)
 
         body = QWidget()
         blay = QVBoxLayout(body)
         blay.setContentsMargins(0, 0, 0, 0)
         blay.setSpacing(6)
-        for section in (self.canvas_section, self.mask_section, self.synthesis_section):
+        for section in (self.canvas_section, self.mask_section, self.synthesis_section, self.annotations_section):
             blay.addWidget(section)
         blay.addStretch(1)
         for combo in body.findChildren(QComboBox):  # long entries must not widen the dock past the screen
@@ -83,6 +89,10 @@ class DiffInfiniteWidget(QWidget):
         self._on_canvas_changed(self.picker.image_layer())
         self._body = body
         self._fit_width()
+        from qtpy.QtCore import QTimer
+
+        for section in body.findChildren(Section):  # an unfolded section may hold a wider row
+            section.header.toggled.connect(lambda _=False: QTimer.singleShot(0, self._fit_width))
 
     def _fit_width(self) -> None:
         """Wide enough for the sections' widest row beside a vertical scroll bar (measured again once
