@@ -288,6 +288,10 @@ class AnnotationsWidget(QWidget):
         self.loader.failed.connect(self._failed)
         self._export_worker = None
 
+        from ._common import guard_wheel
+
+        guard_wheel(self)  # the wheel changes a value only in the widget with keyboard focus
+
     def showEvent(self, event) -> None:
         super().showEvent(event)
         if not self.compact:

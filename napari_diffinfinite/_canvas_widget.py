@@ -97,6 +97,10 @@ class CanvasWidget(QWidget):
         self._load_grid()
 
     # ------------------------------------------------------------------ building the widget
+
+        from ._common import guard_wheel
+
+        guard_wheel(self)  # the wheel changes a value only in the widget with keyboard focus
     def _build_current(self, layout, compact: bool):
         """The canvas in use: picker, its description and the class legend (a group unless compact)."""
         self.info_label = QLabel()

@@ -11,14 +11,19 @@ import weakref
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
+    QAbstractScrollArea,
+    QAbstractSlider,
+    QAbstractSpinBox,
+    QApplication,
     QComboBox,
     QFileDialog,
     QGridLayout,
     QLabel,
     QPushButton,
+    QScrollBar,
     QSizePolicy,
     QToolButton,
     QVBoxLayout,
@@ -489,6 +494,40 @@ def tab_beside_main_dock(widget) -> bool:
             dock.raise_()
             return True
     return False
+
+
+class _WheelGuard(QObject):
+    """Eats wheel events of value widgets (combo boxes, spin boxes, sliders) that lack keyboard
+    focus, and scrolls the scroll area around them instead: scrolling a dock never changes a
+    setting on the way (it switched "apply to" from "whole canvas" to "drawn rectangle")."""
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        if event.type() != QEvent.Type.Wheel or obj.hasFocus():
+            return False
+        area = obj.parentWidget()
+        while area is not None and not isinstance(area, QAbstractScrollArea):
+            area = area.parentWidget()
+        if area is not None:
+            QApplication.sendEvent(area.verticalScrollBar(), event)
+        return True
+
+
+_WHEEL_GUARD = None
+
+
+def guard_wheel(root) -> None:
+    """Let the wheel change no value widget inside ``root`` unless that widget has keyboard focus
+    (a click or Tab gives it; then the wheel works as usual)."""
+    global _WHEEL_GUARD
+    if _WHEEL_GUARD is None:
+        _WHEEL_GUARD = _WheelGuard()
+    for kind in (QComboBox, QAbstractSpinBox, QAbstractSlider):
+        for w in root.findChildren(kind):
+            if isinstance(w, QScrollBar):
+                continue
+            if w.focusPolicy() == Qt.FocusPolicy.WheelFocus:
+                w.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+            w.installEventFilter(_WHEEL_GUARD)
 
 
 def grid_of(card_or_info) -> int:

@@ -94,6 +94,10 @@ class DiffInfiniteWidget(QWidget):
         for section in body.findChildren(Section):  # an unfolded section may hold a wider row
             section.header.toggled.connect(lambda _=False: QTimer.singleShot(0, self._fit_width))
 
+        from ._common import guard_wheel
+
+        guard_wheel(self)  # the wheel changes a value only in the widget with keyboard focus
+
     def _fit_width(self) -> None:
         """Wide enough for the sections' widest row beside a vertical scroll bar (measured again once
         napari's style sheet applies, which changes fonts and padding)."""

@@ -209,6 +209,10 @@ class MaskToolsWidget(QWidget):
         self.picker.changed.connect(self._on_canvas_changed)
         self._on_canvas_changed(self.picker.image_layer())
 
+        from ._common import guard_wheel
+
+        guard_wheel(self)  # the wheel changes a value only in the widget with keyboard focus
+
     def _arrange(self, layout, target_row, buttons, compact: bool) -> None:
         """The controls in sections (the compact dock) or a group box (the full widget)."""
         if compact:

@@ -160,6 +160,10 @@ class ReviewWidget(QWidget):
         self._reviewing = False
         self._set_reviewing(False)
 
+        from ._common import guard_wheel
+
+        guard_wheel(self)  # the wheel changes a value only in the widget with keyboard focus
+
     def showEvent(self, event) -> None:
         super().showEvent(event)
         from ._common import tab_beside_main_dock

@@ -147,6 +147,10 @@ class SynthesisWidget(QWidget):
         self._on_canvas_changed(self.picker.image_layer())
         threading.Thread(target=_warm_up, name="diffinfinite-warm-up", daemon=True).start()
 
+        from ._common import guard_wheel
+
+        guard_wheel(self)  # the wheel changes a value only in the widget with keyboard focus
+
     def _arrange(self, layout, region_row, compact: bool) -> None:
         """The controls in sections (the compact dock) or group boxes (the full widget)."""
         if compact:

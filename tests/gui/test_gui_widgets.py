@@ -238,3 +238,31 @@ def test_import_a_slide_then_extend_it_in_the_widget(viewer, qtbot, tmp_path):
         assert (g.height, g.width) == (3024, 2280)
         assert len(g.done_indices()) < len(g.regions()) and g.jobs()
         assert np.array_equal(g.read_rgb(64, 164, 0, 100), Canvas.open(tmp_path / "slide.zarr").read_rgb(0, 100, 0, 100))
+
+
+def test_the_wheel_changes_no_setting_without_keyboard_focus(viewer, qtbot, tiny_card, tmp_path):
+    from qtpy.QtCore import QPoint, QPointF, Qt
+    from qtpy.QtGui import QWheelEvent
+    from qtpy.QtWidgets import QApplication
+
+    w = dock(viewer, "DiffInfinite")
+    w.canvas.open(make_canvas(tiny_card, tmp_path / "c.zarr", size=256, region=64))
+    viewer.window._qt_window.show()
+
+    def wheel(widget, notches=-1):
+        centre = QPointF(widget.rect().center())
+        event = QWheelEvent(centre, QPointF(widget.mapToGlobal(widget.rect().center())), QPoint(0, 0),
+                            QPoint(0, 120 * notches), Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier,
+                            Qt.ScrollPhase.NoScrollPhase, False)
+        QApplication.sendEvent(widget, event)
+
+    target, steps = w.mask.target_box, w.synthesis.steps_box
+    before = (target.currentIndex(), steps.value(), w.synthesis.omega_box.value())
+    for box in (target, steps, w.synthesis.omega_box):
+        assert not box.hasFocus()
+        wheel(box)
+    assert (target.currentIndex(), steps.value(), w.synthesis.omega_box.value()) == before
+    # with keyboard focus the wheel works as usual (Xvfb has no window manager to give real focus)
+    steps.hasFocus = lambda: True
+    wheel(steps, 1)
+    assert steps.value() != before[1]
