@@ -282,6 +282,8 @@ class CanvasPicker(QComboBox):
 
         if image in self.viewer.layers and find_overlay(self.viewer, layer_info(image)["path"]) is None:
             show_overlay(self.viewer, image)
+            if len(canvas_layers(self.viewer)) == 1:  # opened by File > Open or the shell: frame it
+                self.viewer.reset_view()
 
     def _on_removed(self, event) -> None:
         info = layer_info(event.value)

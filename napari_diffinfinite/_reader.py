@@ -446,6 +446,11 @@ def get_reader(path):
             return None
         path = path[0]
     p = Path(path)
+    if p.name == "zarr.json" and p.is_file():  # File > Open File(s) cannot pick a folder: its zarr.json is picked
+        p = p.parent
+        if not (is_canvas(p) or _is_ngff05(p)):
+            return None
+        return read_canvas_at(p) if is_canvas(p) else read_ngff_at(p)
     if not p.is_dir():
         return None
     if is_canvas(p):
@@ -499,6 +504,15 @@ def read_canvas(path) -> list[tuple]:
         path = path[0]
     _autosave_current_viewer()
     return canvas_layer_data(path)
+
+
+def read_canvas_at(folder: Path):
+    """A reader function for the canvas at ``folder`` whatever path napari hands it (its zarr.json)."""
+    return lambda _path, **_: read_canvas(str(folder))
+
+
+def read_ngff_at(folder: Path):
+    return lambda _path, **_: read_ngff(str(folder))
 
 
 def read_ngff(path) -> list[tuple]:
