@@ -76,7 +76,7 @@ class DiffInfiniteWidget(QWidget):
         flay.setContentsMargins(6, 6, 6, 6)
         flay.setSpacing(3)
         s = self.synthesis
-        for w in (s.run_button, s.progress_bar, s.progress_label, s.status):
+        for w in (s.estimate_label, s.run_button, s.progress_bar, s.progress_label, s.status):
             flay.addWidget(w)
         outer.addWidget(footer, 0)
         self.footer = footer
@@ -85,6 +85,7 @@ class DiffInfiniteWidget(QWidget):
         self.run_button = s.run_button
         self.progress_bar = s.progress_bar
         self.progress_label = s.progress_label
+        self.estimate_label = s.estimate_label
         self.picker.changed.connect(self._on_canvas_changed)
         self._on_canvas_changed(self.picker.image_layer())
         self._body = body

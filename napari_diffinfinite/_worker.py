@@ -165,6 +165,21 @@ def outpaint_job(spec: str, source: str, path: str, pads: tuple[int, int, int, i
     return str(Path(path).resolve())
 
 
+def estimate_job(path: str, request, redo: bool = False) -> str:
+    """The line the dock shows before Run: regions, area (a rectangle rounding out said), expected
+    time on this device from the runs measured before (no torch unless the device is CUDA)."""
+    from src_models.store.canvas import Canvas
+    from src_models.synthesis.estimate import estimate_run
+
+    device = request.device
+    if device == "auto":
+        from src_models.models.device import resolve_device
+
+        device = resolve_device("auto")
+    with Canvas.open(path, "r") as canvas:
+        return estimate_run(canvas, request, str(device), redo=redo).text()
+
+
 _WRITERS: dict[str, threading.Lock] = {}  # one in-process writer per canvas (flock refuses a second fd)
 _WRITERS_LOCK = threading.Lock()
 
@@ -405,7 +420,16 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
             next_preview[0] = now + max(PREVIEW_S, took / PREVIEW_SHARE)
             events.put(Preview(tuple(p.bbox), rgb, p.index))
 
-        yield from synthesise(model, canvas, request, cancel=cancel, progress=on_level)
+        from src_models.synthesis.estimate import RunClock
+
+        clock = RunClock(request.model, model.device, int(request.steps), bool(request.sweep))
+        try:
+            for ev in synthesise(model, canvas, request, cancel=cancel, progress=on_level):
+                y0, y1, x0, x1 = ev.bbox
+                clock.add((y1 - y0) * (x1 - x0))
+                yield ev
+        finally:
+            clock.finish()  # the next estimate on this device rests on this run too
     except Exception as e:
         known = _is_expected(e)
         yield Failed(str(e) if known else _clear_message(e, request), e, known)

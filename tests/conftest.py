@@ -8,6 +8,11 @@ import torch
 # models used here gain nothing from more).
 torch.set_num_threads(1)
 
+# runs record their speed for the next estimate (src_models/synthesis/estimate.py): never in the
+# user's cache, and the same file for the CLI processes the tests start
+os.environ.setdefault("DIFFINFINITE_TIMINGS", os.path.join(__import__("tempfile").mkdtemp(prefix="di-timings-"),
+                                                           "timings.json"))
+
 
 # ``make test-fast`` runs ``-m "not slow and not gui"``.  The GUI tests (tests/gui) are marked
 # ``gui`` here; ``slow`` marks what starts processes or clusters (the CLI killed and resumed, dask

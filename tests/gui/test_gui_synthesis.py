@@ -302,3 +302,28 @@ def test_cancel_takes_effect_within_one_network_batch(viewer, qtbot, tiny_card, 
     qtbot.waitUntil(lambda: run2.regions_done >= 1 or not run2.busy, timeout=60_000)
     run2.cancel()
     qtbot.waitUntil(lambda: not run2.busy, timeout=30_000)
+
+
+def test_the_dock_says_regions_area_and_time_before_run(viewer, qtbot, tiny_card, tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFINFINITE_TIMINGS", str(tmp_path / "timings.json"))
+    path = make_canvas(tiny_card, tmp_path / "e.zarr", size=256, region=64)
+    w = dock(viewer, "DiffInfinite")
+    w.canvas.open(path)
+    s = w.synthesis
+    setup_synthesis(s, region="whole canvas")
+    qtbot.waitUntil(lambda: "16 regions" in w.estimate_label.text(), timeout=10_000)
+    assert "no run measured on cpu" in w.estimate_label.text()
+    # a rectangle one pixel row into the next regions rounds out, and the line says so
+    s.draw_rectangle()
+    area = next(layer for layer in viewer.layers if layer.metadata.get(META, {}).get("role") == "area")
+    area.add_rectangles(np.array([[0, 0], [64, 63]]))  # pixel centres 0..64: rows of two regions
+    qtbot.waitUntil(lambda: "2 regions" in w.estimate_label.text(), timeout=10_000)
+    assert "rounds out to whole regions" in w.estimate_label.text()
+    # after a run on this device the line has a time
+    from src_models.synthesis.estimate import record_run
+
+    record_run("tiny-test", "cpu", pixels=256 * 256, steps=4, seconds=24.0)
+    s.schedule_estimate()
+    qtbot.waitUntil(lambda: "on cpu (from 1 earlier run)" in w.estimate_label.text(), timeout=10_000)
+    assert "about 3 s" in w.estimate_label.text()  # 2 of 16 regions of a 24 s whole-canvas run
+    assert "8,192 px" in w.estimate_label.text()
