@@ -88,6 +88,12 @@ class DiffInfiniteWidget(QWidget):
         self.estimate_label = s.estimate_label
         self.picker.changed.connect(self._on_canvas_changed)
         self._on_canvas_changed(self.picker.image_layer())
+        from ._jobs import activity_of
+
+        self.activity = activity_of(self.viewer)  # long actions of the sections (Generate, Load, Import…)
+        self.activity.started.connect(self._on_action_started)
+        self.activity.progress.connect(self._on_action_progress)
+        self.activity.ended.connect(self._on_action_ended)
         self._body = body
         self._fit_width()
         from qtpy.QtCore import QTimer
@@ -112,14 +118,49 @@ class DiffInfiniteWidget(QWidget):
 
         QTimer.singleShot(0, self._fit_width)
 
+    # ------------------------------------------------------------------ long actions in the footer
+    def _on_action_started(self, what: str) -> None:
+        """Run waits while another long action works on the canvas; the footer says what runs."""
+        try:
+            self.run_button.setEnabled(False)
+            self.synthesis.estimate_label.setText("")
+            self.progress_bar.setRange(0, 0)  # busy until the first count arrives
+            self.progress_label.setText(f"{what}…")
+        except RuntimeError:  # the dock was closed
+            pass
+
+    def _on_action_progress(self, done: int, total: int, text: str) -> None:
+        try:
+            self.progress_bar.setRange(0, max(0, total))
+            self.progress_bar.setValue(min(done, total) if total else 0)
+            self.progress_label.setText(text)
+        except RuntimeError:
+            pass
+
+    def _on_action_ended(self, text: str) -> None:
+        try:
+            if self.activity.busy:
+                return
+            self.progress_bar.setRange(0, 1)
+            self.progress_bar.setValue(0)
+            self._on_canvas_changed(self.picker.image_layer())
+            self.progress_label.setText(text)
+            self.synthesis.schedule_estimate()
+        except RuntimeError:
+            pass
+
     def _on_canvas_changed(self, image_layer) -> None:
         """Unfold what the next step needs: creating when there is no canvas, painting and running when there is."""
         has = image_layer is not None and layer_info(image_layer) is not None
         if has:
             self.mask_section.set_expanded(True)
             self.synthesis_section.set_expanded(True)
-        self.synthesis.run_button.setEnabled(has or (self.synthesis.run is not None and self.synthesis.run.busy))
+        acting = getattr(self, "activity", None) is not None and self.activity.busy
+        self.synthesis.run_button.setEnabled(
+            (has and not acting) or (self.synthesis.run is not None and self.synthesis.run.busy))
         if not has:
             self.synthesis.progress_label.setText("create or open a canvas, paint the mask, then Run")
+        elif acting:
+            pass  # the long action in flight keeps the line
         elif self.synthesis.run is None or not self.synthesis.run.busy:
             self.synthesis.progress_label.setText("ready: paint the mask, then Run")

@@ -78,7 +78,7 @@ def fit_mask_job(labels: np.ndarray, mapping: dict | None, classes: list[str], s
 
 
 def layout_job(spec: str | None, shape: tuple[int, int], image_px: tuple[int, int], labels: list[int],
-               seed: int, learned: bool) -> tuple[np.ndarray, str]:
+               seed: int, learned: bool, progress=None, cancel=None) -> tuple[np.ndarray, str]:
     """A layout for ``shape`` mask px covering ``image_px`` image px: drawn by the canvas model's
     layout diffusion model when asked and the model has one, else procedural
     (:mod:`src_models.synthesis.layouts` decides which).  Returns (labels, how)."""
@@ -92,7 +92,15 @@ def layout_job(spec: str | None, shape: tuple[int, int], image_px: tuple[int, in
         except Exception:  # the canvas's model is not on this machine: a procedural layout
             card = None
         if card is not None and layout_source(card) == LEARNED:
-            mask, _ = draw_layout(MODELS.get(spec, "cpu"), shape, seed=seed, image_px=image_px)
+            if progress is not None:
+                progress(0, 0, "loading the model")
+            model = MODELS.get(spec, "cpu")
+
+            def on_level(info):
+                if progress is not None:
+                    progress(info.level, info.levels, "denoising level")
+
+            mask, _ = draw_layout(model, shape, seed=seed, image_px=image_px, callback=on_level, cancel=cancel)
             return mask, "learned layout model"
     return procedural_job(shape, labels, seed), "procedural; the model has no layout model" if learned else "procedural"
 
@@ -342,6 +350,12 @@ class MaskToolsWidget(QWidget):
         self.target_box.setCurrentText("drawn rectangle")
 
     def generate(self):
+        """Fill the target with a layout in a worker (progress and time left in the dock's footer);
+        while it runs the button reads Cancel."""
+        job = getattr(self, "_generate_job", None)
+        if job is not None and job.busy:
+            job.cancel()
+            return job
         target = self._target()
         if target is None:
             return None
@@ -353,8 +367,22 @@ class MaskToolsWidget(QWidget):
         learned = self.layout_box.currentText() == "learned"
         spec = (info.get("settings") or {}).get("model")
         self.status.setText("generating a layout…")
-        return self._run(layout_job, spec, shape, image_px, labels, self.seed_box.value(), learned,
-                         on_result=lambda v: self._apply(mask, rect, v[0], f"generated ({v[1]})"))
+        from ._jobs import start_job
+
+        self._jobs += 1
+        for b in self._actions:
+            if b is not self.generate_button:
+                b.setEnabled(False)
+        job = start_job(self.viewer, "generating a learned layout" if learned else "generating a layout",
+                        layout_job, spec, shape, image_px, labels, self.seed_box.value(), learned,
+                        button=self.generate_button, unit="levels",
+                        on_result=lambda v: self._apply(mask, rect, v[0], f"generated ({v[1]})"),
+                        on_error=lambda e: self._fail(f"failed: {e}"))
+        job.worker.finished.connect(self._job_done)
+        job.worker.finished.connect(lambda: self.status.setText("generating cancelled: the mask is unchanged")
+                                    if job.state == "cancelled" else None)
+        self._generate_job = job
+        return job
 
     def load(self, path: str | None = None):
         """Read a mask file; one in the model's classes is applied at once, one made for another

@@ -378,6 +378,11 @@ class SynthesisWidget(QWidget):
         if image is None:
             notify("no canvas: create or open one first")
             return None
+        from ._jobs import activity_of
+
+        if activity_of(self.viewer).busy:
+            notify("wait for the action in progress (or cancel it) before Run", "info")
+            return None
         info = layer_info(image)
         if info["path"] in BUSY:
             notify("another run is writing this canvas; wait for it or cancel it")

@@ -266,3 +266,76 @@ def test_the_wheel_changes_no_setting_without_keyboard_focus(viewer, qtbot, tiny
     steps.hasFocus = lambda: True
     wheel(steps, 1)
     assert steps.value() != before[1]
+
+
+def test_generate_shows_progress_and_time_left_in_the_footer_and_cancels(viewer, qtbot, tiny_card, tmp_path,
+                                                                         monkeypatch):
+    """A long Generate (the learned layout of a big canvas ran 12 minutes with nothing shown): the footer
+    says what runs with its count and time left, Run waits, the button cancels and the mask stays."""
+    import threading
+    import time
+
+    from napari_diffinfinite import _mask_tools
+
+    release = threading.Event()
+
+    def slow_layout(spec, shape, image_px, labels, seed, learned, progress=None, cancel=None):
+        for level in range(1, 51):
+            if cancel.is_set():
+                from src_models.sampling.sampler import Cancelled
+
+                raise Cancelled()
+            progress(level, 50, "denoising level")
+            if level == 5:
+                release.wait(10)  # hold here until the test has looked
+            time.sleep(0.02)
+        return np.full(shape, 2, np.uint8), "learned layout model"
+
+    monkeypatch.setattr(_mask_tools, "layout_job", slow_layout)
+    w = dock(viewer, "DiffInfinite")
+    _, mask = w.canvas.open(make_canvas(tiny_card, tmp_path / "g.zarr", size=256, region=64, mask=False))
+    tools = w.mask
+    tools.layout_box.setCurrentText("learned")
+    job = tools.generate()
+    qtbot.waitUntil(lambda: "5 of 50 levels" in w.progress_label.text(), timeout=10_000)
+    line = w.progress_label.text()
+    assert line.startswith("generating a learned layout: denoising level") and "left" in line
+    assert not w.run_button.isEnabled() and tools.generate_button.text() == "Cancel"
+    assert w.progress_bar.maximum() == 50 and w.progress_bar.value() == 5
+    tools.generate()  # the same button cancels
+    assert tools.generate_button.text() == "Cancelling…"
+    release.set()
+    qtbot.waitUntil(lambda: not job.busy and not tools.busy, timeout=10_000)
+    assert job.state == "cancelled" and not mask.data.any()
+    assert "cancelled" in w.progress_label.text() and w.run_button.isEnabled()
+    assert tools.generate_button.text() == "Generate"
+    # and to the end: the layout lands, the footer says so
+    release.set()
+    job = tools.generate()
+    qtbot.waitUntil(lambda: not tools.busy, timeout=20_000)
+    assert job.state == "done" and (mask.data == 2).all()
+    assert "done in" in w.progress_label.text() and w.run_button.isEnabled()
+
+
+def test_the_learned_layout_reports_levels_and_stops_on_cancel():
+    import threading
+
+    import pytest
+
+    from napari_diffinfinite._mask_tools import layout_job
+    from src_models.sampling.sampler import Cancelled
+
+    seen = []
+    labels, how = layout_job("default", (32, 32), (256, 256), [1, 2, 3], 0, True,
+                             progress=lambda d, t, text="": seen.append((d, t)))
+    if how != "learned layout model":
+        pytest.skip("the shipped default model (with its layout model) is not installed")
+    assert seen[-1] == (50, 50) and labels.shape == (32, 32)
+    cancel = threading.Event()
+
+    def stop_at_3(d, t, text=""):
+        if d >= 3:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        layout_job("default", (32, 32), (256, 256), [1, 2, 3], 0, True, progress=stop_at_3, cancel=cancel)
