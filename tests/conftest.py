@@ -20,6 +20,7 @@ os.environ.setdefault("DIFFINFINITE_TIMINGS", os.path.join(__import__("tempfile"
 # listed here, by node id prefix, so the fast set is decided in one place.
 SLOW = (
     "tests/test_seams.py",
+    "tests/test_cli_progress.py::test_make_mask_shows_a_progress_bar_of_the_layout_levels",
     "tests/test_distributed_train.py",
     "tests/test_evaluate.py::test_real_against_another_part_of_itself_reads_as_alike",
     "tests/test_evaluate.py::test_real_against_a_blurred_copy_reads_as_different",

@@ -451,8 +451,17 @@ def cmd_make_mask(args) -> int:
     width, height = args.size
     model = load_model(args.model, resolve_device(args.device))
     card = model.card
-    mask, source = draw_layout(model, (height, width), seed=args.seed, steps=args.steps, subtype=args.subtype,
-                               cond_drop=args.cond_drop)
+    bar = progress_bar(None, "drawing the layout")
+
+    def on_level(info):  # the diffusion layouts: one tick per denoising level, with the time left
+        bar.total = info.levels
+        bar.update(info.level - bar.n)
+
+    try:
+        mask, source = draw_layout(model, (height, width), seed=args.seed, steps=args.steps, subtype=args.subtype,
+                                   cond_drop=args.cond_drop, callback=on_level)
+    finally:
+        bar.close()
     how = {LEARNED: f"layout diffusion model of {card.name}",
            RELEASE: f"mask diffusion model of {card.name}, subtype {args.subtype}"}.get(
         source, f"procedural layout (model {card.name} has no mask model)")
