@@ -325,15 +325,40 @@ class CanvasWidget(QWidget):
         return self._worker
 
     def import_slide(self):
+        """Copy a slide into a new canvas in a worker: progress and time left in the dock's footer,
+        the button cancels meanwhile."""
+        from ._jobs import start_job
         from ._worker import import_slide_job
 
+        job = getattr(self, "_import_job", None)
+        if job is not None and job.busy:
+            job.cancel()
+            return job
         slide = self.slide_edit.text().strip()
         if not slide:
             self._fail("give the slide to import")
             return None
-        options = (self.region_box.value() or None, self.overwrite_box.isChecked())
-        return self._start_store_job(import_slide_job, slide, options, button=self.import_button,
-                                     doing="importing the slide…")
+        path = self.path_edit.text().strip()
+        if not path:
+            self._fail("choose where to store the canvas")
+            return None
+        self.status.setText("importing the slide…")
+
+        def failed(e):
+            if "cancelled" in str(e):
+                self.status.setText(str(e))
+            else:
+                self._fail(f"not done: {e}")
+
+        self._import_job = start_job(
+            self.viewer, "importing the slide", import_slide_job, self.model_picker.spec(), slide, path,
+            self.region_box.value() or None, self.overwrite_box.isChecked(), button=self.import_button,
+            unit="regions", on_result=self._on_created, on_error=failed)
+        job = self._import_job
+        job.worker.finished.connect(lambda: self.status.setText(
+            f"import cancelled: {path} holds only the regions copied so far (import again with 'replace')")
+            if job.state == "cancelled" else None)
+        return job
 
     def outpaint(self):
         from ._worker import outpaint_job

@@ -145,11 +145,27 @@ def create_canvas_job(spec: str, path: str, height: int, width: int, region_size
     return str(Path(path).resolve())
 
 
-def import_slide_job(spec: str, slide: str, path: str, region_size: int | None, overwrite: bool) -> str:
-    """Copy a slide (SVS, OME-TIFF, OME-Zarr, PNG) into a new canvas as finished context."""
+class ImportCancelled(Exception):
+    """The user cancelled a slide import (raised from its progress callback)."""
+
+
+def import_slide_job(spec: str, slide: str, path: str, region_size: int | None, overwrite: bool,
+                     progress=None, cancel=None) -> str:
+    """Copy a slide (SVS, OME-TIFF, OME-Zarr, PNG) into a new canvas as finished context; ``progress``
+    hears (regions copied, regions), ``cancel`` stops it between regions (the partial canvas stays)."""
     from src_models.synthesis.editing import import_slide
 
-    canvas, _ = import_slide(slide, MODELS.get(spec, "cpu"), path, region_size or None, overwrite)
+    if progress is not None:
+        progress(0, 0, "loading the model")
+    model = MODELS.get(spec, "cpu")
+
+    def on_region(n, total):
+        if cancel is not None and cancel.is_set():
+            raise ImportCancelled(f"cancelled after {n} of {total} regions; {path} holds only those")
+        if progress is not None:
+            progress(n, total, "copying and encoding")
+
+    canvas, _ = import_slide(slide, model, path, region_size or None, overwrite, on_region)
     canvas.close()
     return str(Path(path).resolve())
 

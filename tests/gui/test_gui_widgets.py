@@ -339,3 +339,38 @@ def test_the_learned_layout_reports_levels_and_stops_on_cancel():
 
     with pytest.raises(Cancelled):
         layout_job("default", (32, 32), (256, 256), [1, 2, 3], 0, True, progress=stop_at_3, cancel=cancel)
+
+
+def test_importing_a_slide_shows_regions_and_time_left_and_cancels(viewer, qtbot, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from napari_diffinfinite import _worker
+
+    root = Path(__file__).resolve().parents[2]
+    slide = root / "data" / "cmu_small_region" / "cmu_small_region.svs"
+    seen = []
+    original = _worker.import_slide_job
+
+    def watched(*args, progress=None, cancel=None):
+        def spy(done, total, text=""):
+            seen.append((done, total))
+            if done >= 3:  # the user presses Cancel after three regions
+                cancel.set()
+            progress(done, total, text)
+
+        return original(*args, progress=spy, cancel=cancel)
+
+    monkeypatch.setattr(_worker, "import_slide_job", watched)
+    main = dock(viewer, "DiffInfinite")
+    w = main.canvas
+    w.model_picker.set_spec("tiny-test")
+    w.region_box.setValue(256)
+    w.path_edit.setText(str(tmp_path / "slide.zarr"))
+    w.slide_edit.setText(str(slide))
+    job = w.import_slide()
+    assert w.import_button.text() == "Cancel" and not main.run_button.isEnabled()
+    qtbot.waitUntil(lambda: not job.busy, timeout=60_000)
+    assert job.state == "cancelled" and canvas_pair(viewer) is None
+    assert any(total > 3 for _, total in seen)  # a count of regions came through
+    assert "import cancelled" in w.status.text() and "cancelled" in main.progress_label.text()
+    assert w.import_button.text() == "Import slide as a new canvas"
