@@ -101,6 +101,7 @@ def show_canvas(viewer, path, replace: bool = False) -> tuple:
         added.append(getattr(viewer, f"add_{kind}")(data, **meta))
     image, mask = added
     guard_mask(mask)
+    outline_if_sampled(mask)
     mask.selected_label = 1
     show_overlay(viewer, image)
     viewer.reset_view()
@@ -109,6 +110,15 @@ def show_canvas(viewer, path, replace: bool = False) -> tuple:
         camera(viewer).center = (y + info["height"] / 2, x + info["width"] / 2)
     viewer.layers.selection.active = mask
     return image, mask
+
+
+def outline_if_sampled(mask) -> None:
+    """A canvas that holds tissue shows its mask as outlines (finished regions show tissue, not the mask)."""
+    from ._reader import set_mask_mode
+
+    info = layer_info(mask) or {}
+    if info.pop("sampled", False) and info.get("mode") == "distinct colours":
+        set_mask_mode(mask, "contours")
 
 
 _GUARDED: "weakref.WeakSet" = weakref.WeakSet()  # mask layers guard_mask watches already
@@ -273,6 +283,7 @@ class CanvasPicker(QComboBox):
             QTimer.singleShot(0, lambda: self._add_overlay(layer))  # not from inside napari's insert event
         if info.get("role") == "mask":
             guard_mask(layer)
+            outline_if_sampled(layer)
         if info.get("role") in ("image", "mask"):
             self.changed.emit(self.image_layer())  # a canvas's mask arrives after its image
 

@@ -258,6 +258,7 @@ class MaskToolsWidget(QWidget):
         if self._watched_mask is not None:
             try:
                 self._watched_mask.events.editable.disconnect(self._on_editable)
+                self._watched_mask.events.contour.disconnect(self._sync_mode)
             except (TypeError, ValueError, RuntimeError):
                 pass
         self._watched_mask = mask
@@ -265,6 +266,7 @@ class MaskToolsWidget(QWidget):
             from ._canvas_widget import resolution_text
 
             mask.events.editable.connect(self._on_editable)
+            mask.events.contour.connect(self._sync_mode)  # a run switches to contours
             self.resolution_label.setText(resolution_text(layer_info(mask)))
             mode = layer_info(mask).get("mode", MASK_MODES[0])
             self.mode_box.blockSignals(True)
@@ -273,6 +275,18 @@ class MaskToolsWidget(QWidget):
         else:
             self.resolution_label.setText("")
         self._on_editable()
+
+    def _sync_mode(self, event=None) -> None:
+        mask = self._watched_mask
+        if mask is None:
+            return
+        mode = (layer_info(mask) or {}).get("mode", MASK_MODES[0])
+        if self.mode_box.currentText() != mode:
+            self.mode_box.blockSignals(True)
+            self.mode_box.setCurrentText(mode)
+            self.mode_box.blockSignals(False)
+            image, _ = self.picker.current()
+            self.legend.set_canvas(self.viewer, layer_info(image), mask)
 
     def _on_editable(self, event=None):
         mask = self._watched_mask

@@ -2,8 +2,8 @@
 
 Pending regions are veiled in grey (an empty canvas is then visible against napari's black
 background), the region in flight is outlined in yellow and shows the run's live preview (the
-predicted clean image, refreshed about once a second), finished regions are clear (with a thin light
-outline while a run goes on).  Drawing the preview here rather than in a layer of its own means a run
+predicted clean image, refreshed about once a second), finished regions are clear, with no outline
+(the tissue is what the user watches).  Drawing the preview here rather than in a layer of its own means a run
 adds and removes no layer.  Each region is ``k`` x ``k`` overlay pixels (``k`` up to 128, the
 overlay at most :data:`MAX_SIDE` pixels a side), so updating a region re-uploads a small texture.
 The canvas itself gets napari's bounding-box outline.  GUI thread only.
@@ -100,7 +100,7 @@ class RegionOverlay:
 
     def _edge(self, block: np.ndarray, state: int) -> None:
         k = self.k
-        if state == DONE and not self.running:  # a finished canvas shows its tissue, no grid over it
+        if state == DONE:  # finished tissue is shown bare: outlines only around pending and running regions
             return
         if k >= 4 and block.size:
             edge = {PENDING: PENDING_EDGE, IN_FLIGHT: FLIGHT_EDGE, DONE: DONE_EDGE}[state]

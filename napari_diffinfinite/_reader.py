@@ -89,14 +89,19 @@ def label_colormap(colours: list[str], mode: str = MASK_MODES[0]) -> dict:
     return cmap
 
 
+def contour_width(step: int) -> int:
+    """Outline width (mask px) of the "contours" display: about 2 latent px."""
+    return max(1, round(2 / step))
+
+
 def set_mask_mode(layer, mode: str) -> None:
     """Show a mask layer in one of :data:`MASK_MODES` (filled distinct colours, their contours, or
     the model card's colours)."""
     info = layer.metadata[META]
+    info["mode"] = mode  # first: the layer's events below tell the widgets
     layer.colormap = label_colormap(info["colours"], "class colours" if mode == "class colours" else "distinct")
-    layer.contour = max(1, round(2 / info["mask_step"])) if mode == "contours" else 0
     layer.opacity = 1.0 if mode == "contours" else MASK_OPACITY
-    layer.metadata[META]["mode"] = mode
+    layer.contour = contour_width(info["mask_step"]) if mode == "contours" else 0
 
 
 def class_features(classes: list[str]) -> dict:
@@ -308,6 +313,9 @@ def canvas_layer_data(path, name: str | None = None) -> list[tuple]:
         "cache": False,
         "metadata": {META: {"role": "image", **info}},
     }
+    # a canvas with tissue in it is shown with the mask as outlines (the widgets switch it when the
+    # layer arrives: napari's add_labels takes no contour), so the tissue is seen; an empty one filled
+    sampled = bool(np.asarray(canvas.state_table()[..., 0]).any())
     mask_meta = {
         "name": f"{name} mask",
         "scale": (s, s),
@@ -315,7 +323,7 @@ def canvas_layer_data(path, name: str | None = None) -> list[tuple]:
         "colormap": label_colormap(info["colours"]),
         "features": class_features(info["classes"]),
         "opacity": MASK_OPACITY,
-        "metadata": {META: {"role": "mask", "mode": MASK_MODES[0], **info}},
+        "metadata": {META: {"role": "mask", "mode": MASK_MODES[0], "sampled": sampled, **info}},
     }
     return [(image_pyramid(canvas), image_meta, "image"), (read_mask(canvas, step), mask_meta, "labels")]
 

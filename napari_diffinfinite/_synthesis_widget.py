@@ -403,6 +403,10 @@ class SynthesisWidget(QWidget):
         self._mask_layer = mask
         if mask is not None:
             mask.editable = False  # the run samples under this mask: no edits until it ends
+            if layer_info(mask).get("mode") == "distinct colours":  # watch tissue appear, not the filled mask
+                from ._reader import set_mask_mode
+
+                set_mask_mode(mask, "contours")
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
         self.run = SynthesisRun(self.viewer, image, request, mask=snapshot, mask_step=info["mask_step"],

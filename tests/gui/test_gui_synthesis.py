@@ -327,3 +327,25 @@ def test_the_dock_says_regions_area_and_time_before_run(viewer, qtbot, tiny_card
     qtbot.waitUntil(lambda: "on cpu (from 1 earlier run)" in w.estimate_label.text(), timeout=10_000)
     assert "about 3 s" in w.estimate_label.text()  # 2 of 16 regions of a 24 s whole-canvas run
     assert "8,192 px" in w.estimate_label.text()
+
+
+def test_finished_regions_show_tissue_not_the_mask(viewer, qtbot, tiny_card, tmp_path):
+    from napari_diffinfinite._overlay import find_overlay
+
+    path = make_canvas(tiny_card, tmp_path / "t.zarr", size=128, region=64)
+    w = dock(viewer, "DiffInfinite")
+    image, mask = w.canvas.open(path)
+    assert mask.metadata[META]["mode"] == "distinct colours" and mask.contour == 0  # an empty canvas: to paint
+    setup_synthesis(w.synthesis, steps=2, preview=False)
+    run = w.synthesis.start()
+    assert mask.contour > 0 and w.mask.mode_box.currentText() == "contours"  # the tissue shows as it comes
+    qtbot.waitUntil(lambda: run.regions_done >= 1, timeout=60_000)
+    overlay = find_overlay(viewer, image.metadata[META]["path"])
+    qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
+    assert run.state == "done"
+    assert not np.asarray(overlay.data)[..., 3].any()  # no veil and no grid over finished tissue
+    # a canvas with tissue opens with the mask as outlines
+    viewer.layers.clear()
+    image, mask = w.canvas.open(path)
+    assert mask.metadata[META]["mode"] == "contours" and mask.contour > 0 and mask.opacity == 1.0
+    assert w.mask.mode_box.currentText() == "contours"
