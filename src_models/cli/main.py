@@ -83,6 +83,9 @@ def _add_editing(sub) -> None:
     src = i.add_mutually_exclusive_group()
     src.add_argument("--mask", type=Path, default=None, help="new labels for the rectangle (resized to it)")
     src.add_argument("--label", type=int, default=None, help="fill the rectangle with one label")
+    i.add_argument("--class-map", default=None, metavar="S=T,...",
+                   help="send --mask label S to the model's class T, e.g. 9=2 (masks made for other models, such "
+                        "as the DiffInfinite release's inpainting masks)")
     i.add_argument("--resume", action="store_true", help="finish an interrupted inpaint (no new rectangle)")
     add_run_options(i)
 
@@ -332,7 +335,14 @@ def cmd_inpaint(args) -> int:
     check_run_args(args)
     device = resolve_device(args.device)
     card, preloaded = find_card(args.model)
-    mask = read_mask_for_model(args.mask, card, warn=_warn) if args.mask else None
+    if args.class_map is not None and args.mask is None:
+        raise UserError("--class-map maps the labels of --mask: give --mask too")
+    class_map = None
+    if args.class_map is not None:
+        from src_models.io.foreign_masks import parse_class_map
+
+        class_map = parse_class_map(args.class_map)
+    mask = read_mask_for_model(args.mask, card, class_map, warn=_warn) if args.mask else None
     if args.label is not None:
         import numpy as np
 
