@@ -527,7 +527,8 @@ class SynthesisRun:
 
         self._started = time.monotonic()
         _freeze_heap()
-        self.overlay = show_overlay(self.viewer, self.layer, running=True)
+        area = self.request.area if self._args[4] and self.request.area is not None else None  # redoing an area
+        self.overlay = show_overlay(self.viewer, self.layer, running=True, area=area)
         self.worker = create_worker(synthesis_job, *self._args, _start_thread=False, _ignore_errors=True)
         self.worker.yielded.connect(self._on_yielded)
         self.worker.errored.connect(self._on_errored)  # synthesis_job reports its errors; this is for bugs

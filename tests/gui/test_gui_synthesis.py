@@ -349,3 +349,44 @@ def test_finished_regions_show_tissue_not_the_mask(viewer, qtbot, tiny_card, tmp
     image, mask = w.canvas.open(path)
     assert mask.metadata[META]["mode"] == "contours" and mask.contour > 0 and mask.opacity == 1.0
     assert w.mask.mode_box.currentText() == "contours"
+
+
+def test_redoing_a_rectangle_veils_and_previews_only_inside_it(viewer, qtbot, tiny_card, tmp_path):
+    path = make_canvas(tiny_card, tmp_path / "r.zarr", size=128, region=64)
+    w = dock(viewer, "DiffInfinite")
+    image, mask = w.canvas.open(path)
+    s = w.synthesis
+    setup_synthesis(s, steps=2, preview=False)
+    run = s.start()
+    qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
+    # redo a 32 x 32 px rectangle inside the first region, with a live preview
+    setup_synthesis(s, steps=12, region="drawn rectangle", preview=True)
+    s.draw_rectangle()
+    area = next(layer for layer in viewer.layers if layer.metadata.get(META, {}).get("role") == "area")
+    area.add_rectangles(np.array([[16, 16], [47, 47]]))
+    s.redo_box.setChecked(True)
+    run = s.start()
+    seen = []
+
+    def outside_alpha():
+        ov = run.overlay
+        if ov is None:
+            return None
+        px = ov.region_px / ov.k
+        ys = (np.arange(ov.rgba.shape[0]) + 0.5) * px
+        xs = (np.arange(ov.rgba.shape[1]) + 0.5) * px
+        inside = ((ys >= 16) & (ys < 48))[:, None] & ((xs >= 16) & (xs < 48))[None, :]
+        return int(ov.rgba[..., 3][~inside].max()), int(ov.rgba[..., 3][inside].max())
+
+    def look():
+        got = outside_alpha()
+        if got is not None and run.state == "running":
+            seen.append(got)
+        return run.overlay is not None and run.overlay.previews >= 1
+
+    qtbot.waitUntil(look, timeout=60_000)
+    seen.append(outside_alpha())
+    qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
+    assert run.state == "done" and run.regions_total == 1
+    assert seen and all(out == 0 for out, _ in seen)  # the tissue around the rectangle stays in sight
+    assert any(inside > 0 for _, inside in seen)  # the veil and then the preview inside it
