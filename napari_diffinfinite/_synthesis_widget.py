@@ -304,12 +304,13 @@ class SynthesisWidget(QWidget):
         self._estimate_token = token
         worker = create_worker(estimate_job, info["path"], request, self.redo_box.isChecked(),
                                _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(lambda text, t=token: self._show_estimate(text, t))
+        worker.returned.connect(lambda got, t=token: self._show_estimate(got, t))
         self._estimate_worker = worker
         worker.start()
         return worker
 
-    def _show_estimate(self, text: str, token) -> None:
+    def _show_estimate(self, got, token) -> None:
+        text, self.expected_s = got
         if token is getattr(self, "_estimate_token", None) and not (self.run is not None and self.run.busy):
             try:
                 self.estimate_label.setText(f"Run: {text}")
@@ -411,7 +412,8 @@ class SynthesisWidget(QWidget):
         self.progress_bar.setValue(0)
         self.run = SynthesisRun(self.viewer, image, request, mask=snapshot, mask_step=info["mask_step"],
                                 redo=self.redo_box.isChecked(), preview=self.preview_box.isChecked(),
-                                on_state=self._on_state, on_progress=self._on_progress)
+                                on_state=self._on_state, on_progress=self._on_progress,
+                                expected_s=getattr(self, "expected_s", None))
         self.run.start()
         return self.run
 

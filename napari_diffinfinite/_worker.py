@@ -181,7 +181,7 @@ def outpaint_job(spec: str, source: str, path: str, pads: tuple[int, int, int, i
     return str(Path(path).resolve())
 
 
-def estimate_job(path: str, request, redo: bool = False) -> str:
+def estimate_job(path: str, request, redo: bool = False) -> tuple[str, float | None]:
     """The line the dock shows before Run: regions, area (a rectangle rounding out said), expected
     time on this device from the runs measured before (no torch unless the device is CUDA)."""
     from src_models.store.canvas import Canvas
@@ -193,7 +193,8 @@ def estimate_job(path: str, request, redo: bool = False) -> str:
 
         device = resolve_device("auto")
     with Canvas.open(path, "r") as canvas:
-        return estimate_run(canvas, request, str(device), redo=redo).text()
+        est = estimate_run(canvas, request, str(device), redo=redo)
+    return est.text(), est.seconds
 
 
 _WRITERS: dict[str, threading.Lock] = {}  # one in-process writer per canvas (flock refuses a second fd)
@@ -482,8 +483,10 @@ class SynthesisRun:
     """
 
     def __init__(self, viewer, image_layer, request, *, mask=None, mask_step=1, redo=False, preview=True,
-                 on_state=None, on_refresh=None, on_progress=None):
+                 on_state=None, on_refresh=None, on_progress=None, expected_s: float | None = None):
         from qtpy.QtCore import QTimer
+
+        self.expected_s = expected_s  # the estimate said before Run (earlier runs on this device), if any
 
         self.viewer = viewer
         self.layer = image_layer
@@ -674,11 +677,18 @@ class SynthesisRun:
         return min(total, self.regions_done * self._levels + self._level_in_flight), total
 
     def eta(self) -> float | None:
-        """Seconds left, from the levels done so far (None before the first one)."""
+        """Seconds left: from the estimate said before Run (earlier runs on this device) until a tenth
+        of the levels are done, then from the levels done so far (the first ones carry the start-up
+        and read high); None while neither is known."""
         done, total = self.units()
-        if not done or not self._sampling_started:
+        if not self._sampling_started:
             return None
-        return (time.monotonic() - self._sampling_started) / done * (total - done)
+        elapsed = time.monotonic() - self._sampling_started
+        if self.expected_s is not None and (not total or done < 0.1 * total):
+            return max(1.0, self.expected_s - elapsed)
+        if not done:
+            return None
+        return elapsed / done * (total - done)
 
     def _describe(self) -> str:
         """"DiffInfinite: 3/12 regions", with the step of the region in flight and the time left when known."""

@@ -327,6 +327,13 @@ def test_the_dock_says_regions_area_and_time_before_run(viewer, qtbot, tiny_card
     qtbot.waitUntil(lambda: "on cpu (from 1 earlier run)" in w.estimate_label.text(), timeout=10_000)
     assert "about 3 s" in w.estimate_label.text()  # 2 of 16 regions of a 24 s whole-canvas run
     assert "8,192 px" in w.estimate_label.text()
+    # the run says its time left from the start (the estimate), before any level has finished
+    run = s.start()
+    seen = []
+    qtbot.waitUntil(lambda: run.state != "starting" and (seen.append((run.units()[0], run.eta())) or True),
+                    timeout=30_000)
+    assert seen[0][1] is not None and seen[0][1] <= 3.0
+    qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
 
 
 def test_finished_regions_show_tissue_not_the_mask(viewer, qtbot, tiny_card, tmp_path):
