@@ -353,12 +353,11 @@ class CanvasWidget(QWidget):
         self._import_job = start_job(
             self.viewer, "importing the slide", import_slide_job, self.model_picker.spec(), slide, path,
             self.region_box.value() or None, self.overwrite_box.isChecked(), button=self.import_button,
-            unit="regions", on_result=self._on_created, on_error=failed)
-        job = self._import_job
-        job.worker.finished.connect(lambda: self.status.setText(
-            f"import cancelled: {path} holds only the regions copied so far (import again with 'replace')")
+            unit="regions", on_result=self._on_created, on_error=failed,
+            on_end=lambda job: self.status.setText(
+                f"import cancelled: {path} holds only the regions copied so far (import again with 'replace')")
             if job.state == "cancelled" else None)
-        return job
+        return self._import_job
 
     def outpaint(self):
         from ._worker import outpaint_job

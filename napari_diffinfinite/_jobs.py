@@ -61,7 +61,7 @@ class Job:
     """One long action in a worker thread (see the module docstring)."""
 
     def __init__(self, viewer, what: str, func, args: tuple, *, button=None, on_result=None, on_error=None,
-                 unit: str = ""):
+                 on_end=None, unit: str = ""):
         from napari.qt.threading import create_worker
 
         self.what, self.unit = what, unit
@@ -70,7 +70,7 @@ class Job:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._button = button
         self._button_text = button.text() if button is not None else None
-        self._on_result, self._on_error = on_result, on_error
+        self._on_result, self._on_error, self._on_end = on_result, on_error, on_end
         self.state = "running"
         self.last = (0, 0, "")
         self._t0 = time.monotonic()
@@ -163,8 +163,13 @@ class Job:
                 pass
         if self in self.activity.jobs:
             self.activity.jobs.remove(self)
+        if self._on_end is not None:  # connected before the worker started: a quick job cannot slip past it
+            self._on_end(self)
         self.activity.ended.emit(text)
 
 
-def start_job(viewer, what: str, func, *args, button=None, on_result=None, on_error=None, unit: str = "") -> Job:
-    return Job(viewer, what, func, args, button=button, on_result=on_result, on_error=on_error, unit=unit).start()
+def start_job(viewer, what: str, func, *args, button=None, on_result=None, on_error=None, on_end=None,
+              unit: str = "") -> Job:
+    """Start a :class:`Job`; ``on_end(job)`` runs when it has ended, however (``job.state`` says how)."""
+    return Job(viewer, what, func, args, button=button, on_result=on_result, on_error=on_error, on_end=on_end,
+               unit=unit).start()

@@ -391,12 +391,14 @@ class MaskToolsWidget(QWidget):
                         layout_job, spec, shape, image_px, labels, self.seed_box.value(), learned,
                         button=self.generate_button, unit="levels",
                         on_result=lambda v: self._apply(mask, rect, v[0], f"generated ({v[1]})"),
-                        on_error=lambda e: self._fail(f"failed: {e}"))
-        job.worker.finished.connect(self._job_done)
-        job.worker.finished.connect(lambda: self.status.setText("generating cancelled: the mask is unchanged")
-                                    if job.state == "cancelled" else None)
+                        on_error=lambda e: self._fail(f"failed: {e}"), on_end=self._generate_ended)
         self._generate_job = job
         return job
+
+    def _generate_ended(self, job) -> None:
+        if job.state == "cancelled":
+            self.status.setText("generating cancelled: the mask is unchanged")
+        self._job_done()
 
     def load(self, path: str | None = None):
         """Read a mask file; one in the model's classes is applied at once, one made for another

@@ -165,7 +165,7 @@ def import_slide_job(spec: str, slide: str, path: str, region_size: int | None, 
         if progress is not None:
             progress(n, total, "copying and encoding")
 
-    canvas, _ = import_slide(slide, model, path, region_size or None, overwrite, on_region)
+    canvas, _ = import_slide(slide, model, path, region_size or None, overwrite, on_region, model_spec=spec)
     canvas.close()
     return str(Path(path).resolve())
 

@@ -310,7 +310,8 @@ def cmd_import_slide(args) -> int:
         bar.update(n - bar.n)
 
     try:
-        canvas, report = import_slide(args.slide, model, args.out, args.region_size, args.overwrite, progress)
+        canvas, report = import_slide(args.slide, model, args.out, args.region_size, args.overwrite, progress,
+                                      model_spec=str(args.model))
     finally:
         bar.close()
     canvas.close()

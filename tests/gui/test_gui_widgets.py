@@ -223,6 +223,8 @@ def test_import_a_slide_then_extend_it_in_the_widget(viewer, qtbot, tmp_path):
     assert np.asarray(image.data[-1]).mean() > 100  # real tissue and glass, not an empty store
     with Canvas.open(tmp_path / "slide.zarr") as c:
         assert c.done_indices() == {r.index for r in c.regions()}
+        assert c.settings["model"] == "tiny-test"  # the dock names the model ("model ?" before)
+    assert "model tiny-test" in w.info_label.text()
     # extend the imported canvas by 64 px at the top and the right: the border is left to sample
     w.pad_boxes[0].setValue(64)
     w.pad_boxes[1].setValue(64)
