@@ -23,6 +23,7 @@ from ._reader import META
 
 SAVE_DELAY_S = 1.0  # quiet time after the last edit before the mask is written
 RETRY_S = 5.0  # after a failed save (the canvas held by another process)
+RETRIES = 3  # automatic retries after a failed save
 FLUSH_WAIT_S = 30.0  # closing: the longest wait for a save in flight
 
 _SAVERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # mask layer -> MaskAutosave
@@ -48,6 +49,7 @@ class MaskAutosave(QObject):
         self.saving = False  # a save in flight
         self.saves = 0  # saves that wrote something (the tests look at it)
         self.last_error: str | None = None
+        self.failures = 0  # saves failed in a row
         self._worker = None
         self._done: threading.Event | None = None
         self._timer = QTimer(self)
@@ -73,7 +75,8 @@ class MaskAutosave(QObject):
     def mark_edited(self, event=None) -> None:
         """The layer changed: save it SAVE_DELAY_S after the last change."""
         self.dirty = True
-        self._timer.start()  # debounce: restarted by every edit
+        self.failures = min(self.failures, RETRIES)  # an edit earns one more try
+        self._timer.start(int(SAVE_DELAY_S * 1000))  # debounce: restarted by every edit
 
     def save_soon(self) -> None:
         """Start a save in a worker thread if there is something to save and none is running."""
@@ -111,6 +114,7 @@ class MaskAutosave(QObject):
 
     def _on_saved(self, changed) -> None:
         self.last_error = None
+        self.failures = 0
         self.saves += bool(changed)
 
     def _on_failed(self, exc) -> None:
@@ -118,8 +122,14 @@ class MaskAutosave(QObject):
 
         self.dirty = True
         self.last_error = str(exc)
-        notify(f"the mask edits of {self.path} are not saved yet: {exc}; trying again in {RETRY_S:.0f} s", "warning")
-        self._timer.start(int(RETRY_S * 1000))
+        self.failures += 1
+        if self.failures <= RETRIES:
+            notify(f"the mask edits of {self.path} are not saved yet: {exc}; trying again in {RETRY_S:.0f} s",
+                   "warning")
+            self._timer.start(int(RETRY_S * 1000))
+        else:  # a read-only folder, say: no endless retries; the next edit or closing tries again
+            notify(f"the mask edits of {self.path} could not be saved: {exc}; use Save mask to canvas "
+                   "once the canvas can be written", "error")
 
     def _on_finished(self) -> None:
         self.saving = False
