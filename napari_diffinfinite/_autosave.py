@@ -19,7 +19,7 @@ import weakref
 import numpy as np
 from qtpy.QtCore import QEvent, QObject, QTimer
 
-from ._reader import META
+META = "diffinfinite"  # the layers' metadata key (as in _reader)
 
 SAVE_DELAY_S = 1.0  # quiet time after the last edit before the mask is written
 RETRY_S = 5.0  # after a failed save (the canvas held by another process)
@@ -118,7 +118,10 @@ class MaskAutosave(QObject):
         self.saves += bool(changed)
 
     def _on_failed(self, exc) -> None:
-        from ._common import notify
+        from napari.utils.notifications import show_error, show_warning
+
+        def notify(text, severity):
+            (show_warning if severity == "warning" else show_error)(text)
 
         self.dirty = True
         self.last_error = str(exc)

@@ -479,6 +479,9 @@ class Section(QWidget):
         return self.header.isChecked()
 
 
+MAIN_DOCK = "diffinfinite-main-dock"  # objectName of the DiffInfinite dock's widget
+
+
 def tab_beside_main_dock(widget) -> bool:
     """Put the napari dock holding ``widget`` into a tab beside the main DiffInfinite dock (when
     that is open in the same window), so each gets the window's full height instead of half of it
@@ -495,13 +498,11 @@ def tab_beside_main_dock(widget) -> bool:
     if not isinstance(window, QMainWindow) or dock.isFloating():
         return False
     widget._tabbed_once = True
-    from ._dock import DiffInfiniteWidget
-
     for other in window.findChildren(QDockWidget):
-        if other is dock or other.isFloating() or not other.isVisible():
+        if other is dock or other.isFloating() or not other.isVisible() or other.widget() is None:
             continue
-        if other.widget() is not None and other.widget().findChild(DiffInfiniteWidget) is not None \
-                or isinstance(other.widget(), DiffInfiniteWidget):
+        inner = other.widget()
+        if inner.objectName() == MAIN_DOCK or inner.findChild(QWidget, MAIN_DOCK) is not None:
             window.tabifyDockWidget(other, dock)
             dock.show()
             dock.raise_()

@@ -23,6 +23,9 @@ class DiffInfiniteWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
+        from ._common import MAIN_DOCK
+
+        self.setObjectName(MAIN_DOCK)  # the Review and Annotations docks open as tabs beside this one
         outer = QVBoxLayout(self)
         outer.setContentsMargins(4, 4, 4, 4)
         outer.setSpacing(4)

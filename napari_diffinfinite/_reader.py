@@ -11,7 +11,8 @@ A project canvas becomes two layers that know their store through ``layer.metada
   pixel when the latent grid is too large to paint), scaled by ``factor * step`` over the image
   and shifted half a pixel so that mask and image pixels line up.  Colours and class names come
   from the canvas (copied from the model card that made it).  Every edit reaches the store
-  a second later, off the GUI thread, and what is unsaved is written when napari closes (``_autosave``).
+  a second later, off the GUI thread, and what is unsaved is written when napari closes (``_autosave``;
+  the manifest's reader is ``_opening.get_reader``, which adds that to this module's reader).
 
 Other NGFF 0.5 stores (image pyramid plus ``labels/``) are read as plain image and labels layers;
 any other ``.zarr`` is handed to napari's own reader, so that this plugin can be the default
@@ -495,22 +496,9 @@ def activate(context=None) -> None:
     prefer_this_reader()
 
 
-def _autosave_current_viewer() -> None:
-    """Masks painted on canvases opened by File > Open (no dock of ours open) are saved too."""
-    try:
-        import napari
-
-        from ._autosave import watch_viewer
-
-        watch_viewer(napari.current_viewer())
-    except Exception:  # noqa: BLE001 - no Qt viewer (a headless read): nothing to watch
-        pass
-
-
 def read_canvas(path) -> list[tuple]:
     if isinstance(path, (list, tuple)):
         path = path[0]
-    _autosave_current_viewer()
     return canvas_layer_data(path)
 
 
