@@ -168,15 +168,17 @@ class AnnotationLoader(QObject):
         self.dialog = None
         self.failed.emit(text)
 
-    def _run(self, func, *args, on_result):
-        from napari.qt.threading import create_worker
+    def _run(self, func, *args, on_result, what: str):
+        """``func(*args)`` in a worker, shown in the dock's footer (what runs; Run waits meanwhile)."""
+        from ._jobs import start_job
 
-        worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(on_result)
-        worker.errored.connect(lambda e: self._fail(f"failed: {e}"))
-        self._worker = worker
-        worker.start()
-        return worker
+        def job(*a, progress=None, cancel=None):
+            return func(*a)
+
+        self._job = start_job(self.viewer, what, job, *args, on_result=on_result,
+                              on_error=lambda e: self._fail(f"failed: {e}"))
+        self._worker = self._job.worker
+        return self._worker
 
     def start(self, mask_layer, path: str, mapping: dict | None = None, offset=(0.0, 0.0), downsample: float = 1.0):
         """Load ``path`` onto ``mask_layer``.  Without ``mapping`` the class-mapping dialog opens
@@ -192,7 +194,7 @@ class AnnotationLoader(QObject):
             self.failed.emit("the mask is locked while a synthesis run uses it; wait or cancel the run")
             return None
         self._busy = True
-        return self._run(read_job, str(path),
+        return self._run(read_job, str(path), what=f"reading {Path(path).name}",
                          on_result=lambda ann: self._on_read(mask_layer, info, ann, mapping, offset, downsample))
 
     def _on_read(self, mask_layer, info, ann, mapping, offset, downsample) -> None:
@@ -231,6 +233,7 @@ class AnnotationLoader(QObject):
         current = np.array(mask_layer.data, copy=True)
         used = {k: v for k, v in mapping.items() if v is not None}
         self._run(rasterise_job, ann, mapping, current.shape, pixel_size, tuple(offset), float(downsample), current,
+                  what=f"painting the annotations of {Path(ann.source).name}",
                   on_result=lambda res: self._apply(mask_layer, res, ann, used))
 
     def _apply(self, mask_layer, result, ann, used) -> None:
@@ -256,12 +259,16 @@ class AnnotationLoader(QObject):
 class AnnotationsWidget(QWidget):
     """Load QuPath annotations onto the chosen canvas's mask, or export its mask as GeoJSON."""
 
-    def __init__(self, napari_viewer, parent=None):
+    def __init__(self, napari_viewer, parent=None, *, compact: bool = False, picker: CanvasPicker | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
+        self.compact = compact
         layout = QVBoxLayout(self)
-        self.picker = CanvasPicker(self.viewer)
-        layout.addWidget(self.picker)
+        if compact:  # a section of the main dock, sharing its canvas picker
+            layout.setContentsMargins(0, 0, 0, 0)
+        self.picker = picker or CanvasPicker(self.viewer)
+        if not compact:
+            layout.addWidget(self.picker)
         hint = QLabel("QuPath GeoJSON (Polygon/MultiPolygon, holes). Polygons paint over the mask; later "
                       "features win where they overlap; Ctrl+Z on the mask layer takes a load back.")
         hint.setWordWrap(True)
@@ -277,11 +284,23 @@ class AnnotationsWidget(QWidget):
         layout.addLayout(row)
         self.status = status_label()
         layout.addWidget(self.status)
-        layout.addStretch(1)
+        if not compact:
+            layout.addStretch(1)
         self.loader = AnnotationLoader(self.viewer, self)
         self.loader.finished.connect(self._done)
         self.loader.failed.connect(self._failed)
         self._export_worker = None
+
+        from ._common import guard_wheel
+
+        guard_wheel(self)  # the wheel changes a value only in the widget with keyboard focus
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if not self.compact:
+            from ._common import tab_beside_main_dock
+
+            tab_beside_main_dock(self)
 
     @property
     def dialog(self) -> ClassMapDialog | None:

@@ -17,6 +17,7 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -96,6 +97,10 @@ class CanvasWidget(QWidget):
         self._load_grid()
 
     # ------------------------------------------------------------------ building the widget
+
+        from ._common import guard_wheel
+
+        guard_wheel(self)  # the wheel changes a value only in the widget with keyboard focus
     def _build_current(self, layout, compact: bool):
         """The canvas in use: picker, its description and the class legend (a group unless compact)."""
         self.info_label = QLabel()
@@ -191,14 +196,15 @@ class CanvasWidget(QWidget):
                                       "region counts as finished, so drawn rectangles can be regenerated in it")
         self.import_button.clicked.connect(self.import_slide)
         self.pad_boxes = []
-        prow = QHBoxLayout()
-        for side in ("top", "right", "bottom", "left"):
+        prow = QGridLayout()  # two by two: four boxes in a row made the dock wider than a laptop allows
+        for i, side in enumerate(("top", "right", "bottom", "left")):
             box = QSpinBox()
             box.setRange(0, MAX_SIDE)
             box.setSingleStep(256)
+            box.setPrefix(f"{side[0]} ")
             box.setToolTip(f"px to add at the {side}")
             self.pad_boxes.append(box)
-            prow.addWidget(box)
+            prow.addWidget(box, i // 2, i % 2)
         self.pad_label_box = QSpinBox()
         self.pad_label_box.setRange(0, 255)
         self.pad_label_box.setToolTip("mask label of the new border (0: unknown)")
@@ -319,15 +325,39 @@ class CanvasWidget(QWidget):
         return self._worker
 
     def import_slide(self):
+        """Copy a slide into a new canvas in a worker: progress and time left in the dock's footer,
+        the button cancels meanwhile."""
+        from ._jobs import start_job
         from ._worker import import_slide_job
 
+        job = getattr(self, "_import_job", None)
+        if job is not None and job.busy:
+            job.cancel()
+            return job
         slide = self.slide_edit.text().strip()
         if not slide:
             self._fail("give the slide to import")
             return None
-        options = (self.region_box.value() or None, self.overwrite_box.isChecked())
-        return self._start_store_job(import_slide_job, slide, options, button=self.import_button,
-                                     doing="importing the slide…")
+        path = self.path_edit.text().strip()
+        if not path:
+            self._fail("choose where to store the canvas")
+            return None
+        self.status.setText("importing the slide…")
+
+        def failed(e):
+            if "cancelled" in str(e):
+                self.status.setText(str(e))
+            else:
+                self._fail(f"not done: {e}")
+
+        self._import_job = start_job(
+            self.viewer, "importing the slide", import_slide_job, self.model_picker.spec(), slide, path,
+            self.region_box.value() or None, self.overwrite_box.isChecked(), button=self.import_button,
+            unit="regions", on_result=self._on_created, on_error=failed,
+            on_end=lambda job: self.status.setText(
+                f"import cancelled: {path} holds only the regions copied so far (import again with 'replace')")
+            if job.state == "cancelled" else None)
+        return self._import_job
 
     def outpaint(self):
         from ._worker import outpaint_job

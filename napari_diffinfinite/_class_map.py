@@ -95,6 +95,10 @@ class ClassMapDialog(QDialog):
         self._source = source
         self._fill()
 
+        from ._common import guard_wheel
+
+        guard_wheel(self)  # the wheel changes a value only in the widget with keyboard focus
+
     def _on_scheme(self, _index=None) -> None:
         n = self.scheme_box.currentData()
         if n and n != self.mask.scheme:

@@ -11,14 +11,19 @@ import weakref
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
+    QAbstractScrollArea,
+    QAbstractSlider,
+    QAbstractSpinBox,
+    QApplication,
     QComboBox,
     QFileDialog,
     QGridLayout,
     QLabel,
     QPushButton,
+    QScrollBar,
     QSizePolicy,
     QToolButton,
     QVBoxLayout,
@@ -96,6 +101,7 @@ def show_canvas(viewer, path, replace: bool = False) -> tuple:
         added.append(getattr(viewer, f"add_{kind}")(data, **meta))
     image, mask = added
     guard_mask(mask)
+    outline_if_sampled(mask)
     mask.selected_label = 1
     show_overlay(viewer, image)
     viewer.reset_view()
@@ -104,6 +110,15 @@ def show_canvas(viewer, path, replace: bool = False) -> tuple:
         camera(viewer).center = (y + info["height"] / 2, x + info["width"] / 2)
     viewer.layers.selection.active = mask
     return image, mask
+
+
+def outline_if_sampled(mask) -> None:
+    """A canvas that holds tissue shows its mask as outlines (finished regions show tissue, not the mask)."""
+    from ._reader import set_mask_mode
+
+    info = layer_info(mask) or {}
+    if info.pop("sampled", False) and info.get("mode") == "distinct colours":
+        set_mask_mode(mask, "contours")
 
 
 _GUARDED: "weakref.WeakSet" = weakref.WeakSet()  # mask layers guard_mask watches already
@@ -252,6 +267,9 @@ class CanvasPicker(QComboBox):
         self.currentIndexChanged.connect(lambda _: self.changed.emit(self.image_layer()))
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self._on_removed)
+        from ._autosave import watch_viewer
+
+        watch_viewer(viewer)  # every mask edit reaches the store
         self.update_items()
 
     def _on_inserted(self, event) -> None:
@@ -265,6 +283,7 @@ class CanvasPicker(QComboBox):
             QTimer.singleShot(0, lambda: self._add_overlay(layer))  # not from inside napari's insert event
         if info.get("role") == "mask":
             guard_mask(layer)
+            outline_if_sampled(layer)
         if info.get("role") in ("image", "mask"):
             self.changed.emit(self.image_layer())  # a canvas's mask arrives after its image
 
@@ -274,6 +293,8 @@ class CanvasPicker(QComboBox):
 
         if image in self.viewer.layers and find_overlay(self.viewer, layer_info(image)["path"]) is None:
             show_overlay(self.viewer, image)
+            if len(canvas_layers(self.viewer)) == 1:  # opened by File > Open or the shell: frame it
+                self.viewer.reset_view()
 
     def _on_removed(self, event) -> None:
         info = layer_info(event.value)
@@ -456,6 +477,71 @@ class Section(QWidget):
     @property
     def expanded(self) -> bool:
         return self.header.isChecked()
+
+
+MAIN_DOCK = "diffinfinite-main-dock"  # objectName of the DiffInfinite dock's widget
+
+
+def tab_beside_main_dock(widget) -> bool:
+    """Put the napari dock holding ``widget`` into a tab beside the main DiffInfinite dock (when
+    that is open in the same window), so each gets the window's full height instead of half of it
+    (at 1280 x 800 a second dock stacked under the main one left either too little room).  Only
+    the first time the dock is shown; whether it was tabbed."""
+    from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+    if getattr(widget, "_tabbed_once", False):
+        return False
+    dock = widget.parentWidget()
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parentWidget()
+    window = dock.parentWidget() if dock is not None else None
+    if not isinstance(window, QMainWindow) or dock.isFloating():
+        return False
+    widget._tabbed_once = True
+    for other in window.findChildren(QDockWidget):
+        if other is dock or other.isFloating() or not other.isVisible() or other.widget() is None:
+            continue
+        inner = other.widget()
+        if inner.objectName() == MAIN_DOCK or inner.findChild(QWidget, MAIN_DOCK) is not None:
+            window.tabifyDockWidget(other, dock)
+            dock.show()
+            dock.raise_()
+            return True
+    return False
+
+
+class _WheelGuard(QObject):
+    """Eats wheel events of value widgets (combo boxes, spin boxes, sliders) that lack keyboard
+    focus, and scrolls the scroll area around them instead: scrolling a dock never changes a
+    setting on the way (it switched "apply to" from "whole canvas" to "drawn rectangle")."""
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        if event.type() != QEvent.Type.Wheel or obj.hasFocus():
+            return False
+        area = obj.parentWidget()
+        while area is not None and not isinstance(area, QAbstractScrollArea):
+            area = area.parentWidget()
+        if area is not None:
+            QApplication.sendEvent(area.verticalScrollBar(), event)
+        return True
+
+
+_WHEEL_GUARD = None
+
+
+def guard_wheel(root) -> None:
+    """Let the wheel change no value widget inside ``root`` unless that widget has keyboard focus
+    (a click or Tab gives it; then the wheel works as usual)."""
+    global _WHEEL_GUARD
+    if _WHEEL_GUARD is None:
+        _WHEEL_GUARD = _WheelGuard()
+    for kind in (QComboBox, QAbstractSpinBox, QAbstractSlider):
+        for w in root.findChildren(kind):
+            if isinstance(w, QScrollBar):
+                continue
+            if w.focusPolicy() == Qt.FocusPolicy.WheelFocus:
+                w.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+            w.installEventFilter(_WHEEL_GUARD)
 
 
 def grid_of(card_or_info) -> int:

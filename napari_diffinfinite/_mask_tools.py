@@ -80,11 +80,11 @@ def fit_mask_job(labels: np.ndarray, mapping: dict | None, classes: list[str], s
 
 
 def layout_job(spec: str | None, shape: tuple[int, int], image_px: tuple[int, int], labels: list[int],
-               seed: int, kind: str) -> tuple[np.ndarray, str]:
+               seed: int, kind: str, progress=None, cancel=None) -> tuple[np.ndarray, str]:
     """A layout for ``shape`` mask px covering ``image_px`` image px: ``kind`` "anatomy" draws the
-    canvas model's anatomy recipe, "learned" runs its layout diffusion model, where the model has
-    them, else (and for "procedural") smoothed random fields (:mod:`src_models.synthesis.layouts`
-    decides).  Returns (labels, how)."""
+    canvas model's anatomy recipe, "learned" runs its layout diffusion model (``progress`` per
+    denoising level, stopped by ``cancel``), where the model has them, else (and for "procedural")
+    smoothed random fields (:mod:`src_models.synthesis.layouts` decides).  Returns (labels, how)."""
     from src_models.synthesis.layouts import ANATOMY, LEARNED, draw_layout, layout_source, recipe_layout
 
     card = None
@@ -103,7 +103,16 @@ def layout_job(spec: str | None, shape: tuple[int, int], image_px: tuple[int, in
         if source == ANATOMY:
             return recipe_layout(card, shape, image_px, seed), "anatomy recipe"
         if source == LEARNED:
-            mask, _ = draw_layout(MODELS.get(spec, "cpu"), shape, seed=seed, image_px=image_px, kind="learned")
+            if progress is not None:
+                progress(0, 0, "loading the model")
+            model = MODELS.get(spec, "cpu")
+
+            def on_level(info):
+                if progress is not None:
+                    progress(info.level, info.levels, "denoising level")
+
+            mask, _ = draw_layout(model, shape, seed=seed, image_px=image_px, kind="learned", callback=on_level,
+                                  cancel=cancel)
             return mask, "learned layout model"
     why = {"anatomy": "procedural; the model has no anatomy recipe",
            "learned": "procedural; the model has no layout model"}.get(kind, "procedural")
@@ -131,6 +140,12 @@ def apply_to_mask(layer, values: np.ndarray, rect: tuple[int, int, int, int]) ->
         layer._save_history(((slice(r0, r1), slice(c0, c1)), old, new))
     layer.data[r0:r1, c0:c1] = new
     layer.refresh()
+    if not undoable:  # no paint event without a history entry: tell the autosave
+        from ._autosave import autosave
+
+        saver = autosave(layer)
+        if saver is not None:
+            saver.mark_edited()
     return n, undoable
 
 
@@ -201,7 +216,8 @@ class MaskToolsWidget(QWidget):
         self.clear_button.setToolTip("set the target to 0 (unknown)")
         self.clear_button.clicked.connect(self.clear)
         self.save_button = QPushButton("Save mask to canvas")
-        self.save_button.setToolTip("write the mask layer into the canvas store now (Run does it too)")
+        self.save_button.setToolTip("write the mask layer into the canvas store now (every edit is saved on its own "
+                                    "a second later, and when napari closes)")
         self.save_button.clicked.connect(self.save)
         buttons = QHBoxLayout()
         buttons.addWidget(self.generate_button)
@@ -216,6 +232,10 @@ class MaskToolsWidget(QWidget):
         self._actions = [self.generate_button, self.load_button, self.clear_button, self.save_button]
         self.picker.changed.connect(self._on_canvas_changed)
         self._on_canvas_changed(self.picker.image_layer())
+
+        from ._common import guard_wheel
+
+        guard_wheel(self)  # the wheel changes a value only in the widget with keyboard focus
 
     def _arrange(self, layout, target_row, buttons, compact: bool) -> None:
         """The controls in sections (the compact dock) or a group box (the full widget)."""
@@ -254,6 +274,7 @@ class MaskToolsWidget(QWidget):
         if self._watched_mask is not None:
             try:
                 self._watched_mask.events.editable.disconnect(self._on_editable)
+                self._watched_mask.events.contour.disconnect(self._sync_mode)
             except (TypeError, ValueError, RuntimeError):
                 pass
         self._watched_mask = mask
@@ -261,6 +282,7 @@ class MaskToolsWidget(QWidget):
             from ._canvas_widget import resolution_text
 
             mask.events.editable.connect(self._on_editable)
+            mask.events.contour.connect(self._sync_mode)  # a run switches to contours
             self.resolution_label.setText(resolution_text(layer_info(mask)))
             mode = layer_info(mask).get("mode", MASK_MODES[0])
             self.mode_box.blockSignals(True)
@@ -269,6 +291,18 @@ class MaskToolsWidget(QWidget):
         else:
             self.resolution_label.setText("")
         self._on_editable()
+
+    def _sync_mode(self, event=None) -> None:
+        mask = self._watched_mask
+        if mask is None:
+            return
+        mode = (layer_info(mask) or {}).get("mode", MASK_MODES[0])
+        if self.mode_box.currentText() != mode:
+            self.mode_box.blockSignals(True)
+            self.mode_box.setCurrentText(mode)
+            self.mode_box.blockSignals(False)
+            image, _ = self.picker.current()
+            self.legend.set_canvas(self.viewer, layer_info(image), mask)
 
     def _on_editable(self, event=None):
         mask = self._watched_mask
@@ -346,6 +380,12 @@ class MaskToolsWidget(QWidget):
         self.target_box.setCurrentText("drawn rectangle")
 
     def generate(self):
+        """Fill the target with a layout in a worker (progress and time left in the dock's footer);
+        while it runs the button reads Cancel."""
+        job = getattr(self, "_generate_job", None)
+        if job is not None and job.busy:
+            job.cancel()
+            return job
         target = self._target()
         if target is None:
             return None
@@ -357,8 +397,24 @@ class MaskToolsWidget(QWidget):
         kind = self.layout_box.currentText()
         spec = (info.get("settings") or {}).get("model")
         self.status.setText("generating a layout…")
-        return self._run(layout_job, spec, shape, image_px, labels, self.seed_box.value(), kind,
-                         on_result=lambda v: self._apply(mask, rect, v[0], f"generated ({v[1]})"))
+        from ._jobs import start_job
+
+        self._jobs += 1
+        for b in self._actions:
+            if b is not self.generate_button:
+                b.setEnabled(False)
+        job = start_job(self.viewer, "generating a learned layout" if kind == "learned" else "generating a layout",
+                        layout_job, spec, shape, image_px, labels, self.seed_box.value(), kind,
+                        button=self.generate_button, unit="levels",
+                        on_result=lambda v: self._apply(mask, rect, v[0], f"generated ({v[1]})"),
+                        on_error=lambda e: self._fail(f"failed: {e}"), on_end=self._generate_ended)
+        self._generate_job = job
+        return job
+
+    def _generate_ended(self, job) -> None:
+        if job.state == "cancelled":
+            self.status.setText("generating cancelled: the mask is unchanged")
+        self._job_done()
 
     def load(self, path: str | None = None):
         """Read a mask file; one in the model's classes is applied at once, one made for another

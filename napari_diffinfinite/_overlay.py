@@ -2,8 +2,8 @@
 
 Pending regions are veiled in grey (an empty canvas is then visible against napari's black
 background), the region in flight is outlined in yellow and shows the run's live preview (the
-predicted clean image, refreshed about once a second), finished regions are clear (with a thin light
-outline while a run goes on).  Drawing the preview here rather than in a layer of its own means a run
+predicted clean image, refreshed about once a second), finished regions are clear, with no outline
+(the tissue is what the user watches).  Drawing the preview here rather than in a layer of its own means a run
 adds and removes no layer.  Each region is ``k`` x ``k`` overlay pixels (``k`` up to 128, the
 overlay at most :data:`MAX_SIDE` pixels a side), so updating a region re-uploads a small texture.
 The canvas itself gets napari's bounding-box outline.  GUI thread only.
@@ -44,9 +44,12 @@ def find_overlay(viewer, path: str):
 class RegionOverlay:
     """The overlay of one canvas; ``set(index, state)`` changes one region."""
 
-    def __init__(self, viewer, image_layer, done: set[int] | None = None, running: bool = False):
+    def __init__(self, viewer, image_layer, done: set[int] | None = None, running: bool = False, area=None):
         info = image_layer.metadata[META]
-        self.running = running  # finished regions are outlined only while a run goes on
+        self.running = running
+        # (y0, y1, x0, x1) px of an area being redone (inpainting): veils and previews stay inside it,
+        # so the real tissue around it stays in sight
+        self.area = tuple(area) if area is not None else None
         self.viewer, self.info = viewer, info
         self.region_px, self.ny, self.nx = region_grid(info)
         self.k = max(1, min(MAX_K, MAX_SIDE // max(self.ny, self.nx)))
@@ -100,7 +103,7 @@ class RegionOverlay:
 
     def _edge(self, block: np.ndarray, state: int) -> None:
         k = self.k
-        if state == DONE and not self.running:  # a finished canvas shows its tissue, no grid over it
+        if state == DONE:  # finished tissue is shown bare: outlines only around pending and running regions
             return
         if k >= 4 and block.size:
             edge = {PENDING: PENDING_EDGE, IN_FLIGHT: FLIGHT_EDGE, DONE: DONE_EDGE}[state]
@@ -110,6 +113,29 @@ class RegionOverlay:
             block[:, :w] = edge
             block[:, -w:] = edge
 
+    def _outside_area(self, index: int, shape) -> np.ndarray | None:
+        """Which pixels of a region's block lie outside the area being redone (None: no area)."""
+        if self.area is None:
+            return None
+        y0, y1, x0, x1 = self.area
+        px = self.region_px / self.k
+        iy, ix = divmod(index, self.nx)
+        rows = (iy * self.k + np.arange(shape[0]) + 0.5) * px
+        cols = (ix * self.k + np.arange(shape[1]) + 0.5) * px
+        inside = ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None, :]
+        return ~inside
+
+    def _clip(self, index: int, block: np.ndarray) -> None:
+        outside = self._outside_area(index, block.shape[:2])
+        if outside is not None:
+            block[outside] = 0
+            k = self.k
+            if self.states.flat[index] == IN_FLIGHT and k >= 4:  # the area's own outline, in yellow
+                inside = ~outside
+                edge = inside & ~(np.roll(inside, 1, 0) & np.roll(inside, -1, 0) & np.roll(inside, 1, 1)
+                                  & np.roll(inside, -1, 1))
+                block[edge] = FLIGHT_EDGE
+
     def _paint(self, index: int) -> None:
         block = self._block(index)
         if block.size == 0:
@@ -117,6 +143,7 @@ class RegionOverlay:
         state = self.states.flat[index]
         block[:] = {PENDING: VEIL, IN_FLIGHT: FLIGHT_VEIL, DONE: (0, 0, 0, 0)}[state]
         self._edge(block, state)
+        self._clip(index, block)
 
     def show_preview(self, index: int, bbox: tuple[int, int, int, int], rgb: np.ndarray) -> None:
         """Draw ``rgb`` (the preview of the region in flight, covering the pixel box ``bbox``) into
@@ -136,6 +163,7 @@ class RegionOverlay:
         block[..., :3] = rgb[ry[:, None], rx[None, :]]
         block[..., 3] = 255
         self._edge(block, IN_FLIGHT)
+        self._clip(index, block)  # redoing an area: the preview only inside it
         self.previews += 1
         if self.layer in self.viewer.layers:
             self.layer.refresh()
@@ -171,7 +199,7 @@ class RegionOverlay:
             self.layer.refresh()
 
 
-def show_overlay(viewer, image_layer, running: bool = False) -> RegionOverlay | None:
+def show_overlay(viewer, image_layer, running: bool = False, area=None) -> RegionOverlay | None:
     """Make (or rebuild) the region overlay of a shown canvas from the store's finished regions
     (``running``: for a run that starts now)."""
     from ._reader import open_readonly
@@ -182,4 +210,4 @@ def show_overlay(viewer, image_layer, running: bool = False) -> RegionOverlay | 
         done = open_readonly(image_layer.metadata[META]["path"]).done_indices()
     except Exception:  # the store went away
         done = set()
-    return RegionOverlay(viewer, image_layer, done, running)
+    return RegionOverlay(viewer, image_layer, done, running, area)

@@ -10,8 +10,9 @@ A project canvas becomes two layers that know their store through ``layer.metada
 * the mask: a numpy Labels layer on the mask grid (the latent grid, or every ``step``-th latent
   pixel when the latent grid is too large to paint), scaled by ``factor * step`` over the image
   and shifted half a pixel so that mask and image pixels line up.  Colours and class names come
-  from the canvas (copied from the model card that made it).  Painting edits the layer only;
-  the widgets write the mask to the store before each run and on "Save mask".
+  from the canvas (copied from the model card that made it).  Every edit reaches the store
+  a second later, off the GUI thread, and what is unsaved is written when napari closes (``_autosave``;
+  the manifest's reader is ``_opening.get_reader``, which adds that to this module's reader).
 
 Other NGFF 0.5 stores (image pyramid plus ``labels/``) are read as plain image and labels layers;
 any other ``.zarr`` is handed to napari's own reader, so that this plugin can be the default
@@ -89,14 +90,19 @@ def label_colormap(colours: list[str], mode: str = MASK_MODES[0]) -> dict:
     return cmap
 
 
+def contour_width(step: int) -> int:
+    """Outline width (mask px) of the "contours" display: about 2 latent px."""
+    return max(1, round(2 / step))
+
+
 def set_mask_mode(layer, mode: str) -> None:
     """Show a mask layer in one of :data:`MASK_MODES` (filled distinct colours, their contours, or
     the model card's colours)."""
     info = layer.metadata[META]
+    info["mode"] = mode  # first: the layer's events below tell the widgets
     layer.colormap = label_colormap(info["colours"], "class colours" if mode == "class colours" else "distinct")
-    layer.contour = max(1, round(2 / info["mask_step"])) if mode == "contours" else 0
     layer.opacity = 1.0 if mode == "contours" else MASK_OPACITY
-    layer.metadata[META]["mode"] = mode
+    layer.contour = contour_width(info["mask_step"]) if mode == "contours" else 0
 
 
 def class_features(classes: list[str]) -> dict:
@@ -342,6 +348,9 @@ def canvas_layer_data(path, name: str | None = None) -> list[tuple]:
         "cache": False,
         "metadata": {META: {"role": "image", **info}},
     }
+    # a canvas with tissue in it is shown with the mask as outlines (the widgets switch it when the
+    # layer arrives: napari's add_labels takes no contour), so the tissue is seen; an empty one filled
+    sampled = bool(np.asarray(canvas.state_table()[..., 0]).any())
     mask_meta = {
         "name": f"{name} mask",
         "scale": (s, s),
@@ -349,7 +358,7 @@ def canvas_layer_data(path, name: str | None = None) -> list[tuple]:
         "colormap": label_colormap(info["colours"]),
         "features": class_features(info["classes"]),
         "opacity": MASK_OPACITY,
-        "metadata": {META: {"role": "mask", "mode": MASK_MODES[0], **info}},
+        "metadata": {META: {"role": "mask", "mode": MASK_MODES[0], "sampled": sampled, **info}},
     }
     return [(image_pyramid(canvas), image_meta, "image"), (read_mask(canvas, step), mask_meta, "labels")]
 
@@ -480,6 +489,11 @@ def get_reader(path):
             return None
         path = path[0]
     p = Path(path)
+    if p.name == "zarr.json" and p.is_file():  # File > Open File(s) cannot pick a folder: its zarr.json is picked
+        p = p.parent
+        if not (is_canvas(p) or _is_ngff05(p)):
+            return None
+        return read_canvas_at(p) if is_canvas(p) else read_ngff_at(p)
     if not p.is_dir():
         return None
     if is_canvas(p):
@@ -520,6 +534,15 @@ def read_canvas(path) -> list[tuple]:
     if isinstance(path, (list, tuple)):
         path = path[0]
     return canvas_layer_data(path)
+
+
+def read_canvas_at(folder: Path):
+    """A reader function for the canvas at ``folder`` whatever path napari hands it (its zarr.json)."""
+    return lambda _path, **_: read_canvas(str(folder))
+
+
+def read_ngff_at(folder: Path):
+    return lambda _path, **_: read_ngff(str(folder))
 
 
 def read_ngff(path) -> list[tuple]:

@@ -17,6 +17,8 @@ from qtpy.QtWidgets import (
     QButtonGroup,
     QFileDialog,
     QFormLayout,
+    QFrame,
+    QScrollArea,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -26,7 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-VIEW_PX = 384  # tiles are shown this large (nearest-neighbour enlargement)
+VIEW_PX = 320  # tiles are shown this large (nearest-neighbour enlargement); fits a 1280 x 800 screen
 
 
 def _path_row(parent, placeholder: str, directory: bool):
@@ -65,8 +67,23 @@ class ReviewWidget(QWidget):
         self.viewer = napari_viewer
         self.items, self.pos, self.log, self.mpp = [], 0, None, 0.5
         self._worker = None
-        layout = QVBoxLayout(self)
-        form = QFormLayout()
+        from ._common import Section
+
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        body = QWidget(self)
+        layout = QVBoxLayout(body)
+        self.scroll = QScrollArea(self)  # never taller than the screen, whatever the fonts
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setWidget(body)
+        self.scroll.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # R, S, 1-5 and Space stay the dock's keys
+        outer.addWidget(self.scroll)
+        self.setup_section = Section("Sources and reviewer", expanded=True)
+        setup = QWidget(body)
+        form = QFormLayout(setup)
+        form.setContentsMargins(0, 0, 0, 0)
         self.real_edit, row = _path_row(self, "real source (folder, image, slide or canvas)", directory=False)
         form.addRow("Real", row)
         self.syn_edit, row = _path_row(self, "synthetic source (canvas .zarr or folder)", directory=False)
@@ -88,16 +105,20 @@ class ReviewWidget(QWidget):
         self.seed_box = QSpinBox(self)
         self.seed_box.setRange(0, 2**31 - 1)
         form.addRow("Seed", self.seed_box)
-        layout.addLayout(form)
+        self.setup_section.add(setup)
+        layout.addWidget(self.setup_section)
         self.start_button = QPushButton("Start / resume", self)
         self.start_button.clicked.connect(self.start)
         layout.addWidget(self.start_button)
 
+        self.review_area = QWidget(body)  # shown while tiles are reviewed (the sources fold away then)
+        area = QVBoxLayout(self.review_area)
+        area.setContentsMargins(0, 0, 0, 0)
         self.image_label = QLabel(self)
         self.image_label.setFixedSize(VIEW_PX, VIEW_PX)
         self.image_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.image_label.setStyleSheet("background: #202020;")
-        layout.addWidget(self.image_label)
+        area.addWidget(self.image_label)
         answers = QHBoxLayout()
         self.answer_group = QButtonGroup(self)
         self.real_button = QPushButton("Real (R)", self)
@@ -106,7 +127,7 @@ class ReviewWidget(QWidget):
             b.setCheckable(True)
             self.answer_group.addButton(b)
             answers.addWidget(b)
-        layout.addLayout(answers)
+        area.addLayout(answers)
         ratings = QHBoxLayout()
         ratings.addWidget(QLabel("Plausibility", self))
         self.rating_group = QButtonGroup(self)
@@ -118,13 +139,14 @@ class ReviewWidget(QWidget):
             self.rating_group.addButton(b, k)
             self.rating_buttons.append(b)
             ratings.addWidget(b)
-        layout.addLayout(ratings)
+        area.addLayout(ratings)
         self.note_edit = QLineEdit(self)
         self.note_edit.setPlaceholderText("note (optional)")
-        layout.addWidget(self.note_edit)
+        area.addWidget(self.note_edit)
         self.next_button = QPushButton("Record and next (Space)", self)
         self.next_button.clicked.connect(self.record)
-        layout.addWidget(self.next_button)
+        area.addWidget(self.next_button)
+        layout.addWidget(self.review_area)
         self.status = QLabel("Pick the sources, a results folder and your name, then Start.", self)
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -137,6 +159,16 @@ class ReviewWidget(QWidget):
         self.image_label.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
         self._reviewing = False
         self._set_reviewing(False)
+
+        from ._common import guard_wheel
+
+        guard_wheel(self)  # the wheel changes a value only in the widget with keyboard focus
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        from ._common import tab_beside_main_dock
+
+        tab_beside_main_dock(self)
 
     def keyPressEvent(self, event) -> None:
         key = event.key()
@@ -155,6 +187,8 @@ class ReviewWidget(QWidget):
 
     def _set_reviewing(self, on: bool) -> None:
         self._reviewing = on
+        self.review_area.setVisible(on)
+        self.setup_section.set_expanded(not on)
         for w in (self.real_button, self.syn_button, self.next_button, self.note_edit, *self.rating_buttons):
             w.setEnabled(on)
 

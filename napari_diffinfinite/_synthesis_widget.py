@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -37,6 +38,7 @@ from ._common import (
     ModelPicker,
     Section,
     area_layer,
+    camera as view_camera,
     drawn_rect,
     layer_info,
     notify,
@@ -139,13 +141,37 @@ class SynthesisWidget(QWidget):
         self.progress_bar.setMaximumHeight(10)
         self.progress_label = QLabel("ready")
         self.progress_label.setWordWrap(True)
+        self.estimate_label = QLabel("")  # what Run will do: regions, area, expected time
+        self.estimate_label.setWordWrap(True)
+        self.estimate_label.setToolTip("the regions Run samples (whole regions: a rectangle rounds out to them), "
+                                       "their area, and the time the last runs on this device suggest")
         self.status = status_label()
+        self._estimate_timer = QTimer(self)
+        self._estimate_timer.setSingleShot(True)
+        self._estimate_timer.setInterval(400)
+        self._estimate_timer.timeout.connect(self.update_estimate)
+        self._estimate_worker = None
+        self._watched_area = None
 
         self._arrange(layout, region_row, compact)
 
         self.picker.changed.connect(self._on_canvas_changed)
         self._on_canvas_changed(self.picker.image_layer())
+        for signal in (self.region_box.currentTextChanged, self.device_box.currentTextChanged,
+                       self.model_picker.currentIndexChanged, self.steps_box.valueChanged, self.redo_box.toggled,
+                       self.picker.changed):
+            signal.connect(lambda *_: self.schedule_estimate())
+        camera = view_camera(self.viewer)
+        camera.events.center.connect(self._on_view_moved)
+        camera.events.zoom.connect(self._on_view_moved)
+        self.viewer.layers.events.inserted.connect(lambda e: self._watch_area())
+        self._watch_area()
+        self.schedule_estimate()
         threading.Thread(target=_warm_up, name="diffinfinite-warm-up", daemon=True).start()
+
+        from ._common import guard_wheel
+
+        guard_wheel(self)  # the wheel changes a value only in the widget with keyboard focus
 
     def _arrange(self, layout, region_row, compact: bool) -> None:
         """The controls in sections (the compact dock) or group boxes (the full widget)."""
@@ -189,6 +215,7 @@ class SynthesisWidget(QWidget):
             rform.addRow(self.redo_box)
             rform.addRow(self.preview_box)
             layout.addWidget(rbox)
+            layout.addWidget(self.estimate_label)
             layout.addWidget(self.run_button)
             layout.addWidget(self.progress_bar)
             layout.addWidget(self.progress_label)
@@ -234,7 +261,61 @@ class SynthesisWidget(QWidget):
     def draw_rectangle(self):
         image, _ = self.picker.current()
         area_layer(self.viewer, image)
+        self._watch_area()
         self.region_box.setCurrentText("drawn rectangle")
+
+    # ------------------------------------------------------------------ estimate
+    def _watch_area(self) -> None:
+        from ._common import find_area_layer
+
+        layer = find_area_layer(self.viewer)
+        if layer is not None and layer is not self._watched_area:
+            layer.events.data.connect(lambda e: self.schedule_estimate())
+            layer.events.highlight.connect(lambda e: self.schedule_estimate())  # another rectangle selected
+            self._watched_area = layer
+
+    def _on_view_moved(self, event=None) -> None:
+        if self.region_box.currentText() == "current view":
+            self.schedule_estimate()
+
+    def schedule_estimate(self) -> None:
+        """Work the estimate out again shortly (settings, canvas, view or rectangle changed)."""
+        if self.run is not None and self.run.busy:
+            return
+        self._estimate_timer.start()
+
+    def update_estimate(self):
+        """Regions, area and expected time of the next Run, worked out in a worker thread."""
+        from napari.qt.threading import create_worker
+
+        from ._worker import estimate_job
+
+        image, _ = self.picker.current()
+        info = layer_info(image) if image is not None else None
+        if not info or (self.run is not None and self.run.busy):
+            self.estimate_label.setText("")
+            return None
+        try:
+            request = self.build_request(image)
+        except ValueError as e:
+            self.estimate_label.setText(f"Run: {e}")
+            return None
+        token = object()
+        self._estimate_token = token
+        worker = create_worker(estimate_job, info["path"], request, self.redo_box.isChecked(),
+                               _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(lambda got, t=token: self._show_estimate(got, t))
+        self._estimate_worker = worker
+        worker.start()
+        return worker
+
+    def _show_estimate(self, got, token) -> None:
+        text, self.expected_s = got
+        if token is getattr(self, "_estimate_token", None) and not (self.run is not None and self.run.busy):
+            try:
+                self.estimate_label.setText(f"Run: {text}")
+            except RuntimeError:  # the dock was closed meanwhile
+                pass
 
     # ------------------------------------------------------------------ request
     def build_request(self, image_layer):
@@ -298,6 +379,11 @@ class SynthesisWidget(QWidget):
         if image is None:
             notify("no canvas: create or open one first")
             return None
+        from ._jobs import activity_of
+
+        if activity_of(self.viewer).busy:
+            notify("wait for the action in progress (or cancel it) before Run", "info")
+            return None
         info = layer_info(image)
         if info["path"] in BUSY:
             notify("another run is writing this canvas; wait for it or cancel it")
@@ -318,11 +404,16 @@ class SynthesisWidget(QWidget):
         self._mask_layer = mask
         if mask is not None:
             mask.editable = False  # the run samples under this mask: no edits until it ends
+            if layer_info(mask).get("mode") == "distinct colours":  # watch tissue appear, not the filled mask
+                from ._reader import set_mask_mode
+
+                set_mask_mode(mask, "contours")
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
         self.run = SynthesisRun(self.viewer, image, request, mask=snapshot, mask_step=info["mask_step"],
                                 redo=self.redo_box.isChecked(), preview=self.preview_box.isChecked(),
-                                on_state=self._on_state, on_progress=self._on_progress)
+                                on_state=self._on_state, on_progress=self._on_progress,
+                                expected_s=getattr(self, "expected_s", None))
         self.run.start()
         return self.run
 
@@ -338,6 +429,8 @@ class SynthesisWidget(QWidget):
         except RuntimeError:  # the dock widget was closed while its run went on: the run finishes alone
             return
         if state in ("starting", "running"):
+            if state == "starting":
+                self.estimate_label.setText("")  # the progress line says how it goes now
             self.run_button.setText("Cancel")
             self.run_button.setEnabled(True)
             if state == "starting":
@@ -353,3 +446,4 @@ class SynthesisWidget(QWidget):
             self._mask_layer = None
             if state == "done":
                 self.redo_box.setChecked(False)
+            self.schedule_estimate()  # this run's speed counts now

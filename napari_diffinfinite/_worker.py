@@ -145,11 +145,27 @@ def create_canvas_job(spec: str, path: str, height: int, width: int, region_size
     return str(Path(path).resolve())
 
 
-def import_slide_job(spec: str, slide: str, path: str, region_size: int | None, overwrite: bool) -> str:
-    """Copy a slide (SVS, OME-TIFF, OME-Zarr, PNG) into a new canvas as finished context."""
+class ImportCancelled(Exception):
+    """The user cancelled a slide import (raised from its progress callback)."""
+
+
+def import_slide_job(spec: str, slide: str, path: str, region_size: int | None, overwrite: bool,
+                     progress=None, cancel=None) -> str:
+    """Copy a slide (SVS, OME-TIFF, OME-Zarr, PNG) into a new canvas as finished context; ``progress``
+    hears (regions copied, regions), ``cancel`` stops it between regions (the partial canvas stays)."""
     from src_models.synthesis.editing import import_slide
 
-    canvas, _ = import_slide(slide, MODELS.get(spec, "cpu"), path, region_size or None, overwrite)
+    if progress is not None:
+        progress(0, 0, "loading the model")
+    model = MODELS.get(spec, "cpu")
+
+    def on_region(n, total):
+        if cancel is not None and cancel.is_set():
+            raise ImportCancelled(f"cancelled after {n} of {total} regions; {path} holds only those")
+        if progress is not None:
+            progress(n, total, "copying and encoding")
+
+    canvas, _ = import_slide(slide, model, path, region_size or None, overwrite, on_region, model_spec=spec)
     canvas.close()
     return str(Path(path).resolve())
 
@@ -165,14 +181,54 @@ def outpaint_job(spec: str, source: str, path: str, pads: tuple[int, int, int, i
     return str(Path(path).resolve())
 
 
-def save_mask_job(path: str, mask: np.ndarray, step: int) -> bool:
-    """Write a mask-layer snapshot into the canvas at ``path`` (takes the writer lock briefly)."""
+def estimate_job(path: str, request, redo: bool = False) -> tuple[str, float | None]:
+    """The line the dock shows before Run: regions, area (a rectangle rounding out said), expected
+    time on this device from the runs measured before (no torch unless the device is CUDA)."""
+    from src_models.store.canvas import Canvas
+    from src_models.synthesis.estimate import estimate_run
+
+    device = request.device
+    if device == "auto":
+        from src_models.models.device import resolve_device
+
+        device = resolve_device("auto")
+    with Canvas.open(path, "r") as canvas:
+        est = estimate_run(canvas, request, str(device), redo=redo)
+    return est.text(), est.seconds
+
+
+_WRITERS: dict[str, threading.Lock] = {}  # one in-process writer per canvas (flock refuses a second fd)
+_WRITERS_LOCK = threading.Lock()
+
+
+def _writer_lock(path: str) -> threading.Lock:
+    with _WRITERS_LOCK:
+        return _WRITERS.setdefault(str(Path(path).resolve()), threading.Lock())
+
+
+def open_for_writing(path: str, wait_s: float = 60.0):
+    """``Canvas.open(path, "r+")`` that waits (in this worker thread) for another job of this
+    process writing the same canvas (a mask save) instead of failing on the store's lock."""
     from src_models.store.canvas import Canvas
 
+    lock = _writer_lock(path)
+    if not lock.acquire(timeout=wait_s):
+        return Canvas.open(path, "r+")  # says who holds it
+    try:
+        return Canvas.open(path, "r+")
+    finally:
+        lock.release()
+
+
+def save_mask_job(path: str, mask: np.ndarray, step: int) -> bool:
+    """Write a mask-layer snapshot into the canvas at ``path`` (takes the writer lock briefly)."""
     from src_models.synthesis.canvases import store_mask_grid
 
-    with Canvas.open(path, "r+") as canvas:
-        return store_mask_grid(canvas, mask, step)
+    with _writer_lock(path):
+        from src_models.store.canvas import Canvas
+
+        with Canvas.open(path, "r+") as canvas:
+            return store_mask_grid(canvas, mask, step)
 
 
 BUSY: set[str] = set()  # canvases a run of this process is writing (GUI thread only)
@@ -331,7 +387,7 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
         from src_models.synthesis.canvases import repair_finished, store_mask_grid
         from src_models.synthesis.regions import pending_regions, synthesise
 
-        canvas = Canvas.open(path, "r+")
+        canvas = open_for_writing(path)
         if mask is not None:
             yield Stage("saving the mask")
             store_mask_grid(canvas, mask, step)
@@ -381,7 +437,16 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
             next_preview[0] = now + max(PREVIEW_S, took / PREVIEW_SHARE)
             events.put(Preview(tuple(p.bbox), rgb, p.index))
 
-        yield from synthesise(model, canvas, request, cancel=cancel, progress=on_level)
+        from src_models.synthesis.estimate import RunClock
+
+        clock = RunClock(request.model, model.device, int(request.steps), bool(request.sweep))
+        try:
+            for ev in synthesise(model, canvas, request, cancel=cancel, progress=on_level):
+                y0, y1, x0, x1 = ev.bbox
+                clock.add((y1 - y0) * (x1 - x0))
+                yield ev
+        finally:
+            clock.finish()  # the next estimate on this device rests on this run too
     except Exception as e:
         known = _is_expected(e)
         yield Failed(str(e) if known else _clear_message(e, request), e, known)
@@ -418,8 +483,10 @@ class SynthesisRun:
     """
 
     def __init__(self, viewer, image_layer, request, *, mask=None, mask_step=1, redo=False, preview=True,
-                 on_state=None, on_refresh=None, on_progress=None):
+                 on_state=None, on_refresh=None, on_progress=None, expected_s: float | None = None):
         from qtpy.QtCore import QTimer
+
+        self.expected_s = expected_s  # the estimate said before Run (earlier runs on this device), if any
 
         self.viewer = viewer
         self.layer = image_layer
@@ -463,7 +530,8 @@ class SynthesisRun:
 
         self._started = time.monotonic()
         _freeze_heap()
-        self.overlay = show_overlay(self.viewer, self.layer, running=True)
+        area = self.request.area if self._args[4] and self.request.area is not None else None  # redoing an area
+        self.overlay = show_overlay(self.viewer, self.layer, running=True, area=area)
         self.worker = create_worker(synthesis_job, *self._args, _start_thread=False, _ignore_errors=True)
         self.worker.yielded.connect(self._on_yielded)
         self.worker.errored.connect(self._on_errored)  # synthesis_job reports its errors; this is for bugs
@@ -609,11 +677,18 @@ class SynthesisRun:
         return min(total, self.regions_done * self._levels + self._level_in_flight), total
 
     def eta(self) -> float | None:
-        """Seconds left, from the levels done so far (None before the first one)."""
+        """Seconds left: from the estimate said before Run (earlier runs on this device) until a tenth
+        of the levels are done, then from the levels done so far (the first ones carry the start-up
+        and read high); None while neither is known."""
         done, total = self.units()
-        if not done or not self._sampling_started:
+        if not self._sampling_started:
             return None
-        return (time.monotonic() - self._sampling_started) / done * (total - done)
+        elapsed = time.monotonic() - self._sampling_started
+        if self.expected_s is not None and (not total or done < 0.1 * total):
+            return max(1.0, self.expected_s - elapsed)
+        if not done:
+            return None
+        return elapsed / done * (total - done)
 
     def _describe(self) -> str:
         """"DiffInfinite: 3/12 regions", with the step of the region in flight and the time left when known."""

@@ -13,6 +13,10 @@ def open_viewer(canvas: str | None = None, show: bool = True):
     from ._reader import PLUGIN, prefer_this_reader
 
     viewer = napari.Viewer(title="DiffInfinite", show=show)
+    if show:  # the canvas gets the whole screen (a laptop's 1280 x 800 included)
+        window = getattr(viewer.window, "_qt_window", None)
+        if window is not None:
+            window.showMaximized()
     prefer_this_reader()
     for name in WIDGETS:
         _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=False)

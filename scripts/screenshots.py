@@ -11,7 +11,9 @@ Everything happens in the one DiffInfinite dock, as a first-time user would do i
 2. a mask painted with the brush (strokes) and the fill tool;
 3. a run about half done: the mask shown as contours, finished regions clear, the region in
    flight outlined in yellow with its live preview, progress and time left under Run;
-4. the finished canvas.
+4. the finished canvas;
+6. the Annotations dock and 7. the Blinded review dock (a tile on show), each a tab beside the
+   DiffInfinite dock, at 1280 x 800.
 """
 from __future__ import annotations
 
@@ -89,6 +91,45 @@ def paint_mask(mask, info: dict) -> None:
     mask.refresh()
 
 
+def dock_shots(viewer, app, image, folder: Path) -> list[Path]:
+    """The other docks as a pathologist opens them beside the main one, at 1280 x 800 only: the
+    Annotations dock (a tab beside it) and the Blinded review dock with a tile on show (the
+    finished canvas against the CC0 slide; answers go to a temporary folder)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    window = viewer.window._qt_window
+    window.resize(*SIZES[0])
+    shots = []
+    viewer.layers.selection.active = image
+    _, notes = viewer.window.add_plugin_dock_widget("napari-diffinfinite", "Annotations")
+    settle(app, 1.0)
+    path = OUT / "06_annotations_dock_1280x800.png"
+    from skimage import io
+
+    io.imsave(path, np.asarray(viewer.screenshot(canvas_only=False, flash=False))[..., :3], check_contrast=False)
+    print(f"wrote {path.relative_to(ROOT)}")
+    shots.append(path)
+    _, review = viewer.window.add_plugin_dock_widget("napari-diffinfinite", "Blinded review")
+    review.real_edit.setText(str(ROOT / "data" / "cmu_small_region" / "cmu_small_region.svs"))
+    review.syn_edit.setText(image.metadata["diffinfinite"]["path"])
+    review.folder_edit.setText(str(folder / "answers"))
+    review.name_edit.setText("reviewer")
+    review.per_side_box.setValue(4)
+    review.tile_box.setValue(128)
+    review.start_button.click()
+    wait(app, lambda: review.start_button.isEnabled(), timeout=300)
+    review.setFocus()
+    for key in (Qt.Key.Key_S, Qt.Key.Key_3):
+        QTest.keyClick(review, key)
+    settle(app, 1.0)
+    path = OUT / "07_review_dock_1280x800.png"
+    io.imsave(path, np.asarray(viewer.screenshot(canvas_only=False, flash=False))[..., :3], check_contrast=False)
+    print(f"wrote {path.relative_to(ROOT)}; review: {review.status.text()}")
+    shots.append(path)
+    return shots
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=None,
@@ -154,6 +195,7 @@ def main(argv=None) -> int:
     mask.visible = False
     viewer.layers.selection.active = image
     shots += shoot(viewer, app, "04_finished_canvas", wait_s=2.0)
+    shots += dock_shots(viewer, app, image, folder)
     record = {"model": spec, "card": card.name, "canvas_px": side, "region_px": info["region_size"],
               "regions": run.regions_total, "steps": run.request.steps, "device": run.request.device,
               "run_seconds": round(took, 1), "window_sizes": [f"{w}x{h}" for w, h in SIZES]}

@@ -146,9 +146,13 @@ def progress_bar(total_levels: int, desc: str):
 
 
 def run_and_preview(model, canvas, request, preview_path: Path) -> int:
+    from src_models.synthesis.estimate import RunClock, estimate_run
     from src_models.synthesis.regions import pending_regions, synthesise
 
     todo = pending_regions(canvas, request)
+    device = getattr(model, "device", request.device)
+    print(f"diffinfinite: this run: {estimate_run(canvas, request, device).text()}", file=sys.stderr, flush=True)
+    clock = RunClock(request.model, device, request.steps, request.sweep)
     if request.sweep:
         bar = progress_bar(None, f"sweep of {len(todo)} regions")
         bar.unit = "tile"
@@ -165,11 +169,15 @@ def run_and_preview(model, canvas, request, preview_path: Path) -> int:
         bar.update(p.level - last["level"])
         last["level"] = p.level if p.level < p.levels else 0
 
+    clock.start()
     try:
         for ev in synthesise(model, canvas, request, progress=progress):
             bar.set_postfix_str(f"region {ev.done}/{ev.total}", refresh=False)
+            y0, y1, x0, x1 = ev.bbox
+            clock.add((y1 - y0) * (x1 - x0))
     finally:
         bar.close()
+    clock.finish()  # the next estimate on this device rests on it too
     from src_models.synthesis.canvases import save_preview
 
     save_preview(canvas, preview_path)

@@ -88,6 +88,9 @@ def _add_editing(sub) -> None:
     src = i.add_mutually_exclusive_group()
     src.add_argument("--mask", type=Path, default=None, help="new labels for the rectangle (resized to it)")
     src.add_argument("--label", type=int, default=None, help="fill the rectangle with one label")
+    i.add_argument("--class-map", default=None, metavar="S=T,...",
+                   help="send --mask label S to the model's class T, e.g. 9=2 (masks made for other models, such "
+                        "as the DiffInfinite release's inpainting masks)")
     i.add_argument("--resume", action="store_true", help="finish an interrupted inpaint (no new rectangle)")
     add_run_options(i)
 
@@ -322,7 +325,8 @@ def cmd_import_slide(args) -> int:
         bar.update(n - bar.n)
 
     try:
-        canvas, report = import_slide(args.slide, model, args.out, args.region_size, args.overwrite, progress)
+        canvas, report = import_slide(args.slide, model, args.out, args.region_size, args.overwrite, progress,
+                                      model_spec=str(args.model))
     finally:
         bar.close()
     canvas.close()
@@ -352,7 +356,14 @@ def cmd_inpaint(args) -> int:
     check_run_args(args)
     device = resolve_device(args.device)
     card, preloaded = find_card(args.model)
-    mask = read_mask_for_model(args.mask, card, warn=_warn) if args.mask else None
+    if args.class_map is not None and args.mask is None:
+        raise UserError("--class-map maps the labels of --mask: give --mask too")
+    class_map = None
+    if args.class_map is not None:
+        from src_models.io.foreign_masks import parse_class_map
+
+        class_map = parse_class_map(args.class_map)
+    mask = read_mask_for_model(args.mask, card, class_map, warn=_warn) if args.mask else None
     if args.label is not None:
         import numpy as np
 
@@ -486,8 +497,17 @@ def cmd_make_mask(args) -> int:
     layout_source(card, args.layout)  # a kind the model lacks: one line before anything loads
     model = load_model(args.model, resolve_device(args.device))
     card = model.card
-    mask, source = draw_layout(model, (height, width), seed=args.seed, steps=args.steps, subtype=args.subtype,
-                               cond_drop=args.cond_drop, kind=args.layout)
+    bar = progress_bar(None, "drawing the layout")
+
+    def on_level(info):  # the diffusion layouts: one tick per denoising level, with the time left
+        bar.total = info.levels
+        bar.update(info.level - bar.n)
+
+    try:
+        mask, source = draw_layout(model, (height, width), seed=args.seed, steps=args.steps, subtype=args.subtype,
+                                   cond_drop=args.cond_drop, kind=args.layout, callback=on_level)
+    finally:
+        bar.close()
     how = {ANATOMY: f"anatomy recipe of {card.name} ({(card.extra.get('layout_recipe') or {}).get('kind')})",
            LEARNED: f"layout diffusion model of {card.name}",
            RELEASE: f"mask diffusion model of {card.name}, subtype {args.subtype}"}.get(

@@ -15,9 +15,11 @@ from src_models.io.slides import open_slide
 
 
 def import_slide(slide_path, model, out, region_size: int | None = None, overwrite: bool = False,
-                 progress=None) -> tuple[Canvas, dict]:
+                 progress=None, model_spec: str | None = None) -> tuple[Canvas, dict]:
     """Copy a slide's base level into a new canvas, encode its latents and mark every region
     done, so that rectangles of it can be regenerated with the real tissue as context.
+    ``model_spec`` (how the model was named: a built-in name or a path) is recorded in the canvas's
+    settings, so that later runs on it find the model (default: the card's name).
 
     The slide is cropped (bottom/right) to the model's grid; returns the canvas and a report.
     """
@@ -30,7 +32,7 @@ def import_slide(slide_path, model, out, region_size: int | None = None, overwri
         from src_models.store.provenance import source_entry
 
         canvas = new_canvas(card, out, height, width, region_size, overwrite=overwrite,
-                            settings={"source": str(slide_path)}, sources=[source_entry(slide_path, "slide")],
+                            settings={"source": str(slide_path), "model": str(model_spec or card.name)}, sources=[source_entry(slide_path, "slide")],
                             inputs=(slide_path,), replace_when_sampled=True)  # the old canvas stays until a region is in
         try:
             if slide.mpp:

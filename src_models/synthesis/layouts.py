@@ -83,10 +83,13 @@ def procedural_layout(shape: tuple[int, int], labels: list[int], seed: int = 0, 
 
 def draw_layout(model, shape: tuple[int, int], *, seed: int = 0, steps: int | None = None,
                 image_px: tuple[int, int] | None = None, subtype=0, cond_drop: float | None = None,
-                max_side: int | None = None, kind: str = "auto") -> tuple[np.ndarray, str]:
+                max_side: int | None = None, kind: str = "auto", callback=None,
+                cancel=None) -> tuple[np.ndarray, str]:
     """A layout of ``shape`` (rows, cols) labels from the generator :func:`layout_source` picks for
     ``model`` and ``kind``; ``image_px`` is the image size it covers (default ``shape``).  Returns the
-    labels and which generator drew them (``ANATOMY``, ``LEARNED``, ``RELEASE`` or ``PROCEDURAL``)."""
+    labels and which generator drew them (``ANATOMY``, ``LEARNED``, ``RELEASE`` or ``PROCEDURAL``).
+    The diffusion layouts call ``callback(LevelInfo)`` after each denoising level and stop
+    (``Cancelled``) when ``cancel`` is set."""
     card = model.card
     source = layout_source(card, kind)
     if source in (LEARNED, RELEASE) and model.mask_unet is None:
@@ -98,14 +101,17 @@ def draw_layout(model, shape: tuple[int, int], *, seed: int = 0, steps: int | No
     if source == LEARNED:
         from src_models.models.native.mask_model import generate_layout
 
-        return generate_layout(model, shape, seed=seed, steps=steps, image_px=image_px), source
+        return generate_layout(model, shape, seed=seed, steps=steps, image_px=image_px, callback=callback,
+                               cancel=cancel), source
     if source == RELEASE:
         from src_models.models.release.mask import generate_release_mask
 
         height, width = shape
         if height % 32 or width % 32:
             raise MaskError(f"the mask model needs sides that are multiples of 32 px, got {width}x{height}")
-        kw = {} if cond_drop is None else {"cond_drop": cond_drop}
+        kw = {"callback": callback, "cancel": cancel}
+        if cond_drop is not None:
+            kw["cond_drop"] = cond_drop
         try:
             return generate_release_mask(model, (height, width), subtype, seed, steps=steps or 50, **kw), source
         except ValueError as e:

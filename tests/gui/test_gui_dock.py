@@ -179,3 +179,64 @@ def test_mask_display_modes_and_legend_follow(viewer, tiny_card, tmp_path):
     assert mask.contour == 0
     icon = w.mask.legend.buttons[2].icon().pixmap(8, 8).toImage().pixelColor(4, 4)
     assert icon.name() == tiny_card.colours[2].lower()
+
+
+def _whole_on_screen(widget, window) -> bool:
+    """Shown, not clipped by a scroll area or a dock, and inside the window."""
+    if not widget.isVisible():
+        return False
+    return widget.visibleRegion().boundingRect() == widget.rect() and _inside(widget, window)
+
+
+def test_every_dock_fits_1280x800_beside_the_main_dock(make_napari_viewer, qtbot, tiny_card, tmp_path):
+    from qtpy.QtWidgets import QAbstractButton, QApplication, QComboBox, QDockWidget, QSpinBox
+
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(1280, 800)
+    main = dock(viewer, "DiffInfinite")
+    main.canvas.open(make_canvas(tiny_card, tmp_path / "c.zarr", size=256, region=64))
+    annotations = dock(viewer, "Annotations")
+    review = dock(viewer, "Blinded review")
+    qtbot.wait(300)
+    assert (window.width(), window.height()) == (1280, 800)
+
+    def dock_of(widget):
+        d = widget.parentWidget()
+        while not isinstance(d, QDockWidget):
+            d = d.parentWidget()
+        return d
+
+    # the two docks are tabs beside the main dock: each has the window's height to itself
+    assert set(window.tabifiedDockWidgets(dock_of(main))) >= {dock_of(annotations), dock_of(review)}
+
+    def controls(widget):
+        return [w for kind in (QAbstractButton, QComboBox, QSpinBox) for w in widget.findChildren(kind)
+                if w.isVisibleTo(widget) and not w.inherits("QScrollBar")]
+
+    def check(widget, scrolls: bool):
+        dock_of(widget).raise_()
+        QApplication.processEvents()
+        qtbot.wait(100)
+        assert (window.width(), window.height()) == (1280, 800)
+        shown = controls(widget)
+        assert shown
+        for w in shown:
+            if scrolls:  # the main dock scrolls vertically by design: nothing may be clipped sideways
+                if w.visibleRegion().isEmpty():
+                    continue
+                assert w.visibleRegion().boundingRect().width() == w.width(), (w, w.text() if hasattr(w, "text") else "")
+            else:
+                assert _whole_on_screen(w, window), (w, getattr(w, "text", lambda: "")())
+
+    for section in (main.canvas.more_section, main.mask.more_section, main.annotations_section):
+        section.set_expanded(True)
+    check(main, scrolls=True)
+    for w in (main.run_button, main.progress_bar):
+        assert _whole_on_screen(w, window)
+    check(annotations, scrolls=False)
+    check(review, scrolls=False)  # the sources form and Start
+    review._set_reviewing(True)  # a tile on show: the answers, ratings and Next in sight
+    check(review, scrolls=False)
+    for w in (review.real_button, review.syn_button, review.next_button, *review.rating_buttons):
+        assert _whole_on_screen(w, window)

@@ -219,3 +219,28 @@ def test_refresh_region_reads_only_the_chunks_of_that_region(viewer, tiny_card, 
     np.asarray(image.data[0])
     # the refresh read the region's chunk on each level it touches, not the canvas
     assert CHUNKS.reads - before <= len(image.data)
+
+
+def test_a_canvas_opens_from_its_zarr_json_and_the_view_is_framed(viewer, qtbot, tiny_card, tmp_path):
+    """File > Open File(s) cannot pick a folder: picking the canvas's zarr.json opens the canvas
+    (this plugin is the only reader of that name, so no preference is needed), framed in the view."""
+    from napari_diffinfinite._common import camera
+    from napari_diffinfinite._dock import DiffInfiniteWidget  # noqa: F401 - the dock is what users have open
+
+    from gui_helpers import dock
+
+    dock(viewer, "DiffInfinite")
+    path = make_canvas(tiny_card, tmp_path / "c.zarr", size=512, region=128)
+    camera(viewer).center = (5000.0, -3000.0)  # looking elsewhere
+    viewer.window._qt_viewer._qt_open([str(tmp_path / "c.zarr" / "zarr.json")], stack=False)
+    roles = [layer.metadata.get(META, {}).get("role") for layer in viewer.layers]
+    assert "image" in roles and "mask" in roles
+    image = next(layer for layer in viewer.layers if layer.metadata.get(META, {}).get("role") == "image")
+    assert image.multiscale
+    qtbot.waitUntil(lambda: abs(camera(viewer).center[-1] - 256) < 64 and abs(camera(viewer).center[-2] - 256) < 64,
+                    timeout=5_000)
+    # a zarr.json of a store that is no canvas is not taken
+    import zarr
+
+    zarr.create_array(str(tmp_path / "plain.zarr"), shape=(4, 4), dtype="uint8")
+    assert get_reader(str(tmp_path / "plain.zarr" / "zarr.json")) is None

@@ -302,3 +302,98 @@ def test_cancel_takes_effect_within_one_network_batch(viewer, qtbot, tiny_card, 
     qtbot.waitUntil(lambda: run2.regions_done >= 1 or not run2.busy, timeout=60_000)
     run2.cancel()
     qtbot.waitUntil(lambda: not run2.busy, timeout=30_000)
+
+
+def test_the_dock_says_regions_area_and_time_before_run(viewer, qtbot, tiny_card, tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFINFINITE_TIMINGS", str(tmp_path / "timings.json"))
+    path = make_canvas(tiny_card, tmp_path / "e.zarr", size=256, region=64)
+    w = dock(viewer, "DiffInfinite")
+    w.canvas.open(path)
+    s = w.synthesis
+    setup_synthesis(s, region="whole canvas")
+    qtbot.waitUntil(lambda: "16 regions" in w.estimate_label.text(), timeout=10_000)
+    assert "no run measured on cpu" in w.estimate_label.text()
+    # a rectangle one pixel row into the next regions rounds out, and the line says so
+    s.draw_rectangle()
+    area = next(layer for layer in viewer.layers if layer.metadata.get(META, {}).get("role") == "area")
+    area.add_rectangles(np.array([[0, 0], [64, 63]]))  # pixel centres 0..64: rows of two regions
+    qtbot.waitUntil(lambda: "2 regions" in w.estimate_label.text(), timeout=10_000)
+    assert "rounds out to whole regions" in w.estimate_label.text()
+    # after a run on this device the line has a time
+    from src_models.synthesis.estimate import record_run
+
+    record_run("tiny-test", "cpu", pixels=256 * 256, steps=4, seconds=24.0)
+    s.schedule_estimate()
+    qtbot.waitUntil(lambda: "on cpu (from 1 earlier run)" in w.estimate_label.text(), timeout=10_000)
+    assert "about 3 s" in w.estimate_label.text()  # 2 of 16 regions of a 24 s whole-canvas run
+    assert "8,192 px" in w.estimate_label.text()
+    # the run says its time left from the start (the estimate), before any level has finished
+    run = s.start()
+    seen = []
+    qtbot.waitUntil(lambda: run.state != "starting" and (seen.append((run.units()[0], run.eta())) or True),
+                    timeout=30_000)
+    assert seen[0][1] is not None and seen[0][1] <= 3.0
+    qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
+
+
+def test_finished_regions_show_tissue_not_the_mask(viewer, qtbot, tiny_card, tmp_path):
+    from napari_diffinfinite._overlay import find_overlay
+
+    path = make_canvas(tiny_card, tmp_path / "t.zarr", size=128, region=64)
+    w = dock(viewer, "DiffInfinite")
+    image, mask = w.canvas.open(path)
+    assert mask.metadata[META]["mode"] == "distinct colours" and mask.contour == 0  # an empty canvas: to paint
+    setup_synthesis(w.synthesis, steps=2, preview=False)
+    run = w.synthesis.start()
+    assert mask.contour > 0 and w.mask.mode_box.currentText() == "contours"  # the tissue shows as it comes
+    qtbot.waitUntil(lambda: run.regions_done >= 1, timeout=60_000)
+    overlay = find_overlay(viewer, image.metadata[META]["path"])
+    qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
+    assert run.state == "done"
+    assert not np.asarray(overlay.data)[..., 3].any()  # no veil and no grid over finished tissue
+    # a canvas with tissue opens with the mask as outlines
+    viewer.layers.clear()
+    image, mask = w.canvas.open(path)
+    assert mask.metadata[META]["mode"] == "contours" and mask.contour > 0 and mask.opacity == 1.0
+    assert w.mask.mode_box.currentText() == "contours"
+
+
+def test_redoing_a_rectangle_veils_and_previews_only_inside_it(viewer, qtbot, tiny_card, tmp_path):
+    path = make_canvas(tiny_card, tmp_path / "r.zarr", size=128, region=64)
+    w = dock(viewer, "DiffInfinite")
+    image, mask = w.canvas.open(path)
+    s = w.synthesis
+    setup_synthesis(s, steps=2, preview=False)
+    run = s.start()
+    qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
+    # redo a 32 x 32 px rectangle inside the first region, with a live preview
+    setup_synthesis(s, steps=12, region="drawn rectangle", preview=True)
+    s.draw_rectangle()
+    area = next(layer for layer in viewer.layers if layer.metadata.get(META, {}).get("role") == "area")
+    area.add_rectangles(np.array([[16, 16], [47, 47]]))
+    s.redo_box.setChecked(True)
+    run = s.start()
+    seen = []
+
+    def outside_alpha():
+        ov = run.overlay
+        if ov is None:
+            return None
+        px = ov.region_px / ov.k
+        ys = (np.arange(ov.rgba.shape[0]) + 0.5) * px
+        xs = (np.arange(ov.rgba.shape[1]) + 0.5) * px
+        inside = ((ys >= 16) & (ys < 48))[:, None] & ((xs >= 16) & (xs < 48))[None, :]
+        return int(ov.rgba[..., 3][~inside].max()), int(ov.rgba[..., 3][inside].max())
+
+    def look():
+        got = outside_alpha()
+        if got is not None and run.state == "running":
+            seen.append(got)
+        return run.overlay is not None and run.overlay.previews >= 1
+
+    qtbot.waitUntil(look, timeout=60_000)
+    seen.append(outside_alpha())
+    qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
+    assert run.state == "done" and run.regions_total == 1
+    assert seen and all(out == 0 for out, _ in seen)  # the tissue around the rectangle stays in sight
+    assert any(inside > 0 for _, inside in seen)  # the veil and then the preview inside it

@@ -223,6 +223,8 @@ def test_import_a_slide_then_extend_it_in_the_widget(viewer, qtbot, tmp_path):
     assert np.asarray(image.data[-1]).mean() > 100  # real tissue and glass, not an empty store
     with Canvas.open(tmp_path / "slide.zarr") as c:
         assert c.done_indices() == {r.index for r in c.regions()}
+        assert c.settings["model"] == "tiny-test"  # the dock names the model ("model ?" before)
+    assert "model tiny-test" in w.info_label.text()
     # extend the imported canvas by 64 px at the top and the right: the border is left to sample
     w.pad_boxes[0].setValue(64)
     w.pad_boxes[1].setValue(64)
@@ -238,3 +240,139 @@ def test_import_a_slide_then_extend_it_in_the_widget(viewer, qtbot, tmp_path):
         assert (g.height, g.width) == (3024, 2280)
         assert len(g.done_indices()) < len(g.regions()) and g.jobs()
         assert np.array_equal(g.read_rgb(64, 164, 0, 100), Canvas.open(tmp_path / "slide.zarr").read_rgb(0, 100, 0, 100))
+
+
+def test_the_wheel_changes_no_setting_without_keyboard_focus(viewer, qtbot, tiny_card, tmp_path):
+    from qtpy.QtCore import QPoint, QPointF, Qt
+    from qtpy.QtGui import QWheelEvent
+    from qtpy.QtWidgets import QApplication
+
+    w = dock(viewer, "DiffInfinite")
+    w.canvas.open(make_canvas(tiny_card, tmp_path / "c.zarr", size=256, region=64))
+    viewer.window._qt_window.show()
+
+    def wheel(widget, notches=-1):
+        centre = QPointF(widget.rect().center())
+        event = QWheelEvent(centre, QPointF(widget.mapToGlobal(widget.rect().center())), QPoint(0, 0),
+                            QPoint(0, 120 * notches), Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier,
+                            Qt.ScrollPhase.NoScrollPhase, False)
+        QApplication.sendEvent(widget, event)
+
+    target, steps = w.mask.target_box, w.synthesis.steps_box
+    before = (target.currentIndex(), steps.value(), w.synthesis.omega_box.value())
+    for box in (target, steps, w.synthesis.omega_box):
+        assert not box.hasFocus()
+        wheel(box)
+    assert (target.currentIndex(), steps.value(), w.synthesis.omega_box.value()) == before
+    # with keyboard focus the wheel works as usual (Xvfb has no window manager to give real focus)
+    steps.hasFocus = lambda: True
+    wheel(steps, 1)
+    assert steps.value() != before[1]
+
+
+def test_generate_shows_progress_and_time_left_in_the_footer_and_cancels(viewer, qtbot, tiny_card, tmp_path,
+                                                                         monkeypatch):
+    """A long Generate (the learned layout of a big canvas ran 12 minutes with nothing shown): the footer
+    says what runs with its count and time left, Run waits, the button cancels and the mask stays."""
+    import threading
+    import time
+
+    from napari_diffinfinite import _mask_tools
+
+    release = threading.Event()
+
+    def slow_layout(spec, shape, image_px, labels, seed, learned, progress=None, cancel=None):
+        for level in range(1, 51):
+            if cancel.is_set():
+                from src_models.sampling.sampler import Cancelled
+
+                raise Cancelled()
+            progress(level, 50, "denoising level")
+            if level == 5:
+                release.wait(10)  # hold here until the test has looked
+            time.sleep(0.02)
+        return np.full(shape, 2, np.uint8), "learned layout model"
+
+    monkeypatch.setattr(_mask_tools, "layout_job", slow_layout)
+    w = dock(viewer, "DiffInfinite")
+    _, mask = w.canvas.open(make_canvas(tiny_card, tmp_path / "g.zarr", size=256, region=64, mask=False))
+    tools = w.mask
+    tools.layout_box.setCurrentText("learned")
+    job = tools.generate()
+    qtbot.waitUntil(lambda: "5 of 50 levels" in w.progress_label.text(), timeout=10_000)
+    line = w.progress_label.text()
+    assert line.startswith("generating a learned layout: denoising level") and "left" in line
+    assert not w.run_button.isEnabled() and tools.generate_button.text() == "Cancel"
+    assert w.progress_bar.maximum() == 50 and w.progress_bar.value() == 5
+    tools.generate()  # the same button cancels
+    assert tools.generate_button.text() == "Cancelling…"
+    release.set()
+    qtbot.waitUntil(lambda: not job.busy and not tools.busy, timeout=10_000)
+    assert job.state == "cancelled" and not mask.data.any()
+    assert "cancelled" in w.progress_label.text() and w.run_button.isEnabled()
+    assert tools.generate_button.text() == "Generate"
+    # and to the end: the layout lands, the footer says so
+    release.set()
+    job = tools.generate()
+    qtbot.waitUntil(lambda: not tools.busy, timeout=20_000)
+    assert job.state == "done" and (mask.data == 2).all()
+    assert "done in" in w.progress_label.text() and w.run_button.isEnabled()
+
+
+def test_the_learned_layout_reports_levels_and_stops_on_cancel():
+    import threading
+
+    import pytest
+
+    from napari_diffinfinite._mask_tools import layout_job
+    from src_models.sampling.sampler import Cancelled
+
+    seen = []
+    labels, how = layout_job("default", (32, 32), (256, 256), [1, 2, 3], 0, True,
+                             progress=lambda d, t, text="": seen.append((d, t)))
+    if how != "learned layout model":
+        pytest.skip("the shipped default model (with its layout model) is not installed")
+    assert seen[-1] == (50, 50) and labels.shape == (32, 32)
+    cancel = threading.Event()
+
+    def stop_at_3(d, t, text=""):
+        if d >= 3:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        layout_job("default", (32, 32), (256, 256), [1, 2, 3], 0, True, progress=stop_at_3, cancel=cancel)
+
+
+def test_importing_a_slide_shows_regions_and_time_left_and_cancels(viewer, qtbot, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from napari_diffinfinite import _worker
+
+    root = Path(__file__).resolve().parents[2]
+    slide = root / "data" / "cmu_small_region" / "cmu_small_region.svs"
+    seen = []
+    original = _worker.import_slide_job
+
+    def watched(*args, progress=None, cancel=None):
+        def spy(done, total, text=""):
+            seen.append((done, total))
+            if done >= 3:  # the user presses Cancel after three regions
+                cancel.set()
+            progress(done, total, text)
+
+        return original(*args, progress=spy, cancel=cancel)
+
+    monkeypatch.setattr(_worker, "import_slide_job", watched)
+    main = dock(viewer, "DiffInfinite")
+    w = main.canvas
+    w.model_picker.set_spec("tiny-test")
+    w.region_box.setValue(256)
+    w.path_edit.setText(str(tmp_path / "slide.zarr"))
+    w.slide_edit.setText(str(slide))
+    job = w.import_slide()
+    assert w.import_button.text() == "Cancel" and not main.run_button.isEnabled()
+    qtbot.waitUntil(lambda: not job.busy, timeout=60_000)
+    assert job.state == "cancelled" and canvas_pair(viewer) is None
+    assert any(total > 3 for _, total in seen)  # a count of regions came through
+    assert "import cancelled" in w.status.text() and "cancelled" in main.progress_label.text()
+    assert w.import_button.text() == "Import slide as a new canvas"
