@@ -281,7 +281,7 @@ def test_generate_shows_progress_and_time_left_in_the_footer_and_cancels(viewer,
 
     release = threading.Event()
 
-    def slow_layout(spec, shape, image_px, labels, seed, learned, progress=None, cancel=None):
+    def slow_layout(spec, shape, image_px, labels, seed, kind, progress=None, cancel=None):
         for level in range(1, 51):
             if cancel.is_set():
                 from src_models.sampling.sampler import Cancelled
@@ -328,7 +328,7 @@ def test_the_learned_layout_reports_levels_and_stops_on_cancel():
     from src_models.sampling.sampler import Cancelled
 
     seen = []
-    labels, how = layout_job("default", (32, 32), (256, 256), [1, 2, 3], 0, True,
+    labels, how = layout_job("default", (32, 32), (256, 256), [1, 2, 3], 0, "learned",
                              progress=lambda d, t, text="": seen.append((d, t)))
     if how != "learned layout model":
         pytest.skip("the shipped default model (with its layout model) is not installed")
@@ -340,7 +340,7 @@ def test_the_learned_layout_reports_levels_and_stops_on_cancel():
             cancel.set()
 
     with pytest.raises(Cancelled):
-        layout_job("default", (32, 32), (256, 256), [1, 2, 3], 0, True, progress=stop_at_3, cancel=cancel)
+        layout_job("default", (32, 32), (256, 256), [1, 2, 3], 0, "learned", progress=stop_at_3, cancel=cancel)
 
 
 def test_importing_a_slide_shows_regions_and_time_left_and_cancels(viewer, qtbot, tmp_path, monkeypatch):
