@@ -65,6 +65,8 @@ def _add_generate(sub) -> None:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="auto")
     d.add_argument("--model", default="default")
+    d.add_argument("--precision", choices=("float32", "bf16"), default="float32",
+                   help="the network's arithmetic (bf16: opt-in, see docs/cpu_speed.md)")
 
 
 def _add_editing(sub) -> None:
@@ -270,7 +272,8 @@ def cmd_demo(args) -> int:
     card = model.card
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / "demo.zarr"
-    request = SynthesisRequest(model=str(args.model), steps=args.steps, seed=args.seed, device=str(device)).resolved(card)
+    request = SynthesisRequest(model=str(args.model), steps=args.steps, seed=args.seed, device=str(device),
+                               precision=args.precision).resolved(card)
     canvas = new_canvas(card, out, height, width, overwrite=True, settings=request.settings())
     lh, lw = canvas.latent_shape
     mask = procedural_mask(lh, lw, list(range(1, card.num_classes)), seed=args.seed)
