@@ -188,7 +188,7 @@ class NativeUNet(nn.Module):
         cmaps = [cmap]
         for _ in range(len(self.down) - 1):
             cmaps.append(F.avg_pool2d(cmaps[-1], 2))
-        full = cmap if rows is None else rows.gather(cmap).contiguous()
+        full = cmap if rows is None else rows.gather(cmap).contiguous(memory_format=_format(cmap))
 
         hidden = self.init_conv(torch.cat([x, full], dim=1))
         skips = []
@@ -206,6 +206,12 @@ class NativeUNet(nn.Module):
                 hidden = block(torch.cat([hidden, skips.pop()], dim=1), temb, cmaps[i], rows)
             hidden = up(hidden)
         return self.out_conv(F.silu(self.out_norm(hidden)))
+
+
+def _format(a: torch.Tensor) -> torch.memory_format:
+    """``a``'s memory format (channels_last or contiguous)."""
+    cl = a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous()
+    return torch.channels_last if cl else torch.contiguous_format
 
 
 class _Rows:
@@ -250,7 +256,7 @@ class _Rows:
             return a
         if self.inverse is None:  # all rows share row 0
             return a[:1].expand(self.n, *a.shape[1:])
-        return a.index_select(0, self.inverse)
+        return a[self.inverse]  # keeps a's memory format (index_select would make channels_last rows NCHW)
 
     def spread(self, sc, st, bc, bt):
         """The block's per-pixel scale ``1 + st + sc`` and shift ``bt + bc`` for every row."""
