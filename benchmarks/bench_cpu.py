@@ -136,6 +136,14 @@ def cli(argv: list[str]) -> dict:
             "argv": " ".join(argv[:1] + [a for a in argv[1:] if not a.startswith("/")])}
 
 
+def learned_layout() -> list[str]:
+    """``--layout learned`` where ``make-mask`` offers a choice of layouts (the learned model is
+    what is timed here), nothing where the layout model is its only kind."""
+    from src_models.cli import main as cli_main
+
+    return ["--layout", "learned"] if "learned" in getattr(cli_main, "LAYOUT_CHOICES", ()) else []
+
+
 def import_slide(tmp: Path, quick: bool) -> dict:
     from src_models.synthesis import editing
 
@@ -203,7 +211,7 @@ def main(argv=None) -> int:
         if "layout" in sections:
             size, steps = ("1024x1024", ["--steps", "5"]) if args.quick else ("4096x4096", [])
             rec["layout"] = {"size": size, **cli(["make-mask", "--out", str(tmp / "m.png"), "--size", size, *steps,
-                                                  "--device", "cpu"])}
+                                                  "--device", "cpu", *learned_layout()])}
         if "import" in sections:
             rec["import"] = import_slide(tmp, args.quick)
     rec["load_after"] = os.getloadavg()
