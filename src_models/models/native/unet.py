@@ -180,7 +180,9 @@ class NativeUNet(nn.Module):
         t = torch.as_tensor(t, device=x.device).long().reshape(-1).expand(b)
         temb = self.time_mlp(timestep_embedding(t, self.base).to(x.dtype))
         mask = mask.to(x.device)
-        rows = _Rows.of(mask) if self.share_rows and x.device.type == "cpu" and b > 1 else None
+        # inference on the CPU only: training keeps the plain path (its in-place products would be needed by autograd)
+        shared = self.share_rows and x.device.type == "cpu" and b > 1 and not torch.is_grad_enabled()
+        rows = _Rows.of(mask) if shared else None
         if rows is not None:
             mask = rows.mask
         cmap = self.cond_map(mask, (h, w), x.dtype)
@@ -222,8 +224,9 @@ class _Rows:
     has the same time step.  The condition branch (class map, its 3x3 convolutions at every block,
     the per-pixel scale and shift) depends on nothing but the mask and the time step, so it is
     computed once per distinct mask (all null rows are one), and once for all rows where their time
-    embeddings are equal, then spread over the rows.  Each value is computed by the same operations on the same inputs as
-    without sharing, row by row; only the number of rows the convolutions see changes.
+    embeddings are equal, then spread over the rows.  Each value is computed by the same
+    operations on the same inputs as without sharing, row by row; only the number of rows the
+    convolutions see changes.  Used without autograd only (sampling runs under inference mode).
     """
 
     def __init__(self, mask, inverse, n):
