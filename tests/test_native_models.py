@@ -189,3 +189,30 @@ def test_default_model_class_dependent_colour(default_model):
     assert (right - left).abs().max() > 0.05, (left, right)
     assert left.mean() < right.mean()
     assert (left[2] - left[0]) > (right[2] - right[0])  # more blue relative to red on the epidermis side
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_shared_condition_rows_change_no_bit(channels_last):
+    """The CPU path that computes the condition branch once per distinct mask (all null passes
+    share one) and once per time step gives bit for bit what every row on its own gives: guided
+    batches (null and conditional rows), all-null batches (the layout model) and mixed time steps."""
+    from src_models.models.fast import FastDenoiser
+    from src_models.models.loading import load_model
+
+    model = load_model("default", "cpu")
+    net = model.unet
+    den = FastDenoiser(net, dtype=None, channels_last=True) if channels_last else net
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((6, 4, 16, 16), generator=gen)
+    mask = torch.randint(0, 4, (6, 1, 64, 64), generator=gen)
+    mask[::2] = 0
+    cases = [(torch.full((6,), 700), mask), (torch.tensor([3, 3, 500, 500, 900, 900]), mask),
+             (torch.full((6,), 20), torch.zeros_like(mask))]
+    with torch.inference_mode():
+        for t, m in cases:
+            net.share_rows = False
+            alone = den(x, t, m)
+            net.share_rows = True
+            shared = den(x, t, m)
+            assert torch.equal(alone, shared)
+            assert not torch.equal(shared[0], shared[2])  # the rows really differ

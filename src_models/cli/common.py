@@ -135,6 +135,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-fast", dest="fast", action="store_false",
                    help="call the network as it is (no channels_last, no fp16 autocast on CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network for the window size (CUDA)")
+    p.add_argument("--precision", choices=("float32", "bf16"), default="float32",
+                   help="the network's arithmetic: bf16 = bfloat16 autocast (opt-in; fast only on CPUs with "
+                   "AVX512_BF16 or AMX; see docs/cpu_speed.md); default float32")
     p.add_argument("--centre", type=parse_centre, default=None, metavar="Y,X", help="regions nearest this point go first")
     p.add_argument("--preview", type=Path, default=None, help="PNG preview path (default: OUT with .png)")
 
@@ -204,7 +207,7 @@ def request_from_args(args, device="auto", area=None, plan: str | None = None):
         model=str(args.model), steps=args.steps, omega=args.omega, omega_per_class=dict(args.omega_class),
         eta=args.eta, seed=args.seed, plan=plan if plan is not None else args.plan, solver=args.solver,
         sweep=args.sweep, device=str(device), max_batch=args.max_batch, centre=args.centre, area=area,
-        fast=args.fast, compile=args.compile, resample=args.resample,
+        fast=args.fast, compile=args.compile, resample=args.resample, precision=args.precision,
     )
 
 

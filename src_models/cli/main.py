@@ -70,6 +70,8 @@ def _add_generate(sub) -> None:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="auto")
     d.add_argument("--model", default="default")
+    d.add_argument("--precision", choices=("float32", "bf16"), default="float32",
+                   help="the network's arithmetic (bf16: opt-in, see docs/cpu_speed.md)")
 
 
 def _add_editing(sub) -> None:
@@ -287,7 +289,8 @@ def cmd_demo(args) -> int:
     model = load_for_run(args.model, device, preloaded)
     card = model.card
     args.out.mkdir(parents=True, exist_ok=True)
-    request = SynthesisRequest(model=str(args.model), steps=args.steps, seed=args.seed, device=str(device)).resolved(card)
+    request = SynthesisRequest(model=str(args.model), steps=args.steps, seed=args.seed, device=str(device),
+                               precision=args.precision).resolved(card)
     # the previous demo canvas stays until the new one has its first region
     canvas = new_canvas(card, out, height, width, overwrite=True, settings=request.settings(),
                         replace_when_sampled=True)

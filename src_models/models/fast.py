@@ -205,6 +205,20 @@ class FastDenoiser(nn.Module):
             return fn(x, t, mask)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512_BF16 or AMX), from ``/proc/cpuinfo``
+    (Linux) or torch's ISA level (``AVX512`` at least and AMX); ``False`` when it cannot be told."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    except OSError:
+        pass
+    return "AMX" in str(torch.backends.cpu.get_cpu_capability()).upper()
+
+
 def unwrap(net: nn.Module) -> nn.Module:
     """The network under any :class:`FastDenoiser` wrappers."""
     while isinstance(net, FastDenoiser):
@@ -410,6 +424,7 @@ def fast_setup(
     dtype: torch.dtype | None = torch.float16,
     compile: bool | str = False,
     max_batch: int | None = None,
+    precision: str = "float32",
 ) -> tuple[nn.Module, int]:
     """The denoiser and batch size a sampler should use for ``unet`` on ``device``: what
     ``synthesis.synthesise`` (or any caller of ``sampler.sample_area``) hands over instead of the raw
@@ -418,18 +433,30 @@ def fast_setup(
     CUDA: :class:`FastDenoiser` with autocast in ``dtype`` (default float16: same tensor-core rate
     as bf16 on an H100 and within the 1e-2 guard on the CPU, where bf16 is not; see
     ``benchmarks/NOTES.md``), channels_last, optional compile for ``window``; the batch from
-    :func:`batch_budget`.  CPU: float32 with channels_last (faster convolutions in oneDNN), batch 32.
+    :func:`batch_budget`.  CPU: float32 with channels_last (faster convolutions in oneDNN), batch 32;
+    ``precision="bf16"`` (opt-in): bfloat16 autocast (fast only where the CPU has AVX512_BF16 or
+    AMX; elsewhere oneDNN emulates it, slower than float32: a warning says so; see
+    ``docs/cpu_speed.md``).  On CUDA ``precision="bf16"`` picks bfloat16 over the default ``dtype``.
     Elsewhere (MPS): the network as it is, batch 32.  ``max_batch`` overrides the budget (the
     caller halves it on out-of-memory).  Wrap once per loaded model: the network is converted in
     place and a compiled graph is kept by the wrapper.
     """
     device = torch.device(device)
+    if precision not in ("float32", "bf16"):
+        raise ValueError(f"precision must be float32 or bf16, got {precision!r}")
+    bf16 = precision == "bf16"
     if isinstance(unet, FastDenoiser):
         den = unet
     elif device.type == "cuda":
-        den = FastDenoiser(unet, dtype=dtype, channels_last=True, compile=compile, window=window)
+        den = FastDenoiser(unet, dtype=torch.bfloat16 if bf16 else dtype, channels_last=True, compile=compile,
+                           window=window)
     elif device.type == "cpu":
-        den = FastDenoiser(unet, dtype=None, channels_last=True)
+        if bf16 and not cpu_has_native_bf16():
+            import warnings
+
+            warnings.warn("this CPU has neither AVX512_BF16 nor AMX: bf16 is emulated and slower than float32",
+                          RuntimeWarning, stacklevel=2)
+        den = FastDenoiser(unet, dtype=torch.bfloat16 if bf16 else None, channels_last=True, autocast_cpu=bf16)
     else:
         den = unet
     if max_batch is None:

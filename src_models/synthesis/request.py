@@ -73,6 +73,9 @@ def default_plan(card) -> str:
     return "release" if str(arch).startswith("release") else "grid"
 
 
+PRECISIONS = ("float32", "bf16")  # the network's arithmetic; the latents, schedule and solver stay float32
+
+
 @dataclass
 class SynthesisRequest:
     """Everything a run needs, as plain values (built on the GUI thread or from the CLI).
@@ -98,6 +101,7 @@ class SynthesisRequest:
     max_batch: int | None = None  # network batch rows per call; None: from the device's memory (halved on OOM)
     fast: bool = True  # channels_last, and fp16 autocast + a memory-sized batch on CUDA (src_models/models/fast.py)
     compile: bool = False  # torch.compile the network for the window size (CUDA)
+    precision: str = "float32"  # "bf16": bfloat16 autocast around the network (opt-in on the CPU; docs/cpu_speed.md)
     halo: int | None = None  # latent px of context around each region (default: half a window)
     resample: int = 1  # where there is context: each level run this many times, re-noised in between (RePaint)
 
@@ -131,6 +135,8 @@ class SynthesisRequest:
         except ValueError as e:
             raise RequestError(str(e)) from None
         check_number(name("eta"), self.eta, None, MAX_ETA)
+        if self.precision not in PRECISIONS:
+            raise RequestError(f"{name('precision')} must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not 1 <= int(self.resample) <= MAX_RESAMPLE:
             raise RequestError(f"resample must be between 1 and {MAX_RESAMPLE}, got {self.resample}")
         if int(self.resample) > 1 and self.solver != "ddim":
@@ -162,6 +168,8 @@ class SynthesisRequest:
             "sweep": bool(self.sweep),
             "halo": self.halo,
             "resample": int(self.resample),
+            # float32 is what every canvas made before this option was: stored only when not float32
+            **({"precision": self.precision} if self.precision != "float32" else {}),
         }
 
 

@@ -154,9 +154,9 @@ def _denoiser_for(model, device, window: int, request: SynthesisRequest):
     from src_models.models.fast import fast_setup
 
     cache = model.__dict__.setdefault("_denoisers", {})
-    key = (str(device), int(window), bool(request.compile))
+    key = (str(device), int(window), bool(request.compile), request.precision)
     if key not in cache:
-        cache[key] = fast_setup(model.unet, device, window, compile=request.compile)
+        cache[key] = fast_setup(model.unet, device, window, compile=request.compile, precision=request.precision)
     return cache[key]
 
 

@@ -67,13 +67,22 @@ class CondResBlock(nn.Module):
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
 
-    def forward(self, x, temb, cmap):
-        h = self.conv1(F.silu(self.norm1(x)))
-        st, bt = self.time(temb)[:, :, None, None].chunk(2, dim=1)
+    def forward(self, x, temb, cmap, rows=None):
+        """``rows`` (CPU fast path, :class:`_Rows`): ``cmap`` holds only the distinct condition
+        maps; each batch row's is found through it."""
+        h = self.conv1(F.silu(self.norm1(x), inplace=rows is not None))
+        tt = self.time(temb)
+        st, bt = (tt if rows is None else rows.same(tt))[:, :, None, None].chunk(2, dim=1)
         sc, bc = self.cond(cmap).chunk(2, dim=1)
-        h = self.norm2(h) * (1 + st + sc) + (bt + bc)
-        h = self.conv2(F.silu(h))
-        return self.skip(x) + h
+        if rows is None:
+            h = self.norm2(h) * (1 + st + sc) + (bt + bc)
+            return self.skip(x) + self.conv2(F.silu(h))
+        # the same sums as above, per distinct condition (x + y = y + x exactly in IEEE arithmetic),
+        # then spread over the batch rows; the products and sums over the batch are made in place
+        scale, shift = rows.spread(sc, st, bc, bt)
+        h = self.norm2(h).mul_(scale).add_(shift)
+        h = self.conv2(F.silu(h, inplace=True))
+        return h.add_(self.skip(x))
 
 
 class SelfAttention(nn.Module):
@@ -117,6 +126,7 @@ class NativeUNet(nn.Module):
         widths = [base * int(m) for m in mults]
         tdim = 4 * base
         self.base = base
+        self.share_rows = True  # the CPU fast path (:class:`_Rows`); False: every row computed on its own
         self.time_mlp = nn.Sequential(nn.Linear(base, tdim), nn.SiLU(), nn.Linear(tdim, tdim))
         self.class_emb = nn.Parameter(torch.randn(self.num_classes, cond_dim) * 0.5)
         self.cond_in = nn.Conv2d(cond_dim, cond_dim, 3, padding=1)
@@ -169,25 +179,90 @@ class NativeUNet(nn.Module):
             raise ValueError(f"NativeUNet: window {h}x{w} is not a multiple of {m}")
         t = torch.as_tensor(t, device=x.device).long().reshape(-1).expand(b)
         temb = self.time_mlp(timestep_embedding(t, self.base).to(x.dtype))
-        cmap = self.cond_map(mask.to(x.device), (h, w), x.dtype)
+        mask = mask.to(x.device)
+        # inference on the CPU only: training keeps the plain path (its in-place products would be needed by autograd)
+        shared = self.share_rows and x.device.type == "cpu" and b > 1 and not torch.is_grad_enabled()
+        rows = _Rows.of(mask) if shared else None
+        if rows is not None:
+            mask = rows.mask
+        cmap = self.cond_map(mask, (h, w), x.dtype)
         cmap = cmap + F.silu(self.cond_in(cmap))
         cmaps = [cmap]
         for _ in range(len(self.down) - 1):
             cmaps.append(F.avg_pool2d(cmaps[-1], 2))
+        full = cmap if rows is None else rows.gather(cmap).contiguous(memory_format=_format(cmap))
 
-        hidden = self.init_conv(torch.cat([x, cmap], dim=1))
+        hidden = self.init_conv(torch.cat([x, full], dim=1))
         skips = []
         for i, (level, down) in enumerate(zip(self.down, self.downsample)):
             for block in level:
-                hidden = block(hidden, temb, cmaps[i])
+                hidden = block(hidden, temb, cmaps[i], rows)
                 skips.append(hidden)
             hidden = down(hidden)
-        hidden = self.mid1(hidden, temb, cmaps[-1])
+        hidden = self.mid1(hidden, temb, cmaps[-1], rows)
         hidden = self.mid_attn(hidden)
-        hidden = self.mid2(hidden, temb, cmaps[-1])
+        hidden = self.mid2(hidden, temb, cmaps[-1], rows)
         for j, (level, up) in enumerate(zip(self.up, self.upsample)):
             i = len(self.down) - 1 - j
             for block in level:
-                hidden = block(torch.cat([hidden, skips.pop()], dim=1), temb, cmaps[i])
+                hidden = block(torch.cat([hidden, skips.pop()], dim=1), temb, cmaps[i], rows)
             hidden = up(hidden)
         return self.out_conv(F.silu(self.out_norm(hidden)))
+
+
+def _format(a: torch.Tensor) -> torch.memory_format:
+    """``a``'s memory format (channels_last or contiguous)."""
+    cl = a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous()
+    return torch.channels_last if cl else torch.contiguous_format
+
+
+class _Rows:
+    """Batch rows that share their condition (the CPU fast path of :class:`NativeUNet`).
+
+    Classifier-free guidance runs every window's null pass (an all-zero mask) next to its
+    conditional pass, and the layout model runs null passes only; every row of one network call
+    has the same time step.  The condition branch (class map, its 3x3 convolutions at every block,
+    the per-pixel scale and shift) depends on nothing but the mask and the time step, so it is
+    computed once per distinct mask (all null rows are one), and once for all rows where their time
+    embeddings are equal, then spread over the rows.  Each value is computed by the same
+    operations on the same inputs as without sharing, row by row; only the number of rows the
+    convolutions see changes.  Used without autograd only (sampling runs under inference mode).
+    """
+
+    def __init__(self, mask, inverse, n):
+        self.mask, self.inverse, self.n = mask, inverse, n
+
+    @classmethod
+    def of(cls, mask: torch.Tensor) -> "_Rows":
+        n = mask.shape[0]
+        null = ~mask.reshape(n, -1).any(dim=1)
+        k = int(null.sum())
+        if k < 2:
+            return cls(mask, None, n)
+        if k == n:  # two rows, not one: oneDNN convolves a batch of one another way (other roundings)
+            return cls(mask[:2], None, n)
+        # distinct conditions: the conditional rows as they are, then one null row
+        cond = torch.nonzero(~null).flatten()
+        inverse = torch.full((n,), len(cond), dtype=torch.long)
+        inverse[cond] = torch.arange(len(cond))
+        keep = torch.cat([cond, torch.nonzero(null)[:1].flatten()])
+        return cls(mask[keep], inverse, n)
+
+    @staticmethod
+    def same(a: torch.Tensor) -> torch.Tensor:
+        """``a``'s first row alone when every row equals it (one time step for all), else ``a``."""
+        return a[:1] if torch.equal(a, a[:1].expand_as(a)) else a
+
+    def gather(self, a: torch.Tensor) -> torch.Tensor:
+        """(distinct, ...) -> (rows, ...): every row's own (a view where all rows share one)."""
+        if a.shape[0] == self.n:
+            return a
+        if self.inverse is None:  # all rows share row 0
+            return a[:1].expand(self.n, *a.shape[1:])
+        return a[self.inverse]  # keeps a's memory format (index_select would make channels_last rows NCHW)
+
+    def spread(self, sc, st, bc, bt):
+        """The block's per-pixel scale ``1 + st + sc`` and shift ``bt + bc`` for every row."""
+        if st.shape[0] == 1:  # one time step: one sum per distinct condition
+            return self.gather(sc + (1 + st)), self.gather(bc + bt)
+        return self.gather(sc) + (1 + st), self.gather(bc) + bt
