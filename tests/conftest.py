@@ -89,6 +89,16 @@ def two_class_mask():
     return m
 
 
+@pytest.fixture
+def mask_png(tmp_path, two_class_mask):
+    """``two_class_mask`` as a label PNG in the test's folder."""
+    from skimage import io
+
+    p = tmp_path / "m.png"
+    io.imsave(p, two_class_mask, check_contrast=False)
+    return p
+
+
 # CI (.ci/run sets DIFFINFINITE_REQUIRE_CONFORMANCE=1) fails when any conformance test is skipped:
 # the reference vectors ship in tests/data, so a skip means something is broken, not missing.
 _SKIPPED_CONFORMANCE: list[str] = []

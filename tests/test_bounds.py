@@ -10,6 +10,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from canvas_helpers import one_line as _one_line
 from src_models.cli.main import main
 from src_models.io import annotations as A
 
@@ -25,14 +26,6 @@ def _fc(rings):
     return {"type": "FeatureCollection", "features": [
         {"type": "Feature", "properties": {"classification": {"name": "Tumor"}},
          "geometry": {"type": "Polygon", "coordinates": [r]}} for r in rings]}
-
-
-def _one_line(capsys, *words):
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for w in words:
-        assert w in lines[0], lines[0]
 
 
 def test_rasterising_memory_is_bounded_by_the_output(monkeypatch):

@@ -12,18 +12,10 @@ from skimage import io
 
 from src_models.cli.main import build_parser, main
 from canvas_helpers import finished_regions as _finished
+from canvas_helpers import generate_args as _gen
 from src_models.store.canvas import Canvas
 
 
-@pytest.fixture
-def mask_png(tmp_path, two_class_mask):
-    p = tmp_path / "m.png"
-    io.imsave(p, two_class_mask, check_contrast=False)
-    return p
-
-
-def _gen(out, mask, *extra):
-    return ["generate", "--mask", str(mask), "--out", str(out), "--model", "tiny-test", "--device", "cpu", *extra]
 
 
 def test_generate_writes_canvas_and_preview_and_is_reproducible(tmp_path, mask_png, capsys):

@@ -40,7 +40,13 @@ def test_make_mask_shows_a_progress_bar_of_the_layout_levels(tmp_path, monkeypat
         pytest.skip("the default model has no layout model")
     term = _Terminal()
     monkeypatch.setattr(sys, "stderr", term)
-    assert main(["make-mask", "--model", "default", "--size", "256x256", "--steps", "5", "--device", "cpu",
-                 "--out", str(tmp_path / "m.png")]) == 0
+    assert main(["make-mask", "--model", "default", "--layout", "learned", "--size", "256x256", "--steps", "5",
+                 "--device", "cpu", "--out", str(tmp_path / "m.png")]) == 0
     text = term.getvalue()
     assert "drawing the layout" in text and "5/5" in text
+    # the anatomy recipe is drawn at once: no bar
+    term.seek(0)
+    term.truncate()
+    assert main(["make-mask", "--model", "default", "--size", "256x256", "--device", "cpu",
+                 "--out", str(tmp_path / "a.png")]) == 0
+    assert "drawing the layout" not in term.getvalue()

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from skimage import io
 
+from canvas_helpers import generate_args as _gen
+from canvas_helpers import one_line as _one_line
 from src_models.cli.main import main
 from src_models.store.canvas import Canvas, CanvasError, CanvasLockedError
 from src_models.store.safety import leftovers, real_path
@@ -20,24 +22,8 @@ from src_models.store.verify import verify_canvas
 ARGS = ["--size", "64x64", "--region-size", "32", "--steps", "1"]
 
 
-@pytest.fixture
-def mask_png(tmp_path, two_class_mask):
-    p = tmp_path / "m.png"
-    io.imsave(p, two_class_mask, check_contrast=False)
-    return p
 
 
-def _gen(out, mask, *extra):
-    return ["generate", "--mask", str(mask), "--out", str(out), "--model", "tiny-test", "--device", "cpu", *extra]
-
-
-def _one_line(capsys, *words):
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
 
 
 def _pixels(path):

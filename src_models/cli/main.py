@@ -497,20 +497,23 @@ def cmd_make_mask(args) -> int:
         raise UserError(f"--out {args.out} is a folder; make-mask writes a PNG file, e.g. --out {args.out / 'mask.png'}")
     width, height = args.size
     card, _ = find_card(args.model)
-    layout_source(card, args.layout)  # a kind the model lacks: one line before anything loads
+    planned = layout_source(card, args.layout)  # a kind the model lacks: one line before anything loads
     model = load_model(args.model, resolve_device(args.device))
     card = model.card
-    bar = progress_bar(None, "drawing the layout")
+    # the diffusion layouts take minutes: a bar of their denoising levels (the others are instant)
+    bar = progress_bar(None, "drawing the layout") if planned in (LEARNED, RELEASE) else None
 
-    def on_level(info):  # the diffusion layouts: one tick per denoising level, with the time left
-        bar.total = info.levels
-        bar.update(info.level - bar.n)
+    def on_level(info):  # one tick per denoising level, with the time left
+        if bar is not None:
+            bar.total = info.levels
+            bar.update(info.level - bar.n)
 
     try:
         mask, source = draw_layout(model, (height, width), seed=args.seed, steps=args.steps, subtype=args.subtype,
                                    cond_drop=args.cond_drop, kind=args.layout, callback=on_level)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     how = {ANATOMY: f"anatomy recipe of {card.name} ({(card.extra.get('layout_recipe') or {}).get('kind')})",
            LEARNED: f"layout diffusion model of {card.name}",
            RELEASE: f"mask diffusion model of {card.name}, subtype {args.subtype}"}.get(
