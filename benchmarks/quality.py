@@ -66,8 +66,10 @@ def canvas_rim(path: Path) -> dict:
 
 
 def make_canvas(model, labels: np.ndarray, path: Path, plan: str | None, seed: int, steps: int | None,
-                region: int | None, solver: str | None = None, omega: float | None = None):
-    """Paint a canvas of the band's physical size under its labels; returns seconds and forwards."""
+                region: int | None, solver: str | None = None, omega: float | None = None,
+                eta: float | None = None, src_mpp: float = SLIDE_MPP):
+    """Paint a canvas of the labels' physical size (``src_mpp`` µm/px) under them; returns seconds
+    and forwards."""
     from PIL import Image
 
     from src_models.synthesis.canvases import new_canvas, put_mask
@@ -75,14 +77,16 @@ def make_canvas(model, labels: np.ndarray, path: Path, plan: str | None, seed: i
     from src_models.synthesis.request import SynthesisRequest
 
     card = model.card
-    mpp = float(card.pixel_size_um or SLIDE_MPP)
+    mpp = float(card.pixel_size_um or src_mpp)
     grid = card.factor * 8
-    h = int(labels.shape[0] * SLIDE_MPP / mpp) // grid * grid
-    w = int(labels.shape[1] * SLIDE_MPP / mpp) // grid * grid
-    lat = Image.fromarray(labels).resize((w // card.factor, h // card.factor), Image.Resampling.NEAREST)
+    h = max(grid, int(labels.shape[0] * src_mpp / mpp) // grid * grid)
+    w = max(grid, int(labels.shape[1] * src_mpp / mpp) // grid * grid)
+    lat = Image.fromarray(labels.astype(np.uint8)).resize((w // card.factor, h // card.factor), Image.Resampling.NEAREST)
     extra = {"solver": solver} if solver else {}
     if omega is not None:
         extra["omega"] = float(omega)
+    if eta is not None:
+        extra["eta"] = float(eta)
     request = SynthesisRequest(model=card.name, steps=steps, seed=seed, **(_plan_kwargs(plan) if plan else {}), **extra)
     canvas = new_canvas(card, path, h, w, region, overwrite=True, settings=request.settings())
     put_mask(canvas, np.asarray(lat))

@@ -25,13 +25,13 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 SKIN_SLIDE = ROOT / "data" / "cmu_small_region" / "cmu_small_region.png"
 SKIN_MPP = 0.499
@@ -70,30 +70,6 @@ def parse_solver(text: str) -> dict:
 
 def key_of(setting: dict, seed: int) -> str:
     return json.dumps({**setting, "seed": seed}, sort_keys=True)
-
-
-def paint(model, labels: np.ndarray, src_mpp: float, path: Path, setting: dict, seed: int) -> tuple[float, int]:
-    """A canvas of the labels' physical size under them; (seconds, network calls)."""
-    from PIL import Image
-
-    from src_models.synthesis.canvases import new_canvas, put_mask
-    from src_models.synthesis.regions import synthesise
-    from src_models.synthesis.request import SynthesisRequest
-
-    card = model.card
-    mpp = float(card.pixel_size_um or src_mpp)
-    grid = card.factor * 8
-    h = max(grid, int(labels.shape[0] * src_mpp / mpp) // grid * grid)
-    w = max(grid, int(labels.shape[1] * src_mpp / mpp) // grid * grid)
-    lat = Image.fromarray(labels.astype(np.uint8)).resize((w // card.factor, h // card.factor), Image.Resampling.NEAREST)
-    request = SynthesisRequest(model=card.name, seed=seed, **setting)
-    canvas = new_canvas(card, path, h, w, None, overwrite=True, settings=request.settings())
-    put_mask(canvas, np.asarray(lat))
-    t0, forwards = time.perf_counter(), 0
-    for ev in synthesise(model, canvas, request):
-        forwards += ev.forwards
-    canvas.close()
-    return time.perf_counter() - t0, forwards
 
 
 def rim_of(paths: list[Path], background: int, tissue: list[int]) -> float | None:
@@ -176,6 +152,8 @@ def main(argv=None) -> int:
 
     import torch
 
+    from quality import make_canvas
+
     from src_models.evaluation import evaluate
     from src_models.models.loading import load_model
 
@@ -211,7 +189,9 @@ def main(argv=None) -> int:
                 paths, seconds, forwards = [], 0.0, 0
                 for m, labels in labelled:
                     path = work / f"{m.stem}-{spec.replace(':', '_')}-w{omega}-s{seed}.zarr"
-                    s, f = paint(model, labels, src_mpp, path, {k: v for k, v in setting.items()}, seed)
+                    s, f = make_canvas(model, labels, path, None, seed, setting.get("steps"), None,
+                                       setting.get("solver"), omega=setting.get("omega"), eta=setting.get("eta"),
+                                       src_mpp=src_mpp)
                     paths.append(path)
                     seconds += s
                     forwards += f

@@ -485,9 +485,8 @@ def cmd_make_mask(args) -> int:
     from skimage import io
 
     from src_models.models.device import resolve_device
-    from src_models.models.loading import load_model
     from src_models.synthesis.canvases import mask_rgb
-    from src_models.models.loading import find_card
+    from src_models.models.loading import find_card, load_for_run
     from src_models.synthesis.layouts import ANATOMY, LEARNED, RELEASE, draw_layout, layout_source
     from src_models.synthesis.request import check_number, check_seed
 
@@ -496,10 +495,13 @@ def cmd_make_mask(args) -> int:
     if args.out.is_dir():
         raise UserError(f"--out {args.out} is a folder; make-mask writes a PNG file, e.g. --out {args.out / 'mask.png'}")
     width, height = args.size
-    card, _ = find_card(args.model)
+    device = resolve_device(args.device)
+    card, preloaded = find_card(args.model)
     planned = layout_source(card, args.layout)  # a kind the model lacks: one line before anything loads
-    model = load_model(args.model, resolve_device(args.device))
-    card = model.card
+    model = None  # an anatomy recipe or a procedural layout needs the card only
+    if planned in (LEARNED, RELEASE):
+        model = load_for_run(args.model, device, preloaded)  # a checkpoint is read once
+        card = model.card
     # the diffusion layouts take minutes: a bar of their denoising levels (the others are instant)
     bar = progress_bar(None, "drawing the layout") if planned in (LEARNED, RELEASE) else None
 
@@ -510,7 +512,7 @@ def cmd_make_mask(args) -> int:
 
     try:
         mask, source = draw_layout(model, (height, width), seed=args.seed, steps=args.steps, subtype=args.subtype,
-                                   cond_drop=args.cond_drop, kind=args.layout, callback=on_level)
+                                   cond_drop=args.cond_drop, kind=args.layout, callback=on_level, card=card)
     finally:
         if bar is not None:
             bar.close()
