@@ -26,6 +26,34 @@ def test_defaults_come_from_the_model_and_the_solver():
     assert r.settings()["plan"] == "sequential" and r.settings()["sweep"] is False
 
 
+def test_a_card_that_names_its_solver_gives_steps_and_eta_with_it_and_only_with_it():
+    from dataclasses import replace
+
+    from src_models.models.card import ModelError, _check_fields
+    from src_models.synthesis.request import sampling_defaults
+
+    card = replace(_card("native", steps=20), default_solver="dpmpp-2m", default_omega=0.5)
+    r = SynthesisRequest().resolved(card)
+    assert (r.solver, r.steps, r.eta, r.omega) == ("dpmpp-2m", 20, 0.0, 0.5)
+    # another solver brings its own steps and eta, not the card's
+    r = SynthesisRequest(solver="ddim").resolved(card)
+    assert (r.solver, r.steps, r.eta, r.omega) == ("ddim", 50, 1.0, 0.5)
+    # the card's DDIM eta is used with DDIM only
+    ddim0 = replace(_card("native", steps=40), default_eta=0.0)
+    assert sampling_defaults(ddim0) == {"solver": "ddim", "steps": 40, "eta": 0.0, "omega": 3.0}
+    assert sampling_defaults(ddim0, "dpmpp-2m")["eta"] == 0.0 and sampling_defaults(ddim0, "dpmpp-2m")["steps"] == 20
+    # a canvas whose settings left the solver open reads as the card resolves it
+    assert normalise_settings({"solver": None, "steps": None, "eta": None}, card)["solver"] == "dpmpp-2m"
+    # resample needs DDIM: judged on the solver the card gives when none is named
+    with pytest.raises(ValueError, match="resample needs the ddim solver"):
+        SynthesisRequest(resample=2).check(card)
+    SynthesisRequest(resample=2).check(ddim0)
+    for bad in ({"default_solver": "euler"}, {"default_solver": "dpmpp-2m", "default_eta": 1.0},
+                {"default_eta": 2.0}, {"default_eta": "1"}):
+        with pytest.raises(ModelError, match="default_"):
+            _check_fields(replace(_card("native"), **bad))
+
+
 @pytest.mark.parametrize("kw,match", [
     ({"plan": "parallel"}, "unknown plan 'parallel'"),
     ({"solver": "heun"}, "unknown solver 'heun'"),

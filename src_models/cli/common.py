@@ -117,9 +117,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", default=None, metavar="|".join(PLANS),
                    help=("patch order: " + "; ".join(f"{k}: {v.description}" for k, v in PLANS.items())
                          + " (default: the model's)").replace("%", "%%"))
-    p.add_argument("--solver", default="ddim", metavar="|".join(SOLVERS),
+    p.add_argument("--solver", default=None, metavar="|".join(SOLVERS),
                    help="how a level's noise estimate moves the latents: "
-                   + "; ".join(f"{k}: {v.description}" for k, v in SOLVERS.items()) + " (default ddim)")
+                   + "; ".join(f"{k}: {v.description}" for k, v in SOLVERS.items())
+                   + " (default: the model card's, with its steps and eta)")
     p.add_argument("--resample", type=int, default=1, metavar="U",
                    help="where a region has finished or real surroundings (inpaint, outpaint, later regions): run "
                    "each level U times, re-noised in between, so new tissue continues the old (RePaint; U x the "

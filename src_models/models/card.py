@@ -100,6 +100,17 @@ def _check_fields(card: "ModelCard") -> None:
         raise bad("default_steps", card.default_steps, "a whole number from 1 to 1000")
     if not _number(card.default_omega) or not 0 <= card.default_omega <= 100:
         raise bad("default_omega", card.default_omega, "a number from 0 to 100")
+    from src_models.sampling.solvers import SOLVERS, check_solver
+
+    if card.default_solver not in SOLVERS:
+        raise bad("default_solver", card.default_solver, f"one of {', '.join(SOLVERS)}")
+    if card.default_eta is not None:
+        try:
+            if not _number(card.default_eta) or card.default_eta > 1:
+                raise ValueError
+            check_solver(card.default_solver, card.default_eta)
+        except ValueError:
+            raise bad("default_eta", card.default_eta, f"null or a number from 0 to 1 that {card.default_solver} takes") from None
     if card.pixel_size_um is not None and not (_number(card.pixel_size_um) and 0 < card.pixel_size_um < 1000):
         raise bad("pixel_size_um", card.pixel_size_um, "a positive number of µm below 1000, or null")
     if not isinstance(card.extra, dict):
@@ -123,6 +134,10 @@ class ModelCard:
     description: str = ""
     default_steps: int = DEFAULT_STEPS
     default_omega: float = DEFAULT_OMEGA
+    # the sampler the model's defaults were measured with (benchmarks/sweep_sampling.py); default_steps and
+    # default_eta belong to it (None: the solver's own η).  Cards from before it sampled with DDIM.
+    default_solver: str = "ddim"
+    default_eta: float | None = None
     mask_model: dict | None = None  # optional mask diffusion model (same layout as ``unet``)
     pixel_size_um: float | None = None  # µm per image pixel of the training data (None: not stated)
     extra: dict = field(default_factory=dict)

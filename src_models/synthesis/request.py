@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # annotations only
     import torch
 
 __all__ = ["PLANS", "SOLVERS", "SynthesisRequest", "RegionDone", "RegionProgress", "SweepProgress", "RequestError",
-           "default_plan", "normalise_settings", "settings_diff", "check_number", "MAX_STEPS"]
+           "default_plan", "normalise_settings", "sampling_defaults", "settings_diff", "check_number", "MAX_STEPS"]
 
 MAX_STEPS = 1000  # the models' training steps
 MAX_RESAMPLE = 20
@@ -80,10 +80,9 @@ PRECISIONS = ("float32", "bf16")  # the network's arithmetic; the latents, sched
 class SynthesisRequest:
     """Everything a run needs, as plain values (built on the GUI thread or from the CLI).
 
-    ``plan`` None means the model's default (:func:`default_plan`); ``steps`` None the solver's
-    default (for ``ddim`` the model card's); ``eta`` None the solver's (``ddim`` 1, as the release;
-    ``dpmpp-2m`` 0); ``omega`` None the card's ``default_omega``.  :meth:`resolved` fills them in
-    for a model card.
+    ``plan`` None means the model's default (:func:`default_plan`); ``solver``, ``steps``, ``eta`` and
+    ``omega`` None the model card's sampling defaults (:func:`sampling_defaults`, the one place
+    every interface takes them from).  :meth:`resolved` fills them in for a model card.
     """
 
     model: str = "default"
@@ -93,7 +92,7 @@ class SynthesisRequest:
     eta: float | None = None
     seed: int = 0
     plan: str | None = None
-    solver: str = "ddim"
+    solver: str | None = None
     sweep: bool = False  # whole canvas level by level (src_models/synthesis/sweep.py) instead of region by region
     device: str = "auto"
     area: tuple[int, int, int, int] | None = None  # (y0, y1, x0, x1) px: only regions touching it
@@ -131,7 +130,7 @@ class SynthesisRequest:
         try:
             if self.plan is not None:
                 check_plan(self.plan)
-            check_solver(self.solver, self.eta)
+            check_solver(self._solver(card), self.eta)
         except ValueError as e:
             raise RequestError(str(e)) from None
         check_number(name("eta"), self.eta, None, MAX_ETA)
@@ -139,20 +138,22 @@ class SynthesisRequest:
             raise RequestError(f"{name('precision')} must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not 1 <= int(self.resample) <= MAX_RESAMPLE:
             raise RequestError(f"resample must be between 1 and {MAX_RESAMPLE}, got {self.resample}")
-        if int(self.resample) > 1 and self.solver != "ddim":
+        if int(self.resample) > 1 and self._solver(card) != "ddim":
             raise RequestError(f"resample needs the ddim solver (a multistep solver's history does not survive "
-                               f"re-noising); got {self.solver}")
+                               f"re-noising); got {self._solver(card)}")
+
+    def _solver(self, card=None) -> str:
+        return self.solver or sampling_defaults(card)["solver"]
 
     def resolved(self, card=None, option: Callable[[str], str] | None = None) -> "SynthesisRequest":
-        """A checked copy with plan, steps, η and ω filled in for ``card`` (a model card)."""
+        """A checked copy with plan, solver, steps, η and ω filled in for ``card`` (a model card)."""
         self.check(card, option)
         plan = self.plan or (default_plan(card) if card is not None else "grid")
-        steps = self.steps
-        if steps is None:
-            steps = SOLVERS[self.solver].default_steps or int(getattr(card, "default_steps", DEFAULT_STEPS))
-        eta = check_solver(self.solver, self.eta)
-        omega = self.omega if self.omega is not None else float(getattr(card, "default_omega", DEFAULT_OMEGA))
-        return dataclasses.replace(self, plan=plan, steps=int(steps), eta=eta, omega=float(omega))
+        d = sampling_defaults(card, self.solver)
+        steps = self.steps if self.steps is not None else d["steps"]
+        eta = check_solver(d["solver"], self.eta if self.eta is not None else d["eta"])
+        omega = self.omega if self.omega is not None else d["omega"]
+        return dataclasses.replace(self, plan=plan, solver=d["solver"], steps=int(steps), eta=eta, omega=float(omega))
 
     def settings(self) -> dict:
         """The values that decide the pixels (device and batch size do not)."""
@@ -184,16 +185,37 @@ def normalise_settings(stored: dict, card=None) -> dict:
         out.setdefault("sweep", False)
     out.setdefault("resample", 1)  # canvases made before resampling existed ran each level once
     if card is not None:
-        solver = out.get("solver") or "ddim"
         if out.get("plan") is None:
             out["plan"] = default_plan(card)
-        if out.get("eta") is None and solver in SOLVERS:
-            out["eta"] = check_solver(solver, None)
-        if out.get("steps") is None and solver in SOLVERS:
-            out["steps"] = int(SOLVERS[solver].default_steps or getattr(card, "default_steps", DEFAULT_STEPS))
+        if out.get("solver") is None or out["solver"] in SOLVERS:
+            d = sampling_defaults(card, out.get("solver"))
+            out["solver"] = d["solver"]
+            if out.get("eta") is None:
+                out["eta"] = check_solver(d["solver"], d["eta"])
+            if out.get("steps") is None:
+                out["steps"] = d["steps"]
         if out.get("omega") is None:
             out["omega"] = float(getattr(card, "default_omega", DEFAULT_OMEGA))
     return out
+
+
+def sampling_defaults(card=None, solver: str | None = None) -> dict:
+    """What a run samples with where the user left it open: the model card's solver, and with it the
+    card's steps and η; with another ``solver``, that solver's own steps and η (DDIM: 50 steps, η 1 as
+    the release).  ω is the card's whatever the solver.  A card from before cards named a solver
+    sampled with DDIM at its ``default_steps``.  No interface keeps defaults of its own: the CLI, the
+    Python API, the napari dock and ``generate-many`` all resolve requests through this function."""
+    card_solver = getattr(card, "default_solver", None) or "ddim"
+    solver = solver or card_solver
+    if solver not in SOLVERS:
+        check_solver(solver)  # the one wording for an unknown solver
+    if solver == card_solver:
+        steps = int(getattr(card, "default_steps", None) or SOLVERS[solver].default_steps or DEFAULT_STEPS)
+        eta = getattr(card, "default_eta", None)
+    else:
+        steps, eta = int(SOLVERS[solver].default_steps or DEFAULT_STEPS), None
+    return {"solver": solver, "steps": steps, "eta": check_solver(solver, eta),
+            "omega": float(getattr(card, "default_omega", DEFAULT_OMEGA))}
 
 
 def settings_diff(stored: dict, new: dict, card=None) -> dict:
