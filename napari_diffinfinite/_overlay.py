@@ -172,8 +172,11 @@ class RegionOverlay:
         cols = (ix * self.k + np.arange(block.shape[1]) + 0.5) * px
         ry = np.clip(((rows - y0) / max(1, y1 - y0) * rgb.shape[0]).astype(int), 0, rgb.shape[0] - 1)
         rx = np.clip(((cols - x0) / max(1, x1 - x0) * rgb.shape[1]).astype(int), 0, rgb.shape[1] - 1)
-        block[..., :3] = rgb[ry[:, None], rx[None, :]]
-        block[..., 3] = 255
+        # only over the box the preview covers (a region redone in part: its part's box); the rest of
+        # the region keeps its veil, or its tissue in sight where an area is being redone
+        inside = ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None, :]
+        block[inside, :3] = rgb[ry[:, None], rx[None, :]][inside]
+        block[inside, 3] = 255
         self._edge(block, IN_FLIGHT)
         self._clip(index, block)  # redoing an area: the preview only inside it
         self.previews += 1

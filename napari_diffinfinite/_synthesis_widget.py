@@ -141,6 +141,7 @@ class SynthesisWidget(QWidget):
         buttons.addWidget(self.paint_button)
         region_row.addLayout(buttons)
         self._scheduled = None  # (path, painted area) a cancelled or failed run left scheduled: Run resumes it
+        self._to_schedule = None  # the painted area of the run starting now
         self._painted_layer = None  # the redo-area layer locked while a run uses it
         self.redo_box = QCheckBox("sample finished parts again")
         self.redo_box.setToolTip("whole canvas: forget every finished region; view or rectangle: regenerate that "
@@ -459,7 +460,7 @@ class SynthesisWidget(QWidget):
         if self.region_box.currentText() == PAINTED:
             where = painted_area(self.viewer, image)  # the cells as painted now, a copy
             redo = not self._resumes(info, where)  # the area a cancelled run left: finish it, do not redo it
-            self._scheduled = (info["path"], where)
+            self._to_schedule = (info["path"], where)  # scheduled once the run starts sampling
             self._lock_painted(find_redo_layer(self.viewer, info["path"]))
         snapshot = np.array(mask.data, copy=True) if mask is not None else None
         self._mask_layer = mask
@@ -489,6 +490,8 @@ class SynthesisWidget(QWidget):
             self.status.setText(text if state == "failed" else "")
         except RuntimeError:  # the dock widget was closed while its run went on: the run finishes alone
             return
+        if state == "running" and self._to_schedule is not None:  # the worker has scheduled the painted cells
+            self._scheduled, self._to_schedule = self._to_schedule, None
         if state in ("starting", "running"):
             if state == "starting":
                 self.estimate_label.setText("")  # the progress line says how it goes now
@@ -531,6 +534,7 @@ class SynthesisWidget(QWidget):
         """After a run: the layer editable again; after a finished run the cells it redid are cleared,
         as one step of the layer's undo history (nothing else of it is touched)."""
         layer, self._painted_layer = self._painted_layer, None
+        self._to_schedule = None  # a run that ended before sampling scheduled nothing
         scheduled = self._scheduled
         if clear:
             self._scheduled = None
