@@ -1,6 +1,7 @@
 """Inpainting into real tissue: does a regenerated square continue its surroundings?
 
     python benchmarks/bench_inpaint.py [--model default] [--steps 50] [--square 256] [--resample 1 3] [--omega 0 1 3] [--seed 0 1 2] [--sheet docs/inpainting.png]
+                                       [--region-size 256] [--offset DY,DX] [--threads N]
 
 Real tissue: a 768² px crop of the CC0 slide's held-out band (never trained on) and, when
 ``../shared`` is there, the DiffInfinite release's real lung patches (512² px, MIT).  Each is
@@ -12,7 +13,11 @@ surroundings as context.  Figures per source and setting:
   latent-pixel lines within 64 px of the square (1.0 = the edge does not stand out);
 * ``od_inside`` / ``od_ring``: mean optical density inside the square and in a 32 px ring around it
   (a flat or pale block reads far from its ring);
-* seconds.
+* seconds, and the network passes (``forwards``) and regions the inpaint ran.
+
+``--region-size`` (default 256) is the canvas's region side and ``--offset`` moves the square from the
+crop's centre (px), so that the square can fill one region, lie inside a larger one, or straddle
+several.
 Prints one JSON object; ``--sheet`` writes original | inpainted pictures (square outlined) for each.
 """
 from __future__ import annotations
@@ -65,7 +70,7 @@ def seam_and_density(rgb: np.ndarray, rect, factor: int, band: int = 64, ring: i
 
 
 def inpaint_once(model, rgb: np.ndarray, mpp: float, square: int, steps: int, seed: int, resample: int, work: Path,
-                 omega: float | None = None, solver: str | None = None):
+                 omega: float | None = None, solver: str | None = None, region_size: int = 256, offset=(0, 0)):
     from PIL import Image
 
     from src_models.store.canvas import Canvas
@@ -78,21 +83,21 @@ def inpaint_once(model, rgb: np.ndarray, mpp: float, square: int, steps: int, se
     src = work / "src.png"
     dpi = 25400 / mpp
     Image.fromarray(rgb).save(src, dpi=(dpi, dpi))
-    canvas, _ = import_slide(src, model, work / "c.zarr", region_size=256, overwrite=True)
+    canvas, _ = import_slide(src, model, work / "c.zarr", region_size=region_size, overwrite=True)
     labels = derive_mask(rgb[: canvas.height, : canvas.width], pixel_um=mpp)
     lat = np.asarray(Image.fromarray(labels).resize((canvas.width // f, canvas.height // f), Image.Resampling.NEAREST))
     canvas.write_mask(lat)
-    cy, cx = canvas.height // 2, canvas.width // 2
+    cy, cx = canvas.height // 2 + int(offset[0]), canvas.width // 2 + int(offset[1])
     rect = (cy - square // 2, cy + square // 2, cx - square // 2, cx + square // 2)
     rect = prepare_inpaint(canvas, (rect[0], rect[1], rect[2], rect[3]), mask=labels[rect[0]:rect[1], rect[2]:rect[3]])
     extra = {k: v for k, v in (("omega", omega), ("solver", solver)) if v is not None}
     request = SynthesisRequest(model=model.card.name, steps=steps, seed=seed, area=rect, resample=resample, **extra)
     t0 = time.perf_counter()
-    list(synthesise(model, canvas, request))
+    events = list(synthesise(model, canvas, request))
     seconds = time.perf_counter() - t0
     out = canvas.read_rgb(0, canvas.height, 0, canvas.width)
     canvas.close()
-    return out, rect, seconds
+    return out, rect, seconds, {"forwards": sum(e.forwards for e in events), "regions": len(events)}
 
 
 def main(argv=None) -> int:
@@ -106,6 +111,8 @@ def main(argv=None) -> int:
     p.add_argument("--resample", type=int, nargs="+", default=[1])
     p.add_argument("--lung", type=int, default=2, help="how many of the release's real lung patches (if present)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--region-size", type=int, default=256, help="the canvas's region side in px")
+    p.add_argument("--offset", default="0,0", metavar="DY,DX", help="move the square from the centre (px)")
     p.add_argument("--sheet", type=Path, default=None)
     a = p.parse_args(argv)
     import torch
@@ -115,13 +122,15 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     model = load_model(a.model, "cpu")
+    offset = tuple(int(v) for v in a.offset.split(","))
     rows, pictures = [], []
     for name, rgb, mpp in sources(a.lung):
         for u, omega, seed in ((u, w, s) for u in a.resample for w in a.omega for s in a.seed):
             with tempfile.TemporaryDirectory() as tmp:
-                out, rect, seconds = inpaint_once(model, rgb, mpp, a.square, a.steps, seed, u, Path(tmp), omega, a.solver)
+                out, rect, seconds, work = inpaint_once(model, rgb, mpp, a.square, a.steps, seed, u, Path(tmp), omega,
+                                                        a.solver, a.region_size, offset)
             h, w = out.shape[:2]
-            entry = {"source": name, "resample": u, "omega": omega, "seed": seed, "seconds": round(seconds, 1),
+            entry = {"source": name, "resample": u, "omega": omega, "seed": seed, "seconds": round(seconds, 1), **work,
                      "real": seam_and_density(rgb[:h, :w], rect, model.card.factor),
                      "inpainted": seam_and_density(out, rect, model.card.factor)}
             rows.append(entry)
@@ -130,7 +139,8 @@ def main(argv=None) -> int:
                 pictures.append((f"{name}, resample {u}, omega {omega if omega is not None else 'card'}", rgb[:h, :w], out, rect))
     if a.sheet:
         _sheet(pictures, a.sheet)
-    print(json.dumps({"model": a.model, "steps": a.steps, "solver": a.solver, "square": a.square, "runs": rows,
+    print(json.dumps({"model": a.model, "steps": a.steps, "solver": a.solver, "square": a.square,
+                      "region_size": a.region_size, "offset": list(offset), "runs": rows,
                       "torch_threads": torch.get_num_threads(), "load_average": [round(v, 2) for v in os.getloadavg()]}))
     return 0
 

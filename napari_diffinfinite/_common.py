@@ -1,6 +1,6 @@
 """Pieces the dock widgets share: the canvas picker, the model picker, the class legend, the
 collapsible section, the guard that keeps the mask to the model's classes, and the geometry of
-"current view" and "drawn rectangle".  Widgets find canvases through the layers'
+"current view", "drawn rectangle" and "painted area" (the redo-area layer).  Widgets find canvases through the layers'
 ``metadata["diffinfinite"]``, so any widget works with canvases opened by any other (or by
 File > Open).  Qt only through qtpy.
 """
@@ -207,6 +207,66 @@ def drawn_rect(viewer) -> tuple[float, float, float, float] | None:
     verts = np.asarray(layer.data[picked[-1] if picked else len(layer.data) - 1])[:, -2:]
     world = np.array([layer.data_to_world(v)[-2:] for v in verts])
     return world[:, 0].min(), world[:, 0].max(), world[:, 1].min(), world[:, 1].max()
+
+
+REDO_SUFFIX = " redo area"
+REDO_COLOUR = np.array([0.0, 0.85, 1.0, 1.0], np.float32)  # cyan: far from H&E and from the mask's colours
+
+
+def find_redo_layer(viewer, path):
+    """The redo-area layer of the canvas at ``path`` (None when it has none)."""
+    for layer in reversed(list(viewer.layers)):
+        info = layer_info(layer)
+        if info and info.get("role") == "redo" and info.get("path") == path:
+            return layer
+    return None
+
+
+def redo_layer(viewer, image_layer, mask_layer=None):
+    """The Labels layer the area to redo is painted in ("<canvas> redo area", made on first use over
+    the canvas's mask grid: same shape, scale and translate as its mask layer), selected and in
+    paint mode with label 1.  Nothing in it is the canvas's data: Run reads it."""
+    info = layer_info(image_layer)
+    layer = find_redo_layer(viewer, info["path"])
+    if layer is None:
+        step = int(info["mask_step"])
+        s = float(info["factor"] * step)
+        lh, lw = info["latent_shape"]
+        shape = tuple(mask_layer.data.shape) if mask_layer is not None else (-(-lh // step), -(-lw // step))
+        scale = tuple(mask_layer.scale) if mask_layer is not None else (s, s)
+        translate = tuple(mask_layer.translate) if mask_layer is not None else (pixel_centre_offset(s),) * 2
+        layer = viewer.add_labels(np.zeros(shape, np.uint8), name=f"{image_layer.name}{REDO_SUFFIX}", scale=scale,
+                                  translate=translate, opacity=0.45,
+                                  colormap={None: np.zeros(4, np.float32), 0: np.zeros(4, np.float32), 1: REDO_COLOUR},
+                                  metadata={META: {"role": "redo", "path": info["path"], "scale_px": s}})
+    viewer.layers.selection.active = layer
+    layer.visible = True
+    layer.selected_label = 1
+    layer.mode = "paint"
+    return layer
+
+
+def painted_area(viewer, image_layer):
+    """What the redo-area layer of ``image_layer``'s canvas marks, read now (on the GUI thread):
+    (map, image px per map px, (y, x) image px of the map's corner) cropped to what is painted,
+    or None when nothing is."""
+    info = layer_info(image_layer)
+    layer = find_redo_layer(viewer, info["path"]) if info else None
+    if layer is None:
+        return None
+    data = np.asarray(layer.data)
+    rows, cols = np.flatnonzero(data.any(axis=1)), np.flatnonzero(data.any(axis=0))
+    if not len(rows):
+        return None
+    s = int(round(layer_info(layer).get("scale_px", info["factor"] * info["mask_step"])))
+    crop = data[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] != 0
+    return crop, s, (int(rows[0]) * s, int(cols[0]) * s)
+
+
+def painted_rect(info: dict, painted) -> tuple[int, int, int, int]:
+    """Image-px bounding box (y0, y1, x0, x1) of a :func:`painted_area`, clipped to the canvas."""
+    crop, s, (oy, ox) = painted
+    return oy, min(info["height"], oy + crop.shape[0] * s), ox, min(info["width"], ox + crop.shape[1] * s)
 
 
 def camera(viewer):

@@ -44,12 +44,18 @@ def find_overlay(viewer, path: str):
 class RegionOverlay:
     """The overlay of one canvas; ``set(index, state)`` changes one region."""
 
-    def __init__(self, viewer, image_layer, done: set[int] | None = None, running: bool = False, area=None):
+    def __init__(self, viewer, image_layer, done: set[int] | None = None, running: bool = False, area=None,
+                 area_map=None):
         info = image_layer.metadata[META]
         self.running = running
-        # (y0, y1, x0, x1) px of an area being redone (inpainting): veils and previews stay inside it,
-        # so the real tissue around it stays in sight
+        # an area being redone (inpainting): veils and previews stay inside it, so the real tissue
+        # around it stays in sight.  ``area``: (y0, y1, x0, x1) px, a rectangle; ``area_map``: a shape,
+        # as (bool map, image px per map px, (y, x) px of its corner): the painted redo area
         self.area = tuple(area) if area is not None else None
+        self.area_map = None
+        if area_map is not None:
+            shape, scale, (oy, ox) = area_map
+            self.area_map = (np.asarray(shape, bool), float(scale), (float(oy), float(ox)))
         self.viewer, self.info = viewer, info
         self.region_px, self.ny, self.nx = region_grid(info)
         self.k = max(1, min(MAX_K, MAX_SIDE // max(self.ny, self.nx)))
@@ -115,13 +121,19 @@ class RegionOverlay:
 
     def _outside_area(self, index: int, shape) -> np.ndarray | None:
         """Which pixels of a region's block lie outside the area being redone (None: no area)."""
-        if self.area is None:
+        if self.area is None and self.area_map is None:
             return None
-        y0, y1, x0, x1 = self.area
         px = self.region_px / self.k
         iy, ix = divmod(index, self.nx)
-        rows = (iy * self.k + np.arange(shape[0]) + 0.5) * px
+        rows = (iy * self.k + np.arange(shape[0]) + 0.5) * px  # image px at the block's pixel centres
         cols = (ix * self.k + np.arange(shape[1]) + 0.5) * px
+        if self.area_map is not None:
+            cells, scale, (oy, ox) = self.area_map
+            my, mx = np.floor((rows - oy) / scale).astype(np.int64), np.floor((cols - ox) / scale).astype(np.int64)
+            oky, okx = (my >= 0) & (my < cells.shape[0]), (mx >= 0) & (mx < cells.shape[1])
+            inside = cells[np.clip(my, 0, cells.shape[0] - 1)[:, None], np.clip(mx, 0, cells.shape[1] - 1)[None, :]]
+            return ~(inside & oky[:, None] & okx[None, :])
+        y0, y1, x0, x1 = self.area
         inside = ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None, :]
         return ~inside
 
@@ -160,8 +172,11 @@ class RegionOverlay:
         cols = (ix * self.k + np.arange(block.shape[1]) + 0.5) * px
         ry = np.clip(((rows - y0) / max(1, y1 - y0) * rgb.shape[0]).astype(int), 0, rgb.shape[0] - 1)
         rx = np.clip(((cols - x0) / max(1, x1 - x0) * rgb.shape[1]).astype(int), 0, rgb.shape[1] - 1)
-        block[..., :3] = rgb[ry[:, None], rx[None, :]]
-        block[..., 3] = 255
+        # only over the box the preview covers (a region redone in part: its part's box); the rest of
+        # the region keeps its veil, or its tissue in sight where an area is being redone
+        inside = ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None, :]
+        block[inside, :3] = rgb[ry[:, None], rx[None, :]][inside]
+        block[inside, 3] = 255
         self._edge(block, IN_FLIGHT)
         self._clip(index, block)  # redoing an area: the preview only inside it
         self.previews += 1
@@ -199,9 +214,9 @@ class RegionOverlay:
             self.layer.refresh()
 
 
-def show_overlay(viewer, image_layer, running: bool = False, area=None) -> RegionOverlay | None:
+def show_overlay(viewer, image_layer, running: bool = False, area=None, area_map=None) -> RegionOverlay | None:
     """Make (or rebuild) the region overlay of a shown canvas from the store's finished regions
-    (``running``: for a run that starts now)."""
+    (``running``: for a run that starts now; ``area`` / ``area_map``: the rectangle or shape it redoes)."""
     from ._reader import open_readonly
 
     if image_layer not in viewer.layers:
@@ -210,4 +225,4 @@ def show_overlay(viewer, image_layer, running: bool = False, area=None) -> Regio
         done = open_readonly(image_layer.metadata[META]["path"]).done_indices()
     except Exception:  # the store went away
         done = set()
-    return RegionOverlay(viewer, image_layer, done, running, area)
+    return RegionOverlay(viewer, image_layer, done, running, area, area_map)

@@ -1,6 +1,14 @@
-"""Synthesis dock widget: pick device, steps, ω and the region (whole canvas, current view or a
-drawn rectangle) and Run; Run turns into Cancel, then "Cancelling…".  A progress bar and a line
-with the region, the denoising step and the time left sit right under Run.
+"""Synthesis dock widget: pick device, steps, ω and the region (whole canvas, current view, a
+drawn rectangle or a painted area to redo) and Run; Run turns into Cancel, then "Cancelling…".  A
+progress bar and a line with the region, the denoising step and the time left sit right under Run.
+
+"painted area": *Paint area to redo* adds (or selects) the canvas's "<canvas> redo area" Labels
+layer over its mask grid, in paint mode; Run samples again exactly the latent cells painted there
+(the redo is implied), only in the regions they touch and each in a box sized to them, with the
+tissue around as context, and the overlay veils and previews only inside the painted shape.  After
+a finished run the painted cells are cleared from that layer (one undo step in napari brings them
+back), so the next Run does not sample the same area again by accident; after Cancel or a failure
+they stay, and the next Run resumes them unless they were repainted meanwhile.
 
 Every value is read here, on the GUI thread, into one ``SynthesisRequest`` (plus a copy of the
 mask layer) before the worker starts; the worker never reads a widget.  The run itself lives in
@@ -40,16 +48,21 @@ from ._common import (
     area_layer,
     camera as view_camera,
     drawn_rect,
+    find_redo_layer,
     layer_info,
     notify,
+    painted_area,
+    painted_rect,
     px_to_mask,
+    redo_layer,
     status_label,
     to_image_px,
     view_centre,
     view_rect,
 )
 
-REGIONS = ("whole canvas", "current view", "drawn rectangle")
+REGIONS = ("whole canvas", "current view", "drawn rectangle", "painted area")
+PAINTED = REGIONS[3]
 DEVICES = ("auto", "cpu", "cuda", "cuda:0", "cuda:1", "mps")
 
 
@@ -112,12 +125,24 @@ class SynthesisWidget(QWidget):
         self.solver_box = self.choice_boxes["solver"]
         self.region_box = QComboBox()
         self.region_box.addItems(REGIONS)
-        self.region_box.setToolTip("what to sample: the whole canvas, what the view shows, or the drawn rectangle")
+        self.region_box.setToolTip("what to sample: the whole canvas, what the view shows, the drawn rectangle, "
+                                   "or the painted area to redo (its finished tissue sampled again, in place)")
         draw = QPushButton("Draw rectangle")
         draw.clicked.connect(self.draw_rectangle)
-        region_row = QHBoxLayout()
+        self.paint_button = QPushButton("Paint area to redo")
+        self.paint_button.setToolTip("paint, in the canvas's 'redo area' layer, the tissue to sample again: only "
+                                     "the regions under it run, each sized to it; the tissue around stays")
+        self.paint_button.clicked.connect(self.paint_area)
+        region_row = QVBoxLayout()
+        region_row.setContentsMargins(0, 0, 0, 0)
         region_row.addWidget(self.region_box)
-        region_row.addWidget(draw)
+        buttons = QHBoxLayout()
+        buttons.addWidget(draw)
+        buttons.addWidget(self.paint_button)
+        region_row.addLayout(buttons)
+        self._scheduled = None  # (path, painted area) a cancelled or failed run left scheduled: Run resumes it
+        self._to_schedule = None  # the painted area of the run starting now
+        self._painted_layer = None  # the redo-area layer locked while a run uses it
         self.redo_box = QCheckBox("sample finished parts again")
         self.redo_box.setToolTip("whole canvas: forget every finished region; view or rectangle: regenerate that "
                                  "area with its surroundings as context")
@@ -264,6 +289,17 @@ class SynthesisWidget(QWidget):
         self._watch_area()
         self.region_box.setCurrentText("drawn rectangle")
 
+    def paint_area(self):
+        """Add (or select) the canvas's redo-area layer, ready to paint in, and pick "painted area"."""
+        image, mask = self.picker.current()
+        if image is None:
+            notify("no canvas: create or open one first")
+            return None
+        layer = redo_layer(self.viewer, image, mask)
+        self._watch_area()
+        self.region_box.setCurrentText(PAINTED)
+        return layer
+
     # ------------------------------------------------------------------ estimate
     def _watch_area(self) -> None:
         from ._common import find_area_layer
@@ -273,6 +309,17 @@ class SynthesisWidget(QWidget):
             layer.events.data.connect(lambda e: self.schedule_estimate())
             layer.events.highlight.connect(lambda e: self.schedule_estimate())  # another rectangle selected
             self._watched_area = layer
+        for layer in self.viewer.layers:  # redo-area layers: every stroke changes the estimate
+            if (layer_info(layer) or {}).get("role") == "redo":
+                layer.events.paint.connect(self._on_painted)  # connecting twice is ignored
+                layer.events.data.connect(self._on_painted)
+
+    def _on_painted(self, event=None) -> None:
+        try:
+            if self.region_box.currentText() == PAINTED:
+                self.schedule_estimate()
+        except RuntimeError:  # the dock was closed; the layer stays
+            pass
 
     def _on_view_moved(self, event=None) -> None:
         if self.region_box.currentText() == "current view":
@@ -302,7 +349,11 @@ class SynthesisWidget(QWidget):
             return None
         token = object()
         self._estimate_token = token
-        worker = create_worker(estimate_job, info["path"], request, self.redo_box.isChecked(),
+        redo, where = self.redo_box.isChecked(), None
+        if self.region_box.currentText() == PAINTED:
+            where = painted_area(self.viewer, image)
+            redo = not self._resumes(info, where)
+        worker = create_worker(estimate_job, info["path"], request, redo, where,
                                _start_thread=False, _ignore_errors=True)
         worker.returned.connect(lambda got, t=token: self._show_estimate(got, t))
         self._estimate_worker = worker
@@ -333,6 +384,11 @@ class SynthesisWidget(QWidget):
             area = to_image_px(image_layer, rect) if rect is not None else None
             if area is None:
                 raise ValueError("draw a rectangle over the canvas first (Draw rectangle)")
+        elif region == PAINTED:
+            painted = painted_area(self.viewer, image_layer)
+            if painted is None:
+                raise ValueError("paint the area to redo first (Paint area to redo)")
+            area = painted_rect(layer_info(image_layer), painted)
         cy, cx = view_centre(self.viewer)
         centre = tuple(float(v) for v in np.asarray(image_layer.world_to_data((cy, cx)))[:2])
         device = self.device_box.currentText().strip() or "auto"
@@ -400,6 +456,12 @@ class SynthesisWidget(QWidget):
                 "guidance. Paint or load a mask first, or run anyway?"):
             self.status.setText("not run: the mask is empty (paint a class first)")
             return None
+        redo, where = self.redo_box.isChecked(), None
+        if self.region_box.currentText() == PAINTED:
+            where = painted_area(self.viewer, image)  # the cells as painted now, a copy
+            redo = not self._resumes(info, where)  # the area a cancelled run left: finish it, do not redo it
+            self._to_schedule = (info["path"], where)  # scheduled once the run starts sampling
+            self._lock_painted(find_redo_layer(self.viewer, info["path"]))
         snapshot = np.array(mask.data, copy=True) if mask is not None else None
         self._mask_layer = mask
         if mask is not None:
@@ -411,9 +473,9 @@ class SynthesisWidget(QWidget):
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
         self.run = SynthesisRun(self.viewer, image, request, mask=snapshot, mask_step=info["mask_step"],
-                                redo=self.redo_box.isChecked(), preview=self.preview_box.isChecked(),
+                                redo=redo, preview=self.preview_box.isChecked(),
                                 on_state=self._on_state, on_progress=self._on_progress,
-                                expected_s=getattr(self, "expected_s", None))
+                                expected_s=getattr(self, "expected_s", None), where=where)
         self.run.start()
         return self.run
 
@@ -428,6 +490,8 @@ class SynthesisWidget(QWidget):
             self.status.setText(text if state == "failed" else "")
         except RuntimeError:  # the dock widget was closed while its run went on: the run finishes alone
             return
+        if state == "running" and self._to_schedule is not None:  # the worker has scheduled the painted cells
+            self._scheduled, self._to_schedule = self._to_schedule, None
         if state in ("starting", "running"):
             if state == "starting":
                 self.estimate_label.setText("")  # the progress line says how it goes now
@@ -444,6 +508,41 @@ class SynthesisWidget(QWidget):
             if self._mask_layer is not None and self._mask_layer in self.viewer.layers:
                 self._mask_layer.editable = True
             self._mask_layer = None
+            self._unlock_painted(clear=state == "done")
             if state == "done":
                 self.redo_box.setChecked(False)
             self.schedule_estimate()  # this run's speed counts now
+
+    # ------------------------------------------------------------------ painted area
+    def _resumes(self, info, where) -> bool:
+        """Whether ``where`` is the painted area a cancelled or failed run left scheduled (Run then
+        finishes it instead of sampling its finished regions again)."""
+        if self._scheduled is None or where is None or self._scheduled[0] != info["path"]:
+            return False
+        (a, sa, oa), (b, sb, ob) = self._scheduled[1], where
+        return sa == sb and oa == ob and a.shape == b.shape and bool(np.array_equal(a, b))
+
+    def _lock_painted(self, layer) -> None:
+        """During a run the redo-area layer takes no strokes (the run samples what it held at Run) and
+        shows as an outline, so the live preview inside it is seen."""
+        self._painted_layer = layer
+        if layer is not None:
+            layer.editable = False
+            layer.contour = 1
+
+    def _unlock_painted(self, clear: bool) -> None:
+        """After a run: the layer editable again; after a finished run the cells it redid are cleared,
+        as one step of the layer's undo history (nothing else of it is touched)."""
+        layer, self._painted_layer = self._painted_layer, None
+        self._to_schedule = None  # a run that ended before sampling scheduled nothing
+        scheduled = self._scheduled
+        if clear:
+            self._scheduled = None
+        if layer is None or layer not in self.viewer.layers:
+            return
+        layer.editable = True
+        layer.contour = 0
+        if clear and scheduled is not None:
+            shape, scale, (oy, ox) = scheduled[1]  # as painted_area read it: layer px of ``scale`` image px
+            ys, xs = np.nonzero(shape)
+            layer.data_setitem((ys + oy // scale, xs + ox // scale), 0)

@@ -181,10 +181,13 @@ def outpaint_job(spec: str, source: str, path: str, pads: tuple[int, int, int, i
     return str(Path(path).resolve())
 
 
-def estimate_job(path: str, request, redo: bool = False) -> tuple[str, float | None]:
-    """The line the dock shows before Run: regions, area (a rectangle rounding out said), expected
-    time on this device from the runs measured before (no torch unless the device is CUDA)."""
+def estimate_job(path: str, request, redo: bool = False, where=None) -> tuple[str, float | None]:
+    """The line the dock shows before Run: regions, area (a rectangle rounding out said, an area
+    redone in part sampled in boxes sized to it), expected time on this device from the runs
+    measured before (no torch unless the device is CUDA).  ``where``: a painted area to redo, as
+    :func:`._common.painted_area` gives it."""
     from src_models.store.canvas import Canvas
+    from src_models.synthesis.boxes import area_cells
     from src_models.synthesis.estimate import estimate_run
 
     device = request.device
@@ -193,7 +196,13 @@ def estimate_job(path: str, request, redo: bool = False) -> tuple[str, float | N
 
         device = resolve_device("auto")
     with Canvas.open(path, "r") as canvas:
-        est = estimate_run(canvas, request, str(device), redo=redo)
+        cells = None
+        if where is not None:
+            shape, scale, origin = where
+            cells = area_cells(shape, canvas.factor, canvas.latent_shape, origin, scale)
+            if cells[0] is None:
+                return "the painted area lies outside the canvas", None
+        est = estimate_run(canvas, request, str(device), redo=redo, where=cells)
     return est.text(), est.seconds
 
 
@@ -371,9 +380,13 @@ def _limit_cpu_threads(device: str) -> None:
 
 
 def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: bool,
-                  cancel: threading.Event, events: queue.SimpleQueue, preview: bool = True):
+                  cancel: threading.Event, events: queue.SimpleQueue, preview: bool = True, where=None):
     """The generator a run executes in the worker thread (see the module docstring).
 
+    ``redo`` with ``where`` (a painted area: map, image px per map px, (y, x) px of its corner)
+    schedules exactly the latent cells it touches (:func:`src_models.synthesis.editing.prepare_redo`)
+    and samples only the regions they touch, each in a box sized to them; ``redo`` with
+    ``request.area`` does the same for the rectangle, without it every region is sampled again.
     It never raises: an error becomes a :class:`Failed` event, so the GUI side alone decides how
     it is shown.  The canvas lock is released however the run ends.
     """
@@ -403,7 +416,14 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
         stop_on_cancel(model)
         _limit_cpu_threads(model.device)
         if redo:
-            if request.area is not None:
+            if where is not None:
+                import dataclasses
+
+                from src_models.synthesis.editing import prepare_redo
+
+                shape, scale, origin = where
+                request = dataclasses.replace(request, area=prepare_redo(canvas, shape, origin=origin, scale=scale))
+            elif request.area is not None:
                 from src_models.synthesis.editing import align_rect
 
                 y0, y1, x0, x1 = align_rect(canvas, request.area)
@@ -442,8 +462,7 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
         clock = RunClock(request.model, model.device, int(request.steps), bool(request.sweep))
         try:
             for ev in synthesise(model, canvas, request, cancel=cancel, progress=on_level):
-                y0, y1, x0, x1 = ev.bbox
-                clock.add((y1 - y0) * (x1 - x0))
+                clock.add(ev.cost_px)
                 yield ev
         finally:
             clock.finish()  # the next estimate on this device rests on this run too
@@ -483,10 +502,11 @@ class SynthesisRun:
     """
 
     def __init__(self, viewer, image_layer, request, *, mask=None, mask_step=1, redo=False, preview=True,
-                 on_state=None, on_refresh=None, on_progress=None, expected_s: float | None = None):
+                 on_state=None, on_refresh=None, on_progress=None, expected_s: float | None = None, where=None):
         from qtpy.QtCore import QTimer
 
         self.expected_s = expected_s  # the estimate said before Run (earlier runs on this device), if any
+        self.where = where  # a painted area to redo: (map, image px per map px, (y, x) px of its corner)
 
         self.viewer = viewer
         self.layer = image_layer
@@ -516,7 +536,7 @@ class SynthesisRun:
         self._started = 0.0
         self._sampling_started = 0.0
         self._args = (self.info["path"], request, mask, int(mask_step), bool(redo), self._cancel, self._events,
-                      bool(preview))
+                      bool(preview), where)
         self._timer = QTimer()
         self._timer.setInterval(int(REFRESH_S * 1000 / 2))  # refreshes and previews take turns
         self._timer.timeout.connect(self._tick)
@@ -530,8 +550,10 @@ class SynthesisRun:
 
         self._started = time.monotonic()
         _freeze_heap()
-        area = self.request.area if self._args[4] and self.request.area is not None else None  # redoing an area
-        self.overlay = show_overlay(self.viewer, self.layer, running=True, area=area)
+        # redoing an area (or resuming one): the overlay veils and previews only inside it
+        area = self.request.area if self._args[4] and self.request.area is not None else None
+        self.overlay = show_overlay(self.viewer, self.layer, running=True, area=None if self.where else area,
+                                    area_map=self.where)
         self.worker = create_worker(synthesis_job, *self._args, _start_thread=False, _ignore_errors=True)
         self.worker.yielded.connect(self._on_yielded)
         self.worker.errored.connect(self._on_errored)  # synthesis_job reports its errors; this is for bugs

@@ -177,8 +177,7 @@ def run_and_preview(model, canvas, request, preview_path: Path) -> int:
     try:
         for ev in synthesise(model, canvas, request, progress=progress):
             bar.set_postfix_str(f"region {ev.done}/{ev.total}", refresh=False)
-            y0, y1, x0, x1 = ev.bbox
-            clock.add((y1 - y0) * (x1 - x0))
+            clock.add(ev.cost_px)
     finally:
         bar.close()
     clock.finish()  # the next estimate on this device rests on it too

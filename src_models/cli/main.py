@@ -6,7 +6,7 @@
     diffinfinite check-reference FILE   (conformance with the published release)
     diffinfinite convert CKPT OUT_DIR   (published checkpoint -> project model directory)
     diffinfinite import-slide SLIDE --out OUT.zarr
-    diffinfinite inpaint CANVAS --rect X,Y,W,H [--mask M | --label L]
+    diffinfinite inpaint CANVAS (--rect X,Y,W,H | --where AREA.png [--rect X,Y,W,H]) [--mask M | --label L]
     diffinfinite outpaint CANVAS --out NEW.zarr --pad T,R,B,L
     diffinfinite make-mask --out MASK.png --size WxH [--model M]
     diffinfinite evaluate --real PATH.. --synthetic PATH.. [--out DIR]   (see its --help)
@@ -84,16 +84,25 @@ def _add_editing(sub) -> None:
     s.add_argument("--region-size", type=int, default=None, metavar="PX")
     s.add_argument("--overwrite", action="store_true")
 
-    i = sub.add_parser("inpaint", help="regenerate a rectangle of a canvas with its surroundings as context")
+    i = sub.add_parser("inpaint", help="regenerate an area of a canvas (a rectangle or any shape) with its "
+                                       "surroundings as context")
     i.add_argument("canvas", type=Path)
-    i.add_argument("--rect", type=parse_rect, required=True, metavar="X,Y,W,H", help="rectangle in px")
+    i.add_argument("--rect", type=parse_rect, default=None, metavar="X,Y,W,H",
+                   help="rectangle in px: the area to redo, or, with --where, where the AREA image goes")
+    i.add_argument("--where", type=Path, default=None, metavar="AREA.png",
+                   help="the area to redo, any shape: an image (PNG, TIFF, NPY) whose nonzero pixels are redone; "
+                        "the canvas's size, or resized to --rect")
     src = i.add_mutually_exclusive_group()
-    src.add_argument("--mask", type=Path, default=None, help="new labels for the rectangle (resized to it)")
-    src.add_argument("--label", type=int, default=None, help="fill the rectangle with one label")
+    src.add_argument("--mask", type=Path, default=None,
+                     help="new labels for the area (resized to the rectangle, or to the AREA image's extent; with "
+                          "--where written only where AREA is nonzero)")
+    src.add_argument("--label", type=int, default=None, help="fill the area with one label")
     i.add_argument("--class-map", default=None, metavar="S=T,...",
                    help="send --mask label S to the model's class T, e.g. 9=2 (masks made for other models, such "
-                        "as the DiffInfinite release's inpainting masks)")
-    i.add_argument("--resume", action="store_true", help="finish an interrupted inpaint (no new rectangle)")
+                        "as the DiffInfinite release's inpainting masks: 0 keep, another value the 10-class label "
+                        "to paint; pass the same file as --where and --mask)")
+    i.add_argument("--resume", action="store_true",
+                   help="finish an interrupted inpaint (nothing new scheduled; the area is taken from the canvas)")
     add_run_options(i)
 
     o = sub.add_parser("outpaint", help="extend a canvas beyond its border into a new canvas")
@@ -348,15 +357,42 @@ def _check_canvas_model(canvas, card):
                         f"{canvas.latent.shape[0]} latent channels; model {card.name!r} does not fit it")
 
 
+def _read_where(args, canvas) -> tuple:
+    """``--where`` as (map, origin): canvas-sized, or resized (nearest) to the checked ``--rect``."""
+    from src_models.io.masks import MaskError, load_mask, resize_labels
+    from src_models.synthesis.editing import check_rect
+
+    try:
+        where = load_mask(args.where)
+    except MaskError as e:
+        raise UserError(f"--where: {e}") from None
+    h, w = where.shape
+    if args.rect is not None:
+        y0, y1, x0, x1 = check_rect(canvas, args.rect)
+        where, origin = resize_labels(where, (y1 - y0, x1 - x0)), (y0, x0)
+    elif (h, w) != (canvas.height, canvas.width):
+        raise UserError(f"--where {args.where} is {w}x{h} px; without --rect it must be the canvas's size "
+                        f"({canvas.width}x{canvas.height} px): give --rect X,Y,W,H to place it (resized to the rectangle)")
+    else:
+        origin = (0, 0)
+    if not where.any():
+        raise UserError(f"--where {args.where} marks nothing to redo (no nonzero pixel)")
+    return where, origin
+
+
 def cmd_inpaint(args) -> int:
     from src_models.io.masks import check_labels
     from src_models.models.device import resolve_device
     from src_models.models.loading import find_card, load_for_run
     from src_models.store.canvas import Canvas
     from src_models.synthesis.canvases import read_mask_for_model
-    from src_models.synthesis.editing import check_rect, prepare_inpaint
+    from src_models.synthesis.editing import check_rect, prepare_inpaint, prepare_redo, scheduled_area
 
     check_run_args(args)
+    if args.resume and args.where is not None:
+        raise UserError(f"--resume finishes the inpaint already scheduled on {args.canvas}: leave out --where")
+    if not args.resume and args.rect is None and args.where is None:
+        raise UserError("inpaint needs the area to redo: --rect X,Y,W,H or --where AREA.png")
     device = resolve_device(args.device)
     card, preloaded = find_card(args.model)
     if args.class_map is not None and args.mask is None:
@@ -375,19 +411,24 @@ def cmd_inpaint(args) -> int:
         _check_canvas_model(canvas, card)
         if args.resume and not canvas.jobs():
             raise UserError(f"--resume: {args.canvas} has no unfinished inpaint")
-        check_rect(canvas, args.rect)  # on the grid and inside the canvas, or the nearest that are
+        if args.rect is not None:
+            check_rect(canvas, args.rect)  # on the grid and inside the canvas, or the nearest that are
+        where = _read_where(args, canvas) if args.where is not None else None
     resolve_request(args, card, device)
     model = load_for_run(args.model, device, preloaded)
     with Canvas.open(args.canvas, "r+") as canvas:
         if args.resume:
             _repair(canvas)
-            rect = check_rect(canvas, args.rect)
+            rect = check_rect(canvas, args.rect) if args.rect is not None else scheduled_area(canvas)
+        elif where is not None:
+            rect = prepare_redo(canvas, where[0], origin=where[1], mask=mask, label=args.label)
         else:
             rect = prepare_inpaint(canvas, args.rect, mask=mask, label=args.label)
         request = resolve_request(args, card, device, area=rect)
         preview = args.preview or args.canvas.with_suffix(".png")
         n = run_and_preview(model, canvas, request, preview)
-    return _said(f"{args.canvas}  (rectangle y {rect[0]}:{rect[1]}, x {rect[2]}:{rect[3]} px; {n} regions sampled)",
+    what = "area" if where is not None else "rectangle"
+    return _said(f"{args.canvas}  ({what} y {rect[0]}:{rect[1]}, x {rect[2]}:{rect[3]} px; {n} regions sampled)",
                  preview)
 
 

@@ -37,6 +37,16 @@ from typing import Callable
 import numpy as np
 
 
+
+def effective_window(size: int, height: int, width: int, multiple: int = 8) -> int:
+    """The window side for an area: ``size``, or the largest multiple of ``multiple`` that fits."""
+    side = min(size, height, width)
+    if side < size:
+        side -= side % multiple
+    if side < multiple:
+        raise ValueError(f"an area of {height}x{width} latent pixels is too small for the model (minimum {multiple})")
+    return side
+
 @dataclass(frozen=True)
 class Window:
     y: int  # top-left of the window that is read (window side = plan's size)

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from src_models.sampling.guidance import LABEL_MAP, PER_CLASS, guided_eps, host_to_device
-from src_models.sampling.plan import check_plan, owner_local, sequential_window
+from src_models.sampling.plan import check_plan, effective_window, owner_local, sequential_window  # noqa: F401 - effective_window re-exported
 from src_models.sampling.schedule import q_sample
 from src_models.sampling.solvers import make_solver
 
@@ -130,16 +130,6 @@ def scatter(windows: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """(C, h, w) from (N, C, s, s): each pixel from its owner window; ``table`` = (owner, ly, lx)."""
     own, ly, lx = table
     return windows[own, :, ly, lx].permute(2, 0, 1)
-
-
-def effective_window(size: int, height: int, width: int, multiple: int = 8) -> int:
-    """The window side for an area: ``size``, or the largest multiple of ``multiple`` that fits."""
-    side = min(size, height, width)
-    if side < size:
-        side -= side % multiple
-    if side < multiple:
-        raise ValueError(f"an area of {height}x{width} latent pixels is too small for the model (minimum {multiple})")
-    return side
 
 
 class Guided:

@@ -360,18 +360,48 @@ class RegionState:
         y0, y1, x0, x1 = max(0, y0), min(lh, y1), max(0, x0), min(lw, x1)
         if y1 <= y0 or x1 <= x0:
             raise CanvasError("the rectangle to regenerate is empty or outside the canvas")
+        rects = {r.index: [[max(y0, r.y0), min(y1, r.y1), max(x0, r.x0), min(x1, r.x1)]]
+                 for r in self.regions_in(y0, y1, x0, x1)}
+        return self._schedule(rects)
+
+
+    def regenerate_map(self, cells: np.ndarray, y0: int = 0, x0: int = 0) -> list[int]:
+        """Schedule the latent cells where ``cells`` (a bool map whose corner is latent pixel
+        (y0, x0)) is true to be sampled again, with everything else as context.  Each region's
+        cells are stored as rectangles (:func:`cells_to_rects`), in the same job format as
+        :meth:`regenerate`.  Returns the indices of the regions the cells touch."""
+        self._check_writable()
+        cells = np.asarray(cells, dtype=bool)
+        lh, lw = self.latent_shape
+        cy0, cx0 = max(0, -y0), max(0, -x0)  # the part of the map on the canvas
+        cy1, cx1 = min(cells.shape[0], lh - y0), min(cells.shape[1], lw - x0)
+        if cy1 <= cy0 or cx1 <= cx0 or not cells[cy0:cy1, cx0:cx1].any():
+            raise CanvasError("the area to regenerate is empty or outside the canvas")
+        cells, y0, x0 = cells[cy0:cy1, cx0:cx1], y0 + cy0, x0 + cx0
+        rects = {}
+        for r in self.regions_in(y0, y0 + cells.shape[0], x0, x0 + cells.shape[1]):
+            ry0, rx0 = max(r.y0, y0), max(r.x0, x0)
+            sub = cells[ry0 - y0 : min(r.y1, y0 + cells.shape[0]) - y0, rx0 - x0 : min(r.x1, x0 + cells.shape[1]) - x0]
+            if sub.any():
+                rects[r.index] = [[a + ry0, b + ry0, c + rx0, d + rx0] for a, b, c, d in cells_to_rects(sub)]
+        return self._schedule(rects)
+
+
+    def _schedule(self, rects: dict[int, list[list[int]]]) -> list[int]:
+        """Give regions their rectangles to sample again: a finished region gets them as its job, a
+        region with a job adds them, a region never sampled is left to be sampled whole anyway.
+        The jobs are saved once, then the region state: a crash in between loses nothing."""
         jobs = self.jobs()
         done = self.done_indices()
         touched = []
-        for r in self.regions_in(y0, y1, x0, x1):
-            rect = [max(y0, r.y0), min(y1, r.y1), max(x0, r.x0), min(x1, r.x1)]
-            if r.index in done:
-                jobs[r.index] = [rect]
-            elif r.index in jobs:
-                jobs[r.index].append(rect)
+        for index, job in rects.items():
+            if index in done:
+                jobs[index] = [list(map(int, r)) for r in job]
+            elif index in jobs:
+                jobs[index].extend(list(map(int, r)) for r in job)
             else:
                 continue  # not generated yet: it is sampled whole anyway
-            touched.append(r.index)
+            touched.append(index)
         self._save_jobs(jobs)  # the job first, then the state: a crash in between loses nothing
         if touched:
             self._set_rows({i: (PENDING, 0, 0, 0) for i in touched})
@@ -446,3 +476,24 @@ class RegionState:
             self._set_rows(rows)
         else:
             self.flush()
+
+
+def cells_to_rects(cells: np.ndarray) -> list[list[int]]:
+    """Rectangles [y0, y1, x0, x1] (map coordinates) that cover the true cells of a bool map
+    exactly, without overlap: each row's runs of true cells, a run carried down while the next
+    rows have the very same run (so a rectangle is one rectangle, a disc one per distinct row
+    span)."""
+    cells = np.asarray(cells, dtype=bool)
+    out: list[list[int]] = []
+    open_runs: dict[tuple[int, int], int] = {}  # (x0, x1) -> first row
+    padded = np.zeros((cells.shape[0] + 1, cells.shape[1] + 2), dtype=np.int8)
+    padded[:-1, 1:-1] = cells
+    steps = np.diff(padded, axis=1)
+    for y in range(cells.shape[0] + 1):
+        starts, stops = np.flatnonzero(steps[y] == 1), np.flatnonzero(steps[y] == -1)
+        runs = set(zip(starts.tolist(), stops.tolist()))
+        for run in [r for r in open_runs if r not in runs]:
+            out.append([open_runs.pop(run), y, run[0], run[1]])
+        for run in runs:
+            open_runs.setdefault(run, y)
+    return sorted(out)

@@ -1,11 +1,13 @@
-"""Editing canvases: bring in a real slide, regenerate a rectangle (inpaint), grow a canvas
-beyond its border (outpaint).  Each prepares the canvas; ``synthesis.synthesise`` then samples
-what is pending, with everything finished around it as context.
+"""Editing canvases: bring in a real slide, regenerate an area of any shape or a rectangle
+(inpaint), grow a canvas beyond its border (outpaint).  Each prepares the canvas;
+``synthesis.synthesise`` then samples what is pending, with everything finished around it as
+context, each region in part in a box sized to what it redoes (:mod:`src_models.synthesis.boxes`).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from src_models.synthesis.boxes import area_cells
 from src_models.synthesis.canvases import LATENT_MULTIPLE, check_size, new_canvas
 from src_models.store.canvas import Canvas, CanvasError
 from src_models.models.codec import encode_rgb
@@ -89,8 +91,45 @@ def check_rect(canvas: Canvas, rect_px, option: str = "--rect") -> tuple[int, in
     raise CanvasError(f"{option} {given} {' and '.join(where)}; use {' or '.join(options)}")
 
 
+def prepare_redo(canvas: Canvas, where: np.ndarray, origin=(0, 0), scale: int = 1, mask: np.ndarray | None = None,
+                 label: int | None = None) -> tuple[int, int, int, int]:
+    """Schedule an area of any shape for regeneration, with everything around it as context.
+
+    ``where`` is a map of the area (nonzero = redo) whose element (i, j) covers image px
+    [oy + i·scale, oy + (i+1)·scale) x [ox + j·scale, ...) for ``origin`` = (oy, ox): a pixel map of
+    the canvas (the defaults), of a rectangle placed at ``origin``, or a coarser map (the dock's
+    redo layer: ``scale`` = image px per layer px).  Every latent cell it touches is redone; its
+    cells are stored per region as rectangles (the store's job format, one save).  ``mask``
+    (labels for the same extent as ``where``, resized to it) or ``label`` is written into those
+    cells only: the labels elsewhere keep describing the tissue that stays.
+
+    Returns the bounding box of the cells in px, to pass as ``SynthesisRequest.area``; raises
+    :class:`CanvasError` when the map marks nothing on the canvas.
+    """
+    f = canvas.factor
+    cells, ly0, lx0 = area_cells(where, f, canvas.latent_shape, origin, scale)
+    if cells is None:
+        raise CanvasError(f"the area to redo marks nothing on the {canvas.width}x{canvas.height} px canvas")
+    h, w = cells.shape
+    if mask is not None or label is not None:
+        if mask is not None:
+            check_labels(mask, canvas.classes)
+            oy, ox = int(origin[0]), int(origin[1])
+            fy0, fx0 = oy // f, ox // f  # the map's extent on the latent grid
+            fy1, fx1 = -(-(oy + where.shape[0] * scale) // f), -(-(ox + where.shape[1] * scale) // f)
+            labels = resize_labels(mask, (fy1 - fy0, fx1 - fx0))[ly0 - fy0 : ly0 - fy0 + h, lx0 - fx0 : lx0 - fx0 + w]
+        else:
+            check_labels(np.array([[label]]), canvas.classes, name=f"label {label}")
+            labels = np.full((h, w), label, np.uint8)
+        old = canvas.read_mask(ly0, ly0 + h, lx0, lx0 + w)
+        canvas.write_mask(np.where(cells, labels, old).astype(np.uint8), ly0, lx0)
+    canvas.regenerate_map(cells, ly0, lx0)
+    return ly0 * f, (ly0 + h) * f, lx0 * f, (lx0 + w) * f
+
+
 def prepare_inpaint(canvas: Canvas, rect_px, mask: np.ndarray | None = None, label: int | None = None):
-    """Put a new mask (or one label) into a rectangle and schedule it for regeneration.
+    """Put a new mask (or one label) into a rectangle and schedule it for regeneration: the
+    rectangle case of :func:`prepare_redo` (the same jobs, one rectangle per region, without a map).
 
     Returns the aligned rectangle in px, to pass as ``SynthesisRequest.area``.
     """
@@ -105,6 +144,18 @@ def prepare_inpaint(canvas: Canvas, rect_px, mask: np.ndarray | None = None, lab
         canvas.write_mask(np.full(shape, label, np.uint8), y0 // f, x0 // f)
     canvas.regenerate(y0 // f, y1 // f, x0 // f, x1 // f)
     return y0, y1, x0, x1
+
+
+def scheduled_area(canvas: Canvas) -> tuple[int, int, int, int] | None:
+    """The px bounding box of every regeneration job on the canvas (what an interrupted inpaint
+    left to do), or None when there is none."""
+    rects = [r for job in canvas.jobs().values() for r in job]
+    if not rects:
+        return None
+    f = canvas.factor
+    y0, y1 = min(r[0] for r in rects), max(r[1] for r in rects)
+    x0, x1 = min(r[2] for r in rects), max(r[3] for r in rects)
+    return y0 * f, y1 * f, x0 * f, x1 * f
 
 
 def _minus(r, o):

@@ -1,11 +1,15 @@
 """What a run will do and how long it should take, said before it starts.
 
-A run samples whole regions: :func:`estimate_run` counts the unfinished regions a request touches,
-their area in pixels (more than the area asked for when a rectangle rounds out to whole regions), and
-the expected time on this device from the runs measured before: every finished run records its
+:func:`estimate_run` counts the unfinished regions a request touches and their area in pixels: a
+region never sampled counts whole (a rectangle over it rounds out to whole regions, and the line says
+so); a region with a regeneration job (an inpaint, a painted area, a drawn rectangle redone) counts
+only its job's cells, and is sampled in a box sized to them (:mod:`src_models.synthesis.boxes`).
+The expected time on this device comes from the runs measured before: every finished run records its
 seconds per pixel and denoising step for (model, device kind) in a small JSON file
-(:func:`timings_path`), and the estimate is the mean of the last few.  With nothing measured yet the
-estimate says so (the progress bar's time left takes over after the first region).  No torch here.
+(:func:`timings_path`), a region sampled in a smaller box counting for less
+(:func:`~src_models.synthesis.boxes.work_px`), and the estimate is the mean of the last few.  With
+nothing measured yet the estimate says so (the progress bar's time left takes over after the first
+region).  No torch here.
 """
 from __future__ import annotations
 
@@ -110,12 +114,14 @@ def area_text(pixels: int) -> str:
 @dataclass
 class Estimate:
     regions: int
-    area_px: int  # pixels the run samples (whole regions)
+    area_px: int  # pixels the run samples again (whole regions, or the cells of their jobs)
     asked_px: int | None  # pixels of the rectangle asked for, when one was
     steps: int
     seconds: float | None  # expected time on this device; None: nothing measured here yet
     runs: int  # measured runs the time rests on
     device: str
+    partial: int = 0  # regions sampled in part (a job), each in a box sized to its cells
+    box_px: int = 0  # pixels of those boxes, context around the cells included
 
     @property
     def rounds_out(self) -> bool:
@@ -125,6 +131,9 @@ class Estimate:
     def text(self) -> str:
         """One line: regions, area, rounding out, expected time."""
         parts = [f"{self.regions:,} region{'s' if self.regions != 1 else ''}, {area_text(self.area_px)}"]
+        if self.partial:  # regions redone in part: each sampled in a box sized to its part
+            which = "" if self.partial == self.regions else f" ({self.partial} of the regions)"
+            parts[0] += f" to redo, sampled in boxes of {area_text(self.box_px)} with their context{which}"
         if self.rounds_out:
             parts.append(f"the rectangle ({area_text(self.asked_px)}) rounds out to whole regions")
         if self.regions == 0:
@@ -152,22 +161,64 @@ def todo_area(canvas, todo) -> int:
     return int((h * w).sum()) * f * f
 
 
-def estimate_run(canvas, request, device: str | None = None, redo: bool = False) -> Estimate:
-    """The estimate for ``request`` on ``canvas`` (its ``area`` rectangle, if any, rounded out to whole
-    regions), on ``device`` (the request's device when not given); ``redo``: finished regions in the
-    area are sampled again too."""
+def estimate_run(canvas, request, device: str | None = None, redo: bool = False, card=None, where=None) -> Estimate:
+    """The estimate for ``request`` on ``canvas`` on ``device`` (the request's device when not given).
+
+    ``redo``: the finished parts of ``request.area`` are sampled again too (the dock's "sample
+    finished parts again": the whole canvas when there is no area, else the area's cells, as
+    :func:`~src_models.synthesis.editing.prepare_inpaint` schedules them); ``where`` = (cells, ly0,
+    lx0), latent cells about to be scheduled (:func:`~src_models.synthesis.boxes.area_cells` of a
+    painted area), is counted the same way.  ``card`` (the model's card; found from
+    ``request.model`` when needed and not given) sizes the boxes of regions sampled in part."""
     from src_models.store.regions import RegionSeq
     from src_models.synthesis.regions import pending_regions
 
     todo = pending_regions(canvas, request)
-    if redo:
-        size, ny, nx = canvas.region_grid
-        f = canvas.factor
-        y0, y1, x0, x1 = request.area if request.area is not None else (0, canvas.height, 0, canvas.width)
-        iys = np.arange(max(0, (y0 // f) // size), min(ny, -(-(-(-y1 // f)) // size)))
-        ixs = np.arange(max(0, (x0 // f) // size), min(nx, -(-(-(-x1 // f)) // size)))
-        todo = RegionSeq((iys[:, None] * nx + ixs[None, :]).ravel(), size, nx, canvas.latent_shape)
-    area = todo_area(canvas, todo)
+    size, ny, nx = canvas.region_grid
+    f = canvas.factor
+    lh, lw = canvas.latent_shape
+    new = None  # latent cells about to be scheduled: (cells, ly0, lx0)
+    if where is not None:
+        new = where
+    elif redo and request.area is not None:
+        y0, y1, x0, x1 = request.area
+        ly0, lx0 = max(0, y0 // f), max(0, x0 // f)
+        ly1, lx1 = min(lh, -(-y1 // f)), min(lw, -(-x1 // f))
+        if ly1 > ly0 and lx1 > lx0:
+            new = (_Rect(ly1 - ly0, lx1 - lx0), ly0, lx0)
+    if redo and where is None and request.area is None:  # every region sampled again, whole
+        todo = RegionSeq(np.arange(ny * nx), size, nx, canvas.latent_shape)
+        targets = {}
+    else:
+        targets, scheduled = _partial_targets(canvas, todo, new)
+        if scheduled:  # finished regions the new cells send back to sampling
+            todo = RegionSeq(np.concatenate([np.asarray(todo.indices, dtype=np.int64),
+                                             np.asarray(sorted(scheduled), dtype=np.int64)]), size, nx,
+                             canvas.latent_shape)
+    whole = todo
+    if targets:
+        whole = RegionSeq(np.asarray([i for i in np.asarray(todo.indices).tolist() if i not in targets],
+                                     dtype=np.int64), size, nx, canvas.latent_shape)
+    area = work = todo_area(canvas, whole)
+    box_px = 0
+    partial = 0
+    if targets:
+        from src_models.synthesis.boxes import sample_box, window_and_halo, work_px
+
+        if card is None:
+            from src_models.models.loading import find_card
+
+            card = find_card(request.model)[0]
+        window, halo = window_and_halo(card.patch_size, canvas.latent_shape, request.halo)
+        for index, target in targets.items():
+            if not target.any():  # nothing left to sample there: no time
+                continue
+            r = canvas.region(index)
+            box = sample_box(r, target, canvas.latent_shape, halo, window)
+            area += int(target.sum()) * f * f
+            work += work_px(r, box, canvas.latent_shape, halo, window, f)
+            box_px += (box[1] - box[0]) * (box[3] - box[2]) * f * f
+            partial += 1
     asked = None
     if request.area is not None:
         y0, y1, x0, x1 = request.area
@@ -175,8 +226,65 @@ def estimate_run(canvas, request, device: str | None = None, redo: bool = False)
     kind = device_kind(device or request.device)
     steps = int(request.steps or (canvas.settings or {}).get("steps") or 1)
     per, runs = rate(request.model, kind, bool(request.sweep))
-    seconds = per * area * steps if per is not None and area else None
-    return Estimate(len(todo), area, asked, steps, seconds, runs, kind)
+    if request.sweep:  # the sweep samples its regions whole, level by level
+        area = work = todo_area(canvas, todo)
+        partial = box_px = 0
+    seconds = per * work * steps if per is not None and work else None
+    return Estimate(len(todo), area, asked, steps, seconds, runs, kind, partial, box_px)
+
+
+class _Rect:
+    """An all-true cell map of a rectangle, without the array (a view of a huge canvas)."""
+
+    def __init__(self, h: int, w: int):
+        self.shape = (h, w)
+
+    def __getitem__(self, item):
+        ys, xs = item
+        return np.ones((len(range(*ys.indices(self.shape[0]))), len(range(*xs.indices(self.shape[1])))), bool)
+
+
+def _partial_targets(canvas, todo, new) -> tuple[dict[int, np.ndarray], set[int]]:
+    """Region-local target maps of the regions that will be sampled in part (a job already on the
+    canvas, for the regions of ``todo``; the cells ``new`` = (cells, ly0, lx0) about to be
+    scheduled: a finished region gets them as its job, one with a job adds them, one never sampled
+    stays whole), and the finished regions ``new`` sends back to sampling (in part or whole).
+    Regions sampled whole have no map."""
+    jobs = canvas.jobs()
+    out: dict[int, np.ndarray] = {}
+    if jobs:
+        todo_set = set(np.asarray(todo.indices).tolist())
+        for index in jobs:
+            if index in todo_set:
+                out[index] = canvas.target_map(canvas.region(index), jobs)
+    scheduled: set[int] = set()
+    if new is None:
+        return out, scheduled
+    cells, ly0, lx0 = new
+    h, w = cells.shape
+    done = np.asarray(canvas.state_table()[..., 0]).ravel() != 0
+    for r in canvas.regions_in(ly0, ly0 + h, lx0, lx0 + w):
+        has_job = r.index in out
+        if not has_job and not done[r.index]:
+            continue  # never sampled: whole, and already pending
+        y0, y1, x0, x1 = max(r.y0, ly0), min(r.y1, ly0 + h), max(r.x0, lx0), min(r.x1, lx0 + w)
+        if not has_job and isinstance(cells, _Rect) and (y0, y1, x0, x1) == (r.y0, r.y1, r.x0, r.x1):
+            scheduled.add(r.index)  # a finished region inside the rectangle: sampled again whole
+            continue
+        sub = cells[slice(y0 - ly0, y1 - ly0), slice(x0 - lx0, x1 - lx0)]
+        if not sub.any():
+            continue
+        if not has_job:
+            scheduled.add(r.index)
+        target = out.get(r.index)
+        if target is None:
+            target = np.zeros((r.y1 - r.y0, r.x1 - r.x0), bool)
+        target[y0 - r.y0 : y1 - r.y0, x0 - r.x0 : x1 - r.x0] |= sub
+        if target.all():
+            out.pop(r.index, None)
+        else:
+            out[r.index] = target
+    return out, scheduled
 
 
 class RunClock:

@@ -19,8 +19,9 @@ import torch
 from src_models.models.codec import decode_latent
 from src_models.sampling.sampler import Cancelled, LevelInfo, SampleStats, sample_area
 from src_models.store.canvas import Canvas, Region
+from src_models.synthesis.boxes import sample_box, target_bbox, work_px
 from src_models.synthesis.request import RegionDone, RegionProgress, SynthesisRequest
-from src_models.synthesis.run import Run, check_labels_fit, expand, prepare_run, refresh_borders
+from src_models.synthesis.run import Run, check_labels_fit, prepare_run, refresh_borders
 
 __all__ = ["synthesise", "pending_regions", "region_seed"]
 
@@ -97,33 +98,42 @@ def synthesise(
         return
     for n, region in enumerate(todo, 1):
         started = time.perf_counter()
-        forwards = _synthesise_region(run, region, cancel, progress)
-        if forwards is None:  # cancelled
+        done = _synthesise_region(run, region, cancel, progress)
+        if done is None:  # cancelled
             return
-        yield RegionDone(region.index, region.px(canvas.factor), n, len(todo), forwards, time.perf_counter() - started)
+        forwards, work = done
+        yield RegionDone(region.index, region.px(canvas.factor), n, len(todo), forwards, time.perf_counter() - started,
+                         work)
 
 
-def _synthesise_region(run: Run, region: Region, cancel, progress) -> int | None:
+def _synthesise_region(run: Run, region: Region, cancel, progress) -> tuple[int, int] | None:
     """Sample, decode and store one region with its finished neighbours as context; returns its
-    network passes, or None when cancelled."""
+    network passes and the px it counts for in the speed records (:func:`boxes.work_px`), or None
+    when cancelled.
+
+    A region without a job samples its whole area plus the halo.  A region with a job (a part of
+    it to sample again) samples only the job's bounding box plus the halo (:func:`boxes.sample_box`)
+    and writes only the job's cells: the rest of the region, and everything around, is context."""
     canvas, settings = run.canvas, run.settings()
-    lh, lw = canvas.latent_shape
-    y0, y1 = expand(region.y0, region.y1, lh, run.halo, run.window)
-    x0, x1 = expand(region.x0, region.x1, lw, run.halo, run.window)
-    mask_np = canvas.read_mask(y0, y1, x0, x1)
-    check_labels_fit(run, mask_np, f"region {region.index}")
     target = canvas.target_map(region)
     if not target.any():  # a job whose rectangles missed this region: nothing to sample
         canvas.mark_done(region.index, {"seed": None, **settings})
         canvas.finish_job(region.index)
-        return 0
+        return 0, 0
+    whole = bool(target.all())
+    ty0, ty1, tx0, tx1 = target_bbox(region, target)
+    box = sample_box(region, target, canvas.latent_shape, run.halo, run.window)
+    y0, y1, x0, x1 = box
+    mask_np = canvas.read_mask(y0, y1, x0, x1)
+    check_labels_fit(run, mask_np, f"region {region.index}")
     known_np = canvas.known_map(y0, y1, x0, x1)
     known = torch.from_numpy(known_np) if known_np.any() else None
     context = torch.from_numpy(canvas.read_latent(y0, y1, x0, x1)) if known is not None else None
     mask = torch.from_numpy(mask_np.astype(np.int64))[None]
     seed = region_seed(run.request.seed, region.index)
-    bbox, f = region.px(canvas.factor), canvas.factor
-    area_px = (y0 * f, y1 * f, x0 * f, x1 * f)
+    f = canvas.factor
+    bbox = (ty0 * f, ty1 * f, tx0 * f, tx1 * f)  # what is written: the region, or its job's bounding box
+    area_px = (y0 * f, y1 * f, x0 * f, x1 * f)  # what is sampled
 
     def on_level(info: LevelInfo):
         if progress is not None:
@@ -148,14 +158,17 @@ def _synthesise_region(run: Run, region: Region, cancel, progress) -> int | None
     if _cancelled(cancel):
         return None
     rgb = decode_latent(run.model.codec, z)
-    ry0, ry1, rx0, rx1 = (region.y0 - y0) * f, (region.y1 - y0) * f, (region.x0 - x0) * f, (region.x1 - x0) * f
-    latent_np = z[:, region.y0 - y0 : region.y1 - y0, region.x0 - x0 : region.x1 - x0].float().cpu().numpy()
-    canvas.write_region(region, rgb[ry0:ry1, rx0:rx1], latent_np, where=target)
-    if target.all():
-        refresh_borders(canvas, region, (y0, y1, x0, x1), rgb, run.halo)
+    latent_np = z[:, ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0].float().cpu().numpy()
+    block = rgb[(ty0 - y0) * f : (ty1 - y0) * f, (tx0 - x0) * f : (tx1 - x0) * f]
+    if whole:
+        canvas.write_region(region, block, latent_np, where=target)
+        refresh_borders(canvas, region, box, rgb, run.halo)
+    else:  # only the job's cells, inside their bounding box
+        where = target[ty0 - region.y0 : ty1 - region.y0, tx0 - region.x0 : tx1 - region.x0]
+        canvas.write_block(ty0, ty1, tx0, tx1, np.ascontiguousarray(block), latent_np, where=where)
     canvas.mark_done(region.index, {"seed": seed, "forwards": stats.forwards, **settings})
     canvas.finish_job(region.index)
-    return stats.forwards
+    return stats.forwards, work_px(region, box, canvas.latent_shape, run.halo, run.window, f)
 
 
 def _cancelled(cancel) -> bool:

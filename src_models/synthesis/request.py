@@ -232,11 +232,24 @@ class RegionDone:
     total: int  # regions this run has to do
     forwards: int  # network passes for this region (a sweep: of the whole sweep so far)
     seconds: float
+    # px this region counts for in the speed records: its own px scaled by the box it sampled over the
+    # box of the whole region (a small regeneration job counts for less); None: the bbox's px
+    work_px: int | None = None
+
+    @property
+    def cost_px(self) -> int:
+        """What :class:`~src_models.synthesis.estimate.RunClock` adds for this region."""
+        if self.work_px is not None:
+            return int(self.work_px)
+        y0, y1, x0, x1 = self.bbox
+        return (y1 - y0) * (x1 - x0)
 
 
 @dataclass
 class RegionProgress:
-    """Progress inside the region in flight (after each denoising level)."""
+    """Progress inside the region in flight (after each denoising level).  ``bbox`` is what the
+    region writes (the region, or the bounding box of its regeneration job), ``area`` what it
+    samples (``bbox`` and the context around it)."""
 
     index: int
     bbox: tuple[int, int, int, int]

@@ -13,21 +13,12 @@ import torch
 from src_models.errors import DiffInfiniteError
 from src_models.sampling.setup import effective_window, sampling_setup
 from src_models.store.canvas import Canvas, Region
+from src_models.synthesis.boxes import expand  # noqa: F401 - the sweep takes it from here
 from src_models.synthesis.request import SynthesisRequest
 
 
 class SynthesisError(DiffInfiniteError, RuntimeError):
     """A request that cannot run as asked (message says why)."""
-
-
-def expand(a: int, b: int, n: int, halo: int, minimum: int) -> tuple[int, int]:
-    a, b = max(0, a - halo), min(n, b + halo)
-    short = minimum - (b - a)
-    if short > 0:  # grow to the window size, inside the canvas
-        a = max(0, a - (short + 1) // 2)
-        b = min(n, a + minimum)
-        a = max(0, b - minimum)
-    return a, b
 
 
 @dataclass

@@ -8,6 +8,11 @@ n before any goes to level n + 1, so long-range structure can cross region borde
 does not depend on the order of regions.  It costs the same network passes as sampling the area in
 one piece, and shows the whole canvas sharpening level by level.
 
+Regions with a regeneration job (an inpainted area) are swept whole too: the windows cover the
+bounding box of all pending regions, their finished cells are known context (never stepped) and only
+the job's cells are written; region by region (the default) samples such a region in a box sized to
+its job instead (:mod:`src_models.synthesis.boxes`).
+
 How one level runs: the plan (``grid`` or ``release``; ``sequential`` is not available here) is
 made for the whole area on the CPU; the area is cut into tiles (the canvas's region size), and
 for each tile, in row-major order, the windows that write its pixels are denoised in batches of
