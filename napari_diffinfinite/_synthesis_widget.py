@@ -492,6 +492,10 @@ class SynthesisWidget(QWidget):
             return
         if state == "running" and self._to_schedule is not None:  # the worker has scheduled the painted cells
             self._scheduled, self._to_schedule = self._to_schedule, None
+        if state == "running" and self.redo_box.isChecked():
+            # the worker has scheduled the redo (running follows its plan): the canvas holds what is left,
+            # so a cancelled or failed run is resumed by a plain Run, never redone from the start
+            self._redo_scheduled = True
         if state in ("starting", "running"):
             if state == "starting":
                 self.estimate_label.setText("")  # the progress line says how it goes now
@@ -509,8 +513,9 @@ class SynthesisWidget(QWidget):
                 self._mask_layer.editable = True
             self._mask_layer = None
             self._unlock_painted(clear=state == "done")
-            if state == "done":
+            if state == "done" or getattr(self, "_redo_scheduled", False):
                 self.redo_box.setChecked(False)
+            self._redo_scheduled = False
             self.schedule_estimate()  # this run's speed counts now
 
     # ------------------------------------------------------------------ painted area

@@ -102,6 +102,30 @@ def test_run_fills_region_by_region_with_throttled_refreshes_off_the_gui_thread(
     assert run2.state == "done" and MODELS.loads == loads
 
 
+def test_a_cancelled_redo_is_resumed_by_the_next_run_not_started_over(viewer, qtbot, tiny_card, tmp_path):
+    from src_models.store.canvas import Canvas
+
+    path, image, mask = _open(viewer, tiny_card, tmp_path)
+    w = dock(viewer, "Synthesis")
+    setup_synthesis(w, preview=False)
+    first = w.start()
+    qtbot.waitUntil(lambda: not first.busy, timeout=120_000)
+    assert first.state == "done"
+    w.redo_box.setChecked(True)  # the whole canvas again
+    run = w.start()
+    qtbot.waitUntil(lambda: run.regions_done >= 2, timeout=60_000)
+    w.run_button.click()  # Cancel
+    qtbot.waitUntil(lambda: not run.busy, timeout=30_000)
+    assert run.state == "cancelled"
+    assert not w.redo_box.isChecked()  # the redo is scheduled in the canvas: nothing to ask for again
+    with Canvas.open(path) as canvas:
+        left = 16 - len(canvas.done_indices())
+    assert 0 < left <= 14
+    resumed = w.start()
+    qtbot.waitUntil(lambda: not resumed.busy, timeout=120_000)
+    assert resumed.state == "done" and resumed.regions_total == left  # the rest, not all 16 again
+
+
 def test_cancel_keeps_finished_regions_and_run_resumes(viewer, qtbot, tiny_card, tmp_path):
     path, image, mask = _open(viewer, tiny_card, tmp_path)
     w = dock(viewer, "Synthesis")
