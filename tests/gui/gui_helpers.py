@@ -49,3 +49,15 @@ def canvas_pair(viewer):
 
     pairs = canvas_layers(viewer)
     return pairs[-1] if pairs and pairs[-1][1] is not None else None
+
+
+def sampled_canvas(viewer, qtbot, card, path, size=128, region=64):
+    """A tiny canvas opened in the DiffInfinite dock and sampled whole (2 steps): (dock, image, mask)."""
+    path = make_canvas(card, path, size=size, region=region)
+    w = dock(viewer, "DiffInfinite")
+    image, mask = w.canvas.open(path)
+    setup_synthesis(w.synthesis, steps=2, preview=False)
+    run = w.synthesis.start()
+    qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
+    assert run.state == "done"
+    return w, image, mask

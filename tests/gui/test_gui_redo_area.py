@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gui_helpers import dock, make_canvas, setup_synthesis
+from gui_helpers import sampled_canvas, setup_synthesis
 
 from napari_diffinfinite._reader import META
 
@@ -14,13 +14,9 @@ def test_paint_an_area_and_run_redoes_only_it(viewer, qtbot, tiny_card, tmp_path
     from src_models.store.canvas import Canvas
 
     monkeypatch.setenv("DIFFINFINITE_TIMINGS", str(tmp_path / "timings.json"))
-    path = make_canvas(tiny_card, tmp_path / "p.zarr", size=128, region=64)
-    w = dock(viewer, "DiffInfinite")
-    image, mask = w.canvas.open(path)
+    path = tmp_path / "p.zarr"
+    w, image, mask = sampled_canvas(viewer, qtbot, tiny_card, path)
     s = w.synthesis
-    setup_synthesis(s, steps=2, preview=False)
-    run = s.start()
-    qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
     with Canvas.open(path) as c:
         before = np.asarray(c.image(0)[:]).copy()
     mask_before = np.array(mask.data, copy=True)

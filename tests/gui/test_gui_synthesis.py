@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from gui_helpers import dock, make_canvas, regions_shown, setup_synthesis
+from gui_helpers import dock, make_canvas, regions_shown, sampled_canvas, setup_synthesis
 
 from napari_diffinfinite._reader import META
 
@@ -383,13 +383,9 @@ def test_finished_regions_show_tissue_not_the_mask(viewer, qtbot, tiny_card, tmp
 
 
 def test_redoing_a_rectangle_veils_and_previews_only_inside_it(viewer, qtbot, tiny_card, tmp_path):
-    path = make_canvas(tiny_card, tmp_path / "r.zarr", size=128, region=64)
-    w = dock(viewer, "DiffInfinite")
-    image, mask = w.canvas.open(path)
+    path = tmp_path / "r.zarr"
+    w, image, mask = sampled_canvas(viewer, qtbot, tiny_card, path)
     s = w.synthesis
-    setup_synthesis(s, steps=2, preview=False)
-    run = s.start()
-    qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
     # redo a 32 x 32 px rectangle inside the first region, with a live preview
     setup_synthesis(s, steps=12, region="drawn rectangle", preview=True)
     s.draw_rectangle()
