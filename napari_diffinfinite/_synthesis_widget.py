@@ -20,6 +20,7 @@ and the dock shows Run and the progress line in its footer.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 from qtpy.QtCore import QTimer
@@ -180,7 +181,9 @@ class SynthesisWidget(QWidget):
 
         self._arrange(layout, region_row, compact)
 
-        self.picker.changed.connect(self._on_canvas_changed)
+        self.model_picker.currentIndexChanged.connect(lambda *_: self._show_model_defaults())
+        self._show_model_defaults()
+        self.picker.changed.connect(self._on_canvas_changed)  # a canvas's recorded settings then win
         self._on_canvas_changed(self.picker.image_layer())
         for signal in (self.region_box.currentTextChanged, self.device_box.currentTextChanged,
                        self.model_picker.currentIndexChanged, self.steps_box.valueChanged, self.redo_box.toggled,
@@ -282,6 +285,24 @@ class SynthesisWidget(QWidget):
             self.class_form.addRow(label, b)
             self.class_boxes[i] = b
         self.class_group.setVisible(True)
+
+    def _show_model_defaults(self) -> None:
+        """Steps and ω as the chosen model's card gives them (read from its card.json, no torch); a
+        model without a readable card (the built-in test model, a checkpoint) leaves the boxes as they are."""
+        from src_models.models.card import BUILTIN_DIRS, ModelCard
+
+        spec = self.model_picker.spec()
+        folder = BUILTIN_DIRS.get(spec) or Path(spec)
+        try:
+            card = ModelCard.load(folder) if (folder / "card.json").is_file() else None
+        except Exception:  # noqa: BLE001 - a broken card is reported when the run loads the model
+            card = None
+        if card is not None:
+            from src_models.synthesis.request import sampling_defaults  # numpy only
+
+            d = sampling_defaults(card)
+            self.steps_box.setValue(int(d["steps"]))
+            self.omega_box.setValue(float(d["omega"]))
 
     def draw_rectangle(self):
         image, _ = self.picker.current()

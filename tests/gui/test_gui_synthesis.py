@@ -417,3 +417,24 @@ def test_redoing_a_rectangle_veils_and_previews_only_inside_it(viewer, qtbot, ti
     assert run.state == "done" and run.regions_total == 1
     assert seen and all(out == 0 for out, _ in seen)  # the tissue around the rectangle stays in sight
     assert any(inside > 0 for _, inside in seen)  # the veil and then the preview inside it
+
+
+def test_steps_and_omega_boxes_follow_the_chosen_models_card(viewer, tmp_path):
+    import json
+    import shutil
+
+    from src_models.models.card import BUILTIN_DIRS
+    from src_models.synthesis.request import sampling_defaults
+    from src_models.models.card import ModelCard
+
+    w = dock(viewer, "Synthesis")
+    own = tmp_path / "own"
+    shutil.copytree(BUILTIN_DIRS["default"], own)
+    card = json.loads((own / "card.json").read_text())
+    card.update(default_steps=37, default_omega=0.75)
+    (own / "card.json").write_text(json.dumps(card))
+    w.model_picker.set_spec(str(own))
+    assert (w.steps_box.value(), w.omega_box.value()) == (37, 0.75)
+    w.model_picker.set_spec("default")  # back to the shipped model: its card's values, not a constant of the dock
+    d = sampling_defaults(ModelCard.load(BUILTIN_DIRS["default"]))
+    assert (w.steps_box.value(), w.omega_box.value()) == (d["steps"], d["omega"])
