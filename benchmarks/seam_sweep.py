@@ -52,6 +52,21 @@ def border_figures(grey: np.ndarray, region: int, factor: int) -> dict:
             "rank": rank, "of": len(offsets) + 1}
 
 
+def markdown(data: dict) -> str:
+    """One row per setting: each seed's ratio with its rank, and the mean ratio."""
+    groups: dict[str, list[dict]] = {}
+    for r in data["rows"]:
+        s = r["setting"]
+        name = f"{s['solver']} {s['steps']}" + (f" η{s['eta']:g}" if s.get("eta") is not None else "")
+        groups.setdefault(f"{name} | {s['omega']:g}", []).append(r)
+    lines = ["| solver | ω | seed: ratio (rank of 16; largest non-border offset) | mean ratio |", "| --- | --- | --- | --- |"]
+    for key, rows in groups.items():
+        cells = "; ".join(f"{r['seed']}: {r['ratio']:.2f} ({r['rank']}; {r['offsets_max']:.2f})"
+                          for r in sorted(rows, key=lambda r: r["seed"]))
+        lines.append(f"| {key} | {cells} | {np.mean([r['ratio'] for r in rows]):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default")
@@ -61,7 +76,11 @@ def main(argv=None) -> int:
     p.add_argument("--region", type=int, default=64)
     p.add_argument("--label", type=int, default=3, help="the class under the whole canvas (default: dermis)")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--report", action="store_true", help="print the table of --out's rows and stop")
     a = p.parse_args(argv)
+    if a.report:
+        sys.stdout.write(markdown(json.loads(a.out.read_text())))
+        return 0
 
     import torch
 

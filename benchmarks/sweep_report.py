@@ -117,7 +117,7 @@ def plot(names: list[str], table: dict, path: Path, panels: list[str] | None = N
     d = ImageDraw.Draw(img)
     for i, s in enumerate(solvers):
         d.line([(10 + 150 * i, 14), (30 + 150 * i, 14)], fill=COLOURS[i % len(COLOURS)], width=3)
-        d.text((34 + 150 * i, 8), s, fill="black")
+        d.text((34 + 150 * i, 8), s.replace("η", "eta "), fill="black")  # Pillow's default font has no η
     for p, name in enumerate(panels):
         ox, oy = (p % cols) * pw, 28 + (p // cols) * ph
         # the axis follows the means (intervals of 2 or 3 seeds can be far wider: they are clipped)

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -535,3 +536,23 @@ def test_resume_after_a_kill_while_the_mask_was_written(tmp_path, mask_png, caps
     with Canvas.open(tmp_path / "a.zarr") as c:
         assert np.array_equal(np.asarray(c.mask[:]), io.imread(mask_png))
         assert c.done_indices() == set(range(4))
+
+
+def test_writes_abandoned_by_an_interruption_print_nothing_at_exit(tmp_path):
+    """An interruption abandons the store's pending asyncio writes of the region in flight; asyncio's
+    reports of them at exit ("Task was destroyed but it is pending!") must not follow the one line."""
+    script = tmp_path / "interrupted.py"
+    script.write_text(
+        "import asyncio, sys\n"
+        "from src_models.cli.common import Terminated, run_command\n"
+        "def fn():\n"
+        "    global task\n"
+        "    task = asyncio.new_event_loop().create_task(asyncio.sleep(100))\n"
+        "    raise Terminated()\n"
+        "sys.exit(run_command(fn))\n")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert done.returncode == 143
+    assert done.stderr.strip().splitlines() == [
+        "diffinfinite: terminated (SIGTERM); finished regions are kept (run again with --resume)"], done.stderr

@@ -257,6 +257,20 @@ def resolve_request(args, card, device, area=None):
     return request_from_args(args, device, area, plan).resolved(card, option=cli_option)
 
 
+def _quiet_abandoned_io() -> None:
+    """An interrupted run abandons the store's writes for the region in flight (zarr runs them as
+    asyncio tasks); at exit asyncio would report each as "Task was destroyed but it is pending!".
+    Those writes belong to a region that is not marked done, so it is sampled again on --resume:
+    the one line the handler prints says all there is, and the reports are silenced."""
+    import atexit
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    # after the handler's own warning filters are undone, for what is finalised at exit
+    atexit.register(warnings.filterwarnings, "ignore", message=r"coroutine .* was never awaited",
+                    category=RuntimeWarning)
+
+
 def run_command(fn, *args, kept: str = "finished regions are kept (run again with --resume)",
                 also: tuple[type[BaseException], ...] = ()) -> int:
     """Run one command: the one top-level handler of every ``diffinfinite`` command.
@@ -285,9 +299,11 @@ def run_command(fn, *args, kept: str = "finished regions are kept (run again wit
             print(f"diffinfinite: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
             return EXIT_BAD_INPUT
         except Terminated:
+            _quiet_abandoned_io()
             print(f"diffinfinite: terminated (SIGTERM); {kept}", file=sys.stderr)
             return EXIT_TERMINATED
         except KeyboardInterrupt:
+            _quiet_abandoned_io()
             print(f"diffinfinite: interrupted; {kept}", file=sys.stderr)
             return EXIT_INTERRUPTED
         finally:
