@@ -387,7 +387,9 @@ def test_redoing_a_rectangle_veils_and_previews_only_inside_it(viewer, qtbot, ti
     w, image, mask = sampled_canvas(viewer, qtbot, tiny_card, path)
     s = w.synthesis
     # redo a 32 x 32 px rectangle inside the first region, with a live preview
-    setup_synthesis(s, steps=12, region="drawn rectangle", preview=True)
+    # enough levels that the run spans several GUI ticks (a preview drawn in the tick that sees the region
+    # finish is dropped, as it should be): the sized box of a 32 px rectangle samples fast
+    setup_synthesis(s, steps=100, region="drawn rectangle", preview=True)
     s.draw_rectangle()
     area = next(layer for layer in viewer.layers if layer.metadata.get(META, {}).get("role") == "area")
     area.add_rectangles(np.array([[16, 16], [47, 47]]))
