@@ -34,7 +34,9 @@ def test_paint_an_area_and_run_redoes_only_it(viewer, qtbot, tiny_card, tmp_path
     qtbot.waitUntil(lambda: "2 regions" in w.estimate_label.text(), timeout=10_000)
     assert "to redo, sampled in boxes of" in w.estimate_label.text()
 
-    setup_synthesis(s, steps=12, region="painted area", preview=True)
+    # enough levels that the run spans several GUI ticks: the sized boxes sample fast, and a preview
+    # that arrives in the tick that sees its region finish is dropped (as it should be)
+    setup_synthesis(s, steps=100, region="painted area", preview=True)
     run = s.start()
     assert run.where is not None and not layer.editable  # what Run samples is what was painted at Run
     seen = []
