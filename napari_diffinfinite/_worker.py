@@ -416,19 +416,15 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
         stop_on_cancel(model)
         _limit_cpu_threads(model.device)
         if redo:
+            import dataclasses
+
+            from src_models.synthesis.editing import prepare_inpaint, prepare_redo
+
             if where is not None:
-                import dataclasses
-
-                from src_models.synthesis.editing import prepare_redo
-
                 shape, scale, origin = where
                 request = dataclasses.replace(request, area=prepare_redo(canvas, shape, origin=origin, scale=scale))
-            elif request.area is not None:
-                from src_models.synthesis.editing import align_rect
-
-                y0, y1, x0, x1 = align_rect(canvas, request.area)
-                f = canvas.factor
-                canvas.regenerate(y0 // f, y1 // f, x0 // f, x1 // f)
+            elif request.area is not None:  # the rectangle case, as `inpaint --rect` schedules it
+                request = dataclasses.replace(request, area=prepare_inpaint(canvas, request.area))
             else:
                 canvas.clear_done()
         request = request.resolved(model.card)  # stored as a CLI run would store them ("auto" plan named)
