@@ -1,11 +1,15 @@
-"""Put the default model together from its three training runs (see train_default_model.sh).
+"""Put a shipped model together from its three training runs (train_default_model.sh,
+train_tumour_model.sh).
 
     python scripts/assemble_default_model.py --image out/v2_unet_model --codec out/v2enc_model \
         --mask out/mask_model --out src_models/weights/default
+    python scripts/assemble_default_model.py --image out/tumour_unet --codec out/tumour_codec \
+        --mask out/tumour_layout --layout-classes 2,3,4 --off-class 1 --out src_models/weights/tumour
 
 The image run reuses the codec of the codec run, so its card knows nothing of how that codec was
 trained: the codec run's figures are copied in.  The mask run is an unconditional one-hot layout
-model (``train --codec identity``); it becomes the card's ``mask_model``.  The directory is loaded
+model (``train --codec identity``); it becomes the card's ``mask_model``, its three channels the
+classes ``--layout-classes`` (with ``--off-class``, the class of the all-off code).  The directory is loaded
 back once written, so a broken assembly fails here, not in a user's session.
 """
 from __future__ import annotations
@@ -25,7 +29,8 @@ from src_models.models.loading import load_model  # noqa: E402
 
 def assemble(image: Path, codec: Path, mask: Path, out: Path, *, scale_px: int = 16, layout_steps: int = 50,
              training_data: str | None = None, description: str | None = None, licence: str | None = None,
-             log: list | None = None) -> Model:
+             log: list | None = None, layout_classes: tuple[int, ...] = (1, 2, 3),
+             off_class: int | None = None) -> Model:
     img = load_model(image)
     cod = load_model(codec)
     msk = load_model(mask)
@@ -35,9 +40,11 @@ def assemble(image: Path, codec: Path, mask: Path, out: Path, *, scale_px: int =
         raise SystemExit(f"{mask} is not a one-hot layout model (train --codec identity on 3-class layout images)")
     card = img.card
     card.mask_model = {
-        **msk.card.unet, "kind": KIND, "classes": [1, 2, 3], "scale_px": scale_px,
+        **msk.card.unet, "kind": KIND, "classes": [int(c) for c in layout_classes], "scale_px": scale_px,
         "patch_size": msk.card.patch_size, "steps": layout_steps,
     }
+    if off_class is not None:
+        card.mask_model["off_class"] = int(off_class)
     ce, me = cod.card.extra, msk.card.extra
     card.extra.update({
         "codec_command": ce.get("command"),
@@ -72,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mask", type=Path, required=True, help="model directory of the layout (mask) run")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--scale-px", type=int, default=16, help="image px per layout px")
+    p.add_argument("--layout-classes", default="1,2,3", help="the classes of the layout image's R, G, B channels")
+    p.add_argument("--off-class", type=int, help="the class of a layout pixel with every channel off")
     p.add_argument("--training-data")
     p.add_argument("--description")
     p.add_argument("--licence")
@@ -79,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     m = assemble(a.image, a.codec, a.mask, a.out, scale_px=a.scale_px, training_data=a.training_data,
                  description=a.description, licence=a.licence,
-                 log=json.loads(a.log.read_text()) if a.log else None)
+                 log=json.loads(a.log.read_text()) if a.log else None,
+                 layout_classes=tuple(int(c) for c in a.layout_classes.split(",")), off_class=a.off_class)
     size = sum(f.stat().st_size for f in a.out.iterdir()) / 2**20
     print(f"{a.out}: {m.card.name}, {size:.1f} MiB, mask model {'yes' if m.mask_unet is not None else 'no'}")
     return 0

@@ -37,6 +37,31 @@ def test_codes_round_trip_and_rgb_training_image():
     assert rgb.shape == (2, 2, 3) and tuple(rgb[0, 1]) == (0, 255, 0)
 
 
+def test_the_all_off_code_is_the_off_class():
+    # the tumour model's layouts: channels tumour (2), stroma (3), infiltrate (4); background (1) is all off
+    labels = np.array([[1, 2], [3, 4]], np.uint8)
+    codes = layout_codes(labels, [2, 3, 4])
+    assert np.all(codes[:, 0, 0] == -1)
+    assert np.array_equal(codes_to_labels(torch.from_numpy(codes), [2, 3, 4], (2, 2), off_class=1), labels)
+    # without an off class the all-off pixel goes to a channel's class
+    assert codes_to_labels(torch.from_numpy(codes), [2, 3, 4], (2, 2))[0, 0] in (2, 3, 4)
+
+
+def test_a_card_checks_its_layout_classes(tmp_path):
+    from src_models.models.card import ModelCard, ModelError
+    from src_models.models.loading import load_model
+
+    card = load_model("tiny-test").card
+    cfg = {"arch": "native", "config": {}, "kind": KIND, "scale_px": 16}
+    for bad in ({"classes": [1, 2, 9]}, {"classes": [1, 2, 3], "off_class": 2}, {"classes": [1, 2], "off_class": 0}):
+        card.mask_model = {**cfg, **bad}
+        with pytest.raises(ModelError, match="mask_model"):
+            card.validate()
+    card.mask_model = {**cfg, "classes": [2, 3], "off_class": 1}
+    card.validate()
+    ModelCard.from_dict(card.to_dict()).validate()
+
+
 def test_upsampled_borders_are_smooth_not_blocky():
     # a diagonal border on a coarse 8x8 grid, upsampled 16x: a staircase of 16-px steps if blocky
     yy, xx = np.mgrid[0:8, 0:8]

@@ -11,8 +11,14 @@ from src_models.errors import DiffInfiniteError
 
 CARD_FILE = "card.json"
 # built-in model directories shipped inside the package (name -> directory)
-BUILTIN_DIRS = {"default": Path(__file__).resolve().parents[1] / "weights" / "default"}  # src_models/weights/
+_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"  # src_models/weights/
+BUILTIN_DIRS = {"default": _WEIGHTS / "default", "tumour": _WEIGHTS / "tumour"}
 CARD_VERSION = 1
+
+
+def installed_builtins() -> list[str]:
+    """The built-in model names whose weights are installed (a ``card.json`` in their directory)."""
+    return [name for name, folder in BUILTIN_DIRS.items() if (folder / CARD_FILE).is_file()]
 DEFAULT_STEPS = 50  # a card that does not say: DDIM levels ...
 DEFAULT_OMEGA = 3.0  # ... and the guidance weight ω (scale ω + 1, as the release samples)
 
@@ -71,6 +77,16 @@ def _check_fields(card: "ModelCard") -> None:
             continue
         if not isinstance(value, dict) or not isinstance(value.get("arch"), str) or not isinstance(value.get("config", {}), dict):
             raise bad(field, value, "an object with an 'arch' name and a 'config' object")
+    layout = card.mask_model or {}
+    n = len(card.classes) if isinstance(card.classes, list) else 0
+    for key in ("classes", "off_class"):
+        if key not in layout:
+            continue
+        values = layout[key] if key == "classes" else [layout[key]]
+        if not isinstance(values, list) or not values or not all(_whole(v) and 0 < v < n for v in values):
+            raise bad(f"mask_model.{key}", layout[key], f"class indices from 1 to {n - 1}")
+    if layout.get("off_class") in (layout.get("classes") or []):
+        raise bad("mask_model.off_class", layout["off_class"], "a class without a channel of its own")
     codec = card.codec
     if not _whole(codec.get("factor", 1)) or not 1 <= codec.get("factor", 1) <= MAX_FACTOR:
         raise bad("codec.factor", codec.get("factor"), f"a whole number from 1 to {MAX_FACTOR}")

@@ -17,6 +17,11 @@ The card's ``mask_model`` entry::
 
     {"arch": "native", "config": {...NativeUNet kwargs...}, "kind": "onehot-layout",
      "classes": [1, 2, 3], "scale_px": 16, "patch_size": 32, "steps": 50}
+
+An optional ``"off_class"`` names a class that has no channel of its own: it is the all-off code
+(every channel -1), and a layout pixel whose channels all stay below zero takes it.  The tumour
+model's layouts use it for background (channels tumour, stroma, infiltrate), since an RGB training
+image holds three channels.
 """
 from __future__ import annotations
 
@@ -88,8 +93,10 @@ def sample_layout_codes(model, grid: tuple[int, int], seed: int = 0, steps: int 
     ).float().cpu()
 
 
-def codes_to_labels(codes: torch.Tensor, classes: list[int], shape: tuple[int, int], band: int = 1024) -> np.ndarray:
-    """Labels (uint8, ``shape``) from coarse codes: bilinear upsampling, then arg-max, in row bands."""
+def codes_to_labels(codes: torch.Tensor, classes: list[int], shape: tuple[int, int], band: int = 1024,
+                    off_class: int | None = None) -> np.ndarray:
+    """Labels (uint8, ``shape``) from coarse codes: bilinear upsampling, then arg-max, in row bands;
+    with ``off_class``, pixels whose every channel is below zero take that class instead."""
     import torch.nn.functional as F
 
     H, W = shape
@@ -109,7 +116,11 @@ def codes_to_labels(codes: torch.Tensor, classes: list[int], shape: tuple[int, i
         gx = torch.from_numpy(2 * (xs + 0.5) / w - 1).float()
         grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], -1)[None]
         up = F.grid_sample(codes[None, :, a:b], grid, mode="bilinear", padding_mode="border", align_corners=False)
-        out[y0:y1] = lut[up[0].argmax(0).numpy()]
+        best, arg = up[0].max(0)
+        labels = lut[arg.numpy()]
+        if off_class is not None:
+            labels[best.numpy() < 0] = off_class
+        out[y0:y1] = labels
     return out
 
 
@@ -128,4 +139,5 @@ def generate_layout(model, shape: tuple[int, int], seed: int = 0, steps: int | N
     # the grid may overhang the image: keep the part that covers it
     s = int(model.card.mask_model["scale_px"])
     codes = codes[:, : max(1, -(-H // s)), : max(1, -(-W // s))]
-    return codes_to_labels(codes, list(model.card.mask_model["classes"]), shape)
+    spec = model.card.mask_model
+    return codes_to_labels(codes, list(spec["classes"]), shape, off_class=spec.get("off_class"))
