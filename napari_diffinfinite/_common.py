@@ -398,7 +398,7 @@ class CanvasPicker(QComboBox):
 
 
 class ModelPicker(QComboBox):
-    """Built-in models (``default`` when installed, ``tiny-test``), a model directory, or a
+    """Built-in models (``default`` and ``tumour`` when installed, ``tiny-test``), a model directory, or a
     published checkpoint file (``model-N.pt``)."""
 
     CHOOSE_DIR = "Choose a model directory…"
@@ -406,17 +406,17 @@ class ModelPicker(QComboBox):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        from ._worker import default_model_spec
+        from src_models.models.card import installed_builtins
 
-        if default_model_spec() == "default":
-            self.addItem("default")
+        for name in installed_builtins():
+            self.addItem(name)
         self.addItem("tiny-test")
         self.addItem(self.CHOOSE_DIR)
         self.addItem(self.CHOOSE_FILE)
         self._previous = 0
         self.activated.connect(self._on_activated)
-        self.setToolTip("the model that samples the canvas: the shipped default, the tiny test model, a model "
-                        "directory (card.json + safetensors weights) or a published checkpoint (.pt)")
+        self.setToolTip("the model that samples the canvas: a shipped model (default: skin; tumour), the tiny test "
+                        "model, a model directory (card.json + safetensors weights) or a published checkpoint (.pt)")
 
     def _on_activated(self, index: int) -> None:
         text = self.itemText(index)
@@ -443,7 +443,7 @@ class ModelPicker(QComboBox):
                 self._previous = i
                 return
         at = self.count() - 2  # chosen paths go above the two "Choose…" entries
-        self.insertItem(at, spec if spec in ("default", "tiny-test") else Path(spec).name, spec)
+        self.insertItem(at, spec if spec in ("default", "tumour", "tiny-test") else Path(spec).name, spec)
         self.setItemData(at, spec, Qt.ItemDataRole.ToolTipRole)
         self.setCurrentIndex(at)
         self._previous = at

@@ -104,7 +104,7 @@ def parse_region_size(text: str) -> int | str:
 def add_run_options(p: argparse.ArgumentParser) -> None:
     from src_models.synthesis.request import PLANS, SOLVERS  # numpy only: no torch at start-up
 
-    p.add_argument("--model", default="default", help="built-in name (default, tiny-test) or a model directory")
+    p.add_argument("--model", default="default", help="built-in name (default, tumour, tiny-test) or a model directory")
     p.add_argument("--steps", type=int, default=None,
                    help="denoising levels (default: the model card's for ddim, the solver's for others)")
     p.add_argument("--omega", type=float, default=None, help="guidance ω for every class (scale = ω + 1; default: the card's)")

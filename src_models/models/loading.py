@@ -21,7 +21,7 @@ from src_models.models.card import BUILTIN_DIRS, ModelCard, ModelError
 
 
 def load_model(spec: str | Path = "default", device: str | torch.device = "cpu") -> Model:
-    """Load a model by built-in name (``default``, ``tiny-test``) or from a model directory."""
+    """Load a model by built-in name (``default``, ``tumour``, ``tiny-test``) or from a model directory."""
     if str(spec) == "tiny-test":
         from src_models.models.tiny import tiny_test_model
 

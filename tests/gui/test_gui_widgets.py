@@ -50,6 +50,21 @@ def test_model_picker_keeps_chosen_paths_above_the_choosers(qtbot, tmp_path):
     assert [picker.itemText(i) for i in range(picker.count())] == texts
 
 
+def test_model_picker_lists_every_installed_builtin(qtbot, tmp_path, monkeypatch):
+    from src_models.models import card as card_module
+    from napari_diffinfinite._common import ModelPicker
+
+    # a stand-in install: "default" has weights, "tumour" has none yet, "extra" has some
+    for name in ("default", "extra"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "card.json").write_text("{}")
+    monkeypatch.setattr(card_module, "BUILTIN_DIRS", {n: tmp_path / n for n in ("default", "tumour", "extra")})
+    picker = ModelPicker()
+    qtbot.addWidget(picker)
+    texts = [picker.itemText(i) for i in range(picker.count())]
+    assert texts == ["default", "extra", "tiny-test", ModelPicker.CHOOSE_DIR, ModelPicker.CHOOSE_FILE]
+
+
 def test_create_a_canvas_in_the_widget(viewer, qtbot, tmp_path):
     w = dock(viewer, "Canvas")
     syn = dock(viewer, "Synthesis")
