@@ -3,12 +3,15 @@ tissue?
 
     python benchmarks/downstream.py --model default [--seeds 0 1 2] [--keep DIR]
 
-The CC0 skin slide's training rows (rows < ``HELDOUT_FROM_ROW``, the rows the model learned from)
-and its held-out band (the rows after, never trained on) get their label maps from
-``masks_from_he``.  Tile folders (256 px tiles, every tile labelled):
+The real tissue is the model's own: for the skin model (``default``), the CC0 skin slide's training
+rows (rows < ``HELDOUT_FROM_ROW``, the rows the model learned from) and its held-out band (the rows
+after, never trained on), label maps from ``masks_from_he``; for the tumour model, the two labelled
+carcinoma images of ``data/more_he``, their top two thirds for training and their held-out bottom
+thirds for testing, label maps from ``masks_from_nuclei`` (each part's from its own rows).  Tile
+folders (256 px tiles):
 
 * (a) real: the training rows' tiles with their masks;
-* (b) synthetic: the model paints a canvas of the training rows' size under the same label map
+* (b) synthetic: the model paints a canvas of each training part's size under the same label map
   (default sampling settings of its card unless ``--steps`` / ``--solver`` / ``--omega`` say
   otherwise); the same tiles are cut from it, with the same masks;
 * (c) both folders together;
@@ -45,6 +48,41 @@ def tile_folder(rgb: np.ndarray, labels: np.ndarray, out: Path, tile: int = 256)
 
     info = write_training_folder(rgb, labels, out, tile=tile, unlabelled_every=0, keep_glass=3, seed=0)
     return info["tiles"]
+
+
+def skin_parts() -> list[tuple]:
+    """[(name, train rgb, train labels, test rgb, test labels)] of the CC0 skin slide."""
+    from PIL import Image
+
+    from src_models.data.masks_from_he import HELDOUT_FROM_ROW, derive_mask
+
+    slide = np.asarray(Image.open(SLIDE).convert("RGB"))
+    train_rgb, test_rgb = slide[:HELDOUT_FROM_ROW], slide[HELDOUT_FROM_ROW:]
+    return [("skin", train_rgb, derive_mask(train_rgb, pixel_um=SLIDE_MPP), test_rgb,
+             derive_mask(test_rgb, pixel_um=SLIDE_MPP))]
+
+
+def tumour_parts() -> list[tuple]:
+    """The same for the labelled carcinoma images: training rows above ``heldout_from_row``, held out below."""
+    from src_models.data.masks_from_nuclei import PIXEL_UM, SOURCES, derive_labels, load_source
+
+    parts = []
+    for src in SOURCES:
+        if not src["types"]:
+            continue
+        rgb, types = load_source(ROOT / "data" / "more_he", src)
+        r0 = src["heldout_from_row"]
+        parts.append((src["name"], rgb[:r0], derive_labels(rgb[:r0], types[:r0], PIXEL_UM), rgb[r0:],
+                      derive_labels(rgb[r0:], types[r0:], PIXEL_UM)))
+    return parts
+
+
+def tumour_folder(rgb: np.ndarray, labels: np.ndarray, out: Path, name: str) -> int:
+    from src_models.data.masks_from_nuclei import CLASSES, COLOURS, write_tiles
+
+    info = write_tiles(rgb, labels, out, name)
+    (out / "classes.json").write_text(json.dumps({"classes": CLASSES, "colours": COLOURS}, indent=2) + "\n")
+    return info["labelled"]
 
 
 def _finished(path: Path) -> bool:
@@ -97,27 +135,48 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     import torch
-    from PIL import Image
 
+    from src_models.data.masks_from_nuclei import CLASSES as TUMOUR_CLASSES
     from src_models.evaluation.segmentation import DEFAULT_EPOCHS, evaluate_segmentation, write_outputs
-    from src_models.data.masks_from_he import HELDOUT_FROM_ROW, derive_mask
+    from src_models.data.masks_from_he import HELDOUT_FROM_ROW
     from src_models.models.loading import load_model
 
     if a.threads:
         torch.set_num_threads(a.threads)
     model = load_model(a.model, "cpu")
-    if model.card.classes[:4] != ["unknown", "glass", "epidermis", "dermis"]:
-        raise SystemExit(f"{a.model}: this benchmark paints the skin slide's classes; the model has {model.card.classes}")
+    if model.card.classes[:4] == ["unknown", "glass", "epidermis", "dermis"]:
+        tissue, parts = "skin", skin_parts()
+        real_text = f"{SLIDE.name}: train rows < {HELDOUT_FROM_ROW}, test rows >= {HELDOUT_FROM_ROW}, {SLIDE_MPP} um/px"
+    elif model.card.classes == TUMOUR_CLASSES:
+        tissue, parts = "tumour", tumour_parts()
+        real_text = "data/more_he carcinoma images (histolytics 0.3.0, BSD-3): top two thirds train, bottom third test"
+    else:
+        raise SystemExit(f"{a.model}: this benchmark paints the skin slide's or the carcinoma images' classes; the "
+                         f"model has {model.card.classes}")
     work = a.keep or Path(tempfile.mkdtemp(prefix="downstream-"))
     work.mkdir(parents=True, exist_ok=True)
-    slide = np.asarray(Image.open(SLIDE).convert("RGB"))
-    train_rgb, test_rgb = slide[:HELDOUT_FROM_ROW], slide[HELDOUT_FROM_ROW:]
-    train_lab, test_lab = derive_mask(train_rgb, pixel_um=SLIDE_MPP), derive_mask(test_rgb, pixel_um=SLIDE_MPP)
     folders = {"real": work / "real", "test": work / "test", "synthetic": work / "synthetic"}
-    tiles = {"real": tile_folder(train_rgb, train_lab, folders["real"]), "test": tile_folder(test_rgb, test_lab, folders["test"])}
-    syn_rgb, sampling = synthetic_rgb(model, train_lab, work, a.seeds[0], a.steps, a.solver, a.omega,
-                                   reuse=a.reuse and a.keep is not None)
-    tiles["synthetic"] = tile_folder(syn_rgb, train_lab, folders["synthetic"])
+    tiles = {"real": 0, "test": 0, "synthetic": 0}
+    samplings = []
+    for name, train_rgb, train_lab, test_rgb, test_lab in parts:
+        part_work = work if tissue == "skin" else work / name  # the skin canvas keeps its old place (--reuse)
+        part_work.mkdir(parents=True, exist_ok=True)
+        syn_rgb, sampling = synthetic_rgb(model, train_lab, part_work, a.seeds[0], a.steps, a.solver, a.omega,
+                                          reuse=a.reuse and a.keep is not None)
+        samplings.append(sampling)
+        if tissue == "skin":
+            tiles["real"] += tile_folder(train_rgb, train_lab, folders["real"])
+            tiles["test"] += tile_folder(test_rgb, test_lab, folders["test"])
+            tiles["synthetic"] += tile_folder(syn_rgb, train_lab, folders["synthetic"])
+        else:
+            tiles["real"] += tumour_folder(train_rgb, train_lab, folders["real"], name)
+            tiles["test"] += tumour_folder(test_rgb, test_lab, folders["test"], name)
+            tiles["synthetic"] += tumour_folder(syn_rgb, train_lab, folders["synthetic"], name)
+    sampling = samplings[0] if len(samplings) == 1 else {
+        "sample_seconds": None if any(s["sample_seconds"] is None for s in samplings)
+        else round(sum(s["sample_seconds"] for s in samplings), 1),
+        "forwards": None if any(s["forwards"] is None for s in samplings) else sum(s["forwards"] for s in samplings),
+        "settings": samplings[0]["settings"]}
     sets = {"a_real": [folders["real"]], "b_synthetic": [folders["synthetic"]],
             "c_both": [folders["real"], folders["synthetic"]], "control_real_shuffled_masks": [folders["real"]]}
     rows = []
@@ -144,7 +203,7 @@ def main(argv=None) -> int:
     result = {
         "model": a.model, "tiles": tiles, "tile_px": 256, "sampling": sampling,
         "segmenter": {"protocol": "seg/1", "epochs": DEFAULT_EPOCHS if a.epochs is None else a.epochs},
-        "real": f"{SLIDE.name}: train rows < {HELDOUT_FROM_ROW}, test rows >= {HELDOUT_FROM_ROW}, {SLIDE_MPP} um/px",
+        "real": real_text,
         "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "load_average": [round(v, 2) for v in os.getloadavg()],
         "mean_iou": table,

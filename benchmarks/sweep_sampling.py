@@ -5,6 +5,8 @@ real tissue, and write one row per setting and seed.
         --omegas 0 0.5 1 1.5 2 3 --solvers dpmpp-2m:20 dpmpp-2m:30 ddim:50:0 ddim:50:1 --seeds 0 1 2
 
 ``--heldout skin`` is the CC0 slide's held-out band (rows >= 2048, labels from ``masks_from_he``);
+``--heldout tumour`` the held-out bottom third of the two labelled carcinoma images in ``data/more_he``
+(labels from ``masks_from_nuclei``, derived from those rows alone); ``--crop`` takes the centre of each;
 ``--heldout DIR`` is any folder with ``images/`` and ``masks/`` (label maps) of held-out real tissue,
 such as the tumour model's (``masks_from_nuclei``'s ``heldout/``); images without a mask are used as
 real tissue only.  For each setting and seed the model paints one canvas per labelled held-out image
@@ -56,6 +58,34 @@ def skin_heldout(root: Path, crop: tuple[int, int] | None = None) -> Path:
     dpi = 25400 / SKIN_MPP
     Image.fromarray(rgb).save(root / "images" / "heldout.png", dpi=(dpi, dpi))
     Image.fromarray(derive_mask(rgb, pixel_um=SKIN_MPP)).save(root / "masks" / "heldout.png")
+    return root
+
+
+def tumour_heldout(root: Path, crop: tuple[int, int] | None = None) -> Path:
+    """The held-out parts of the labelled carcinoma images (or their centre ``crop``), with their
+    labels, as a folder with ``images/`` and ``masks/``."""
+    from PIL import Image
+
+    from src_models.data.masks_from_nuclei import PIXEL_UM, SOURCES, derive_labels, load_source
+
+    if (root / "masks").is_dir() and any((root / "masks").iterdir()):
+        return root
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    dpi = 25400 / PIXEL_UM
+    for src in SOURCES:
+        if not src["types"]:
+            continue
+        rgb, types = load_source(ROOT / "data" / "more_he", src)
+        r0 = src["heldout_from_row"]
+        labels = derive_labels(rgb[r0:], types[r0:], PIXEL_UM)
+        rgb = rgb[r0:]
+        if crop:
+            h, w = min(crop[0], rgb.shape[0]), min(crop[1], rgb.shape[1])
+            y0, x0 = (rgb.shape[0] - h) // 2, (rgb.shape[1] - w) // 2
+            rgb, labels = rgb[y0:y0 + h, x0:x0 + w], labels[y0:y0 + h, x0:x0 + w]
+        Image.fromarray(np.ascontiguousarray(rgb)).save(root / "images" / f"{src['name']}.png", dpi=(dpi, dpi))
+        Image.fromarray(np.ascontiguousarray(labels)).save(root / "masks" / f"{src['name']}.png")
     return root
 
 
@@ -135,7 +165,9 @@ def summary(res: dict) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default")
-    p.add_argument("--heldout", default="skin", help="'skin' (the CC0 band) or a folder with images/ and masks/")
+    p.add_argument("--heldout", default="skin",
+                   help="'skin' (the CC0 band), 'tumour' (the carcinoma images' held-out thirds) or a folder with "
+                        "images/ and masks/")
     p.add_argument("--heldout-mpp", type=float, default=None, help="µm/px of a --heldout folder (default: the model's)")
     p.add_argument("--omegas", type=float, nargs="+", default=[0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
     p.add_argument("--solvers", nargs="+", default=["dpmpp-2m:20"], help="SOLVER:STEPS[:ETA]")
@@ -143,7 +175,7 @@ def main(argv=None) -> int:
     p.add_argument("--tile", type=int, default=64)
     p.add_argument("--stride", type=int, default=32)
     p.add_argument("--background", type=int, default=1, help="the class whose border the rim statistic follows")
-    p.add_argument("--crop", default=None, help="HxW: only the centre of the skin band (a quicker sweep)")
+    p.add_argument("--crop", default=None, help="HxW: only the centre of each held-out image (a quicker sweep)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-c2st", action="store_true")
     p.add_argument("--keep", type=Path, default=None, help="keep canvases here (default: a temporary folder)")
@@ -166,9 +198,13 @@ def main(argv=None) -> int:
     crop = tuple(int(v) for v in a.crop.lower().split("x")) if a.crop else None
     if a.heldout == "skin":
         real, src_mpp = skin_heldout(work / (f"heldout-{a.crop}" if crop else "heldout"), crop), SKIN_MPP
+    elif a.heldout == "tumour":
+        from src_models.data.masks_from_nuclei import PIXEL_UM
+
+        real, src_mpp = tumour_heldout(work / (f"tumour-{a.crop}" if crop else "tumour"), crop), PIXEL_UM
     else:
         if crop:
-            raise SystemExit("--crop applies to --heldout skin only")
+            raise SystemExit("--crop applies to --heldout skin or tumour only")
         real, src_mpp = Path(a.heldout), float(a.heldout_mpp or card.pixel_size_um or 0.5)
     tissue = [c for c in range(1, len(card.classes)) if c != a.background]
     out_path = a.out or ROOT / "benchmarks" / "results" / f"sweep-{a.model}.json"
