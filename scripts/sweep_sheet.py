@@ -3,6 +3,9 @@
 
     python scripts/sweep_sheet.py out/sweep/canvases --canvases ddim_50_1-w1.0-s0 ddim_50_1-w3.0-s0 \
         dpmpp-2m_20-w1.0-s0 --window 0,0,384,384 --out docs/sweep_default_sheet.png
+    # the tumour model's sweep (--heldout tumour --crop 448x896): one held-out image's canvases
+    python scripts/sweep_sheet.py out/sweep_tumour --prefix hgsc_nest \
+        --real out/sweep_tumour/tumour-448x896/images/hgsc_nest.png --canvases ddim_50_1-w1.0-s0 ...
 """
 from __future__ import annotations
 
@@ -22,17 +25,20 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("keep", type=Path, help="the sweep's --keep folder")
-    p.add_argument("--canvases", nargs="+", required=True, help="canvas names without 'heldout-' and '.zarr'")
+    p.add_argument("--canvases", nargs="+", required=True, help="canvas names without the prefix and '.zarr'")
+    p.add_argument("--prefix", default="heldout", help="the held-out image's name that starts each canvas's name")
+    p.add_argument("--real", type=Path, default=None,
+                   help="the real held-out image (default: the skin sweep's heldout-*/images/heldout.png)")
     p.add_argument("--window", default="0,0,384,384", help="Y,X,H,W in px")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     y0, x0, h, w = (int(v) for v in a.window.split(","))
-    reals = sorted(a.keep.glob("heldout-*/images/heldout.png"))
+    reals = [a.real] if a.real else sorted(a.keep.glob("heldout-*/images/heldout.png"))
     if not reals:
         raise SystemExit(f"{a.keep} holds no held-out crop (heldout-*/images/heldout.png)")
     tiles = [("real (held-out rows)", np.asarray(Image.open(reals[0]).convert("RGB"))[y0:y0 + h, x0:x0 + w])]
     for name in a.canvases:
-        with Canvas.open(a.keep / f"heldout-{name}.zarr") as c:
+        with Canvas.open(a.keep / f"{a.prefix}-{name}.zarr") as c:
             tiles.append((name, c.read_rgb(y0, y0 + h, x0, x0 + w)))
     gap, head = 8, 22
     sheet = Image.new("RGB", (len(tiles) * (w + gap) - gap, h + head), "white")
