@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     p.add_argument("--real", type=Path, default=None,
                    help="the real held-out image (default: the skin sweep's heldout-*/images/heldout.png)")
     p.add_argument("--window", default="0,0,384,384", help="Y,X,H,W in px")
+    p.add_argument("--mask", type=Path, default=None, help="the held-out image's label map, shown first in --model's colours")
+    p.add_argument("--model", default="default", help="whose class colours draw --mask")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     y0, x0, h, w = (int(v) for v in a.window.split(","))
@@ -37,6 +39,13 @@ def main(argv=None) -> int:
     if not reals:
         raise SystemExit(f"{a.keep} holds no held-out crop (heldout-*/images/heldout.png)")
     tiles = [("real (held-out rows)", np.asarray(Image.open(reals[0]).convert("RGB"))[y0:y0 + h, x0:x0 + w])]
+    if a.mask:
+        from src_models.io.colours import hex_rgb
+        from src_models.models.loading import find_card
+
+        card, _ = find_card(a.model)
+        lut = np.array([hex_rgb(c) for c in card.colours], np.uint8)
+        tiles.insert(0, ("label map", lut[np.asarray(Image.open(a.mask))[y0:y0 + h, x0:x0 + w]]))
     for name in a.canvases:
         with Canvas.open(a.keep / f"{a.prefix}-{name}.zarr") as c:
             tiles.append((name, c.read_rgb(y0, y0 + h, x0, x0 + w)))

@@ -2,8 +2,10 @@
 # The tumour model (issue 24): its three training runs, then the assembly into src_models/weights/tumour.
 # Each run continues after an interruption with the same command plus --resume (weights, EMA, optimiser
 # and RNG states); a finished run (its model directory has a card.json) is skipped.  The shipped model
-# came from exactly these commands on the 2-core development CPU (2 threads for the codec and the image
-# UNet, 1 for the layout model, which ran beside the codec); see docs/tumour_model.md for the times.
+# came from these commands on the 2-core development CPU (2 threads for the codec and the image UNet, 1 for
+# the layout model); the codec was interrupted at step 750 and resumed with --resume, and stops at step
+# 1,000 of its 1,500-step schedule (--codec-stop-at) to leave the CPU to the image UNet.  Times and losses
+# are in docs/tumour_model.md.
 set -e
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -16,12 +18,12 @@ R=""; [ "${1:-}" = "--resume" ] && R="--resume"
 #    on a held-out nest crop against 9.4 on skin)
 [ -f out/tumour_codec/card.json ] || $PY -m src_models.training.train --data out/tumour_data/train \
   --out out/tumour_codec --work out/tumour_codec2.train --name tumour --codec-init default --codec-widths 64,128,128 \
-  --codec-batch 8 --codec-crop 64 --codec-steps 1500 --codec-lr 3e-4 --steps 0 --ckpt-every 250 --seed 0 --no-progress $R
+  --codec-batch 8 --codec-crop 64 --codec-steps 1500 --codec-stop-at 1000 --codec-lr 3e-4 --steps 0 --ckpt-every 250 --seed 0 --no-progress $R
 
 # 2. image UNet from the skin UNet (common class rows copied), min-SNR weighting, class-balanced crops
 [ -f out/tumour_unet/card.json ] || $PY -m src_models.training.train --data out/tumour_data/train \
   --out out/tumour_unet --work out/tumour_unet.train --name tumour --codec out/tumour_codec --init default \
-  --steps 3000 --base 48 --mults 1,2,3 --blocks 2 --crop 128 --batch 16 --lr 2e-4 --snr-gamma 5 --balance 0.5 \
+  --steps 2000 --base 48 --mults 1,2,3 --blocks 2 --crop 128 --batch 16 --lr 2e-4 --snr-gamma 5 --balance 0.5 \
   --ckpt-every 250 --pixel-size-um 0.5 --seed 0 --no-progress $R
 
 # 3. layout model on the 16 px label cells: channels tumour, stroma, infiltrate; background is all off
