@@ -4,7 +4,8 @@
 # and RNG states); a finished run (its model directory has a card.json) is skipped.  The shipped model
 # came from these commands on the 2-core development CPU (2 threads for the codec and the image UNet, 1 for
 # the layout model); the codec was interrupted at step 750 and resumed with --resume, and stops at step
-# 1,000 of its 1,500-step schedule (--codec-stop-at) to leave the CPU to the image UNet.  Times and losses
+# 1,000 of its 1,500-step schedule (--codec-stop-at) to leave the CPU to the image UNet; the layout model
+# likewise stops at step 1,500 of 2,500 (its loss had levelled off since step 1,200).  Times and losses
 # are in docs/tumour_model.md.
 set -e
 cd "$(dirname "$0")/.."
@@ -29,7 +30,7 @@ R=""; [ "${1:-}" = "--resume" ] && R="--resume"
 # 3. layout model on the 16 px label cells: channels tumour, stroma, infiltrate; background is all off
 [ -f out/tumour_layout/card.json ] || $PY -m src_models.training.train --data out/tumour_data/layout \
   --out out/tumour_layout --work out/tumour_layout.train --name tumour-layout --codec identity --crop 32 --batch 16 \
-  --steps 2500 --base 32 --mults 1,2,2 --lr 4e-4 --ckpt-every 250 --seed 0 --no-progress $R
+  --steps 2500 --stop-at 1500 --base 32 --mults 1,2,2 --lr 4e-4 --ckpt-every 250 --seed 0 --no-progress $R
 
 # 4. one model directory, its anatomy recipe measured on the training rows' label maps
 $PY scripts/assemble_default_model.py --image out/tumour_unet --codec out/tumour_codec --mask out/tumour_layout \

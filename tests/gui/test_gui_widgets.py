@@ -65,6 +65,29 @@ def test_model_picker_lists_every_installed_builtin(qtbot, tmp_path, monkeypatch
     assert texts == ["default", "extra", "tiny-test", ModelPicker.CHOOSE_DIR, ModelPicker.CHOOSE_FILE]
 
 
+def test_a_tumour_canvas_has_the_tumour_legend_and_colours(viewer, qtbot, tmp_path):
+    from src_models.data.masks_from_nuclei import CLASSES, COLOURS
+
+    w = dock(viewer, "Canvas")
+    w.width_box.setValue(256)
+    w.height_box.setValue(256)
+    w.model_picker.set_spec("tumour")
+    w.path_edit.setText(str(tmp_path / "tumour.zarr"))
+    w.create()
+    qtbot.waitUntil(lambda: canvas_pair(viewer) is not None, timeout=30_000)
+    image, mask = canvas_pair(viewer)
+    info = image.metadata[META]
+    assert info["classes"] == CLASSES and info["settings"]["model"] == "tumour"
+    assert [b.text() for b in w.legend.buttons] == ["0 unknown (erases)", "1 background", "2 tumour", "3 stroma",
+                                                    "4 infiltrate"]
+    from napari_diffinfinite._reader import set_mask_mode
+
+    set_mask_mode(mask, "class colours")  # the mask shown in the card's own colours
+    for label, colour in enumerate(COLOURS[1:], start=1):
+        rgba = np.asarray(mask.colormap.map(np.array([label])))[0]
+        assert np.allclose(rgba[:3], [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)], atol=0.02), label
+
+
 def test_create_a_canvas_in_the_widget(viewer, qtbot, tmp_path):
     w = dock(viewer, "Canvas")
     syn = dock(viewer, "Synthesis")
