@@ -52,7 +52,7 @@ def test_a_card_checks_its_layout_classes(tmp_path):
     from src_models.models.loading import load_model
 
     card = load_model("tiny-test").card
-    cfg = {"arch": "native", "config": {}, "kind": KIND, "scale_px": 16}
+    cfg = {"arch": "native", "config": {}, "kind": KIND, "scale_px": 16}  # a one-hot layout model's entry
     for bad in ({"classes": [1, 2, 9]}, {"classes": [1, 2, 3], "off_class": 2}, {"classes": [1, 2], "off_class": 0}):
         card.mask_model = {**cfg, **bad}
         with pytest.raises(ModelError, match="mask_model"):

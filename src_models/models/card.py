@@ -14,13 +14,13 @@ CARD_FILE = "card.json"
 _WEIGHTS = Path(__file__).resolve().parents[1] / "weights"  # src_models/weights/
 BUILTIN_DIRS = {"default": _WEIGHTS / "default", "tumour": _WEIGHTS / "tumour"}
 CARD_VERSION = 1
+DEFAULT_STEPS = 50  # a card that does not say: DDIM levels ...
+DEFAULT_OMEGA = 3.0  # ... and the guidance weight ω (scale ω + 1, as the release samples)
 
 
 def installed_builtins() -> list[str]:
     """The built-in model names whose weights are installed (a ``card.json`` in their directory)."""
     return [name for name, folder in BUILTIN_DIRS.items() if (folder / CARD_FILE).is_file()]
-DEFAULT_STEPS = 50  # a card that does not say: DDIM levels ...
-DEFAULT_OMEGA = 3.0  # ... and the guidance weight ω (scale ω + 1, as the release samples)
 
 
 class ModelError(DiffInfiniteError, ValueError):
@@ -77,7 +77,7 @@ def _check_fields(card: "ModelCard") -> None:
             continue
         if not isinstance(value, dict) or not isinstance(value.get("arch"), str) or not isinstance(value.get("config", {}), dict):
             raise bad(field, value, "an object with an 'arch' name and a 'config' object")
-    layout = card.mask_model or {}
+    layout = (card.mask_model or {}) if (card.mask_model or {}).get("kind") == "onehot-layout" else {}
     n = len(card.classes) if isinstance(card.classes, list) else 0
     for key in ("classes", "off_class"):
         if key not in layout:
