@@ -3,9 +3,9 @@
 
     python scripts/sweep_sheet.py out/sweep/canvases --canvases ddim_50_1-w1.0-s0 ddim_50_1-w3.0-s0 \
         dpmpp-2m_20-w1.0-s0 --window 0,0,384,384 --out docs/sweep_default_sheet.png
-    # the tumour model's sweep (--heldout tumour --crop 448x896): one held-out image's canvases
+    # the tumour model's sweep (--heldout tumour --crop 384x768 --keep out/sweep_tumour): one held-out image's canvases
     python scripts/sweep_sheet.py out/sweep_tumour --prefix hgsc_nest \
-        --real out/sweep_tumour/tumour-448x896/images/hgsc_nest.png --canvases ddim_50_1-w1.0-s0 ...
+        --real out/sweep_tumour/tumour-384x768/images/hgsc_nest.png --canvases ddim_50_1-w0.0-s0 ...
 """
 from __future__ import annotations
 
