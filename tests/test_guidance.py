@@ -1,6 +1,7 @@
 import torch
 
-from src_models.sampling.guidance import LABEL_MAP, PER_CLASS, count_forwards, guided_eps, omega_vector, window_labels
+from src_models.sampling.guidance import (LABEL_MAP, PER_CLASS, count_forwards, guided_eps, omega_vector, unguided,
+                                         window_labels)
 
 
 class MaskEcho(torch.nn.Module):
@@ -52,6 +53,20 @@ def test_label_map_guidance_by_hand_and_batching():
     small = MaskEcho(LABEL_MAP)
     eps1 = guided_eps(small, x, torch.full((3,), 10), mask, omega, max_batch=1)
     assert torch.allclose(eps, eps1) and small.calls == [1] * 5
+
+
+def test_label_map_at_omega_zero_runs_no_null_pass():
+    x, mask = _batch()
+    guided, skipping = MaskEcho(LABEL_MAP), MaskEcho(LABEL_MAP)
+    omega = omega_vector(4, 0.0)
+    full = guided_eps(guided, x, torch.full((3,), 10), mask, omega, skip_null=False)
+    eps = guided_eps(skipping, x, torch.full((3,), 10), mask, omega)  # decided from ω: all zero
+    assert torch.allclose(eps, full) and torch.allclose(eps, 0.5 * x + mask.float())
+    assert sum(skipping.calls) == 3 == count_forwards(window_labels(mask), LABEL_MAP, skip_null=True)
+    assert sum(guided.calls) == 5
+    # any class guided, or per-class conditioning: the null pass stays
+    assert not unguided(omega_vector(4, 0.0, {2: 0.5}), LABEL_MAP) and not unguided(omega, PER_CLASS)
+    assert unguided(omega, LABEL_MAP) and unguided(0.0, LABEL_MAP)
 
 
 def test_omega_vector_rules():

@@ -132,3 +132,22 @@ def test_import_real_slide(tiny, tmp_path):
         want = s.read(1000, 1100, 500, 700)
     assert np.array_equal(canvas.read_rgb(1000, 1100, 500, 700), want)
     assert canvas.done_indices() == {r.index for r in canvas.regions()}
+
+
+def test_omega_zero_paints_the_same_canvas_with_half_the_network_calls(tiny, tmp_path, two_class_mask, monkeypatch):
+    """At ω = 0 a whole-label-map model needs no null pass: half the calls, the same canvas (to
+    rounding: the guided ε null + 1·(cond − null) and the conditional ε differ by float error)."""
+    import src_models.sampling.sampler as sampler_module
+
+    canvases, forwards = [], []
+    for name in ("guided", "skipped"):
+        if name == "guided":  # as before the shortcut: every window's null pass runs
+            monkeypatch.setattr(sampler_module, "unguided", lambda omega, conditioning: False)
+        else:
+            monkeypatch.undo()
+        c = _canvas(tiny, tmp_path / f"{name}.zarr", two_class_mask)
+        req = SynthesisRequest(model="tiny-test", steps=4, seed=3, omega=0.0)
+        forwards.append(sum(ev.forwards for ev in synthesise(tiny, c, req)))
+        canvases.append(_image(c).astype(int))
+    assert forwards[1] * 2 == forwards[0]
+    assert np.abs(canvases[0] - canvases[1]).max() <= 1 and (canvases[0] != canvases[1]).mean() < 1e-3

@@ -11,7 +11,8 @@ Two schemes, picked by the denoiser's ``conditioning`` attribute:
     the label, plus one shared null pass; ε = null + Σ_l [mask = l]·(ω_l + 1)·(cond_l − null).
 ``"label_map"`` (the project's own models, trained on whole label maps)
     one conditional pass with the whole label map plus one null pass;
-    ε = null + (ω_{mask} + 1)·(cond − null), per pixel.
+    ε = null + (ω_{mask} + 1)·(cond − null), per pixel.  With ω = 0 for every class that is the
+    conditional ε itself, so no null pass is run (:func:`unguided`): half the network calls.
 
 All passes of all windows handed in are run through the network together, in chunks of at most
 ``max_batch``.
@@ -74,13 +75,26 @@ def plan_passes(labels: list[list[int]], conditioning: str) -> list[Pass]:
     return passes
 
 
-def count_forwards(labels: list[list[int]], conditioning: str) -> int:
-    return len(plan_passes(labels, conditioning))
+def count_forwards(labels: list[list[int]], conditioning: str, skip_null: bool = False) -> int:
+    """Network passes for windows with ``labels`` (one per window when the null pass is skipped)."""
+    return len(labels) if skip_null else len(plan_passes(labels, conditioning))
 
 
 def _to_latent_grid(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
     fy, fx = mask.shape[-2] // h, mask.shape[-1] // w
     return mask[..., ::fy, ::fx] if (fy > 1 or fx > 1) else mask
+
+
+def unguided(omega, conditioning: str) -> bool:
+    """True when guidance changes nothing: a whole-label-map model with ω = 0 for every class, whose
+    guided ε, null + 1·(cond − null), is the conditional ε (up to rounding: at most 1 grey level in a
+    few pixels per million of a canvas).  Decided on the host: a ω not held on the CPU counts as guided."""
+    if conditioning != LABEL_MAP:
+        return False
+    if isinstance(omega, torch.Tensor):
+        return omega.device.type == "cpu" and not bool(omega.abs().sum())
+    return float(omega) == 0.0
+
 
 
 def guided_eps(
@@ -92,13 +106,25 @@ def guided_eps(
     conditioning: str | None = None,
     max_batch: int = 32,
     labels: list[list[int]] | None = None,
+    skip_null: bool | None = None,
 ) -> torch.Tensor:
     """Guided ε for a batch of windows ``x`` (N, C, h, w) with class masks ``mask`` (N, 1, H, W).
 
     ``omega`` holds ω per class (index = label); the guidance scale of class l is ω_l + 1.
     ``labels`` may pass the labels per window when the caller planned them ahead (no device sync).
+    ``skip_null`` (default: :func:`unguided`) runs each window once with its label map, no null pass.
     """
     conditioning = conditioning or getattr(denoiser, "conditioning", PER_CLASS)
+    if skip_null is None:
+        skip_null = unguided(omega, conditioning)
+    if skip_null:
+        # a window without labels has an all-zero map: its one pass is the null pass it needs
+        step = max(1, int(max_batch))
+        tt = torch.as_tensor(t, dtype=torch.long, device=x.device)
+        tt = tt.expand(x.shape[0]) if tt.dim() == 0 else tt
+        outs = [denoiser(x[s : s + step], tt[s : s + step], mask[s : s + step]).float()
+                for s in range(0, x.shape[0], step)]
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
     if labels is None:
         labels = window_labels(mask)
     passes = plan_passes(labels, conditioning)
