@@ -87,14 +87,13 @@ def _to_latent_grid(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 def unguided(omega, conditioning: str) -> bool:
     """True when guidance changes nothing: a whole-label-map model with ω = 0 for every class, whose
-    guided ε, null + 1·(cond − null), is the conditional ε (up to rounding: at most 1 grey level in a
-    few pixels per million of a canvas).  Decided on the host: a ω not held on the CPU counts as guided."""
+    guided ε, null + 1·(cond − null), is the conditional ε (up to rounding: at most 1 grey level, in
+    about 2 values per 100,000 of a canvas).  Decided on the host: a ω not held on the CPU counts as
+    guided (reading it would wait for the device)."""
     if conditioning != LABEL_MAP:
         return False
-    if isinstance(omega, torch.Tensor):
-        return omega.device.type == "cpu" and not bool(omega.abs().sum())
-    return float(omega) == 0.0
-
+    w = omega if isinstance(omega, torch.Tensor) else torch.as_tensor(omega, dtype=torch.float32)
+    return w.device.type == "cpu" and not bool(w.abs().sum())
 
 
 def guided_eps(

@@ -139,7 +139,7 @@ class Guided:
         if conditioning not in (PER_CLASS, LABEL_MAP):
             raise ValueError(f"unknown conditioning {conditioning!r}")
         self.denoiser, self.conditioning, self.device = denoiser, conditioning, device
-        self.skip_null = unguided(omega if isinstance(omega, torch.Tensor) else torch.as_tensor(omega), conditioning)
+        self.skip_null = unguided(omega, conditioning)  # before ω moves to the device
         self.omega = torch.as_tensor(omega, dtype=torch.float32, device=device)
         self.max_batch, self.stats = max_batch, stats
 
