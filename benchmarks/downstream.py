@@ -62,21 +62,6 @@ def skin_parts() -> list[tuple]:
              derive_mask(test_rgb, pixel_um=SLIDE_MPP))]
 
 
-def tumour_parts() -> list[tuple]:
-    """The same for the labelled carcinoma images: training rows above ``heldout_from_row``, held out below."""
-    from src_models.data.masks_from_nuclei import PIXEL_UM, SOURCES, derive_labels, load_source
-
-    parts = []
-    for src in SOURCES:
-        if not src["types"]:
-            continue
-        rgb, types = load_source(ROOT / "data" / "more_he", src)
-        r0 = src["heldout_from_row"]
-        parts.append((src["name"], rgb[:r0], derive_labels(rgb[:r0], types[:r0], PIXEL_UM), rgb[r0:],
-                      derive_labels(rgb[r0:], types[r0:], PIXEL_UM)))
-    return parts
-
-
 def tumour_folder(rgb: np.ndarray, labels: np.ndarray, out: Path, name: str) -> int:
     from src_models.data.masks_from_nuclei import CLASSES, COLOURS, write_tiles
 
@@ -148,7 +133,9 @@ def main(argv=None) -> int:
         tissue, parts = "skin", skin_parts()
         real_text = f"{SLIDE.name}: train rows < {HELDOUT_FROM_ROW}, test rows >= {HELDOUT_FROM_ROW}, {SLIDE_MPP} um/px"
     elif model.card.classes == TUMOUR_CLASSES:
-        tissue, parts = "tumour", tumour_parts()
+        from src_models.data.masks_from_nuclei import labelled_parts
+
+        tissue, parts = "tumour", labelled_parts(ROOT / "data" / "more_he")
         real_text = "data/more_he carcinoma images (histolytics 0.3.0, BSD-3): top two thirds train, bottom third test"
     else:
         raise SystemExit(f"{a.model}: this benchmark paints the skin slide's or the carcinoma images' classes; the "

@@ -66,26 +66,20 @@ def tumour_heldout(root: Path, crop: tuple[int, int] | None = None) -> Path:
     labels, as a folder with ``images/`` and ``masks/``."""
     from PIL import Image
 
-    from src_models.data.masks_from_nuclei import PIXEL_UM, SOURCES, derive_labels, load_source
+    from src_models.data.masks_from_nuclei import PIXEL_UM, labelled_parts
 
     if (root / "masks").is_dir() and any((root / "masks").iterdir()):
         return root
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     dpi = 25400 / PIXEL_UM
-    for src in SOURCES:
-        if not src["types"]:
-            continue
-        rgb, types = load_source(ROOT / "data" / "more_he", src)
-        r0 = src["heldout_from_row"]
-        labels = derive_labels(rgb[r0:], types[r0:], PIXEL_UM)
-        rgb = rgb[r0:]
+    for name, _, _, rgb, labels in labelled_parts(ROOT / "data" / "more_he", PIXEL_UM, train=False):
         if crop:
             h, w = min(crop[0], rgb.shape[0]), min(crop[1], rgb.shape[1])
             y0, x0 = (rgb.shape[0] - h) // 2, (rgb.shape[1] - w) // 2
             rgb, labels = rgb[y0:y0 + h, x0:x0 + w], labels[y0:y0 + h, x0:x0 + w]
-        Image.fromarray(np.ascontiguousarray(rgb)).save(root / "images" / f"{src['name']}.png", dpi=(dpi, dpi))
-        Image.fromarray(np.ascontiguousarray(labels)).save(root / "masks" / f"{src['name']}.png")
+        Image.fromarray(np.ascontiguousarray(rgb)).save(root / "images" / f"{name}.png", dpi=(dpi, dpi))
+        Image.fromarray(np.ascontiguousarray(labels)).save(root / "masks" / f"{name}.png")
     return root
 
 

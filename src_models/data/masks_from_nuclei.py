@@ -331,6 +331,21 @@ def load_source(data_dir: str | Path, source: dict) -> tuple[np.ndarray, np.ndar
     return rgb, types
 
 
+def labelled_parts(data_dir: str | Path, pixel_um: float = PIXEL_UM, train: bool = True) -> list[tuple]:
+    """``[(name, train rgb, train labels, held-out rgb, held-out labels)]`` of every source with nuclei
+    types, each part labelled from its own rows only; ``train=False`` leaves the training part out
+    (``None, None``) for callers that need the held-out part alone."""
+    parts = []
+    for src in SOURCES:
+        if not src["types"]:
+            continue
+        rgb, types = load_source(data_dir, src)
+        r0 = src["heldout_from_row"]
+        top = (rgb[:r0], derive_labels(rgb[:r0], types[:r0], pixel_um)) if train else (None, None)
+        parts.append((src["name"], *top, rgb[r0:], derive_labels(rgb[r0:], types[r0:], pixel_um)))
+    return parts
+
+
 def write_tiles(rgb: np.ndarray, labels: np.ndarray | None, out: Path, name: str, row0: int = 0,
                 tile: int = 256, max_unknown: float = 0.5) -> dict:
     """Cut one image part into ``tile``-px tiles under ``out/images`` (and their masks under
