@@ -67,7 +67,7 @@ def canvas_rim(path: Path) -> dict:
 
 def make_canvas(model, labels: np.ndarray, path: Path, plan: str | None, seed: int, steps: int | None,
                 region: int | None, solver: str | None = None, omega: float | None = None,
-                eta: float | None = None, src_mpp: float = SLIDE_MPP):
+                eta: float | None = None, src_mpp: float = SLIDE_MPP, omega_per_class: dict | None = None):
     """Paint a canvas of the labels' physical size (``src_mpp`` µm/px) under them; returns seconds
     and forwards."""
     from PIL import Image
@@ -87,6 +87,8 @@ def make_canvas(model, labels: np.ndarray, path: Path, plan: str | None, seed: i
         extra["omega"] = float(omega)
     if eta is not None:
         extra["eta"] = float(eta)
+    if omega_per_class:
+        extra["omega_per_class"] = {int(k): float(v) for k, v in omega_per_class.items()}
     request = SynthesisRequest(model=card.name, steps=steps, seed=seed, **(_plan_kwargs(plan) if plan else {}), **extra)
     canvas = new_canvas(card, path, h, w, region, overwrite=True, settings=request.settings())
     put_mask(canvas, np.asarray(lat))

@@ -25,6 +25,8 @@ def solver_name(s: dict) -> str:
     name = f"{s['solver']} {s.get('steps')}"
     if s.get("eta") is not None:
         name += f" η{s['eta']:g}"
+    for k, v in sorted((s.get("omega_per_class") or {}).items()):
+        name += f" ω{k}={float(v):g}"  # per-class guidance: its own line
     return name
 
 

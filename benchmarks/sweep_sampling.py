@@ -4,6 +4,8 @@ real tissue, and write one row per setting and seed.
     python benchmarks/sweep_sampling.py --model default --heldout skin \
         --omegas 0 0.5 1 1.5 2 3 --solvers dpmpp-2m:20 dpmpp-2m:30 ddim:50:0 ddim:50:1 --seeds 0 1 2
 
+``--omega-class 3=0`` sets one class's ω in every setting (per-class guidance; repeatable).
+
 ``--heldout skin`` is the CC0 slide's held-out band (rows >= 2048, labels from ``masks_from_he``);
 ``--heldout tumour`` the held-out bottom third of the two labelled carcinoma images in ``data/more_he``
 (labels from ``masks_from_nuclei``, derived from those rows alone); ``--crop`` takes the centre of each;
@@ -164,6 +166,8 @@ def main(argv=None) -> int:
                         "images/ and masks/")
     p.add_argument("--heldout-mpp", type=float, default=None, help="µm/px of a --heldout folder (default: the model's)")
     p.add_argument("--omegas", type=float, nargs="+", default=[0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
+    p.add_argument("--omega-class", action="append", default=[], metavar="K=V",
+                   help="ω of class K in every setting (repeatable): per-class guidance")
     p.add_argument("--solvers", nargs="+", default=["dpmpp-2m:20"], help="SOLVER:STEPS[:ETA]")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--tile", type=int, default=64)
@@ -210,18 +214,20 @@ def main(argv=None) -> int:
     labelled = [(m, np.asarray(Image.open(m))) for m in sorted((real / "masks").iterdir())]
     header = {"model": a.model, "heldout": str(a.heldout), "crop": a.crop, "tile": a.tile, "stride": a.stride,
               "real_rim_od": real_rim(real, src_mpp, a.background, tissue), "rim_um": RIM_UM}
+    per_class = {str(int(k)): float(v) for k, v in (kv.split("=", 1) for kv in a.omega_class)}
+    tag = "".join(f"-c{k}w{v:g}" for k, v in sorted(per_class.items()))
     for spec in a.solvers:
         for omega in a.omegas:
-            setting = {**parse_solver(spec), "omega": omega}
+            setting = {**parse_solver(spec), "omega": omega, **({"omega_per_class": per_class} if per_class else {})}
             for seed in a.seeds:
                 if key_of(setting, seed) in done:
                     continue
                 paths, seconds, forwards = [], 0.0, 0
                 for m, labels in labelled:
-                    path = work / f"{m.stem}-{spec.replace(':', '_')}-w{omega}-s{seed}.zarr"
+                    path = work / f"{m.stem}-{spec.replace(':', '_')}-w{omega}{tag}-s{seed}.zarr"
                     s, f = make_canvas(model, labels, path, None, seed, setting.get("steps"), None,
                                        setting.get("solver"), omega=setting.get("omega"), eta=setting.get("eta"),
-                                       src_mpp=src_mpp)
+                                       src_mpp=src_mpp, omega_per_class=per_class)
                     paths.append(path)
                     seconds += s
                     forwards += f

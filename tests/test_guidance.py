@@ -1,7 +1,7 @@
 import torch
 
-from src_models.sampling.guidance import (LABEL_MAP, PER_CLASS, count_forwards, guided_eps, omega_vector, unguided,
-                                         window_labels)
+from src_models.sampling.guidance import (LABEL_MAP, PER_CLASS, count_forwards, free_labels, guided_eps, omega_vector,
+                                         unguided, window_labels)
 
 
 class MaskEcho(torch.nn.Module):
@@ -67,6 +67,29 @@ def test_label_map_at_omega_zero_runs_no_null_pass():
     # any class guided, or per-class conditioning: the null pass stays
     assert not unguided(omega_vector(4, 0.0, {2: 0.5}), LABEL_MAP) and not unguided(omega, PER_CLASS)
     assert unguided(omega, LABEL_MAP) and unguided(0.0, LABEL_MAP)
+
+
+def test_label_map_windows_of_unguided_classes_run_no_null_pass():
+    x, mask = _batch()
+    mask[2, :, :, :2] = 2  # window 2 now mixes class 2 (ω 0) with unknown
+    mixed_x, mixed = x[:1].clone(), torch.ones(1, 1, 4, 4, dtype=torch.long)
+    mixed[0, :, 2:] = 2  # classes 1 (ω 2) and 2 (ω 0) in one window
+    x, mask = torch.cat([x, mixed_x]), torch.cat([mask, mixed])
+    omega = omega_vector(4, 2.0, {2: 0.0})
+    assert free_labels(omega, LABEL_MAP) == {0, 2} and free_labels(omega, PER_CLASS) == frozenset()
+    assert free_labels(0.0, LABEL_MAP) == frozenset()  # one ω for all is unguided()'s case
+    net, full = MaskEcho(LABEL_MAP), MaskEcho(LABEL_MAP)
+    eps = guided_eps(net, x, torch.full((4,), 10), mask, omega)
+    ref = guided_eps(full, x, torch.full((4,), 10), mask, omega, skip_null=False)
+    scale = (omega + 1.0)[mask]  # per pixel: 3 where ω 2, 1 where ω 0
+    want = 0.5 * x + scale * mask.float()
+    assert torch.allclose(eps, want) and torch.allclose(ref, want)
+    # windows 1 and 2 hold only ω-0 classes: one map pass each; windows 0 and 3 need both passes
+    labels = window_labels(mask)
+    assert sum(net.calls) == 6 == count_forwards(labels, LABEL_MAP, free=free_labels(omega, LABEL_MAP))
+    assert sum(full.calls) == 8 == count_forwards(labels, LABEL_MAP)
+    # per-class conditioning keeps every pass (each label pass is measured against the null pass)
+    assert count_forwards(labels, PER_CLASS, free=frozenset({2})) == count_forwards(labels, PER_CLASS)
 
 
 def test_omega_vector_rules():

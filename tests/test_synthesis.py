@@ -143,6 +143,7 @@ def test_omega_zero_paints_the_same_canvas_with_half_the_network_calls(tiny, tmp
     for name in ("guided", "skipped"):
         if name == "guided":  # as before the shortcut: every window's null pass runs
             monkeypatch.setattr(sampler_module, "unguided", lambda omega, conditioning: False)
+            monkeypatch.setattr(sampler_module, "free_labels", lambda omega, conditioning: frozenset())
         else:
             monkeypatch.undo()
         c = _canvas(tiny, tmp_path / f"{name}.zarr", two_class_mask)
@@ -150,4 +151,24 @@ def test_omega_zero_paints_the_same_canvas_with_half_the_network_calls(tiny, tmp
         forwards.append(sum(ev.forwards for ev in synthesise(tiny, c, req)))
         canvases.append(_image(c).astype(int))
     assert forwards[1] * 2 == forwards[0]
+    assert np.abs(canvases[0] - canvases[1]).max() <= 1 and (canvases[0] != canvases[1]).mean() < 1e-3
+
+
+def test_per_class_omega_zero_skips_the_null_pass_only_where_a_window_holds_no_guided_class(
+        tiny, tmp_path, two_class_mask, monkeypatch):
+    """ω 0 for class 1 only: windows inside the class-1 area run one pass, the others two; the
+    canvas is the one every null pass gives, to rounding."""
+    import src_models.sampling.sampler as sampler_module
+
+    canvases, forwards = [], []
+    for name in ("guided", "skipped"):
+        if name == "guided":
+            monkeypatch.setattr(sampler_module, "free_labels", lambda omega, conditioning: frozenset())
+        else:
+            monkeypatch.undo()
+        c = _canvas(tiny, tmp_path / f"{name}.zarr", two_class_mask)
+        req = SynthesisRequest(model="tiny-test", steps=4, seed=3, omega=2.0, omega_per_class={1: 0.0})
+        forwards.append(sum(ev.forwards for ev in synthesise(tiny, c, req)))
+        canvases.append(_image(c).astype(int))
+    assert forwards[0] // 2 < forwards[1] < forwards[0]
     assert np.abs(canvases[0] - canvases[1]).max() <= 1 and (canvases[0] != canvases[1]).mean() < 1e-3

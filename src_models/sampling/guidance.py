@@ -12,7 +12,8 @@ Two schemes, picked by the denoiser's ``conditioning`` attribute:
 ``"label_map"`` (the project's own models, trained on whole label maps)
     one conditional pass with the whole label map plus one null pass;
     ε = null + (ω_{mask} + 1)·(cond − null), per pixel.  With ω = 0 for every class that is the
-    conditional ε itself, so no null pass is run (:func:`unguided`): half the network calls.
+    conditional ε itself, so no null pass is run (:func:`unguided`): half the network calls.  With
+    ω = 0 for some classes only, the windows that hold no other class skip it (:func:`free_labels`).
 
 All passes of all windows handed in are run through the network together, in chunks of at most
 ``max_batch``.
@@ -59,10 +60,16 @@ def window_labels(mask: torch.Tensor) -> list[list[int]]:
     return [sorted(int(v) for v in torch.unique(row) if v != 0) for row in m]
 
 
-def plan_passes(labels: list[list[int]], conditioning: str) -> list[Pass]:
-    """The network passes a batch of windows needs (null pass first for each window)."""
+def plan_passes(labels: list[list[int]], conditioning: str, free: frozenset[int] = frozenset()) -> list[Pass]:
+    """The network passes a batch of windows needs (null pass first for each window).
+
+    ``free`` holds the classes whose ω is 0 (see :func:`free_labels`): with a whole label map, a
+    window whose labels are all free runs its map pass alone, since its guided ε is that pass."""
     passes: list[Pass] = []
     for i, present in enumerate(labels):
+        if conditioning == LABEL_MAP and present and free.issuperset(present):
+            passes.append(Pass(i, 0))
+            continue
         passes.append(Pass(i, -1))
         if not present:
             continue
@@ -75,9 +82,10 @@ def plan_passes(labels: list[list[int]], conditioning: str) -> list[Pass]:
     return passes
 
 
-def count_forwards(labels: list[list[int]], conditioning: str, skip_null: bool = False) -> int:
+def count_forwards(labels: list[list[int]], conditioning: str, skip_null: bool = False,
+                   free: frozenset[int] = frozenset()) -> int:
     """Network passes for windows with ``labels`` (one per window when the null pass is skipped)."""
-    return len(labels) if skip_null else len(plan_passes(labels, conditioning))
+    return len(labels) if skip_null else len(plan_passes(labels, conditioning, free))
 
 
 def _to_latent_grid(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -96,6 +104,19 @@ def unguided(omega, conditioning: str) -> bool:
     return w.device.type == "cpu" and not bool(w.abs().sum())
 
 
+def free_labels(omega, conditioning: str) -> frozenset[int]:
+    """The classes whose ω is 0, for a whole-label-map model with ω held on the CPU (else none):
+    a window that holds only these classes needs no null pass (per-class ω, e.g. 0 for dermis)."""
+    if conditioning != LABEL_MAP:
+        return frozenset()
+    w = omega if isinstance(omega, torch.Tensor) else torch.as_tensor(omega, dtype=torch.float32)
+    if w.device.type != "cpu":
+        return frozenset()
+    if w.dim() == 0:  # one ω for all: 0 is :func:`unguided`'s case, anything else frees nothing
+        return frozenset()
+    return frozenset(int(k) for k in torch.nonzero(w == 0).flatten().tolist())
+
+
 def guided_eps(
     denoiser,
     x: torch.Tensor,
@@ -106,16 +127,23 @@ def guided_eps(
     max_batch: int = 32,
     labels: list[list[int]] | None = None,
     skip_null: bool | None = None,
+    free: frozenset[int] | None = None,
 ) -> torch.Tensor:
     """Guided ε for a batch of windows ``x`` (N, C, h, w) with class masks ``mask`` (N, 1, H, W).
 
     ``omega`` holds ω per class (index = label); the guidance scale of class l is ω_l + 1.
     ``labels`` may pass the labels per window when the caller planned them ahead (no device sync).
-    ``skip_null`` (default: :func:`unguided`) runs each window once with its label map, no null pass.
+    ``skip_null`` (default: :func:`unguided`) runs each window once with its label map, no null pass;
+    ``False`` runs the null pass for every window unless ``free`` is given.  ``free`` (default:
+    :func:`free_labels`) are the classes with ω 0: a window holding only these runs no null pass.
     """
     conditioning = conditioning or getattr(denoiser, "conditioning", PER_CLASS)
-    if skip_null is None:
+    if skip_null is False and free is None:
+        free = frozenset()
+    elif skip_null is None:
         skip_null = unguided(omega, conditioning)
+    if free is None:
+        free = free_labels(omega, conditioning)
     if skip_null:
         # a window without labels has an all-zero map: its one pass is the null pass it needs
         step = max(1, int(max_batch))
@@ -126,18 +154,20 @@ def guided_eps(
         return torch.cat(outs) if len(outs) > 1 else outs[0]
     if labels is None:
         labels = window_labels(mask)
-    passes = plan_passes(labels, conditioning)
+    passes = plan_passes(labels, conditioning, free)
     n = x.shape[0]
     dev = x.device
     t = torch.as_tensor(t, dtype=torch.long, device=dev).expand(n) if torch.as_tensor(t).dim() == 0 else t
     # the pass table, built on the CPU and copied without a sync
     pass_win = [p.window for p in passes]
     pass_lab = [p.label for p in passes]
-    null_rows = [0] * n
+    # each window's base row: its null pass, or its one map pass where it needs no null pass; the
+    # conditional passes of windows with a null pass are added to it, scaled
+    base_rows = [-1] * n
     for k, p in enumerate(passes):
-        if p.label < 0:
-            null_rows[p.window] = k
-    cond = [k for k, p in enumerate(passes) if p.label >= 0]
+        if p.label < 0 or base_rows[p.window] < 0:
+            base_rows[p.window] = k
+    cond = [k for k, p in enumerate(passes) if p.label >= 0 and passes[base_rows[p.window]].label < 0]
     table = host_to_device(torch.tensor([pass_win, pass_lab], dtype=torch.long), dev)
     idx, lab = table[0], table[1].view(-1, 1, 1, 1)
     src = mask[idx]
@@ -154,8 +184,8 @@ def guided_eps(
     h, w = x.shape[-2:]
     lat_mask = _to_latent_grid(mask, h, w)
     omega = torch.as_tensor(omega, dtype=torch.float32, device=dev)
-    null_row = host_to_device(torch.tensor(null_rows, dtype=torch.long), dev)
-    eps = out[null_row].clone()  # one null row per window, in window order
+    null_row = host_to_device(torch.tensor(base_rows, dtype=torch.long), dev)
+    eps = out[null_row].clone()  # one base row per window, in window order
     if not cond:
         return eps
     rows, win = host_to_device(torch.tensor([cond, [pass_win[k] for k in cond]], dtype=torch.long), dev)
