@@ -62,6 +62,7 @@ def demo_path(folder=None) -> Path:
 def make_demo_canvas(folder=None, seed: int = 0) -> Path:
     from src_models.synthesis.canvases import new_canvas, put_mask
     from src_models.io.masks import procedural_mask
+    from src_models.synthesis.request import card_settings
 
     from ._worker import default_model_spec, model_card
 
@@ -71,7 +72,7 @@ def make_demo_canvas(folder=None, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     side = demo_side(card.factor)
     region = max(DEMO_REGION_PX, card.patch_px)
-    settings = {"model": spec, "steps": int(card.default_steps), "omega": float(card.default_omega)}
+    settings = card_settings(card, spec)
     with new_canvas(card, path, side, side, region_size=region, overwrite=True, settings=settings) as canvas:
         lh, lw = canvas.latent_shape
         put_mask(canvas, procedural_mask(lh, lw, list(range(1, card.num_classes)), seed=seed))

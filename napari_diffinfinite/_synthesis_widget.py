@@ -154,6 +154,7 @@ class SynthesisWidget(QWidget):
         if compact:
             self.class_form.setContentsMargins(0, 0, 0, 0)
         self.class_boxes: dict[int, QDoubleSpinBox] = {}
+        self._card_omega_per_class: dict[int, float] = {}  # the chosen model's per-class ω
 
         # Run, progress bar and progress line (the dock moves them to its footer)
         self.run_button = QPushButton("Run")
@@ -271,7 +272,9 @@ class SynthesisWidget(QWidget):
             self.steps_box.setValue(int(settings["steps"]))
         if settings.get("omega") is not None:
             self.omega_box.setValue(float(settings["omega"]))
-        per_class = {int(k): float(v) for k, v in settings.get("omega_per_class", {}).items()}
+            per_class = {int(k): float(v) for k, v in settings.get("omega_per_class", {}).items()}
+        else:  # ω left to the model: its card's, per class too (from set_spec's _show_model_defaults)
+            per_class = dict(self._card_omega_per_class)
         for i, (name, colour) in enumerate(zip(info["classes"], info["colours"])):
             if i == 0:
                 continue  # class 0 is the null condition: never guided
@@ -303,6 +306,9 @@ class SynthesisWidget(QWidget):
             d = sampling_defaults(card)
             self.steps_box.setValue(int(d["steps"]))
             self.omega_box.setValue(float(d["omega"]))
+            self._card_omega_per_class = dict(d["omega_per_class"])
+            for i, box in self.class_boxes.items():
+                box.setValue(self._card_omega_per_class.get(i, -0.5))  # -0.5 shows "= ω"
 
     def draw_rectangle(self):
         image, _ = self.picker.current()

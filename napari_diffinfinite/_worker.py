@@ -138,7 +138,9 @@ def create_canvas_job(spec: str, path: str, height: int, width: int, region_size
 
     card = model_card(spec)
     region_size = region_size or device_region_size(spec, device)
-    settings = {"model": str(spec), "steps": int(card.default_steps), "omega": float(card.default_omega)}
+    from src_models.synthesis.request import card_settings
+
+    settings = card_settings(card, spec)
     canvas = new_canvas(card, path, int(height), int(width), region_size or None, overwrite=overwrite,
                         settings=settings)
     canvas.close()

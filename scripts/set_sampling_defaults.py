@@ -4,8 +4,8 @@
         --sweep benchmarks/results/sweep-default.json --solver dpmpp-2m --steps 20 --omega 1 \
         --why "lowest FD and KID of the sweep; ..."
 
-The card gets ``default_solver``, ``default_steps``, ``default_eta`` (None: the solver's own) and
-``default_omega``, and under ``extra.sampling_sweep`` the summary of the sweep (mean and 95 % t
+The card gets ``default_solver``, ``default_steps``, ``default_eta`` (None: the solver's own),
+``default_omega`` and ``default_omega_per_class`` (``--omega-class K=V``, repeatable; none: cleared), and under ``extra.sampling_sweep`` the summary of the sweep (mean and 95 % t
 interval over seeds per setting, as ``benchmarks/sweep_report.py`` computes it), the sweep's protocol
 and the reason given.  The setting chosen must be one the sweep measured.  The card is checked and the
 model loaded back before the file is replaced (atomically); nothing else in the folder is touched.
@@ -36,18 +36,22 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--eta", type=float, default=None)
     p.add_argument("--omega", type=float, required=True)
+    p.add_argument("--omega-class", action="append", default=[], metavar="K=V", help="ω of class K (repeatable)")
     p.add_argument("--why", required=True, help="one sentence: which figures chose it")
     a = p.parse_args(argv)
 
     data = json.loads(a.sweep.read_text())
     names, table = summarise(data)
-    chosen = {"solver": a.solver, "steps": a.steps, **({"eta": a.eta} if a.eta is not None else {})}
+    per_class = {str(int(k)): float(v) for k, v in (kv.split("=", 1) for kv in a.omega_class)}
+    chosen = {"solver": a.solver, "steps": a.steps, **({"eta": a.eta} if a.eta is not None else {}),
+              **({"omega_per_class": per_class} if per_class else {})}
     key = (solver_name(chosen), float(a.omega))
     if key not in table:
         raise SystemExit(f"the sweep has no row for {key[0]} at omega {a.omega:g}: measure it first")
     card_path = a.model_dir / CARD_FILE
     raw = json.loads(card_path.read_text())
-    raw.update(default_solver=a.solver, default_steps=a.steps, default_eta=a.eta, default_omega=a.omega)
+    raw.update(default_solver=a.solver, default_steps=a.steps, default_eta=a.eta, default_omega=a.omega,
+               default_omega_per_class=per_class)
     rows = []
     for (solver, omega), figures in sorted(table.items()):
         rows.append({"solver": solver, "omega": omega,
@@ -67,7 +71,8 @@ def main(argv=None) -> int:
     model = load_model(str(a.model_dir), "cpu")  # loads back, or the error names the problem
     c = model.card
     print(json.dumps({"card": str(card_path), "default_solver": c.default_solver, "default_steps": c.default_steps,
-                      "default_eta": c.default_eta, "default_omega": c.default_omega}))
+                      "default_eta": c.default_eta, "default_omega": c.default_omega,
+                      "default_omega_per_class": c.default_omega_per_class}))
     return 0
 
 

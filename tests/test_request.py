@@ -40,7 +40,7 @@ def test_a_card_that_names_its_solver_gives_steps_and_eta_with_it_and_only_with_
     assert (r.solver, r.steps, r.eta, r.omega) == ("ddim", 50, 1.0, 0.5)
     # the card's DDIM eta is used with DDIM only
     ddim0 = replace(_card("native", steps=40), default_eta=0.0)
-    assert sampling_defaults(ddim0) == {"solver": "ddim", "steps": 40, "eta": 0.0, "omega": 3.0}
+    assert sampling_defaults(ddim0) == {"solver": "ddim", "steps": 40, "eta": 0.0, "omega": 3.0, "omega_per_class": {}}
     assert sampling_defaults(ddim0, "dpmpp-2m")["eta"] == 0.0 and sampling_defaults(ddim0, "dpmpp-2m")["steps"] == 20
     # a canvas whose settings left the solver open reads as the card resolves it
     assert normalise_settings({"solver": None, "steps": None, "eta": None}, card)["solver"] == "dpmpp-2m"
@@ -52,6 +52,33 @@ def test_a_card_that_names_its_solver_gives_steps_and_eta_with_it_and_only_with_
                 {"default_eta": 2.0}, {"default_eta": "1"}):
         with pytest.raises(ModelError, match="default_"):
             _check_fields(replace(_card("native"), **bad))
+
+
+def test_a_cards_per_class_omega_is_a_default_the_users_own_omega_replaces():
+    from dataclasses import replace
+
+    from src_models.models.card import ModelError
+    from src_models.synthesis.request import card_settings
+
+    three = ModelCard(name="m", classes=["unknown", "glass", "epidermis", "dermis"], colours=["#000000"] * 4,
+                      conditioning="label_map", unet={"arch": "native", "config": {}}, codec={"factor": 4},
+                      patch_size=32, default_omega=1.0, default_omega_per_class={"3": 0.0})
+    ModelCard.from_dict(three.to_dict())  # a valid card, saved and read back
+    assert three.omega_per_class == {3: 0.0}
+    r = SynthesisRequest().resolved(three)
+    assert (r.omega, r.omega_per_class) == (1.0, {3: 0.0})
+    r = SynthesisRequest(omega_per_class={2: 4.0, 3: 0.5}).resolved(three)  # the user's per-class ω wins, class by class
+    assert (r.omega, r.omega_per_class) == (1.0, {2: 4.0, 3: 0.5})
+    r = SynthesisRequest(omega=2.0).resolved(three)  # a global ω replaces the card's whole choice
+    assert (r.omega, r.omega_per_class) == (2.0, {})
+    # a canvas that left ω open reads as the card resolves it; one that stored ω keeps it
+    assert normalise_settings({"omega": None}, three)["omega_per_class"] == {"3": 0.0}
+    assert normalise_settings({"omega": 1.0, "omega_per_class": {}}, three)["omega_per_class"] == {}
+    assert card_settings(three, "own") == {"model": "own", "steps": 50, "omega": 1.0, "omega_per_class": {"3": 0.0}}
+    for bad, field in (({"0": 1.0}, "key"), ({"4": 1.0}, "key"), ({"x": 1.0}, "key"), ({"2": -1.0}, "2"),
+                       ({"2": "1"}, "2"), ([0.0], "an object")):
+        with pytest.raises(ModelError, match=f"default_omega_per_class.*{field}"):
+            ModelCard.from_dict(replace(three, default_omega_per_class=bad).to_dict())
 
 
 @pytest.mark.parametrize("kw,match", [

@@ -18,6 +18,11 @@ import torch
 
 
 @torch.no_grad()
+def _omega(card, omega: float | None) -> tuple[float, dict[int, float]]:
+    """ω and per-class ω: the card's (per class too) where ``omega`` is None, else ``omega`` for all."""
+    return (card.default_omega, card.omega_per_class) if omega is None else (omega, {})
+
+
 def sample_window(model, mask: torch.Tensor, steps: int = 50, omega: float | None = None, seed: int = 0, eta: float = 1.0,
                   max_batch: int = 16) -> torch.Tensor:
     """Images (B, 3, H, W) in [0, 1] for label masks ``mask`` (B, 1, H, W) long at pixel size.
@@ -39,7 +44,7 @@ def sample_window(model, mask: torch.Tensor, steps: int = 50, omega: float | Non
         raise ValueError(f"mask size {H}x{W} is not a multiple of the codec factor {f}")
     gen = torch.Generator().manual_seed(int(seed))
     x = torch.randn(b, codec.channels, H // f, W // f, generator=gen).to(device)
-    setup = sampling_setup(steps, card.num_classes, card.default_omega if omega is None else omega)
+    setup = sampling_setup(steps, card.num_classes, *_omega(card, omega))
     ddim = make_solver("ddim", setup.alphas, setup.pairs, eta)
     om = setup.omega.to(device)
     for t, t_next in setup.pairs:
@@ -65,7 +70,7 @@ def sample_image(model, mask: torch.Tensor, steps: int = 50, omega: float | None
     H, W = mask.shape[-2] // f, mask.shape[-1] // f
     gen = torch.Generator().manual_seed(int(seed))
     noise = torch.randn(codec.channels, H, W, generator=gen).to(device)
-    setup = sampling_setup(steps, card.num_classes, card.default_omega if omega is None else omega)
+    setup = sampling_setup(steps, card.num_classes, *_omega(card, omega))
     z = sample_area(net, noise, mask.to(device), setup.alphas, setup.pairs, setup.omega,
                     window=min(card.patch_size, H, W), plan=plan,
                     eta=eta, generator=gen, rng=np.random.default_rng(seed), conditioning=card.conditioning)
@@ -117,7 +122,8 @@ def make_sheet(model, size: int = 256, steps: int = 50, omega: float | None = No
         d.rectangle([x, 5, x + 12, 17], fill=col, outline=(0, 0, 0))
         d.text((x + 16, 5), name, fill=(0, 0, 0))
         x += 26 + 7 * len(name)
-    omega = card.default_omega if omega is None else omega
+    om, per_class = _omega(card, omega)
+    omega = f"{om:g}" + "".join(f", {card.classes[k]} {v:g}" for k, v in sorted(per_class.items()))
     d.text((4, 24), f"model {card.name}: {steps} DDIM steps, eta {eta}, omega {omega}, seeds {list(seeds)}, "
                     f"{card.patch_px} px windows", fill=(0, 0, 0))
     return np.concatenate([np.asarray(legend)] + rows, axis=0)

@@ -116,6 +116,14 @@ def _check_fields(card: "ModelCard") -> None:
         raise bad("default_steps", card.default_steps, "a whole number from 1 to 1000")
     if not _number(card.default_omega) or not 0 <= card.default_omega <= 100:
         raise bad("default_omega", card.default_omega, "a number from 0 to 100")
+    per_class = card.default_omega_per_class
+    if not isinstance(per_class, dict):
+        raise bad("default_omega_per_class", per_class, "an object of class index to ω")
+    for k, v in per_class.items():
+        if not (str(k).isdigit() and 1 <= int(k) < len(card.classes)):
+            raise bad("default_omega_per_class key", k, f"a class index from 1 to {len(card.classes) - 1}")
+        if not _number(v) or not 0 <= v <= 100:
+            raise bad(f"default_omega_per_class {k}", v, "a number from 0 to 100")
     from src_models.sampling.solvers import SOLVERS, check_solver
 
     if card.default_solver not in SOLVERS:
@@ -150,6 +158,8 @@ class ModelCard:
     description: str = ""
     default_steps: int = DEFAULT_STEPS
     default_omega: float = DEFAULT_OMEGA
+    # ω of single classes where the measurement chose it per class ({"3": 0.0}); default_omega elsewhere
+    default_omega_per_class: dict = field(default_factory=dict)
     # the sampler the model's defaults were measured with (benchmarks/sweep_sampling.py); default_steps and
     # default_eta belong to it (None: the solver's own η).  Cards from before it sampled with DDIM.
     default_solver: str = "ddim"
@@ -167,6 +177,11 @@ class ModelCard:
     def factor(self) -> int:
         """Pixels per latent pixel."""
         return int(self.codec.get("factor", 1))
+
+    @property
+    def omega_per_class(self) -> dict[int, float]:
+        """The card's per-class ω, keyed by class index."""
+        return {int(k): float(v) for k, v in self.default_omega_per_class.items()}
 
     @property
     def patch_px(self) -> int:

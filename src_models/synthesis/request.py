@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # annotations only
     import torch
 
 __all__ = ["PLANS", "SOLVERS", "SynthesisRequest", "RegionDone", "RegionProgress", "SweepProgress", "RequestError",
-           "default_plan", "normalise_settings", "sampling_defaults", "settings_diff", "check_number", "MAX_STEPS"]
+           "default_plan", "card_settings", "normalise_settings", "sampling_defaults", "settings_diff", "check_number", "MAX_STEPS"]
 
 MAX_STEPS = 1000  # the models' training steps
 MAX_RESAMPLE = 20
@@ -152,8 +152,12 @@ class SynthesisRequest:
         d = sampling_defaults(card, self.solver)
         steps = self.steps if self.steps is not None else d["steps"]
         eta = check_solver(d["solver"], self.eta if self.eta is not None else d["eta"])
-        omega = self.omega if self.omega is not None else d["omega"]
-        return dataclasses.replace(self, plan=plan, solver=d["solver"], steps=int(steps), eta=eta, omega=float(omega))
+        if self.omega is None:  # the card's ω, per class where it has them, under the user's own per-class ω
+            omega, per_class = d["omega"], {**d["omega_per_class"], **self.omega_per_class}
+        else:  # a global ω of the user's replaces the card's whole choice
+            omega, per_class = self.omega, dict(self.omega_per_class)
+        return dataclasses.replace(self, plan=plan, solver=d["solver"], steps=int(steps), eta=eta, omega=float(omega),
+                                   omega_per_class=per_class)
 
     def settings(self) -> dict:
         """The values that decide the pixels (device and batch size do not)."""
@@ -195,14 +199,17 @@ def normalise_settings(stored: dict, card=None) -> dict:
             if out.get("steps") is None:
                 out["steps"] = d["steps"]
         if out.get("omega") is None:
-            out["omega"] = float(getattr(card, "default_omega", DEFAULT_OMEGA))
+            d = sampling_defaults(card)
+            out["omega"] = d["omega"]
+            stored_pc = {int(k): float(v) for k, v in (out.get("omega_per_class") or {}).items()}
+            out["omega_per_class"] = {str(k): v for k, v in sorted({**d["omega_per_class"], **stored_pc}.items())}
     return out
 
 
 def sampling_defaults(card=None, solver: str | None = None) -> dict:
     """What a run samples with where the user left it open: the model card's solver, and with it the
     card's steps and η; with another ``solver``, that solver's own steps and η (DDIM: 50 steps, η 1 as
-    the release).  ω is the card's whatever the solver.  A card from before cards named a solver
+    the release).  ω is the card's whatever the solver, with its per-class ω (``omega_per_class``).  A card from before cards named a solver
     sampled with DDIM at its ``default_steps``.  No interface keeps defaults of its own: the CLI, the
     Python API, the napari dock and ``generate-many`` all resolve requests through this function."""
     card_solver = getattr(card, "default_solver", None) or "ddim"
@@ -215,7 +222,15 @@ def sampling_defaults(card=None, solver: str | None = None) -> dict:
     else:
         steps, eta = int(SOLVERS[solver].default_steps or DEFAULT_STEPS), None
     return {"solver": solver, "steps": steps, "eta": check_solver(solver, eta),
-            "omega": float(getattr(card, "default_omega", DEFAULT_OMEGA))}
+            "omega": float(getattr(card, "default_omega", DEFAULT_OMEGA)),
+            "omega_per_class": dict(getattr(card, "omega_per_class", {}))}
+
+
+def card_settings(card, spec: str) -> dict:
+    """The settings a new canvas for model ``spec`` records: the card's steps and ω (per class too)."""
+    d = sampling_defaults(card)
+    return {"model": str(spec), "steps": int(d["steps"]), "omega": d["omega"],
+            "omega_per_class": {str(k): v for k, v in sorted(d["omega_per_class"].items())}}
 
 
 def settings_diff(stored: dict, new: dict, card=None) -> dict:

@@ -421,7 +421,7 @@ def test_redoing_a_rectangle_veils_and_previews_only_inside_it(viewer, qtbot, ti
     assert any(inside > 0 for _, inside in seen)  # the veil and then the preview inside it
 
 
-def test_steps_and_omega_boxes_follow_the_chosen_models_card(viewer, tmp_path):
+def test_steps_and_omega_boxes_follow_the_chosen_models_card(viewer, tiny_card, tmp_path):
     import json
     import shutil
 
@@ -433,10 +433,14 @@ def test_steps_and_omega_boxes_follow_the_chosen_models_card(viewer, tmp_path):
     own = tmp_path / "own"
     shutil.copytree(BUILTIN_DIRS["default"], own)
     card = json.loads((own / "card.json").read_text())
-    card.update(default_steps=37, default_omega=0.75)
+    card.update(default_steps=37, default_omega=0.75, default_omega_per_class={"3": 0.0})
     (own / "card.json").write_text(json.dumps(card))
+    _, image, _ = _open(viewer, tiny_card, tmp_path)  # a canvas: one ω box per tissue class (3 of them)
     w.model_picker.set_spec(str(own))
     assert (w.steps_box.value(), w.omega_box.value()) == (37, 0.75)
+    assert {i: b.value() for i, b in w.class_boxes.items()} == {1: -0.5, 2: -0.5, 3: 0.0}  # -0.5 reads "= ω"
+    assert w.build_request(image).omega_per_class == {3: 0.0}
     w.model_picker.set_spec("default")  # back to the shipped model: its card's values, not a constant of the dock
     d = sampling_defaults(ModelCard.load(BUILTIN_DIRS["default"]))
     assert (w.steps_box.value(), w.omega_box.value()) == (d["steps"], d["omega"])
+    assert {i: b.value() for i, b in w.class_boxes.items() if b.value() >= 0} == d["omega_per_class"]
