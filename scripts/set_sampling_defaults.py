@@ -5,8 +5,8 @@
         --why "lowest FD and KID of the sweep; ..."
 
 The card gets ``default_solver``, ``default_steps``, ``default_eta`` (None: the solver's own),
-``default_omega`` and ``default_omega_per_class`` (``--omega-class K=V``, repeatable; none: cleared), and under ``extra.sampling_sweep`` the summary of the sweep (mean and 95 % t
-interval over seeds per setting, as ``benchmarks/sweep_report.py`` computes it), the sweep's protocol
+``default_omega`` and ``default_omega_per_class`` (``--omega-class K=V``, repeatable; none: cleared),
+and under ``extra.sampling_sweep`` the summary of the sweep (mean and 95 % t interval over seeds per setting, as ``benchmarks/sweep_report.py`` computes it), the sweep's protocol
 and the reason given.  The setting chosen must be one the sweep measured.  The card is checked and the
 model loaded back before the file is replaced (atomically); nothing else in the folder is touched.
 """

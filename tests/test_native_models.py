@@ -181,6 +181,7 @@ def test_default_model_class_dependent_colour(default_model):
     mask[..., : side // 2] = ep
     img = sample_window(default_model, mask, steps=12, omega=3.0, seed=0)[0]
     assert img.shape == (3, side, side) and torch.isfinite(img).all()
+    assert not img.requires_grad  # sampled without autograd's bookkeeping
     assert img.std() > 0.03  # not a constant picture
     margin = side // 8
     left = img[:, :, : side // 2 - margin].reshape(3, -1).mean(1)

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 
-@torch.no_grad()
 def _omega(card, omega: float | None) -> tuple[float, dict[int, float]]:
     """ω and per-class ω: the card's (per class too) where ``omega`` is None, else ``omega`` for all."""
     return (card.default_omega, card.omega_per_class) if omega is None else (omega, {})
 
 
+@torch.no_grad()
 def sample_window(model, mask: torch.Tensor, steps: int = 50, omega: float | None = None, seed: int = 0, eta: float = 1.0,
                   max_batch: int = 16) -> torch.Tensor:
     """Images (B, 3, H, W) in [0, 1] for label masks ``mask`` (B, 1, H, W) long at pixel size.
