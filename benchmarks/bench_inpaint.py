@@ -139,7 +139,9 @@ def main(argv=None) -> int:
                 pictures.append((f"{name}, resample {u}, omega {omega if omega is not None else 'card'}", rgb[:h, :w], out, rect))
     if a.sheet:
         _sheet(pictures, a.sheet)
-    print(json.dumps({"model": a.model, "steps": a.steps, "solver": a.solver, "square": a.square,
+    print(json.dumps({"model": a.model, "card_omega": model.card.default_omega,  # what "omega": null ran with
+                      "card_omega_per_class": model.card.default_omega_per_class,
+                      "steps": a.steps, "solver": a.solver, "square": a.square,
                       "region_size": a.region_size, "offset": list(offset), "runs": rows,
                       "torch_threads": torch.get_num_threads(), "load_average": [round(v, 2) for v in os.getloadavg()]}))
     return 0
