@@ -9,6 +9,7 @@ A setting is SOLVER:STEPS[:ETA]@OMEGA.  For each canvas: ``ratio`` is the mean g
 borders over the step across every other latent-pixel line (``seam_score``); ``offsets`` is the same
 figure for the lines k·factor px after the borders (k = 1 … region/factor − 1, none of them borders), so
 ``rank`` (1 = the largest of all) says whether the borders stand out of the texture's own spread.
+``--halo`` sets the latent px of finished context around each region (default: half a window).
 """
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ def markdown(data: dict) -> str:
     for r in data["rows"]:
         s = r["setting"]
         name = f"{s['solver']} {s['steps']}" + (f" η{s['eta']:g}" if s.get("eta") is not None else "")
+        name += f" halo {s['halo']}" if s.get("halo") is not None else ""
         groups.setdefault(f"{name} | {s['omega']:g}", []).append(r)
     lines = ["| solver | ω | seed: ratio (rank of 16; largest non-border offset) | mean ratio |", "| --- | --- | --- | --- |"]
     for key, rows in groups.items():
@@ -75,6 +77,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--region", type=int, default=64)
     p.add_argument("--label", type=int, default=3, help="the class under the whole canvas (default: dermis)")
+    p.add_argument("--halo", type=int, default=None, help="latent px of context around each region (default: the request's)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--report", action="store_true", help="print the table of --out's rows and stop")
     a = p.parse_args(argv)
@@ -94,6 +97,8 @@ def main(argv=None) -> int:
     done = {json.dumps([r["setting"], r["seed"]], sort_keys=True) for r in data["rows"]}
     for text in a.settings:
         setting = parse_setting(text)
+        if a.halo is not None:
+            setting["halo"] = a.halo
         for seed in a.seeds:
             key = json.dumps([setting, seed], sort_keys=True)
             if key in done:
@@ -102,7 +107,8 @@ def main(argv=None) -> int:
                 c = new_canvas(model.card, Path(tmp) / "c.zarr", a.size, a.size, a.region)
                 put_mask(c, np.full(c.latent_shape, a.label, np.uint8))
                 req = SynthesisRequest(model=a.model, solver=setting["solver"], steps=setting["steps"],
-                                       eta=setting.get("eta"), omega=setting["omega"], seed=seed)
+                                       eta=setting.get("eta"), omega=setting["omega"], seed=seed,
+                                       halo=setting.get("halo"))
                 t0 = time.perf_counter()
                 forwards = sum(ev.forwards for ev in synthesise(model, c, req))
                 seconds = time.perf_counter() - t0
