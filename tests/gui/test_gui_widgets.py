@@ -117,6 +117,8 @@ def test_create_a_canvas_in_the_widget(viewer, qtbot, tmp_path):
     # a size off the model's grid is refused with the neighbours named, and the button comes back
     from napari.utils.notifications import notification_manager
 
+    # the first create's worker gives the button back when it finishes, which may come after the canvas shows
+    qtbot.waitUntil(w.create_button.isEnabled, timeout=30_000)
     before = len(notification_manager.records)
     w.width_box.setValue(390)
     w.path_edit.setText(str(tmp_path / "bad.zarr"))
