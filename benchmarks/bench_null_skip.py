@@ -55,18 +55,17 @@ def main(argv=None) -> int:
         labels = np.full((384, 384), 1, np.uint8)
         labels[:, 192:] = min(2, len(model.card.classes) - 1)
         mpp = float(model.card.pixel_size_um or 0.5)
-    real_unguided, real_free = sampler_module.unguided, sampler_module.free_labels
+    real_free = sampler_module.free_labels
     runs, images = [], {}
     for k in range(a.pairs):
         for name in ("with null passes", "without"):
-            sampler_module.unguided = (lambda omega, conditioning: False) if name != "without" else real_unguided
             sampler_module.free_labels = (lambda omega, conditioning: frozenset()) if name != "without" else real_free
             path = work / f"{k}-{name.split()[0]}.zarr"
             try:
                 seconds, forwards = make_canvas(model, labels, path, None, a.seed, a.steps, None, "ddim", omega=0.0,
                                                 eta=1.0, src_mpp=mpp)
             finally:
-                sampler_module.unguided, sampler_module.free_labels = real_unguided, real_free
+                sampler_module.free_labels = real_free
             with Canvas.open(path) as c:
                 images[name] = c.read_rgb(0, c.height, 0, c.width).astype(np.int16)
             runs.append({"pair": k, "run": name, "sample_seconds": round(seconds, 1), "forwards": forwards,

@@ -77,7 +77,8 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--region", type=int, default=64)
     p.add_argument("--label", type=int, default=3, help="the class under the whole canvas (default: dermis)")
-    p.add_argument("--halo", type=int, default=None, help="latent px of context around each region (default: the request's)")
+    p.add_argument("--halo", type=int, default=None,
+                   help="latent px of context around each region (default: the request's)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--report", action="store_true", help="print the table of --out's rows and stop")
     a = p.parse_args(argv)

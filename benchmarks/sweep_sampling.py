@@ -159,6 +159,8 @@ def summary(res: dict) -> dict:
 
 
 def main(argv=None) -> int:
+    from src_models.cli.common import parse_omega_class
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default")
     p.add_argument("--heldout", default="skin",
@@ -166,7 +168,7 @@ def main(argv=None) -> int:
                         "images/ and masks/")
     p.add_argument("--heldout-mpp", type=float, default=None, help="µm/px of a --heldout folder (default: the model's)")
     p.add_argument("--omegas", type=float, nargs="+", default=[0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
-    p.add_argument("--omega-class", action="append", default=[], metavar="K=V",
+    p.add_argument("--omega-class", type=parse_omega_class, action="append", default=[], metavar="K=V",
                    help="ω of class K in every setting (repeatable): per-class guidance")
     p.add_argument("--solvers", nargs="+", default=["dpmpp-2m:20"], help="SOLVER:STEPS[:ETA]")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -214,7 +216,7 @@ def main(argv=None) -> int:
     labelled = [(m, np.asarray(Image.open(m))) for m in sorted((real / "masks").iterdir())]
     header = {"model": a.model, "heldout": str(a.heldout), "crop": a.crop, "tile": a.tile, "stride": a.stride,
               "real_rim_od": real_rim(real, src_mpp, a.background, tissue), "rim_um": RIM_UM}
-    per_class = {str(int(k)): float(v) for k, v in (kv.split("=", 1) for kv in a.omega_class)}
+    per_class = {str(k): v for k, v in a.omega_class}
     tag = "".join(f"-c{k}w{v:g}" for k, v in sorted(per_class.items()))
     for spec in a.solvers:
         for omega in a.omegas:

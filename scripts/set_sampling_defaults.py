@@ -6,9 +6,10 @@
 
 The card gets ``default_solver``, ``default_steps``, ``default_eta`` (None: the solver's own),
 ``default_omega`` and ``default_omega_per_class`` (``--omega-class K=V``, repeatable; none: cleared),
-and under ``extra.sampling_sweep`` the summary of the sweep (mean and 95 % t interval over seeds per setting, as ``benchmarks/sweep_report.py`` computes it), the sweep's protocol
-and the reason given.  The setting chosen must be one the sweep measured.  The card is checked and the
-model loaded back before the file is replaced (atomically); nothing else in the folder is touched.
+and under ``extra.sampling_sweep`` the summary of the sweep (mean and 95 % t interval over seeds per
+setting, as ``benchmarks/sweep_report.py`` computes it), the sweep's protocol and the reason given.
+The setting chosen must be one the sweep measured.  The card is checked and the model loaded back
+before the file is replaced (atomically); nothing else in the folder is touched.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 def main(argv=None) -> int:
     from sweep_report import solver_name, summarise
 
+    from src_models.cli.common import parse_omega_class
     from src_models.models.card import CARD_FILE, ModelCard
     from src_models.models.loading import load_model
 
@@ -36,13 +38,14 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--eta", type=float, default=None)
     p.add_argument("--omega", type=float, required=True)
-    p.add_argument("--omega-class", action="append", default=[], metavar="K=V", help="ω of class K (repeatable)")
+    p.add_argument("--omega-class", type=parse_omega_class, action="append", default=[], metavar="K=V",
+                   help="ω of class K (repeatable)")
     p.add_argument("--why", required=True, help="one sentence: which figures chose it")
     a = p.parse_args(argv)
 
     data = json.loads(a.sweep.read_text())
     names, table = summarise(data)
-    per_class = {str(int(k)): float(v) for k, v in (kv.split("=", 1) for kv in a.omega_class)}
+    per_class = {str(k): v for k, v in a.omega_class}
     chosen = {"solver": a.solver, "steps": a.steps, **({"eta": a.eta} if a.eta is not None else {}),
               **({"omega_per_class": per_class} if per_class else {})}
     key = (solver_name(chosen), float(a.omega))

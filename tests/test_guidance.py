@@ -1,7 +1,7 @@
 import torch
 
-from src_models.sampling.guidance import (LABEL_MAP, PER_CLASS, count_forwards, free_labels, guided_eps, omega_vector,
-                                         unguided, window_labels)
+from src_models.sampling.guidance import (ALL_LABELS, LABEL_MAP, PER_CLASS, count_forwards, free_labels, guided_eps,
+                                         omega_vector, window_labels)
 
 
 class MaskEcho(torch.nn.Module):
@@ -59,14 +59,14 @@ def test_label_map_at_omega_zero_runs_no_null_pass():
     x, mask = _batch()
     guided, skipping = MaskEcho(LABEL_MAP), MaskEcho(LABEL_MAP)
     omega = omega_vector(4, 0.0)
-    full = guided_eps(guided, x, torch.full((3,), 10), mask, omega, skip_null=False)
+    full = guided_eps(guided, x, torch.full((3,), 10), mask, omega, free=frozenset())
     eps = guided_eps(skipping, x, torch.full((3,), 10), mask, omega)  # decided from ω: all zero
     assert torch.allclose(eps, full) and torch.allclose(eps, 0.5 * x + mask.float())
-    assert sum(skipping.calls) == 3 == count_forwards(window_labels(mask), LABEL_MAP, skip_null=True)
+    assert sum(skipping.calls) == 3 == count_forwards(window_labels(mask), LABEL_MAP, free_labels(omega, LABEL_MAP))
     assert sum(guided.calls) == 5
     # any class guided, or per-class conditioning: the null pass stays
-    assert not unguided(omega_vector(4, 0.0, {2: 0.5}), LABEL_MAP) and not unguided(omega, PER_CLASS)
-    assert unguided(omega, LABEL_MAP) and unguided(0.0, LABEL_MAP)
+    assert free_labels(omega_vector(4, 0.0, {2: 0.5}), LABEL_MAP) == {0, 1, 3} and not free_labels(omega, PER_CLASS)
+    assert free_labels(omega, LABEL_MAP) == {0, 1, 2, 3} and free_labels(0.0, LABEL_MAP) == ALL_LABELS
 
 
 def test_label_map_windows_of_unguided_classes_run_no_null_pass():
@@ -77,10 +77,10 @@ def test_label_map_windows_of_unguided_classes_run_no_null_pass():
     x, mask = torch.cat([x, mixed_x]), torch.cat([mask, mixed])
     omega = omega_vector(4, 2.0, {2: 0.0})
     assert free_labels(omega, LABEL_MAP) == {0, 2} and free_labels(omega, PER_CLASS) == frozenset()
-    assert free_labels(0.0, LABEL_MAP) == frozenset()  # one ω for all is unguided()'s case
+    assert free_labels(1.0, LABEL_MAP) == frozenset()  # one ω for all, not 0: nothing is free
     net, full = MaskEcho(LABEL_MAP), MaskEcho(LABEL_MAP)
     eps = guided_eps(net, x, torch.full((4,), 10), mask, omega)
-    ref = guided_eps(full, x, torch.full((4,), 10), mask, omega, skip_null=False)
+    ref = guided_eps(full, x, torch.full((4,), 10), mask, omega, free=frozenset())
     scale = (omega + 1.0)[mask]  # per pixel: 3 where ω 2, 1 where ω 0
     want = 0.5 * x + scale * mask.float()
     assert torch.allclose(eps, want) and torch.allclose(ref, want)

@@ -67,7 +67,8 @@ def test_a_cards_per_class_omega_is_a_default_the_users_own_omega_replaces():
     assert three.omega_per_class == {3: 0.0}
     r = SynthesisRequest().resolved(three)
     assert (r.omega, r.omega_per_class) == (1.0, {3: 0.0})
-    r = SynthesisRequest(omega_per_class={2: 4.0, 3: 0.5}).resolved(three)  # the user's per-class ω wins, class by class
+    # the user's per-class ω wins, class by class
+    r = SynthesisRequest(omega_per_class={2: 4.0, 3: 0.5}).resolved(three)
     assert (r.omega, r.omega_per_class) == (1.0, {2: 4.0, 3: 0.5})
     r = SynthesisRequest(omega=2.0).resolved(three)  # a global ω replaces the card's whole choice
     assert (r.omega, r.omega_per_class) == (2.0, {})

@@ -142,7 +142,6 @@ def test_omega_zero_paints_the_same_canvas_with_half_the_network_calls(tiny, tmp
     canvases, forwards = [], []
     for name in ("guided", "skipped"):
         if name == "guided":  # as before the shortcut: every window's null pass runs
-            monkeypatch.setattr(sampler_module, "unguided", lambda omega, conditioning: False)
             monkeypatch.setattr(sampler_module, "free_labels", lambda omega, conditioning: frozenset())
         else:
             monkeypatch.undo()

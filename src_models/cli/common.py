@@ -107,8 +107,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="built-in name (default, tumour, tiny-test) or a model directory")
     p.add_argument("--steps", type=int, default=None,
                    help="denoising levels (default: the model card's for ddim, the solver's for others)")
-    p.add_argument("--omega", type=float, default=None, help="guidance ω for every class (scale = ω + 1; default: the card's, "
-                   "with its per-class ω, which an --omega replaces)")
+    p.add_argument("--omega", type=float, default=None,
+                   help="guidance ω for every class (scale = ω + 1; default: the card's, with its per-class ω, "
+                   "which an --omega replaces)")
     p.add_argument("--omega-class", type=parse_omega_class, action="append", default=[], metavar="LABEL=OMEGA",
                    help="ω for one class, repeatable")
     p.add_argument("--eta", type=float, default=None,

@@ -18,8 +18,14 @@ import torch
 
 
 def _omega(card, omega: float | None) -> tuple[float, dict[int, float]]:
-    """ω and per-class ω: the card's (per class too) where ``omega`` is None, else ``omega`` for all."""
-    return (card.default_omega, card.omega_per_class) if omega is None else (omega, {})
+    """ω and per-class ω: the card's (:func:`sampling_defaults`) where ``omega`` is None, else ``omega``
+    for every class."""
+    from src_models.synthesis.request import sampling_defaults
+
+    if omega is not None:
+        return omega, {}
+    d = sampling_defaults(card)
+    return d["omega"], d["omega_per_class"]
 
 
 @torch.no_grad()

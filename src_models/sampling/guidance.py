@@ -11,9 +11,9 @@ Two schemes, picked by the denoiser's ``conditioning`` attribute:
     the label, plus one shared null pass; ε = null + Σ_l [mask = l]·(ω_l + 1)·(cond_l − null).
 ``"label_map"`` (the project's own models, trained on whole label maps)
     one conditional pass with the whole label map plus one null pass;
-    ε = null + (ω_{mask} + 1)·(cond − null), per pixel.  With ω = 0 for every class that is the
-    conditional ε itself, so no null pass is run (:func:`unguided`): half the network calls.  With
-    ω = 0 for some classes only, the windows that hold no other class skip it (:func:`free_labels`).
+    ε = null + (ω_{mask} + 1)·(cond − null), per pixel.  Where every class of a window has ω = 0 that
+    is the conditional ε itself, so the window runs no null pass (:func:`free_labels`): with ω = 0 for
+    every class, half the network calls.
 
 All passes of all windows handed in are run through the network together, in chunks of at most
 ``max_batch``.
@@ -82,10 +82,9 @@ def plan_passes(labels: list[list[int]], conditioning: str, free: frozenset[int]
     return passes
 
 
-def count_forwards(labels: list[list[int]], conditioning: str, skip_null: bool = False,
-                   free: frozenset[int] = frozenset()) -> int:
-    """Network passes for windows with ``labels`` (one per window when the null pass is skipped)."""
-    return len(labels) if skip_null else len(plan_passes(labels, conditioning, free))
+def count_forwards(labels: list[list[int]], conditioning: str, free: frozenset[int] = frozenset()) -> int:
+    """Network passes for windows with ``labels`` (``free``: as :func:`plan_passes`)."""
+    return len(plan_passes(labels, conditioning, free))
 
 
 def _to_latent_grid(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -93,27 +92,22 @@ def _to_latent_grid(mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return mask[..., ::fy, ::fx] if (fy > 1 or fx > 1) else mask
 
 
-def unguided(omega, conditioning: str) -> bool:
-    """True when guidance changes nothing: a whole-label-map model with ω = 0 for every class, whose
-    guided ε, null + 1·(cond − null), is the conditional ε (up to rounding: at most 1 grey level, in
-    about 2 values per 100,000 of a canvas).  Decided on the host: a ω not held on the CPU counts as
-    guided (reading it would wait for the device)."""
-    if conditioning != LABEL_MAP:
-        return False
-    w = omega if isinstance(omega, torch.Tensor) else torch.as_tensor(omega, dtype=torch.float32)
-    return w.device.type == "cpu" and not bool(w.abs().sum())
+ALL_LABELS = frozenset(range(256))  # masks are uint8
 
 
 def free_labels(omega, conditioning: str) -> frozenset[int]:
-    """The classes whose ω is 0, for a whole-label-map model with ω held on the CPU (else none):
-    a window that holds only these classes needs no null pass (per-class ω, e.g. 0 for dermis)."""
+    """The classes whose ω is 0, for a whole-label-map model (else none): a window that holds only
+    these classes needs no null pass, since its guided ε, null + 1·(cond − null), is its conditional
+    ε (up to rounding: at most 1 grey level, in about 2 values per 100,000 of a canvas).  ``omega``
+    is ω per class, or one ω for all.  Decided on the host: a ω not held on the CPU frees nothing
+    (reading it would wait for the device)."""
     if conditioning != LABEL_MAP:
         return frozenset()
     w = omega if isinstance(omega, torch.Tensor) else torch.as_tensor(omega, dtype=torch.float32)
     if w.device.type != "cpu":
         return frozenset()
-    if w.dim() == 0:  # one ω for all: 0 is :func:`unguided`'s case, anything else frees nothing
-        return frozenset()
+    if w.dim() == 0:
+        return ALL_LABELS if float(w) == 0 else frozenset()
     return frozenset(int(k) for k in torch.nonzero(w == 0).flatten().tolist())
 
 
@@ -126,32 +120,18 @@ def guided_eps(
     conditioning: str | None = None,
     max_batch: int = 32,
     labels: list[list[int]] | None = None,
-    skip_null: bool | None = None,
     free: frozenset[int] | None = None,
 ) -> torch.Tensor:
     """Guided ε for a batch of windows ``x`` (N, C, h, w) with class masks ``mask`` (N, 1, H, W).
 
     ``omega`` holds ω per class (index = label); the guidance scale of class l is ω_l + 1.
     ``labels`` may pass the labels per window when the caller planned them ahead (no device sync).
-    ``skip_null`` (default: :func:`unguided`) runs each window once with its label map, no null pass;
-    ``False`` runs the null pass for every window unless ``free`` is given.  ``free`` (default:
-    :func:`free_labels`) are the classes with ω 0: a window holding only these runs no null pass.
+    ``free`` (default: :func:`free_labels` of ``omega``) are the classes with ω 0: a window holding
+    only these runs no null pass; ``frozenset()`` runs the null pass for every window.
     """
     conditioning = conditioning or getattr(denoiser, "conditioning", PER_CLASS)
-    if skip_null is False and free is None:
-        free = frozenset()
-    elif skip_null is None:
-        skip_null = unguided(omega, conditioning)
     if free is None:
         free = free_labels(omega, conditioning)
-    if skip_null:
-        # a window without labels has an all-zero map: its one pass is the null pass it needs
-        step = max(1, int(max_batch))
-        tt = torch.as_tensor(t, dtype=torch.long, device=x.device)
-        tt = tt.expand(x.shape[0]) if tt.dim() == 0 else tt
-        outs = [denoiser(x[s : s + step], tt[s : s + step], mask[s : s + step]).float()
-                for s in range(0, x.shape[0], step)]
-        return torch.cat(outs) if len(outs) > 1 else outs[0]
     if labels is None:
         labels = window_labels(mask)
     passes = plan_passes(labels, conditioning, free)

@@ -38,8 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from src_models.sampling.guidance import (LABEL_MAP, PER_CLASS, count_forwards, free_labels, guided_eps, host_to_device,
-                                         unguided)
+from src_models.sampling.guidance import LABEL_MAP, PER_CLASS, count_forwards, free_labels, guided_eps, host_to_device
 from src_models.sampling.plan import check_plan, effective_window, owner_local, sequential_window  # noqa: F401 - effective_window re-exported
 from src_models.sampling.schedule import q_sample
 from src_models.sampling.solvers import make_solver
@@ -140,16 +139,15 @@ class Guided:
         if conditioning not in (PER_CLASS, LABEL_MAP):
             raise ValueError(f"unknown conditioning {conditioning!r}")
         self.denoiser, self.conditioning, self.device = denoiser, conditioning, device
-        self.skip_null = unguided(omega, conditioning)  # both before ω moves to the device
-        self.free = free_labels(omega, conditioning)
+        self.free = free_labels(omega, conditioning)  # before ω moves to the device
         self.omega = torch.as_tensor(omega, dtype=torch.float32, device=device)
         self.max_batch, self.stats = max_batch, stats
 
     def __call__(self, xs: torch.Tensor, ms: torch.Tensor, labels: list[list[int]], t: int):
         ts = torch.full((xs.shape[0],), t, dtype=torch.long, device=self.device)
         eps = guided_eps(self.denoiser, xs, ts, ms, self.omega, self.conditioning, self.max_batch, labels,
-                         skip_null=self.skip_null, free=self.free)
-        passes = count_forwards(labels, self.conditioning, self.skip_null, self.free)
+                         free=self.free)
+        passes = count_forwards(labels, self.conditioning, self.free)
         self.stats.forwards += passes
         return eps, passes
 

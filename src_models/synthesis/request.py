@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # annotations only
     import torch
 
 __all__ = ["PLANS", "SOLVERS", "SynthesisRequest", "RegionDone", "RegionProgress", "SweepProgress", "RequestError",
-           "default_plan", "card_settings", "normalise_settings", "sampling_defaults", "settings_diff", "check_number", "MAX_STEPS"]
+           "default_plan", "card_settings", "normalise_settings", "sampling_defaults", "settings_diff", "check_number",
+           "MAX_STEPS"]
 
 MAX_STEPS = 1000  # the models' training steps
 MAX_RESAMPLE = 20
@@ -209,9 +210,10 @@ def normalise_settings(stored: dict, card=None) -> dict:
 def sampling_defaults(card=None, solver: str | None = None) -> dict:
     """What a run samples with where the user left it open: the model card's solver, and with it the
     card's steps and η; with another ``solver``, that solver's own steps and η (DDIM: 50 steps, η 1 as
-    the release).  ω is the card's whatever the solver, with its per-class ω (``omega_per_class``).  A card from before cards named a solver
-    sampled with DDIM at its ``default_steps``.  No interface keeps defaults of its own: the CLI, the
-    Python API, the napari dock and ``generate-many`` all resolve requests through this function."""
+    the release).  ω is the card's whatever the solver, with its per-class ω (``omega_per_class``).  A
+    card from before cards named a solver sampled with DDIM at its ``default_steps``.  No interface
+    keeps defaults of its own: the CLI, the Python API, the napari dock and ``generate-many`` all
+    resolve requests through this function."""
     card_solver = getattr(card, "default_solver", None) or "ddim"
     solver = solver or card_solver
     if solver not in SOLVERS:
