@@ -101,7 +101,8 @@ def synthetic_rgb(model, labels: np.ndarray, work: Path, seed: int, steps, solve
         rgb = c.read_rgb(0, labels.shape[0], 0, labels.shape[1])
         settings = dict(c.settings)
     return rgb, {"sample_seconds": None if seconds is None else round(seconds, 1), "forwards": forwards,
-                 "settings": {k: settings.get(k) for k in ("solver", "steps", "omega", "plan", "eta")}}
+                 "settings": {k: settings.get(k)
+                              for k in ("solver", "steps", "omega", "omega_per_class", "plan", "eta")}}
 
 
 def main(argv=None) -> int:

@@ -239,8 +239,8 @@ def main(argv=None) -> int:
                        "rim_od": rim_of(paths, a.background, tissue), **summary(res),
                        "threads": torch.get_num_threads(), "load_average": round(os.getloadavg()[0], 2)}
                 rows.append(row)
-                data = {**header, "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}",
-                        "rows": rows}
+                machine = f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}"
+                data = {**data, **header, "machine": machine, "rows": rows}  # keeps a note written by hand
                 out_path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = out_path.with_suffix(".tmp.json")
                 tmp.write_text(json.dumps(data, indent=1) + "\n")
