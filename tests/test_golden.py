@@ -88,8 +88,10 @@ GOLDEN = {
     "tiny-inpaint-outpaint": "d6177d90c8941786d2edd1ad02824dfd3c192ee88ae6c9d9c29c8286c342cd0e",
     # issue 19: the default model's card guides at ω = 1 with the dermis at ω = 0 (was 1 everywhere, before
     # that 3), chosen by the held-out sweep (docs/sampling_defaults.md); with omega=1.0 given, the previous
-    # digest 33ec61f1… comes back unchanged, with omega=3.0 the one before it, fb531d4f…
-    "default-grid-ddim": "e47021f59b0f118f864e34986cdfe8a30b3dcb3655ffc58c3dc5c10d11ba692f",
+    # digest 33ec61f1… came back unchanged, with omega=3.0 the one before it, fb531d4f….  Those digests, and
+    # e47021f5… of the per-class default, were made with the 5,000-step image UNet; since stop 6 the model
+    # ships the longer-trained UNet (run skin3; docs/default_model.md) at the same card defaults
+    "default-grid-ddim": "8f1a1124529feaef1fcf365110071a6c688b874587f628ee7de1c31a5b1ea6dc",
 }
 
 
