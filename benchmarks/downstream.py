@@ -100,9 +100,14 @@ def synthetic_rgb(model, labels: np.ndarray, work: Path, seed: int, steps, solve
     with Canvas.open(path) as c:
         rgb = c.read_rgb(0, labels.shape[0], 0, labels.shape[1])
         settings = dict(c.settings)
+    from src_models.synthesis.request import sampling_defaults
+
+    card = sampling_defaults(model.card)  # what a setting left None (or empty) on the canvas sampled with
     return rgb, {"sample_seconds": None if seconds is None else round(seconds, 1), "forwards": forwards,
                  "settings": {k: settings.get(k)
-                              for k in ("solver", "steps", "omega", "omega_per_class", "plan", "eta")}}
+                              for k in ("solver", "steps", "omega", "omega_per_class", "plan", "eta")},
+                 "card_defaults": {**card, "omega_per_class": {str(k): v
+                                                               for k, v in card["omega_per_class"].items()}}}
 
 
 def main(argv=None) -> int:
