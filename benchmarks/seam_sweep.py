@@ -60,6 +60,7 @@ def markdown(data: dict) -> str:
         s = r["setting"]
         name = f"{s['solver']} {s['steps']}" + (f" η{s['eta']:g}" if s.get("eta") is not None else "")
         name += f" halo {s['halo']}" if s.get("halo") is not None else ""
+        name += f" resample {s['resample']}" if s.get("resample") is not None else ""
         groups.setdefault(f"{name} | {s['omega']:g}", []).append(r)
     lines = ["| solver | ω | seed: ratio (rank of 16; largest non-border offset) | mean ratio |", "| --- | --- | --- | --- |"]
     for key, rows in groups.items():
@@ -79,6 +80,8 @@ def main(argv=None) -> int:
     p.add_argument("--label", type=int, default=3, help="the class under the whole canvas (default: dermis)")
     p.add_argument("--halo", type=int, default=None,
                    help="latent px of context around each region (default: the request's)")
+    p.add_argument("--resample", type=int, default=None,
+                   help="passes per denoising level (default: the request's, 1)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--report", action="store_true", help="print the table of --out's rows and stop")
     a = p.parse_args(argv)
@@ -100,6 +103,8 @@ def main(argv=None) -> int:
         setting = parse_setting(text)
         if a.halo is not None:
             setting["halo"] = a.halo
+        if a.resample is not None:
+            setting["resample"] = a.resample
         for seed in a.seeds:
             key = json.dumps([setting, seed], sort_keys=True)
             if key in done:
@@ -109,7 +114,7 @@ def main(argv=None) -> int:
                 put_mask(c, np.full(c.latent_shape, a.label, np.uint8))
                 req = SynthesisRequest(model=a.model, solver=setting["solver"], steps=setting["steps"],
                                        eta=setting.get("eta"), omega=setting["omega"], seed=seed,
-                                       halo=setting.get("halo"))
+                                       halo=setting.get("halo"), resample=setting.get("resample", 1))
                 t0 = time.perf_counter()
                 forwards = sum(ev.forwards for ev in synthesise(model, c, req))
                 seconds = time.perf_counter() - t0
