@@ -112,9 +112,9 @@ def main(argv=None) -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 c = new_canvas(model.card, Path(tmp) / "c.zarr", a.size, a.size, a.region)
                 put_mask(c, np.full(c.latent_shape, a.label, np.uint8))
+                extra = {k: setting[k] for k in ("halo", "resample") if k in setting}  # else the request's own
                 req = SynthesisRequest(model=a.model, solver=setting["solver"], steps=setting["steps"],
-                                       eta=setting.get("eta"), omega=setting["omega"], seed=seed,
-                                       halo=setting.get("halo"), resample=setting.get("resample", 1))
+                                       eta=setting.get("eta"), omega=setting["omega"], seed=seed, **extra)
                 t0 = time.perf_counter()
                 forwards = sum(ev.forwards for ev in synthesise(model, c, req))
                 seconds = time.perf_counter() - t0
