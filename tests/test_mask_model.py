@@ -88,6 +88,39 @@ def test_generate_layout_any_size_deterministic(tmp_path):
     assert (small == a[2::4, 2::4]).mean() > 0.9
 
 
+def test_the_cards_layout_solver_steps_and_eta_are_used(tmp_path):
+    model = _layout_model(tmp_path)
+    calls = []
+    model.mask_unet.register_forward_pre_hook(lambda *_: calls.append(1))
+    ddim = generate_layout(model, (64, 64), seed=1)  # the card: 4 steps, no solver named: DDIM with eta 1
+    assert len(calls) == 4
+    assert np.array_equal(ddim, generate_layout(model, (64, 64), seed=1, solver="ddim", eta=1.0))
+    explicit = generate_layout(model, (64, 64), seed=1, steps=2, solver="dpmpp-2m")
+    calls.clear()
+    model.card.mask_model.update(solver="dpmpp-2m", steps=2)
+    from_card = generate_layout(model, (64, 64), seed=1)
+    assert len(calls) == 2
+    assert np.array_equal(from_card, explicit) and not np.array_equal(from_card, ddim)
+    model.card.mask_model.update(solver="ddim", eta=0.0, steps=4)
+    assert np.array_equal(generate_layout(model, (64, 64), seed=1),
+                          generate_layout(model, (64, 64), seed=1, solver="ddim", eta=0.0, steps=4))
+
+
+def test_a_card_checks_its_layout_sampling_settings():
+    from src_models.models.card import ModelError
+    from src_models.models.loading import load_model
+
+    card = load_model("tiny-test").card
+    cfg = {"arch": "native", "config": {}, "kind": KIND, "classes": [1, 2, 3], "scale_px": 16}
+    for bad, field in (({"solver": "euler"}, "solver"), ({"solver": "dpmpp-2m", "eta": 1.0}, "eta"),
+                       ({"eta": -1}, "eta"), ({"steps": 0}, "steps"), ({"steps": 2.5}, "steps")):
+        card.mask_model = {**cfg, **bad}
+        with pytest.raises(ModelError, match=f"mask_model.{field}"):
+            card.validate()
+    card.mask_model = {**cfg, "solver": "dpmpp-2m", "steps": 20}
+    card.validate()
+
+
 def test_make_mask_cli_uses_the_layout_model(tmp_path, capsys):
     from skimage import io
 

@@ -162,7 +162,8 @@ def _add_model_commands(sub) -> None:
                    "procedural: smoothed random fields; auto (default): the first of these the model has")
     k.add_argument("--subtype", type=int, default=0, help="mask model condition (release: 0 adenocarcinoma, 1 squamous)")
     k.add_argument("--seed", type=int, default=0)
-    k.add_argument("--steps", type=int, default=50)
+    k.add_argument("--steps", type=int, default=None,
+                   help="denoising steps of a diffusion layout (default: the card's layout model's, else 50)")
     k.add_argument("--cond-drop", type=float, default=None, metavar="P",
                    help="mask model: probability that a window is denoised without its subtype condition "
                    "(default 0.5, as the release samples; 0 always conditions)")
@@ -532,7 +533,8 @@ def cmd_make_mask(args) -> int:
     from src_models.synthesis.request import check_number, check_seed
 
     check_seed("--seed", args.seed)
-    check_number("--steps", args.steps, 1, 1000)
+    if args.steps is not None:
+        check_number("--steps", args.steps, 1, 1000)
     if args.out.is_dir():
         raise UserError(f"--out {args.out} is a folder; make-mask writes a PNG file, e.g. --out {args.out / 'mask.png'}")
     width, height = args.size

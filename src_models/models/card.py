@@ -87,6 +87,18 @@ def _check_fields(card: "ModelCard") -> None:
             raise bad(f"mask_model.{key}", layout[key], f"class indices from 1 to {n - 1}")
     if layout.get("off_class") in (layout.get("classes") or []):
         raise bad("mask_model.off_class", layout["off_class"], "a class without a channel of its own")
+    if "steps" in layout and not (_whole(layout["steps"]) and 1 <= layout["steps"] <= 1000):
+        raise bad("mask_model.steps", layout["steps"], "a whole number from 1 to 1000")
+    if "solver" in layout or "eta" in layout:
+        from src_models.sampling.solvers import SOLVERS, check_solver
+
+        solver = layout.get("solver", "ddim")
+        if solver not in SOLVERS:
+            raise bad("mask_model.solver", solver, f"one of {', '.join(SOLVERS)}")
+        try:
+            check_solver(solver, layout.get("eta"))
+        except ValueError as e:
+            raise bad("mask_model.eta", layout.get("eta"), str(e)) from None
     codec = card.codec
     if not _whole(codec.get("factor", 1)) or not 1 <= codec.get("factor", 1) <= MAX_FACTOR:
         raise bad("codec.factor", codec.get("factor"), f"a whole number from 1 to {MAX_FACTOR}")

@@ -18,7 +18,8 @@ The card's ``mask_model`` entry::
     {"arch": "native", "config": {...NativeUNet kwargs...}, "kind": "onehot-layout",
      "classes": [1, 2, 3], "scale_px": 16, "patch_size": 32, "steps": 50}
 
-An optional ``"off_class"`` names a class that has no channel of its own: it is the all-off code
+Optional ``"solver"`` and ``"eta"`` choose how layouts are sampled (default DDIM with η = 1; the
+shipped cards' choice is measured by ``benchmarks/layout_steps.py``).  An optional ``"off_class"`` names a class that has no channel of its own: it is the all-off code
 (every channel -1), and a layout pixel whose channels all stay below zero takes it.  The tumour
 model's layouts use it for background (channels tumour, stroma, infiltrate), since an RGB training
 image holds three channels.
@@ -72,9 +73,12 @@ def layout_grid(card, height: int, width: int, multiple: int = 8) -> tuple[int, 
 
 
 @torch.inference_mode()
-def sample_layout_codes(model, grid: tuple[int, int], seed: int = 0, steps: int | None = None, eta: float = 1.0,
-                        callback=None, cancel=None) -> torch.Tensor:
-    """The model's continuous one-hot output (C, h, w) on a coarse grid of ``grid`` layout pixels."""
+def sample_layout_codes(model, grid: tuple[int, int], seed: int = 0, steps: int | None = None,
+                        eta: float | None = None, solver: str | None = None, callback=None,
+                        cancel=None) -> torch.Tensor:
+    """The model's continuous one-hot output (C, h, w) on a coarse grid of ``grid`` layout pixels.
+    ``steps``, ``solver`` and ``eta`` default to the card's ``mask_model`` entry (50 steps of DDIM
+    with η = 1 where it names none)."""
     from src_models.sampling.sampler import sample_area
     from src_models.sampling.setup import effective_window, sampling_setup
 
@@ -86,9 +90,12 @@ def sample_layout_codes(model, grid: tuple[int, int], seed: int = 0, steps: int 
     noise = torch.randn((len(spec["classes"]), h, w), generator=gen).to(device)
     window = effective_window(int(spec.get("patch_size", 32)), h, w, int(getattr(unet, "size_multiple", 8)))
     setup = sampling_setup(int(steps or spec.get("steps", 50)), int(getattr(unet, "num_classes", 2)))  # unguided
+    solver = solver or spec.get("solver", "ddim")
+    if eta is None:  # the card's η; without one, DDIM samples layouts with η = 1, other solvers as they are
+        eta = spec.get("eta", 1.0 if solver == "ddim" else None)
     return sample_area(
         _Unconditional(unet), noise, torch.zeros((1, h, w), dtype=torch.long, device=device),
-        setup.alphas, setup.pairs, setup.omega, window=window, eta=eta, generator=gen,
+        setup.alphas, setup.pairs, setup.omega, window=window, solver=solver, eta=eta, generator=gen,
         rng=np.random.default_rng(int(seed)), callback=callback, cancel=cancel,
     ).float().cpu()
 
@@ -125,7 +132,8 @@ def codes_to_labels(codes: torch.Tensor, classes: list[int], shape: tuple[int, i
 
 
 def generate_layout(model, shape: tuple[int, int], seed: int = 0, steps: int | None = None, callback=None,
-                    cancel=None, image_px: tuple[int, int] | None = None) -> np.ndarray:
+                    cancel=None, image_px: tuple[int, int] | None = None, solver: str | None = None,
+                    eta: float | None = None) -> np.ndarray:
     """A label layout of ``shape`` (rows, cols) drawn by the model's mask model.
 
     ``image_px`` is the image size the layout is for (default ``shape``): it sets how many layout
@@ -135,7 +143,7 @@ def generate_layout(model, shape: tuple[int, int], seed: int = 0, steps: int | N
         raise ValueError(f"model {model.card.name!r} has no layout mask model")
     H, W = image_px or shape
     grid = layout_grid(model.card, H, W)
-    codes = sample_layout_codes(model, grid, seed, steps, callback=callback, cancel=cancel)
+    codes = sample_layout_codes(model, grid, seed, steps, eta=eta, solver=solver, callback=callback, cancel=cancel)
     # the grid may overhang the image: keep the part that covers it
     s = int(model.card.mask_model["scale_px"])
     codes = codes[:, : max(1, -(-H // s)), : max(1, -(-W // s))]
