@@ -15,7 +15,7 @@ Figures (one JSON object on stdout, also written to ``--out``):
 * ``codec``: decode of a 128² latent (512² px), megapixels per second;
 * ``canvas``: ``diffinfinite demo`` end to end (1024² px, the card's default steps; ``--quick``:
   512² px, 5 steps);
-* ``layout``: ``diffinfinite make-mask`` with the layout model (4096² px, its 50 steps;
+* ``layout``: ``diffinfinite make-mask`` with the layout model (4096² px, the card's steps: 20 since stop 7;
   ``--quick``: 1024² px, 5 steps);
 * ``import``: ``diffinfinite import-slide`` of the CC0 slide (``--quick``: a 512² px crop of it),
   with the share of its time spent encoding.

@@ -27,7 +27,7 @@ from src_models.models.base import Model, save_model  # noqa: E402
 from src_models.models.loading import load_model  # noqa: E402
 
 
-def assemble(image: Path, codec: Path, mask: Path, out: Path, *, scale_px: int = 16, layout_steps: int = 50,
+def assemble(image: Path, codec: Path, mask: Path, out: Path, *, scale_px: int = 16, layout_steps: int = 20,
              training_data: str | None = None, description: str | None = None, licence: str | None = None,
              log: list | None = None, layout_classes: tuple[int, ...] = (1, 2, 3),
              off_class: int | None = None) -> Model:
@@ -41,8 +41,8 @@ def assemble(image: Path, codec: Path, mask: Path, out: Path, *, scale_px: int =
     card = img.card
     card.mask_model = {
         **msk.card.unet, "kind": KIND, "classes": [int(c) for c in layout_classes], "scale_px": scale_px,
-        "patch_size": msk.card.patch_size, "steps": layout_steps,
-    }
+        "patch_size": msk.card.patch_size, "steps": layout_steps, "solver": "ddim", "eta": 1.0,
+    }  # 20 DDIM steps with eta 1: as good as 50 on the layout measures (benchmarks/layout_steps.py, docs/layouts.md)
     if off_class is not None:
         card.mask_model["off_class"] = int(off_class)
     ce, me = cod.card.extra, msk.card.extra
