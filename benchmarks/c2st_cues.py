@@ -97,6 +97,8 @@ def main(argv=None) -> int:
     p.add_argument("--tile", type=int, default=64)
     p.add_argument("--stride", type=int, default=32)
     p.add_argument("--sigma-um", type=float, default=2.0)
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), metavar="NAME",
+                   help=f"which of {', '.join(repr(v) for v in VARIANTS)} to run (default all)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work", type=Path, default=ROOT / "out" / "c2st_cues")
     p.add_argument("--out", type=Path, required=True)
@@ -118,7 +120,7 @@ def main(argv=None) -> int:
         real, mpp = tumour_heldout(a.work / (f"tumour-{a.crop}" if crop else "tumour"), crop), PIXEL_UM
     sets = list(a.sets or [])
     if a.roundtrip:
-        folder = roundtrip(a.roundtrip, real, a.work / f"roundtrip-{a.heldout}-{a.crop or 'all'}")
+        folder = roundtrip(a.roundtrip, real, a.work / f"roundtrip-{Path(a.roundtrip).name}-{a.heldout}-{a.crop or 'all'}")
         sets += [f"codec round trip:{s}={folder}" for s in a.roundtrip_seeds]
     rows = []
     for spec in sets:
@@ -132,15 +134,15 @@ def main(argv=None) -> int:
         sigma_px = a.sigma_um / tile_mpp
         rr, ss = r.rgb(), s.rgb()
         sides = {
-            "as is": (rr, ss),
-            "grey": (grey(rr), grey(ss)),
-            "colour-matched": (rr, colour_matched(ss, rr)),
-            "blurred": (blurred(rr, sigma_px), blurred(ss, sigma_px)),
-            "grey + blurred": (blurred(grey(rr), sigma_px), blurred(grey(ss), sigma_px)),
+            "as is": lambda: (rr, ss),
+            "grey": lambda: (grey(rr), grey(ss)),
+            "colour-matched": lambda: (rr, colour_matched(ss, rr)),
+            "blurred": lambda: (blurred(rr, sigma_px), blurred(ss, sigma_px)),
+            "grey + blurred": lambda: (blurred(grey(rr), sigma_px), blurred(grey(ss), sigma_px)),
         }
         row = {"set": label, "seed": seed, "n_real": len(rr), "n_synthetic": len(ss)}
-        for name in VARIANTS:
-            x, y = sides[name]
+        for name in a.variants:
+            x, y = sides[name]()
             res = c2st(x, y, seed=seed, real_groups=r.groups(), synthetic_groups=s.groups(), overlap=overlap)
             row[name] = {"accuracy": res["accuracy"], "ci95": res.get("ci95")}
         rows.append(row)
@@ -151,7 +153,7 @@ def main(argv=None) -> int:
     summary = {}
     for label in dict.fromkeys(r["set"] for r in rows):
         mine = [r for r in rows if r["set"] == label]
-        summary[label] = {name: mean_ci([r[name]["accuracy"] for r in mine]) for name in VARIANTS}
+        summary[label] = {name: mean_ci([r[name]["accuracy"] for r in mine]) for name in a.variants}
     result = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])),
               "machine": {"cpu": platform.machine(), "cores": os.cpu_count(), "threads": a.threads,
                           "torch": torch.__version__, "load": os.getloadavg()},
