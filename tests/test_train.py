@@ -161,6 +161,27 @@ def test_codec_critic_frozen_encoder_and_stop_at(tmp_path):
     assert not (tmp_path / "w" / "checkpoints" / "codec" / "step_0000005").exists()
 
 
+def test_a_decoder_only_fine_tune_keeps_the_latents_and_their_normalisation(tmp_path):
+    """Encoder frozen from step 0, started from a codec: the encoder and the latent scale and shift
+    come out bit for bit as they went in (an image model on that codec stays valid); the decoder learns."""
+    from safetensors.torch import load_file, save_file
+
+    data = T.load_training_set(_write_folder(tmp_path / "d"))
+    cfg = {"widths": [8, 8], "latent_channels": 2, "mid_blocks": 1}
+    common = dict(config=cfg, crop=16, batch=2, lr=1e-2, ckpt_every=10, log_every=1, progress=False)
+    T.train_codec(data, tmp_path / "a", steps=3, **common)
+    start = load_file(str(tmp_path / "a" / "codec_final" / "codec.safetensors"))
+    start["latent_scale"] = start["latent_scale"] * 1.37  # not what the data would give: must survive as it is
+    save_file(start, str(tmp_path / "start.safetensors"))
+    T.train_codec(data, tmp_path / "b", steps=3, gan_weight=0.1, gan_start=0, freeze_encoder=True,
+                  init=tmp_path / "start.safetensors", seed=1, **common)
+    tuned = load_file(str(tmp_path / "b" / "codec_final" / "codec.safetensors"))
+    assert all(torch.equal(tuned[k], start[k]) for k in start if not k.startswith("decoder."))
+    assert any(not torch.equal(tuned[k], start[k]) for k in start if k.startswith("decoder."))
+    info = json.loads((tmp_path / "b" / "codec_final" / "codec.json").read_text())
+    assert info["scale"] == float(start["latent_scale"]) and info["encoder_frozen_from"] == 0
+
+
 def test_unet_stop_at_ends_a_longer_schedule_with_its_learning_rate(tmp_path):
     """--stop-at writes the model at that step of the --steps schedule; the learning rate of the
     steps run is the full schedule's (not a shorter cosine), and the card records both counts."""

@@ -715,7 +715,8 @@ def train_codec(
     With ``gan_weight > 0`` a :class:`PatchCritic` joins from step ``gan_start`` on (hinge loss,
     the generator term weighted by ``gan_weight``).  With ``freeze_encoder`` the encoder stops
     learning at ``gan_start``: only the decoder (and critic) train on, so the latents, and an image
-    model trained on them meanwhile, stay valid.  The result is also written to
+    model trained on them meanwhile, stay valid; frozen from step 0 with ``init``, the starting
+    codec's latent normalisation is kept as it is (a decoder-only fine-tune).  The result is also written to
     ``work_dir/codec_final`` (a finished stage is not re-run on resume).
 
     ``batch`` is the global batch; ``par`` and ``micro_batch`` as for :func:`run_loop`.  ``init``: a
@@ -790,7 +791,13 @@ def train_codec(
     codec.eval()
     raw = torch.cat([encode_large(codec, torch.from_numpy(np.array(_pad_to(t.image, None, crop, codec.factor)[0])).permute(2, 0, 1).float() / 255.0,
                                   device=device, raw=True).reshape(codec.channels, -1) for t in data.tiles], dim=1)
-    scale, shift = codec.set_normalisation(raw[None])
+    if freeze_encoder and gan_start == 0 and init is not None:
+        # the encoder never trained: the latents are the starting codec's, and so must their
+        # normalisation be (recomputing it moves the scale in its last bits, and the card's codec
+        # entry, which an image model trained on that codec carries, would no longer match)
+        scale, shift = float(codec.latent_scale), [float(v) for v in codec.latent_shift]
+    else:
+        scale, shift = codec.set_normalisation(raw[None])
     if par is None or par.main:
         final.mkdir(parents=True, exist_ok=True)
         save_file(_state_cpu(codec), str(final / "codec.safetensors"))
