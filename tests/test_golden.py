@@ -90,8 +90,9 @@ GOLDEN = {
     # that 3), chosen by the held-out sweep (docs/sampling_defaults.md); with omega=1.0 given, the previous
     # digest 33ec61f1… came back unchanged, with omega=3.0 the one before it, fb531d4f….  Those digests, and
     # e47021f5… of the per-class default, were made with the 5,000-step image UNet; since stop 6 the model
-    # ships the longer-trained UNet (run skin3; docs/default_model.md) at the same card defaults
-    "default-grid-ddim": "8f1a1124529feaef1fcf365110071a6c688b874587f628ee7de1c31a5b1ea6dc",
+    # ships the longer-trained UNet (run skin3; docs/default_model.md) at the same card defaults (8f1a1124…),
+    # and since stop 7 its codec's fine-tuned decoder (run dec1): the same latents, decoded anew
+    "default-grid-ddim": "44648f2d7d7ed5313cf161373a4024d8ccc997ea72403e810dc2c7258da31d87",
 }
 
 
