@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from layout_figure import CELL, SIDE, SKIN_PAL, TUMOUR_PAL  # noqa: E402  (the layouts figure's canvas and colours)
+from layout_figure import (CELL, SIDE, SKIN_PAL, TUMOUR_PAL,  # noqa: E402  (the layouts figure's canvas, colours, real maps)
+                           skin_training_labels, tumour_training_labels)
 
 PALETTES = {"default": SKIN_PAL, "tumour": TUMOUR_PAL}
 
@@ -66,22 +67,12 @@ def measures(labels: np.ndarray, model: str, px_um: float, num_classes: int) -> 
 
 def real_measures(model: str) -> list[dict]:
     """The same measures on the real training label maps (held-out parts left out), on the mask grid."""
-    from PIL import Image
-
-    from src_models.data import masks_from_nuclei as mfn
-    from src_models.data.masks_from_he import HELDOUT_FROM_ROW, derive_mask
+    from src_models.data.masks_from_nuclei import PIXEL_UM
 
     if model == "default":
-        slide = np.asarray(Image.open(ROOT / "data" / "cmu_small_region" / "cmu_small_region.png").convert("RGB"))
-        maps = [(derive_mask(slide[:HELDOUT_FROM_ROW], pixel_um=0.499), 0.499, 4)]
+        maps = [(skin_training_labels(), 0.499, 4)]
     else:
-        maps = []
-        for src in mfn.SOURCES:
-            rgb, types = mfn.load_source(ROOT / "data" / "more_he", src)
-            if types is None:
-                continue
-            labels = mfn.derive_labels(rgb, types)
-            maps.append((labels[: mfn.heldout_from_row(labels.shape[0])], mfn.PIXEL_UM, 5))
+        maps = [(m, PIXEL_UM, 5) for m in tumour_training_labels()]
     # on the layouts' grid: one label a cell, taken at the cell's centre
     return [dict(measures(m[CELL // 2::CELL, CELL // 2::CELL], model, px * CELL, n), shape=list(m.shape))
             for m, px, n in maps]

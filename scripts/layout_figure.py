@@ -43,6 +43,30 @@ def _spread(rows: list[dict], key: str, index: int | None = None) -> list[float]
     return [round(float(x), 3) for x in np.percentile(v, [50, 10, 90])]
 
 
+def skin_training_labels() -> np.ndarray:
+    """The CC0 slide's training rows' label map (masks_from_he), at 0.499 µm/px."""
+    from PIL import Image
+
+    from src_models.data.masks_from_he import HELDOUT_FROM_ROW, derive_mask
+
+    slide = np.asarray(Image.open(ROOT / "data" / "cmu_small_region" / "cmu_small_region.png").convert("RGB"))
+    return derive_mask(slide[:HELDOUT_FROM_ROW], pixel_um=0.499)
+
+
+def tumour_training_labels() -> list[np.ndarray]:
+    """The training parts (held-out rows cut off) of the labelled BSD-3 carcinoma images (masks_from_nuclei)."""
+    from src_models.data import masks_from_nuclei as mfn
+
+    out = []
+    for src in mfn.SOURCES:
+        rgb, types = mfn.load_source(ROOT / "data" / "more_he", src)
+        if types is None:
+            continue
+        labels = mfn.derive_labels(rgb, types)
+        out.append(labels[: mfn.heldout_from_row(labels.shape[0])])
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=20)
@@ -53,23 +77,14 @@ def main(argv=None) -> int:
     from PIL import Image
 
     from src_models.data import masks_from_nuclei as mfn
-    from src_models.data.masks_from_he import HELDOUT_FROM_ROW, derive_mask
     from src_models.models.loading import find_card
     from src_models.synthesis.anatomy import draw_recipe, measure_nests, recipe_summary
     from src_models.synthesis.layouts import layout_recipe
 
     card, _ = find_card("default")
     skin_recipe = layout_recipe(card)
-    slide = np.asarray(Image.open(ROOT / "data" / "cmu_small_region" / "cmu_small_region.png").convert("RGB"))
-    skin_real = derive_mask(slide[:HELDOUT_FROM_ROW], pixel_um=0.499)
-
-    tumour_real = []
-    for src in mfn.SOURCES:
-        rgb, types = mfn.load_source(ROOT / "data" / "more_he", src)
-        if types is None:
-            continue
-        labels = mfn.derive_labels(rgb, types)
-        tumour_real.append(labels[: mfn.heldout_from_row(labels.shape[0])])
+    skin_real = skin_training_labels()
+    tumour_real = tumour_training_labels()
     tumour_recipe = measure_nests(tumour_real, mfn.PIXEL_UM, background=1, nest=2, matrix=3, edge=4)
 
     grid = SIDE // CELL
