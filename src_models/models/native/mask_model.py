@@ -19,7 +19,9 @@ The card's ``mask_model`` entry::
      "classes": [1, 2, 3], "scale_px": 16, "patch_size": 32, "steps": 50}
 
 Optional ``"solver"`` and ``"eta"`` choose how layouts are sampled (default DDIM with η = 1; the
-shipped cards' choice is measured by ``benchmarks/layout_steps.py``).  An optional ``"off_class"`` names a class that has no channel of its own: it is the all-off code
+shipped cards' choice is measured by ``benchmarks/layout_steps.py``).
+
+An optional ``"off_class"`` names a class that has no channel of its own: it is the all-off code
 (every channel -1), and a layout pixel whose channels all stay below zero takes it.  The tumour
 model's layouts use it for background (channels tumour, stroma, infiltrate), since an RGB training
 image holds three channels.
