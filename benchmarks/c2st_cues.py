@@ -68,13 +68,13 @@ def colour_matched(synthetic: list[np.ndarray], real: list[np.ndarray]) -> list[
 
 
 def roundtrip(model_spec: str, real: Path, out: Path) -> Path:
-    """A folder like ``real`` (images/, masks/) whose images went through the model's codec and back."""
+    """A folder like ``real`` (images/, masks/) whose images went through the model's codec and back
+    (``codec_error.round_trip``, the codec-error benchmark's own)."""
     import shutil
 
-    import torch
+    from codec_error import round_trip
     from PIL import Image
 
-    from src_models.models.codec import decode_latent, encode_rgb
     from src_models.models.loading import load_model
 
     codec = load_model(model_spec).codec
@@ -82,8 +82,7 @@ def roundtrip(model_spec: str, real: Path, out: Path) -> Path:
     shutil.copytree(real / "masks", out / "masks", dirs_exist_ok=True)
     for path in sorted((real / "images").iterdir()):
         rgb = np.asarray(Image.open(path).convert("RGB"))
-        z = encode_rgb(codec, rgb, "cpu")
-        Image.fromarray(decode_latent(codec, torch.from_numpy(z))).save(out / "images" / path.name)
+        Image.fromarray(round_trip(codec, rgb)).save(out / "images" / path.name)
     return out
 
 
