@@ -45,18 +45,18 @@ def border_per_mm2(labels: np.ndarray, px_um: float) -> float:
     return edges * px_um / area_mm2
 
 
-def measures(labels: np.ndarray, model: str, px_um: float, num_classes: int) -> dict:
-    from src_models.synthesis.anatomy import measure_nests, measure_section
+def measures(labels: np.ndarray, recipe: dict, px_um: float, num_classes: int) -> dict:
+    """The card recipe's own measures (``recipe_summary``, with the recipe's class indices), each
+    class's share and the border length."""
+    from src_models.synthesis.anatomy import recipe_summary
 
-    out: dict = {}
-    if model == "default":
-        r = measure_section(labels, px_um, glass=1, surface=2, core=3)
-        out.update(tissue_share=r["tissue_share"], surface_share=r["surface_share"],
+    r = recipe_summary(labels, recipe, px_um)
+    if recipe["kind"] == "section":
+        out = dict(tissue_share=r["tissue_share"], surface_share=r["surface_share"],
                    surface_border_share=r["surface_border_share"], surface_depth_um=r["surface_depth_um"][1],
                    pieces=r["pieces"])
     else:
-        r = measure_nests(labels, px_um, background=1, nest=2, matrix=3, edge=4)
-        out.update(nest_share=r["nest_share"][0], nest_diameter_um=r["nest_diameter_um"],
+        out = dict(nest_share=r["nest_share"][0], nest_diameter_um=r["nest_diameter_um"],
                    edge_depth_um_p90=r["edge_depth_um"][1], edge_fill=r["edge_fill"],
                    background_share=r["background_share"])
     for c in range(1, num_classes):
@@ -65,17 +65,15 @@ def measures(labels: np.ndarray, model: str, px_um: float, num_classes: int) -> 
     return out
 
 
-def real_measures(model: str) -> list[dict]:
+def real_measures(card) -> list[dict]:
     """The same measures on the real training label maps (held-out parts left out), on the mask grid."""
-    from src_models.data.masks_from_nuclei import PIXEL_UM
+    from src_models.synthesis.layouts import layout_recipe
 
-    if model == "default":
-        maps = [(skin_training_labels(), 0.499, 4)]
-    else:
-        maps = [(m, PIXEL_UM, 5) for m in tumour_training_labels()]
+    px = float(card.pixel_size_um)
+    maps = [skin_training_labels()] if layout_recipe(card)["kind"] == "section" else tumour_training_labels()
     # on the layouts' grid: one label a cell, taken at the cell's centre
-    return [dict(measures(m[CELL // 2::CELL, CELL // 2::CELL], model, px * CELL, n), shape=list(m.shape))
-            for m, px, n in maps]
+    return [dict(measures(m[CELL // 2::CELL, CELL // 2::CELL], layout_recipe(card), px * CELL, card.num_classes),
+                 shape=list(m.shape)) for m in maps]
 
 
 def parse_setting(text: str) -> tuple[str, int, float | None]:
@@ -125,9 +123,16 @@ def main(argv=None) -> int:
     from src_models.models.loading import load_model
     from src_models.models.native.mask_model import generate_layout
 
-    rows, layouts = [], {}
+    from src_models.synthesis.layouts import layout_recipe
+
+    load_before = os.getloadavg()
+    rows, layouts, real = [], {}, {}
     for name in a.models:
         model = load_model(name)
+        recipe = layout_recipe(model.card)
+        if recipe is None:
+            raise SystemExit(f"model {name}: its card has no anatomy recipe to measure layouts with")
+        real[name] = real_measures(model.card)
         calls = [0]
         hook = model.mask_unet.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
         px_um = float(model.card.pixel_size_um) * CELL
@@ -143,7 +148,7 @@ def main(argv=None) -> int:
                 base = labels if base is None else base
                 row = {"model": name, "setting": setting, "seed": seed, "calls": calls[0], "cpu_seconds": round(cpu, 2),
                        "agreement_with_base": round(float((labels == base).mean()), 4),
-                       "measures": measures(labels, name, px_um, model.card.num_classes)}
+                       "measures": measures(labels, recipe, px_um, model.card.num_classes)}
                 rows.append(row)
                 layouts[(name, setting, seed)] = labels
                 print(json.dumps(row), flush=True)
@@ -152,9 +157,9 @@ def main(argv=None) -> int:
     result = {
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])),
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": a.threads,
-                    "torch": torch.__version__, "load_before": os.getloadavg()},
+                    "torch": torch.__version__, "load_before": load_before},
         "canvas_px": SIDE, "cell_px": CELL, "base": a.settings[0],
-        "real": {name: real_measures(name) for name in a.models},
+        "real": real,
         "rows": rows, "summary": summarise(rows, a.settings[0]),
     }
     result["machine"]["load_after"] = os.getloadavg()
