@@ -19,6 +19,7 @@ import torch
 from src_models.models.codec import decode_latent
 from src_models.sampling.sampler import Cancelled, LevelInfo, SampleStats, sample_area
 from src_models.store.canvas import Canvas, Region
+from src_models.synthesis.blend import blend_kept_edges
 from src_models.synthesis.boxes import sample_box, target_bbox, work_px
 from src_models.synthesis.request import RegionDone, RegionProgress, SynthesisRequest
 from src_models.synthesis.run import Run, check_labels_fit, prepare_run, refresh_borders
@@ -158,6 +159,8 @@ def _synthesise_region(run: Run, region: Region, cancel, progress) -> tuple[int,
     if _cancelled(cancel):
         return None
     rgb = decode_latent(run.model.codec, z)
+    if known is not None:
+        rgb = blend_kept_edges(canvas, region, box, target, rgb, known_np)
     latent_np = z[:, ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0].float().cpu().numpy()
     block = rgb[(ty0 - y0) * f : (ty1 - y0) * f, (tx0 - x0) * f : (tx1 - x0) * f]
     if whole:

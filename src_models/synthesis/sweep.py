@@ -49,6 +49,7 @@ from src_models.store.canvas import Canvas, Region
 from src_models.models.codec import decode_latent
 from src_models.sampling.guidance import PER_CLASS, host_to_device
 from src_models.sampling.plan import check_plan, owner_local
+from src_models.synthesis.blend import blend_kept_edges
 from src_models.synthesis.request import RegionDone, SweepProgress
 from src_models.sampling.sampler import LabelCounter, SampleStats, Guided, gather, is_cancelled, pass_labels, scatter, window_index
 from src_models.sampling.schedule import q_sample
@@ -307,6 +308,7 @@ def _decode_region(sw: _Sweep, r: Region) -> None:
     z = torch.from_numpy(canvas.read_latent(y0, y1, x0, x1)).to(run.device)
     rgb = decode_latent(run.model.codec, z)
     target = canvas.target_map(r)
+    rgb = blend_kept_edges(canvas, r, (y0, y1, x0, x1), target, rgb)
     block = np.ascontiguousarray(rgb[(r.y0 - y0) * f : (r.y1 - y0) * f, (r.x0 - x0) * f : (r.x1 - x0) * f])
     canvas.write_region(r, block, where=target)
     if target.all():
