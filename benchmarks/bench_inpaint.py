@@ -1,7 +1,7 @@
 """Inpainting into real tissue: does a regenerated square continue its surroundings?
 
     python benchmarks/bench_inpaint.py [--model default] [--steps 50] [--square 256] [--resample 1 3] [--omega 0 1 3] [--seed 0 1 2] [--sheet docs/inpainting.png]
-                                       [--region-size 256] [--offset DY,DX] [--threads N]
+                                       [--region-size 256] [--offset DY,DX] [--threads N] [--no-blend]
 
 Real tissue: a 768² px crop of the CC0 slide's held-out band (never trained on) and, when
 ``../shared`` is there, the DiffInfinite release's real lung patches (512² px, MIT).  Each is
@@ -114,7 +114,13 @@ def main(argv=None) -> int:
     p.add_argument("--region-size", type=int, default=256, help="the canvas's region side in px")
     p.add_argument("--offset", default="0,0", metavar="DY,DX", help="move the square from the centre (px)")
     p.add_argument("--sheet", type=Path, default=None)
+    p.add_argument("--no-blend", action="store_true",
+                   help="write the plain decode in the square (as before stop 8), for an A/B of the edge blending")
     a = p.parse_args(argv)
+    if a.no_blend:
+        import src_models.synthesis.blend as blend
+
+        blend.edge_blend = lambda decoded, *args, **kwargs: decoded
     import torch
 
     from src_models.models.loading import load_model
@@ -141,7 +147,7 @@ def main(argv=None) -> int:
         _sheet(pictures, a.sheet)
     print(json.dumps({"model": a.model, "card_omega": model.card.default_omega,  # what "omega": null ran with
                       "card_omega_per_class": model.card.default_omega_per_class,
-                      "steps": a.steps, "solver": a.solver, "square": a.square,
+                      "steps": a.steps, "solver": a.solver, "square": a.square, "edge_blend": not a.no_blend,
                       "region_size": a.region_size, "offset": list(offset), "runs": rows,
                       "torch_threads": torch.get_num_threads(), "load_average": [round(v, 2) for v in os.getloadavg()]}))
     return 0
