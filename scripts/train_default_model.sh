@@ -30,11 +30,16 @@ $PY -m src_models.training.train --data out/v2_data --out out/skin3 --work out/s
   --batch 16 --lr 2e-4 --snr-gamma 5 --balance 0.5 --ckpt-every 250 --pixel-size-um 0.499 --seed 1 "$@"
 
 # 2c. the codec's decoder fine-tuned (issue 19, "dec1"): encoder and latent normalisation frozen, so the UNet above
-#     is unchanged; a patch critic at weight 0.01 sharpens the texture. Its codec is the one shipped (stop 7).
+#     is unchanged; a patch critic at weight 0.01 sharpens the texture (shipped at stop 7, then trained on in 2d).
 $PY -m src_models.training.train --data out/v2_data --name default --codec train --codec-init out/v2enc_model \
   --codec-freeze-encoder --codec-gan-weight 0.01 --codec-gan-start 0 --codec-batch 8 --codec-crop 64 \
   --codec-widths 64,128,128 --codec-steps 1500 --codec-lr 2e-4 --steps 0 --ckpt-every 250 --seed 3 \
   --out out/dec1 --work out/dec1.train "$@"
+# 2d. the same decoder trained on for a new 2,000-step schedule from 2c ("dec2"; shipped at stop 8)
+$PY -m src_models.training.train --data out/v2_data --name default --codec train --codec-init out/dec1 \
+  --codec-freeze-encoder --codec-gan-weight 0.01 --codec-gan-start 0 --codec-batch 8 --codec-crop 64 \
+  --codec-widths 64,128,128 --codec-steps 2000 --codec-lr 2e-4 --steps 0 --ckpt-every 250 --seed 4 \
+  --out out/dec2 --work out/dec2.train "$@"
 
 # 3. layout (mask) model: unconditional, one-hot codes of glass/epidermis/dermis, no codec;
 #    stopped at step 1750 of a 2500-step schedule
@@ -45,7 +50,7 @@ $PY -m src_models.training.train --data out/mask_data --out out/mask_model --wor
 # 4. one model directory
 #    (the card's extra then names the decoder run under codec_*; the shipped card keeps the first codec run
 #    there and the decoder run under decoder_*)
-$PY scripts/assemble_default_model.py --image out/skin3 --codec out/dec1 --mask out/mask_model \
+$PY scripts/assemble_default_model.py --image out/skin3 --codec out/dec2 --mask out/mask_model \
   --out src_models/weights/default --log docs/default_model_training_log.json --training-data "$DATA" --licence "weights: MIT (project licence); training data: CC0 1.0" \
   --description "Project default model: glass, epidermis and dermis of H&E skin at 0.5 um/px (20x), 128 px windows, with a layout model that draws masks. Trained on a 2-core CPU; see docs/default_model.md and scripts/train_default_model.sh."
 

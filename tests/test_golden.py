@@ -91,8 +91,9 @@ GOLDEN = {
     # digest 33ec61f1… came back unchanged, with omega=3.0 the one before it, fb531d4f….  Those digests, and
     # e47021f5… of the per-class default, were made with the 5,000-step image UNet; since stop 6 the model
     # ships the longer-trained UNet (run skin3; docs/default_model.md) at the same card defaults (8f1a1124…),
-    # and since stop 7 its codec's fine-tuned decoder (run dec1): the same latents, decoded anew
-    "default-grid-ddim": "44648f2d7d7ed5313cf161373a4024d8ccc997ea72403e810dc2c7258da31d87",
+    # and since stop 7 its codec's fine-tuned decoder (run dec1, 44648f2d…), trained on at stop 8 (run dec2): the
+    # same latents, decoded anew
+    "default-grid-ddim": "6c98c3912ae757a9e94e089c96173bd0c30bc49097342d0f975dee2bb862c2c5",
 }
 
 
