@@ -124,3 +124,46 @@ def test_an_inpainted_square_in_an_imported_image_meets_it_without_a_step(tiny, 
     assert np.array_equal(blended[~inside], before[~inside]) and np.array_equal(plain[~inside], before[~inside])
     assert not np.array_equal(blended[inside], plain[inside])
     assert _edge_step(blended, y0, y1, x0, x1) < 0.7 * _edge_step(plain, y0, y1, x0, x1)
+
+
+def test_regions_outpainted_beside_an_imported_image_follow_it(tiny, tmp_path, monkeypatch):
+    """Whole regions sampled next to imported content (outpaint), with a codec that decodes 40 grey levels
+    too bright: blended, the new pixels along the imported ones are what a codec without that offset
+    gives; the imported pixels stay as they were; between two new regions nothing is blended (their shared
+    border is rewritten from one decode by refresh_borders, as on any generated canvas)."""
+    import src_models.synthesis.blend as blend
+    import src_models.synthesis.regions as regions
+    from src_models.synthesis.editing import outpaint
+
+    decode = regions.decode_latent
+    src = tmp_path / "slide.png"
+    Image.fromarray(_texture((128, 128), 2)).save(src)
+    imported, _ = import_slide(src, tiny, tmp_path / "src.zarr", region_size=64)
+    imported.close()
+    shipped, calls, results = blend.edge_blend, [], {}
+
+    def spy(decoded, kept_rgb, write, kept, **k):
+        calls.append((write.copy(), kept.copy()))
+        return shipped(decoded, kept_rgb, write, kept, **k)
+
+    for name in ("true", "plain", "blended"):
+        monkeypatch.undo()
+        if name != "true":
+            monkeypatch.setattr(regions, "decode_latent",
+                                lambda codec, z: np.clip(decode(codec, z).astype(int) + 40, 0, 255).astype(np.uint8))
+        monkeypatch.setattr(blend, "edge_blend", spy if name == "blended" else (lambda d, *a, **k: np.asarray(d).copy()))
+        canvas = outpaint(tmp_path / "src.zarr", tiny, tmp_path / f"{name}.zarr", (0, 64, 0, 0), label=1)
+        list(synthesise(tiny, canvas, SynthesisRequest(model="tiny-test", steps=2, seed=3)))
+        results[name] = canvas.read_rgb(0, 128, 0, 192).astype(int)
+        canvas.close()
+    original = np.asarray(Image.open(src).convert("RGB"))
+    for name in results:
+        assert np.array_equal(results[name][:, :128], original)
+    near = (slice(None), slice(128, 136))  # the new pixels next to the imported ones
+    unsaturated = (results["true"][near] > 0) & (results["true"][near] < 215)
+    off_plain = np.abs(results["plain"][near] - results["true"][near])[unsaturated].mean()
+    off_blended = np.abs(results["blended"][near] - results["true"][near])[unsaturated].mean()
+    assert off_plain > 35 and off_blended < 5
+    assert len(calls) == 2  # one per new region, each against the imported pixels only
+    for write, kept in calls:  # each box starts 8 px (the halo) left of the new column: only that part is kept
+        assert kept[:, :8].all() and not kept[:, 8:].any() and not (kept & write).any()
