@@ -57,7 +57,7 @@ def edge_blend(decoded: np.ndarray, kept_rgb: np.ndarray, write: np.ndarray, kep
     dist = ndimage.distance_transform_edt(~boundary)
     dom = write & (dist <= band)
     # a piece of the domain that touches no kept pixel has nothing to follow: it stays as decoded
-    labels, n = ndimage.label(dom)
+    labels, _ = ndimage.label(dom)
     touching = np.unique(labels[neighbours(boundary) & dom])
     dom = np.isin(labels, touching[touching > 0])
     if not dom.any():
