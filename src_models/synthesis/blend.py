@@ -23,12 +23,10 @@ BAND_PX = 64  # how far into the written area the correction reaches (it is 0 fr
 
 def neighbours(mask: np.ndarray) -> np.ndarray:
     """Pixels 4-adjacent to ``mask`` (``mask`` itself excluded)."""
-    out = np.zeros_like(mask)
-    out[1:] |= mask[:-1]
-    out[:-1] |= mask[1:]
-    out[:, 1:] |= mask[:, :-1]
-    out[:, :-1] |= mask[:, 1:]
-    return out & ~mask
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    return ndimage.binary_dilation(mask) & ~mask  # the default structure is the 4-neighbour cross
 
 
 def edge_blend(decoded: np.ndarray, kept_rgb: np.ndarray, write: np.ndarray, kept: np.ndarray,
@@ -106,9 +104,10 @@ def blend_kept_edges(canvas, region, box, target: np.ndarray, rgb: np.ndarray,
 
     What stays: cells with finished content (``known``, the canvas's :meth:`known_map` of the box
     when not given) outside what is written, except, when the whole region is written, generated
-    neighbours: :func:`src_models.synthesis.run.refresh_borders` rewrites their pixels along the
-    border from this same decode, so there is no step to remove there.  A canvas made by the
-    sampler alone is therefore unchanged; an imported slide, or what an inpaint keeps, is followed.
+    neighbours that :func:`src_models.synthesis.run.refresh_borders` rewrites along the border from
+    this same decode (:func:`~src_models.synthesis.run.refreshed_neighbours`): no step to remove
+    there.  A canvas made by the sampler alone is therefore unchanged; an imported slide, or what an
+    inpaint keeps, is followed.
     """
     y0, y1, x0, x1 = box
     known = canvas.known_map(y0, y1, x0, x1) if known is None else known
@@ -118,10 +117,10 @@ def blend_kept_edges(canvas, region, box, target: np.ndarray, rgb: np.ndarray,
                                                              ix0 - region.x0 : ix1 - region.x0]
     kept = known & ~write
     if target.all():
-        done = canvas.done_indices()
-        for r in canvas.regions_in(y0, y1, x0, x1):
-            if r.index != region.index and r.index in done and "seed" in canvas.done_info(r.index):
-                kept[max(r.y0, y0) - y0 : min(r.y1, y1) - y0, max(r.x0, x0) - x0 : min(r.x1, x1) - x0] = False
+        from src_models.synthesis.run import refreshed_neighbours
+
+        for r in refreshed_neighbours(canvas, region, y0, y1, x0, x1):
+            kept[max(r.y0, y0) - y0 : min(r.y1, y1) - y0, max(r.x0, x0) - x0 : min(r.x1, x1) - x0] = False
     if not (kept & neighbours(write)).any():
         return rgb
     f = canvas.factor

@@ -95,6 +95,17 @@ def check_labels_fit(run: Run, mask_np: np.ndarray, where: str) -> None:
         )
 
 
+def refreshed_neighbours(canvas: Canvas, region: Region, y0: int, y1: int, x0: int, x1: int) -> list[Region]:
+    """The finished neighbours of ``region`` in the latent rectangle whose pixels :func:`refresh_borders`
+    rewrites: regions the sampler made (imported or copied content is never rewritten) with no job
+    waiting.  Edge blending (:func:`src_models.synthesis.blend.blend_kept_edges`) leaves exactly these
+    to it."""
+    done, jobs = canvas.done_indices(), canvas.jobs()
+    return [r for r in canvas.regions_in(y0, y1, x0, x1)
+            if r.index != region.index and r.index in done and r.index not in jobs
+            and "seed" in canvas.done_info(r.index)]
+
+
 def refresh_borders(canvas: Canvas, region: Region, area, rgb: np.ndarray, halo: int) -> None:
     """Rewrite the pixels of finished neighbours along the region's border from this decode.
 
@@ -118,12 +129,7 @@ def refresh_borders(canvas: Canvas, region: Region, area, rgb: np.ndarray, halo:
     by0, by1 = max(ay0, region.y0 - band), min(ay1, region.y1 + band)
     bx0, bx1 = max(ax0, region.x0 - band), min(ax1, region.x1 + band)
     f = canvas.factor
-    done, jobs = canvas.done_indices(), canvas.jobs()
-    for r in canvas.regions_in(by0, by1, bx0, bx1):
-        if r.index == region.index or r.index not in done or r.index in jobs:
-            continue
-        if "seed" not in canvas.done_info(r.index):  # imported or kept content: never rewritten
-            continue
+    for r in refreshed_neighbours(canvas, region, by0, by1, bx0, bx1):
         cy0, cy1 = max(by0, r.y0), min(by1, r.y1)
         cx0, cx1 = max(bx0, r.x0), min(bx1, r.x1)
         if cy0 >= cy1 or cx0 >= cx1:
