@@ -182,6 +182,56 @@ def test_a_decoder_only_fine_tune_keeps_the_latents_and_their_normalisation(tmp_
     assert info["scale"] == float(start["latent_scale"]) and info["encoder_frozen_from"] == 0
 
 
+def test_latent_grid_pattern_finds_exactly_what_repeats_with_the_grid():
+    """A pattern repeating every 4 px comes back exactly (less its mean) whatever lies under it;
+    content with no phase against the grid (a smooth ramp, a random field) gives next to nothing."""
+    rng = np.random.default_rng(0)
+    pattern = torch.from_numpy(rng.normal(0, 1, (3, 4, 4)).astype(np.float32))
+    ramp = torch.linspace(0, 1, 64)[None, None, :, None] + torch.linspace(0, 1, 64)[None, None, None, :]
+    content = ramp.expand(2, 3, 64, 64).clone()
+    content[1] = torch.from_numpy(rng.normal(0, 1, (3, 64, 64)).astype(np.float32))
+    x = content + pattern.repeat(1, 16, 16)[None]
+    got = T.latent_grid_pattern(x, 4)
+    want = pattern - pattern.mean(dim=(1, 2), keepdim=True)
+    assert got.shape == (2, 3, 4, 4)
+    assert torch.allclose(got[0], want + T.latent_grid_pattern(content, 4)[0], atol=1e-5)
+    # a ramp leaves only the change within one cell (3 px of its slope, 1/63 a px along each axis)
+    assert T.latent_grid_pattern(ramp.expand(1, 3, 64, 64), 4).abs().max() <= 3 / 63 + 1e-6
+    assert (got[1] - want).abs().mean() < 0.15 < want.abs().mean()  # random content: noise of 1/16 its std a cell mean
+
+
+def test_the_grid_loss_is_zero_without_a_pattern_and_pulls_one_out(tmp_path):
+    """grid_loss is 0 for a faithful reconstruction and grows with a pattern added on the grid;
+    gradient steps on it take a learnable pattern away; train_codec adds it with its weight (the
+    first step's loss, same seed and crops, is higher by the term) and records the weight."""
+    rng = np.random.default_rng(1)
+    img = torch.from_numpy(rng.uniform(0, 1, (2, 3, 32, 32)).astype(np.float32))
+    assert T.grid_loss(img, img, 4) == 0
+    bump = torch.zeros(3, 4, 4)
+    bump[:, 0, 0] = 0.2
+    assert T.grid_loss(img + bump.repeat(1, 8, 8), img, 4) > 0.02
+    learnt = torch.nn.Parameter(torch.from_numpy(rng.normal(0, 0.1, (3, 4, 4)).astype(np.float32)))
+    opt = torch.optim.SGD([learnt], lr=0.5)
+    first = None
+    for _ in range(50):
+        loss = T.grid_loss(img + learnt.repeat(1, 8, 8), img, 4)
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.2 * first
+
+    data = T.load_training_set(_write_folder(tmp_path / "d"))
+    cfg = {"widths": [8, 8, 8], "latent_channels": 2, "mid_blocks": 1}
+    common = dict(config=cfg, crop=32, batch=2, lr=1e-2, ckpt_every=10, log_every=1, progress=False, seed=3)
+    first_loss = {}
+    for name, weight in (("plain", 0.0), ("grid", 10.0)):
+        T.train_codec(data, tmp_path / name, steps=2, grid_weight=weight, **common)
+        first_loss[name] = float(next(csv.DictReader(open(tmp_path / name / "logs" / "codec.csv")))["loss"])
+        assert json.loads((tmp_path / name / "codec_final" / "codec.json").read_text())["grid_weight"] == weight
+    assert first_loss["grid"] > first_loss["plain"] + 0.01
+
+
 def test_unet_stop_at_ends_a_longer_schedule_with_its_learning_rate(tmp_path):
     """--stop-at writes the model at that step of the --steps schedule; the learning rate of the
     steps run is the full schedule's (not a shorter cosine), and the card records both counts."""

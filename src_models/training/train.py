@@ -641,6 +641,25 @@ def codec_loss(rec: torch.Tensor, img: torch.Tensor, grad_weight: float = 0.5) -
     return loss + grad_weight * ((rx - ix).abs().mean() + (ry - iy).abs().mean())
 
 
+def latent_grid_pattern(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """The part of each image in ``x`` (B, C, H, W) that repeats with the latent grid: per channel,
+    the mean over all ``factor`` x ``factor`` cells of each of the ``factor``² pixel positions, less
+    the mean over the positions; (B, C, factor, factor).  It holds exactly the image's Fourier
+    components at multiples of 1/factor cycles/px (each summed with its aliases).  Real tissue has
+    almost none (its content has no preferred phase against the grid); a decoder that upsamples
+    from the latent grid paints one (stop 9, docs/default_model.md)."""
+    b, c, h, w = x.shape
+    h, w = h - h % factor, w - w % factor
+    cells = x[..., :h, :w].reshape(b, c, h // factor, factor, w // factor, factor).mean(dim=(2, 4))
+    return cells - cells.mean(dim=(2, 3), keepdim=True)
+
+
+def grid_loss(rec: torch.Tensor, img: torch.Tensor, factor: int) -> torch.Tensor:
+    """Mean absolute difference between the reconstruction's and the image's
+    :func:`latent_grid_pattern`: zero when the decoder adds nothing that repeats with the grid."""
+    return (latent_grid_pattern(rec, factor) - latent_grid_pattern(img, factor)).abs().mean()
+
+
 class PatchCritic(torch.nn.Module):
     """A small patch discriminator (70-px receptive field class): real/fake logits per patch.
 
@@ -699,6 +718,7 @@ def train_codec(
     gan_weight: float = 0.0,
     gan_start: int = 0,
     freeze_encoder: bool = False,
+    grid_weight: float = 0.0,
     stop_at: int | None = None,
     ckpt_every: int = 500,
     log_every: int = 10,
@@ -778,6 +798,8 @@ def train_codec(
                 z = z + latent_noise * (torch.randn_like(z) if noise is None else _part(noise, i, j).to(z))
             rec = codec.decode_raw(z)
         loss = codec_loss(rec.float(), img)
+        if grid_weight > 0:
+            loss = loss + grid_weight * grid_loss(rec.float(), img, codec.factor)
         if gan_weight > 0 and step >= gan_start:
             g_term, d_term = adversarial_terms(trained.critic, rec.float(), img)
             loss = loss + gan_weight * g_term + d_term
@@ -805,7 +827,7 @@ def train_codec(
         stats = {"config": config, "scale": scale, "shift": shift, "latent_std": float(normed.std()),
                  "loss": info["loss"], "steps": info["step"], "schedule_steps": steps, "seconds": info["seconds"],
                  "gan_weight": gan_weight, "gan_start": gan_start if gan_weight > 0 else None,
-                 "encoder_frozen_from": gan_start if freeze_encoder else None}
+                 "encoder_frozen_from": gan_start if freeze_encoder else None, "grid_weight": grid_weight}
         (final / "codec.json").write_text(json.dumps(stats, indent=2) + "\n")
     if par is not None:
         par.barrier()  # codec_final is on disk before any rank goes on
@@ -950,6 +972,9 @@ def build_parser(prog: str = "diffinfinite train") -> argparse.ArgumentParser:
                    help="weight of the patch critic's (hinge) term in the codec loss; 0 = L1 + gradient only "
                    "(experimental: 0.1 wrecked the colours of the default model's codec within 100 steps)")
     g.add_argument("--codec-gan-start", type=int, default=0, help="codec step at which the critic joins")
+    g.add_argument("--codec-grid-weight", type=float, default=0.0,
+                   help="weight of a loss on the pattern the decoder paints with the latent grid's period "
+                   "(0 = none; the decoder run 'dec4' of the default model used 10)")
     g.add_argument("--codec-init", help="start the codec from this model directory's codec weights (same widths)")
     g.add_argument("--codec-freeze-encoder", action="store_true",
                    help="from --codec-gan-start on, train the decoder only (the latents stay fixed)")
@@ -1163,7 +1188,7 @@ def _main(a, argv: list[str], prog: str, par=None) -> int:
         codec = train_codec(data, work, steps=a.codec_steps, config={"widths": widths}, crop=a.codec_crop,
                             batch=a.codec_batch, lr=a.codec_lr, gan_weight=a.codec_gan_weight,
                             gan_start=a.codec_gan_start, freeze_encoder=a.codec_freeze_encoder,
-                            stop_at=a.codec_stop_at,
+                            grid_weight=a.codec_grid_weight, stop_at=a.codec_stop_at,
                             ckpt_every=a.ckpt_every, log_every=a.log_every,
                             resume=a.resume, device=device, seed=a.seed, progress=progress,
                             par=par, micro_batch=a.codec_micro_batch,
