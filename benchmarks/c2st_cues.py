@@ -8,7 +8,17 @@ same classifier protocol, run again on transformed copies of both sides:
   and standard deviation (a diagnosis: it uses the real set's statistics, which no model may);
 * ``blurred``: both sides blurred (Gaussian, σ = ``--sigma-um`` µm), so fine texture and nuclear
   detail are gone and colour and coarse structure remain;
-* ``grey + blurred``: only coarse structure of the grey levels.
+* ``grey + blurred``: only coarse structure of the grey levels;
+* ``compression-matched``: the synthetic tiles given the real set's JPEG compression: the real tiles'
+  8 x 8 block grid is found from their line-to-line grey steps (its phase, and how much stronger the
+  steps on the grid's lines are than elsewhere), and each synthetic tile is JPEG-encoded on that grid at
+  the quality whose block strength comes closest to the real set's (a diagnosis like colour matching:
+  it uses the real set's statistics).  The CC0 skin slide is an Aperio JPEG scan; the carcinoma images
+  show no such grid;
+* ``low-passed``: both sides with the finest scale taken out: spatial frequencies above
+  ``--cutoff`` cycles/px (default 0.3, a period of 3.3 px, far below a nucleus) removed per tile
+  (reflect-padded FFT, a raised-cosine edge 0.05 wide), so only the pixel-level noise floor and
+  the decoder's finest rendering are gone.
 
     python benchmarks/c2st_cues.py --heldout skin --crop 512x1024 \
         --set skin3:0=out/sweep/canvases_s3_8000_s0/heldout-ddim_50_1-w1.0-c3w0-s0.zarr ... \
@@ -34,7 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-VARIANTS = ("as is", "grey", "colour-matched", "blurred", "grey + blurred")
+VARIANTS = ("as is", "grey", "colour-matched", "blurred", "grey + blurred", "compression-matched", "low-passed")
+BLOCK = 8  # the JPEG block side
+QUALITIES = (95, 92, 90, 88, 85, 80, 75, 70, 60, 50)
 
 
 def grey(tiles: list[np.ndarray]) -> list[np.ndarray]:
@@ -67,6 +79,77 @@ def colour_matched(synthetic: list[np.ndarray], real: list[np.ndarray]) -> list[
     return [(color.lab2rgb(x * scale + shift) * 255).round().clip(0, 255).astype(np.uint8) for x in sl]
 
 
+def low_passed(tiles: list[np.ndarray], cutoff: float, width: float = 0.05) -> list[np.ndarray]:
+    """Each tile with its spatial frequencies above ``cutoff`` cycles/px removed (raised-cosine edge
+    ``width`` wide), the tile reflect-padded by half its side first so its borders do not ring."""
+    out = []
+    for t in tiles:
+        h, w = t.shape[:2]
+        x = np.pad(t.astype(np.float32), ((h // 2, h // 2), (w // 2, w // 2), (0, 0)), mode="reflect")
+        fy, fx = np.fft.fftfreq(x.shape[0])[:, None], np.fft.rfftfreq(x.shape[1])[None]
+        r = np.sqrt(fy ** 2 + fx ** 2)
+        gain = np.clip((cutoff + width / 2 - r) / width, 0.0, 1.0)
+        gain = 0.5 - 0.5 * np.cos(np.pi * gain)
+        y = np.fft.irfft2(np.fft.rfft2(x, axes=(0, 1)) * gain[..., None], s=x.shape[:2], axes=(0, 1))
+        out.append(y[h // 2 : h // 2 + h, w // 2 : w // 2 + w].round().clip(0, 255).astype(np.uint8))
+    return out
+
+
+def block_grid(tiles: list[np.ndarray]) -> dict:
+    """Where the 8 x 8 block grid of a set of equally placed tiles lies, and how strong it is.
+
+    For each of the 8 phases of the row lines (the grey step between rows i - 1 and i, for i = phase
+    mod 8) and of the column lines, the mean absolute step over every tile; the grid's phase is the
+    strongest, its strength that mean over the median of the other seven (1.0: no grid).
+    """
+    rows, cols = np.zeros(BLOCK), np.zeros(BLOCK)
+    for t in tiles:
+        g = t.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        dy, dx = np.abs(np.diff(g, axis=0)).mean(1), np.abs(np.diff(g, axis=1)).mean(0)
+        for k in range(BLOCK):  # dy[i] is the step onto row i + 1
+            rows[k] += dy[(np.arange(len(dy)) + 1) % BLOCK == k].mean()
+            cols[k] += dx[(np.arange(len(dx)) + 1) % BLOCK == k].mean()
+    out = {}
+    for name, prof in (("rows", rows), ("cols", cols)):
+        k = int(prof.argmax())
+        out[name] = {"phase": k, "strength": round(float(prof[k] / np.median(np.delete(prof, k))), 4)}
+    return out
+
+
+def jpeg_on_grid(tile: np.ndarray, quality: int, phase: tuple[int, int]) -> np.ndarray:
+    """``tile`` JPEG-encoded (4:4:4) with its block lines at rows/columns ``phase`` mod 8."""
+    import io
+
+    from PIL import Image
+
+    a, b = (-phase[0]) % BLOCK, (-phase[1]) % BLOCK
+    padded = np.pad(tile, ((a, 0), (b, 0), (0, 0)), mode="edge")
+    buf = io.BytesIO()
+    Image.fromarray(padded).save(buf, "JPEG", quality=quality, subsampling=0)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))[a:, b:]
+
+
+def compression_matched(synthetic: list[np.ndarray], real: list[np.ndarray]) -> tuple[list[np.ndarray], dict]:
+    """The synthetic tiles JPEG-encoded on the real set's block grid, at the quality (of
+    ``QUALITIES``) whose mean block strength comes closest to the real set's; and what was chosen."""
+    grid = block_grid(real)
+    phase = (grid["rows"]["phase"], grid["cols"]["phase"])
+    target = (grid["rows"]["strength"] + grid["cols"]["strength"]) / 2
+    probe = synthetic[:: max(1, len(synthetic) // 64)]
+    best = None
+    for q in QUALITIES:
+        g = block_grid([jpeg_on_grid(t, q, phase) for t in probe])
+        if (g["rows"]["phase"], g["cols"]["phase"]) != phase:
+            continue
+        gap = abs((g["rows"]["strength"] + g["cols"]["strength"]) / 2 - target)
+        if best is None or gap < best[0]:
+            best = (gap, q)
+    q = best[1] if best else QUALITIES[0]
+    out = [jpeg_on_grid(t, q, phase) for t in synthetic]
+    return out, {"real_grid": grid, "synthetic_grid_before": block_grid(synthetic),
+                 "quality": q, "synthetic_grid_after": block_grid(out)}
+
+
 def roundtrip(model_spec: str, real: Path, out: Path) -> Path:
     """A folder like ``real`` (images/, masks/) whose images went through the model's codec and back
     (``codec_error.round_trip``, the codec-error benchmark's own)."""
@@ -96,6 +179,7 @@ def main(argv=None) -> int:
     p.add_argument("--tile", type=int, default=64)
     p.add_argument("--stride", type=int, default=32)
     p.add_argument("--sigma-um", type=float, default=2.0)
+    p.add_argument("--cutoff", type=float, default=0.3, help="the low-passed variant's cutoff (cycles/px)")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), metavar="NAME",
                    help=f"which of {', '.join(repr(v) for v in VARIANTS)} to run (default all)")
     p.add_argument("--threads", type=int, default=1)
@@ -138,8 +222,15 @@ def main(argv=None) -> int:
             "colour-matched": lambda: (rr, colour_matched(ss, rr)),
             "blurred": lambda: (blurred(rr, sigma_px), blurred(ss, sigma_px)),
             "grey + blurred": lambda: (blurred(grey(rr), sigma_px), blurred(grey(ss), sigma_px)),
+            "low-passed": lambda: (low_passed(rr, a.cutoff), low_passed(ss, a.cutoff)),
         }
         row = {"set": label, "seed": seed, "n_real": len(rr), "n_synthetic": len(ss)}
+
+        def matched():
+            out, row["compression"] = compression_matched(ss, rr)
+            return rr, out
+
+        sides["compression-matched"] = matched
         for name in a.variants:
             x, y = sides[name]()
             res = c2st(x, y, seed=seed, real_groups=r.groups(), synthetic_groups=s.groups(), overlap=overlap)
@@ -156,7 +247,7 @@ def main(argv=None) -> int:
     result = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])),
               "machine": {"cpu": platform.machine(), "cores": os.cpu_count(), "threads": a.threads,
                           "torch": torch.__version__, "load": os.getloadavg()},
-              "tile": a.tile, "stride": a.stride, "sigma_um": a.sigma_um, "rows": rows,
+              "tile": a.tile, "stride": a.stride, "sigma_um": a.sigma_um, "cutoff": a.cutoff, "rows": rows,
               "summary_mean_ci95_n": summary}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")
