@@ -5,7 +5,8 @@ ones, against the card's 50 steps and the real label maps.
     python benchmarks/layout_steps.py --models default tumour --settings ddim:50:1 ddim:20:1 dpmpp-2m:10 \
         --seeds 0 1 2 3 4 5 6 7 --out benchmarks/results/layout-steps.json --sheet docs/layout_steps.png
 
-A setting is SOLVER:STEPS[:ETA] (η for DDIM only; without it the solver's own default).
+A setting is SOLVER:STEPS[:ETA][:bf16] (η for DDIM only; without it the solver's own default; ``bf16``:
+the layout network under bfloat16 autocast, e.g. ``ddim:20:1 ddim:20:1:bf16`` for what bf16 changes).
 
 Every layout covers a 2048² px image on the mask grid (8 px a cell), as ``scripts/layout_figure.py``
 draws the recipe's.  Per layout: the recipe's measures (``measure_section`` for the skin model,
@@ -76,11 +77,15 @@ def real_measures(card) -> list[dict]:
                  shape=list(m.shape)) for m in maps]
 
 
-def parse_setting(text: str) -> tuple[str, int, float | None]:
+def parse_setting(text: str) -> tuple[str, int, float | None, str]:
+    """(solver, steps, η or None, precision) of SOLVER:STEPS[:ETA][:bf16]."""
     parts = text.split(":")
+    precision = "float32"
+    if len(parts) > 2 and parts[-1] == "bf16":
+        precision, parts = "bf16", parts[:-1]
     if len(parts) not in (2, 3):
-        raise SystemExit(f"a setting is SOLVER:STEPS[:ETA], got {text!r}")
-    return parts[0], int(parts[1]), (float(parts[2]) if len(parts) == 3 else None)
+        raise SystemExit(f"a setting is SOLVER:STEPS[:ETA][:bf16], got {text!r}")
+    return parts[0], int(parts[1]), (float(parts[2]) if len(parts) == 3 else None), precision
 
 
 def summarise(rows: list[dict], base: str) -> dict:
@@ -139,11 +144,11 @@ def main(argv=None) -> int:
         for seed in a.seeds:
             base = None
             for setting in a.settings:
-                solver, steps, eta = parse_setting(setting)
+                solver, steps, eta, precision = parse_setting(setting)
                 calls[0] = 0
                 t0 = time.process_time()
                 labels = generate_layout(model, (SIDE // CELL, SIDE // CELL), seed=seed, steps=steps,
-                                         image_px=(SIDE, SIDE), solver=solver, eta=eta)
+                                         image_px=(SIDE, SIDE), solver=solver, eta=eta, precision=precision)
                 cpu = time.process_time() - t0
                 base = labels if base is None else base
                 row = {"model": name, "setting": setting, "seed": seed, "calls": calls[0], "cpu_seconds": round(cpu, 2),

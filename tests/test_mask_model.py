@@ -88,6 +88,25 @@ def test_generate_layout_any_size_deterministic(tmp_path):
     assert (small == a[2::4, 2::4]).mean() > 0.9
 
 
+def test_a_bf16_layout_runs_the_network_under_autocast_and_keeps_the_drawing(tmp_path):
+    """precision="bf16" calls the layout network inside bfloat16 autocast (float32 otherwise), hands
+    the sampler float32, and draws nearly the same layout from the same seed; an unknown precision
+    is refused before anything runs."""
+    model = _layout_model(tmp_path)
+    seen = []
+    model.mask_unet.register_forward_pre_hook(
+        lambda *_: seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))))
+    plain = generate_layout(model, (64, 64), seed=2)
+    assert seen and not any(on for on, _ in seen)
+    seen.clear()
+    half = generate_layout(model, (64, 64), seed=2, precision="bf16")
+    assert seen and all(on and dtype == torch.bfloat16 for on, dtype in seen)
+    assert half.shape == plain.shape and half.dtype == np.uint8
+    assert (half == plain).mean() > 0.8
+    with pytest.raises(ValueError, match="precision"):
+        generate_layout(model, (64, 64), seed=2, precision="fp8")
+
+
 def test_the_cards_layout_solver_steps_and_eta_are_used(tmp_path):
     model = _layout_model(tmp_path)
     calls = []
@@ -133,6 +152,11 @@ def test_make_mask_cli_uses_the_layout_model(tmp_path, capsys):
     assert "layout diffusion model" in info["made_by"]
     mask = io.imread(tmp_path / "m.png")
     assert mask.shape == (120, 200) and set(np.unique(mask)) <= {1, 2, 3}
+    # --precision bf16 reaches the layout network: the same seed, nearly the same drawing
+    assert main(["make-mask", "--out", str(tmp_path / "b.png"), "--size", "200x120", "--model", str(model.path),
+                 "--device", "cpu", "--steps", "3", "--precision", "bf16"]) == 0
+    capsys.readouterr()
+    assert (io.imread(tmp_path / "b.png") == mask).mean() > 0.8
 
 
 def test_a_model_without_layout_model_is_refused(tiny):

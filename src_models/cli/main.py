@@ -167,6 +167,9 @@ def _add_model_commands(sub) -> None:
     k.add_argument("--cond-drop", type=float, default=None, metavar="P",
                    help="mask model: probability that a window is denoised without its subtype condition "
                    "(default 0.5, as the release samples; 0 always conditions)")
+    k.add_argument("--precision", choices=("float32", "bf16"), default="float32",
+                   help="the learned layout network's arithmetic (bf16: bfloat16 autocast, opt-in; fast only on CPUs "
+                   "with AVX512_BF16 or AMX; see docs/cpu_speed.md)")
     k.add_argument("--device", default="auto")
 
 
@@ -555,7 +558,8 @@ def cmd_make_mask(args) -> int:
 
     try:
         mask, source = draw_layout(model, (height, width), seed=args.seed, steps=args.steps, subtype=args.subtype,
-                                   cond_drop=args.cond_drop, kind=args.layout, callback=on_level, card=card)
+                                   cond_drop=args.cond_drop, kind=args.layout, callback=on_level, card=card,
+                                   precision=args.precision)
     finally:
         if bar is not None:
             bar.close()

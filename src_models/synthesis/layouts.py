@@ -84,13 +84,14 @@ def procedural_layout(shape: tuple[int, int], labels: list[int], seed: int = 0, 
 def draw_layout(model, shape: tuple[int, int], *, seed: int = 0, steps: int | None = None,
                 image_px: tuple[int, int] | None = None, subtype=0, cond_drop: float | None = None,
                 max_side: int | None = None, kind: str = "auto", callback=None,
-                cancel=None, card=None) -> tuple[np.ndarray, str]:
+                cancel=None, card=None, precision: str = "float32") -> tuple[np.ndarray, str]:
     """A layout of ``shape`` (rows, cols) labels from the generator :func:`layout_source` picks for
     ``model`` and ``kind``; ``image_px`` is the image size it covers (default ``shape``).  Returns the
     labels and which generator drew them (``ANATOMY``, ``LEARNED``, ``RELEASE`` or ``PROCEDURAL``).
     The diffusion layouts call ``callback(LevelInfo)`` after each denoising level and stop
     (``Cancelled``) when ``cancel`` is set.  ``model`` may be None, with ``card`` given, where the
-    layout needs no network (an anatomy recipe, procedural)."""
+    layout needs no network (an anatomy recipe, procedural).  ``precision`` ("float32" or "bf16",
+    bfloat16 autocast) applies to the learned layout's network."""
     card = card if card is not None else model.card
     source = layout_source(card, kind)
     if source in (LEARNED, RELEASE) and (model is None or model.mask_unet is None):
@@ -103,7 +104,7 @@ def draw_layout(model, shape: tuple[int, int], *, seed: int = 0, steps: int | No
         from src_models.models.native.mask_model import generate_layout
 
         return generate_layout(model, shape, seed=seed, steps=steps, image_px=image_px, callback=callback,
-                               cancel=cancel), source
+                               cancel=cancel, precision=precision), source
     if source == RELEASE:
         from src_models.models.release.mask import generate_release_mask
 

@@ -63,6 +63,18 @@ class _Unconditional:
         return self.unet(x, t, torch.zeros_like(mask))
 
 
+class _Autocast:
+    """A denoiser called under bfloat16 autocast on its device, its ε handed back in float32 (the
+    sampler's arithmetic stays float32)."""
+
+    def __init__(self, denoiser, device: torch.device):
+        self.denoiser, self.device_type = denoiser, device.type
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            return self.denoiser(x, t, mask).float()
+
+
 def layout_grid(card, height: int, width: int, multiple: int = 8) -> tuple[int, int]:
     """The coarse grid that covers ``height`` x ``width`` image px, rounded up to ``multiple``."""
     s = int(card.mask_model["scale_px"])
@@ -77,10 +89,13 @@ def layout_grid(card, height: int, width: int, multiple: int = 8) -> tuple[int, 
 @torch.inference_mode()
 def sample_layout_codes(model, grid: tuple[int, int], seed: int = 0, steps: int | None = None,
                         eta: float | None = None, solver: str | None = None, callback=None,
-                        cancel=None) -> torch.Tensor:
+                        cancel=None, precision: str = "float32") -> torch.Tensor:
     """The model's continuous one-hot output (C, h, w) on a coarse grid of ``grid`` layout pixels.
     ``steps``, ``solver`` and ``eta`` default to the card's ``mask_model`` entry (50 steps of DDIM
-    with η = 1 where it names none)."""
+    with η = 1 where it names none).  ``precision="bf16"`` runs the network under bfloat16 autocast
+    (opt-in, as for images: fast only on CPUs with native bf16; docs/cpu_speed.md)."""
+    if precision not in ("float32", "bf16"):
+        raise ValueError(f"precision must be float32 or bf16, got {precision!r}")
     from src_models.sampling.sampler import sample_area
     from src_models.sampling.setup import effective_window, sampling_setup
 
@@ -95,8 +110,11 @@ def sample_layout_codes(model, grid: tuple[int, int], seed: int = 0, steps: int 
     solver = solver or spec.get("solver", "ddim")
     if eta is None:  # the card's η; without one, DDIM samples layouts with η = 1, other solvers as they are
         eta = spec.get("eta", 1.0 if solver == "ddim" else None)
+    denoiser = _Unconditional(unet)
+    if precision == "bf16":
+        denoiser = _Autocast(denoiser, device)
     return sample_area(
-        _Unconditional(unet), noise, torch.zeros((1, h, w), dtype=torch.long, device=device),
+        denoiser, noise, torch.zeros((1, h, w), dtype=torch.long, device=device),
         setup.alphas, setup.pairs, setup.omega, window=window, solver=solver, eta=eta, generator=gen,
         rng=np.random.default_rng(int(seed)), callback=callback, cancel=cancel,
     ).float().cpu()
@@ -135,7 +153,7 @@ def codes_to_labels(codes: torch.Tensor, classes: list[int], shape: tuple[int, i
 
 def generate_layout(model, shape: tuple[int, int], seed: int = 0, steps: int | None = None, callback=None,
                     cancel=None, image_px: tuple[int, int] | None = None, solver: str | None = None,
-                    eta: float | None = None) -> np.ndarray:
+                    eta: float | None = None, precision: str = "float32") -> np.ndarray:
     """A label layout of ``shape`` (rows, cols) drawn by the model's mask model.
 
     ``image_px`` is the image size the layout is for (default ``shape``): it sets how many layout
@@ -145,7 +163,8 @@ def generate_layout(model, shape: tuple[int, int], seed: int = 0, steps: int | N
         raise ValueError(f"model {model.card.name!r} has no layout mask model")
     H, W = image_px or shape
     grid = layout_grid(model.card, H, W)
-    codes = sample_layout_codes(model, grid, seed, steps, eta=eta, solver=solver, callback=callback, cancel=cancel)
+    codes = sample_layout_codes(model, grid, seed, steps, eta=eta, solver=solver, callback=callback, cancel=cancel,
+                                precision=precision)
     # the grid may overhang the image: keep the part that covers it
     s = int(model.card.mask_model["scale_px"])
     codes = codes[:, : max(1, -(-H // s)), : max(1, -(-W // s))]
