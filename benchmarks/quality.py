@@ -67,9 +67,10 @@ def canvas_rim(path: Path) -> dict:
 
 def make_canvas(model, labels: np.ndarray, path: Path, plan: str | None, seed: int, steps: int | None,
                 region: int | None, solver: str | None = None, omega: float | None = None,
-                eta: float | None = None, src_mpp: float = SLIDE_MPP, omega_per_class: dict | None = None):
+                eta: float | None = None, src_mpp: float = SLIDE_MPP, omega_per_class: dict | None = None,
+                precision: str | None = None):
     """Paint a canvas of the labels' physical size (``src_mpp`` µm/px) under them; returns seconds
-    and forwards."""
+    and forwards.  ``precision`` is the request's (None: its default, float32)."""
     from PIL import Image
 
     from src_models.synthesis.canvases import new_canvas, put_mask
@@ -89,6 +90,8 @@ def make_canvas(model, labels: np.ndarray, path: Path, plan: str | None, seed: i
         extra["eta"] = float(eta)
     if omega_per_class:
         extra["omega_per_class"] = {int(k): float(v) for k, v in omega_per_class.items()}
+    if precision:
+        extra["precision"] = precision
     request = SynthesisRequest(model=card.name, steps=steps, seed=seed, **(_plan_kwargs(plan) if plan else {}), **extra)
     canvas = new_canvas(card, path, h, w, region, overwrite=True, settings=request.settings())
     put_mask(canvas, np.asarray(lat))

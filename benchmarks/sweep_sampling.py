@@ -5,6 +5,7 @@ real tissue, and write one row per setting and seed.
         --omegas 0 0.5 1 1.5 2 3 --solvers dpmpp-2m:20 dpmpp-2m:30 ddim:50:0 ddim:50:1 --seeds 0 1 2
 
 ``--omega-class 3=0`` sets one class's ω in every setting (per-class guidance; repeatable).
+``--precision bf16`` runs every setting under bfloat16 autocast (the setting then names it).
 
 ``--heldout skin`` is the CC0 slide's held-out band (rows >= 2048, labels from ``masks_from_he``);
 ``--heldout tumour`` the held-out bottom third of the two labelled carcinoma images in ``data/more_he``
@@ -177,6 +178,8 @@ def main(argv=None) -> int:
     p.add_argument("--background", type=int, default=1, help="the class whose border the rim statistic follows")
     p.add_argument("--crop", default=None, help="HxW: only the centre of each held-out image (a quicker sweep)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--precision", choices=("float32", "bf16"), default="float32",
+                   help="the network's arithmetic in every setting (bf16: bfloat16 autocast; docs/cpu_speed.md)")
     p.add_argument("--no-c2st", action="store_true")
     p.add_argument("--keep", type=Path, default=None, help="keep canvases here (default: a temporary folder)")
     p.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/sweep-<model>.json)")
@@ -220,16 +223,19 @@ def main(argv=None) -> int:
     tag = "".join(f"-c{k}w{v:g}" for k, v in sorted(per_class.items()))
     for spec in a.solvers:
         for omega in a.omegas:
-            setting = {**parse_solver(spec), "omega": omega, **({"omega_per_class": per_class} if per_class else {})}
+            setting = {**parse_solver(spec), "omega": omega, **({"omega_per_class": per_class} if per_class else {}),
+                       **({"precision": a.precision} if a.precision != "float32" else {})}
             for seed in a.seeds:
                 if key_of(setting, seed) in done:
                     continue
                 paths, seconds, forwards = [], 0.0, 0
                 for m, labels in labelled:
-                    path = work / f"{m.stem}-{spec.replace(':', '_')}-w{omega}{tag}-s{seed}.zarr"
+                    bf = "-bf16" if a.precision != "float32" else ""
+                    path = work / f"{m.stem}-{spec.replace(':', '_')}-w{omega}{tag}{bf}-s{seed}.zarr"
                     s, f = make_canvas(model, labels, path, None, seed, setting.get("steps"), None,
                                        setting.get("solver"), omega=setting.get("omega"), eta=setting.get("eta"),
-                                       src_mpp=src_mpp, omega_per_class=per_class)
+                                       src_mpp=src_mpp, omega_per_class=per_class,
+                                       precision=a.precision if a.precision != "float32" else None)
                     paths.append(path)
                     seconds += s
                     forwards += f
