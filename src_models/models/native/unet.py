@@ -128,7 +128,10 @@ class NativeUNet(nn.Module):
         self.base = base
         self.share_rows = True  # the CPU fast path (:class:`_Rows`); False: every row computed on its own
         self.time_mlp = nn.Sequential(nn.Linear(base, tdim), nn.SiLU(), nn.Linear(tdim, tdim))
-        self.class_emb = nn.Parameter(torch.randn(self.num_classes, cond_dim) * 0.5)
+        # drawn on the CPU whatever the default device: under torch.device("meta") (the loader's size
+        # check) the multiplication would run as a Python decomposition whose first use imports
+        # torch._dynamo, about a second of every command's start-up; the values are those of before
+        self.class_emb = nn.Parameter(torch.randn(self.num_classes, cond_dim, device="cpu") * 0.5)
         self.cond_in = nn.Conv2d(cond_dim, cond_dim, 3, padding=1)
         self.init_conv = nn.Conv2d(self.in_channels + cond_dim, widths[0], 3, padding=1)
 
