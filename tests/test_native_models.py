@@ -217,3 +217,19 @@ def test_shared_condition_rows_change_no_bit(channels_last):
             shared = den(x, t, m)
             assert torch.equal(alone, shared)
             assert not torch.equal(shared[0], shared[2])  # the rows really differ
+
+
+def test_the_loaders_size_check_does_not_import_dynamo():
+    """check_sizes builds the card's networks on the meta device; nothing in building them may fall to a
+    Python decomposition there, whose first use imports torch._dynamo (about a second of every
+    command's start-up, measured at stop 9)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from src_models.models.card import ModelCard, BUILTIN_DIRS; "
+            "from src_models.models.loading import check_sizes; "
+            "[check_sizes(ModelCard.load(BUILTIN_DIRS[n])) for n in ('default', 'tumour')]; "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
