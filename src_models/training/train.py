@@ -974,7 +974,7 @@ def build_parser(prog: str = "diffinfinite train") -> argparse.ArgumentParser:
     g.add_argument("--codec-gan-start", type=int, default=0, help="codec step at which the critic joins")
     g.add_argument("--codec-grid-weight", type=float, default=0.0,
                    help="weight of a loss on the pattern the decoder paints with the latent grid's period "
-                   "(0 = none; the decoder run 'dec4' of the default model used 10)")
+                   "(0 = none; the default model's trial decoder run dec4 used 10 and was not shipped: docs/default_model.md)")
     g.add_argument("--codec-init", help="start the codec from this model directory's codec weights (same widths)")
     g.add_argument("--codec-freeze-encoder", action="store_true",
                    help="from --codec-gan-start on, train the decoder only (the latents stay fixed)")
