@@ -287,3 +287,29 @@ def test_bf16_precision_is_opt_in_and_stays_close_on_the_cpu():
         SynthesisRequest(precision="fp8").check()
     assert "precision" not in SynthesisRequest().settings()
     assert SynthesisRequest(precision="bf16").settings()["precision"] == "bf16"
+
+
+def test_the_cpu_flags_are_read_without_torch_and_agree_with_the_fast_path(tmp_path, monkeypatch):
+    """src_models.models.cpu reads /proc/cpuinfo (no torch import: the dock's bfloat16 box asks it);
+    cpu_has_native_bf16 gives its answer where it has one."""
+    import subprocess
+    import sys
+
+    from src_models.models import cpu
+    from src_models.models.fast import cpu_has_native_bf16
+
+    code = "import sys; from src_models.models.cpu import native_bf16_flags; native_bf16_flags(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+    native = cpu.native_bf16_flags()
+    if native is not None:
+        assert native == cpu_has_native_bf16()
+    # flags are parsed from the first "flags" line
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: real_open(fake if p == "/proc/cpuinfo" else p, *a, **k))
+    assert cpu.cpu_flags() == frozenset({"fpu", "avx2", "avx512f", "avx512_bf16"})
+    assert cpu.native_bf16_flags() is True
+    fake.write_text("processor\t: 0\nflags\t\t: fpu avx2\n")
+    assert cpu.native_bf16_flags() is False and cpu_has_native_bf16() is False

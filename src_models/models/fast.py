@@ -208,14 +208,11 @@ class FastDenoiser(nn.Module):
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512_BF16 or AMX), from ``/proc/cpuinfo``
     (Linux) or torch's ISA level (``AVX512`` at least and AMX); ``False`` when it cannot be told."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool({"avx512_bf16", "amx_bf16"} & flags)
-    except OSError:
-        pass
+    from src_models.models.cpu import native_bf16_flags
+
+    native = native_bf16_flags()
+    if native is not None:
+        return native
     return "AMX" in str(torch.backends.cpu.get_cpu_capability()).upper()
 
 

@@ -444,3 +444,29 @@ def test_steps_and_omega_boxes_follow_the_chosen_models_card(viewer, tiny_card, 
     d = sampling_defaults(ModelCard.load(BUILTIN_DIRS["default"]))
     assert (w.steps_box.value(), w.omega_box.value()) == (d["steps"], d["omega"])
     assert {i: b.value() for i, b in w.class_boxes.items() if b.value() >= 0} == d["omega_per_class"]
+
+
+def test_the_bfloat16_box_reaches_the_request_and_follows_the_canvas(viewer, qtbot, tiny_card, tmp_path):
+    """Off by default (float32); ticked, the request runs the network in bf16; a canvas made in bf16
+    ticks it when opened, one made in float32 clears it (a canvas goes on as it was made)."""
+    from src_models.synthesis.canvases import new_canvas
+
+    from napari_diffinfinite._synthesis_widget import _bf16_label
+
+    path, image, _ = _open(viewer, tiny_card, tmp_path)
+    w = dock(viewer, "Synthesis")
+    assert not w.bf16_box.isChecked() and w.bf16_box.text() == _bf16_label()
+    assert w.build_request(image).precision == "float32"
+    w.bf16_box.setChecked(True)
+    assert w.build_request(image).precision == "bf16"
+    assert w.build_request(image).settings()["precision"] == "bf16"
+
+    made = tmp_path / "b.zarr"
+    settings = {"model": "tiny-test", "steps": 4, "omega": 1.0, "precision": "bf16"}
+    with new_canvas(tiny_card, made, 128, 128, region_size=64, settings=settings):
+        pass
+    w.bf16_box.setChecked(False)
+    dock(viewer, "Canvas").open(str(made))
+    qtbot.waitUntil(lambda: w.bf16_box.isChecked(), timeout=10_000)
+    dock(viewer, "Canvas").open(make_canvas(tiny_card, tmp_path / "f.zarr", size=128))  # float32 settings
+    qtbot.waitUntil(lambda: not w.bf16_box.isChecked(), timeout=10_000)
