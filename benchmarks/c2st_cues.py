@@ -246,7 +246,8 @@ def main(argv=None) -> int:
         summary[label] = {name: mean_ci([r[name]["accuracy"] for r in mine]) for name in a.variants}
     result = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])),
               "machine": {"cpu": platform.machine(), "cores": os.cpu_count(), "threads": a.threads,
-                          "torch": torch.__version__, "load": os.getloadavg()},
+                          "torch": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability(),
+                          "load": os.getloadavg()},
               "tile": a.tile, "stride": a.stride, "sigma_um": a.sigma_um, "cutoff": a.cutoff, "rows": rows,
               "summary_mean_ci95_n": summary}
     a.out.parent.mkdir(parents=True, exist_ok=True)

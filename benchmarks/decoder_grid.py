@@ -107,7 +107,8 @@ def main(argv=None) -> int:
                       "mae": round(float(np.abs(rt.astype(np.float32) - ref).mean()), 3)}
     result = {"command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:])),
               "machine": {"cpu": platform.machine(), "cores": os.cpu_count(), "threads": a.threads,
-                          "torch": torch.__version__, "load": os.getloadavg()},
+                          "torch": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability(),
+                          "load": os.getloadavg()},
               "crop": a.crop, "rows": rows}
     text = json.dumps(result, indent=1)
     print(text)

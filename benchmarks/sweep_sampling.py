@@ -141,7 +141,8 @@ def summary(res: dict) -> dict:
     def c2st(c):
         if not c:
             return None
-        return {k: c.get(k) for k in ("accuracy", "ci95", "p_value", "n_per_side", "n_effective")}
+        return {k: c.get(k) for k in ("accuracy", "ci95", "p_value", "n_per_side", "n_effective", "cpu_capability",
+                                      "torch_threads")}
 
     out = {k: res.get(k) for k in ("n_real", "n_synthetic", "kid", "kid_stderr", "fd", "fd_real_halves", "precision",
                                    "recall", "seam_score")}
@@ -245,7 +246,8 @@ def main(argv=None) -> int:
                        "rim_od": rim_of(paths, a.background, tissue), **summary(res),
                        "threads": torch.get_num_threads(), "load_average": round(os.getloadavg()[0], 2)}
                 rows.append(row)
-                machine = f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}"
+                machine = (f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
+                           f"{torch.backends.cpu.get_cpu_capability()}")
                 data = {**data, **header, "machine": machine, "rows": rows}  # keeps a note written by hand
                 out_path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = out_path.with_suffix(".tmp.json")

@@ -95,6 +95,9 @@ def test_c2st_is_deterministic_for_a_seed_and_balanced():
     r1, r2 = c2st(a, b, seed=3, min_per_side=0), c2st(a, b, seed=3, min_per_side=0)
     assert r1 == r2
     assert r1["n_per_side"] == 12 and len(r1["fold_accuracy"]) == 5
+    import torch  # the figure names the kind of CPU and the threads it was made with (it differs between them)
+    assert r1["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert r1["torch_threads"] == torch.get_num_threads()
     lo, hi = r1["ci95"]
     assert lo <= r1["accuracy"] <= hi
     assert c2st(a[:3], b, seed=0, min_per_side=0)["accuracy"] is None  # too few tiles for five folds: no figure

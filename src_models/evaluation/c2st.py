@@ -127,8 +127,9 @@ def c2st(real: list[np.ndarray], synthetic: list[np.ndarray], seed: int = 0, pro
          real_groups: list | None = None, synthetic_groups: list | None = None, overlap: float = 1.0,
          min_per_side: int | None = None) -> dict:
     """Run the fixed protocol; returns ``{"accuracy", "stderr", "ci95", "p_value", "n_per_side",
-    "n_effective", "fold_accuracy", "protocol"}`` (``accuracy`` None with a ``note`` when a side has
-    fewer than ``min_per_side`` tiles, by default :data:`MIN_PER_SIDE`).
+    "n_effective", "fold_accuracy", "protocol", "cpu_capability", "torch_threads"}`` (``accuracy`` None
+    with a ``note`` when a side has fewer than ``min_per_side`` tiles, by default :data:`MIN_PER_SIDE`).
+    Compare accuracies only between runs with the same ``cpu_capability`` and ``torch_threads``.
 
     ``real_groups`` / ``synthetic_groups``: a hashable per tile; tiles that share pixels must share
     a group (they then always fall in one fold).  Default: every tile its own group.  ``overlap``:
@@ -181,7 +182,11 @@ def c2st(real: list[np.ndarray], synthetic: list[np.ndarray], seed: int = 0, pro
         correct += hits
         predicted_real += int(pred.sum())
         fold_acc.append(round(hits / max(1, len(test)), 4))
+    # the accuracy is bit for bit the same only on the same kind of CPU and thread count: the classifier
+    # trains from scratch, and AVX2 and AVX-512 kernels round differently (up to 0.22 a seed on canvases
+    # whose KID and FD agree to four digits, docs/evaluation.md "Stop 9"), so the figure names both
     out = {**base, **summarise(correct, n, overlap), "fold_accuracy": fold_acc,
+           "cpu_capability": str(torch.backends.cpu.get_cpu_capability()), "torch_threads": torch.get_num_threads(),
            "predicted_real_share": round(predicted_real / (2 * n), 4)}
     if predicted_real in (0, 2 * n):
         out["note"] = "the classifier called every tile one side: it learned nothing from these tiles"
