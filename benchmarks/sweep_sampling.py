@@ -235,8 +235,7 @@ def main(argv=None) -> int:
                     path = work / f"{m.stem}-{spec.replace(':', '_')}-w{omega}{tag}{bf}-s{seed}.zarr"
                     s, f = make_canvas(model, labels, path, None, seed, setting.get("steps"), None,
                                        setting.get("solver"), omega=setting.get("omega"), eta=setting.get("eta"),
-                                       src_mpp=src_mpp, omega_per_class=per_class,
-                                       precision=a.precision if a.precision != "float32" else None)
+                                       src_mpp=src_mpp, omega_per_class=per_class, precision=a.precision)
                     paths.append(path)
                     seconds += s
                     forwards += f

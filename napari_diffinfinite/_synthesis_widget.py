@@ -86,7 +86,6 @@ def _warm_up():
         pass
 
 
-
 def _bf16_label() -> str:
     """The bfloat16 box's text, saying whether this CPU has bfloat16 instructions (read without torch)."""
     from src_models.models.cpu import native_bf16_flags
@@ -95,6 +94,7 @@ def _bf16_label() -> str:
     if native is None:
         return "bfloat16 arithmetic"
     return "bfloat16 arithmetic (this CPU has it: faster)" if native else "bfloat16 arithmetic (emulated on this CPU: slower)"
+
 
 class SynthesisWidget(QWidget):
     def __init__(self, napari_viewer, parent=None, *, compact: bool = False, picker: CanvasPicker | None = None):

@@ -216,6 +216,15 @@ def cpu_has_native_bf16() -> bool:
     return "AMX" in str(torch.backends.cpu.get_cpu_capability()).upper()
 
 
+def warn_if_bf16_emulated(device: torch.device | str, stacklevel: int = 2) -> None:
+    """A RuntimeWarning when bfloat16 is asked for on a CPU that only emulates it (slower than float32)."""
+    if torch.device(device).type == "cpu" and not cpu_has_native_bf16():
+        import warnings
+
+        warnings.warn("this CPU has neither AVX512_BF16 nor AMX: bf16 is emulated and slower than float32",
+                      RuntimeWarning, stacklevel=stacklevel + 1)
+
+
 def unwrap(net: nn.Module) -> nn.Module:
     """The network under any :class:`FastDenoiser` wrappers."""
     while isinstance(net, FastDenoiser):
@@ -448,11 +457,8 @@ def fast_setup(
         den = FastDenoiser(unet, dtype=torch.bfloat16 if bf16 else dtype, channels_last=True, compile=compile,
                            window=window)
     elif device.type == "cpu":
-        if bf16 and not cpu_has_native_bf16():
-            import warnings
-
-            warnings.warn("this CPU has neither AVX512_BF16 nor AMX: bf16 is emulated and slower than float32",
-                          RuntimeWarning, stacklevel=2)
+        if bf16:
+            warn_if_bf16_emulated(device, stacklevel=3)
         den = FastDenoiser(unet, dtype=torch.bfloat16 if bf16 else None, channels_last=True, autocast_cpu=bf16)
     else:
         den = unet

@@ -63,18 +63,6 @@ class _Unconditional:
         return self.unet(x, t, torch.zeros_like(mask))
 
 
-class _Autocast:
-    """A denoiser called under bfloat16 autocast on its device, its ε handed back in float32 (the
-    sampler's arithmetic stays float32)."""
-
-    def __init__(self, denoiser, device: torch.device):
-        self.denoiser, self.device_type = denoiser, device.type
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device_type, dtype=torch.bfloat16):
-            return self.denoiser(x, t, mask).float()
-
-
 def layout_grid(card, height: int, width: int, multiple: int = 8) -> tuple[int, int]:
     """The coarse grid that covers ``height`` x ``width`` image px, rounded up to ``multiple``."""
     s = int(card.mask_model["scale_px"])
@@ -110,11 +98,14 @@ def sample_layout_codes(model, grid: tuple[int, int], seed: int = 0, steps: int 
     solver = solver or spec.get("solver", "ddim")
     if eta is None:  # the card's η; without one, DDIM samples layouts with η = 1, other solvers as they are
         eta = spec.get("eta", 1.0 if solver == "ddim" else None)
-    denoiser = _Unconditional(unet)
-    if precision == "bf16":
-        denoiser = _Autocast(denoiser, device)
+    net = unet
+    if precision == "bf16":  # the fast path's wrapper, in bfloat16 and left in the network's own layout
+        from src_models.models.fast import FastDenoiser, warn_if_bf16_emulated
+
+        warn_if_bf16_emulated(device)
+        net = FastDenoiser(unet, dtype=torch.bfloat16, channels_last=False, autocast_cpu=True)
     return sample_area(
-        denoiser, noise, torch.zeros((1, h, w), dtype=torch.long, device=device),
+        _Unconditional(net), noise, torch.zeros((1, h, w), dtype=torch.long, device=device),
         setup.alphas, setup.pairs, setup.omega, window=window, solver=solver, eta=eta, generator=gen,
         rng=np.random.default_rng(int(seed)), callback=callback, cancel=cancel,
     ).float().cpu()
