@@ -68,10 +68,11 @@ def canvas_rim(path: Path) -> dict:
 def make_canvas(model, labels: np.ndarray, path: Path, plan: str | None, seed: int, steps: int | None,
                 region: int | None, solver: str | None = None, omega: float | None = None,
                 eta: float | None = None, src_mpp: float = SLIDE_MPP, omega_per_class: dict | None = None,
-                precision: str | None = None):
+                precision: str | None = None, distilled: bool | None = None):
     """Paint a canvas of the labels' physical size (``src_mpp`` µm/px) under them; returns seconds
     and forwards.  ``precision`` is the request's (None: its default, float32; float32 is recorded as the
-    default is, so a float32 canvas's settings do not name it)."""
+    default is, so a float32 canvas's settings do not name it).  ``distilled``: the request's (None: the
+    model's student where it has one at this ω)."""
     from PIL import Image
 
     from src_models.synthesis.canvases import new_canvas, put_mask
@@ -93,6 +94,8 @@ def make_canvas(model, labels: np.ndarray, path: Path, plan: str | None, seed: i
         extra["omega_per_class"] = {int(k): float(v) for k, v in omega_per_class.items()}
     if precision:
         extra["precision"] = precision
+    if distilled is not None:
+        extra["distilled"] = bool(distilled)
     request = SynthesisRequest(model=card.name, steps=steps, seed=seed, **(_plan_kwargs(plan) if plan else {}), **extra)
     canvas = new_canvas(card, path, h, w, region, overwrite=True, settings=request.settings())
     put_mask(canvas, np.asarray(lat))

@@ -164,6 +164,12 @@ class SynthesisWidget(QWidget):
             "run the network in bfloat16 (autocast) instead of float32: on a CPU with AVX512_BF16 or AMX about 1.6 x "
             "faster with the same held-out quality (docs/cpu_speed.md); on other CPUs emulated and slower. "
             "The canvas records the choice; float32 gives the same pixels on every run")
+        self.distilled_box = QCheckBox("one network pass per window (distilled guidance)")
+        self.distilled_box.setChecked(True)
+        self.distilled_box.setToolTip(
+            "where the model ships a guidance-distilled student and ω is the one it was distilled at (the card's), "
+            "run it: one network pass per window instead of two (docs/cpu_speed.md). Off, or another ω: the "
+            "model's own two passes. The canvas records the choice")
         self.class_group = QWidget() if compact else QGroupBox("ω per class")
         self.class_form = QFormLayout(self.class_group)
         if compact:
@@ -238,6 +244,7 @@ class SynthesisWidget(QWidget):
                 mform.addRow(name, box)
             mform.addRow(self.preview_box)
             mform.addRow(self.bf16_box)
+            mform.addRow(self.distilled_box)
             mform.addRow(QLabel("ω per class ('= ω': the value above)"))
             mform.addRow(self.class_group)
             self.more_section.add(more)
@@ -253,6 +260,7 @@ class SynthesisWidget(QWidget):
             for name, cbox in self.choice_boxes.items():
                 form.addRow(name, cbox)
             form.addRow(self.bf16_box)
+            form.addRow(self.distilled_box)
             layout.addWidget(box)
             layout.addWidget(self.class_group)
             rbox = QGroupBox("Region")
@@ -288,6 +296,7 @@ class SynthesisWidget(QWidget):
         if settings.get("steps"):
             self.steps_box.setValue(int(settings["steps"]))
         self.bf16_box.setChecked(settings.get("precision") == "bf16")  # a canvas goes on as it was made
+        self.distilled_box.setChecked(bool(settings.get("distilled")))
         if settings.get("omega") is not None:
             self.omega_box.setValue(float(settings["omega"]))
             per_class = {int(k): float(v) for k, v in settings.get("omega_per_class", {}).items()}
@@ -325,6 +334,7 @@ class SynthesisWidget(QWidget):
             self.steps_box.setValue(int(d["steps"]))
             self.omega_box.setValue(float(d["omega"]))
             self._card_omega_per_class = dict(d["omega_per_class"])
+            self.distilled_box.setEnabled(card.guided_unet is not None)
             for i, box in self.class_boxes.items():
                 box.setValue(self._card_omega_per_class.get(i, -0.5))  # -0.5 shows "= ω"
 
@@ -447,6 +457,7 @@ class SynthesisWidget(QWidget):
             area=area,
             centre=centre,
             precision="bf16" if self.bf16_box.isChecked() else "float32",
+            distilled=None if self.distilled_box.isChecked() else False,
             **{name: (None if box.currentText() == "auto" else box.currentText())
                for name, box in self.choice_boxes.items()},
         )

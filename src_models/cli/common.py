@@ -141,8 +141,16 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("float32", "bf16"), default="float32",
                    help="the network's arithmetic: bf16 = bfloat16 autocast (opt-in; fast only on CPUs with "
                    "AVX512_BF16 or AMX; see docs/cpu_speed.md); default float32")
+    add_distilled_option(p)
     p.add_argument("--centre", type=parse_centre, default=None, metavar="Y,X", help="regions nearest this point go first")
     p.add_argument("--preview", type=Path, default=None, help="PNG preview path (default: OUT with .png)")
+
+
+def add_distilled_option(p) -> None:
+    p.add_argument("--distilled", action=argparse.BooleanOptionalAction, default=None,
+                   help="the model's guidance-distilled student, one network pass per window instead of two "
+                   "(default: used where the model has one and the run's omega is the one it was distilled at; "
+                   "--no-distilled: always two passes; see docs/cpu_speed.md)")
 
 
 def progress_bar(total_levels: int, desc: str):
@@ -210,6 +218,7 @@ def request_from_args(args, device="auto", area=None, plan: str | None = None):
         eta=args.eta, seed=args.seed, plan=plan if plan is not None else args.plan, solver=args.solver,
         sweep=args.sweep, device=str(device), max_batch=args.max_batch, centre=args.centre, area=area,
         fast=args.fast, compile=args.compile, resample=args.resample, precision=args.precision,
+        distilled=args.distilled,
     )
 
 

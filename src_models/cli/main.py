@@ -3,6 +3,7 @@
     diffinfinite generate --mask MASK --out OUT.zarr [options]
     diffinfinite demo [--out DIR]
     diffinfinite train ...              (see ``diffinfinite train --help``)
+    diffinfinite distil --model M --data DIR --out DIR   (a one-pass guidance-distilled student; see its --help)
     diffinfinite check-reference FILE   (conformance with the published release)
     diffinfinite convert CKPT OUT_DIR   (published checkpoint -> project model directory)
     diffinfinite import-slide SLIDE --out OUT.zarr
@@ -29,7 +30,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from src_models.cli.common import (UserError, add_run_options, check_output, check_run_args, parse_pads, parse_rect,
+from src_models.cli.common import (UserError, add_distilled_option, add_run_options, check_output, check_run_args, parse_pads, parse_rect,
                                    parse_size, progress_bar, resolve_request, run_and_preview, run_command)
 
 # make-mask --layout; the same as src_models.synthesis.layouts.LAYOUT_KINDS (kept here so that the
@@ -72,6 +73,7 @@ def _add_generate(sub) -> None:
     d.add_argument("--model", default="default")
     d.add_argument("--precision", choices=("float32", "bf16"), default="float32",
                    help="the network's arithmetic (bf16: opt-in, see docs/cpu_speed.md)")
+    add_distilled_option(d)
 
 
 def _add_editing(sub) -> None:
@@ -118,6 +120,9 @@ def _add_passthrough(sub) -> None:
     """Commands with a parser of their own (train, evaluate, the data-set commands, generate-many):
     listed here for --help, parsed where they live."""
     t = sub.add_parser("train", help="train a codec and image model from tiles (see its --help)", add_help=False)
+    t.add_argument("args", nargs=argparse.REMAINDER)
+    t = sub.add_parser("distil", add_help=False,
+                       help="distil a model's guided sampling into a one-pass student, a new model directory (see its --help)")
     t.add_argument("args", nargs=argparse.REMAINDER)
     e = sub.add_parser("evaluate", help="compare synthetic with real tissue (see its --help); prints JSON", add_help=False)
     e.add_argument("args", nargs=argparse.REMAINDER)
@@ -303,7 +308,7 @@ def cmd_demo(args) -> int:
     card = model.card
     args.out.mkdir(parents=True, exist_ok=True)
     request = SynthesisRequest(model=str(args.model), steps=args.steps, seed=args.seed, device=str(device),
-                               precision=args.precision).resolved(card)
+                               precision=args.precision, distilled=args.distilled).resolved(card)
     # the previous demo canvas stays until the new one has its first region
     canvas = new_canvas(card, out, height, width, overwrite=True, settings=request.settings(),
                         replace_when_sampled=True)
@@ -599,6 +604,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:  # everything after "train" belongs to the training module's parser
         ns = argparse.Namespace(command="train", args=argv[1:])
+    elif argv[:1] == ["distil"]:  # and after "distil" to the distillation's
+        from src_models.training.distil import main as distil_main
+
+        return int(distil_main(argv[1:]) or 0)
     elif argv[:1] == ["evaluate-segmentation"]:  # the downstream-utility measure
         from src_models.cli.evaluate import main_segmentation
 

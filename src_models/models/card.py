@@ -151,9 +151,32 @@ def _check_fields(card: "ModelCard") -> None:
         raise bad("pixel_size_um", card.pixel_size_um, "a positive number of µm below 1000, or null")
     if not isinstance(card.extra, dict):
         raise bad("extra", card.extra, "an object")
+    _check_guided(card, bad)
     for field in ("training_data", "licence", "description"):
         if not isinstance(getattr(card, field), str):
             raise bad(field, getattr(card, field), "text")
+
+
+def _check_guided(card, bad) -> None:
+    g = card.guided_unet
+    if g is None:
+        return
+    if not isinstance(g, dict):
+        raise bad("guided_unet", g, "an object or null")
+    name = g.get("file")
+    if not (isinstance(name, str) and name.endswith(".safetensors") and "/" not in name and "\\" not in name
+            and not name.startswith(".")):
+        raise bad("guided_unet.file", name, "a .safetensors file name in the model directory")
+    if g.get("parts") not in ("cond", "all"):
+        raise bad("guided_unet.parts", g.get("parts"), "cond or all")
+    if not _number(g.get("omega")) or not 0 <= g["omega"] <= 100:
+        raise bad("guided_unet.omega", g.get("omega"), "a number from 0 to 100")
+    per_class = g.get("omega_per_class", {})
+    if not isinstance(per_class, dict):
+        raise bad("guided_unet.omega_per_class", per_class, "an object of class index to ω")
+    for k, v in per_class.items():
+        if not (str(k).isdigit() and 1 <= int(k) < len(card.classes)) or not _number(v) or not 0 <= v <= 100:
+            raise bad(f"guided_unet.omega_per_class {k}", v, f"ω from 0 to 100 for a class from 1 to {len(card.classes) - 1}")
 
 
 @dataclass
@@ -178,6 +201,9 @@ class ModelCard:
     default_eta: float | None = None
     mask_model: dict | None = None  # optional mask diffusion model (same layout as ``unet``)
     pixel_size_um: float | None = None  # µm per image pixel of the training data (None: not stated)
+    # a guidance-distilled student of the UNet (src_models/training/distil.py): {"file", "omega",
+    # "omega_per_class", "parts", ...}; runs at exactly that ω use it, one pass per window
+    guided_unet: dict | None = None
     extra: dict = field(default_factory=dict)
     version: int = CARD_VERSION
 

@@ -50,6 +50,39 @@ def load_model(spec: str | Path = "default", device: str | torch.device = "cpu")
     return Model(card, unet, codec, directory, mask_unet).to(device)
 
 
+def guided_network(model: Model) -> torch.nn.Module:
+    """The card's guidance-distilled student of ``model.unet`` (:mod:`src_models.training.distil`),
+    built once and kept on the model: the UNet with the student's tensors (the condition branch, or
+    all of them) loaded over a copy of it, on the UNet's device."""
+    import copy
+
+    from safetensors.torch import load_file
+
+    cached = model.__dict__.get("_guided")
+    if cached is not None and next(cached.parameters()).device == model.device:
+        return cached
+    entry = model.card.guided_unet
+    if not entry or model.path is None:
+        raise ModelError(f"model {model.card.name!r} has no distilled student")
+    path = Path(model.path) / entry["file"]
+    try:
+        tensors = load_file(str(path))
+    except FileNotFoundError:
+        raise ModelError(f"model {model.card.name!r}: its card names {entry['file']}, which is not in {model.path}") from None
+    except Exception as e:  # noqa: BLE001 - a damaged file: one line
+        raise ModelError(f"model {model.card.name!r}: cannot read {path}: {e}") from None
+    student = copy.deepcopy(model.unet)
+    own = student.state_dict()
+    wrong = [k for k, v in tensors.items() if k not in own or own[k].shape != v.shape]
+    if wrong or (entry.get("parts") == "all" and set(tensors) != set(own)):
+        raise ModelError(f"model {model.card.name!r}: {entry['file']} does not fit its UNet "
+                         f"({', '.join(wrong[:3]) or 'tensors missing'})")
+    student.load_state_dict(tensors, strict=False)
+    student.eval()
+    model.__dict__["_guided"] = student
+    return student
+
+
 def _memory_bytes() -> int:
     try:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))

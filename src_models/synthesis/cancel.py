@@ -18,12 +18,20 @@ def _stop_if_cancelled(module, args) -> None:
         raise Cancelled()
 
 
-def stop_on_cancel(model) -> None:
-    """Once per loaded model: its network checks the calling thread's token before each call."""
-    net = model.unet
+def hook_network(net) -> None:
+    """Once per network: it checks the calling thread's token before each call."""
     if not getattr(net, "_diffinfinite_cancel_hook", False):
         net.register_forward_pre_hook(_stop_if_cancelled)
         net._diffinfinite_cancel_hook = True
+
+
+def stop_on_cancel(model) -> None:
+    """Once per loaded model: its networks (the UNet, and its distilled student once built) check the
+    calling thread's token before each call."""
+    hook_network(model.unet)
+    student = model.__dict__.get("_guided")
+    if student is not None:
+        hook_network(student)
 
 
 def set_cancel_token(cancel) -> None:

@@ -104,6 +104,9 @@ class SynthesisRequest:
     precision: str = "float32"  # "bf16": bfloat16 autocast around the network (opt-in on the CPU; docs/cpu_speed.md)
     halo: int | None = None  # latent px of context around each region (default: half a window)
     resample: int = 1  # where there is context: each level run this many times, re-noised in between (RePaint)
+    # the card's guidance-distilled student (one pass per window; src_models/training/distil.py): None uses it
+    # where the card has one and the run's ω is the ω it was distilled at, False never, True requires it
+    distilled: bool | None = None
 
     def check(self, card=None, option: Callable[[str], str] | None = None) -> None:
         """Raise :class:`RequestError` (one line, naming the option) for values no run can use.
@@ -157,8 +160,13 @@ class SynthesisRequest:
             omega, per_class = d["omega"], {**d["omega_per_class"], **self.omega_per_class}
         else:  # a global ω of the user's replaces the card's whole choice
             omega, per_class = self.omega, dict(self.omega_per_class)
+        distilled = uses_student(card, float(omega), per_class)
+        if self.distilled and not distilled:
+            why = ("model has no distilled student" if getattr(card, "guided_unet", None) is None else
+                   f"student was distilled at ω {_guided_omega_text(card)}, not the ω asked for")
+            raise RequestError(f"{name_of(option, 'distilled')}: the {why}")
         return dataclasses.replace(self, plan=plan, solver=d["solver"], steps=int(steps), eta=eta, omega=float(omega),
-                                   omega_per_class=per_class)
+                                   omega_per_class=per_class, distilled=distilled and self.distilled is not False)
 
     def settings(self) -> dict:
         """The values that decide the pixels (device and batch size do not)."""
@@ -176,6 +184,8 @@ class SynthesisRequest:
             "resample": int(self.resample),
             # float32 is what every canvas made before this option was: stored only when not float32
             **({"precision": self.precision} if self.precision != "float32" else {}),
+            # two passes per window is what every canvas made before the students was: stored only when distilled
+            **({"distilled": True} if self.distilled else {}),
         }
 
 
@@ -207,6 +217,35 @@ def normalise_settings(stored: dict, card=None) -> dict:
     return out
 
 
+def name_of(option: Callable[[str], str] | None, field_name: str) -> str:
+    return option(field_name) if option is not None else field_name
+
+
+def _omega_table(num_classes: int, omega: float, per_class: dict) -> list[float]:
+    """ω of every class as a run uses it (class 0 never guided), without torch."""
+    w = [float(omega)] * num_classes
+    for k, v in per_class.items():
+        if 0 <= int(k) < num_classes:
+            w[int(k)] = float(v)
+    w[0] = 0.0
+    return w
+
+
+def _guided_omega_text(card) -> str:
+    g = card.guided_unet
+    pc = ", ".join(f"class {k}: {v:g}" for k, v in sorted((g.get("omega_per_class") or {}).items()))
+    return f"{float(g['omega']):g}" + (f" ({pc})" if pc else "")
+
+
+def uses_student(card, omega: float, per_class: dict) -> bool:
+    """Whether ``card`` has a guidance-distilled student for exactly this ω (per class too)."""
+    g = getattr(card, "guided_unet", None)
+    if not g:
+        return False
+    n = card.num_classes
+    return _omega_table(n, omega, per_class) == _omega_table(n, g["omega"], g.get("omega_per_class") or {})
+
+
 def sampling_defaults(card=None, solver: str | None = None) -> dict:
     """What a run samples with where the user left it open: the model card's solver, and with it the
     card's steps and η; with another ``solver``, that solver's own steps and η (DDIM: 50 steps, η 1 as
@@ -229,10 +268,13 @@ def sampling_defaults(card=None, solver: str | None = None) -> dict:
 
 
 def card_settings(card, spec: str) -> dict:
-    """The settings a new canvas for model ``spec`` records: the card's steps and ω (per class too)."""
+    """The settings a new canvas for model ``spec`` records: the card's steps and ω (per class too), and
+    whether its distilled student runs them."""
     d = sampling_defaults(card)
+    student = uses_student(card, d["omega"], d["omega_per_class"])  # a run at these settings uses the student
     return {"model": str(spec), "steps": int(d["steps"]), "omega": d["omega"],
-            "omega_per_class": {str(k): v for k, v in sorted(d["omega_per_class"].items())}}
+            "omega_per_class": {str(k): v for k, v in sorted(d["omega_per_class"].items())},
+            **({"distilled": True} if student else {})}
 
 
 def settings_diff(stored: dict, new: dict, card=None) -> dict:

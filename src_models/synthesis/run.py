@@ -75,7 +75,10 @@ def prepare_run(model, canvas: Canvas, request: SynthesisRequest) -> Run:
     lh, lw = canvas.latent_shape
     try:
         request = request.resolved(card)
-        setup = sampling_setup(request.steps, card.num_classes, request.omega, request.omega_per_class)
+        if request.distilled:  # the student gives the guided ε in one pass: it runs unguided
+            setup = sampling_setup(request.steps, card.num_classes, 0.0)
+        else:
+            setup = sampling_setup(request.steps, card.num_classes, request.omega, request.omega_per_class)
         window = effective_window(card.patch_size, lh, lw, multiple=_multiple(model))
     except ValueError as e:
         raise SynthesisError(str(e)) from None
@@ -146,14 +149,23 @@ def refresh_borders(canvas: Canvas, region: Region, area, rgb: np.ndarray, halo:
 def _denoiser_for(model, device, window: int, request: SynthesisRequest):
     """The network the sampler calls and its batch size; the fast wrapper is made once per
     model, device, window and compile choice, and kept on the model."""
+    net = model.unet
+    if request.distilled:
+        from src_models.models.loading import guided_network
+
+        net = guided_network(model)
+        if getattr(model.unet, "_diffinfinite_cancel_hook", False):  # stops within a level as the UNet does
+            from src_models.synthesis.cancel import hook_network
+
+            hook_network(net)
     if not request.fast:
-        return model.unet, 32
+        return net, 32
     from src_models.models.fast import fast_setup
 
     cache = model.__dict__.setdefault("_denoisers", {})
-    key = (str(device), int(window), bool(request.compile), request.precision)
+    key = (str(device), int(window), bool(request.compile), request.precision, bool(request.distilled))
     if key not in cache:
-        cache[key] = fast_setup(model.unet, device, window, compile=request.compile, precision=request.precision)
+        cache[key] = fast_setup(net, device, window, compile=request.compile, precision=request.precision)
     return cache[key]
 
 

@@ -470,3 +470,27 @@ def test_the_bfloat16_box_reaches_the_request_and_follows_the_canvas(viewer, qtb
     qtbot.waitUntil(lambda: w.bf16_box.isChecked(), timeout=10_000)
     dock(viewer, "Canvas").open(make_canvas(tiny_card, tmp_path / "f.zarr", size=128))  # float32 settings
     qtbot.waitUntil(lambda: not w.bf16_box.isChecked(), timeout=10_000)
+
+
+def test_the_distilled_box_follows_the_canvas_and_reaches_the_request(viewer, qtbot, tiny_card, tmp_path):
+    """Ticked, the request leaves the student to the model (used where it has one at this ω); cleared,
+    it asks for two passes.  A canvas made with the student ticks it when opened, one made without
+    clears it (a canvas goes on as it was made)."""
+    from src_models.synthesis.canvases import new_canvas
+
+    path, image, _ = _open(viewer, tiny_card, tmp_path)
+    w = dock(viewer, "Synthesis")
+    w.distilled_box.setChecked(True)
+    assert w.build_request(image).distilled is None
+    w.distilled_box.setChecked(False)
+    assert w.build_request(image).distilled is False
+    assert "distilled" not in w.build_request(image).resolved(tiny_card).settings()
+
+    made = tmp_path / "d.zarr"
+    settings = {"model": "tiny-test", "steps": 4, "omega": 1.0, "distilled": True}
+    with new_canvas(tiny_card, made, 128, 128, region_size=64, settings=settings):
+        pass
+    dock(viewer, "Canvas").open(str(made))
+    qtbot.waitUntil(lambda: w.distilled_box.isChecked(), timeout=10_000)
+    dock(viewer, "Canvas").open(make_canvas(tiny_card, tmp_path / "f.zarr", size=128))  # made without
+    qtbot.waitUntil(lambda: not w.distilled_box.isChecked(), timeout=10_000)

@@ -1,0 +1,135 @@
+"""Guidance distillation (src_models/training/distil.py): the student learns the guided ε, is
+written as a new model directory beside an untouched source, and runs one pass per window where a
+run asks for the ω it was distilled at."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import src_models.training.distil as D
+import src_models.training.train as T
+from src_models.models.card import ModelCard, ModelError
+from src_models.models.loading import guided_network, load_model
+from src_models.synthesis.canvases import new_canvas, put_mask
+from src_models.synthesis.regions import synthesise
+from src_models.synthesis.request import RequestError, SynthesisRequest, card_settings
+from tests.test_train import _write_folder
+
+
+def _digest(directory):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory):
+    """A small native model (identity codec, trained 2 steps, the card's ω 2 with class 1 at 0) and
+    its student after 40 distillation steps."""
+    root = tmp_path_factory.mktemp("distil")
+    data = _write_folder(root / "d", n_labelled=3, n_unlabelled=0, size=32)
+    teacher = root / "teacher"
+    assert T.main(["--data", str(data), "--out", str(teacher), "--codec", "identity", "--steps", "2", "--crop", "16",
+                   "--batch", "2", "--base", "8", "--mults", "1,2", "--blocks", "1", "--no-progress",
+                   "--ckpt-every", "1"]) == 0
+    card = json.loads((teacher / "card.json").read_text())
+    card.update(default_omega=2.0, default_omega_per_class={"1": 0.0})
+    (teacher / "card.json").write_text(json.dumps(card))
+    before = _digest(teacher)
+    student = root / "student"
+    argv = ["--model", str(teacher), "--data", str(data), "--out", str(student), "--steps", "40", "--batch", "4",
+            "--lr", "3e-3", "--ema", "0.5", "--no-progress", "--ckpt-every", "20"]
+    assert D.main(argv) == 0
+    return {"data": data, "teacher": teacher, "student": student, "argv": argv, "before": before}
+
+
+def test_the_student_learns_the_guidance_and_the_source_is_untouched(distilled, capsys):
+    student, teacher = distilled["student"], distilled["teacher"]
+    assert _digest(teacher) == distilled["before"]  # nothing of the source model changed
+    card = ModelCard.load(student)
+    g = card.guided_unet
+    assert g["omega"] == 2.0 and g["omega_per_class"] == {"1": 0.0} and g["parts"] == "cond" and g["steps"] == 40
+    # the residual of the guidance on the fixed probe: 1 before (the student is the teacher), less after
+    assert g["residual_before"] == pytest.approx(1.0, abs=1e-3)
+    assert g["residual_after"] < 0.8 * g["residual_before"]
+    # only the condition branch is written, and the rest of the network is the teacher's
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(student / D.GUIDED_FILE))
+    assert tensors and all(D.cond_branch(k) for k in tensors)
+    for name in ("unet.safetensors", "codec.safetensors"):
+        if (teacher / name).exists():
+            assert (student / name).read_bytes() == (teacher / name).read_bytes()
+    # a second run onto the same directory refuses and changes nothing
+    kept = _digest(student)
+    capsys.readouterr()
+    assert D.main(distilled["argv"]) == 2
+    assert "exists" in capsys.readouterr().err and _digest(student) == kept
+
+
+def test_the_student_runs_one_pass_per_window_at_its_omega_only(distilled, tmp_path):
+    model = load_model(distilled["student"])
+    mask = np.full((64, 64), 2, np.uint8)
+    mask[:, :20] = 1
+
+    def run(name, **kw):
+        c = new_canvas(model.card, tmp_path / f"{name}.zarr", 64, 64, 32)
+        put_mask(c, mask)
+        req = SynthesisRequest(model=str(distilled["student"]), steps=3, seed=1, **kw)
+        calls = sum(ev.forwards for ev in synthesise(model, c, req))
+        return calls, np.asarray(c.image(0)[:]).astype(int), c.settings
+
+    one, img_one, settings = run("default")
+    two, img_two, settings_two = run("two", distilled=False)
+    assert settings.get("distilled") is True and "distilled" not in settings_two
+    assert 2 * one > two and one < two  # the guided windows lose their null pass
+    assert not np.array_equal(img_one, img_two)  # and the student paints with its own weights
+    # another ω is not what the student learned: the teacher's two passes (class 1 guided too now), and
+    # asking for the student refuses
+    other, _, s_other = run("other", omega=2.0, omega_per_class={1: 0.5})
+    assert other > two and "distilled" not in s_other
+    with pytest.raises(RequestError, match="distilled at ω 2"):
+        SynthesisRequest(model="x", omega=1.0, distilled=True).resolved(model.card)
+    with pytest.raises(RequestError, match="no distilled student"):
+        SynthesisRequest(model="x", distilled=True).resolved(load_model(distilled["teacher"]).card)
+    # a new canvas records that its card's defaults run on the student; the teacher's records nothing
+    assert card_settings(model.card, "s")["distilled"] is True
+    assert "distilled" not in card_settings(load_model(distilled["teacher"]).card, "t")
+    # the student is the teacher with the condition branch replaced
+    net = guided_network(model)
+    assert torch.equal(net.init_conv.weight, model.unet.init_conv.weight)
+    assert not torch.equal(net.class_emb, model.unet.class_emb)
+    # napari's cancel stops the student within a level as it does the UNet
+    from src_models.synthesis.cancel import stop_on_cancel
+
+    stop_on_cancel(model)
+    assert getattr(net, "_diffinfinite_cancel_hook", False) and len(net._forward_pre_hooks) == 1
+
+
+def test_a_card_naming_a_student_file_outside_its_directory_or_missing_is_refused(distilled, tmp_path):
+    card = json.loads((distilled["student"] / "card.json").read_text())
+    for bad in ("../unet.safetensors", "/etc/x.safetensors", "student.pt"):
+        d = dict(card, guided_unet=dict(card["guided_unet"], file=bad))
+        with pytest.raises(ModelError, match="guided_unet.file"):
+            ModelCard.from_dict(d)
+    moved = tmp_path / "m"
+    moved.mkdir()
+    for p in distilled["student"].iterdir():
+        if p.name != D.GUIDED_FILE:
+            (moved / p.name).write_bytes(p.read_bytes())
+    with pytest.raises(ModelError, match="not in"):
+        guided_network(load_model(moved))
+
+
+def test_distillation_refuses_a_model_without_guidance(distilled, tmp_path, capsys):
+    card = json.loads((distilled["teacher"] / "card.json").read_text())
+    unguided = tmp_path / "unguided"
+    unguided.mkdir()
+    for p in distilled["teacher"].iterdir():
+        (unguided / p.name).write_bytes(p.read_bytes())
+    (unguided / "card.json").write_text(json.dumps(dict(card, default_omega=0.0, default_omega_per_class={})))
+    assert D.main(["--model", str(unguided), "--data", str(distilled["data"]), "--out", str(tmp_path / "s"),
+                   "--steps", "2", "--no-progress"]) == 2
+    assert "nothing to distil" in capsys.readouterr().err and not (tmp_path / "s").exists()
