@@ -133,3 +133,43 @@ def test_distillation_refuses_a_model_without_guidance(distilled, tmp_path, caps
     assert D.main(["--model", str(unguided), "--data", str(distilled["data"]), "--out", str(tmp_path / "s"),
                    "--steps", "2", "--no-progress"]) == 2
     assert "nothing to distil" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+def test_resume_goes_on_as_the_canvas_was_made(distilled, tmp_path, capsys):
+    """A canvas made with two passes resumes with two passes when the user leaves the choice open (the
+    default would otherwise pick the student and refuse the canvas as made with other settings);
+    asking for the student on it is refused, naming the setting."""
+    from PIL import Image
+
+    from src_models.cli.main import main as cli
+    from src_models.store.canvas import Canvas
+    from src_models.synthesis.request import normalise_settings
+
+    mask = np.full((64, 64), 2, np.uint8)
+    mask[:, :20] = 1
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    out = tmp_path / "c.zarr"
+    base = ["generate", "--mask", str(tmp_path / "m.png"), "--out", str(out), "--model", str(distilled["student"]),
+            "--steps", "2", "--region-size", "32", "--device", "cpu"]
+    assert cli(base + ["--no-distilled"]) == 0
+    card = ModelCard.load(distilled["student"])
+    with Canvas.open(out, "r") as c:
+        assert normalise_settings(c.settings, card)["distilled"] is False
+    capsys.readouterr()
+    assert cli(base + ["--resume"]) == 0
+    assert cli(base + ["--resume", "--distilled"]) == 2
+    assert "distilled" in capsys.readouterr().err
+    # generate-many resumes it the same way, and makes a new canvas with the student
+    from src_models.cli.many import build_jobs, build_parser
+
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(mask).save(tmp_path / "masks" / "c.png")
+    table = ["--jobs", str(tmp_path / "masks"), "--model", str(distilled["student"]), "--steps", "2",
+             "--region-size", "32", "--device", "cpu"]
+    jobs = build_jobs(build_parser().parse_args(table + ["--out", str(tmp_path)]))
+    assert [j.request["distilled"] for j in jobs] == [False]
+    jobs = build_jobs(build_parser().parse_args(table + ["--out", str(tmp_path / "new")]))
+    assert [j.request["distilled"] for j in jobs] == [True]
+    # settings left open follow the card: its student
+    assert normalise_settings({"model": "m"}, card)["distilled"] is True
+    assert normalise_settings({"model": "m", "omega": 2.0, "omega_per_class": {"1": 0.0}}, card)["distilled"] is False

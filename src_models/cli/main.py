@@ -232,6 +232,7 @@ def cmd_generate(args) -> int:
     from src_models.store.canvas import CanvasError, CanvasLockedError
     from src_models.store.provenance import source_entry
     from src_models.synthesis.canvases import (AUTO, CanvasMismatchError, CanvasSpec, auto_region_size, check_existing,
+                                               made_distilled,
                                                check_spec, open_for_run, read_mask_for_model)
 
     # 1. the arguments alone; 2. with the model card (no weights); 3. against the canvas on
@@ -249,6 +250,8 @@ def cmd_generate(args) -> int:
         class_map = parse_class_map(args.class_map)
     mask = read_mask_for_model(args.mask, card, class_map, warn=_warn)
     height, width = _size(args, mask.shape)
+    if args.resume and args.distilled is None and args.out.exists():
+        args.distilled = made_distilled(args.out, card)  # left open: the canvas goes on as it was made
     request = resolve_request(args, card, device)
     region_size = None if args.region_size == AUTO else args.region_size
     spec = CanvasSpec(args.out, height, width, mask, request.settings(), region_size,

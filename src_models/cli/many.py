@@ -96,7 +96,7 @@ def build_jobs(args) -> list:
     """Every job, checked (masks read, labels, sizes, settings against canvases already on disk)."""
     from src_models.models.loading import find_card
     from src_models.store.canvas import CanvasError
-    from src_models.synthesis.canvases import CanvasSpec, check_existing, check_spec, read_mask_for_model
+    from src_models.synthesis.canvases import CanvasSpec, check_existing, check_spec, made_distilled, read_mask_for_model
     from src_models.synthesis.many import Job, JobError, job_overrides, read_job_rows
     from src_models.synthesis.request import RequestError, SynthesisRequest
 
@@ -133,6 +133,9 @@ def build_jobs(args) -> list:
         card = cards[model]
         job_args = copy.copy(args)
         job_args.model = model
+        out = args.out / f"{name}.zarr"
+        if out.exists() and not args.overwrite and args.distilled is None and "distilled" not in fields:
+            job_args.distilled = made_distilled(out, card)  # left open: the canvas goes on as it was made
         values = {k: v for k, v in dataclasses.asdict(resolve_request(job_args, card, args.device)).items() if k != "area"}
         values["seed"] = args.seed + index
         values.update(fields)
@@ -148,7 +151,6 @@ def build_jobs(args) -> list:
                 region_size = int(row["region_size"])
             except ValueError:
                 raise UserError(f"{where}: region_size must be an integer, got {row['region_size']!r}") from None
-        out = args.out / f"{name}.zarr"
         spec = CanvasSpec(out, height, width, mask, request.settings(), region_size, mask_name=str(mask_path))
         try:
             check_spec(card, spec)

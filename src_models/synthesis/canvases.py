@@ -296,6 +296,19 @@ def mismatch(canvas: Canvas, spec: CanvasSpec, card: ModelCard | None) -> str | 
     return None
 
 
+def made_distilled(path, card: ModelCard) -> bool | None:
+    """Whether the canvas at ``path`` was sampled with its model's distilled student (a resume that
+    leaves the choice open goes on as the canvas was made); None where it cannot be read (the run's
+    own checks then say why)."""
+    from src_models.synthesis.request import normalise_settings
+
+    try:
+        with Canvas.open(path, "r") as canvas:
+            return bool(normalise_settings(canvas.settings, card).get("distilled"))
+    except Exception:  # noqa: BLE001 - check_existing reports what is wrong with it
+        return None
+
+
 def check_existing(spec: CanvasSpec, card: ModelCard) -> Existing:
     """Read-only, before any model loads: can the canvas at ``spec.path`` be finished with
     ``spec``?  Raises :class:`CanvasMismatchError` saying why not."""

@@ -184,7 +184,7 @@ class SynthesisRequest:
             "resample": int(self.resample),
             # float32 is what every canvas made before this option was: stored only when not float32
             **({"precision": self.precision} if self.precision != "float32" else {}),
-            # two passes per window is what every canvas made before the students was: stored only when distilled
+            # two passes per window is what every canvas made before students existed: stored only when distilled
             **({"distilled": True} if self.distilled else {}),
         }
 
@@ -209,6 +209,11 @@ def normalise_settings(stored: dict, card=None) -> dict:
                 out["eta"] = check_solver(d["solver"], d["eta"])
             if out.get("steps") is None:
                 out["steps"] = d["steps"]
+        if "distilled" not in out:  # stored only when the student ran; omega left open: as a run resolves it
+            d = sampling_defaults(card)
+            out["distilled"] = out.get("omega") is None and uses_student(
+                card, d["omega"], {**d["omega_per_class"], **{int(k): float(v) for k, v in
+                                                              (out.get("omega_per_class") or {}).items()}})
         if out.get("omega") is None:
             d = sampling_defaults(card)
             out["omega"] = d["omega"]
@@ -218,6 +223,7 @@ def normalise_settings(stored: dict, card=None) -> dict:
 
 
 def name_of(option: Callable[[str], str] | None, field_name: str) -> str:
+    """A request field as the interface names it (``option``, e.g. the CLI's ``--distilled``), else as is."""
     return option(field_name) if option is not None else field_name
 
 
