@@ -56,3 +56,28 @@ def test_a_larger_area_is_tiled_and_stays_close_to_one_piece(monkeypatch):
     # except where a tile's edge cuts that neighbourhood, and then by little
     diff = np.abs(whole.astype(int) - tiled.astype(int))
     assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 8
+
+
+def test_a_bf16_decode_runs_in_bfloat16_close_to_float32_and_float32_is_the_default():
+    """``precision="bf16"`` decodes under bfloat16 autocast (the run's --precision bf16): the decoder's
+    convolutions see bf16 inputs and the pixels stay within a few grey levels of float32's; the default
+    decode is float32 throughout."""
+    import warnings
+
+    from src_models.models.loading import load_model
+
+    codec = load_model("default").codec
+    seen = []
+    convs = [m for m in codec.modules() if isinstance(m, nn.Conv2d)]
+    handles = [c.register_forward_hook(lambda m, a, out: seen.append(out.dtype)) for c in convs]
+    z = torch.randn(4, 24, 24, generator=torch.Generator().manual_seed(0)) * 0.4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = decode_latent(codec, z).astype(int)
+        dtypes_full, seen[:] = set(seen), []
+        half = decode_latent(codec, z, "bf16").astype(int)
+    for h in handles:
+        h.remove()
+    assert dtypes_full == {torch.float32} and torch.bfloat16 in set(seen)
+    diff = np.abs(full - half)
+    assert 0 < diff.mean() < 1.0 and diff.max() <= 8

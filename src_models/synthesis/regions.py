@@ -158,7 +158,7 @@ def _synthesise_region(run: Run, region: Region, cancel, progress) -> tuple[int,
         return None
     if _cancelled(cancel):
         return None
-    rgb = decode_latent(run.model.codec, z)
+    rgb = decode_latent(run.model.codec, z, run.request.precision)
     if known is not None:
         rgb = blend_kept_edges(canvas, region, box, target, rgb, known_np)
     latent_np = z[:, ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0].float().cpu().numpy()

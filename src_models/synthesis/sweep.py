@@ -306,7 +306,7 @@ def _decode_region(sw: _Sweep, r: Region) -> None:
     y0, y1 = expand(r.y0, r.y1, lh, run.halo, 1)
     x0, x1 = expand(r.x0, r.x1, lw, run.halo, 1)
     z = torch.from_numpy(canvas.read_latent(y0, y1, x0, x1)).to(run.device)
-    rgb = decode_latent(run.model.codec, z)
+    rgb = decode_latent(run.model.codec, z, run.request.precision)
     target = canvas.target_map(r)
     rgb = blend_kept_edges(canvas, r, (y0, y1, x0, x1), target, rgb)
     block = np.ascontiguousarray(rgb[(r.y0 - y0) * f : (r.y1 - y0) * f, (r.x0 - x0) * f : (r.x1 - x0) * f])
