@@ -7,7 +7,8 @@ real tissue, and write one row per setting and seed.
 ``--omega-class 3=0`` sets one class's ω in every setting (per-class guidance; repeatable).
 ``--precision bf16`` runs every setting under bfloat16 autocast (the setting then names it).
 A model with a guidance-distilled student runs it for the setting at its ω (the setting names it,
-``distilled``); ``--no-distilled`` runs the model's own two passes.
+``distilled``) where its card makes it the default, and with ``--distilled`` also where it is opt-in;
+``--no-distilled`` runs the model's own two passes.
 
 ``--heldout skin`` is the CC0 slide's held-out band (rows >= 2048, labels from ``masks_from_he``);
 ``--heldout tumour`` the held-out bottom third of the two labelled carcinoma images in ``data/more_he``
@@ -182,8 +183,10 @@ def main(argv=None) -> int:
     p.add_argument("--crop", default=None, help="HxW: only the centre of each held-out image (a quicker sweep)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-distilled", action="store_true",
-                   help="never run the model's guidance-distilled student (default: where the model has one and the "
-                   "setting's ω is the one it was distilled at; the setting then names it)")
+                   help="never run the model's guidance-distilled student (default: where the model has one by default "
+                   "and the setting's ω is the one it was distilled at; the setting then names it)")
+    p.add_argument("--distilled", action="store_true",
+                   help="run the model's student at its ω also where its card makes it opt-in")
     p.add_argument("--precision", choices=("float32", "bf16"), default="float32",
                    help="the network's arithmetic in every setting (bf16: bfloat16 autocast; docs/cpu_speed.md)")
     p.add_argument("--no-c2st", action="store_true")
@@ -196,7 +199,7 @@ def main(argv=None) -> int:
     from quality import make_canvas
 
     from src_models.evaluation import evaluate
-    from src_models.synthesis.request import uses_student
+    from src_models.synthesis.request import student_by_default, uses_student
     from src_models.models.loading import load_model
 
     if a.threads:
@@ -230,7 +233,8 @@ def main(argv=None) -> int:
     tag = "".join(f"-c{k}w{v:g}" for k, v in sorted(per_class.items()))
     for spec in a.solvers:
         for omega in a.omegas:
-            student = not a.no_distilled and uses_student(model.card, omega, per_class)
+            student = (not a.no_distilled and uses_student(model.card, omega, per_class)
+                       and (a.distilled or student_by_default(model.card)))
             setting = {**parse_solver(spec), "omega": omega, **({"omega_per_class": per_class} if per_class else {}),
                        **({"precision": a.precision} if a.precision != "float32" else {}),
                        **({"distilled": True} if student else {})}

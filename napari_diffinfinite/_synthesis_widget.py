@@ -166,9 +166,11 @@ class SynthesisWidget(QWidget):
             "The canvas records the choice; float32 gives the same pixels on every run")
         self.distilled_box = QCheckBox("one network pass per window (distilled guidance)")
         self.distilled_box.setChecked(True)
+        self._student_default = True  # the chosen model's student runs unless asked not to (its card's by_default)
         self.distilled_box.setToolTip(
-            "where the model ships a guidance-distilled student and ω is the one it was distilled at (the card's), "
-            "run it: one network pass per window instead of two (docs/cpu_speed.md). Off, or another ω: the "
+            "where the model ships a guidance-distilled student, run it: one network pass per window instead of two "
+            "(docs/cpu_speed.md). It gives the guided result only at the ω it was distilled at (the card's); the "
+            "shipped skin model's student is opt-in (measured: faster, somewhat further from real tissue). Off: the "
             "model's own two passes. The canvas records the choice")
         self.class_group = QWidget() if compact else QGroupBox("ω per class")
         self.class_form = QFormLayout(self.class_group)
@@ -335,6 +337,8 @@ class SynthesisWidget(QWidget):
             self.omega_box.setValue(float(d["omega"]))
             self._card_omega_per_class = dict(d["omega_per_class"])
             self.distilled_box.setEnabled(card.guided_unet is not None)
+            self._student_default = bool(card.guided_unet is None or card.guided_unet.get("by_default", True))
+            self.distilled_box.setChecked(card.guided_unet is not None and self._student_default)
             for i, box in self.class_boxes.items():
                 box.setValue(self._card_omega_per_class.get(i, -0.5))  # -0.5 shows "= ω"
 
@@ -457,7 +461,8 @@ class SynthesisWidget(QWidget):
             area=area,
             centre=centre,
             precision="bf16" if self.bf16_box.isChecked() else "float32",
-            distilled=None if self.distilled_box.isChecked() else False,
+            # ticked: the student where the model ships one (asked for outright where it is opt-in)
+            distilled=(None if self._student_default else True) if self.distilled_box.isChecked() else False,
             **{name: (None if box.currentText() == "auto" else box.currentText())
                for name, box in self.choice_boxes.items()},
         )

@@ -173,3 +173,20 @@ def test_resume_goes_on_as_the_canvas_was_made(distilled, tmp_path, capsys):
     # settings left open follow the card: its student
     assert normalise_settings({"model": "m"}, card)["distilled"] is True
     assert normalise_settings({"model": "m", "omega": 2.0, "omega_per_class": {"1": 0.0}}, card)["distilled"] is False
+
+
+def test_an_opt_in_student_runs_only_when_asked_for(distilled):
+    """A card whose student has ``by_default`` false (the shipped skin model's: measured further from real
+    tissue than its teacher) runs two passes unless the request asks for the student."""
+    from src_models.synthesis.request import normalise_settings
+
+    card = ModelCard.load(distilled["student"])
+    card.guided_unet = dict(card.guided_unet, by_default=False)
+    card.validate()
+    assert SynthesisRequest(model="s").resolved(card).distilled is False
+    assert SynthesisRequest(model="s", distilled=True).resolved(card).distilled is True
+    assert "distilled" not in card_settings(card, "s")
+    assert normalise_settings({"model": "s"}, card)["distilled"] is False
+    bad = dict(card.to_dict(), guided_unet=dict(card.guided_unet, by_default="no"))
+    with pytest.raises(ModelError, match="by_default"):
+        ModelCard.from_dict(bad)

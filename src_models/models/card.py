@@ -167,6 +167,8 @@ def _check_guided(card, bad) -> None:
     if not (isinstance(name, str) and name.endswith(".safetensors") and "/" not in name and "\\" not in name
             and not name.startswith(".")):
         raise bad("guided_unet.file", name, "a .safetensors file name in the model directory")
+    if not isinstance(g.get("by_default", True), bool):
+        raise bad("guided_unet.by_default", g.get("by_default"), "true or false")
     if g.get("parts") not in ("cond", "all"):
         raise bad("guided_unet.parts", g.get("parts"), "cond or all")
     if not _number(g.get("omega")) or not 0 <= g["omega"] <= 100:
@@ -202,7 +204,8 @@ class ModelCard:
     mask_model: dict | None = None  # optional mask diffusion model (same layout as ``unet``)
     pixel_size_um: float | None = None  # µm per image pixel of the training data (None: not stated)
     # a guidance-distilled student of the UNet (src_models/training/distil.py): {"file", "omega",
-    # "omega_per_class", "parts", ...}; runs at exactly that ω use it, one pass per window
+    # "omega_per_class", "parts", "by_default", ...}; runs at exactly that ω may use it, one pass per window
+    # (by default unless "by_default" is false)
     guided_unet: dict | None = None
     extra: dict = field(default_factory=dict)
     version: int = CARD_VERSION

@@ -161,7 +161,9 @@ class SynthesisRequest:
         else:  # a global ω of the user's replaces the card's whole choice
             omega, per_class = self.omega, dict(self.omega_per_class)
         distilled = uses_student(card, float(omega), per_class)
-        if self.distilled and not distilled:
+        if self.distilled is None:  # left open: the student runs where its card says it is the default
+            distilled = distilled and student_by_default(card)
+        elif self.distilled and not distilled:
             why = ("model has no distilled student" if getattr(card, "guided_unet", None) is None else
                    f"student was distilled at ω {_guided_omega_text(card)}, not the ω asked for")
             raise RequestError(f"{name_of(option, 'distilled')}: the {why}")
@@ -211,7 +213,7 @@ def normalise_settings(stored: dict, card=None) -> dict:
                 out["steps"] = d["steps"]
         if "distilled" not in out:  # stored only when the student ran; omega left open: as a run resolves it
             d = sampling_defaults(card)
-            out["distilled"] = out.get("omega") is None and uses_student(
+            out["distilled"] = out.get("omega") is None and student_by_default(card) and uses_student(
                 card, d["omega"], {**d["omega_per_class"], **{int(k): float(v) for k, v in
                                                               (out.get("omega_per_class") or {}).items()}})
         if out.get("omega") is None:
@@ -252,6 +254,14 @@ def uses_student(card, omega: float, per_class: dict) -> bool:
     return _omega_table(n, omega, per_class) == _omega_table(n, g["omega"], g.get("omega_per_class") or {})
 
 
+def student_by_default(card) -> bool:
+    """Whether runs that leave ``distilled`` open use the card's student (at its ω): its entry's
+    ``by_default``, true unless the card says otherwise (a shipped student measured worse than its
+    teacher is opt-in)."""
+    g = getattr(card, "guided_unet", None)
+    return bool(g) and bool(g.get("by_default", True))
+
+
 def sampling_defaults(card=None, solver: str | None = None) -> dict:
     """What a run samples with where the user left it open: the model card's solver, and with it the
     card's steps and η; with another ``solver``, that solver's own steps and η (DDIM: 50 steps, η 1 as
@@ -277,7 +287,8 @@ def card_settings(card, spec: str) -> dict:
     """The settings a new canvas for model ``spec`` records: the card's steps and ω (per class too), and
     whether its distilled student runs them."""
     d = sampling_defaults(card)
-    student = uses_student(card, d["omega"], d["omega_per_class"])  # a run at these settings uses the student
+    # a run at these settings uses the student
+    student = student_by_default(card) and uses_student(card, d["omega"], d["omega_per_class"])
     return {"model": str(spec), "steps": int(d["steps"]), "omega": d["omega"],
             "omega_per_class": {str(k): v for k, v in sorted(d["omega_per_class"].items())},
             **({"distilled": True} if student else {})}
