@@ -105,7 +105,7 @@ def test_an_inpainted_square_in_an_imported_image_meets_it_without_a_step(tiny, 
     results = {}
     for name in ("plain", "blended"):
         monkeypatch.undo()
-        brighter = lambda codec, z: np.clip(decode(codec, z).astype(int) + 40, 0, 255).astype(np.uint8)  # noqa: E731
+        brighter = lambda codec, z, *a: np.clip(decode(codec, z, *a).astype(int) + 40, 0, 255).astype(np.uint8)  # noqa: E731
         monkeypatch.setattr(regions, "decode_latent", brighter)
         monkeypatch.setattr(sweeping, "decode_latent", brighter)
         if name == "plain":
@@ -150,7 +150,7 @@ def test_regions_outpainted_beside_an_imported_image_follow_it(tiny, tmp_path, m
         monkeypatch.undo()
         if name != "true":
             monkeypatch.setattr(regions, "decode_latent",
-                                lambda codec, z: np.clip(decode(codec, z).astype(int) + 40, 0, 255).astype(np.uint8))
+                                lambda codec, z, *a: np.clip(decode(codec, z, *a).astype(int) + 40, 0, 255).astype(np.uint8))
         monkeypatch.setattr(blend, "edge_blend", spy if name == "blended" else (lambda d, *a, **k: np.asarray(d).copy()))
         canvas = outpaint(tmp_path / "src.zarr", tiny, tmp_path / f"{name}.zarr", (0, 64, 0, 0), label=1)
         list(synthesise(tiny, canvas, SynthesisRequest(model="tiny-test", steps=2, seed=3)))
