@@ -190,3 +190,20 @@ def test_an_opt_in_student_runs_only_when_asked_for(distilled):
     bad = dict(card.to_dict(), guided_unet=dict(card.guided_unet, by_default="no"))
     with pytest.raises(ModelError, match="by_default"):
         ModelCard.from_dict(bad)
+
+
+def test_the_default_model_ships_its_student_opt_in():
+    """The shipped skin model carries a float16 condition-branch student at its card's ω; runs leave it
+    out unless asked for (it measured further from real tissue than the two passes: docs/cpu_speed.md)."""
+    from src_models.models.card import BUILTIN_DIRS
+
+    model = load_model("default")
+    g = model.card.guided_unet
+    assert g["by_default"] is False and g["parts"] == "cond" and g["stored"] == "float16"
+    assert (BUILTIN_DIRS["default"] / g["file"]).stat().st_size < 2e6
+    assert SynthesisRequest().resolved(model.card).distilled is False
+    assert SynthesisRequest(distilled=True).resolved(model.card).distilled is True
+    net = guided_network(model)
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    changed = {n for n, p in net.named_parameters() if not torch.equal(p, dict(model.unet.named_parameters())[n])}
+    assert changed and all(D.cond_branch(n) for n in changed)
