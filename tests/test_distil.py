@@ -40,7 +40,7 @@ def distilled(tmp_path_factory):
     before = _digest(teacher)
     student = root / "student"
     argv = ["--model", str(teacher), "--data", str(data), "--out", str(student), "--steps", "40", "--batch", "4",
-            "--lr", "3e-3", "--ema", "0.5", "--no-progress", "--ckpt-every", "20"]
+            "--lr", "3e-3", "--ema", "0.5", "--no-progress", "--ckpt-every", "20", "--device", "cpu"]
     assert D.main(argv) == 0
     return {"data": data, "teacher": teacher, "student": student, "argv": argv, "before": before}
 

@@ -148,9 +148,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 def add_distilled_option(p) -> None:
     p.add_argument("--distilled", action=argparse.BooleanOptionalAction, default=None,
-                   help="the model's guidance-distilled student, one network pass per window instead of two "
-                   "(default: used where the model has one and the run's omega is the one it was distilled at; "
-                   "--no-distilled: always two passes; see docs/cpu_speed.md)")
+                   help="the model's guidance-distilled student, one network pass per window instead of two, at the "
+                   "omega it was distilled at (default: where its card makes it the default, as for a model made by "
+                   "'diffinfinite distil'; the shipped default model's student is opt-in; --no-distilled: always two "
+                   "passes; see docs/cpu_speed.md)")
 
 
 def progress_bar(total_levels: int, desc: str):

@@ -30,8 +30,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from src_models.cli.common import (UserError, add_distilled_option, add_run_options, check_output, check_run_args, parse_pads, parse_rect,
-                                   parse_size, progress_bar, resolve_request, run_and_preview, run_command)
+from src_models.cli.common import (UserError, add_distilled_option, add_run_options, check_output, check_run_args,
+                                   parse_pads, parse_rect, parse_size, progress_bar, resolve_request, run_and_preview,
+                                   run_command)
 
 # make-mask --layout; the same as src_models.synthesis.layouts.LAYOUT_KINDS (kept here so that the
 # parser is built without importing the layout code; a test checks they agree)

@@ -58,7 +58,8 @@ def residual_ratio(student, teacher, batch, omega) -> float:
     """How much of the guidance the student has not learned: E|student − guided|² over
     E|cond − guided|² (the teacher's plain conditional pass) on ``batch`` = (xt, t, mask).
     1: no better than running the teacher unguided; 0: the guided ε exactly."""
-    xt, t, mask = batch
+    dev = next(teacher.parameters()).device
+    xt, t, mask = (v.to(dev) for v in batch)
     with torch.no_grad():
         target = guided_target(teacher, xt, t, mask, omega)
         cond = teacher(xt, t, mask).float()
@@ -81,7 +82,7 @@ def _probe(crops: LatentCrops, alphas, n: int, seed: int):
     t = torch.randint(0, TRAIN_STEPS, (n,), generator=g)
     noise = torch.randn(z0.shape, generator=g)
     a = alphas[t].view(-1, 1, 1, 1)
-    return a.sqrt() * z0 + (1 - a).sqrt() * noise, t, mask
+    return a.sqrt() * z0.cpu() + (1 - a).sqrt() * noise, t, mask
 
 
 class _Trainable(torch.nn.Module):
@@ -99,10 +100,12 @@ class _Trainable(torch.nn.Module):
 def distil_guidance(model, data, work_dir: str | Path, *, steps: int = 1500, parts: str = "cond", crop: int | None = None,
                     batch: int = 16, lr: float = 1e-4, ema_decay: float = 0.999, ckpt_every: int = 250,
                     log_every: int = 10, resume: bool = False, seed: int = 0, progress: bool = True,
-                    stop_at: int | None = None, probe: int = 64):
+                    stop_at: int | None = None, probe: int = 64, device: str | torch.device = "cpu"):
     """Train a guidance-distilled student of ``model``'s UNet on ``data`` (a TrainingSet) at the
     card's default ω; returns ``(student_tensors, info)``: the EMA student's trained tensors and
-    what the card records (ω, parts, steps, the residual ratio before and after on a fixed probe)."""
+    what the card records (ω, parts, steps, the residual ratio before and after on a fixed probe).
+    The random numbers are drawn on the CPU (the same run on any ``device``); the networks run on
+    ``device``."""
     from src_models.sampling.guidance import LABEL_MAP, omega_vector
     from src_models.sampling.schedule import TRAIN_STEPS, cosine_alphas_cumprod
     from src_models.synthesis.request import sampling_defaults
@@ -116,8 +119,8 @@ def distil_guidance(model, data, work_dir: str | Path, *, steps: int = 1500, par
     omega = omega_vector(card.num_classes, d["omega"], d["omega_per_class"])
     if not bool((omega != 0).any()):
         raise TrainError(f"model {card.name!r} samples unguided by default (ω 0): there is nothing to distil")
-    work_dir = Path(work_dir)
-    teacher = model.unet.float().eval().requires_grad_(False)
+    work_dir, device = Path(work_dir), torch.device(device)
+    teacher = model.unet.float().to(device).eval().requires_grad_(False)
     student = copy.deepcopy(teacher)
     names = set(trainable_names(student, parts))
     for n, p in student.named_parameters():
@@ -126,7 +129,7 @@ def distil_guidance(model, data, work_dir: str | Path, *, steps: int = 1500, par
     crop = int(crop or card.patch_px)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed + 2)
-    crops = LatentCrops(data.tiles, model.codec.eval(), crop, gen, progress=progress)
+    crops = LatentCrops(data.tiles, model.codec.to(device).eval(), crop, gen, device=device, progress=progress)
     alphas = cosine_alphas_cumprod()
     probe_batch = _probe(crops, alphas, probe, seed + 1000)
     before = residual_ratio(student, teacher, probe_batch, omega)
@@ -136,7 +139,7 @@ def distil_guidance(model, data, work_dir: str | Path, *, steps: int = 1500, par
         t = torch.randint(0, TRAIN_STEPS, (batch,), generator=gen)
         noise = torch.randn((batch, *z0.shape[1:]), generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        xt, t, mask = (a.sqrt() * z0.cpu() + (1 - a).sqrt() * noise).to(device), t.to(device), mask.to(device)
         return xt, t, mask, guided_target(teacher, xt, t, mask, omega)
 
     def loss(data, i, j):
@@ -174,6 +177,7 @@ def build_parser(prog: str = "diffinfinite distil") -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -199,6 +203,7 @@ def _write_model(source_dir: Path, out: Path, tensors: dict, entry: dict, argv: 
 
 def main(argv: list[str] | None = None, prog: str = "diffinfinite distil") -> int:
     from src_models.models.card import BUILTIN_DIRS
+    from src_models.models.device import resolve_device
     from src_models.models.loading import load_model
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -220,7 +225,8 @@ def main(argv: list[str] | None = None, prog: str = "diffinfinite distil") -> in
         t0 = time.perf_counter()
         tensors, entry = distil_guidance(model, data, work, steps=a.steps, parts=a.parts, batch=a.batch, lr=a.lr,
                                          ema_decay=a.ema, ckpt_every=a.ckpt_every, resume=a.resume, seed=a.seed,
-                                         progress=not a.no_progress, stop_at=a.stop_at)
+                                         progress=not a.no_progress, stop_at=a.stop_at,
+                                         device=resolve_device(a.device))
         if entry["steps"] < a.steps:
             print(f"stopped at step {entry['steps']} of {a.steps} (continue with --resume); residual "
                   f"{entry['residual_before']:.3f} -> {entry['residual_after']:.3f}", file=sys.stderr)
