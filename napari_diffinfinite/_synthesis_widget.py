@@ -319,8 +319,9 @@ class SynthesisWidget(QWidget):
         self.class_group.setVisible(True)
 
     def _show_model_defaults(self) -> None:
-        """Steps and ω as the chosen model's card gives them (read from its card.json, no torch); a
-        model without a readable card (the built-in test model, a checkpoint) leaves the boxes as they are."""
+        """Steps, ω and the distilled-student box as the chosen model's card gives them (read from its
+        card.json, no torch); a model without a readable card (the built-in test model, a checkpoint) leaves
+        steps and ω as they are and has no student."""
         from src_models.models.card import BUILTIN_DIRS, ModelCard
 
         spec = self.model_picker.spec()
@@ -329,6 +330,10 @@ class SynthesisWidget(QWidget):
             card = ModelCard.load(folder) if (folder / "card.json").is_file() else None
         except Exception:  # noqa: BLE001 - a broken card is reported when the run loads the model
             card = None
+        if card is None:  # the built-in test model, a published checkpoint: no student
+            self._student_default = True
+            self.distilled_box.setEnabled(False)
+            self.distilled_box.setChecked(False)
         if card is not None:
             from src_models.synthesis.request import sampling_defaults  # numpy only
 

@@ -494,3 +494,16 @@ def test_the_distilled_box_follows_the_canvas_and_reaches_the_request(viewer, qt
     qtbot.waitUntil(lambda: w.distilled_box.isChecked(), timeout=10_000)
     dock(viewer, "Canvas").open(make_canvas(tiny_card, tmp_path / "f.zarr", size=128))  # made without
     qtbot.waitUntil(lambda: not w.distilled_box.isChecked(), timeout=10_000)
+
+
+def test_the_distilled_box_follows_the_chosen_models_student(viewer, qtbot, tiny_card, tmp_path):
+    """The default model ships an opt-in student: its box is enabled but clear, and ticked it asks for the
+    student outright; a model without a student greys the box out."""
+    path, image, _ = _open(viewer, tiny_card, tmp_path)
+    w = dock(viewer, "Synthesis")
+    w.model_picker.set_spec("default")
+    assert w.distilled_box.isEnabled() and not w.distilled_box.isChecked()
+    w.distilled_box.setChecked(True)
+    assert w.build_request(image).distilled is True
+    w.model_picker.set_spec("tumour")  # no student (its default ω is 0: nothing to distil)
+    assert not w.distilled_box.isEnabled() and not w.distilled_box.isChecked()
