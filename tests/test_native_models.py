@@ -168,7 +168,10 @@ def test_default_model_card(default_model):
     assert "CC0" in card.training_data + card.licence and "MIT" in card.licence
     assert "src_models.train" in card.extra["command"] or "diffinfinite train" in card.extra["command"]
     size = sum(p.stat().st_size for p in default_model.path.iterdir())
-    assert size <= 40e6  # the issue's limit for the shipped weights
+    # issue 10 asked for at most 40 MB of shipped weights when this was the only model; issue 19 keeps the skin
+    # model at most 50 MB and issue 24 both shipped models at most 80 MB together (tests/test_tumour_model.py).
+    # Since stop 10 the skin model holds its opt-in distilled student too (1.7 MB): 40.2 MB
+    assert size <= 50e6
 
 
 def test_default_model_class_dependent_colour(default_model):
