@@ -199,7 +199,7 @@ def main(argv=None) -> int:
     from quality import make_canvas
 
     from src_models.evaluation import evaluate
-    from src_models.synthesis.request import student_by_default, uses_student
+    from src_models.synthesis.request import default_student, uses_student
     from src_models.models.loading import load_model
 
     if a.threads:
@@ -233,8 +233,8 @@ def main(argv=None) -> int:
     tag = "".join(f"-c{k}w{v:g}" for k, v in sorted(per_class.items()))
     for spec in a.solvers:
         for omega in a.omegas:
-            student = (not a.no_distilled and uses_student(model.card, omega, per_class)
-                       and (a.distilled or student_by_default(model.card)))
+            student = not a.no_distilled and (uses_student(model.card, omega, per_class) if a.distilled
+                                              else default_student(model.card, omega, per_class))
             setting = {**parse_solver(spec), "omega": omega, **({"omega_per_class": per_class} if per_class else {}),
                        **({"precision": a.precision} if a.precision != "float32" else {}),
                        **({"distilled": True} if student else {})}

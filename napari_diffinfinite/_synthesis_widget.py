@@ -334,16 +334,17 @@ class SynthesisWidget(QWidget):
             self._student_default = True
             self.distilled_box.setEnabled(False)
             self.distilled_box.setChecked(False)
-        if card is not None:
-            from src_models.synthesis.request import sampling_defaults  # numpy only
+        else:
+            from src_models.synthesis.request import sampling_defaults, student_by_default  # numpy only
 
             d = sampling_defaults(card)
             self.steps_box.setValue(int(d["steps"]))
             self.omega_box.setValue(float(d["omega"]))
             self._card_omega_per_class = dict(d["omega_per_class"])
-            self.distilled_box.setEnabled(card.guided_unet is not None)
-            self._student_default = bool(card.guided_unet is None or card.guided_unet.get("by_default", True))
-            self.distilled_box.setChecked(card.guided_unet is not None and self._student_default)
+            has_student = card.guided_unet is not None
+            self._student_default = student_by_default(card) or not has_student
+            self.distilled_box.setEnabled(has_student)
+            self.distilled_box.setChecked(has_student and self._student_default)
             for i, box in self.class_boxes.items():
                 box.setValue(self._card_omega_per_class.get(i, -0.5))  # -0.5 shows "= ω"
 

@@ -106,6 +106,9 @@ def test_the_student_runs_one_pass_per_window_at_its_omega_only(distilled, tmp_p
 
     stop_on_cancel(model)
     assert getattr(net, "_diffinfinite_cancel_hook", False) and len(net._forward_pre_hooks) == 1
+    fresh = load_model(distilled["student"])  # hooked before the student exists: the copy carries the hook
+    stop_on_cancel(fresh)
+    assert len(guided_network(fresh)._forward_pre_hooks) == 1
 
 
 def test_a_card_naming_a_student_file_outside_its_directory_or_missing_is_refused(distilled, tmp_path):

@@ -233,8 +233,7 @@ def cmd_generate(args) -> int:
     from src_models.store.canvas import CanvasError, CanvasLockedError
     from src_models.store.provenance import source_entry
     from src_models.synthesis.canvases import (AUTO, CanvasMismatchError, CanvasSpec, auto_region_size, check_existing,
-                                               made_distilled,
-                                               check_spec, open_for_run, read_mask_for_model)
+                                               check_spec, made_distilled, open_for_run, read_mask_for_model)
 
     # 1. the arguments alone; 2. with the model card (no weights); 3. against the canvas on
     # disk (read only); then the model loads, and only then is anything written

@@ -160,15 +160,16 @@ class SynthesisRequest:
             omega, per_class = d["omega"], {**d["omega_per_class"], **self.omega_per_class}
         else:  # a global ω of the user's replaces the card's whole choice
             omega, per_class = self.omega, dict(self.omega_per_class)
-        distilled = uses_student(card, float(omega), per_class)
-        if self.distilled is None:  # left open: the student runs where its card says it is the default
-            distilled = distilled and student_by_default(card)
-        elif self.distilled and not distilled:
+        if self.distilled is None:  # left open: the student runs where its card makes it the default
+            distilled = default_student(card, float(omega), per_class)
+        elif self.distilled and not uses_student(card, float(omega), per_class):
             why = ("model has no distilled student" if getattr(card, "guided_unet", None) is None else
                    f"student was distilled at ω {_guided_omega_text(card)}, not the ω asked for")
-            raise RequestError(f"{name_of(option, 'distilled')}: the {why}")
+            raise RequestError(f"{(option or (lambda f: f))('distilled')}: the {why}")
+        else:
+            distilled = bool(self.distilled)
         return dataclasses.replace(self, plan=plan, solver=d["solver"], steps=int(steps), eta=eta, omega=float(omega),
-                                   omega_per_class=per_class, distilled=distilled and self.distilled is not False)
+                                   omega_per_class=per_class, distilled=distilled)
 
     def settings(self) -> dict:
         """The values that decide the pixels (device and batch size do not)."""
@@ -213,20 +214,15 @@ def normalise_settings(stored: dict, card=None) -> dict:
                 out["steps"] = d["steps"]
         if "distilled" not in out:  # stored only when the student ran; omega left open: as a run resolves it
             d = sampling_defaults(card)
-            out["distilled"] = out.get("omega") is None and student_by_default(card) and uses_student(
-                card, d["omega"], {**d["omega_per_class"], **{int(k): float(v) for k, v in
-                                                              (out.get("omega_per_class") or {}).items()}})
+            stored_pc = {int(k): float(v) for k, v in (out.get("omega_per_class") or {}).items()}
+            out["distilled"] = out.get("omega") is None and default_student(
+                card, d["omega"], {**d["omega_per_class"], **stored_pc})
         if out.get("omega") is None:
             d = sampling_defaults(card)
             out["omega"] = d["omega"]
             stored_pc = {int(k): float(v) for k, v in (out.get("omega_per_class") or {}).items()}
             out["omega_per_class"] = {str(k): v for k, v in sorted({**d["omega_per_class"], **stored_pc}.items())}
     return out
-
-
-def name_of(option: Callable[[str], str] | None, field_name: str) -> str:
-    """A request field as the interface names it (``option``, e.g. the CLI's ``--distilled``), else as is."""
-    return option(field_name) if option is not None else field_name
 
 
 def _omega_table(num_classes: int, omega: float, per_class: dict) -> list[float]:
@@ -262,6 +258,12 @@ def student_by_default(card) -> bool:
     return bool(g) and bool(g.get("by_default", True))
 
 
+def default_student(card, omega: float, per_class: dict) -> bool:
+    """Whether a run at this ω that leaves ``distilled`` open runs the card's student: the one rule for
+    :meth:`SynthesisRequest.resolved`, the settings a canvas records and the benchmarks."""
+    return student_by_default(card) and uses_student(card, omega, per_class)
+
+
 def sampling_defaults(card=None, solver: str | None = None) -> dict:
     """What a run samples with where the user left it open: the model card's solver, and with it the
     card's steps and η; with another ``solver``, that solver's own steps and η (DDIM: 50 steps, η 1 as
@@ -287,8 +289,7 @@ def card_settings(card, spec: str) -> dict:
     """The settings a new canvas for model ``spec`` records: the card's steps and ω (per class too), and
     whether its distilled student runs them."""
     d = sampling_defaults(card)
-    # a run at these settings uses the student
-    student = student_by_default(card) and uses_student(card, d["omega"], d["omega_per_class"])
+    student = default_student(card, d["omega"], d["omega_per_class"])
     return {"model": str(spec), "steps": int(d["steps"]), "omega": d["omega"],
             "omega_per_class": {str(k): v for k, v in sorted(d["omega_per_class"].items())},
             **({"distilled": True} if student else {})}

@@ -153,11 +153,7 @@ def _denoiser_for(model, device, window: int, request: SynthesisRequest):
     if request.distilled:
         from src_models.models.loading import guided_network
 
-        net = guided_network(model)
-        if getattr(model.unet, "_diffinfinite_cancel_hook", False):  # stops within a level as the UNet does
-            from src_models.synthesis.cancel import hook_network
-
-            hook_network(net)
+        net = guided_network(model)  # a copy of the UNet: its cancel hook, if set, comes with it
     if not request.fast:
         return net, 32
     from src_models.models.fast import fast_setup
