@@ -11,7 +11,9 @@ Figures (one JSON object on stdout, also written to ``--out``):
   latents, each a null and a conditional pass, as classifier-free guidance runs them), wrapped as
   the samplers get it (``fast_setup``).  ``gflop`` counts a forward as if every row were computed
   on its own (``forward_flops``); ``fraction_of_matmul`` is that rate over the matmul's.  With
-  ``--precision bf16`` the same under bfloat16 autocast;
+  ``--precision bf16`` the same under bfloat16 autocast (and the canvas and layout commands run with
+  it; they are always given ``--precision``, float32 unless asked, since their own default is the
+  machine's: bf16 on a CPU with native bfloat16);
 * ``codec``: decode of a 128² latent (512² px), megapixels per second;
 * ``canvas``: ``diffinfinite demo`` end to end (1024² px, the card's default steps; ``--quick``:
   512² px, 5 steps);
@@ -201,7 +203,7 @@ def main(argv=None) -> int:
             rec["unet_bf16"] = unet_rate(load_model("default", "cpu"), "bf16", repeats, rec["matmul"])
     if "codec" in sections:
         rec["codec"] = codec_rate(model, repeats)
-    extra = ["--precision", args.precision] if args.precision != "float32" else []
+    extra = ["--precision", args.precision]  # named: the commands' own default is the machine's (auto)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if "canvas" in sections:
@@ -211,7 +213,7 @@ def main(argv=None) -> int:
         if "layout" in sections:
             size, steps = ("1024x1024", ["--steps", "5"]) if args.quick else ("4096x4096", [])
             rec["layout"] = {"size": size, **cli(["make-mask", "--out", str(tmp / "m.png"), "--size", size, *steps,
-                                                  "--device", "cpu", *learned_layout()])}
+                                                  "--device", "cpu", *learned_layout(), *extra])}
         if "import" in sections:
             rec["import"] = import_slide(tmp, args.quick)
     rec["load_after"] = os.getloadavg()

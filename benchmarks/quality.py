@@ -70,7 +70,7 @@ def make_canvas(model, labels: np.ndarray, path: Path, plan: str | None, seed: i
                 eta: float | None = None, src_mpp: float = SLIDE_MPP, omega_per_class: dict | None = None,
                 precision: str | None = None, distilled: bool | None = None):
     """Paint a canvas of the labels' physical size (``src_mpp`` µm/px) under them; returns seconds
-    and forwards.  ``precision`` is the request's (None: its default, float32; float32 is recorded as the
+    and forwards.  ``precision`` is the request's (None: the device's default; float32 is recorded as the
     default is, so a float32 canvas's settings do not name it).  ``distilled``: the request's (None: the
     model's student where it has one at this ω)."""
     from PIL import Image

@@ -92,8 +92,9 @@ def _bf16_label() -> str:
 
     native = native_bf16_flags()
     if native is None:
-        return "bfloat16 arithmetic"
-    return "bfloat16 arithmetic (this CPU has it: faster)" if native else "bfloat16 arithmetic (emulated on this CPU: slower)"
+        return "bfloat16 where the CPU has it"
+    return ("bfloat16 where the CPU has it (this one has: faster)" if native
+            else "bfloat16 where the CPU has it (this one has not: float32)")
 
 
 class SynthesisWidget(QWidget):
@@ -160,10 +161,12 @@ class SynthesisWidget(QWidget):
         self.preview_box = QCheckBox("live preview of the region in flight")
         self.preview_box.setChecked(True)
         self.bf16_box = QCheckBox(_bf16_label())
+        self.bf16_box.setChecked(True)
         self.bf16_box.setToolTip(
-            "run the network in bfloat16 (autocast) instead of float32: on a CPU with AVX512_BF16 or AMX about 1.6 x "
-            "faster with the same held-out quality (docs/cpu_speed.md); on other CPUs emulated and slower. "
-            "The canvas records the choice; float32 gives the same pixels on every run")
+            "ticked (the default): the network runs in bfloat16 (autocast) on a CPU with AVX512_BF16 or AMX, about "
+            "1.6 x faster with the same held-out quality (docs/cpu_speed.md), and in float32 elsewhere "
+            "(the environment variable DIFFINFINITE_PRECISION can name one for every run); cleared: float32 always, "
+            "the same pixels on every run. The canvas records what ran")
         self.distilled_box = QCheckBox("one network pass per window (distilled guidance)")
         self.distilled_box.setChecked(True)
         self._student_default = True  # the chosen model's student runs unless asked not to (its card's by_default)
@@ -297,7 +300,10 @@ class SynthesisWidget(QWidget):
             self.model_picker.set_spec(settings["model"])
         if settings.get("steps"):
             self.steps_box.setValue(int(settings["steps"]))
-        self.bf16_box.setChecked(settings.get("precision") == "bf16")  # a canvas goes on as it was made
+        from src_models.synthesis.request import recorded_precision
+
+        # a canvas goes on as it was made (float32 where a run recorded it); one no run has recorded: the default
+        self.bf16_box.setChecked(recorded_precision(settings) in ("bf16", None))
         self.distilled_box.setChecked(bool(settings.get("distilled")))
         if settings.get("omega") is not None:
             self.omega_box.setValue(float(settings["omega"]))
@@ -466,7 +472,7 @@ class SynthesisWidget(QWidget):
             device=device,
             area=area,
             centre=centre,
-            precision="bf16" if self.bf16_box.isChecked() else "float32",
+            precision="auto" if self.bf16_box.isChecked() else "float32",  # auto: bf16 where the CPU has it
             # ticked: the student where the model ships one (asked for outright where it is opt-in)
             distilled=(None if self._student_default else True) if self.distilled_box.isChecked() else False,
             **{name: (None if box.currentText() == "auto" else box.currentText())

@@ -197,6 +197,12 @@ def estimate_job(path: str, request, redo: bool = False, where=None) -> tuple[st
         from src_models.models.device import resolve_device
 
         device = resolve_device("auto")
+    try:  # resolved: the card's steps, and the arithmetic it will run in (precision, student), as the run will
+        from src_models.models.loading import find_card
+
+        request = request.resolved(find_card(request.model)[0])
+    except Exception:  # noqa: BLE001 - the run itself reports a request it cannot use
+        pass
     with Canvas.open(path, "r") as canvas:
         cells = None
         if where is not None:
@@ -430,7 +436,10 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
             else:
                 canvas.clear_done()
         request = request.resolved(model.card)  # stored as a CLI run would store them ("auto" plan named)
-        canvas.set_settings({**canvas.settings, **request.settings()})
+        # settings()'s keys that are stored only when not the default (precision, distilled) go first, so
+        # a run in float32 or with two passes does not keep an earlier run's record of bf16 or the student
+        kept = {k: v for k, v in canvas.settings.items() if k not in ("precision", "distilled")}
+        canvas.set_settings({**kept, **request.settings()})
         todo = pending_regions(canvas, request)
         yield Plan(len(todo), int(request.steps), tuple(r.index for r in todo), threading.get_ident())
         next_preview = [0.0]  # time.monotonic() after which the next preview may be decoded
@@ -455,9 +464,9 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
             next_preview[0] = now + max(PREVIEW_S, took / PREVIEW_SHARE)
             events.put(Preview(tuple(p.bbox), rgb, p.index))
 
-        from src_models.synthesis.estimate import RunClock
+        from src_models.synthesis.estimate import RunClock, request_mode
 
-        clock = RunClock(request.model, model.device, int(request.steps), bool(request.sweep))
+        clock = RunClock(request.model, model.device, int(request.steps), bool(request.sweep), request_mode(request))
         try:
             for ev in synthesise(model, canvas, request, cancel=cancel, progress=on_level):
                 clock.add(ev.cost_px)

@@ -25,7 +25,7 @@ def test_generate_prints_the_estimate_before_sampling(tmp_path, monkeypatch, cap
             "--model", "tiny-test", "--steps", "2", "--device", "cpu"]
     assert main(argv + ["--out", str(tmp_path / "a.zarr")]) == 0
     err = capsys.readouterr().err
-    assert "this run: 16 regions, 65,536 px; no run measured on cpu yet" in err
+    assert "this run: 16 regions, 65,536 px; no run of about 2 steps measured on cpu yet" in err
 
 
 def test_make_mask_shows_a_progress_bar_of_the_layout_levels(tmp_path, monkeypatch):

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from src_models.synthesis.estimate import Estimate, RunClock, duration, estimate_run, rate, record_run, todo_area
+from src_models.synthesis.estimate import (Estimate, RunClock, duration, estimate_run, mode_of, rate, record_run,
+                                           request_mode, todo_area)
 
 
 def test_runs_are_remembered_per_model_and_device(tmp_path, monkeypatch):
@@ -32,7 +33,7 @@ def test_estimate_counts_the_regions_a_rectangle_touches_and_says_it_rounds_out(
         whole = SynthesisRequest(model="tiny-test", steps=4, device="cpu")
         est = estimate_run(canvas, whole, "cpu")
         assert (est.regions, est.area_px, est.seconds) == (16, 512 * 512, None)
-        assert "16 regions" in est.text() and "no run measured on cpu" in est.text()
+        assert "16 regions" in est.text() and "no run of about 4 steps measured on cpu" in est.text()
         assert todo_area(canvas, pending_regions(canvas, whole)) == todo_area(canvas, list(pending_regions(canvas, whole)))
         # a rectangle touching one pixel row of the next regions: whole regions, said so
         rect = SynthesisRequest(model="tiny-test", steps=4, device="cpu", area=(0, 129, 0, 128))
@@ -62,3 +63,37 @@ def test_durations_read_as_people_say_them():
     assert [duration(s) for s in (0.2, 40, 200, 3 * 3600, 5 * 86400)] == ["1 s", "40 s", "3 min", "3.0 h", "5 days"]
     assert Estimate(0, 0, None, 4, None, 0, "cpu").text().endswith("nothing to sample")
     assert np.isclose(Estimate(1, 10, None, 4, 1.0, 1, "cpu").seconds, 1.0)
+
+
+def test_runs_of_other_steps_or_another_arithmetic_do_not_count(tiny, tmp_path, monkeypatch):
+    """A 2-step run (its decoding and writing spread over 2 levels) says nothing about a 50-step one:
+    only runs with half to twice the steps count.  A run in bf16 or with a distilled student is
+    faster than one in float32 with two passes: each arithmetic keeps its own runs."""
+    import json
+
+    from src_models.synthesis.canvases import new_canvas
+    from src_models.synthesis.request import SynthesisRequest
+
+    monkeypatch.setenv("DIFFINFINITE_TIMINGS", str(tmp_path / "t.json"))
+    assert record_run("tiny-test", "cpu", pixels=1000, steps=2, seconds=10.0)
+    assert rate("tiny-test", "cpu", steps=50) == (None, 0) and rate("tiny-test", "cpu", steps=3)[1] == 1
+    assert record_run("tiny-test", "cpu", pixels=1000, steps=40, seconds=40.0)
+    assert rate("tiny-test", "cpu", steps=50) == (0.001, 1) and rate("tiny-test", "cpu")[1] == 2
+    assert rate("tiny-test", "cpu", steps=50, mode="bf16") == (None, 0)
+    assert record_run("tiny-test", "cpu", pixels=1000, steps=50, seconds=25.0, mode=mode_of("bf16", True))
+    assert rate("tiny-test", "cpu", steps=50, mode="bf16+student") == (0.0005, 1)
+    assert rate("tiny-test", "cpu", steps=50) == (0.001, 1)
+    assert request_mode(SynthesisRequest(precision="bf16", distilled=True)) == "bf16+student"
+    assert request_mode(SynthesisRequest()) == "float32"  # left open: as before these options
+    with new_canvas(tiny.card, tmp_path / "c.zarr", 128, 128, region_size=128) as canvas:
+        est = estimate_run(canvas, SynthesisRequest(model="tiny-test", steps=50, device="cpu", precision="bf16",
+                                                    distilled=True), "cpu")
+        assert abs(est.seconds - 0.0005 * 128 * 128 * 50) < 1e-6
+        assert "on cpu in bf16+student (from 1 earlier run)" in est.text()
+        est = estimate_run(canvas, SynthesisRequest(model="tiny-test", steps=5, device="cpu"), "cpu")
+        assert est.seconds is None and "no run of about 5 steps measured on cpu yet" in est.text()
+    # rows written before steps were kept (a bare rate) are left out, not misread
+    data = json.loads((tmp_path / "t.json").read_text())
+    data["tiny-test|cpu|regions"].insert(0, 0.5)
+    (tmp_path / "t.json").write_text(json.dumps(data))
+    assert rate("tiny-test", "cpu", steps=50) == (0.001, 1)

@@ -138,12 +138,18 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-fast", dest="fast", action="store_false",
                    help="call the network as it is (no channels_last, no fp16 autocast on CUDA)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network for the window size (CUDA)")
-    p.add_argument("--precision", choices=("float32", "bf16"), default="float32",
-                   help="the network's arithmetic: bf16 = bfloat16 autocast (opt-in; fast only on CPUs with "
-                   "AVX512_BF16 or AMX; see docs/cpu_speed.md); default float32")
+    add_precision_option(p)
     add_distilled_option(p)
     p.add_argument("--centre", type=parse_centre, default=None, metavar="Y,X", help="regions nearest this point go first")
     p.add_argument("--preview", type=Path, default=None, help="PNG preview path (default: OUT with .png)")
+
+
+def add_precision_option(p, what: str = "the network's arithmetic") -> None:
+    p.add_argument("--precision", choices=("auto", "float32", "bf16"), default="auto",
+                   help=f"{what}: bf16 = bfloat16 autocast; auto (default): bf16 on a CPU with native bfloat16 "
+                   "(AVX512_BF16 or AMX: faster at the same held-out quality), float32 elsewhere, or what the "
+                   "environment variable DIFFINFINITE_PRECISION names; a resume goes on in the canvas's precision "
+                   "(docs/cpu_speed.md)")
 
 
 def add_distilled_option(p) -> None:
@@ -161,13 +167,13 @@ def progress_bar(total_levels: int, desc: str):
 
 
 def run_and_preview(model, canvas, request, preview_path: Path) -> int:
-    from src_models.synthesis.estimate import RunClock, estimate_run
+    from src_models.synthesis.estimate import RunClock, estimate_run, request_mode
     from src_models.synthesis.regions import pending_regions, synthesise
 
     todo = pending_regions(canvas, request)
     device = getattr(model, "device", request.device)
     print(f"diffinfinite: this run: {estimate_run(canvas, request, device).text()}", file=sys.stderr, flush=True)
-    clock = RunClock(request.model, device, request.steps, request.sweep)
+    clock = RunClock(request.model, device, request.steps, request.sweep, request_mode(request))
     if request.sweep:
         bar = progress_bar(None, f"sweep of {len(todo)} regions")
         bar.unit = "tile"

@@ -30,9 +30,9 @@ import sys
 import warnings
 from pathlib import Path
 
-from src_models.cli.common import (UserError, add_distilled_option, add_run_options, check_output, check_run_args,
-                                   parse_pads, parse_rect, parse_size, progress_bar, resolve_request, run_and_preview,
-                                   run_command)
+from src_models.cli.common import (UserError, add_distilled_option, add_precision_option, add_run_options, check_output,
+                                   check_run_args, parse_pads, parse_rect, parse_size, progress_bar, resolve_request,
+                                   run_and_preview, run_command)
 
 # make-mask --layout; the same as src_models.synthesis.layouts.LAYOUT_KINDS (kept here so that the
 # parser is built without importing the layout code; a test checks they agree)
@@ -72,8 +72,7 @@ def _add_generate(sub) -> None:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="auto")
     d.add_argument("--model", default="default")
-    d.add_argument("--precision", choices=("float32", "bf16"), default="float32",
-                   help="the network's arithmetic (bf16: opt-in, see docs/cpu_speed.md)")
+    add_precision_option(d)
     add_distilled_option(d)
 
 
@@ -173,9 +172,7 @@ def _add_model_commands(sub) -> None:
     k.add_argument("--cond-drop", type=float, default=None, metavar="P",
                    help="mask model: probability that a window is denoised without its subtype condition "
                    "(default 0.5, as the release samples; 0 always conditions)")
-    k.add_argument("--precision", choices=("float32", "bf16"), default="float32",
-                   help="the learned layout network's arithmetic (bf16: bfloat16 autocast, opt-in; fast only on CPUs "
-                   "with AVX512_BF16 or AMX; see docs/cpu_speed.md)")
+    add_precision_option(k, "the learned layout network's arithmetic")
     k.add_argument("--device", default="auto")
 
 
@@ -233,7 +230,7 @@ def cmd_generate(args) -> int:
     from src_models.store.canvas import CanvasError, CanvasLockedError
     from src_models.store.provenance import source_entry
     from src_models.synthesis.canvases import (AUTO, CanvasMismatchError, CanvasSpec, auto_region_size, check_existing,
-                                               check_spec, made_distilled, open_for_run, read_mask_for_model)
+                                               check_spec, made_with, open_for_run, read_mask_for_model)
 
     # 1. the arguments alone; 2. with the model card (no weights); 3. against the canvas on
     # disk (read only); then the model loads, and only then is anything written
@@ -250,8 +247,12 @@ def cmd_generate(args) -> int:
         class_map = parse_class_map(args.class_map)
     mask = read_mask_for_model(args.mask, card, class_map, warn=_warn)
     height, width = _size(args, mask.shape)
-    if args.resume and args.distilled is None and args.out.exists():
-        args.distilled = made_distilled(args.out, card)  # left open: the canvas goes on as it was made
+    if args.resume and args.out.exists():  # what is left open goes on as the canvas was made
+        made = made_with(args.out, card)
+        if args.distilled is None:
+            args.distilled = made.get("distilled")
+        if args.precision == "auto":
+            args.precision = made.get("precision", "auto")
     request = resolve_request(args, card, device)
     region_size = None if args.region_size == AUTO else args.region_size
     spec = CanvasSpec(args.out, height, width, mask, request.settings(), region_size,

@@ -31,7 +31,7 @@ def build_parser(prog: str = "diffinfinite generate-many") -> argparse.ArgumentP
         "per worker, GPU pinning per worker, resume from the canvases' region state).  JOBS is a CSV file with a "
         "'mask' column and optional columns name, size (WxH), scale, region_size and any synthesis setting "
         "(model, seed, steps, omega, omega_per_class as 2=6;3=1, eta, schedule, max_batch, fast, compile, halo, distilled, "
-        "centre ...), empty cells taking the defaults below; or a folder of masks (one job each, sorted by name).  "
+        "precision, centre ...), empty cells taking the defaults below; or a folder of masks (one job each, sorted by name).  "
         "A job without a seed gets --seed plus its row number (0, 1, ...).",
     )
     p.add_argument("--jobs", required=True, type=Path, help="job table (CSV) or a folder of mask files")
@@ -96,7 +96,7 @@ def build_jobs(args) -> list:
     """Every job, checked (masks read, labels, sizes, settings against canvases already on disk)."""
     from src_models.models.loading import find_card
     from src_models.store.canvas import CanvasError
-    from src_models.synthesis.canvases import CanvasSpec, check_existing, check_spec, made_distilled, read_mask_for_model
+    from src_models.synthesis.canvases import CanvasSpec, check_existing, check_spec, made_with, read_mask_for_model
     from src_models.synthesis.many import Job, JobError, job_overrides, read_job_rows
     from src_models.synthesis.request import RequestError, SynthesisRequest
 
@@ -134,8 +134,12 @@ def build_jobs(args) -> list:
         job_args = copy.copy(args)
         job_args.model = model
         out = args.out / f"{name}.zarr"
-        if out.exists() and not args.overwrite and args.distilled is None and "distilled" not in fields:
-            job_args.distilled = made_distilled(out, card)  # left open: the canvas goes on as it was made
+        if out.exists() and not args.overwrite:  # what is left open goes on as the canvas was made
+            made = made_with(out, card)
+            if args.distilled is None and "distilled" not in fields:
+                job_args.distilled = made.get("distilled")
+            if args.precision == "auto" and "precision" not in fields:
+                job_args.precision = made.get("precision", "auto")
         values = {k: v for k, v in dataclasses.asdict(resolve_request(job_args, card, args.device)).items() if k != "area"}
         values["seed"] = args.seed + index
         values.update(fields)

@@ -1,6 +1,8 @@
 """What this CPU can do, read without torch (so a GUI can ask at no cost): its flags from
-``/proc/cpuinfo`` (Linux; empty elsewhere)."""
+``/proc/cpuinfo`` (Linux; empty elsewhere), and the precision a run that leaves it open computes in."""
 from __future__ import annotations
+
+import os
 
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # native bfloat16 arithmetic
 
@@ -21,3 +23,28 @@ def native_bf16_flags() -> bool | None:
     """True or False from the flags; None when there are no flags to tell (not Linux)."""
     flags = cpu_flags()
     return bool(BF16_FLAGS & flags) if flags else None
+
+
+PRECISION_ENV = "DIFFINFINITE_PRECISION"  # auto (unset), float32 or bf16: the default of every run's precision
+
+
+def precision_override() -> str | None:
+    """The precision ``DIFFINFINITE_PRECISION`` names (``float32`` or ``bf16``); None when it is unset
+    or ``auto``.  A value it cannot mean raises ValueError naming the variable."""
+    value = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value not in ("float32", "bf16"):
+        raise ValueError(f"{PRECISION_ENV} must be auto, float32 or bf16, got {value!r}")
+    return value
+
+
+def cpu_precision_hint() -> str:
+    """The precision a CPU run left open takes, told without torch (the dock's bfloat16 box): the
+    override, else bf16 where the flags show native bfloat16, else float32 (also where there are no
+    flags to read; the core then asks torch, :func:`src_models.models.fast.default_precision`)."""
+    try:
+        override = precision_override()
+    except ValueError:
+        override = None  # the run itself reports the bad value
+    return override or ("bf16" if native_bf16_flags() else "float32")

@@ -216,6 +216,19 @@ def cpu_has_native_bf16() -> bool:
     return "AMX" in str(torch.backends.cpu.get_cpu_capability()).upper()
 
 
+def default_precision(device: torch.device | str) -> str:
+    """The arithmetic of a run that leaves its precision open, on ``device``: what
+    ``DIFFINFINITE_PRECISION`` names where it is set; ``bf16`` on a CPU with native bfloat16
+    (AVX512_BF16 or AMX: 1.6 x the float32 rate with the same held-out quality, docs/cpu_speed.md);
+    ``float32`` everywhere else (an emulated bf16 is slower; CUDA's fast path has its own fp16 autocast)."""
+    from src_models.models.cpu import precision_override
+
+    override = precision_override()
+    if override is not None:
+        return override
+    return "bf16" if torch.device(device).type == "cpu" and cpu_has_native_bf16() else "float32"
+
+
 def warn_if_bf16_emulated(device: torch.device | str, stacklevel: int = 2) -> None:
     """A RuntimeWarning when bfloat16 is asked for on a CPU that only emulates it (slower than float32)."""
     if torch.device(device).type == "cpu" and not cpu_has_native_bf16():

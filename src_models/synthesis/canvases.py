@@ -296,17 +296,20 @@ def mismatch(canvas: Canvas, spec: CanvasSpec, card: ModelCard | None) -> str | 
     return None
 
 
-def made_distilled(path, card: ModelCard) -> bool | None:
-    """Whether the canvas at ``path`` was sampled with its model's distilled student (a resume that
-    leaves the choice open goes on as the canvas was made); None where it cannot be read (the run's
-    own checks then say why)."""
-    from src_models.synthesis.request import normalise_settings
+def made_with(path, card: ModelCard) -> dict:
+    """What a resume that leaves them open takes from the canvas at ``path``: ``distilled`` (whether
+    its model's distilled student sampled it) and ``precision`` (:func:`recorded_precision`: float32
+    for canvases made before it was recorded; ``auto`` where no run has recorded one), so the canvas
+    goes on as it was made.  Empty where the canvas cannot be read (the run's own checks then say why)."""
+    from src_models.synthesis.request import normalise_settings, recorded_precision
 
     try:
         with Canvas.open(path, "r") as canvas:
-            return bool(normalise_settings(canvas.settings, card).get("distilled"))
+            stored = canvas.settings
     except Exception:  # noqa: BLE001 - check_existing reports what is wrong with it
-        return None
+        return {}
+    settings = normalise_settings(stored, card)
+    return {"distilled": bool(settings.get("distilled")), "precision": recorded_precision(stored) or "auto"}
 
 
 def check_existing(spec: CanvasSpec, card: ModelCard) -> Existing:

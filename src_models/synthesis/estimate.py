@@ -5,11 +5,14 @@ region never sampled counts whole (a rectangle over it rounds out to whole regio
 so); a region with a regeneration job (an inpaint, a painted area, a drawn rectangle redone) counts
 only its job's cells, and is sampled in a box sized to them (:mod:`src_models.synthesis.boxes`).
 The expected time on this device comes from the runs measured before: every finished run records its
-seconds per pixel and denoising step for (model, device kind) in a small JSON file
-(:func:`timings_path`), a region sampled in a smaller box counting for less
-(:func:`~src_models.synthesis.boxes.work_px`), and the estimate is the mean of the last few.  With
-nothing measured yet the estimate says so (the progress bar's time left takes over after the first
-region).  No torch here.
+seconds per pixel and denoising step, and its steps, for (model, device kind, arithmetic) in a small
+JSON file (:func:`timings_path`), a region sampled in a smaller box counting for less
+(:func:`~src_models.synthesis.boxes.work_px`), and the estimate is the mean of the last few runs with
+a comparable number of steps (half to twice the run's: a run's decoding and writing do not scale with
+its steps, so a 2-step run says little about a 50-step one).  The arithmetic is the precision and
+whether a distilled student runs (one network pass per window instead of two).  With nothing
+comparable measured yet the estimate says so (the progress bar's time left takes over after the
+first region).  No torch here.
 """
 from __future__ import annotations
 
@@ -55,8 +58,34 @@ def device_kind(device) -> str:
     return text.split(":")[0]
 
 
-def _key(model: str, device: str, sweep: bool) -> str:
-    return f"{Path(str(model)).name}|{device}|{'sweep' if sweep else 'regions'}"
+STEPS_RATIO = 2.0  # earlier runs with steps within this factor of a run's count for its estimate
+
+
+def mode_of(precision: str | None = None, distilled: bool | None = None) -> str:
+    """The arithmetic a run's speed depends on besides model and device: ``float32`` (what every
+    run was before these options), ``bf16``, and ``+student`` where a distilled student runs."""
+    return f"{precision if precision in ('float32', 'bf16') else 'float32'}{'+student' if distilled else ''}"
+
+
+def request_mode(request) -> str:
+    """:func:`mode_of` a request (one left open counts as float32 with two passes)."""
+    return mode_of(getattr(request, "precision", None), getattr(request, "distilled", None))
+
+
+def _key(model: str, device: str, sweep: bool, mode: str = "float32") -> str:
+    key = f"{Path(str(model)).name}|{device}|{'sweep' if sweep else 'regions'}"
+    return key if mode == "float32" else f"{key}|{mode}"
+
+
+def _rows(data: dict, key: str) -> list[list[float]]:
+    """[seconds per px and step, steps] of the runs kept under ``key`` (rows without their steps,
+    written before steps were kept, are left out)."""
+    rows = []
+    for r in data.get(key, []):
+        if (isinstance(r, list) and len(r) == 2 and all(isinstance(v, (int, float)) for v in r)
+                and r[0] > 0 and r[1] > 0):
+            rows.append([float(r[0]), int(r[1])])
+    return rows
 
 
 def _read() -> dict:
@@ -67,17 +96,17 @@ def _read() -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def record_run(model: str, device: str, pixels: int, steps: int, seconds: float, sweep: bool = False) -> bool:
-    """Remember a finished run's speed (seconds per pixel and step); whether it was recorded.
-    Never raises: a cache folder that cannot be written only loses the estimate."""
+def record_run(model: str, device: str, pixels: int, steps: int, seconds: float, sweep: bool = False,
+               mode: str = "float32") -> bool:
+    """Remember a finished run's speed (seconds per pixel and step, and its steps); whether it was
+    recorded.  Never raises: a cache folder that cannot be written only loses the estimate."""
     if pixels <= 0 or steps <= 0 or not np.isfinite(seconds) or seconds < MIN_MEASURED_S:
         return False
-    key = _key(model, device, sweep)
+    key = _key(model, device, sweep, mode)
     with _LOCK:
         try:
             data = _read()
-            rows = [r for r in data.get(key, []) if isinstance(r, (int, float)) and r > 0][-(KEEP - 1):]
-            data[key] = rows + [seconds / (pixels * steps)]
+            data[key] = _rows(data, key)[-(KEEP - 1):] + [[seconds / (pixels * steps), int(steps)]]
             path = timings_path()
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".timings-", suffix=".json")
@@ -89,10 +118,14 @@ def record_run(model: str, device: str, pixels: int, steps: int, seconds: float,
             return False
 
 
-def rate(model: str, device: str, sweep: bool = False) -> tuple[float | None, int]:
-    """(seconds per pixel and step, how many runs it rests on) for this model on this device kind."""
-    rows = [r for r in _read().get(_key(model, device, sweep), []) if isinstance(r, (int, float)) and r > 0]
-    return (float(np.mean(rows)), len(rows)) if rows else (None, 0)
+def rate(model: str, device: str, sweep: bool = False, steps: int | None = None,
+         mode: str = "float32") -> tuple[float | None, int]:
+    """(seconds per pixel and step, how many runs it rests on) for this model on this device kind in
+    this arithmetic, from the runs with ``steps`` within :data:`STEPS_RATIO` (all runs when None)."""
+    rows = _rows(_read(), _key(model, device, sweep, mode))
+    if steps is not None:
+        rows = [r for r in rows if 1 / STEPS_RATIO <= r[1] / max(1, int(steps)) <= STEPS_RATIO]
+    return (float(np.mean([r[0] for r in rows])), len(rows)) if rows else (None, 0)
 
 
 def duration(seconds: float) -> str:
@@ -122,11 +155,17 @@ class Estimate:
     device: str
     partial: int = 0  # regions sampled in part (a job), each in a box sized to its cells
     box_px: int = 0  # pixels of those boxes, context around the cells included
+    mode: str = "float32"  # the arithmetic (mode_of): runs in another one do not count
 
     @property
     def rounds_out(self) -> bool:
         """The regions cover noticeably more than the rectangle asked for (whole regions are sampled)."""
         return self.asked_px is not None and self.area_px > 1.05 * self.asked_px
+
+    @property
+    def where(self) -> str:
+        """The device, and the arithmetic where it is not the plain float32 one."""
+        return self.device if self.mode == "float32" else f"{self.device} in {self.mode}"
 
     def text(self) -> str:
         """One line: regions, area, rounding out, expected time."""
@@ -139,9 +178,10 @@ class Estimate:
         if self.regions == 0:
             parts.append("nothing to sample")
         elif self.seconds is None:
-            parts.append(f"no run measured on {self.device} yet: the time left shows after the first region")
+            parts.append(f"no run of about {self.steps} steps measured on {self.where} yet: the time left shows "
+                         "after the first region")
         else:
-            parts.append(f"about {duration(self.seconds)} on {self.device} "
+            parts.append(f"about {duration(self.seconds)} on {self.where} "
                          f"(from {self.runs} earlier run{'s' if self.runs != 1 else ''})")
         return "; ".join(parts)
 
@@ -225,12 +265,13 @@ def estimate_run(canvas, request, device: str | None = None, redo: bool = False,
         asked = max(0, min(y1, canvas.height) - max(0, y0)) * max(0, min(x1, canvas.width) - max(0, x0))
     kind = device_kind(device or request.device)
     steps = int(request.steps or (canvas.settings or {}).get("steps") or 1)
-    per, runs = rate(request.model, kind, bool(request.sweep))
+    mode = request_mode(request)
+    per, runs = rate(request.model, kind, bool(request.sweep), steps, mode)
     if request.sweep:  # the sweep samples its regions whole, level by level
         area = work = todo_area(canvas, todo)
         partial = box_px = 0
     seconds = per * work * steps if per is not None and work else None
-    return Estimate(len(todo), area, asked, steps, seconds, runs, kind, partial, box_px)
+    return Estimate(len(todo), area, asked, steps, seconds, runs, kind, partial, box_px, mode)
 
 
 class _Rect:
@@ -291,8 +332,9 @@ class RunClock:
     """Measures a run for :func:`record_run`: ``start()`` as sampling starts, ``add(pixels)`` per
     finished region, ``finish()`` at the end (records only when something was sampled)."""
 
-    def __init__(self, model: str, device: str, steps: int, sweep: bool = False):
+    def __init__(self, model: str, device: str, steps: int, sweep: bool = False, mode: str = "float32"):
         self.model, self.device, self.steps, self.sweep = str(model), device_kind(device), int(steps), bool(sweep)
+        self.mode = mode
         self.pixels = 0
         self._t0 = self._last = time.perf_counter()
 
@@ -306,4 +348,5 @@ class RunClock:
 
     def finish(self) -> bool:
         """Record the run up to its last finished region (a cancelled region in flight is not counted)."""
-        return record_run(self.model, self.device, self.pixels, self.steps, self._last - self._t0, self.sweep)
+        return record_run(self.model, self.device, self.pixels, self.steps, self._last - self._t0, self.sweep,
+                          self.mode)

@@ -84,14 +84,14 @@ def procedural_layout(shape: tuple[int, int], labels: list[int], seed: int = 0, 
 def draw_layout(model, shape: tuple[int, int], *, seed: int = 0, steps: int | None = None,
                 image_px: tuple[int, int] | None = None, subtype=0, cond_drop: float | None = None,
                 max_side: int | None = None, kind: str = "auto", callback=None,
-                cancel=None, card=None, precision: str = "float32") -> tuple[np.ndarray, str]:
+                cancel=None, card=None, precision: str | None = None) -> tuple[np.ndarray, str]:
     """A layout of ``shape`` (rows, cols) labels from the generator :func:`layout_source` picks for
     ``model`` and ``kind``; ``image_px`` is the image size it covers (default ``shape``).  Returns the
     labels and which generator drew them (``ANATOMY``, ``LEARNED``, ``RELEASE`` or ``PROCEDURAL``).
     The diffusion layouts call ``callback(LevelInfo)`` after each denoising level and stop
     (``Cancelled``) when ``cancel`` is set.  ``model`` may be None, with ``card`` given, where the
-    layout needs no network (an anatomy recipe, procedural).  ``precision`` ("float32" or "bf16",
-    bfloat16 autocast) applies to the learned layout's network."""
+    layout needs no network (an anatomy recipe, procedural).  ``precision`` ("float32", "bf16" for
+    bfloat16 autocast, None or "auto" for the device's default) applies to the learned layout's network."""
     card = card if card is not None else model.card
     source = layout_source(card, kind)
     if source in (LEARNED, RELEASE) and (model is None or model.mask_unet is None):

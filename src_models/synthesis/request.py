@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # annotations only
 
 __all__ = ["PLANS", "SOLVERS", "SynthesisRequest", "RegionDone", "RegionProgress", "SweepProgress", "RequestError",
            "default_plan", "card_settings", "normalise_settings", "sampling_defaults", "settings_diff", "check_number",
-           "MAX_STEPS"]
+           "MAX_STEPS", "machine_precision", "recorded_precision"]
 
 MAX_STEPS = 1000  # the models' training steps
 MAX_RESAMPLE = 20
@@ -75,6 +75,7 @@ def default_plan(card) -> str:
 
 
 PRECISIONS = ("float32", "bf16")  # the network's arithmetic; the latents, schedule and solver stay float32
+AUTO_PRECISION = "auto"  # the device's default (machine_precision)
 
 
 @dataclass
@@ -101,7 +102,9 @@ class SynthesisRequest:
     max_batch: int | None = None  # network batch rows per call; None: from the device's memory (halved on OOM)
     fast: bool = True  # channels_last, and fp16 autocast + a memory-sized batch on CUDA (src_models/models/fast.py)
     compile: bool = False  # torch.compile the network for the window size (CUDA)
-    precision: str = "float32"  # "bf16": bfloat16 autocast around the network (opt-in on the CPU; docs/cpu_speed.md)
+    # "bf16": bfloat16 autocast around the network; None or "auto": the device's default (bf16 on a CPU with
+    # native bfloat16, else float32; DIFFINFINITE_PRECISION overrides it; docs/cpu_speed.md), named by resolved()
+    precision: str | None = None
     halo: int | None = None  # latent px of context around each region (default: half a window)
     resample: int = 1  # where there is context: each level run this many times, re-noised in between (RePaint)
     # the card's guidance-distilled student (one pass per window; src_models/training/distil.py): None uses it
@@ -138,8 +141,9 @@ class SynthesisRequest:
         except ValueError as e:
             raise RequestError(str(e)) from None
         check_number(name("eta"), self.eta, None, MAX_ETA)
-        if self.precision not in PRECISIONS:
-            raise RequestError(f"{name('precision')} must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision not in (None, AUTO_PRECISION, *PRECISIONS):
+            raise RequestError(f"{name('precision')} must be one of {AUTO_PRECISION}, {', '.join(PRECISIONS)}, "
+                               f"got {self.precision!r}")
         if not 1 <= int(self.resample) <= MAX_RESAMPLE:
             raise RequestError(f"resample must be between 1 and {MAX_RESAMPLE}, got {self.resample}")
         if int(self.resample) > 1 and self._solver(card) != "ddim":
@@ -168,8 +172,9 @@ class SynthesisRequest:
             raise RequestError(f"{(option or (lambda f: f))('distilled')}: the {why}")
         else:
             distilled = bool(self.distilled)
+        precision = self.precision if self.precision in PRECISIONS else machine_precision(self.device)
         return dataclasses.replace(self, plan=plan, solver=d["solver"], steps=int(steps), eta=eta, omega=float(omega),
-                                   omega_per_class=per_class, distilled=distilled)
+                                   omega_per_class=per_class, distilled=distilled, precision=precision)
 
     def settings(self) -> dict:
         """The values that decide the pixels (device and batch size do not)."""
@@ -186,10 +191,34 @@ class SynthesisRequest:
             "halo": self.halo,
             "resample": int(self.resample),
             # float32 is what every canvas made before this option was: stored only when not float32
-            **({"precision": self.precision} if self.precision != "float32" else {}),
+            # (a resolved request names its precision; None, the device's default, is not stored)
+            **({"precision": self.precision} if self.precision == "bf16" else {}),
             # two passes per window is what every canvas made before students existed: stored only when distilled
             **({"distilled": True} if self.distilled else {}),
         }
+
+
+def recorded_precision(settings: dict) -> str | None:
+    """The precision a canvas's stored settings record: ``bf16``, or ``float32`` (not named) once a run
+    has recorded its settings (a run's always name its seed); None where no run has (a new canvas's
+    :func:`card_settings`), so the next run takes the device's default."""
+    if settings.get("precision") in PRECISIONS:
+        return settings["precision"]
+    return "float32" if "seed" in settings else None
+
+
+def machine_precision(device: str = "auto") -> str:
+    """The precision a run on ``device`` (a name: auto, cpu, cuda:N) takes where it leaves it open
+    (:func:`src_models.models.fast.default_precision`; imports torch, so not for the GUI thread, which
+    asks :func:`src_models.models.cpu.cpu_precision_hint`).  A bad ``DIFFINFINITE_PRECISION`` raises
+    :class:`RequestError`."""
+    from src_models.models.device import resolve_device
+    from src_models.models.fast import default_precision
+
+    try:
+        return default_precision(resolve_device(device) if str(device) == "auto" else str(device))
+    except (ValueError, RuntimeError) as e:
+        raise RequestError(str(e)) from None
 
 
 def normalise_settings(stored: dict, card=None) -> dict:

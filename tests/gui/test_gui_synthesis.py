@@ -336,7 +336,7 @@ def test_the_dock_says_regions_area_and_time_before_run(viewer, qtbot, tiny_card
     s = w.synthesis
     setup_synthesis(s, region="whole canvas")
     qtbot.waitUntil(lambda: "16 regions" in w.estimate_label.text(), timeout=10_000)
-    assert "no run measured on cpu" in w.estimate_label.text()
+    assert "no run of about 4 steps measured on cpu" in w.estimate_label.text()
     # a rectangle one pixel row into the next regions rounds out, and the line says so
     s.draw_rectangle()
     area = next(layer for layer in viewer.layers if layer.metadata.get(META, {}).get("role") == "area")
@@ -447,29 +447,36 @@ def test_steps_and_omega_boxes_follow_the_chosen_models_card(viewer, tiny_card, 
 
 
 def test_the_bfloat16_box_reaches_the_request_and_follows_the_canvas(viewer, qtbot, tiny_card, tmp_path):
-    """Off by default (float32); ticked, the request runs the network in bf16; a canvas made in bf16
-    ticks it when opened, one made in float32 clears it (a canvas goes on as it was made)."""
+    """Ticked by default: the request leaves the precision to the device (bf16 on a CPU with native
+    bfloat16); cleared, float32.  A canvas a run recorded in bf16 ticks it when opened, one a run
+    recorded in float32 clears it (a canvas goes on as it was made), a canvas no run has recorded
+    yet (the dock's new canvas) ticks it."""
     from src_models.synthesis.canvases import new_canvas
+    from src_models.synthesis.request import card_settings
 
     from napari_diffinfinite._synthesis_widget import _bf16_label
 
     path, image, _ = _open(viewer, tiny_card, tmp_path)
     w = dock(viewer, "Synthesis")
-    assert not w.bf16_box.isChecked() and w.bf16_box.text() == _bf16_label()
-    assert w.build_request(image).precision == "float32"
-    w.bf16_box.setChecked(True)
-    assert w.build_request(image).precision == "bf16"
-    assert w.build_request(image).settings()["precision"] == "bf16"
-
-    made = tmp_path / "b.zarr"
-    settings = {"model": "tiny-test", "steps": 4, "omega": 1.0, "precision": "bf16"}
-    with new_canvas(tiny_card, made, 128, 128, region_size=64, settings=settings):
-        pass
+    assert w.bf16_box.isChecked() and w.bf16_box.text() == _bf16_label()
+    assert w.build_request(image).precision == "auto"
+    assert w.build_request(image).resolved(tiny_card).precision == "float32"  # the suite pins float32
     w.bf16_box.setChecked(False)
-    dock(viewer, "Canvas").open(str(made))
+    assert w.build_request(image).precision == "float32"
+    assert "precision" not in w.build_request(image).settings()
+
+    def made(name, settings):
+        with new_canvas(tiny_card, tmp_path / name, 128, 128, region_size=64, settings=settings):
+            pass
+        return str(tmp_path / name)
+
+    run = {"model": "tiny-test", "steps": 4, "omega": 1.0, "seed": 0}  # a run's settings name its seed
+    dock(viewer, "Canvas").open(made("b.zarr", {**run, "precision": "bf16"}))
     qtbot.waitUntil(lambda: w.bf16_box.isChecked(), timeout=10_000)
-    dock(viewer, "Canvas").open(make_canvas(tiny_card, tmp_path / "f.zarr", size=128))  # float32 settings
+    dock(viewer, "Canvas").open(made("f.zarr", run))  # recorded by a float32 run
     qtbot.waitUntil(lambda: not w.bf16_box.isChecked(), timeout=10_000)
+    dock(viewer, "Canvas").open(made("n.zarr", card_settings(tiny_card, "tiny-test")))  # no run yet
+    qtbot.waitUntil(lambda: w.bf16_box.isChecked(), timeout=10_000)
 
 
 def test_the_distilled_box_follows_the_canvas_and_reaches_the_request(viewer, qtbot, tiny_card, tmp_path):

@@ -77,19 +77,23 @@ def layout_grid(card, height: int, width: int, multiple: int = 8) -> tuple[int, 
 @torch.inference_mode()
 def sample_layout_codes(model, grid: tuple[int, int], seed: int = 0, steps: int | None = None,
                         eta: float | None = None, solver: str | None = None, callback=None,
-                        cancel=None, precision: str = "float32") -> torch.Tensor:
+                        cancel=None, precision: str | None = None) -> torch.Tensor:
     """The model's continuous one-hot output (C, h, w) on a coarse grid of ``grid`` layout pixels.
     ``steps``, ``solver`` and ``eta`` default to the card's ``mask_model`` entry (50 steps of DDIM
-    with η = 1 where it names none).  ``precision="bf16"`` runs the network under bfloat16 autocast
-    (opt-in, as for images: fast only on CPUs with native bf16; docs/cpu_speed.md)."""
-    if precision not in ("float32", "bf16"):
-        raise ValueError(f"precision must be float32 or bf16, got {precision!r}")
+    with η = 1 where it names none).  ``precision="bf16"`` runs the network under bfloat16 autocast;
+    None or ``"auto"``: the device's default, as for images (bf16 on a CPU with native bfloat16,
+    :func:`src_models.models.fast.default_precision`; docs/cpu_speed.md)."""
+    if precision not in (None, "auto", "float32", "bf16"):
+        raise ValueError(f"precision must be auto, float32 or bf16, got {precision!r}")
+    from src_models.models.fast import default_precision
     from src_models.sampling.sampler import sample_area
     from src_models.sampling.setup import effective_window, sampling_setup
 
     spec = model.card.mask_model
     unet = model.mask_unet
     device = next(unet.parameters()).device
+    if precision in (None, "auto"):
+        precision = default_precision(device)
     h, w = grid
     gen = torch.Generator().manual_seed(int(seed))
     noise = torch.randn((len(spec["classes"]), h, w), generator=gen).to(device)
@@ -144,7 +148,7 @@ def codes_to_labels(codes: torch.Tensor, classes: list[int], shape: tuple[int, i
 
 def generate_layout(model, shape: tuple[int, int], seed: int = 0, steps: int | None = None, callback=None,
                     cancel=None, image_px: tuple[int, int] | None = None, solver: str | None = None,
-                    eta: float | None = None, precision: str = "float32") -> np.ndarray:
+                    eta: float | None = None, precision: str | None = None) -> np.ndarray:
     """A label layout of ``shape`` (rows, cols) drawn by the model's mask model.
 
     ``image_px`` is the image size the layout is for (default ``shape``): it sets how many layout
