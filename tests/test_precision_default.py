@@ -4,8 +4,6 @@ its canvas was made in.  (The rest of the suite pins float32 in conftest.py; the
 from __future__ import annotations
 
 import queue
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -70,23 +68,6 @@ def test_recorded_precision_reads_what_a_run_stored():
     assert recorded_precision({"model": "m", "steps": 4}) is None  # a new canvas: no run has recorded one
     assert recorded_precision({"model": "m", "seed": 0}) == "float32"  # a run's settings name their seed
     assert recorded_precision({"model": "m", "seed": 0, "precision": "bf16"}) == "bf16"
-
-
-def test_the_dock_hint_is_told_without_torch(monkeypatch):
-    code = ("import sys; from src_models.models.cpu import cpu_precision_hint; "
-            "print(cpu_precision_hint() in ('bf16', 'float32'), 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and out.stdout.split() == ["True", "False"], out.stderr
-    monkeypatch.delenv(ENV, raising=False)
-    monkeypatch.setattr(cpu, "native_bf16_flags", lambda: True)
-    assert cpu.cpu_precision_hint() == "bf16"
-    monkeypatch.setattr(cpu, "native_bf16_flags", lambda: None)  # no flags to read (not Linux)
-    assert cpu.cpu_precision_hint() == "float32"
-    monkeypatch.setenv(ENV, "bf16")
-    assert cpu.cpu_precision_hint() == "bf16"
-    monkeypatch.setenv(ENV, "nonsense")  # the run reports it; the dock shows the flags' answer
-    monkeypatch.setattr(cpu, "native_bf16_flags", lambda: False)
-    assert cpu.cpu_precision_hint() == "float32"
 
 
 def _stored(path):

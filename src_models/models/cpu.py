@@ -38,13 +38,3 @@ def precision_override() -> str | None:
         raise ValueError(f"{PRECISION_ENV} must be auto, float32 or bf16, got {value!r}")
     return value
 
-
-def cpu_precision_hint() -> str:
-    """The precision a CPU run left open takes, told without torch (the dock's bfloat16 box): the
-    override, else bf16 where the flags show native bfloat16, else float32 (also where there are no
-    flags to read; the core then asks torch, :func:`src_models.models.fast.default_precision`)."""
-    try:
-        override = precision_override()
-    except ValueError:
-        override = None  # the run itself reports the bad value
-    return override or ("bf16" if native_bf16_flags() else "float32")

@@ -209,8 +209,8 @@ def recorded_precision(settings: dict) -> str | None:
 
 def machine_precision(device: str = "auto") -> str:
     """The precision a run on ``device`` (a name: auto, cpu, cuda:N) takes where it leaves it open
-    (:func:`src_models.models.fast.default_precision`; imports torch, so not for the GUI thread, which
-    asks :func:`src_models.models.cpu.cpu_precision_hint`).  A bad ``DIFFINFINITE_PRECISION`` raises
+    (:func:`src_models.models.fast.default_precision`; imports torch, so not for the GUI thread: the
+    dock sends ``auto`` and its worker resolves it).  A bad ``DIFFINFINITE_PRECISION`` raises
     :class:`RequestError`."""
     from src_models.models.device import resolve_device
     from src_models.models.fast import default_precision
