@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -72,7 +73,8 @@ def main(argv=None) -> int:
                      "guidance": float(gap / target.pow(2).mean().clamp(min=1e-20))})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     out = {"model": str(a.model), "data": str(a.data), "seed": a.seed, "seconds": time.perf_counter() - t0,
-           "threads": torch.get_num_threads(), "bands": rows}
+           "machine": {"capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+                       "load": os.getloadavg()}, "bands": rows}
     text = json.dumps(out, indent=2)
     print(text)
     if a.out:

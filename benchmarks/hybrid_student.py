@@ -1,10 +1,11 @@
-"""An experiment for issue 23: the guidance-distilled student for the noisy levels only.
+"""An experiment for issue 23: the guidance-distilled student for some of the noise levels only.
 
-    python benchmarks/hybrid_student.py --above T [sweep_sampling options ...]
+    python benchmarks/hybrid_student.py (--above T | --below T) [sweep_sampling options ...]
 
 Runs ``benchmarks/sweep_sampling.py`` with the model's teacher (two passes at the card's ω) except at
-the levels with timestep t ≥ T, where the model's distilled student gives the guided ε in one pass
-(its ω; the card's).  T = 0 is the student everywhere, T > 999 the teacher everywhere.  The network
+the levels with timestep t ≥ T (``--above``: the noisy levels) or t < T (``--below``: the clean ones),
+where the model's distilled student gives the guided ε in one pass (its ω; the card's).  ``--above 0``
+is the student everywhere, ``--above 1000`` the teacher everywhere.  The network
 calls the sweep reports count what ran.  The library is not changed: this script swaps the sampler's
 guidance step for the run (``Guided``) and passes every other option to the sweep, which must be run
 with ``--no-distilled`` and its own ``--out``.
@@ -21,8 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def install(above: int) -> None:
-    """Route levels with t ≥ ``above`` to the student of the run's model."""
+def install(use_student) -> None:
+    """Route the levels whose timestep ``use_student(t)`` accepts to the student of the run's model."""
     import src_models.sampling.sampler as sampler
     import src_models.synthesis.regions as regions
     from src_models.sampling.guidance import count_forwards, free_labels, guided_eps
@@ -51,7 +52,7 @@ def install(above: int) -> None:
         self.student_omega = zero.to(device)
 
     def call(self, xs, ms, labels, t):
-        if self.student is None or int(t) < above:
+        if self.student is None or not use_student(int(t)):
             return plain_call(self, xs, ms, labels, t)
         ts = torch.full((xs.shape[0],), int(t), dtype=torch.long, device=self.device)
         eps = guided_eps(self.student, xs, ts, ms, self.student_omega, self.conditioning, self.max_batch, labels,
@@ -65,11 +66,13 @@ def install(above: int) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], add_help=False)
-    p.add_argument("--above", type=int, required=True, help="the student runs the levels with t >= this")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--above", type=int, help="the student runs the levels with t >= this")
+    where.add_argument("--below", type=int, help="the student runs the levels with t < this")
     a, rest = p.parse_known_args(argv)
     if "--no-distilled" not in rest or "--out" not in rest:
         raise SystemExit("pass --no-distilled and an --out of its own to the sweep")
-    install(a.above)
+    install((lambda t: t >= a.above) if a.above is not None else (lambda t: t < a.below))
     import sweep_sampling
 
     return sweep_sampling.main(rest)

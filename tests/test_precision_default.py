@@ -3,6 +3,7 @@ or AMX), float32 elsewhere, ``DIFFINFINITE_PRECISION`` over both; a resume goes 
 its canvas was made in.  (The rest of the suite pins float32 in conftest.py; these tests unset it.)"""
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 
@@ -113,7 +114,25 @@ def test_generate_and_generate_many_go_on_in_the_canvas_precision(tmp_path, monk
     assert [j.request["precision"] for j in build_jobs(build_parser().parse_args(table + ["--out", str(tmp_path)]))] \
         == ["bf16"]
     fresh = build_jobs(build_parser().parse_args(table + ["--out", str(tmp_path / "new")]))
-    assert [j.request["precision"] for j in fresh] == ["float32"]
+    assert [j.request["precision"] for j in fresh] == ["auto"]  # each worker's device decides
+    pinned = build_jobs(build_parser().parse_args(table + ["--out", str(tmp_path / "new"), "--precision", "bf16"]))
+    assert [j.request["precision"] for j in pinned] == ["bf16"]
+
+    # on the worker: an open precision is the canvas's where it exists, else the worker device's
+    from src_models.models.loading import find_card
+    from src_models.synthesis.many import job_request
+
+    card = find_card("tiny-test")[0]
+    (job,) = fresh
+    monkeypatch.setenv(ENV, "bf16")
+    assert job_request(job, "cpu", card).precision == "bf16"
+    monkeypatch.setattr(fast, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.delenv(ENV)
+    assert job_request(job, "cpu", card).precision == "bf16"
+    assert job_request(job, "cuda", card).precision == "float32"
+    made_f32 = dataclasses.replace(job, out=str(f32))
+    assert job_request(made_f32, "cpu", card).precision == "float32"  # a retried job goes on as made
+    assert job_request(dataclasses.replace(made_f32, overwrite=True), "cpu", card).precision == "bf16"
 
 
 def test_a_new_canvas_takes_the_machine_default(tmp_path, bf16_cpu):

@@ -31,7 +31,8 @@ def build_parser(prog: str = "diffinfinite generate-many") -> argparse.ArgumentP
         "per worker, GPU pinning per worker, resume from the canvases' region state).  JOBS is a CSV file with a "
         "'mask' column and optional columns name, size (WxH), scale, region_size and any synthesis setting "
         "(model, seed, steps, omega, omega_per_class as 2=6;3=1, eta, schedule, max_batch, fast, compile, halo, distilled, "
-        "precision, centre ...), empty cells taking the defaults below; or a folder of masks (one job each, sorted by name).  "
+        "precision, centre ...), empty cells taking the defaults below; or a folder of masks (one job each, sorted by "
+        "name).  "
         "A job without a seed gets --seed plus its row number (0, 1, ...).",
     )
     p.add_argument("--jobs", required=True, type=Path, help="job table (CSV) or a folder of mask files")
@@ -163,6 +164,8 @@ def build_jobs(args) -> list:
         except CanvasError as e:
             text = f"{e}; pass --overwrite to make it anew" if out.exists() and not args.overwrite else str(e)
             raise UserError(f"{where}: {text}") from None
+        if fields.get("precision", job_args.precision) in (None, "auto"):  # each worker's device decides
+            request = dataclasses.replace(request, precision="auto")
         jobs.append(Job(name=name, mask=str(mask_path), out=str(out), width=width, height=height,
                         request=dataclasses.asdict(request), region_size=region_size,
                         preview=str(args.out / f"{name}.png"), overwrite=args.overwrite))

@@ -434,17 +434,31 @@ def job_spec(job: Job, card, settings: dict):
                       inputs=(job.mask,))
 
 
+def job_request(job: Job, device: str, card):
+    """The job's request on this worker's ``device``.  A precision the job leaves open (``auto``) is
+    the canvas's where one exists (a job retried on another worker goes on as it was made), else
+    this device's default (bf16 on a CPU with native bfloat16, float32 on CUDA)."""
+    from src_models.synthesis.canvases import made_with
+    from src_models.synthesis.request import SynthesisRequest, machine_precision
+
+    request = SynthesisRequest(**{**job.request, "device": device})
+    if request.precision in (None, "auto"):
+        out = Path(job.out)
+        made = made_with(out, card).get("precision", "auto") if out.exists() and not job.overwrite else "auto"
+        request = dataclasses.replace(request, precision=made if made != "auto" else machine_precision(device))
+    return request
+
+
 def _make(job: Job, state: _WorkerState, events: _Events) -> dict:
     """One canvas through the use cases ``generate`` runs (check, open or make, repair, sample)."""
     from src_models.synthesis import regions
     from src_models.synthesis.canvases import (CanvasMismatchError, check_existing, check_spec, open_for_run,
                                                save_preview)
-    from src_models.synthesis.request import SynthesisRequest
 
     out = Path(job.out)
     device = _device_for(job, state)
-    request = SynthesisRequest(**{**job.request, "device": device})
-    card = state.card(request.model)
+    card = state.card(job.request["model"])
+    request = job_request(job, device, card)
     spec = job_spec(job, card, request.settings())
     check_spec(card, spec)
     resume = out.exists() and not job.overwrite
