@@ -257,10 +257,11 @@ def test_fast_setup_per_device():
     assert fast_setup(meta, "meta", 16)[0] is meta  # other devices: the network as it is
 
 
-def test_bf16_precision_is_opt_in_and_stays_close_on_the_cpu():
-    """``precision="bf16"`` (opt-in) runs the default network under bfloat16 autocast on the CPU:
-    its ε differs from float32's (bf16 did run) but by a few per cent at most; the float32 default
-    is untouched, the request refuses other values and records bf16 in the canvas settings."""
+def test_bf16_precision_stays_close_on_the_cpu():
+    """``precision="bf16"`` runs the default network under bfloat16 autocast on the CPU: its ε
+    differs from float32's (bf16 did run) but by a few per cent at most; ``precision="float32"`` is
+    untouched, the request refuses other values and records bf16 in the canvas settings (the rule
+    for a precision left open: tests/test_precision_default.py)."""
     import warnings
 
     from src_models.models.fast import fast_setup

@@ -1,5 +1,5 @@
 """What this CPU can do, read without torch (so a GUI can ask at no cost): its flags from
-``/proc/cpuinfo`` (Linux; empty elsewhere), and the precision a run that leaves it open computes in."""
+``/proc/cpuinfo`` (Linux; empty elsewhere), and the precision the environment sets as every run's default."""
 from __future__ import annotations
 
 import os

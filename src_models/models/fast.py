@@ -453,9 +453,9 @@ def fast_setup(
     as bf16 on an H100 and within the 1e-2 guard on the CPU, where bf16 is not; see
     ``benchmarks/NOTES.md``), channels_last, optional compile for ``window``; the batch from
     :func:`batch_budget`.  CPU: float32 with channels_last (faster convolutions in oneDNN), batch 32;
-    ``precision="bf16"`` (opt-in): bfloat16 autocast (fast only where the CPU has AVX512_BF16 or
-    AMX; elsewhere oneDNN emulates it, slower than float32: a warning says so; see
-    ``docs/cpu_speed.md``).  On CUDA ``precision="bf16"`` picks bfloat16 over the default ``dtype``.
+    ``precision="bf16"``: bfloat16 autocast (fast only where the CPU has AVX512_BF16 or AMX, where
+    :func:`default_precision` makes it a run's default; elsewhere oneDNN emulates it, slower than
+    float32: a warning says so; see ``docs/cpu_speed.md``).  On CUDA ``precision="bf16"`` picks bfloat16 over the default ``dtype``.
     Elsewhere (MPS): the network as it is, batch 32.  ``max_batch`` overrides the budget (the
     caller halves it on out-of-memory).  Wrap once per loaded model: the network is converted in
     place and a compiled graph is kept by the wrapper.
