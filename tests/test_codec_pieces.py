@@ -1,6 +1,7 @@
 """Codec areas up to ONE_PIECE_LATENT_PX go through the codec in one piece; larger ones through the
 Hann-blended tiling, whose result stays close to the one-piece result."""
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -81,3 +82,50 @@ def test_a_bf16_decode_runs_in_bfloat16_close_to_float32_and_float32_is_the_defa
     assert dtypes_full == {torch.float32} and torch.bfloat16 in set(seen)
     diff = np.abs(full - half)
     assert 0 < diff.mean() < 1.0 and diff.max() <= 8
+
+
+def test_a_bf16_encode_runs_in_bfloat16_close_to_float32_and_float32_is_the_default():
+    """``encode_rgb(..., "bf16")`` (import-slide's default on a CPU with native bfloat16) runs the
+    encoder's convolutions under bfloat16 autocast; its latents stay within a small part of their
+    spread of float32's; the default encode is float32 throughout."""
+    from src_models.models.codec import encode_rgb
+    from src_models.models.loading import load_model
+
+    codec = load_model("default").codec
+    seen = []
+    handles = [c.register_forward_hook(lambda m, a, out: seen.append(out.dtype))
+               for c in codec.modules() if isinstance(c, nn.Conv2d)]
+    rgb = (np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)
+    full = encode_rgb(codec, rgb, "cpu")
+    dtypes_full, seen[:] = set(seen), []
+    half = encode_rgb(codec, rgb, "cpu", "bf16")
+    for h in handles:
+        h.remove()
+    assert dtypes_full == {torch.float32} and torch.bfloat16 in set(seen)
+    assert half.dtype == np.float32 and half.shape == full.shape
+    gap = np.abs(full - half).mean()
+    assert 0 < gap < 0.02 * full.std()
+
+
+def test_import_slide_encodes_in_the_precision_asked(tmp_path, monkeypatch):
+    import src_models.synthesis.editing as editing
+    from PIL import Image
+
+    from src_models.models.loading import load_model
+
+    Image.fromarray((np.random.default_rng(1).random((64, 64, 3)) * 255).astype(np.uint8)).save(tmp_path / "s.png")
+    asked = []
+    plain = editing.encode_rgb
+    monkeypatch.setattr(editing, "encode_rgb", lambda c, rgb, d, p="float32": asked.append(p) or plain(c, rgb, d, p))
+    tiny = load_model("tiny-test")
+    canvas, _ = editing.import_slide(tmp_path / "s.png", tiny, tmp_path / "a.zarr", precision="bf16")
+    canvas.close()
+    assert asked and set(asked) == {"bf16"}
+    asked.clear()
+    monkeypatch.setenv("DIFFINFINITE_PRECISION", "float32")  # left open: the device's default
+    canvas, _ = editing.import_slide(tmp_path / "s.png", tiny, tmp_path / "b.zarr")
+    canvas.close()
+    assert asked and set(asked) == {"float32"}
+    with pytest.raises(ValueError, match="precision"):
+        editing.import_slide(tmp_path / "s.png", tiny, tmp_path / "c.zarr", precision="fp8")
+    assert not (tmp_path / "c.zarr").exists()  # refused before anything is written

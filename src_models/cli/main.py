@@ -85,6 +85,7 @@ def _add_editing(sub) -> None:
     s.add_argument("--device", default="auto")
     s.add_argument("--region-size", type=int, default=None, metavar="PX")
     s.add_argument("--overwrite", action="store_true")
+    add_precision_option(s, "the encoder's arithmetic")
 
     i = sub.add_parser("inpaint", help="regenerate an area of a canvas (a rectangle or any shape) with its "
                                        "surroundings as context")
@@ -351,7 +352,7 @@ def cmd_import_slide(args) -> int:
 
     try:
         canvas, report = import_slide(args.slide, model, args.out, args.region_size, args.overwrite, progress,
-                                      model_spec=str(args.model))
+                                      model_spec=str(args.model), precision=args.precision)
     finally:
         bar.close()
     canvas.close()

@@ -17,15 +17,22 @@ from src_models.io.slides import open_slide
 
 
 def import_slide(slide_path, model, out, region_size: int | None = None, overwrite: bool = False,
-                 progress=None, model_spec: str | None = None) -> tuple[Canvas, dict]:
+                 progress=None, model_spec: str | None = None, precision: str | None = None) -> tuple[Canvas, dict]:
     """Copy a slide's base level into a new canvas, encode its latents and mark every region
     done, so that rectangles of it can be regenerated with the real tissue as context.
     ``model_spec`` (how the model was named: a built-in name or a path) is recorded in the canvas's
-    settings, so that later runs on it find the model (default: the card's name).
+    settings, so that later runs on it find the model (default: the card's name).  ``precision`` is
+    the encoder's (None or "auto": the device's default, :func:`~src_models.models.fast.default_precision`).
 
     The slide is cropped (bottom/right) to the model's grid; returns the canvas and a report.
     """
     card: ModelCard = model.card
+    if precision in (None, "auto"):
+        from src_models.models.fast import default_precision
+
+        precision = default_precision(model.device)
+    if precision not in ("float32", "bf16"):
+        raise ValueError(f"precision must be auto, float32 or bf16, got {precision!r}")
     step = card.factor * LATENT_MULTIPLE
     with open_slide(slide_path) as slide:
         height, width = (slide.height // step) * step, (slide.width // step) * step
@@ -44,7 +51,7 @@ def import_slide(slide_path, model, out, region_size: int | None = None, overwri
             for n, r in enumerate(regions, 1):
                 y0, y1, x0, x1 = r.px(canvas.factor)
                 rgb = slide.read(y0, y1, x0, x1)
-                canvas.write_region(r, rgb, encode_rgb(model.codec, rgb, device))
+                canvas.write_region(r, rgb, encode_rgb(model.codec, rgb, device, precision))
                 canvas.mark_done(r.index, {"source": "slide"})
                 if progress is not None:
                     progress(n, len(regions))
