@@ -11,8 +11,8 @@ Figures (one JSON object on stdout, also written to ``--out``):
   latents, each a null and a conditional pass, as classifier-free guidance runs them), wrapped as
   the samplers get it (``fast_setup``).  ``gflop`` counts a forward as if every row were computed
   on its own (``forward_flops``); ``fraction_of_matmul`` is that rate over the matmul's.  With
-  ``--precision bf16`` the same under bfloat16 autocast (and the canvas and layout commands run with
-  it; they are always given ``--precision``, float32 unless asked, since their own default is the
+  ``--precision bf16`` the same under bfloat16 autocast (and the canvas, layout and import commands run
+  with it; they are always given ``--precision``, float32 unless asked, since their own default is the
   machine's: bf16 on a CPU with native bfloat16);
 * ``codec``: decode of a 128² latent (512² px), megapixels per second;
 * ``canvas``: ``diffinfinite demo`` end to end (1024² px, the card's default steps; ``--quick``:
@@ -146,7 +146,7 @@ def learned_layout() -> list[str]:
     return ["--layout", "learned"] if "learned" in getattr(cli_main, "LAYOUT_CHOICES", ()) else []
 
 
-def import_slide(tmp: Path, quick: bool) -> dict:
+def import_slide(tmp: Path, quick: bool, precision: str = "float32") -> dict:
     from src_models.synthesis import editing
 
     src = SLIDE
@@ -167,7 +167,7 @@ def import_slide(tmp: Path, quick: bool) -> dict:
 
     editing.encode_rgb = counted
     try:
-        out = cli(["import-slide", str(src), "--out", str(tmp / "slide.zarr"), "--overwrite"])
+        out = cli(["import-slide", str(src), "--out", str(tmp / "slide.zarr"), "--overwrite", "--precision", precision])
     finally:
         editing.encode_rgb = encode
     return {**out, "slide": src.name, "encode_s": spent[0]}
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
             rec["layout"] = {"size": size, **cli(["make-mask", "--out", str(tmp / "m.png"), "--size", size, *steps,
                                                   "--device", "cpu", *learned_layout(), *extra])}
         if "import" in sections:
-            rec["import"] = import_slide(tmp, args.quick)
+            rec["import"] = import_slide(tmp, args.quick, args.precision)
     rec["load_after"] = os.getloadavg()
     text = json.dumps(rec, indent=1)
     print(text)
