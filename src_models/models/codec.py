@@ -43,13 +43,18 @@ def _tiled(codec, latent_h: int, latent_w: int) -> int:
     return factor if factor > 1 and not own and large else 0
 
 
+def _codec_autocast(device: torch.device, precision: str):
+    """bfloat16 autocast around the codec where ``precision`` is "bf16" (CPU or CUDA); off otherwise."""
+    bf16 = precision == "bf16" and device.type in ("cpu", "cuda")
+    return torch.autocast(device.type if bf16 else "cpu", dtype=torch.bfloat16, enabled=bf16)
+
+
 def decode_latent(codec, z: torch.Tensor, precision: str = "float32") -> np.ndarray:
     """Decode (C, h, w) latents to (h·f, w·f, 3) uint8, tiled for large areas.  ``precision`` "bf16":
     the decoder under bfloat16 autocast (the run's ``--precision bf16``; on a CPU with AVX512_BF16 about
     2 x faster, 0.2 grey levels from float32 on average: docs/cpu_speed.md)."""
     factor = _tiled(codec, int(z.shape[-2]), int(z.shape[-1]))
-    bf16 = precision == "bf16" and z.device.type in ("cpu", "cuda")
-    with torch.inference_mode(), torch.autocast(z.device.type if bf16 else "cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.inference_mode(), _codec_autocast(z.device, precision):
         if factor:
             from src_models.models.tiling import tiled_decode
 
@@ -67,9 +72,7 @@ def encode_rgb(codec, rgb: np.ndarray, device, precision: str = "float32") -> np
     img = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div(255).to(device)
     f = int(getattr(codec, "factor", 1))
     factor = _tiled(codec, rgb.shape[0] // f, rgb.shape[1] // f)
-    bf16 = precision == "bf16" and img.device.type in ("cpu", "cuda")
-    with torch.inference_mode(), torch.autocast(img.device.type if bf16 else "cpu", dtype=torch.bfloat16,
-                                                enabled=bf16):
+    with torch.inference_mode(), _codec_autocast(img.device, precision):
         if factor:
             from src_models.models.tiling import tiled_encode
 

@@ -229,6 +229,16 @@ def default_precision(device: torch.device | str) -> str:
     return "bf16" if torch.device(device).type == "cpu" and cpu_has_native_bf16() else "float32"
 
 
+def resolve_precision(precision: str | None, device: torch.device | str) -> str:
+    """``precision`` as a run on ``device`` computes in: None or ``"auto"`` is :func:`default_precision`;
+    ``float32`` and ``bf16`` stay; anything else raises ValueError."""
+    if precision in (None, "auto"):
+        return default_precision(device)
+    if precision not in ("float32", "bf16"):
+        raise ValueError(f"precision must be auto, float32 or bf16, got {precision!r}")
+    return precision
+
+
 def warn_if_bf16_emulated(device: torch.device | str, stacklevel: int = 2) -> None:
     """A RuntimeWarning when bfloat16 is asked for on a CPU that only emulates it (slower than float32)."""
     if torch.device(device).type == "cpu" and not cpu_has_native_bf16():

@@ -27,12 +27,9 @@ def import_slide(slide_path, model, out, region_size: int | None = None, overwri
     The slide is cropped (bottom/right) to the model's grid; returns the canvas and a report.
     """
     card: ModelCard = model.card
-    if precision in (None, "auto"):
-        from src_models.models.fast import default_precision
+    from src_models.models.fast import resolve_precision
 
-        precision = default_precision(model.device)
-    if precision not in ("float32", "bf16"):
-        raise ValueError(f"precision must be auto, float32 or bf16, got {precision!r}")
+    precision = resolve_precision(precision, model.device)  # a bad value: refused before anything is written
     step = card.factor * LATENT_MULTIPLE
     with open_slide(slide_path) as slide:
         height, width = (slide.height // step) * step, (slide.width // step) * step

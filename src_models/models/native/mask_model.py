@@ -83,17 +83,14 @@ def sample_layout_codes(model, grid: tuple[int, int], seed: int = 0, steps: int 
     with η = 1 where it names none).  ``precision="bf16"`` runs the network under bfloat16 autocast;
     None or ``"auto"``: the device's default, as for images (bf16 on a CPU with native bfloat16,
     :func:`src_models.models.fast.default_precision`; docs/cpu_speed.md)."""
-    if precision not in (None, "auto", "float32", "bf16"):
-        raise ValueError(f"precision must be auto, float32 or bf16, got {precision!r}")
-    from src_models.models.fast import default_precision
+    from src_models.models.fast import resolve_precision
     from src_models.sampling.sampler import sample_area
     from src_models.sampling.setup import effective_window, sampling_setup
 
     spec = model.card.mask_model
     unet = model.mask_unet
     device = next(unet.parameters()).device
-    if precision in (None, "auto"):
-        precision = default_precision(device)
+    precision = resolve_precision(precision, device)
     h, w = grid
     gen = torch.Generator().manual_seed(int(seed))
     noise = torch.randn((len(spec["classes"]), h, w), generator=gen).to(device)
