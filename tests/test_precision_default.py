@@ -135,6 +135,31 @@ def test_generate_and_generate_many_go_on_in_the_canvas_precision(tmp_path, monk
     assert job_request(dataclasses.replace(made_f32, overwrite=True), "cpu", card).precision == "bf16"
 
 
+def test_inpaint_resume_goes_on_in_the_canvas_precision(tmp_path, monkeypatch):
+    """An inpaint stopped before its area was sampled goes on, with ``--precision`` left open, in the
+    precision its canvas was made in, not the machine's."""
+    from src_models.cli.main import main as cli
+    from src_models.synthesis.editing import prepare_inpaint
+
+    Image.fromarray(np.full((64, 64), 2, np.uint8)).save(tmp_path / "m.png")
+    out = tmp_path / "b.zarr"
+    run = ["--model", "tiny-test", "--steps", "1", "--device", "cpu"]
+    assert cli(["generate", "--mask", str(tmp_path / "m.png"), "--region-size", "32", "--out", str(out),
+                "--precision", "bf16", *run]) == 0
+    with Canvas.open(out, "r+") as c:  # a run that scheduled its rectangle and stopped
+        prepare_inpaint(c, (0, 32, 0, 32))
+        assert c.jobs()
+    import src_models.synthesis.regions as regions
+
+    seen, plain = [], regions.prepare_run
+    monkeypatch.setattr(regions, "prepare_run", lambda m, c, r: seen.append(r.precision) or plain(m, c, r))
+    monkeypatch.setenv(ENV, "float32")
+    assert cli(["inpaint", str(out), "--resume", *run]) == 0
+    with Canvas.open(out) as c:
+        assert c.jobs() == {} and c.settings["precision"] == "bf16"
+    assert seen == ["bf16"]
+
+
 def test_a_new_canvas_takes_the_machine_default(tmp_path, bf16_cpu):
     from src_models.cli.main import main as cli
 

@@ -260,6 +260,20 @@ def check_run_args(args) -> None:
         check_number("--region-size", region_size, 1)
 
 
+def follow_canvas(args, path, card, fields=()) -> None:
+    """Before a run goes on with a canvas that exists: the options left open (``--distilled``
+    unset, ``--precision auto``) take what the canvas was made with
+    (:func:`~src_models.synthesis.canvases.made_with`), so a resumed canvas is finished as it was
+    started.  ``fields`` names options a job table sets itself, which stay as given."""
+    from src_models.synthesis.canvases import made_with
+
+    made = made_with(path, card)
+    if getattr(args, "distilled", False) is None and "distilled" not in fields:
+        args.distilled = made.get("distilled")
+    if getattr(args, "precision", None) == "auto" and "precision" not in fields:
+        args.precision = made.get("precision", "auto")
+
+
 def resolve_request(args, card, device, area=None):
     """The request of the run options, resolved against ``card`` (the deprecated ``--schedule``
     read as ``--plan``)."""

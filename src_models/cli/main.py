@@ -31,7 +31,7 @@ import warnings
 from pathlib import Path
 
 from src_models.cli.common import (UserError, add_distilled_option, add_precision_option, add_run_options, check_output,
-                                   check_run_args, parse_pads, parse_rect, parse_size, progress_bar, resolve_request,
+                                   check_run_args, follow_canvas, parse_pads, parse_rect, parse_size, progress_bar, resolve_request,
                                    run_and_preview, run_command)
 
 # make-mask --layout; the same as src_models.synthesis.layouts.LAYOUT_KINDS (kept here so that the
@@ -231,7 +231,7 @@ def cmd_generate(args) -> int:
     from src_models.store.canvas import CanvasError, CanvasLockedError
     from src_models.store.provenance import source_entry
     from src_models.synthesis.canvases import (AUTO, CanvasMismatchError, CanvasSpec, auto_region_size, check_existing,
-                                               check_spec, made_with, open_for_run, read_mask_for_model)
+                                               check_spec, open_for_run, read_mask_for_model)
 
     # 1. the arguments alone; 2. with the model card (no weights); 3. against the canvas on
     # disk (read only); then the model loads, and only then is anything written
@@ -249,11 +249,7 @@ def cmd_generate(args) -> int:
     mask = read_mask_for_model(args.mask, card, class_map, warn=_warn)
     height, width = _size(args, mask.shape)
     if args.resume and args.out.exists():  # what is left open goes on as the canvas was made
-        made = made_with(args.out, card)
-        if args.distilled is None:
-            args.distilled = made.get("distilled")
-        if args.precision == "auto":
-            args.precision = made.get("precision", "auto")
+        follow_canvas(args, args.out, card)
     request = resolve_request(args, card, device)
     region_size = None if args.region_size == AUTO else args.region_size
     spec = CanvasSpec(args.out, height, width, mask, request.settings(), region_size,
@@ -430,6 +426,8 @@ def cmd_inpaint(args) -> int:
         where = _read_where(args, canvas) if args.where is not None else None
     resolve_request(args, card, device)
     model = load_for_run(args.model, device, preloaded)
+    if args.resume:  # the inpaint goes on as it was started
+        follow_canvas(args, args.canvas, card)
     with Canvas.open(args.canvas, "r+") as canvas:
         if args.resume:
             _repair(canvas)

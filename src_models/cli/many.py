@@ -21,7 +21,8 @@ import time
 import warnings
 from pathlib import Path
 
-from src_models.cli.common import UserError, add_run_options, check_run_args, parse_size, resolve_request, run_command
+from src_models.cli.common import (UserError, add_run_options, check_run_args, follow_canvas, parse_size, resolve_request,
+                                   run_command)
 
 
 def build_parser(prog: str = "diffinfinite generate-many") -> argparse.ArgumentParser:
@@ -97,7 +98,7 @@ def build_jobs(args) -> list:
     """Every job, checked (masks read, labels, sizes, settings against canvases already on disk)."""
     from src_models.models.loading import find_card
     from src_models.store.canvas import CanvasError
-    from src_models.synthesis.canvases import CanvasSpec, check_existing, check_spec, made_with, read_mask_for_model
+    from src_models.synthesis.canvases import CanvasSpec, check_existing, check_spec, read_mask_for_model
     from src_models.synthesis.many import Job, JobError, job_overrides, read_job_rows
     from src_models.synthesis.request import RequestError, SynthesisRequest
 
@@ -136,11 +137,7 @@ def build_jobs(args) -> list:
         job_args.model = model
         out = args.out / f"{name}.zarr"
         if out.exists() and not args.overwrite:  # what is left open goes on as the canvas was made
-            made = made_with(out, card)
-            if args.distilled is None and "distilled" not in fields:
-                job_args.distilled = made.get("distilled")
-            if args.precision == "auto" and "precision" not in fields:
-                job_args.precision = made.get("precision", "auto")
+            follow_canvas(job_args, out, card, fields)
         values = {k: v for k, v in dataclasses.asdict(resolve_request(job_args, card, args.device)).items() if k != "area"}
         values["seed"] = args.seed + index
         values.update(fields)
