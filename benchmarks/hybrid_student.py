@@ -44,8 +44,8 @@ def install(use_student) -> None:
     regions.prepare_run = prepare_run
     plain_init, plain_call = sampler.Guided.__init__, sampler.Guided.__call__
 
-    def init(self, denoiser, omega, conditioning, max_batch, stats, device):
-        plain_init(self, denoiser, omega, conditioning, max_batch, stats, device)
+    def init(self, denoiser, omega, conditioning, max_batch, stats, device, *rest):
+        plain_init(self, denoiser, omega, conditioning, max_batch, stats, device, *rest)
         self.student = students.get(id(denoiser))
         zero = torch.zeros_like(torch.as_tensor(omega, dtype=torch.float32).cpu())
         self.student_free = free_labels(zero, conditioning)

@@ -68,11 +68,11 @@ def canvas_rim(path: Path) -> dict:
 def make_canvas(model, labels: np.ndarray, path: Path, plan: str | None, seed: int, steps: int | None,
                 region: int | None, solver: str | None = None, omega: float | None = None,
                 eta: float | None = None, src_mpp: float = SLIDE_MPP, omega_per_class: dict | None = None,
-                precision: str | None = None, distilled: bool | None = None):
+                precision: str | None = None, distilled: bool | None = None, guidance_below: int | None = None):
     """Paint a canvas of the labels' physical size (``src_mpp`` µm/px) under them; returns seconds
     and forwards.  ``precision`` is the request's (None: the device's default; float32 is recorded as the
     default is, so a float32 canvas's settings do not name it).  ``distilled``: the request's (None: the
-    model's student where it has one at this ω)."""
+    model's student where it has one at this ω).  ``guidance_below``: the request's (None: the card's)."""
     from PIL import Image
 
     from src_models.synthesis.canvases import new_canvas, put_mask
@@ -96,6 +96,8 @@ def make_canvas(model, labels: np.ndarray, path: Path, plan: str | None, seed: i
         extra["precision"] = precision
     if distilled is not None:
         extra["distilled"] = bool(distilled)
+    if guidance_below is not None:
+        extra["guidance_below"] = int(guidance_below)
     request = SynthesisRequest(model=card.name, steps=steps, seed=seed, **(_plan_kwargs(plan) if plan else {}), **extra)
     canvas = new_canvas(card, path, h, w, region, overwrite=True, settings=request.settings())
     put_mask(canvas, np.asarray(lat))

@@ -27,6 +27,8 @@ def solver_name(s: dict) -> str:
         name += f" η{s['eta']:g}"
     for k, v in sorted((s.get("omega_per_class") or {}).items()):
         name += f" ω{k}={float(v):g}"  # per-class guidance: its own line
+    if s.get("guidance_below") is not None and int(s["guidance_below"]) < 1000:
+        name += f" guided t<{int(s['guidance_below'])}"  # guidance limited to the cleaner levels: its own line
     return name
 
 

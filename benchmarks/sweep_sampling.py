@@ -8,7 +8,8 @@ real tissue, and write one row per setting and seed.
 ``--precision bf16`` runs every setting under bfloat16 autocast (the setting then names it).
 A model with a guidance-distilled student runs it for the setting at its ω (the setting names it,
 ``distilled``) where its card makes it the default, and with ``--distilled`` also where it is opt-in;
-``--no-distilled`` runs the model's own two passes.
+``--no-distilled`` runs the model's own two passes.  ``--guidance-below T`` guides only the levels with
+timestep below T (default: the card's; the setting names it where it is below 1000).
 
 ``--heldout skin`` is the CC0 slide's held-out band (rows >= 2048, labels from ``masks_from_he``);
 ``--heldout tumour`` the held-out bottom third of the two labelled carcinoma images in ``data/more_he``
@@ -187,6 +188,9 @@ def main(argv=None) -> int:
                    "and the setting's ω is the one it was distilled at; the setting then names it)")
     p.add_argument("--distilled", action="store_true",
                    help="run the model's student at its ω also where its card makes it opt-in")
+    p.add_argument("--guidance-below", type=int, default=None, metavar="T",
+                   help="guide only the levels with timestep below T (1000: every level; default: the card's; "
+                   "a setting names it where it is below 1000)")
     p.add_argument("--precision", choices=("float32", "bf16"), default="float32",
                    help="the network's arithmetic in every setting (bf16: bfloat16 autocast; docs/cpu_speed.md)")
     p.add_argument("--no-c2st", action="store_true")
@@ -199,7 +203,7 @@ def main(argv=None) -> int:
     from quality import make_canvas
 
     from src_models.evaluation import evaluate
-    from src_models.synthesis.request import default_student, uses_student
+    from src_models.synthesis.request import GUIDE_ALL, card_guidance_below, default_student, uses_student
     from src_models.models.loading import load_model
 
     if a.threads:
@@ -235,20 +239,24 @@ def main(argv=None) -> int:
         for omega in a.omegas:
             student = not a.no_distilled and (uses_student(model.card, omega, per_class) if a.distilled
                                               else default_student(model.card, omega, per_class))
+            guided = GUIDE_ALL if student else (a.guidance_below if a.guidance_below is not None
+                                                else card_guidance_below(model.card))
             setting = {**parse_solver(spec), "omega": omega, **({"omega_per_class": per_class} if per_class else {}),
                        **({"precision": a.precision} if a.precision != "float32" else {}),
-                       **({"distilled": True} if student else {})}
+                       **({"distilled": True} if student else {}),
+                       **({"guidance_below": guided} if guided < GUIDE_ALL else {})}
             for seed in a.seeds:
                 if key_of(setting, seed) in done:
                     continue
                 paths, seconds, forwards = [], 0.0, 0
                 for m, labels in labelled:
                     bf = "-bf16" if a.precision != "float32" else ""
-                    path = work / f"{m.stem}-{spec.replace(':', '_')}-w{omega}{tag}{bf}-s{seed}.zarr"
+                    gb = f"-gb{guided}" if guided < GUIDE_ALL else ""
+                    path = work / f"{m.stem}-{spec.replace(':', '_')}-w{omega}{tag}{bf}{gb}-s{seed}.zarr"
                     s, f = make_canvas(model, labels, path, None, seed, setting.get("steps"), None,
                                        setting.get("solver"), omega=setting.get("omega"), eta=setting.get("eta"),
                                        src_mpp=src_mpp, omega_per_class=per_class, precision=a.precision,
-                                       distilled=student)
+                                       distilled=student, guidance_below=guided)
                     paths.append(path)
                     seconds += s
                     forwards += f

@@ -6,6 +6,7 @@
 
 The card gets ``default_solver``, ``default_steps``, ``default_eta`` (None: the solver's own),
 ``default_omega`` and ``default_omega_per_class`` (``--omega-class K=V``, repeatable; none: cleared),
+``default_guidance_below`` (``--guidance-below T``: guidance only at timesteps below T; none: every level),
 and under ``extra.sampling_sweep`` the summary of the sweep (mean and 95 % t interval over seeds per
 setting, as ``benchmarks/sweep_report.py`` computes it), the sweep's protocol and the reason given.
 The setting chosen must be one the sweep measured.  The card is checked and the model loaded back
@@ -40,6 +41,8 @@ def main(argv=None) -> int:
     p.add_argument("--omega", type=float, required=True)
     p.add_argument("--omega-class", type=parse_omega_class, action="append", default=[], metavar="K=V",
                    help="ω of class K (repeatable)")
+    p.add_argument("--guidance-below", type=int, default=None, metavar="T",
+                   help="guide only the levels with timestep below T (default: every level)")
     p.add_argument("--why", required=True, help="one sentence: which figures chose it")
     a = p.parse_args(argv)
 
@@ -47,14 +50,15 @@ def main(argv=None) -> int:
     names, table = summarise(data)
     per_class = {str(k): v for k, v in a.omega_class}
     chosen = {"solver": a.solver, "steps": a.steps, **({"eta": a.eta} if a.eta is not None else {}),
-              **({"omega_per_class": per_class} if per_class else {})}
+              **({"omega_per_class": per_class} if per_class else {}),
+              **({"guidance_below": a.guidance_below} if a.guidance_below is not None else {})}
     key = (solver_name(chosen), float(a.omega))
     if key not in table:
         raise SystemExit(f"the sweep has no row for {key[0]} at omega {a.omega:g}: measure it first")
     card_path = a.model_dir / CARD_FILE
     raw = json.loads(card_path.read_text())
     raw.update(default_solver=a.solver, default_steps=a.steps, default_eta=a.eta, default_omega=a.omega,
-               default_omega_per_class=per_class)
+               default_omega_per_class=per_class, default_guidance_below=a.guidance_below)
     rows = []
     for (solver, omega), figures in sorted(table.items()):
         rows.append({"solver": solver, "omega": omega,
@@ -75,7 +79,8 @@ def main(argv=None) -> int:
     c = model.card
     print(json.dumps({"card": str(card_path), "default_solver": c.default_solver, "default_steps": c.default_steps,
                       "default_eta": c.default_eta, "default_omega": c.default_omega,
-                      "default_omega_per_class": c.default_omega_per_class}))
+                      "default_omega_per_class": c.default_omega_per_class,
+                      "default_guidance_below": c.default_guidance_below}))
     return 0
 
 

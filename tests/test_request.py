@@ -40,7 +40,8 @@ def test_a_card_that_names_its_solver_gives_steps_and_eta_with_it_and_only_with_
     assert (r.solver, r.steps, r.eta, r.omega) == ("ddim", 50, 1.0, 0.5)
     # the card's DDIM eta is used with DDIM only
     ddim0 = replace(_card("native", steps=40), default_eta=0.0)
-    assert sampling_defaults(ddim0) == {"solver": "ddim", "steps": 40, "eta": 0.0, "omega": 3.0, "omega_per_class": {}}
+    assert sampling_defaults(ddim0) == {"solver": "ddim", "steps": 40, "eta": 0.0, "omega": 3.0, "omega_per_class": {},
+                                       "guidance_below": 1000}
     assert sampling_defaults(ddim0, "dpmpp-2m")["eta"] == 0.0 and sampling_defaults(ddim0, "dpmpp-2m")["steps"] == 20
     # a canvas whose settings left the solver open reads as the card resolves it
     assert normalise_settings({"solver": None, "steps": None, "eta": None}, card)["solver"] == "dpmpp-2m"
@@ -101,7 +102,11 @@ def test_settings_of_a_canvas_made_before_plans_and_solvers():
     assert new["plan"] == "grid" and new["solver"] == "ddim" and new["sweep"] is False and "schedule" not in new
     assert normalise_settings({**old, "schedule": "sequential"})["plan"] == "sequential"
     current = SynthesisRequest(steps=50, plan="grid", eta=1.0).settings()
-    assert normalise_settings(current) == current
+    # guidance at every level is stored by leaving it out, and named when normalised (so that a limit on
+    # either side of a comparison shows)
+    assert normalise_settings(current) == {**current, "guidance_below": 1000}
+    limited = SynthesisRequest(steps=50, plan="grid", eta=1.0, guidance_below=500).settings()
+    assert limited["guidance_below"] == 500 and normalise_settings(limited) == limited
 
 
 def test_the_registries_need_no_torch():
@@ -110,3 +115,49 @@ def test_the_registries_need_no_torch():
             "assert 'torch' not in sys.modules, 'torch imported'; print(','.join(PLANS), ','.join(SOLVERS))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == [",".join(PLANS), ",".join(SOLVERS)] == ["grid,release,sequential,tiled,average", "ddim,dpmpp-2m"]
+
+
+def test_guidance_below_comes_from_the_card_and_is_checked():
+    from dataclasses import replace
+
+    from src_models.models.card import ModelError, _check_fields
+    from src_models.synthesis.request import RequestError, card_settings, settings_diff
+
+    plain, limited = _card("native"), replace(_card("native"), default_guidance_below=500)
+    assert SynthesisRequest().resolved(plain).guidance_below == 1000  # cards without it guide every level
+    r = SynthesisRequest().resolved(limited)
+    assert r.guidance_below == 500 and r.settings()["guidance_below"] == 500
+    assert SynthesisRequest(guidance_below=1000).resolved(limited).settings().get("guidance_below") is None
+    assert SynthesisRequest(guidance_below=0).resolved(plain).guidance_below == 0
+    for bad in (-1, 1001, 2.5, True):
+        with pytest.raises(RequestError, match="guidance_below must be a whole number from 0 to 1000"):
+            SynthesisRequest(guidance_below=bad).check()
+    with pytest.raises(RequestError, match="--guidance-below must be"):
+        SynthesisRequest(guidance_below=5000).check(option=lambda f: "--" + f.replace("_", "-"))
+    with pytest.raises(ModelError, match="default_guidance_below"):
+        _check_fields(replace(plain, default_guidance_below=1500))
+    # a new canvas records the card's limit; a canvas a run made before the option existed guided every level
+    assert card_settings(limited, "m")["guidance_below"] == 500
+    old_run = {k: v for k, v in r.settings().items() if k != "guidance_below"}
+    assert settings_diff(old_run, r.settings(), limited) == {"guidance_below": (1000, 500)}
+    unrun = {k: v for k, v in old_run.items() if k != "seed"}
+    assert "guidance_below" not in settings_diff(unrun, r.settings(), limited)  # no run yet: the card's
+
+
+def test_the_distilled_student_guides_every_level():
+    from dataclasses import replace
+
+    from src_models.synthesis.request import RequestError
+
+    card = replace(_card("native"), default_omega=1.0, default_guidance_below=500,
+                   guided_unet={"file": "s.safetensors", "omega": 1.0, "by_default": False})
+    r = SynthesisRequest(distilled=True).resolved(card)
+    assert r.distilled and r.guidance_below == 1000 and "guidance_below" not in r.settings()
+    assert SynthesisRequest(distilled=True).resolved(card).resolved(card).guidance_below == 1000
+    assert SynthesisRequest(distilled=True, guidance_below=500).resolved(card).distilled  # the card's own: no clash
+    with pytest.raises(RequestError, match="distilled student guides every level"):
+        SynthesisRequest(distilled=True, guidance_below=250).resolved(card)
+    by_default = replace(card, guided_unet={**card.guided_unet, "by_default": True})
+    assert SynthesisRequest().resolved(by_default).distilled
+    r = SynthesisRequest(guidance_below=250).resolved(by_default)  # a limit of the user's: two passes
+    assert not r.distilled and r.guidance_below == 250

@@ -294,3 +294,39 @@ def test_resampling_reruns_levels_only_where_there_is_context():
     plain, p1 = _run(ConvNet(), "grid", seed=2)
     plain3, p3 = _run(ConvNet(), "grid", seed=2, resample=3)
     assert torch.equal(plain, plain3) and p1.forwards == p3.forwards
+
+
+@pytest.mark.parametrize("conditioning", [LABEL_MAP, PER_CLASS])
+def test_guidance_below_guides_only_the_cleaner_levels(conditioning):
+    """Levels with t >= guidance_below run with ω 0 (for a whole-map model its map pass alone);
+    the levels below are guided as usual.  1000 is every level, 0 none."""
+    steps = 6
+    pairs = ddim_time_pairs(steps)
+    limit = 500
+    noisy = sum(t >= limit for t, _ in pairs)
+    assert 0 < noisy < steps
+    guided, g_stats = _run(ConvNet(conditioning), steps=steps)
+    every, e_stats = _run(ConvNet(conditioning), steps=steps, guidance_below=1000)
+    assert torch.equal(guided, every) and g_stats.forwards == e_stats.forwards
+    limited, l_stats = _run(ConvNet(conditioning), steps=steps, guidance_below=limit)
+    none, n_stats = _run(ConvNet(conditioning), steps=steps, guidance_below=0)
+    assert not torch.allclose(limited, guided) and not torch.allclose(limited, none)
+    per_level = g_stats.forwards_per_level
+    if conditioning == LABEL_MAP:  # one pass per window, not two, where unguided
+        assert l_stats.forwards_per_level == [n // 2 if t >= limit else n for n, (t, _) in zip(per_level, pairs)]
+        assert n_stats.forwards == g_stats.forwards // 2
+    else:  # per-class passes: ω 0 changes the arithmetic only
+        assert l_stats.forwards == g_stats.forwards
+    # ω 0 everywhere is what guidance_below 0 does
+    unguided = _zero_omega_run(ConvNet(conditioning), steps=steps)
+    assert torch.allclose(none, unguided, atol=1e-6)
+
+
+def _zero_omega_run(net, steps):
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn((3, 24, 40), generator=g)
+    mask = torch.zeros((1, 24, 40), dtype=torch.long)
+    mask[:, :, 20:] = 1
+    mask[:, 12:, :] = 2
+    return sample_area(net, noise, mask, ALPHAS, ddim_time_pairs(steps), torch.zeros(4), window=16, plan="grid",
+                       generator=g, rng=np.random.default_rng(0))

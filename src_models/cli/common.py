@@ -112,6 +112,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    "which an --omega replaces)")
     p.add_argument("--omega-class", type=parse_omega_class, action="append", default=[], metavar="LABEL=OMEGA",
                    help="ω for one class, repeatable")
+    p.add_argument("--guidance-below", type=int, default=None, metavar="T",
+                   help="guide only the levels with timestep below T (0 to 1000; 1000: every level); the noisier "
+                   "levels run the conditional pass alone, one network pass per window instead of two (default: "
+                   "the card's; the shipped models' were measured, docs/sampling_defaults.md)")
     p.add_argument("--eta", type=float, default=None,
                    help="DDIM η (default 1 = stochastic, as the release; 0 = deterministic); dpmpp-2m takes 0 only")
     p.add_argument("--seed", type=int, default=0)
@@ -225,7 +229,7 @@ def request_from_args(args, device="auto", area=None, plan: str | None = None):
         eta=args.eta, seed=args.seed, plan=plan if plan is not None else args.plan, solver=args.solver,
         sweep=args.sweep, device=str(device), max_batch=args.max_batch, centre=args.centre, area=area,
         fast=args.fast, compile=args.compile, resample=args.resample, precision=args.precision,
-        distilled=args.distilled,
+        distilled=args.distilled, guidance_below=args.guidance_below,
     )
 
 
@@ -262,7 +266,7 @@ def check_run_args(args) -> None:
 
 def follow_canvas(args, path, card, fields=()) -> None:
     """Before a run goes on with a canvas that exists: the options left open (``--distilled``
-    unset, ``--precision auto``) take what the canvas was made with
+    unset, ``--precision auto``, ``--guidance-below`` unset) take what the canvas was made with
     (:func:`~src_models.synthesis.canvases.made_with`), so a resumed canvas is finished as it was
     started.  ``fields`` names options a job table sets itself, which stay as given."""
     from src_models.synthesis.canvases import made_with
@@ -272,6 +276,8 @@ def follow_canvas(args, path, card, fields=()) -> None:
         args.distilled = made.get("distilled")
     if getattr(args, "precision", None) == "auto" and "precision" not in fields:
         args.precision = made.get("precision", "auto")
+    if getattr(args, "guidance_below", False) is None and "guidance_below" not in fields and not args.distilled:
+        args.guidance_below = made.get("guidance_below")
 
 
 def resolve_request(args, card, device, area=None):

@@ -31,7 +31,8 @@ def build_parser(prog: str = "diffinfinite generate-many") -> argparse.ArgumentP
         description="Make many canvases at once on a dask.distributed cluster (one task per canvas, one model load "
         "per worker, GPU pinning per worker, resume from the canvases' region state).  JOBS is a CSV file with a "
         "'mask' column and optional columns name, size (WxH), scale, region_size and any synthesis setting "
-        "(model, seed, steps, omega, omega_per_class as 2=6;3=1, eta, schedule, max_batch, fast, compile, halo, distilled, "
+        "(model, seed, steps, omega, omega_per_class as 2=6;3=1, guidance_below, eta, schedule, max_batch, fast, compile, "
+        "halo, distilled, "
         "precision, centre ...), empty cells taking the defaults below; or a folder of masks (one job each, sorted by "
         "name).  "
         "A job without a seed gets --seed plus its row number (0, 1, ...).",

@@ -136,6 +136,9 @@ def _check_fields(card: "ModelCard") -> None:
             raise bad("default_omega_per_class key", k, f"a class index from 1 to {len(card.classes) - 1}")
         if not _number(v) or not 0 <= v <= 100:
             raise bad(f"default_omega_per_class {k}", v, "a number from 0 to 100")
+    gb = card.default_guidance_below
+    if gb is not None and (not _whole(gb) or not 0 <= gb <= 1000):
+        raise bad("default_guidance_below", gb, "null or a whole number from 0 to 1000")
     from src_models.sampling.solvers import SOLVERS, check_solver
 
     if card.default_solver not in SOLVERS:
@@ -201,6 +204,9 @@ class ModelCard:
     # default_eta belong to it (None: the solver's own η).  Cards from before it sampled with DDIM.
     default_solver: str = "ddim"
     default_eta: float | None = None
+    # classifier-free guidance only at the levels with timestep t below this (of the 1000 training
+    # steps); the noisier levels run the conditional pass alone.  None: every level is guided.
+    default_guidance_below: int | None = None
     mask_model: dict | None = None  # optional mask diffusion model (same layout as ``unet``)
     pixel_size_um: float | None = None  # µm per image pixel of the training data (None: not stated)
     # a guidance-distilled student of the UNet (src_models/training/distil.py): {"file", "omega",

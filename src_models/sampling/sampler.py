@@ -133,21 +133,34 @@ def scatter(windows: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 
 class Guided:
-    """Classifier-free guidance around the denoiser for stacked windows; counts the passes."""
+    """Classifier-free guidance around the denoiser for stacked windows; counts the passes.
 
-    def __init__(self, denoiser, omega, conditioning: str, max_batch: int, stats: SampleStats, device):
+    ``guidance_below`` limits guidance to the levels with timestep t below it: the noisier levels
+    take ω 0 for every class, so a whole-label-map model runs its conditional pass alone there
+    (None or 1000: every level is guided)."""
+
+    def __init__(self, denoiser, omega, conditioning: str, max_batch: int, stats: SampleStats, device,
+                 guidance_below: int | None = None):
         if conditioning not in (PER_CLASS, LABEL_MAP):
             raise ValueError(f"unknown conditioning {conditioning!r}")
         self.denoiser, self.conditioning, self.device = denoiser, conditioning, device
+        omega = torch.as_tensor(omega, dtype=torch.float32)
         self.free = free_labels(omega, conditioning)  # before ω moves to the device
-        self.omega = torch.as_tensor(omega, dtype=torch.float32, device=device)
+        self.omega = omega.to(device)
+        unguided = torch.zeros(omega.shape, dtype=torch.float32)  # on the host: no sync to free every class
+        self.free_unguided = free_labels(unguided, conditioning)
+        self.omega_unguided = unguided.to(device)
+        self.guidance_below = None if guidance_below is None else int(guidance_below)
         self.max_batch, self.stats = max_batch, stats
 
     def __call__(self, xs: torch.Tensor, ms: torch.Tensor, labels: list[list[int]], t: int):
         ts = torch.full((xs.shape[0],), t, dtype=torch.long, device=self.device)
-        eps = guided_eps(self.denoiser, xs, ts, ms, self.omega, self.conditioning, self.max_batch, labels,
-                         free=self.free)
-        passes = count_forwards(labels, self.conditioning, self.free)
+        if self.guidance_below is not None and int(t) >= self.guidance_below:
+            omega, free = self.omega_unguided, self.free_unguided
+        else:
+            omega, free = self.omega, self.free
+        eps = guided_eps(self.denoiser, xs, ts, ms, omega, self.conditioning, self.max_batch, labels, free=free)
+        passes = count_forwards(labels, self.conditioning, free)
         self.stats.forwards += passes
         return eps, passes
 
@@ -333,12 +346,16 @@ def sample_area(
     cancel=None,
     stats: SampleStats | None = None,
     resample: int = 1,
+    guidance_below: int | None = None,
 ) -> torch.Tensor:
     """Denoise ``noise`` (C, H, W) under ``mask`` (1, H·k, W·k) labels; returns the clean latent.
 
     With ``known`` context and ``resample`` > 1 every level runs ``resample`` times, re-noised back
     to its start in between (RePaint), so the generated part harmonises with its surroundings
     (batched plans only; ``resample`` x the forwards).
+
+    ``guidance_below`` (None: every level) guides only the levels with timestep t below it; the
+    others run with ω 0 (:class:`Guided`).
 
     ``plan`` and ``solver`` name entries of :data:`src_models.sampling.plan.PLANS` and
     :data:`src_models.sampling.solvers.SOLVERS`; ``eta`` (None: the solver's default) is DDIM's η.
@@ -350,7 +367,7 @@ def sample_area(
     conditioning = conditioning or getattr(denoiser, "conditioning", PER_CLASS)
     area = _Area(noise, mask, known, context, alphas_cumprod, window, conditioning)
     stats = stats if stats is not None else SampleStats()
-    guided = Guided(denoiser, omega, conditioning, max_batch, stats, area.device)
+    guided = Guided(denoiser, omega, conditioning, max_batch, stats, area.device, guidance_below)
     rng = rng if rng is not None else np.random.default_rng(0)
 
     def draw(shape):  # noise from the CPU generator: the same numbers on every device

@@ -298,8 +298,9 @@ def mismatch(canvas: Canvas, spec: CanvasSpec, card: ModelCard | None) -> str | 
 
 def made_with(path, card: ModelCard) -> dict:
     """What a resume that leaves them open takes from the canvas at ``path``: ``distilled`` (whether
-    its model's distilled student sampled it) and ``precision`` (:func:`recorded_precision`: float32
-    for canvases made before it was recorded; ``auto`` where no run has recorded one), so the canvas
+    its model's distilled student sampled it), ``precision`` (:func:`recorded_precision`: float32
+    for canvases made before it was recorded; ``auto`` where no run has recorded one) and
+    ``guidance_below`` (1000, every level, for canvases made before it was recorded), so the canvas
     goes on as it was made.  Empty where the canvas cannot be read (the run's own checks then say why)."""
     from src_models.synthesis.request import normalise_settings, recorded_precision
 
@@ -309,7 +310,10 @@ def made_with(path, card: ModelCard) -> dict:
     except Exception:  # noqa: BLE001 - check_existing reports what is wrong with it
         return {}
     settings = normalise_settings(stored, card)
-    return {"distilled": bool(settings.get("distilled")), "precision": recorded_precision(stored) or "auto"}
+    # the levels it guided, once a run has recorded them (None: a new canvas takes the card's)
+    guided = settings.get("guidance_below") if "seed" in stored and not settings.get("distilled") else None
+    return {"distilled": bool(settings.get("distilled")), "precision": recorded_precision(stored) or "auto",
+            "guidance_below": guided}
 
 
 def check_existing(spec: CanvasSpec, card: ModelCard) -> Existing:

@@ -150,7 +150,8 @@ def _synthesise_region(run: Run, region: Region, cancel, progress) -> tuple[int,
         return sample_area(run.denoiser, noise, mask, run.alphas, run.pairs, run.omega.to(run.device),
                            window=run.window, plan=r.plan, solver=r.solver, eta=r.eta, generator=gen,
                            rng=np.random.default_rng(seed), context=context, known=known, max_batch=max_batch,
-                           callback=on_level, cancel=cancel, stats=stats, resample=r.resample)
+                           callback=on_level, cancel=cancel, stats=stats, resample=r.resample,
+                           guidance_below=r.guidance_below)
 
     try:
         z = run.retry_on_oom(sample)

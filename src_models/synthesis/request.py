@@ -28,11 +28,12 @@ if TYPE_CHECKING:  # annotations only
 
 __all__ = ["PLANS", "SOLVERS", "SynthesisRequest", "RegionDone", "RegionProgress", "SweepProgress", "RequestError",
            "default_plan", "card_settings", "normalise_settings", "sampling_defaults", "settings_diff", "check_number",
-           "MAX_STEPS", "machine_precision", "recorded_precision"]
+           "MAX_STEPS", "GUIDE_ALL", "machine_precision", "recorded_precision"]
 
 MAX_STEPS = 1000  # the models' training steps
 MAX_RESAMPLE = 20
 MAX_ETA = 1.0  # DDIM's η: 0 deterministic, 1 the release's stochastic sampler
+GUIDE_ALL = 1000  # guidance_below that guides every level (timesteps run from 0 to 999)
 
 
 class RequestError(DiffInfiniteError, ValueError):
@@ -107,6 +108,9 @@ class SynthesisRequest:
     precision: str | None = None
     halo: int | None = None  # latent px of context around each region (default: half a window)
     resample: int = 1  # where there is context: each level run this many times, re-noised in between (RePaint)
+    # classifier-free guidance only at the levels with timestep t below this (0 to 1000; 1000: every level);
+    # the noisier levels run the conditional pass alone.  None: the card's (sampling_defaults)
+    guidance_below: int | None = None
     # the card's guidance-distilled student (one pass per window; src_models/training/distil.py): None uses it
     # where the card has one and the run's ω is the ω it was distilled at, False never, True requires it
     distilled: bool | None = None
@@ -144,6 +148,10 @@ class SynthesisRequest:
         if self.precision not in (None, AUTO_PRECISION, *PRECISIONS):
             raise RequestError(f"{name('precision')} must be one of {AUTO_PRECISION}, {', '.join(PRECISIONS)}, "
                                f"got {self.precision!r}")
+        gb = self.guidance_below
+        if gb is not None and (isinstance(gb, bool) or not isinstance(gb, numbers.Integral) or not 0 <= gb <= GUIDE_ALL):
+            raise RequestError(f"{name('guidance_below')} must be a whole number from 0 to {GUIDE_ALL} "
+                               f"(the timestep below which levels are guided), got {gb}")
         if not 1 <= int(self.resample) <= MAX_RESAMPLE:
             raise RequestError(f"resample must be between 1 and {MAX_RESAMPLE}, got {self.resample}")
         if int(self.resample) > 1 and self._solver(card) != "ddim":
@@ -172,9 +180,21 @@ class SynthesisRequest:
             raise RequestError(f"{(option or (lambda f: f))('distilled')}: the {why}")
         else:
             distilled = bool(self.distilled)
+        # a limit of the user's own (the card's, filled in by an earlier resolution, does not count)
+        asked_gb = self.guidance_below is not None and int(self.guidance_below) not in (GUIDE_ALL, d["guidance_below"])
+        if distilled and asked_gb:  # the student's one pass is guided at every level
+            if self.distilled:
+                raise RequestError(f"{(option or (lambda f: f))('guidance_below')}: the distilled student guides "
+                                   "every level; limiting guidance needs the two-pass sampler (leave out distilled)")
+            distilled = False
+        if distilled:
+            guidance_below = GUIDE_ALL
+        else:
+            guidance_below = int(self.guidance_below if self.guidance_below is not None else d["guidance_below"])
         precision = self.precision if self.precision in PRECISIONS else machine_precision(self.device)
         return dataclasses.replace(self, plan=plan, solver=d["solver"], steps=int(steps), eta=eta, omega=float(omega),
-                                   omega_per_class=per_class, distilled=distilled, precision=precision)
+                                   omega_per_class=per_class, distilled=distilled, precision=precision,
+                                   guidance_below=guidance_below)
 
     def settings(self) -> dict:
         """The values that decide the pixels (device and batch size do not)."""
@@ -190,6 +210,9 @@ class SynthesisRequest:
             "sweep": bool(self.sweep),
             "halo": self.halo,
             "resample": int(self.resample),
+            # guidance at every level is what every canvas made before this option was: stored only when limited
+            **({"guidance_below": int(self.guidance_below)}
+               if self.guidance_below is not None and int(self.guidance_below) < GUIDE_ALL else {}),
             # float32 is what every canvas made before this option was: stored only when not float32
             # (a resolved request names its precision; None, the device's default, is not stored)
             **({"precision": self.precision} if self.precision == "bf16" else {}),
@@ -231,6 +254,9 @@ def normalise_settings(stored: dict, card=None) -> dict:
         out.setdefault("solver", "ddim")
         out.setdefault("sweep", False)
     out.setdefault("resample", 1)  # canvases made before resampling existed ran each level once
+    if "guidance_below" not in out:  # not stored: every level guided, except on a canvas no run has sampled yet
+        fresh = card is not None and "seed" not in out and not out.get("distilled")
+        out["guidance_below"] = card_guidance_below(card) if fresh else GUIDE_ALL
     if card is not None:
         if out.get("plan") is None:
             out["plan"] = default_plan(card)
@@ -311,7 +337,14 @@ def sampling_defaults(card=None, solver: str | None = None) -> dict:
         steps, eta = int(SOLVERS[solver].default_steps or DEFAULT_STEPS), None
     return {"solver": solver, "steps": steps, "eta": check_solver(solver, eta),
             "omega": float(getattr(card, "default_omega", DEFAULT_OMEGA)),
-            "omega_per_class": dict(getattr(card, "omega_per_class", {}))}
+            "omega_per_class": dict(getattr(card, "omega_per_class", {})),
+            "guidance_below": card_guidance_below(card)}
+
+
+def card_guidance_below(card) -> int:
+    """The timestep below which ``card``'s runs are guided where they leave it open (1000: every level)."""
+    gb = getattr(card, "default_guidance_below", None)
+    return GUIDE_ALL if gb is None else int(gb)
 
 
 def card_settings(card, spec: str) -> dict:
@@ -321,7 +354,8 @@ def card_settings(card, spec: str) -> dict:
     student = default_student(card, d["omega"], d["omega_per_class"])
     return {"model": str(spec), "steps": int(d["steps"]), "omega": d["omega"],
             "omega_per_class": {str(k): v for k, v in sorted(d["omega_per_class"].items())},
-            **({"distilled": True} if student else {})}
+            **({"distilled": True} if student else {}),
+            **({"guidance_below": d["guidance_below"]} if not student and d["guidance_below"] < GUIDE_ALL else {})}
 
 
 def settings_diff(stored: dict, new: dict, card=None) -> dict:
