@@ -85,6 +85,11 @@ def test_runs_of_other_steps_or_another_arithmetic_do_not_count(tiny, tmp_path, 
     assert rate("tiny-test", "cpu", steps=50) == (0.001, 1)
     assert request_mode(SynthesisRequest(precision="bf16", distilled=True)) == "bf16+student"
     assert request_mode(SynthesisRequest()) == "float32"  # left open: as before these options
+    assert request_mode(SynthesisRequest(precision="bf16", guidance_below=500)) == "bf16+guided t<500"
+    assert request_mode(SynthesisRequest(guidance_below=1000)) == "float32"
+    assert record_run("tiny-test", "cpu", pixels=1000, steps=50, seconds=30.0, mode="bf16")
+    assert rate("tiny-test", "cpu", steps=50, mode="bf16")[1] == 1
+    assert rate("tiny-test", "cpu", steps=50, mode="bf16+guided t<500") == (None, 0)  # not mixed with bf16 runs
     with new_canvas(tiny.card, tmp_path / "c.zarr", 128, 128, region_size=128) as canvas:
         est = estimate_run(canvas, SynthesisRequest(model="tiny-test", steps=50, device="cpu", precision="bf16",
                                                     distilled=True), "cpu")

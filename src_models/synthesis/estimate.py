@@ -9,8 +9,9 @@ seconds per pixel and denoising step, and its steps, for (model, device kind, ar
 JSON file (:func:`timings_path`), a region sampled in a smaller box counting for less
 (:func:`~src_models.synthesis.boxes.work_px`), and the estimate is the mean of the last few runs with
 a comparable number of steps (half to twice the run's: a run's decoding and writing do not scale with
-its steps, so a 2-step run says little about a 50-step one).  The arithmetic is the precision and
-whether a distilled student runs (one network pass per window instead of two).  With nothing
+its steps, so a 2-step run says little about a 50-step one).  The arithmetic is the precision,
+whether a distilled student runs (one network pass per window instead of two) and at which levels
+guidance runs its second pass (``guidance_below``).  With nothing
 comparable measured yet the estimate says so (the progress bar's time left takes over after the
 first region).  No torch here.
 """
@@ -61,15 +62,22 @@ def device_kind(device) -> str:
 STEPS_RATIO = 2.0  # earlier runs with steps within this factor of a run's count for its estimate
 
 
-def mode_of(precision: str | None = None, distilled: bool | None = None) -> str:
+def mode_of(precision: str | None = None, distilled: bool | None = None, guidance_below: int | None = None) -> str:
     """The arithmetic a run's speed depends on besides model and device: ``float32`` (what every
-    run was before these options), ``bf16``, and ``+student`` where a distilled student runs."""
-    return f"{precision if precision in ('float32', 'bf16') else 'float32'}{'+student' if distilled else ''}"
+    run was before these options), ``bf16``, then ``+student`` where a distilled student runs, or
+    ``+guided t<T`` where guidance is limited to the levels below T (the others run one pass)."""
+    mode = precision if precision in ("float32", "bf16") else "float32"
+    if distilled:
+        return f"{mode}+student"
+    if guidance_below is not None and int(guidance_below) < 1000:
+        return f"{mode}+guided t<{int(guidance_below)}"
+    return mode
 
 
 def request_mode(request) -> str:
-    """:func:`mode_of` a request (one left open counts as float32 with two passes)."""
-    return mode_of(getattr(request, "precision", None), getattr(request, "distilled", None))
+    """:func:`mode_of` a request (one left open counts as float32 with two passes at every level)."""
+    return mode_of(getattr(request, "precision", None), getattr(request, "distilled", None),
+                   getattr(request, "guidance_below", None))
 
 
 def _key(model: str, device: str, sweep: bool, mode: str = "float32") -> str:
