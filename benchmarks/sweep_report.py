@@ -50,6 +50,7 @@ def metrics(row: dict, real_rim: float | None) -> dict[str, float | None]:
         "area": rel((a.get("real"), a.get("synthetic"))),
         "rim": (row["rim_od"] / real_rim) if (row.get("rim_od") is not None and real_rim) else None,
         "seam": row.get("seam_score"),
+        "forwards": row.get("forwards"),
         "seconds": row.get("sample_seconds"),
     }
     for name, e in (row.get("per_class") or {}).items():
@@ -70,12 +71,18 @@ def mean_ci(values: list[float]) -> tuple[float | None, float | None, int]:
     return m, half, len(v)
 
 
-def summarise(data: dict) -> tuple[list[str], dict]:
-    """``(metric names, {(solver, ω): {metric: (mean, half, n)}})``."""
+def summarise(data: dict, against: str = "omega") -> tuple[list[str], dict]:
+    """``(metric names, {(solver, ω): {metric: (mean, half, n)}})``; with ``against="guidance_below"``
+    the key is (solver at its ω, the timestep below which guidance ran: 1000 for every level)."""
     groups: dict[tuple[str, float], list[dict]] = {}
     for r in data["rows"]:
         s = r["setting"]
-        groups.setdefault((solver_name(s), float(s["omega"])), []).append(metrics(r, data.get("real_rim_od")))
+        if against == "guidance_below":
+            plain = {k: v for k, v in s.items() if k != "guidance_below"}
+            key = (f"{solver_name(plain)} ω{float(s['omega']):g}", float(s.get("guidance_below") or 1000))
+        else:
+            key = (solver_name(s), float(s["omega"]))
+        groups.setdefault(key, []).append(metrics(r, data.get("real_rim_od")))
     names: list[str] = []
     for ms in groups.values():
         for m in ms:
@@ -90,11 +97,12 @@ def fmt(m, half, digits=2) -> str:
     return f"{m:.{digits}f}" if half is None else f"{m:.{digits}f} ± {half:.{digits}f}"
 
 
-def markdown(data: dict, names: list[str], table: dict) -> str:
-    cols = ["c2st", "kid", "fd", "nuclei", "area", "rim", "seam", "seconds"]
+def markdown(data: dict, names: list[str], table: dict, x_name: str = "ω") -> str:
+    cols = ["c2st", "kid", "fd", "nuclei", "area", "rim", "seam", "forwards", "seconds"]
+    cols = [c for c in cols if c in names or c in ("c2st", "kid", "fd")]
     cols += [n for n in names if n.startswith(("nuclei ", "area "))]
-    digits = {"kid": 1, "fd": 1, "seconds": 0}
-    lines = ["| solver | ω | seeds | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 3)]
+    digits = {"kid": 1, "fd": 1, "seconds": 0, "forwards": 0}
+    lines = [f"| solver | {x_name} | seeds | " + " | ".join(cols) + " |", "|" + " --- |" * (len(cols) + 3)]
     for (solver, omega) in sorted(table, key=lambda k: (k[0], k[1])):
         row = table[(solver, omega)]
         n = max(v[2] for v in row.values())
@@ -107,11 +115,12 @@ COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 
 
 
 def plot(names: list[str], table: dict, path: Path, panels: list[str] | None = None) -> None:
-    """Small multiples against ω, one line per solver, bars = 95 % t intervals of the mean (clipped
-    to the panel, whose axis spans the means)."""
+    """Small multiples against the key's second part (ω, or the guidance limit), one line per solver,
+    bars = 95 % t intervals of the mean (clipped to the panel, whose axis spans the means)."""
     from PIL import Image, ImageDraw
 
-    panels = panels or [n for n in ["c2st", "kid", "fd", "nuclei", "area", "rim", "seam", "seconds"] if n in names]
+    panels = panels or [n for n in ["c2st", "kid", "fd", "nuclei", "area", "rim", "seam", "forwards", "seconds"]
+                        if n in names]
     solvers = sorted({k[0] for k in table})
     omegas = sorted({k[1] for k in table})
     pw, ph, pad = 300, 210, 44
@@ -121,7 +130,7 @@ def plot(names: list[str], table: dict, path: Path, panels: list[str] | None = N
     d = ImageDraw.Draw(img)
     for i, s in enumerate(solvers):
         d.line([(10 + 150 * i, 14), (30 + 150 * i, 14)], fill=COLOURS[i % len(COLOURS)], width=3)
-        d.text((34 + 150 * i, 8), s.replace("η", "eta "), fill="black")  # Pillow's default font has no η
+        d.text((34 + 150 * i, 8), s.replace("η", "eta ").replace("ω", "w"), fill="black")  # the default font has no η, ω
     for p, name in enumerate(panels):
         ox, oy = (p % cols) * pw, 28 + (p // cols) * ph
         # the axis follows the means (intervals of 2 or 3 seeds can be far wider: they are clipped)
@@ -168,10 +177,12 @@ def main(argv=None) -> int:
     p.add_argument("json", type=Path)
     p.add_argument("--md", type=Path, default=None, help="write the table here (default: print it)")
     p.add_argument("--png", type=Path, default=None, help="write the curves here")
+    p.add_argument("--against", choices=("omega", "guidance_below"), default="omega",
+                   help="what the curves run along: ω (default), or the timestep below which guidance ran")
     a = p.parse_args(argv)
     data = json.loads(a.json.read_text())
-    names, table = summarise(data)
-    text = markdown(data, names, table)
+    names, table = summarise(data, a.against)
+    text = markdown(data, names, table, "ω" if a.against == "omega" else "guided below t")
     if a.md:
         a.md.write_text(text)
     else:

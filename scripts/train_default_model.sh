@@ -55,6 +55,8 @@ $PY scripts/assemble_default_model.py --image out/skin3 --codec out/dec2 --mask 
   --description "Project default model: glass, epidermis and dermis of H&E skin at 0.5 um/px (20x), 128 px windows, with a layout model that draws masks. Trained on a 2-core CPU; see docs/default_model.md and scripts/train_default_model.sh."
 
 # 5. the sampling defaults chosen by measurement (docs/sampling_defaults.md), with the sweep's table, into the card
-$PY scripts/set_sampling_defaults.py src_models/weights/default --sweep benchmarks/results/sweep-skin3-step8000.json \
-  --solver ddim --steps 50 --eta 1 --omega 1 --omega-class 3=0 \
+#    (stop 6 chose the solver, steps, eta and omega from sweep-skin3-step8000.json; stop 12 limited guidance to the
+#    levels below t 250 from sweep-guidance-below.json, which holds the stop-6 choice as its every-level rows)
+$PY scripts/set_sampling_defaults.py src_models/weights/default --sweep benchmarks/results/sweep-guidance-below.json \
+  --solver ddim --steps 50 --eta 1 --omega 1 --omega-class 3=0 --guidance-below 250 \
   --why "chosen on the held-out crop and the seam layout; see docs/sampling_defaults.md"
