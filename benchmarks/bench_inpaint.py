@@ -147,6 +147,7 @@ def main(argv=None) -> int:
         _sheet(pictures, a.sheet)
     print(json.dumps({"model": a.model, "card_omega": model.card.default_omega,  # what "omega": null ran with
                       "card_omega_per_class": model.card.default_omega_per_class,
+                      "card_guidance_below": getattr(model.card, "default_guidance_below", None),
                       "steps": a.steps, "solver": a.solver, "square": a.square, "edge_blend": not a.no_blend,
                       "region_size": a.region_size, "offset": list(offset), "runs": rows,
                       "torch_threads": torch.get_num_threads(), "load_average": [round(v, 2) for v in os.getloadavg()]}))
