@@ -407,6 +407,7 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
         from src_models.store.canvas import Canvas
         from src_models.synthesis.canvases import repair_finished, store_mask_grid
         from src_models.synthesis.regions import pending_regions, synthesise
+        from src_models.synthesis.request import SPARSE_SETTINGS
 
         canvas = open_for_writing(path)
         if mask is not None:
@@ -436,9 +437,10 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
             else:
                 canvas.clear_done()
         request = request.resolved(model.card)  # stored as a CLI run would store them ("auto" plan named)
-        # settings()'s keys that are stored only when not the default (precision, distilled) go first, so
-        # a run in float32 or with two passes does not keep an earlier run's record of bf16 or the student
-        kept = {k: v for k, v in canvas.settings.items() if k not in ("precision", "distilled")}
+        # settings()'s keys that are stored only when not the default (precision, distilled, guidance_below)
+        # go first, so a run in float32, with two passes or guided at every level does not keep an earlier
+        # run's record of bf16, the student or a guidance limit
+        kept = {k: v for k, v in canvas.settings.items() if k not in SPARSE_SETTINGS}
         canvas.set_settings({**kept, **request.settings()})
         todo = pending_regions(canvas, request)
         yield Plan(len(todo), int(request.steps), tuple(r.index for r in todo), threading.get_ident())

@@ -172,15 +172,16 @@ def test_a_new_canvas_takes_the_machine_default(tmp_path, bf16_cpu):
 
 def test_a_dock_run_in_float32_does_not_keep_an_earlier_bf16_record(tmp_path):
     """The worker merges the run's settings into the canvas's: the keys stored only when not the
-    default (precision, distilled) must not survive from an earlier run that had them."""
+    default (precision, distilled, guidance_below) must not survive from an earlier run that had them."""
     from napari_diffinfinite._worker import create_canvas_job, synthesis_job
 
     path = create_canvas_job("tiny-test", str(tmp_path / "g.zarr"), 64, 64, 32, False, "cpu")
     with Canvas.open(path, "r+") as c:
-        c.set_settings({**c.settings, "seed": 0, "precision": "bf16", "distilled": True})
+        c.set_settings({**c.settings, "seed": 0, "precision": "bf16", "distilled": True, "guidance_below": 300})
     mask = np.full((64, 64), 2, np.uint8)
     req = SynthesisRequest(model="tiny-test", device="cpu", steps=1, seed=1, precision="float32")
     out = list(synthesis_job(path, req, mask, 1, False, threading.Event(), queue.SimpleQueue(), False))
     assert not [e for e in out if type(e).__name__ == "Failed"], out
     stored = _stored(path)
     assert "precision" not in stored and "distilled" not in stored and stored["seed"] == 1
+    assert "guidance_below" not in stored  # the tiny model's card guides every level

@@ -28,12 +28,14 @@ if TYPE_CHECKING:  # annotations only
 
 __all__ = ["PLANS", "SOLVERS", "SynthesisRequest", "RegionDone", "RegionProgress", "SweepProgress", "RequestError",
            "default_plan", "card_settings", "normalise_settings", "sampling_defaults", "settings_diff", "check_number",
-           "MAX_STEPS", "GUIDE_ALL", "machine_precision", "recorded_precision"]
+           "MAX_STEPS", "GUIDE_ALL", "SPARSE_SETTINGS", "machine_precision", "recorded_precision"]
 
 MAX_STEPS = 1000  # the models' training steps
 MAX_RESAMPLE = 20
 MAX_ETA = 1.0  # DDIM's η: 0 deterministic, 1 the release's stochastic sampler
 GUIDE_ALL = 1000  # guidance_below that guides every level (timesteps run from 0 to 999)
+# the settings() keys stored only when a run differs from what canvases made before them did
+SPARSE_SETTINGS = ("precision", "distilled", "guidance_below")
 
 
 class RequestError(DiffInfiniteError, ValueError):
