@@ -61,6 +61,7 @@ def markdown(data: dict) -> str:
         name = f"{s['solver']} {s['steps']}" + (f" η{s['eta']:g}" if s.get("eta") is not None else "")
         name += f" halo {s['halo']}" if s.get("halo") is not None else ""
         name += f" resample {s['resample']}" if s.get("resample") is not None else ""
+        name += f" guided t<{s['guidance_below']}" if s.get("guidance_below") is not None else ""
         groups.setdefault(f"{name} | {s['omega']:g}", []).append(r)
     lines = ["| solver | ω | seed: ratio (rank of 16; largest non-border offset) | mean ratio |", "| --- | --- | --- | --- |"]
     for key, rows in groups.items():
@@ -82,6 +83,8 @@ def main(argv=None) -> int:
                    help="latent px of context around each region (default: the request's)")
     p.add_argument("--resample", type=int, default=None,
                    help="passes per denoising level (default: the request's, 1)")
+    p.add_argument("--guidance-below", type=int, default=None, metavar="T",
+                   help="guide only the levels with timestep below T (default: the card's; named in the setting)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--report", action="store_true", help="print the table of --out's rows and stop")
     a = p.parse_args(argv)
@@ -105,6 +108,8 @@ def main(argv=None) -> int:
             setting["halo"] = a.halo
         if a.resample is not None:
             setting["resample"] = a.resample
+        if a.guidance_below is not None:
+            setting["guidance_below"] = a.guidance_below
         for seed in a.seeds:
             key = json.dumps([setting, seed], sort_keys=True)
             if key in done:
@@ -112,7 +117,7 @@ def main(argv=None) -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 c = new_canvas(model.card, Path(tmp) / "c.zarr", a.size, a.size, a.region)
                 put_mask(c, np.full(c.latent_shape, a.label, np.uint8))
-                extra = {k: setting[k] for k in ("halo", "resample") if k in setting}  # else the request's own
+                extra = {k: setting[k] for k in ("halo", "resample", "guidance_below") if k in setting}  # else the request's own
                 req = SynthesisRequest(model=a.model, solver=setting["solver"], steps=setting["steps"],
                                        eta=setting.get("eta"), omega=setting["omega"], seed=seed, **extra)
                 t0 = time.perf_counter()
