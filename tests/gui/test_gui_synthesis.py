@@ -512,5 +512,5 @@ def test_the_distilled_box_follows_the_chosen_models_student(viewer, qtbot, tiny
     assert w.distilled_box.isEnabled() and not w.distilled_box.isChecked()
     w.distilled_box.setChecked(True)
     assert w.build_request(image).distilled is True
-    w.model_picker.set_spec("tumour")  # no student (its default ω is 0: nothing to distil)
+    w.model_picker.set_spec("tumour")  # no student shipped with it
     assert not w.distilled_box.isEnabled() and not w.distilled_box.isChecked()
