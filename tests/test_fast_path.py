@@ -147,16 +147,19 @@ def test_a_level_never_waits_for_the_device():
         def forward(self, x, t, mask):
             return self.conv(torch.cat([x, mask[:, :, ::2, ::2].to(x.dtype)], 1))
 
-    cases = [("grid", "ddim", 40, 3, unet), ("release", "dpmpp-2m", 40, 3, unet),
-             ("sequential", "ddim", 32, 2, Conv().to("meta")), ("sequential", "dpmpp-2m", 32, 2, Conv().to("meta"))]
-    for plan, solver, side, steps, net in cases:
+    cases = [("grid", "ddim", 40, 3, unet, None), ("release", "dpmpp-2m", 40, 3, unet, None),
+             ("sequential", "ddim", 32, 2, Conv().to("meta"), None),
+             ("sequential", "dpmpp-2m", 32, 2, Conv().to("meta"), None),
+             ("grid", "ddim", 40, 3, unet, 500)]  # guidance at the cleaner levels only
+    for plan, solver, side, steps, net, below in cases:
         g = torch.Generator().manual_seed(0)
         noise = torch.randn(4, side, side, generator=g).to("meta")
         mask = standard_mask(2 * side, 2 * side)  # the sampler plans from a host copy of the mask
         levels = []
         with HostTransfers() as h:
             sample_area(net, noise, mask, ALPHAS, ddim_time_pairs(steps), OMEGA, window=16, plan=plan,
-                        solver=solver, generator=g, callback=lambda info: levels.append(h.blocking))
+                        solver=solver, generator=g, callback=lambda info: levels.append(h.blocking),
+                        guidance_below=below)
         setup = levels[0]
         assert len(levels) == steps and setup <= 2, (plan, levels)  # mask and ω, once, before the first level
         assert all(n == setup for n in levels), (plan, solver, levels)  # nothing inside any level

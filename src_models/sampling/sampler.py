@@ -147,9 +147,9 @@ class Guided:
         omega = torch.as_tensor(omega, dtype=torch.float32)
         self.free = free_labels(omega, conditioning)  # before ω moves to the device
         self.omega = omega.to(device)
-        unguided = torch.zeros(omega.shape, dtype=torch.float32)  # on the host: no sync to free every class
-        self.free_unguided = free_labels(unguided, conditioning)
-        self.omega_unguided = unguided.to(device)
+        # ω 0 for every class: its free classes decided on the host, its vector made on the device (no copy)
+        self.free_unguided = free_labels(torch.zeros(omega.shape, dtype=torch.float32), conditioning)
+        self.omega_unguided = torch.zeros(omega.shape, dtype=torch.float32, device=device)
         self.guidance_below = None if guidance_below is None else int(guidance_below)
         self.max_batch, self.stats = max_batch, stats
 
