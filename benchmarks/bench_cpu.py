@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import platform
 import sys
@@ -42,6 +41,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from json_out import emit  # noqa: E402
+
 SLIDE = ROOT / "data" / "cmu_small_region" / "cmu_small_region.svs"
 SLIDE_PNG = ROOT / "data" / "cmu_small_region" / "cmu_small_region.png"
 FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
@@ -217,11 +219,7 @@ def main(argv=None) -> int:
         if "import" in sections:
             rec["import"] = import_slide(tmp, args.quick, args.precision)
     rec["load_after"] = os.getloadavg()
-    text = json.dumps(rec, indent=1)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(rec, args.out)
     return 0
 
 

@@ -19,7 +19,6 @@ Prints and writes one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -30,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from json_out import emit  # noqa: E402
 
 BANDS = ((0.0, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5), (0.5, 0.71))
 GREY = np.array([0.299, 0.587, 0.114], np.float32)
@@ -110,11 +110,7 @@ def main(argv=None) -> int:
                           "torch": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability(),
                           "load": os.getloadavg()},
               "crop": a.crop, "rows": rows}
-    text = json.dumps(result, indent=1)
-    print(text)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text + "\n")
+    emit(result, a.out)
     return 0
 
 

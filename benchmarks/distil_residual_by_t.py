@@ -26,6 +26,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from json_out import emit  # noqa: E402
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -75,11 +78,7 @@ def main(argv=None) -> int:
     out = {"model": str(a.model), "data": str(a.data), "seed": a.seed, "seconds": time.perf_counter() - t0,
            "machine": {"capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
                        "load": os.getloadavg()}, "bands": rows}
-    text = json.dumps(out, indent=2)
-    print(text)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text + "\n")
+    emit(out, a.out, indent=2)
     return 0
 
 
