@@ -7,8 +7,9 @@ real tissue, and write one row per setting and seed.
 ``--omega-class 3=0`` sets one class's ω in every setting (per-class guidance; repeatable).
 ``--precision bf16`` runs every setting under bfloat16 autocast (the setting then names it).
 A model with a guidance-distilled student runs it for the setting at its ω (the setting names it,
-``distilled``) where its card makes it the default, and with ``--distilled`` also where it is opt-in;
-``--no-distilled`` runs the model's own two passes.  ``--guidance-below T`` guides only the levels with
+``distilled``) where its card makes it the default, and with ``--distilled`` also where it is opt-in,
+at the guided levels (those below the limit below; all of them at 1000), the teacher's conditional pass
+at the others; ``--no-distilled`` runs the model's own two passes.  ``--guidance-below T`` guides only the levels with
 timestep below T (default: the card's; the setting names it where it is below 1000).
 
 ``--heldout skin`` is the CC0 slide's held-out band (rows >= 2048, labels from ``masks_from_he``);
@@ -239,8 +240,7 @@ def main(argv=None) -> int:
         for omega in a.omegas:
             student = not a.no_distilled and (uses_student(model.card, omega, per_class) if a.distilled
                                               else default_student(model.card, omega, per_class))
-            guided = GUIDE_ALL if student else (a.guidance_below if a.guidance_below is not None
-                                                else card_guidance_below(model.card))
+            guided = a.guidance_below if a.guidance_below is not None else card_guidance_below(model.card)
             setting = {**parse_solver(spec), "omega": omega, **({"omega_per_class": per_class} if per_class else {}),
                        **({"precision": a.precision} if a.precision != "float32" else {}),
                        **({"distilled": True} if student else {}),

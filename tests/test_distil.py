@@ -111,6 +111,41 @@ def test_the_student_runs_one_pass_per_window_at_its_omega_only(distilled, tmp_p
     assert len(guided_network(fresh)._forward_pre_hooks) == 1
 
 
+def test_the_student_can_run_the_guided_levels_alone(distilled, tmp_path):
+    """With guidance limited to t < T the student gives the guided ε at those levels and the teacher's
+    conditional pass does the noisier ones: one pass per window at every level."""
+    from src_models.sampling.schedule import ddim_time_pairs
+
+    model = load_model(distilled["student"])
+    student = guided_network(model)  # built before the hooks: the copy carries none of the teacher's
+    seen = {"teacher": set(), "student": set()}
+    model.unet.register_forward_pre_hook(lambda m, a: seen["teacher"].update(a[1].tolist()))
+    student.register_forward_pre_hook(lambda m, a: seen["student"].update(a[1].tolist()))
+    mask = np.full((64, 64), 2, np.uint8)
+    mask[:, :20] = 1
+
+    def run(name, **kw):
+        for v in seen.values():
+            v.clear()
+        c = new_canvas(model.card, tmp_path / f"{name}.zarr", 64, 64, 32)
+        put_mask(c, mask)
+        req = SynthesisRequest(model=str(distilled["student"]), steps=4, seed=1, **kw)
+        calls = sum(ev.forwards for ev in synthesise(model, c, req))
+        return calls, np.asarray(c.image(0)[:]).astype(int), c.settings, {k: set(v) for k, v in seen.items()}
+
+    ts = [t for t, _ in ddim_time_pairs(4)]
+    limit = sorted(ts)[2]
+    calls, img, settings, used = run("hybrid", distilled=True, guidance_below=limit)
+    assert used == {"teacher": {t for t in ts if t >= limit}, "student": {t for t in ts if t < limit}}
+    assert settings["distilled"] is True and settings["guidance_below"] == limit
+    all_calls, img_all, settings_all, used_all = run("student", distilled=True, guidance_below=1000)
+    assert used_all == {"teacher": set(), "student": set(ts)} and "guidance_below" not in settings_all
+    assert calls == all_calls  # one pass per window either way
+    two, img_two, _, _ = run("teacher", distilled=False, guidance_below=limit)
+    assert two > calls
+    assert not np.array_equal(img, img_all) and not np.array_equal(img, img_two)
+
+
 def test_a_card_naming_a_student_file_outside_its_directory_or_missing_is_refused(distilled, tmp_path):
     card = json.loads((distilled["student"] / "card.json").read_text())
     for bad in ("../unet.safetensors", "/etc/x.safetensors", "student.pt"):

@@ -144,20 +144,27 @@ def test_guidance_below_comes_from_the_card_and_is_checked():
     assert "guidance_below" not in settings_diff(unrun, r.settings(), limited)  # no run yet: the card's
 
 
-def test_the_distilled_student_guides_every_level():
+def test_the_distilled_student_runs_the_guided_levels_only():
     from dataclasses import replace
 
-    from src_models.synthesis.request import RequestError
+    from src_models.synthesis.request import card_settings, normalise_settings
 
     card = replace(_card("native"), default_omega=1.0, default_guidance_below=500,
                    guided_unet={"file": "s.safetensors", "omega": 1.0, "by_default": False})
-    r = SynthesisRequest(distilled=True).resolved(card)
+    r = SynthesisRequest(distilled=True).resolved(card)  # the student at the card's guided levels
+    assert r.distilled and r.guidance_below == 500 and r.settings()["guidance_below"] == 500
+    assert r.settings()["distilled"] is True and r.resolved(card) == r
+    r = SynthesisRequest(distilled=True, guidance_below=250).resolved(card)  # a limit of the user's
+    assert r.distilled and r.guidance_below == 250
+    r = SynthesisRequest(distilled=True, guidance_below=1000).resolved(card)  # the student at every level
     assert r.distilled and r.guidance_below == 1000 and "guidance_below" not in r.settings()
-    assert SynthesisRequest(distilled=True).resolved(card).resolved(card).guidance_below == 1000
-    assert SynthesisRequest(distilled=True, guidance_below=500).resolved(card).distilled  # the card's own: no clash
-    with pytest.raises(RequestError, match="distilled student guides every level"):
-        SynthesisRequest(distilled=True, guidance_below=250).resolved(card)
+    # a canvas the student sampled before the limit existed: every level, as it was made
+    old = {k: v for k, v in SynthesisRequest(distilled=True, seed=3).resolved(card).settings().items()
+           if k != "guidance_below"}
+    assert normalise_settings(old, card)["guidance_below"] == 1000
     by_default = replace(card, guided_unet={**card.guided_unet, "by_default": True})
     assert SynthesisRequest().resolved(by_default).distilled
-    r = SynthesisRequest(guidance_below=250).resolved(by_default)  # a limit of the user's: two passes
-    assert not r.distilled and r.guidance_below == 250
+    assert card_settings(by_default, "m")["distilled"] and card_settings(by_default, "m")["guidance_below"] == 500
+    r = SynthesisRequest(guidance_below=250).resolved(by_default)  # a limit of the user's keeps the student
+    assert r.distilled and r.guidance_below == 250
+    assert not SynthesisRequest(distilled=False).resolved(by_default).distilled

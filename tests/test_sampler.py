@@ -322,6 +322,46 @@ def test_guidance_below_guides_only_the_cleaner_levels(conditioning):
     assert torch.allclose(none, unguided, atol=1e-6)
 
 
+class _TimedNet(ConvNet):
+    """ConvNet that records the timesteps it is called at; ``seed`` gives it weights of its own."""
+
+    def __init__(self, conditioning, seed):
+        super().__init__(conditioning)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in self.conv.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        self.ts = set()
+
+    def forward(self, x, t, mask):
+        self.ts.update(t.tolist())
+        return super().forward(x, t, mask)
+
+
+@pytest.mark.parametrize("conditioning", [LABEL_MAP, PER_CLASS])
+def test_a_student_runs_the_guided_levels_in_one_pass_and_the_teacher_the_rest(conditioning):
+    steps, limit = 6, 500
+    pairs = ddim_time_pairs(steps)
+    teacher, student = _TimedNet(conditioning, 5), _TimedNet(conditioning, 6)
+    zero = torch.zeros(4)  # a run with a student samples at ω 0: the student's guidance is learnt
+    out, stats = _run(teacher, steps=steps, guidance_below=limit, student=student)
+    assert teacher.ts == {t for t, _ in pairs if t >= limit} and student.ts == {t for t, _ in pairs if t < limit}
+    plain, p_stats = _run(_TimedNet(conditioning, 5), steps=steps, guidance_below=0)  # teacher at ω 0 throughout
+    if conditioning == LABEL_MAP:  # one pass per window at every level
+        assert stats.forwards == p_stats.forwards
+    assert not torch.allclose(out, plain)
+    # with the student at every level it is a plain ω-0 run of the student
+    every, _ = _run(_TimedNet(conditioning, 5), steps=steps, guidance_below=1000, student=_TimedNet(conditioning, 6))
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn((3, 24, 40), generator=g)
+    mask = torch.zeros((1, 24, 40), dtype=torch.long)
+    mask[:, :, 20:] = 1
+    mask[:, 12:, :] = 2
+    alone = sample_area(_TimedNet(conditioning, 6), noise, mask, ALPHAS, pairs, zero, window=16, plan="grid",
+                        generator=g, rng=np.random.default_rng(0))
+    assert torch.allclose(every, alone, atol=1e-6)
+
+
 def _zero_omega_run(net, steps):
     g = torch.Generator().manual_seed(0)
     noise = torch.randn((3, 24, 40), generator=g)

@@ -158,10 +158,11 @@ def add_precision_option(p, what: str = "the network's arithmetic") -> None:
 
 def add_distilled_option(p) -> None:
     p.add_argument("--distilled", action=argparse.BooleanOptionalAction, default=None,
-                   help="the model's guidance-distilled student, one network pass per window instead of two, at the "
-                   "omega it was distilled at (default: where its card makes it the default, as for a model made by "
+                   help="the model's guidance-distilled student runs the guided levels (those below "
+                   "--guidance-below; all of them at 1000), one network pass per window instead of two, at the omega "
+                   "it was distilled at (default: where its card makes it the default, as for a model made by "
                    "'diffinfinite distil'; the shipped default model's student is opt-in; --no-distilled: always two "
-                   "passes; see docs/cpu_speed.md)")
+                   "passes at the guided levels; see docs/cpu_speed.md)")
 
 
 def progress_bar(total_levels: int, desc: str):
@@ -276,7 +277,7 @@ def follow_canvas(args, path, card, fields=()) -> None:
         args.distilled = made.get("distilled")
     if getattr(args, "precision", None) == "auto" and "precision" not in fields:
         args.precision = made.get("precision", "auto")
-    if getattr(args, "guidance_below", False) is None and "guidance_below" not in fields and not args.distilled:
+    if getattr(args, "guidance_below", False) is None and "guidance_below" not in fields:
         args.guidance_below = made.get("guidance_below")
 
 

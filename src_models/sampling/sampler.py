@@ -137,10 +137,14 @@ class Guided:
 
     ``guidance_below`` limits guidance to the levels with timestep t below it: the noisier levels
     take ω 0 for every class, so a whole-label-map model runs its conditional pass alone there
-    (None or 1000: every level is guided)."""
+    (None or 1000: every level is guided).
+
+    ``student`` (a guidance-distilled copy of the denoiser, whose single pass already gives the guided
+    ε) runs the guided levels instead, in one pass at ω 0; the others stay with ``denoiser`` at ω 0.
+    Without a limit the student is simply the run's ``denoiser``, at ω 0."""
 
     def __init__(self, denoiser, omega, conditioning: str, max_batch: int, stats: SampleStats, device,
-                 guidance_below: int | None = None):
+                 guidance_below: int | None = None, student=None):
         if conditioning not in (PER_CLASS, LABEL_MAP):
             raise ValueError(f"unknown conditioning {conditioning!r}")
         self.denoiser, self.conditioning, self.device = denoiser, conditioning, device
@@ -151,15 +155,19 @@ class Guided:
         self.free_unguided = free_labels(torch.zeros(omega.shape, dtype=torch.float32), conditioning)
         self.omega_unguided = torch.zeros(omega.shape, dtype=torch.float32, device=device)
         self.guidance_below = None if guidance_below is None else int(guidance_below)
+        self.student = student
         self.max_batch, self.stats = max_batch, stats
 
     def __call__(self, xs: torch.Tensor, ms: torch.Tensor, labels: list[list[int]], t: int):
         ts = torch.full((xs.shape[0],), t, dtype=torch.long, device=self.device)
+        net = self.denoiser
         if self.guidance_below is not None and int(t) >= self.guidance_below:
             omega, free = self.omega_unguided, self.free_unguided
+        elif self.student is not None:  # its one pass is the guided ε
+            omega, free, net = self.omega_unguided, self.free_unguided, self.student
         else:
             omega, free = self.omega, self.free
-        eps = guided_eps(self.denoiser, xs, ts, ms, omega, self.conditioning, self.max_batch, labels, free=free)
+        eps = guided_eps(net, xs, ts, ms, omega, self.conditioning, self.max_batch, labels, free=free)
         passes = count_forwards(labels, self.conditioning, free)
         self.stats.forwards += passes
         return eps, passes
@@ -347,6 +355,7 @@ def sample_area(
     stats: SampleStats | None = None,
     resample: int = 1,
     guidance_below: int | None = None,
+    student=None,
 ) -> torch.Tensor:
     """Denoise ``noise`` (C, H, W) under ``mask`` (1, H·k, W·k) labels; returns the clean latent.
 
@@ -355,7 +364,8 @@ def sample_area(
     (batched plans only; ``resample`` x the forwards).
 
     ``guidance_below`` (None: every level) guides only the levels with timestep t below it; the
-    others run with ω 0 (:class:`Guided`).
+    others run with ω 0 (:class:`Guided`); a guidance-distilled ``student`` of the denoiser runs the
+    guided levels in one pass where given.
 
     ``plan`` and ``solver`` name entries of :data:`src_models.sampling.plan.PLANS` and
     :data:`src_models.sampling.solvers.SOLVERS`; ``eta`` (None: the solver's default) is DDIM's η.
@@ -367,7 +377,7 @@ def sample_area(
     conditioning = conditioning or getattr(denoiser, "conditioning", PER_CLASS)
     area = _Area(noise, mask, known, context, alphas_cumprod, window, conditioning)
     stats = stats if stats is not None else SampleStats()
-    guided = Guided(denoiser, omega, conditioning, max_batch, stats, area.device, guidance_below)
+    guided = Guided(denoiser, omega, conditioning, max_batch, stats, area.device, guidance_below, student)
     rng = rng if rng is not None else np.random.default_rng(0)
 
     def draw(shape):  # noise from the CPU generator: the same numbers on every device

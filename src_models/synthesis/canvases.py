@@ -311,7 +311,7 @@ def made_with(path, card: ModelCard) -> dict:
         return {}
     settings = normalise_settings(stored, card)
     # the levels it guided, once a run has recorded them (None: a new canvas takes the card's)
-    guided = settings.get("guidance_below") if "seed" in stored and not settings.get("distilled") else None
+    guided = settings.get("guidance_below") if "seed" in stored else None
     return {"distilled": bool(settings.get("distilled")), "precision": recorded_precision(stored) or "auto",
             "guidance_below": guided}
 

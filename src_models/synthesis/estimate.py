@@ -64,13 +64,13 @@ STEPS_RATIO = 2.0  # earlier runs with steps within this factor of a run's count
 
 def mode_of(precision: str | None = None, distilled: bool | None = None, guidance_below: int | None = None) -> str:
     """The arithmetic a run's speed depends on besides model and device: ``float32`` (what every
-    run was before these options), ``bf16``, then ``+student`` where a distilled student runs, or
+    run was before these options), ``bf16``, then ``+student`` where a distilled student runs, and
     ``+guided t<T`` where guidance is limited to the levels below T (the others run one pass)."""
     mode = precision if precision in ("float32", "bf16") else "float32"
     if distilled:
-        return f"{mode}+student"
+        mode = f"{mode}+student"
     if guidance_below is not None and int(guidance_below) < 1000:
-        return f"{mode}+guided t<{int(guidance_below)}"
+        mode = f"{mode}+guided t<{int(guidance_below)}"
     return mode
 
 

@@ -151,7 +151,7 @@ def _synthesise_region(run: Run, region: Region, cancel, progress) -> tuple[int,
                            window=run.window, plan=r.plan, solver=r.solver, eta=r.eta, generator=gen,
                            rng=np.random.default_rng(seed), context=context, known=known, max_batch=max_batch,
                            callback=on_level, cancel=cancel, stats=stats, resample=r.resample,
-                           guidance_below=r.guidance_below)
+                           guidance_below=r.guidance_below, student=run.student)
 
     try:
         z = run.retry_on_oom(sample)

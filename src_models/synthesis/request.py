@@ -182,17 +182,8 @@ class SynthesisRequest:
             raise RequestError(f"{(option or (lambda f: f))('distilled')}: the {why}")
         else:
             distilled = bool(self.distilled)
-        # a limit of the user's own (the card's, filled in by an earlier resolution, does not count)
-        asked_gb = self.guidance_below is not None and int(self.guidance_below) not in (GUIDE_ALL, d["guidance_below"])
-        if distilled and asked_gb:  # the student's one pass is guided at every level
-            if self.distilled:
-                raise RequestError(f"{(option or (lambda f: f))('guidance_below')}: the distilled student guides "
-                                   "every level; limiting guidance needs the two-pass sampler (leave out distilled)")
-            distilled = False
-        if distilled:
-            guidance_below = GUIDE_ALL
-        else:
-            guidance_below = int(self.guidance_below if self.guidance_below is not None else d["guidance_below"])
+        # the student runs the guided levels (t below the limit; 1000: every level) in one pass each
+        guidance_below = int(self.guidance_below if self.guidance_below is not None else d["guidance_below"])
         precision = self.precision if self.precision in PRECISIONS else machine_precision(self.device)
         return dataclasses.replace(self, plan=plan, solver=d["solver"], steps=int(steps), eta=eta, omega=float(omega),
                                    omega_per_class=per_class, distilled=distilled, precision=precision,
@@ -257,7 +248,7 @@ def normalise_settings(stored: dict, card=None) -> dict:
         out.setdefault("sweep", False)
     out.setdefault("resample", 1)  # canvases made before resampling existed ran each level once
     if "guidance_below" not in out:  # not stored: every level guided, except on a canvas no run has sampled yet
-        fresh = card is not None and "seed" not in out and not out.get("distilled")
+        fresh = card is not None and "seed" not in out
         out["guidance_below"] = card_guidance_below(card) if fresh else GUIDE_ALL
     if card is not None:
         if out.get("plan") is None:
@@ -357,7 +348,7 @@ def card_settings(card, spec: str) -> dict:
     return {"model": str(spec), "steps": int(d["steps"]), "omega": d["omega"],
             "omega_per_class": {str(k): v for k, v in sorted(d["omega_per_class"].items())},
             **({"distilled": True} if student else {}),
-            **({"guidance_below": d["guidance_below"]} if not student and d["guidance_below"] < GUIDE_ALL else {})}
+            **({"guidance_below": d["guidance_below"]} if d["guidance_below"] < GUIDE_ALL else {})}
 
 
 def settings_diff(stored: dict, new: dict, card=None) -> dict:

@@ -4,6 +4,7 @@ defaults resolved, its schedule, ω vector, window, halo, denoiser and batch siz
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ from src_models.errors import DiffInfiniteError
 from src_models.sampling.setup import effective_window, sampling_setup
 from src_models.store.canvas import Canvas, Region
 from src_models.synthesis.boxes import expand  # noqa: F401 - the sweep takes it from here
-from src_models.synthesis.request import SynthesisRequest
+from src_models.synthesis.request import GUIDE_ALL, SynthesisRequest
 
 
 class SynthesisError(DiffInfiniteError, RuntimeError):
@@ -37,6 +38,9 @@ class Run:
     denoiser: object
     max_batch: int
     oom_reported: bool = False
+    # the distilled student where it runs the guided levels only (``denoiser``, the teacher, the others at ω 0);
+    # None where it runs every level (it is then the ``denoiser``) or not at all
+    student: object = None
 
     @property
     def device(self) -> torch.device:
@@ -75,7 +79,7 @@ def prepare_run(model, canvas: Canvas, request: SynthesisRequest) -> Run:
     lh, lw = canvas.latent_shape
     try:
         request = request.resolved(card)
-        if request.distilled:  # the student gives the guided ε in one pass: it runs unguided
+        if request.distilled:  # the student gives the guided ε in one pass, and the teacher's levels are unguided
             setup = sampling_setup(request.steps, card.num_classes, 0.0)
         else:
             setup = sampling_setup(request.steps, card.num_classes, request.omega, request.omega_per_class)
@@ -83,9 +87,17 @@ def prepare_run(model, canvas: Canvas, request: SynthesisRequest) -> Run:
     except ValueError as e:
         raise SynthesisError(str(e)) from None
     halo = request.halo if request.halo is not None else window // 2
-    denoiser, budget = _denoiser_for(model, model.device, window, request)
+    student, budget = None, None
+    if request.distilled and request.guidance_below < GUIDE_ALL:  # the student guides, the teacher does the rest
+        student, budget = _denoiser_for(model, model.device, window, request)
+        request_teacher = dataclasses.replace(request, distilled=False)
+        denoiser, teacher_budget = _denoiser_for(model, model.device, window, request_teacher)
+        budget = min(budget, teacher_budget)
+    else:
+        denoiser, budget = _denoiser_for(model, model.device, window, request)
     max_batch = max(1, int(request.max_batch)) if request.max_batch else budget
-    return Run(model, canvas, request, setup.pairs, setup.omega, setup.alphas, window, halo, denoiser, max_batch)
+    return Run(model, canvas, request, setup.pairs, setup.omega, setup.alphas, window, halo, denoiser, max_batch,
+               student=student)
 
 
 def check_labels_fit(run: Run, mask_np: np.ndarray, where: str) -> None:

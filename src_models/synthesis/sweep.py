@@ -157,7 +157,7 @@ class _Sweep:
         self.stats = SampleStats(forwards=int(progress.get("forwards", 0)))
         self.conditioning = getattr(run.denoiser, "conditioning", PER_CLASS)
         self.guided = Guided(run.denoiser, run.omega.to(run.device), self.conditioning, run.max_batch, self.stats,
-                             run.device, run.request.guidance_below)
+                             run.device, run.request.guidance_below, run.student)
 
     def tiles(self) -> list[tuple[int, int, int, int]]:
         """Tiles of the area (area coordinates), row-major."""
