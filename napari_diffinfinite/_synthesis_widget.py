@@ -125,6 +125,15 @@ class SynthesisWidget(QWidget):
         self.omega_box.setSingleStep(0.5)
         self.omega_box.setValue(DEFAULT_OMEGA)  # until a canvas gives its model's (settings recorded at creation)
         self.omega_box.setToolTip("classifier-free guidance ω for every class (scale ω + 1)")
+        self.guidance_box = QSpinBox()
+        self.guidance_box.setRange(0, 1000)
+        self.guidance_box.setSingleStep(50)
+        self.guidance_box.setValue(1000)  # until a model's card or a canvas gives its own
+        self._card_guidance_below = 1000  # the chosen model's (its card's default_guidance_below)
+        self.guidance_box.setToolTip(
+            "guide only the denoising levels with timestep below this (1000: every level; 0: none). The noisier "
+            "levels run one network pass per window instead of two; the shipped models' values were chosen on "
+            "held-out tissue (docs/sampling_defaults.md). The canvas records it")
         self.seed_box = QSpinBox()
         self.seed_box.setRange(0, 2**31 - 1)
         self.choice_boxes: dict[str, QComboBox] = {}
@@ -171,10 +180,10 @@ class SynthesisWidget(QWidget):
         self.distilled_box.setChecked(True)
         self._student_default = True  # the chosen model's student runs unless asked not to (its card's by_default)
         self.distilled_box.setToolTip(
-            "where the model ships a guidance-distilled student, run it: one network pass per window instead of two "
-            "(docs/cpu_speed.md). It gives the guided result only at the ω it was distilled at (the card's); the "
-            "shipped skin model's student is opt-in (measured: faster, somewhat further from real tissue). Off: the "
-            "model's own two passes. The canvas records the choice")
+            "where the model ships a guidance-distilled student, run it at the guided levels (those below 'guided "
+            "below t'): one network pass per window there instead of two (docs/cpu_speed.md). It gives the guided "
+            "result only at the ω it was distilled at (the card's); the shipped skin model's student is opt-in. "
+            "Off: the model's own two passes. The canvas records the choice")
         self.class_group = QWidget() if compact else QGroupBox("ω per class")
         self.class_form = QFormLayout(self.class_group)
         if compact:
@@ -245,6 +254,7 @@ class SynthesisWidget(QWidget):
             mform.setContentsMargins(0, 0, 0, 0)
             mform.addRow("model", self.model_picker)
             mform.addRow("seed", self.seed_box)
+            mform.addRow("guided below t", self.guidance_box)
             for name, box in self.choice_boxes.items():
                 mform.addRow(name, box)
             mform.addRow(self.preview_box)
@@ -261,6 +271,7 @@ class SynthesisWidget(QWidget):
             form.addRow("device", self.device_box)
             form.addRow("steps", self.steps_box)
             form.addRow("ω", self.omega_box)
+            form.addRow("guided below t", self.guidance_box)
             form.addRow("seed", self.seed_box)
             for name, cbox in self.choice_boxes.items():
                 form.addRow(name, cbox)
@@ -305,6 +316,10 @@ class SynthesisWidget(QWidget):
         # a canvas goes on as it was made (float32 where a run recorded it); one no run has recorded: the default
         self.bf16_box.setChecked(recorded_precision(settings) in ("bf16", None))
         self.distilled_box.setChecked(bool(settings.get("distilled")))
+        if "guidance_below" in settings:  # recorded where a run (or the card, for a new canvas) limited it
+            self.guidance_box.setValue(int(settings["guidance_below"]))
+        else:  # a run recorded no limit: every level; no run yet: the model's
+            self.guidance_box.setValue(1000 if "seed" in settings else self._card_guidance_below)
         if settings.get("omega") is not None:
             self.omega_box.setValue(float(settings["omega"]))
             per_class = {int(k): float(v) for k, v in settings.get("omega_per_class", {}).items()}
@@ -336,7 +351,9 @@ class SynthesisWidget(QWidget):
             card = ModelCard.load(folder) if (folder / "card.json").is_file() else None
         except Exception:  # noqa: BLE001 - a broken card is reported when the run loads the model
             card = None
-        if card is None:  # the built-in test model, a published checkpoint: no student
+        if card is None:  # the built-in test model, a published checkpoint: no student, every level guided
+            self._card_guidance_below = 1000
+            self.guidance_box.setValue(1000)
             self._student_default = True
             self.distilled_box.setEnabled(False)
             self.distilled_box.setChecked(False)
@@ -347,6 +364,8 @@ class SynthesisWidget(QWidget):
             self.steps_box.setValue(int(d["steps"]))
             self.omega_box.setValue(float(d["omega"]))
             self._card_omega_per_class = dict(d["omega_per_class"])
+            self._card_guidance_below = int(d["guidance_below"])
+            self.guidance_box.setValue(self._card_guidance_below)
             has_student = card.guided_unet is not None
             self._student_default = student_by_default(card) or not has_student
             self.distilled_box.setEnabled(has_student)
@@ -469,6 +488,7 @@ class SynthesisWidget(QWidget):
             omega=self.omega_box.value(),
             omega_per_class={i: b.value() for i, b in self.class_boxes.items() if b.value() >= 0},
             seed=self.seed_box.value(),
+            guidance_below=self.guidance_box.value(),
             device=device,
             area=area,
             centre=centre,

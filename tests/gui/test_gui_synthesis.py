@@ -503,6 +503,35 @@ def test_the_distilled_box_follows_the_canvas_and_reaches_the_request(viewer, qt
     qtbot.waitUntil(lambda: not w.distilled_box.isChecked(), timeout=10_000)
 
 
+def test_the_guidance_limit_box_follows_the_model_and_the_canvas(viewer, qtbot, tiny_card, tmp_path):
+    """'guided below t' shows the chosen model's card value and reaches the request; a canvas a run
+    recorded with a limit sets it, one a run recorded without sets 1000 (every level, as it was made)."""
+    from src_models.models.card import BUILTIN_DIRS, ModelCard
+    from src_models.synthesis.canvases import new_canvas
+    from src_models.synthesis.request import sampling_defaults
+
+    path, image, _ = _open(viewer, tiny_card, tmp_path)
+    w = dock(viewer, "Synthesis")
+    assert w.guidance_box.value() == 1000  # the tiny model's card guides every level
+    w.model_picker.set_spec("default")
+    card_value = sampling_defaults(ModelCard.load(BUILTIN_DIRS["default"]))["guidance_below"]
+    assert card_value < 1000 and w.guidance_box.value() == card_value
+    w.model_picker.set_spec("tiny-test")
+    w.guidance_box.setValue(300)
+    assert w.build_request(image).resolved(tiny_card).settings()["guidance_below"] == 300
+
+    def made(name, settings):
+        with new_canvas(tiny_card, tmp_path / name, 128, 128, region_size=64, settings=settings):
+            pass
+        return str(tmp_path / name)
+
+    run = {"model": "tiny-test", "steps": 4, "omega": 1.0, "seed": 0}
+    dock(viewer, "Canvas").open(made("l.zarr", {**run, "guidance_below": 400}))
+    qtbot.waitUntil(lambda: w.guidance_box.value() == 400, timeout=10_000)
+    dock(viewer, "Canvas").open(made("e.zarr", run))  # a run recorded no limit
+    qtbot.waitUntil(lambda: w.guidance_box.value() == 1000, timeout=10_000)
+
+
 def test_the_distilled_box_follows_the_chosen_models_student(viewer, qtbot, tiny_card, tmp_path):
     """The default model ships an opt-in student: its box is enabled but clear, and ticked it asks for the
     student outright; a model without a student greys the box out."""
