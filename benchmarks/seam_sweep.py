@@ -9,7 +9,8 @@ A setting is SOLVER:STEPS[:ETA]@OMEGA.  For each canvas: ``ratio`` is the mean g
 borders over the step across every other latent-pixel line (``seam_score``); ``offsets`` is the same
 figure for the lines k·factor px after the borders (k = 1 … region/factor − 1, none of them borders), so
 ``rank`` (1 = the largest of all) says whether the borders stand out of the texture's own spread.
-``--halo`` sets the latent px of finished context around each region (default: half a window).
+``--halo`` sets the latent px of finished context around each region (default: half a window);
+``--sweep`` samples the whole canvas level by level instead (no region is finished before another).
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ def markdown(data: dict) -> str:
         name += f" halo {s['halo']}" if s.get("halo") is not None else ""
         name += f" resample {s['resample']}" if s.get("resample") is not None else ""
         name += f" guided t<{s['guidance_below']}" if s.get("guidance_below") is not None else ""
+        name += " sweep" if s.get("sweep") else ""
         groups.setdefault(f"{name} | {s['omega']:g}", []).append(r)
     lines = ["| solver | ω | seed: ratio (rank of 16; largest non-border offset) | mean ratio |", "| --- | --- | --- | --- |"]
     for key, rows in groups.items():
@@ -85,6 +87,8 @@ def main(argv=None) -> int:
                    help="passes per denoising level (default: the request's, 1)")
     p.add_argument("--guidance-below", type=int, default=None, metavar="T",
                    help="guide only the levels with timestep below T (default: the card's; named in the setting)")
+    p.add_argument("--sweep", action="store_true",
+                   help="sample the whole canvas level by level (the request's sweep) instead of region by region")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--report", action="store_true", help="print the table of --out's rows and stop")
     a = p.parse_args(argv)
@@ -110,6 +114,8 @@ def main(argv=None) -> int:
             setting["resample"] = a.resample
         if a.guidance_below is not None:
             setting["guidance_below"] = a.guidance_below
+        if a.sweep:
+            setting["sweep"] = True
         for seed in a.seeds:
             key = json.dumps([setting, seed], sort_keys=True)
             if key in done:
@@ -117,7 +123,8 @@ def main(argv=None) -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 c = new_canvas(model.card, Path(tmp) / "c.zarr", a.size, a.size, a.region)
                 put_mask(c, np.full(c.latent_shape, a.label, np.uint8))
-                extra = {k: setting[k] for k in ("halo", "resample", "guidance_below") if k in setting}  # else the request's own
+                extra = {k: setting[k] for k in ("halo", "resample", "guidance_below", "sweep")
+                         if k in setting}  # else the request's own
                 req = SynthesisRequest(model=a.model, solver=setting["solver"], steps=setting["steps"],
                                        eta=setting.get("eta"), omega=setting["omega"], seed=seed, **extra)
                 t0 = time.perf_counter()
