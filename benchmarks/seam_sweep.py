@@ -128,7 +128,9 @@ def main(argv=None) -> int:
                 req = SynthesisRequest(model=a.model, solver=setting["solver"], steps=setting["steps"],
                                        eta=setting.get("eta"), omega=setting["omega"], seed=seed, **extra)
                 t0 = time.perf_counter()
-                forwards = sum(ev.forwards for ev in synthesise(model, c, req))
+                events = list(synthesise(model, c, req))
+                # a region's own passes; in a sweep each region reports the whole sweep's so far
+                forwards = max(ev.forwards for ev in events) if a.sweep else sum(ev.forwards for ev in events)
                 seconds = time.perf_counter() - t0
                 img = np.moveaxis(np.asarray(c.image(0)[:]), 0, -1).astype(np.float32).mean(-1)
                 c.close()

@@ -29,6 +29,10 @@ def solver_name(s: dict) -> str:
         name += f" ω{k}={float(v):g}"  # per-class guidance: its own line
     if s.get("guidance_below") is not None and int(s["guidance_below"]) < 1000:
         name += f" guided t<{int(s['guidance_below'])}"  # guidance limited to the cleaner levels: its own line
+    if s.get("distilled"):
+        name += " student"  # the distilled student at the guided levels: its own line
+    if s.get("precision") not in (None, "float32"):
+        name += f" {s['precision']}"
     return name
 
 
