@@ -321,6 +321,16 @@ class Level:
 
 
 @dataclass
+class SweepLevel:
+    """Progress of a whole-area sweep: tile ``tile`` of ``tiles`` of level ``level`` of ``levels`` is done."""
+
+    level: int
+    levels: int
+    tile: int
+    tiles: int
+
+
+@dataclass
 class Notice:
     """Something the user should know that does not stop the run (shown as a warning)."""
 
@@ -449,6 +459,9 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
         factor = canvas.factor
 
         def on_level(p):
+            if not hasattr(p, "index"):  # a sweep's tile (SweepProgress): every region at once, no preview
+                events.put(SweepLevel(p.level, p.levels, p.tile, p.tiles))
+                return
             events.put(Level(p.index, p.level, p.levels, tuple(p.bbox)))
             if not preview or p.x0 is None or p.level >= p.levels:
                 return
@@ -541,6 +554,7 @@ class SynthesisRun:
         self._level_in_flight = 0
         self._region_in_flight = None
         self._order: list[int] = []
+        self._sweep: SweepLevel | None = None  # the last tile a sweep finished (request.sweep)
         self._pending_preview: Preview | None = None
         self._started = 0.0
         self._sampling_started = 0.0
@@ -624,8 +638,12 @@ class SynthesisRun:
                 self._set_state("running", self._describe())
 
     def _mark_next(self) -> None:
-        """Outline the region the worker takes next (the plan's order; levels confirm it)."""
+        """Outline the region the worker takes next (the plan's order; levels confirm it).  A sweep
+        samples every region at once: none is outlined, each stays veiled until it is done."""
         if self.overlay is None:
+            return
+        if self.request.sweep:
+            self.overlay.layer.refresh()
             return
         if self.regions_done < len(self._order) and not self._cancel.is_set():
             self._region_in_flight = self._order[self.regions_done]
@@ -644,7 +662,9 @@ class SynthesisRun:
                 ev = self._events.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(ev, Level):  # (queued: one may arrive after its region's RegionDone)
+            if isinstance(ev, SweepLevel):
+                self._sweep = ev
+            elif isinstance(ev, Level):  # (queued: one may arrive after its region's RegionDone)
                 if ev.index == self._region_in_flight:
                     self._levels = max(1, ev.levels)
                     self._level_in_flight = ev.level if ev.level < ev.levels else 0
@@ -703,8 +723,17 @@ class SynthesisRun:
             notification_manager.dispatch(note)
 
     def units(self) -> tuple[int, int]:
-        """(levels done, levels in all) over the regions of this run."""
+        """(levels done, levels in all) over the regions of this run; a sweep's levels are every
+        region's at once, counted tile by tile (its regions are decoded, and done, at the end)."""
         total = self.regions_total * self._levels
+        if self.request.sweep:
+            if self.regions_done:
+                return total, total
+            sw = self._sweep
+            if sw is None:
+                return 0, total
+            frac = ((sw.level - 1) * sw.tiles + sw.tile) / max(1, sw.levels * sw.tiles)
+            return min(total, int(frac * total)), total
         return min(total, self.regions_done * self._levels + self._level_in_flight), total
 
     def eta(self) -> float | None:
@@ -724,7 +753,9 @@ class SynthesisRun:
     def _describe(self) -> str:
         """"DiffInfinite: 3/12 regions", with the step of the region in flight and the time left when known."""
         text = f"DiffInfinite: {self.regions_done}/{self.regions_total} regions"
-        if self.regions_total and self.regions_done < self.regions_total and self._level_in_flight:
+        if self.request.sweep and self._sweep is not None and not self.regions_done:
+            text += f" · step {self._sweep.level}/{self._sweep.levels} of the whole area"
+        elif self.regions_total and self.regions_done < self.regions_total and self._level_in_flight:
             text += f" · step {self._level_in_flight}/{self._levels}"
         left = self.eta()
         if left is not None and self.regions_done < self.regions_total:

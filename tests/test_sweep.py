@@ -102,6 +102,33 @@ def test_sweep_cancelled_between_tiles_and_during_decoding_resumes(tiny, tmp_pat
         assert np.array_equal(x, y)
 
 
+def test_sweep_stopped_by_the_network_cancel_hook_within_a_level_resumes(tiny, tmp_path, two_class_mask):
+    """napari's Cancel stops the network itself (``stop_on_cancel``: the next call raises ``Cancelled``),
+    in the middle of a level: the sweep returns as cancelled, keeps the levels before, and a resume
+    gives the canvas an uninterrupted sweep gives."""
+    from src_models.synthesis.cancel import set_cancel_token, stop_on_cancel
+
+    req = SynthesisRequest(model="tiny-test", steps=3, seed=5, sweep=True)
+    a = _canvas(tiny, tmp_path / "a.zarr", two_class_mask)
+    list(synthesise(tiny, a, req))
+    b = _canvas(tiny, tmp_path / "b.zarr", two_class_mask)
+    stop = threading.Event()
+    stop_on_cancel(tiny)
+    set_cancel_token(stop)
+    try:
+        # the first tile of level 2 done: the next network call, in the same level, raises
+        # (no cancel given to the sweep itself: only the hook can stop it)
+        assert list(synthesise(tiny, b, req,
+                               progress=lambda p: stop.set() if (p.level, p.tile) == (2, 1) else None)) == []
+    finally:
+        set_cancel_token(None)
+    assert b.done_indices() == set() and SweepStore(b).progress()["levels_done"] == 1
+    rest = [ev.index for ev in synthesise(tiny, b, req)]
+    assert sorted(rest) == list(range(16))
+    for x, y in zip(_arrays(a), _arrays(b)):
+        assert np.array_equal(x, y)
+
+
 def test_sweep_inpaints_a_rectangle_with_the_rest_as_context(tiny, tmp_path, two_class_mask):
     c = _canvas(tiny, tmp_path / "c.zarr", two_class_mask)
     list(synthesise(tiny, c, SynthesisRequest(steps=2, seed=1)))

@@ -51,7 +51,7 @@ from src_models.sampling.guidance import PER_CLASS, host_to_device
 from src_models.sampling.plan import check_plan, owner_local
 from src_models.synthesis.blend import blend_kept_edges
 from src_models.synthesis.request import RegionDone, SweepProgress
-from src_models.sampling.sampler import LabelCounter, SampleStats, Guided, gather, is_cancelled, pass_labels, scatter, window_index
+from src_models.sampling.sampler import Cancelled, LabelCounter, SampleStats, Guided, gather, is_cancelled, pass_labels, scatter, window_index
 from src_models.sampling.schedule import q_sample
 from src_models.sampling.solvers import make_solver
 from src_models.synthesis.run import Run, SynthesisError, check_labels_fit, expand, refresh_borders
@@ -332,8 +332,12 @@ def _sample_levels(run: Run, todo: list[Region], cancel, progress) -> _Sweep | N
         if sw.info.name == "release":  # the release plan places windows over the whole area at once
             eligible = ~sw.known(0, sw.H, 0, sw.W)
         for level in range(p["levels_done"], len(run.pairs)):
-            if not _level(sw, level, eligible, cancel, progress):
-                return None
+            try:
+                if not _level(sw, level, eligible, cancel, progress):
+                    return None
+            except Cancelled:  # the network's cancel hook (napari's Cancel) stopped it within the level,
+                return None  # whose writes went to the other buffer: a resume runs the level again
+
             p["levels_done"], p["forwards"] = level + 1, sw.stats.forwards
             store.save(p)
         if not p["latents_copied"]:

@@ -532,6 +532,68 @@ def test_the_guidance_limit_box_follows_the_model_and_the_canvas(viewer, qtbot, 
     qtbot.waitUntil(lambda: w.guidance_box.value() == 1000, timeout=10_000)
 
 
+def test_the_sweep_box_samples_the_whole_area_level_by_level_and_a_cancelled_sweep_resumes(
+        viewer, qtbot, tiny_card, tmp_path):
+    """Ticked, Run samples every region together (the core's sweep): progress counts the sweep's
+    tiles and levels, no region is outlined as in flight, every region is done at the end and the
+    canvas records the choice.  Cancelled, the finished levels stay on disk and the next Run goes on
+    from them, to the same pixels as a sweep never stopped."""
+    from napari_diffinfinite._overlay import IN_FLIGHT
+    from napari_diffinfinite._worker import SweepLevel
+    from src_models.store.canvas import Canvas
+
+    path, image, _ = _open(viewer, tiny_card, tmp_path)
+    w = dock(viewer, "Synthesis")
+    setup_synthesis(w, steps=6)
+    w.sweep_box.setChecked(True)
+    assert w.build_request(image).sweep
+    levels, outlined, texts = [], [], []
+    run = w.start()
+    run._on_refresh = lambda: None
+    qtbot.waitUntil(lambda: run._sweep is not None, timeout=60_000)
+    seen = run._sweep
+    assert isinstance(seen, SweepLevel) and seen.levels == 6
+    w.run_button.click()  # Cancel mid-sweep
+    qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
+    assert run.state == "cancelled", run.text
+    with Canvas.open(path) as canvas:
+        assert canvas.settings["sweep"] is True
+        assert len(canvas.done_indices()) < 16
+
+    resumed = w.start()
+
+    def watch():
+        outlined.append(int((resumed.overlay.states == IN_FLIGHT).sum()) if resumed.overlay is not None else 0)
+        texts.append(w.progress_label.text())
+        levels.append(resumed.units())
+        return not resumed.busy
+
+    qtbot.waitUntil(watch, timeout=90_000)
+    assert resumed.state == "done", resumed.text
+    assert max(outlined) == 0  # a sweep outlines no region
+    assert any("of the whole area" in t for t in texts), texts
+    done_units = [d for d, _ in levels]
+    assert done_units == sorted(done_units) and levels[-1][0] == levels[-1][1] == 16 * 6
+    assert regions_shown(image) == 16
+    with Canvas.open(path) as canvas:
+        assert canvas.done_indices() == set(range(16))
+        resumed_rgb = np.asarray(canvas.image(0)[:])
+
+    # the same sweep never stopped gives the same pixels
+    other = make_canvas(tiny_card, tmp_path / "o.zarr", size=256, region=64, mask=True)
+    dock(viewer, "Canvas").open(other)
+    qtbot.waitUntil(lambda: w.sweep_box.isChecked() is False, timeout=10_000)  # a new canvas: region by region
+    setup_synthesis(w, steps=6)
+    w.sweep_box.setChecked(True)
+    whole = w.start()
+    qtbot.waitUntil(lambda: not whole.busy, timeout=90_000)
+    assert whole.state == "done", whole.text
+    with Canvas.open(other) as canvas:
+        np.testing.assert_array_equal(np.asarray(canvas.image(0)[:]), resumed_rgb)
+    dock(viewer, "Canvas").open(path)  # a canvas a sweep made ticks the box
+    qtbot.waitUntil(lambda: w.sweep_box.isChecked(), timeout=10_000)
+
+
 def test_the_distilled_box_follows_the_chosen_models_student(viewer, qtbot, tiny_card, tmp_path):
     """The default model ships an opt-in student: its box is enabled but clear, and ticked it asks for the
     student outright; a model without a student greys the box out."""
