@@ -252,6 +252,7 @@ def main(argv=None) -> int:
                 for m, labels in labelled:
                     bf = "-bf16" if a.precision != "float32" else ""
                     gb = f"-gb{guided}" if guided < GUIDE_ALL else ""
+                    gb += "-student" if student else ""
                     path = work / f"{m.stem}-{spec.replace(':', '_')}-w{omega}{tag}{bf}{gb}-s{seed}.zarr"
                     s, f = make_canvas(model, labels, path, None, seed, setting.get("steps"), None,
                                        setting.get("solver"), omega=setting.get("omega"), eta=setting.get("eta"),

@@ -337,7 +337,6 @@ def _sample_levels(run: Run, todo: list[Region], cancel, progress) -> _Sweep | N
                     return None
             except Cancelled:  # the network's cancel hook (napari's Cancel) stopped it within the level,
                 return None  # whose writes went to the other buffer: a resume runs the level again
-
             p["levels_done"], p["forwards"] = level + 1, sw.stats.forwards
             store.save(p)
         if not p["latents_copied"]:
