@@ -183,6 +183,36 @@ class RegionOverlay:
         if self.layer in self.viewer.layers:
             self.layer.refresh()
 
+    def show_area_preview(self, bbox: tuple[int, int, int, int], rgb: np.ndarray) -> None:
+        """Draw ``rgb`` (a sweep's preview of the pixel box ``bbox``, which may span several regions) over
+        the regions under it that are not finished, keeping their outlines (a sweep has no region in flight)."""
+        if rgb.size == 0:
+            return
+        y0, y1, x0, x1 = bbox
+        px = self.region_px / self.k
+        r0, r1 = max(0, int(y0 // px)), min(self.shape[0], math.ceil(y1 / px))
+        c0, c1 = max(0, int(x0 // px)), min(self.shape[1], math.ceil(x1 / px))
+        if r0 >= r1 or c0 >= c1:
+            return
+        rows = (np.arange(r0, r1) + 0.5) * px  # image px at the overlay pixels' centres
+        cols = (np.arange(c0, c1) + 0.5) * px
+        ry = np.clip(((rows - y0) / max(1, y1 - y0) * rgb.shape[0]).astype(int), 0, rgb.shape[0] - 1)
+        rx = np.clip(((cols - x0) / max(1, x1 - x0) * rgb.shape[1]).astype(int), 0, rgb.shape[1] - 1)
+        pending = self.states[np.arange(r0, r1)[:, None] // self.k, np.arange(c0, c1)[None, :] // self.k] != DONE
+        window = self.rgba[r0:r1, c0:c1]
+        window[pending, :3] = rgb[ry[:, None], rx[None, :]][pending]
+        window[pending, 3] = 255
+        touched = {int(iy * self.nx + ix) for iy in range(r0 // self.k, (r1 - 1) // self.k + 1)
+                   for ix in range(c0 // self.k, (c1 - 1) // self.k + 1)}
+        for index in touched:
+            if self.states.flat[index] != DONE:
+                block = self._block(index)
+                self._edge(block, int(self.states.flat[index]))
+                self._clip(index, block)
+        self.previews += 1
+        if self.layer in self.viewer.layers:
+            self.layer.refresh()
+
     def set(self, index: int, state: int, refresh: bool = True) -> None:
         if not 0 <= index < self.ny * self.nx or self.states.flat[index] == state:
             return
@@ -204,11 +234,12 @@ class RegionOverlay:
             self.layer.refresh()
 
     def finish(self) -> None:
-        """The run ended: nothing is in flight any more, finished regions lose their outline."""
+        """The run ended: nothing is in flight any more, finished regions lose their outline, and
+        pending ones their veil comes back (a sweep's previews go)."""
         self.running = False
         for i in np.flatnonzero(self.states == IN_FLIGHT):
             self.set(int(i), PENDING, refresh=False)
-        for i in np.flatnonzero(self.states == DONE):
+        for i in np.flatnonzero((self.states == DONE) | (self.states == PENDING)):
             self._paint(int(i))
         if self.layer in self.viewer.layers:
             self.layer.refresh()

@@ -172,8 +172,8 @@ class SynthesisWidget(QWidget):
             "sample every pending region together, one denoising level at a time over the whole area, instead of "
             "region by region: no border between separately finished regions shows (measured seam ratio 1.01 "
             "against 1.20; docs/sampling_defaults.md), and no region's surroundings are sampled twice. Regions "
-            "appear together at the end, with no live preview; Cancel keeps the finished levels and Run resumes. "
-            "The canvas records the choice")
+            "appear together at the end; meanwhile the live preview draws the sweep's tiles over them. Cancel keeps "
+            "the finished levels and Run resumes. The canvas records the choice")
         self.preview_box = QCheckBox("live preview of the region in flight")
         self.preview_box.setChecked(True)
         self.bf16_box = QCheckBox(_bf16_label())

@@ -339,9 +339,16 @@ class Notice:
 
 @dataclass
 class Preview:
-    bbox: tuple[int, int, int, int]  # (y0, y1, x0, x1) px of the region in flight
+    bbox: tuple[int, int, int, int]  # (y0, y1, x0, x1) px of the region in flight (a sweep: of its tile)
     rgb: np.ndarray  # (h, w, 3) uint8, at most PREVIEW_PX on a side
-    index: int = -1  # the region in flight
+    index: int = -1  # the region in flight (-1: a sweep's tile, over whichever regions it covers)
+
+
+def _latent_preview(model, x0, factor: int) -> np.ndarray:
+    """The live preview of a sweep's tile (:func:`src_models.synthesis.regions.latent_preview`)."""
+    from src_models.synthesis.regions import latent_preview
+
+    return latent_preview(model, x0, factor, PREVIEW_PX)
 
 
 def _preview_rgb(model, x0, p, factor: int, latent_shape) -> np.ndarray:
@@ -459,17 +466,24 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
         factor = canvas.factor
 
         def on_level(p):
-            if not hasattr(p, "index"):  # a sweep's tile (SweepProgress): every region at once, no preview
+            if not hasattr(p, "index"):  # a sweep's tile (SweepProgress): every region at once
                 events.put(SweepLevel(p.level, p.levels, p.tile, p.tiles))
+                if p.level < p.levels:  # previews of the tile, drawn over the regions under it
+                    offer_preview(p.x0, tuple(p.area), -1, lambda: _latent_preview(model, p.x0, factor))
                 return
             events.put(Level(p.index, p.level, p.levels, tuple(p.bbox)))
-            if not preview or p.x0 is None or p.level >= p.levels:
+            if p.level < p.levels:
+                offer_preview(p.x0, tuple(p.bbox), p.index, lambda: _preview_rgb(model, p.x0, p, factor, latent_shape))
+
+        def offer_preview(x0, bbox, index, make_rgb):
+            """A preview at most every PREVIEW_S, and never more than PREVIEW_SHARE of the worker's time."""
+            if not preview or x0 is None:
                 return
             now = time.monotonic()
             if now < next_preview[0]:
                 return
             try:
-                rgb = _preview_rgb(model, p.x0, p, factor, latent_shape)
+                rgb = make_rgb()
             except Exception as e:  # a preview must never stop a run: say so once, then go without
                 next_preview[0] = float("inf")
                 events.put(Notice(f"live preview unavailable for this model ({type(e).__name__}: {e}); "
@@ -477,7 +491,7 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
                 return
             took = time.monotonic() - now
             next_preview[0] = now + max(PREVIEW_S, took / PREVIEW_SHARE)
-            events.put(Preview(tuple(p.bbox), rgb, p.index))
+            events.put(Preview(bbox, rgb, index))
 
         from src_models.synthesis.estimate import RunClock, request_mode
 
@@ -786,8 +800,13 @@ class SynthesisRun:
             self._on_refresh()
 
     def _show_preview(self, p: Preview) -> None:
-        """Draw the preview into the region overlay, over the region in flight."""
-        if self.overlay is not None and p.index == self._region_in_flight:
+        """Draw the preview into the region overlay, over the region in flight (a sweep's: over the
+        unfinished regions under its tile)."""
+        if self.overlay is None:
+            return
+        if p.index < 0 and self.request.sweep:
+            self.overlay.show_area_preview(p.bbox, p.rgb)
+        elif p.index == self._region_in_flight:
             self.overlay.show_preview(p.index, p.bbox, p.rgb)
 
     def _set_state(self, state: str, text: str) -> None:

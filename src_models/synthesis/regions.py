@@ -183,11 +183,18 @@ def region_preview(model, x0: torch.Tensor, progress: RegionProgress, factor: in
     """A quick look at the region in flight: its part of the predicted clean latent ``x0`` (of
     ``progress.area``), area-downscaled to at most ``max_px`` image px a side and decoded, as
     (h, w, 3) uint8.  The napari dock shows it over the region while the region samples."""
-    import torch.nn.functional as F
-
     oy, ox = (progress.bbox[0] - progress.area[0]) // factor, (progress.bbox[2] - progress.area[2]) // factor
     y0, y1, x0_, x1 = (v // factor for v in progress.bbox)
-    z = x0[:, oy : oy + (y1 - y0), ox : ox + (x1 - x0_)].float()
+    return latent_preview(model, x0[:, oy : oy + (y1 - y0), ox : ox + (x1 - x0_)], factor, max_px)
+
+
+def latent_preview(model, z: torch.Tensor, factor: int, max_px: int = 256) -> np.ndarray:
+    """A predicted clean latent ``z`` (C, h, w), area-downscaled to at most ``max_px`` image px a side
+    and decoded, as (h', w', 3) uint8: the dock's preview of a region in flight, or of a sweep's tile
+    (:class:`SweepProgress` ``x0`` over its ``area``)."""
+    import torch.nn.functional as F
+
+    z = z.float()
     side = max(z.shape[-2:])
     limit = max(8, max_px // factor)
     if side > limit:

@@ -535,35 +535,46 @@ def test_the_guidance_limit_box_follows_the_model_and_the_canvas(viewer, qtbot, 
 def test_the_sweep_box_samples_the_whole_area_level_by_level_and_a_cancelled_sweep_resumes(
         viewer, qtbot, tiny_card, tmp_path):
     """Ticked, Run samples every region together (the core's sweep): progress counts the sweep's
-    tiles and levels, no region is outlined as in flight, every region is done at the end and the
-    canvas records the choice.  Cancelled, the finished levels stay on disk and the next Run goes on
+    tiles and levels, no region is outlined as in flight, previews of the tiles are drawn over the
+    unfinished regions, every region is done at the end and the canvas records the choice.  Cancelled,
+    the finished levels stay on disk, the veils come back over the previews, and the next Run goes on
     from them, to the same pixels as a sweep never stopped."""
-    from napari_diffinfinite._overlay import IN_FLIGHT
+    from napari_diffinfinite._overlay import IN_FLIGHT, PENDING, VEIL
     from napari_diffinfinite._worker import SweepLevel
     from src_models.store.canvas import Canvas
 
     path, image, _ = _open(viewer, tiny_card, tmp_path)
     w = dock(viewer, "Synthesis")
-    setup_synthesis(w, steps=6)
+    setup_synthesis(w, steps=20)
     w.sweep_box.setChecked(True)
     assert w.build_request(image).sweep
     levels, outlined, texts = [], [], []
     run = w.start()
     run._on_refresh = lambda: None
-    qtbot.waitUntil(lambda: run._sweep is not None, timeout=60_000)
+    # Cancel once a tile's preview is drawn over the regions
+    qtbot.waitUntil(lambda: run._sweep is not None and run.overlay is not None and run.overlay.previews >= 1,
+                    timeout=60_000)
     seen = run._sweep
-    assert isinstance(seen, SweepLevel) and seen.levels == 6
+    assert isinstance(seen, SweepLevel) and seen.levels == 20
     w.run_button.click()  # Cancel mid-sweep
     qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
     assert run.state == "cancelled", run.text
+    states = run.overlay.states.ravel()
+    k = run.overlay.k
+    for i in np.flatnonzero(states == PENDING):  # a pending region shows its veil again, not a preview
+        iy, ix = divmod(int(i), run.overlay.nx)
+        assert tuple(run.overlay.rgba[iy * k + k // 2, ix * k + k // 2]) == tuple(VEIL)
     with Canvas.open(path) as canvas:
         assert canvas.settings["sweep"] is True
         assert len(canvas.done_indices()) < 16
 
     resumed = w.start()
 
+    previews = []
+
     def watch():
         outlined.append(int((resumed.overlay.states == IN_FLIGHT).sum()) if resumed.overlay is not None else 0)
+        previews.append(resumed.overlay.previews if resumed.overlay is not None else 0)
         texts.append(w.progress_label.text())
         levels.append(resumed.units())
         return not resumed.busy
@@ -571,9 +582,10 @@ def test_the_sweep_box_samples_the_whole_area_level_by_level_and_a_cancelled_swe
     qtbot.waitUntil(watch, timeout=90_000)
     assert resumed.state == "done", resumed.text
     assert max(outlined) == 0  # a sweep outlines no region
+    assert max(previews) >= 1  # the tiles' previews were drawn while it ran
     assert any("of the whole area" in t for t in texts), texts
     done_units = [d for d, _ in levels]
-    assert done_units == sorted(done_units) and levels[-1][0] == levels[-1][1] == 16 * 6
+    assert done_units == sorted(done_units) and levels[-1][0] == levels[-1][1] == 16 * 20
     assert regions_shown(image) == 16
     with Canvas.open(path) as canvas:
         assert canvas.done_indices() == set(range(16))
@@ -583,7 +595,7 @@ def test_the_sweep_box_samples_the_whole_area_level_by_level_and_a_cancelled_swe
     other = make_canvas(tiny_card, tmp_path / "o.zarr", size=256, region=64, mask=True)
     dock(viewer, "Canvas").open(other)
     qtbot.waitUntil(lambda: w.sweep_box.isChecked() is False, timeout=10_000)  # a new canvas: region by region
-    setup_synthesis(w, steps=6)
+    setup_synthesis(w, steps=20)
     w.sweep_box.setChecked(True)
     whole = w.start()
     qtbot.waitUntil(lambda: not whole.busy, timeout=90_000)
