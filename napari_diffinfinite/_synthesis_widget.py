@@ -533,7 +533,9 @@ class SynthesisWidget(QWidget):
             data = data[r0:r1, c0:c1]
         return not np.asarray(data).any()
 
-    def start(self):
+    def start(self, discard_sweep: bool = False):
+        """Start a run of the request the widgets make (None where it cannot start; the reason is
+        shown).  ``discard_sweep``: forget the canvas's unfinished sweep first (the user agreed)."""
         from ._worker import BUSY, SynthesisRun
 
         image, mask = self.picker.current()
@@ -580,7 +582,8 @@ class SynthesisWidget(QWidget):
         self.run = SynthesisRun(self.viewer, image, request, mask=snapshot, mask_step=info["mask_step"],
                                 redo=redo, preview=self.preview_box.isChecked(),
                                 on_state=self._on_state, on_progress=self._on_progress,
-                                expected_s=getattr(self, "expected_s", None), where=where)
+                                expected_s=getattr(self, "expected_s", None), where=where,
+                                discard_sweep=discard_sweep)
         self.run.start()
         return self.run
 
@@ -622,6 +625,22 @@ class SynthesisWidget(QWidget):
                 self.redo_box.setChecked(False)
             self._redo_scheduled = False
             self.schedule_estimate()  # this run's speed counts now
+            if state == "failed" and self.run is not None and self.run.sweep_conflict():
+                self._offer_sweep_discard(text)
+
+    def _offer_sweep_discard(self, message: str) -> None:
+        """A sweep was refused because the canvas holds an unfinished one of other settings: ask whether
+        to discard that one (its finished levels; finished regions stay) and run with today's settings."""
+        import re
+
+        found = re.search(r"other settings \((.*)\); finish it", message)
+        what = found.group(1) if found else message
+        if self.confirm("Unfinished sweep", "This canvas holds an unfinished sweep made with other settings "
+                        f"({what}). Discard it (its finished levels are lost; finished regions stay) and run "
+                        "with the settings shown now? No keeps it: run again with its settings to finish it."):
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, lambda: self.start(discard_sweep=True))  # after this run has wound up
 
     # ------------------------------------------------------------------ painted area
     def _resumes(self, info, where) -> bool:

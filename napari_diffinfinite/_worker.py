@@ -405,13 +405,16 @@ def _limit_cpu_threads(device: str) -> None:
 
 
 def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: bool,
-                  cancel: threading.Event, events: queue.SimpleQueue, preview: bool = True, where=None):
+                  cancel: threading.Event, events: queue.SimpleQueue, preview: bool = True, where=None,
+                  discard_sweep: bool = False):
     """The generator a run executes in the worker thread (see the module docstring).
 
     ``redo`` with ``where`` (a painted area: map, image px per map px, (y, x) px of its corner)
     schedules exactly the latent cells it touches (:func:`src_models.synthesis.editing.prepare_redo`)
     and samples only the regions they touch, each in a box sized to them; ``redo`` with
     ``request.area`` does the same for the rectangle, without it every region is sampled again.
+    ``discard_sweep`` first forgets the canvas's unfinished sweep (the user agreed to it: a sweep of
+    other settings is refused otherwise, :class:`~src_models.synthesis.sweep.SweepConflict`).
     It never raises: an error becomes a :class:`Failed` event, so the GUI side alone decides how
     it is shown.  The canvas lock is released however the run ends.
     """
@@ -427,6 +430,11 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
         from src_models.synthesis.request import SPARSE_SETTINGS
 
         canvas = open_for_writing(path)
+        if discard_sweep:
+            from src_models.synthesis.sweep import discard_sweep as forget_sweep
+
+            yield Stage("discarding the unfinished sweep")
+            forget_sweep(canvas)
         if mask is not None:
             yield Stage("saving the mask")
             store_mask_grid(canvas, mask, step)
@@ -538,7 +546,8 @@ class SynthesisRun:
     """
 
     def __init__(self, viewer, image_layer, request, *, mask=None, mask_step=1, redo=False, preview=True,
-                 on_state=None, on_refresh=None, on_progress=None, expected_s: float | None = None, where=None):
+                 on_state=None, on_refresh=None, on_progress=None, expected_s: float | None = None, where=None,
+                 discard_sweep: bool = False):
         from qtpy.QtCore import QTimer
 
         self.expected_s = expected_s  # the estimate said before Run (earlier runs on this device), if any
@@ -573,7 +582,7 @@ class SynthesisRun:
         self._started = 0.0
         self._sampling_started = 0.0
         self._args = (self.info["path"], request, mask, int(mask_step), bool(redo), self._cancel, self._events,
-                      bool(preview), where)
+                      bool(preview), where, bool(discard_sweep))
         self._timer = QTimer()
         self._timer.setInterval(int(REFRESH_S * 1000 / 2))  # refreshes and previews take turns
         self._timer.timeout.connect(self._tick)
@@ -735,6 +744,14 @@ class SynthesisRun:
             note = Notification.from_exception(failure.error)
             note.message = failure.message
             notification_manager.dispatch(note)
+
+    def sweep_conflict(self) -> bool:
+        """Whether the run failed because the canvas holds an unfinished sweep of other settings."""
+        if self.failure is None or self.failure.error is None:
+            return False
+        from src_models.synthesis.sweep import SweepConflict  # the worker has imported it (and torch) already
+
+        return isinstance(self.failure.error, SweepConflict)
 
     def units(self) -> tuple[int, int]:
         """(levels done, levels in all) over the regions of this run; a sweep's levels are every

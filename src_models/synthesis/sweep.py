@@ -180,6 +180,10 @@ class _Sweep:
         self.store.array(name, parity)[:, y0:y1, x0:x1] = value.float().cpu().numpy()
 
 
+class SweepConflict(SynthesisError):
+    """The canvas holds an unfinished sweep made with other settings (the message names them)."""
+
+
 def _start(run: Run, todo: list[Region]) -> dict:
     """The sweep's progress record: the stored one when it matches the run, else a new store with
     the initial noise written.  A stored sweep of other settings is refused, never overwritten."""
@@ -189,7 +193,7 @@ def _start(run: Run, todo: list[Region]) -> dict:
         if progress["settings"] != settings:
             diffs = ", ".join(f"{k}: {progress['settings'].get(k)!r} vs {v!r}" for k, v in settings.items()
                               if progress["settings"].get(k) != v)
-            raise SynthesisError(f"{run.canvas.path} holds an unfinished sweep with other settings ({diffs}); "
+            raise SweepConflict(f"{run.canvas.path} holds an unfinished sweep with other settings ({diffs}); "
                                  "finish it with its settings or discard it (src_models.synthesis.sweep.discard_sweep)")
         return progress
     lh, lw = run.canvas.latent_shape

@@ -606,6 +606,48 @@ def test_the_sweep_box_samples_the_whole_area_level_by_level_and_a_cancelled_swe
     qtbot.waitUntil(lambda: w.sweep_box.isChecked(), timeout=10_000)
 
 
+def test_a_sweep_of_other_settings_is_discarded_only_when_the_user_agrees(viewer, qtbot, tiny_card, tmp_path):
+    """The canvas holds a cancelled sweep; Run with another seed is refused by the core.  The dock asks:
+    No keeps the unfinished sweep (and runs nothing), Yes discards it and runs with the settings shown."""
+    from src_models.store.canvas import Canvas
+    from src_models.synthesis.sweep import SweepStore
+
+    path, image, _ = _open(viewer, tiny_card, tmp_path)
+    w = dock(viewer, "Synthesis")
+    setup_synthesis(w, steps=20)
+    w.sweep_box.setChecked(True)
+    run = w.start()
+    qtbot.waitUntil(lambda: run._sweep is not None, timeout=60_000)
+    w.run_button.click()  # Cancel: the sweep's finished levels stay in the canvas
+    qtbot.waitUntil(lambda: not run.busy, timeout=60_000)
+    assert run.state == "cancelled", run.text
+
+    def stored_seed():
+        with Canvas.open(path) as canvas:
+            p = SweepStore(canvas).progress()
+            return None if p is None else p["settings"]["seed"]
+
+    assert stored_seed() == 3
+    asked = []
+    w.confirm = lambda title, text: asked.append(text) or False
+    w.seed_box.setValue(4)
+    refused = w.start()
+    qtbot.waitUntil(lambda: not refused.busy, timeout=60_000)
+    assert refused.state == "failed" and refused.sweep_conflict()
+    assert len(asked) == 1 and "seed: 3 vs 4" in asked[0]
+    qtbot.wait(200)
+    assert w.run is refused and stored_seed() == 3  # No: nothing discarded, nothing run
+
+    w.confirm = lambda title, text: asked.append(text) or True
+    again = w.start()
+    qtbot.waitUntil(lambda: w.run is not again, timeout=60_000)  # Yes: a new run starts by itself
+    qtbot.waitUntil(lambda: not w.run.busy, timeout=90_000)
+    assert again.state == "failed" and w.run.state == "done", w.run.text
+    assert len(asked) == 2 and stored_seed() is None  # the sweep of seed 4 finished and removed its state
+    with Canvas.open(path) as canvas:
+        assert canvas.done_indices() == set(range(16)) and canvas.settings["seed"] == 4
+
+
 def test_the_distilled_box_follows_the_chosen_models_student(viewer, qtbot, tiny_card, tmp_path):
     """The default model ships an opt-in student: its box is enabled but clear, and ticked it asks for the
     student outright; a model without a student greys the box out."""
