@@ -53,6 +53,8 @@ def main(argv=None) -> int:
     parser.add_argument("--idle-s", type=float, default=10.0)
     parser.add_argument("--run-s", type=float, default=150.0, help="heartbeat during the run for this long at most")
     parser.add_argument("--tick-ms", type=int, default=20)
+    parser.add_argument("--sweep", action="store_true",
+                        help="tick the dock's 'whole area at once' box: the run is a sweep, its tiles previewed")
     args = parser.parse_args(argv)
 
     import napari
@@ -81,6 +83,7 @@ def main(argv=None) -> int:
     dock.canvas.open(str(folder / "c.zarr"))
     dock.synthesis.device_box.setCurrentText("cpu")
     dock.synthesis.steps_box.setValue(steps)
+    dock.synthesis.sweep_box.setChecked(args.sweep)
 
     ticks: list[float] = []
     timer = QTimer()
@@ -208,6 +211,7 @@ def main(argv=None) -> int:
         "region_px": region,
         "regions": run.regions_total,
         "steps": steps,
+        "sweep": bool(args.sweep),
         "tick_ms": args.tick_ms,
         "heartbeat_idle": idle_p,
         "heartbeat_run": run_p,
