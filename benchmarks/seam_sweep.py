@@ -56,13 +56,14 @@ def border_figures(grey: np.ndarray, region: int, factor: int) -> dict:
 
 def markdown(data: dict) -> str:
     """One row per setting: each seed's ratio with its rank, and the mean ratio."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from sweep_report import solver_name
     groups: dict[str, list[dict]] = {}
     for r in data["rows"]:
         s = r["setting"]
-        name = f"{s['solver']} {s['steps']}" + (f" η{s['eta']:g}" if s.get("eta") is not None else "")
+        name = solver_name(s)  # solver, steps, η, guidance limit, as the sweeps' report names them
         name += f" halo {s['halo']}" if s.get("halo") is not None else ""
         name += f" resample {s['resample']}" if s.get("resample") is not None else ""
-        name += f" guided t<{s['guidance_below']}" if s.get("guidance_below") is not None else ""
         name += " sweep" if s.get("sweep") else ""
         groups.setdefault(f"{name} | {s['omega']:g}", []).append(r)
     lines = ["| solver | ω | seed: ratio (rank of 16; largest non-border offset) | mean ratio |", "| --- | --- | --- | --- |"]

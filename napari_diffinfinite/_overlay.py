@@ -41,6 +41,16 @@ def find_overlay(viewer, path: str):
     return None
 
 
+def _sample_preview(rgb: np.ndarray, bbox, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``rgb`` (a preview covering the image-pixel box ``bbox``) at the image px ``rows`` x ``cols``
+    (nearest pixel), and which of those points the box covers."""
+    y0, y1, x0, x1 = bbox
+    ry = np.clip(((rows - y0) / max(1, y1 - y0) * rgb.shape[0]).astype(int), 0, rgb.shape[0] - 1)
+    rx = np.clip(((cols - x0) / max(1, x1 - x0) * rgb.shape[1]).astype(int), 0, rgb.shape[1] - 1)
+    inside = ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None, :]
+    return rgb[ry[:, None], rx[None, :]], inside
+
+
 class RegionOverlay:
     """The overlay of one canvas; ``set(index, state)`` changes one region."""
 
@@ -165,20 +175,20 @@ class RegionOverlay:
         block = self._block(index)
         if block.size == 0 or rgb.size == 0:
             return
-        y0, y1, x0, x1 = bbox
         px = self.region_px / self.k
         iy, ix = divmod(index, self.nx)
         rows = (iy * self.k + np.arange(block.shape[0]) + 0.5) * px  # image px at the block's pixel centres
         cols = (ix * self.k + np.arange(block.shape[1]) + 0.5) * px
-        ry = np.clip(((rows - y0) / max(1, y1 - y0) * rgb.shape[0]).astype(int), 0, rgb.shape[0] - 1)
-        rx = np.clip(((cols - x0) / max(1, x1 - x0) * rgb.shape[1]).astype(int), 0, rgb.shape[1] - 1)
         # only over the box the preview covers (a region redone in part: its part's box); the rest of
         # the region keeps its veil, or its tissue in sight where an area is being redone
-        inside = ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None, :]
-        block[inside, :3] = rgb[ry[:, None], rx[None, :]][inside]
+        values, inside = _sample_preview(rgb, bbox, rows, cols)
+        block[inside, :3] = values[inside]
         block[inside, 3] = 255
         self._edge(block, IN_FLIGHT)
         self._clip(index, block)  # redoing an area: the preview only inside it
+        self._drew_preview()
+
+    def _drew_preview(self) -> None:
         self.previews += 1
         if self.layer in self.viewer.layers:
             self.layer.refresh()
@@ -196,11 +206,11 @@ class RegionOverlay:
             return
         rows = (np.arange(r0, r1) + 0.5) * px  # image px at the overlay pixels' centres
         cols = (np.arange(c0, c1) + 0.5) * px
-        ry = np.clip(((rows - y0) / max(1, y1 - y0) * rgb.shape[0]).astype(int), 0, rgb.shape[0] - 1)
-        rx = np.clip(((cols - x0) / max(1, x1 - x0) * rgb.shape[1]).astype(int), 0, rgb.shape[1] - 1)
+        values, inside = _sample_preview(rgb, bbox, rows, cols)
         pending = self.states[np.arange(r0, r1)[:, None] // self.k, np.arange(c0, c1)[None, :] // self.k] != DONE
+        pending &= inside
         window = self.rgba[r0:r1, c0:c1]
-        window[pending, :3] = rgb[ry[:, None], rx[None, :]][pending]
+        window[pending, :3] = values[pending]
         window[pending, 3] = 255
         touched = {int(iy * self.nx + ix) for iy in range(r0 // self.k, (r1 - 1) // self.k + 1)
                    for ix in range(c0 // self.k, (c1 - 1) // self.k + 1)}
@@ -209,9 +219,7 @@ class RegionOverlay:
                 block = self._block(index)
                 self._edge(block, int(self.states.flat[index]))
                 self._clip(index, block)
-        self.previews += 1
-        if self.layer in self.viewer.layers:
-            self.layer.refresh()
+        self._drew_preview()
 
     def set(self, index: int, state: int, refresh: bool = True) -> None:
         if not 0 <= index < self.ny * self.nx or self.states.flat[index] == state:

@@ -320,16 +320,13 @@ class SynthesisWidget(QWidget):
             self.model_picker.set_spec(settings["model"])
         if settings.get("steps"):
             self.steps_box.setValue(int(settings["steps"]))
-        from src_models.synthesis.request import recorded_precision
+        from src_models.synthesis.request import recorded_guidance_below, recorded_precision
 
         # a canvas goes on as it was made (float32 where a run recorded it); one no run has recorded: the default
         self.bf16_box.setChecked(recorded_precision(settings) in ("bf16", None))
         self.distilled_box.setChecked(bool(settings.get("distilled")))
         self.sweep_box.setChecked(bool(settings.get("sweep")))
-        if "guidance_below" in settings:  # recorded where a run (or the card, for a new canvas) limited it
-            self.guidance_box.setValue(int(settings["guidance_below"]))
-        else:  # a run recorded no limit: every level; no run yet: the model's
-            self.guidance_box.setValue(1000 if "seed" in settings else self._card_guidance_below)
+        self.guidance_box.setValue(recorded_guidance_below(settings, self._card_guidance_below))
         if settings.get("omega") is not None:
             self.omega_box.setValue(float(settings["omega"]))
             per_class = {int(k): float(v) for k, v in settings.get("omega_per_class", {}).items()}
@@ -625,18 +622,15 @@ class SynthesisWidget(QWidget):
                 self.redo_box.setChecked(False)
             self._redo_scheduled = False
             self.schedule_estimate()  # this run's speed counts now
-            if state == "failed" and self.run is not None and self.run.sweep_conflict():
-                self._offer_sweep_discard(text)
+            differences = self.run.sweep_conflict() if state == "failed" and self.run is not None else None
+            if differences:
+                self._offer_sweep_discard(differences)
 
-    def _offer_sweep_discard(self, message: str) -> None:
+    def _offer_sweep_discard(self, differences: str) -> None:
         """A sweep was refused because the canvas holds an unfinished one of other settings: ask whether
         to discard that one (its finished levels; finished regions stay) and run with today's settings."""
-        import re
-
-        found = re.search(r"other settings \((.*)\); finish it", message)
-        what = found.group(1) if found else message
         if self.confirm("Unfinished sweep", "This canvas holds an unfinished sweep made with other settings "
-                        f"({what}). Discard it (its finished levels are lost; finished regions stay) and run "
+                        f"({differences}). Discard it (its finished levels are lost; finished regions stay) and run "
                         "with the settings shown now? No keeps it: run again with its settings to finish it."):
             from qtpy.QtCore import QTimer
 

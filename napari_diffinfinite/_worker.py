@@ -427,7 +427,7 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
         from src_models.store.canvas import Canvas
         from src_models.synthesis.canvases import repair_finished, store_mask_grid
         from src_models.synthesis.regions import pending_regions, synthesise
-        from src_models.synthesis.request import SPARSE_SETTINGS
+        from src_models.synthesis.request import SPARSE_SETTINGS, SweepProgress
 
         canvas = open_for_writing(path)
         if discard_sweep:
@@ -474,7 +474,7 @@ def synthesis_job(path: str, request, mask: np.ndarray | None, step: int, redo: 
         factor = canvas.factor
 
         def on_level(p):
-            if not hasattr(p, "index"):  # a sweep's tile (SweepProgress): every region at once
+            if isinstance(p, SweepProgress):  # a sweep's tile: every region at once
                 events.put(SweepLevel(p.level, p.levels, p.tile, p.tiles))
                 if p.level < p.levels:  # previews of the tile, drawn over the regions under it
                     offer_preview(p.x0, tuple(p.area), -1, lambda: _latent_preview(model, p.x0, factor))
@@ -745,13 +745,14 @@ class SynthesisRun:
             note.message = failure.message
             notification_manager.dispatch(note)
 
-    def sweep_conflict(self) -> bool:
-        """Whether the run failed because the canvas holds an unfinished sweep of other settings."""
+    def sweep_conflict(self) -> str | None:
+        """Where the run failed because the canvas holds an unfinished sweep of other settings: those
+        settings' differences ("seed: 3 vs 4"); else None."""
         if self.failure is None or self.failure.error is None:
-            return False
+            return None
         from src_models.synthesis.sweep import SweepConflict  # the worker has imported it (and torch) already
 
-        return isinstance(self.failure.error, SweepConflict)
+        return self.failure.error.differences if isinstance(self.failure.error, SweepConflict) else None
 
     def units(self) -> tuple[int, int]:
         """(levels done, levels in all) over the regions of this run; a sweep's levels are every

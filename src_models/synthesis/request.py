@@ -28,7 +28,8 @@ if TYPE_CHECKING:  # annotations only
 
 __all__ = ["PLANS", "SOLVERS", "SynthesisRequest", "RegionDone", "RegionProgress", "SweepProgress", "RequestError",
            "default_plan", "card_settings", "normalise_settings", "sampling_defaults", "settings_diff", "check_number",
-           "MAX_STEPS", "GUIDE_ALL", "SPARSE_SETTINGS", "machine_precision", "recorded_precision"]
+           "MAX_STEPS", "GUIDE_ALL", "SPARSE_SETTINGS", "machine_precision", "recorded_precision",
+           "recorded_guidance_below"]
 
 MAX_STEPS = 1000  # the models' training steps
 MAX_RESAMPLE = 20
@@ -223,6 +224,15 @@ def recorded_precision(settings: dict) -> str | None:
     return "float32" if "seed" in settings else None
 
 
+def recorded_guidance_below(settings: dict, card_value: int) -> int:
+    """The guidance limit a canvas's stored settings record: its own where stored (only limits below
+    1000 are); 1000, every level, where a run recorded settings without one (every canvas made before
+    the option); ``card_value`` (the model card's) where no run has recorded settings yet."""
+    if "guidance_below" in settings:
+        return int(settings["guidance_below"])
+    return GUIDE_ALL if "seed" in settings else int(card_value)
+
+
 def machine_precision(device: str = "auto") -> str:
     """The precision a run on ``device`` (a name: auto, cpu, cuda:N) takes where it leaves it open
     (:func:`src_models.models.fast.default_precision`; imports torch, so not for the GUI thread: the
@@ -247,9 +257,7 @@ def normalise_settings(stored: dict, card=None) -> dict:
         out.setdefault("solver", "ddim")
         out.setdefault("sweep", False)
     out.setdefault("resample", 1)  # canvases made before resampling existed ran each level once
-    if "guidance_below" not in out:  # not stored: every level guided, except on a canvas no run has sampled yet
-        fresh = card is not None and "seed" not in out
-        out["guidance_below"] = card_guidance_below(card) if fresh else GUIDE_ALL
+    out["guidance_below"] = recorded_guidance_below(out, card_guidance_below(card) if card is not None else GUIDE_ALL)
     if card is not None:
         if out.get("plan") is None:
             out["plan"] = default_plan(card)

@@ -181,7 +181,12 @@ class _Sweep:
 
 
 class SweepConflict(SynthesisError):
-    """The canvas holds an unfinished sweep made with other settings (the message names them)."""
+    """The canvas holds an unfinished sweep made with other settings; ``differences`` names them
+    ("seed: 3 vs 4", the stored value first)."""
+
+    def __init__(self, message: str, differences: str):
+        super().__init__(message)
+        self.differences = differences
 
 
 def _start(run: Run, todo: list[Region]) -> dict:
@@ -194,7 +199,8 @@ def _start(run: Run, todo: list[Region]) -> dict:
             diffs = ", ".join(f"{k}: {progress['settings'].get(k)!r} vs {v!r}" for k, v in settings.items()
                               if progress["settings"].get(k) != v)
             raise SweepConflict(f"{run.canvas.path} holds an unfinished sweep with other settings ({diffs}); "
-                                 "finish it with its settings or discard it (src_models.synthesis.sweep.discard_sweep)")
+                                "finish it with its settings or discard it (src_models.synthesis.sweep.discard_sweep)",
+                                diffs)
         return progress
     lh, lw = run.canvas.latent_shape
     y0, y1 = expand(min(r.y0 for r in todo), max(r.y1 for r in todo), lh, run.halo, run.window)
