@@ -238,9 +238,9 @@ def main(argv=None) -> int:
     tag = "".join(f"-c{k}w{v:g}" for k, v in sorted(per_class.items()))
     for spec in a.solvers:
         for omega in a.omegas:
-            student = not a.no_distilled and (uses_student(model.card, omega, per_class) if a.distilled
-                                              else default_student(model.card, omega, per_class))
             guided = a.guidance_below if a.guidance_below is not None else card_guidance_below(model.card)
+            student = not a.no_distilled and (uses_student(model.card, omega, per_class) if a.distilled
+                                              else default_student(model.card, omega, per_class, guided))
             setting = {**parse_solver(spec), "omega": omega, **({"omega_per_class": per_class} if per_class else {}),
                        **({"precision": a.precision} if a.precision != "float32" else {}),
                        **({"distilled": True} if student else {}),

@@ -173,6 +173,47 @@ def test_distillation_refuses_a_model_without_guidance(distilled, tmp_path, caps
     assert "nothing to distil" in capsys.readouterr().err and not (tmp_path / "s").exists()
 
 
+def test_a_student_goes_on_from_the_last_one_at_the_cleaner_levels_only(distilled, tmp_path, capsys):
+    """``--from-student --t-below T``: the run starts from the model's own student (its residual on the
+    probe is already below 1), trains and probes at t < T only, and the card records T; a model
+    without a student, or a bad T, is refused with one line and nothing written."""
+    out = tmp_path / "focused"
+    assert D.main(["--model", str(distilled["student"]), "--data", str(distilled["data"]), "--out", str(out),
+                   "--steps", "6", "--batch", "4", "--lr", "3e-3", "--ema", "0.5", "--no-progress",
+                   "--ckpt-every", "3", "--device", "cpu", "--from-student", "--t-below", "100"]) == 0
+    g = ModelCard.load(out).guided_unet
+    assert g["t_below"] == 100 and g["steps"] == 6
+    assert g["residual_before"] < 0.9  # the source's student, not a copy of the teacher
+    before = load_model(distilled["student"])
+    again = load_model(out)
+    # the source's student is where it started: its weights moved from there, the teacher's did not
+    moved = [k for k, v in guided_network(again).state_dict().items()
+             if not torch.equal(v, guided_network(before).state_dict()[k])]
+    assert moved and all(D.cond_branch(k) for k in moved)
+    for bad, why in ((["--t-below", "0"], "t_below must be from 1"), (["--from-student"], "no distilled student")):
+        capsys.readouterr()
+        assert D.main(["--model", str(distilled["teacher"]), "--data", str(distilled["data"]), "--out",
+                       str(tmp_path / "x"), "--steps", "2", "--no-progress", *bad]) == 2
+        assert why in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_the_probe_draws_only_the_levels_asked_for():
+    from src_models.sampling.schedule import cosine_alphas_cumprod
+
+    class Crops:
+        gen = torch.Generator().manual_seed(0)
+
+        def sample(self, n):
+            return torch.zeros(n, 4, 8, 8), torch.zeros(n, 1, 8, 8, dtype=torch.long), None
+
+    crops = Crops()
+    keep = crops.gen
+    _, t, _ = D._probe(crops, cosine_alphas_cumprod(), 200, 1, 250)
+    assert int(t.max()) < 250 and int(t.min()) >= 0 and crops.gen is keep
+    _, t, _ = D._probe(crops, cosine_alphas_cumprod(), 200, 1, 1000)
+    assert int(t.max()) >= 250
+
+
 def test_resume_goes_on_as_the_canvas_was_made(distilled, tmp_path, capsys):
     """A canvas made with two passes resumes with two passes when the user leaves the choice open (the
     default would otherwise pick the student and refuse the canvas as made with other settings);

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from src_models.models.card import ModelCard
-from src_models.synthesis.request import PLANS, SOLVERS, SynthesisRequest, default_plan, normalise_settings
+from src_models.synthesis.request import PLANS, SOLVERS, RequestError, SynthesisRequest, default_plan, normalise_settings
 
 
 def _card(arch: str, steps: int = 50) -> ModelCard:
@@ -168,3 +168,36 @@ def test_the_distilled_student_runs_the_guided_levels_only():
     r = SynthesisRequest(guidance_below=250).resolved(by_default)  # a limit of the user's keeps the student
     assert r.distilled and r.guidance_below == 250
     assert not SynthesisRequest(distilled=False).resolved(by_default).distilled
+
+
+def test_a_student_distilled_for_the_cleaner_levels_never_runs_the_others():
+    from dataclasses import replace
+
+    from src_models.synthesis.request import card_settings, normalise_settings, student_t_below
+
+    card = replace(_card("native"), default_omega=1.0, default_guidance_below=250,
+                   guided_unet={"file": "s.safetensors", "omega": 1.0, "by_default": True, "t_below": 250})
+    assert student_t_below(card) == 250 and student_t_below(_card("native")) == 1000
+    assert SynthesisRequest().resolved(card).distilled  # the card's limit: the student's own levels
+    assert SynthesisRequest(guidance_below=100).resolved(card).distilled  # fewer of them
+    # guided above its levels, a run left open takes the teacher's two passes, and one that asks is refused
+    r = SynthesisRequest(guidance_below=500).resolved(card)
+    assert not r.distilled and r.guidance_below == 500
+    with pytest.raises(RequestError, match="below t 250 only.*guidance_below 250 or lower"):
+        SynthesisRequest(distilled=True, guidance_below=1000).resolved(card)
+    assert card_settings(card, "m")["distilled"]
+    # a canvas of this model recorded at every level, before its runs were limited, resumes with two passes
+    old = {k: v for k, v in SynthesisRequest(seed=3, guidance_below=1000).resolved(card).settings().items()}
+    assert normalise_settings(old, card)["distilled"] is False
+
+
+def test_a_cards_student_limit_is_checked():
+    from dataclasses import replace
+
+    from src_models.models.card import ModelError
+
+    for bad in (0, 1001, 2.5, True, "250"):
+        card = replace(_card("native"), guided_unet={"file": "s.safetensors", "omega": 1.0, "parts": "cond",
+                                                      "t_below": bad})
+        with pytest.raises(ModelError, match="t_below"):
+            card.validate()

@@ -174,6 +174,9 @@ def _check_guided(card, bad) -> None:
         raise bad("guided_unet.by_default", g.get("by_default"), "true or false")
     if g.get("parts") not in ("cond", "all"):
         raise bad("guided_unet.parts", g.get("parts"), "cond or all")
+    if "t_below" in g and not (isinstance(g["t_below"], int) and not isinstance(g["t_below"], bool)
+                               and 1 <= g["t_below"] <= 1000):
+        raise bad("guided_unet.t_below", g["t_below"], "a whole number of timesteps from 1 to 1000")
     if not _number(g.get("omega")) or not 0 <= g["omega"] <= 100:
         raise bad("guided_unet.omega", g.get("omega"), "a number from 0 to 100")
     per_class = g.get("omega_per_class", {})

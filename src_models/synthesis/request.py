@@ -175,16 +175,22 @@ class SynthesisRequest:
             omega, per_class = d["omega"], {**d["omega_per_class"], **self.omega_per_class}
         else:  # a global ω of the user's replaces the card's whole choice
             omega, per_class = self.omega, dict(self.omega_per_class)
+        # the student runs the guided levels (t below the limit; 1000: every level) in one pass each
+        guidance_below = int(self.guidance_below if self.guidance_below is not None else d["guidance_below"])
+        name = option or (lambda f: f)
         if self.distilled is None:  # left open: the student runs where its card makes it the default
-            distilled = default_student(card, float(omega), per_class)
+            distilled = default_student(card, float(omega), per_class, guidance_below)
         elif self.distilled and not uses_student(card, float(omega), per_class):
             why = ("model has no distilled student" if getattr(card, "guided_unet", None) is None else
                    f"student was distilled at ω {_guided_omega_text(card)}, not the ω asked for")
-            raise RequestError(f"{(option or (lambda f: f))('distilled')}: the {why}")
+            raise RequestError(f"{name('distilled')}: the {why}")
+        elif self.distilled and guidance_below > student_t_below(card):
+            top = student_t_below(card)
+            raise RequestError(f"{name('distilled')}: the student was distilled for the levels below t {top} only; "
+                               f"guided below {guidance_below} it would run levels it never learned "
+                               f"({name('guidance_below')} {top} or lower)")
         else:
             distilled = bool(self.distilled)
-        # the student runs the guided levels (t below the limit; 1000: every level) in one pass each
-        guidance_below = int(self.guidance_below if self.guidance_below is not None else d["guidance_below"])
         precision = self.precision if self.precision in PRECISIONS else machine_precision(self.device)
         return dataclasses.replace(self, plan=plan, solver=d["solver"], steps=int(steps), eta=eta, omega=float(omega),
                                    omega_per_class=per_class, distilled=distilled, precision=precision,
@@ -272,7 +278,7 @@ def normalise_settings(stored: dict, card=None) -> dict:
             d = sampling_defaults(card)
             stored_pc = {int(k): float(v) for k, v in (out.get("omega_per_class") or {}).items()}
             out["distilled"] = out.get("omega") is None and default_student(
-                card, d["omega"], {**d["omega_per_class"], **stored_pc})
+                card, d["omega"], {**d["omega_per_class"], **stored_pc}, out["guidance_below"])
         if out.get("omega") is None:
             d = sampling_defaults(card)
             out["omega"] = d["omega"]
@@ -314,10 +320,20 @@ def student_by_default(card) -> bool:
     return bool(g) and bool(g.get("by_default", True))
 
 
-def default_student(card, omega: float, per_class: dict) -> bool:
-    """Whether a run at this ω that leaves ``distilled`` open runs the card's student: the one rule for
-    :meth:`SynthesisRequest.resolved`, the settings a canvas records and the benchmarks."""
-    return student_by_default(card) and uses_student(card, omega, per_class)
+def student_t_below(card) -> int:
+    """The timestep below which ``card``'s student was distilled (its ``guided_unet.t_below``; 1000: every
+    level).  A run never hands it the levels above."""
+    g = getattr(card, "guided_unet", None) or {}
+    return int(g.get("t_below", GUIDE_ALL))
+
+
+def default_student(card, omega: float, per_class: dict, guidance_below: int | None = None) -> bool:
+    """Whether a run at this ω (and guidance limit; None: the card's) that leaves ``distilled`` open
+    runs the card's student: the one rule for :meth:`SynthesisRequest.resolved`, the settings a canvas
+    records and the benchmarks.  A student distilled for the levels below some t only is not the
+    default where the run guides above it."""
+    below = card_guidance_below(card) if guidance_below is None else int(guidance_below)
+    return student_by_default(card) and uses_student(card, omega, per_class) and below <= student_t_below(card)
 
 
 def sampling_defaults(card=None, solver: str | None = None) -> dict:
@@ -352,7 +368,7 @@ def card_settings(card, spec: str) -> dict:
     """The settings a new canvas for model ``spec`` records: the card's steps and ω (per class too), and
     whether its distilled student runs them."""
     d = sampling_defaults(card)
-    student = default_student(card, d["omega"], d["omega_per_class"])
+    student = default_student(card, d["omega"], d["omega_per_class"], d["guidance_below"])
     return {"model": str(spec), "steps": int(d["steps"]), "omega": d["omega"],
             "omega_per_class": {str(k): v for k, v in sorted(d["omega_per_class"].items())},
             **({"distilled": True} if student else {}),

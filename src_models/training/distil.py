@@ -68,10 +68,9 @@ def residual_ratio(student, teacher, batch, omega) -> float:
     return float((own - target).pow(2).mean() / gap.clamp(min=1e-20))
 
 
-def _probe(crops: LatentCrops, alphas, n: int, seed: int):
-    """A fixed batch of noised latents to score the student on (its own random stream)."""
-    from src_models.sampling.schedule import TRAIN_STEPS
-
+def _probe(crops: LatentCrops, alphas, n: int, seed: int, t_below: int):
+    """A fixed batch of noised latents, at timesteps below ``t_below``, to score the student on (its
+    own random stream)."""
     g = torch.Generator().manual_seed(seed)
     keep = crops.gen
     crops.gen = g
@@ -79,7 +78,7 @@ def _probe(crops: LatentCrops, alphas, n: int, seed: int):
         z0, mask, _ = crops.sample(n)
     finally:
         crops.gen = keep
-    t = torch.randint(0, TRAIN_STEPS, (n,), generator=g)
+    t = torch.randint(0, t_below, (n,), generator=g)
     noise = torch.randn(z0.shape, generator=g)
     a = alphas[t].view(-1, 1, 1, 1)
     return a.sqrt() * z0.cpu() + (1 - a).sqrt() * noise, t, mask
@@ -100,12 +99,16 @@ class _Trainable(torch.nn.Module):
 def distil_guidance(model, data, work_dir: str | Path, *, steps: int = 1500, parts: str = "cond", crop: int | None = None,
                     batch: int = 16, lr: float = 1e-4, ema_decay: float = 0.999, ckpt_every: int = 250,
                     log_every: int = 10, resume: bool = False, seed: int = 0, progress: bool = True,
-                    stop_at: int | None = None, probe: int = 64, device: str | torch.device = "cpu"):
+                    stop_at: int | None = None, probe: int = 64, device: str | torch.device = "cpu",
+                    t_below: int | None = None, from_student: bool = False):
     """Train a guidance-distilled student of ``model``'s UNet on ``data`` (a TrainingSet) at the
     card's default ω; returns ``(student_tensors, info)``: the EMA student's trained tensors and
     what the card records (ω, parts, steps, the residual ratio before and after on a fixed probe).
-    The random numbers are drawn on the CPU (the same run on any ``device``); the networks run on
-    ``device``."""
+    ``t_below`` (default: every level) trains, and probes, at timesteps below it only: the levels a
+    run with that guidance limit hands the student (``--guidance-below``).  ``from_student``: start
+    from the model's own student (its card's ``guided_unet``, same ``parts``) instead of a copy of
+    the teacher.  The random numbers are drawn on the CPU (the same run on any ``device``); the
+    networks run on ``device``."""
     from src_models.sampling.guidance import LABEL_MAP, omega_vector
     from src_models.sampling.schedule import TRAIN_STEPS, cosine_alphas_cumprod
     from src_models.synthesis.request import sampling_defaults
@@ -119,9 +122,23 @@ def distil_guidance(model, data, work_dir: str | Path, *, steps: int = 1500, par
     omega = omega_vector(card.num_classes, d["omega"], d["omega_per_class"])
     if not bool((omega != 0).any()):
         raise TrainError(f"model {card.name!r} samples unguided by default (ω 0): there is nothing to distil")
+    t_below = TRAIN_STEPS if t_below is None else int(t_below)
+    if not 1 <= t_below <= TRAIN_STEPS:
+        raise TrainError(f"t_below must be from 1 to {TRAIN_STEPS}, got {t_below}")
     work_dir, device = Path(work_dir), torch.device(device)
     teacher = model.unet.float().to(device).eval().requires_grad_(False)
-    student = copy.deepcopy(teacher)
+    if from_student:
+        from src_models.models.loading import ModelError, guided_network
+
+        own = card.guided_unet or {}
+        if own.get("parts", parts) != parts:
+            raise TrainError(f"model {card.name!r}'s student trained parts={own.get('parts')}, not {parts}")
+        try:
+            student = copy.deepcopy(guided_network(model)).float().to(device)
+        except ModelError as e:
+            raise TrainError(str(e)) from None
+    else:
+        student = copy.deepcopy(teacher)
     names = set(trainable_names(student, parts))
     for n, p in student.named_parameters():
         p.requires_grad_(n in names)
@@ -131,12 +148,12 @@ def distil_guidance(model, data, work_dir: str | Path, *, steps: int = 1500, par
     gen = torch.Generator().manual_seed(seed + 2)
     crops = LatentCrops(data.tiles, model.codec.to(device).eval(), crop, gen, device=device, progress=progress)
     alphas = cosine_alphas_cumprod()
-    probe_batch = _probe(crops, alphas, probe, seed + 1000)
+    probe_batch = _probe(crops, alphas, probe, seed + 1000, t_below)
     before = residual_ratio(student, teacher, probe_batch, omega)
 
     def draw(step, lo, hi):
         z0, mask, _ = crops.sample(batch)
-        t = torch.randint(0, TRAIN_STEPS, (batch,), generator=gen)
+        t = torch.randint(0, t_below, (batch,), generator=gen)
         noise = torch.randn((batch, *z0.shape[1:]), generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         xt, t, mask = (a.sqrt() * z0.cpu() + (1 - a).sqrt() * noise).to(device), t.to(device), mask.to(device)
@@ -157,6 +174,8 @@ def distil_guidance(model, data, work_dir: str | Path, *, steps: int = 1500, par
              "parts": parts, "steps": int(info["step"]), "batch": int(batch), "lr": float(lr),
              "residual_before": round(before, 4), "residual_after": round(after, 4),
              "probe": int(probe), "seconds": round(float(info["seconds"]), 1)}
+    if t_below < TRAIN_STEPS:
+        entry["t_below"] = t_below
     return tensors, entry
 
 
@@ -173,6 +192,13 @@ def build_parser(prog: str = "diffinfinite distil") -> argparse.ArgumentParser:
     p.add_argument("--stop-at", type=int, default=None, help="end this run (with a checkpoint) at this step of the schedule")
     p.add_argument("--parts", choices=PARTS, default="cond",
                    help="cond (default): only the condition branch learns and is written (a few MB); all: the whole UNet")
+    p.add_argument("--t-below", type=int, default=None, metavar="T",
+                   help="train at the noise levels with timestep below T only (1 to 1000; default: every level): "
+                   "the levels a run guided below T hands the student (--guidance-below T, the card's "
+                   "default_guidance_below); the card records it, and a run never gives such a student the levels "
+                   "above T")
+    p.add_argument("--from-student", action="store_true",
+                   help="start from the model's own student (its card's guided_unet) instead of a copy of the teacher")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--ema", type=float, default=0.999)
@@ -226,7 +252,8 @@ def main(argv: list[str] | None = None, prog: str = "diffinfinite distil") -> in
         tensors, entry = distil_guidance(model, data, work, steps=a.steps, parts=a.parts, batch=a.batch, lr=a.lr,
                                          ema_decay=a.ema, ckpt_every=a.ckpt_every, resume=a.resume, seed=a.seed,
                                          progress=not a.no_progress, stop_at=a.stop_at,
-                                         device=resolve_device(a.device))
+                                         device=resolve_device(a.device), t_below=a.t_below,
+                                         from_student=a.from_student)
         if entry["steps"] < a.steps:
             print(f"stopped at step {entry['steps']} of {a.steps} (continue with --resume); residual "
                   f"{entry['residual_before']:.3f} -> {entry['residual_after']:.3f}", file=sys.stderr)
