@@ -4,6 +4,7 @@ timed in benchmarks/bench_gui_responsiveness.py, not asserted here: it depends o
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
@@ -43,7 +44,17 @@ def test_run_fills_region_by_region_with_throttled_refreshes_off_the_gui_thread(
     seen = []  # (pixels shown, worker running) at every refresh
     threads = set()  # threads the network ran in
     net = MODELS.get("tiny-test", "cpu").unet
-    hook = net.register_forward_hook(lambda *a: threads.add(threading.get_ident()))
+    calls = []
+
+    def network_ran(*a):
+        threads.add(threading.get_ident())
+        calls.append(1)
+        # the tiny model is quick: a floor of 10 ms a network call (64 calls or more over the 16 regions)
+        # makes the run last several refresh intervals on any machine, so the partial fills below are
+        # seen however fast the machine is (a busy one only lengthens the run)
+        time.sleep(0.01)
+
+    hook = net.register_forward_hook(network_ran)
 
     statuses = []
     dock_bar = []  # (value, maximum) of the widget's own progress bar at every refresh
@@ -74,6 +85,7 @@ def test_run_fills_region_by_region_with_throttled_refreshes_off_the_gui_thread(
     # it ends, shows what is left at once), and never more than one per finished region
     gaps = np.diff(run.refresh_times[:-1])
     assert 2 <= run.refreshes <= 16 and (gaps >= REFRESH_S - 1e-6).all(), gaps
+    assert len(calls) >= 64, len(calls)  # the floor above held the run over at least 0.64 s
     # the network ran in the worker thread only, never on the GUI thread
     main = threading.main_thread().ident
     assert threads and main not in threads and run.worker_thread in threads
