@@ -190,11 +190,14 @@ def test_a_student_goes_on_from_the_last_one_at_the_cleaner_levels_only(distille
     moved = [k for k, v in guided_network(again).state_dict().items()
              if not torch.equal(v, guided_network(before).state_dict()[k])]
     assert moved and all(D.cond_branch(k) for k in moved)
-    for bad, why in ((["--t-below", "0"], "t_below must be from 1"), (["--from-student"], "no distilled student")):
+    for bad, why in ((["--t-below", "0"], "--t-below must be from 1 to 1000"),
+                     (["--t-below", "1001"], "--t-below must be from 1 to 1000"),
+                     (["--from-student"], "no distilled student")):
         capsys.readouterr()
         assert D.main(["--model", str(distilled["teacher"]), "--data", str(distilled["data"]), "--out",
                        str(tmp_path / "x"), "--steps", "2", "--no-progress", *bad]) == 2
         assert why in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert not (tmp_path / "x.train").exists()  # refused before anything is made
 
 
 def test_the_probe_draws_only_the_levels_asked_for():

@@ -242,10 +242,14 @@ def main(argv: list[str] | None = None, prog: str = "diffinfinite distil") -> in
         for name, v, low in (("--steps", a.steps, 1), ("--batch", a.batch, 1)):
             if v < low:
                 raise TrainError(f"{name} must be at least {low}, got {v}")
+        if a.t_below is not None and not 1 <= a.t_below <= 1000:
+            raise TrainError(f"--t-below must be from 1 to 1000, got {a.t_below}")
         source = BUILTIN_DIRS.get(str(a.model), Path(a.model))
         if not (source / "card.json").is_file():
             raise TrainError(f"--model {a.model}: not a model directory with card.json")
         model = load_model(source)
+        if a.from_student and not model.card.guided_unet:
+            raise TrainError(f"--from-student: model {model.card.name!r} has no distilled student")
         data = load_training_set(a.data, model.card.classes, model.card.colours)
         work.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
