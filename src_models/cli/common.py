@@ -174,6 +174,7 @@ def progress_bar(total_levels: int, desc: str):
 def run_and_preview(model, canvas, request, preview_path: Path) -> int:
     from src_models.synthesis.estimate import RunClock, estimate_run, request_mode
     from src_models.synthesis.regions import pending_regions, synthesise
+    from src_models.synthesis.request import SweepProgress
 
     todo = pending_regions(canvas, request)
     device = getattr(model, "device", request.device)
@@ -187,7 +188,7 @@ def run_and_preview(model, canvas, request, preview_path: Path) -> int:
     last = {"level": 0}
 
     def progress(p):
-        if hasattr(p, "tiles"):  # a sweep: one tile of one level done
+        if isinstance(p, SweepProgress):  # a sweep: one tile of one level done
             bar.total = p.levels * p.tiles
             bar.update((p.level - 1) * p.tiles + p.tile - bar.n)
             bar.set_postfix_str(f"level {p.level}/{p.levels}", refresh=False)

@@ -184,8 +184,7 @@ class SynthesisRequest:
             why = ("model has no distilled student" if getattr(card, "guided_unet", None) is None else
                    f"student was distilled at ω {_guided_omega_text(card)}, not the ω asked for")
             raise RequestError(f"{name('distilled')}: the {why}")
-        elif self.distilled and guidance_below > student_t_below(card):
-            top = student_t_below(card)
+        elif self.distilled and guidance_below > (top := student_t_below(card)):
             raise RequestError(f"{name('distilled')}: the student was distilled for the levels below t {top} only; "
                                f"guided below {guidance_below} it would run levels it never learned "
                                f"({name('guidance_below')} {top} or lower)")
@@ -327,13 +326,13 @@ def student_t_below(card) -> int:
     return int(g.get("t_below", GUIDE_ALL))
 
 
-def default_student(card, omega: float, per_class: dict, guidance_below: int | None = None) -> bool:
-    """Whether a run at this ω (and guidance limit; None: the card's) that leaves ``distilled`` open
-    runs the card's student: the one rule for :meth:`SynthesisRequest.resolved`, the settings a canvas
-    records and the benchmarks.  A student distilled for the levels below some t only is not the
-    default where the run guides above it."""
-    below = card_guidance_below(card) if guidance_below is None else int(guidance_below)
-    return student_by_default(card) and uses_student(card, omega, per_class) and below <= student_t_below(card)
+def default_student(card, omega: float, per_class: dict, guidance_below: int) -> bool:
+    """Whether a run at this ω and guidance limit that leaves ``distilled`` open runs the card's
+    student: the one rule for :meth:`SynthesisRequest.resolved`, the settings a canvas records and the
+    benchmarks.  A student distilled for the levels below some t only is not the default where the
+    run guides above it."""
+    return (student_by_default(card) and uses_student(card, omega, per_class)
+            and int(guidance_below) <= student_t_below(card))
 
 
 def sampling_defaults(card=None, solver: str | None = None) -> dict:
